@@ -1,0 +1,1 @@
+"""fuzz: coverage-guided campaign targets."""

@@ -1,0 +1,1 @@
+"""harness: program loading, the oracle, runners and the pudthp command line."""

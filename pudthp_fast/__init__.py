@@ -1,0 +1,1 @@
+"""pudthp_fast: the vectorised numpy twin of the reference model (not yet implemented)."""
