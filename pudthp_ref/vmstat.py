@@ -1,0 +1,34 @@
+"""Statistics: mm/vmstat.c events, the mTHP per-order counters and node stats.
+
+``count_mthp_stat`` keeps only the PMD and PUD orders (the RFC's patch 02 extends the
+per-order array to the PUD order; orders in between are not modelled).
+"""
+
+from __future__ import annotations
+
+from pudthp_ref.mm_types import MmState
+
+
+def count_vm_event(st: MmState, item: str, delta: int = 1) -> None:
+    """count_vm_event() / count_vm_events()."""
+    st.stats["vmstat"][item] += delta
+
+
+def mthp_row(st: MmState, order: int) -> str | None:
+    if order == st.geom.pmd_order:
+        return "pmd"
+    if order == st.geom.pud_order:
+        return "pud"
+    return None
+
+
+def count_mthp_stat(st: MmState, order: int, item: str, delta: int = 1) -> None:
+    """count_mthp_stat() / mod_mthp_stat(): silently ignores orders without a row."""
+    row = mthp_row(st, order)
+    if row is not None:
+        st.stats["mthp"][row][item] += delta
+
+
+def mod_node_page_state(st: MmState, item: str, delta: int) -> None:
+    """__mod_node_page_state() for NR_ANON_MAPPED, NR_ANON_THPS and NR_ANON_PUD_THPS."""
+    st.stats["node"][item] += delta
