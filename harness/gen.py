@@ -1,0 +1,138 @@
+"""Seeded random programs: ops drawn from the whole vocabulary with addresses biased
+towards the interesting places (PUD and PMD boundaries, one page either side)."""
+
+from __future__ import annotations
+
+import random
+
+from pudthp_ref import spec
+from pudthp_ref.spec import Config, Op, Program
+
+DEFAULT_WEIGHTS: dict[str, int] = {
+    "mmap": 6,
+    "munmap": 4,
+    "mprotect": 4,
+    "madvise": 4,
+    "read": 8,
+    "write": 14,
+    "fork": 3,
+    "exit": 1,
+    "split_folio": 2,
+    "shrink_deferred": 2,
+    "migrate": 2,
+    "pin": 2,
+    "unpin": 2,
+    "fail_alloc": 1,
+}
+
+
+class ProgramGenerator:
+    """Draws programs for one config; ``rng`` is the only source of randomness."""
+
+    def __init__(
+        self, cfg: Config, rng: random.Random, weights: dict[str, int] | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.g = cfg.geom
+        self.rng = rng
+        w = dict(DEFAULT_WEIGHTS if weights is None else weights)
+        self.kinds = [k for k in w if w[k] > 0]
+        self.weights = [w[k] for k in self.kinds]
+        self.live_mms = [0]
+        self.next_mm = 1
+        self.next_pin = 1
+        # Keep programs in a region a few PUDs wide so ops interact.
+        self.region = min(self.g.space, 4 * self.g.pud_nr)
+
+    def addr(self) -> int:
+        g, r = self.g, self.rng
+        roll = r.random()
+        if roll < 0.35:
+            base = r.randrange(0, self.region, g.pud_nr)
+            return min(max(base + r.choice((-1, 0, 0, 1)), 0), self.region - 1)
+        if roll < 0.7:
+            base = r.randrange(0, self.region, g.pmd_nr)
+            return min(max(base + r.choice((-1, 0, 0, 1)), 0), self.region - 1)
+        return r.randrange(self.region)
+
+    def length(self, start: int) -> int:
+        g, r = self.g, self.rng
+        roll = r.random()
+        if roll < 0.3:
+            n = g.pud_nr * r.choice((1, 1, 2))
+        elif roll < 0.55:
+            n = g.pmd_nr * r.choice((1, 2))
+        elif roll < 0.8:
+            n = r.randint(1, 3)
+        else:
+            n = r.randint(1, g.pud_nr + g.pmd_nr)
+        return max(1, min(n, self.region - start)) if start < self.region else 1
+
+    def mm(self) -> int:
+        if self.rng.random() < 0.03:
+            return self.next_mm + 1  # an mm that does not exist (ESRCH)
+        return self.rng.choice(self.live_mms)
+
+    def op(self) -> Op:
+        r = self.rng
+        kind = r.choices(self.kinds, self.weights)[0]
+        if kind in ("mmap", "munmap", "mprotect", "madvise", "migrate"):
+            start = self.addr()
+            npages = self.length(start)
+            if kind == "mmap":
+                return spec.Mmap(self.mm(), start, npages, r.choice(("rw", "rw", "r", "none")))
+            if kind == "munmap":
+                return spec.Munmap(self.mm(), start, npages)
+            if kind == "mprotect":
+                return spec.Mprotect(self.mm(), start, npages, r.choice(spec.PROTS))
+            if kind == "madvise":
+                return spec.Madvise(self.mm(), start, npages, r.choice(spec.ADVICES))
+            return spec.Migrate(self.mm(), start, npages, r.randrange(self.cfg.nodes + 1))
+        if kind == "read":
+            return spec.Read(self.mm(), self.addr())
+        if kind == "write":
+            return spec.Write(self.mm(), self.addr(), r.choice((0, r.randint(1, 1000))))
+        if kind == "fork":
+            mm = self.mm()
+            if mm in self.live_mms and len(self.live_mms) < 4:
+                self.live_mms.append(self.next_mm)
+                self.next_mm += 1
+            return spec.Fork(mm)
+        if kind == "exit":
+            mm = self.mm()
+            if mm in self.live_mms and len(self.live_mms) > 1:
+                self.live_mms.remove(mm)
+            return spec.Exit(mm)
+        if kind == "split_folio":
+            return spec.SplitFolio(self.mm(), self.addr())
+        if kind == "shrink_deferred":
+            return spec.ShrinkDeferred()
+        if kind == "pin":
+            self.next_pin += 1
+            return spec.Pin(self.mm(), self.addr())
+        if kind == "unpin":
+            return spec.Unpin(r.randint(1, max(1, self.next_pin)))
+        return spec.FailAlloc(r.choice(spec.ALLOC_ORDERS), r.randint(0, 2))
+
+    def program(self, n_ops: int) -> Program:
+        ops: list[Op] = [spec.Mmap(0, 0, self.region, "rw")]
+        while len(ops) < n_ops:
+            ops.append(self.op())
+        return Program(self.cfg, tuple(ops), {"generator": "harness.gen"})
+
+
+def random_config(rng: random.Random, geometry: int = 8, deposit: str | None = None) -> Config:
+    """A config from the correct designs with the MODEL.md section 3 switches drawn."""
+    return Config(
+        geometry=geometry,
+        thp_enabled=rng.choice(("always", "always", "madvise", "never")),
+        pmd_enabled=rng.choice(("inherit", "inherit", "always", "madvise", "never")),
+        pud_enabled=rng.choice(("always", "always", "inherit", "madvise", "never")),
+        use_zero_page=rng.random() < 0.7,
+        deposit=deposit or rng.choice(("lru_next", "llist")),
+        pud_read_fault=rng.choice(("alloc", "fallback")),
+        pud_wp_reuse=rng.random() < 0.7,
+        shrink_underused=rng.random() < 0.7,
+        nodes=rng.choice((1, 2, 2)),
+        swap_pages=rng.choice((-1, 0, geometry * geometry)),
+    )
