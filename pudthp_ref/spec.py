@@ -435,9 +435,13 @@ class Program:
 
 def _config_delta(cfg: Config) -> dict[str, Any]:
     """Only the keys that differ from the defaults (plus geometry, always shown)."""
-    default = Config().to_json()
+    default = Config()
     full = cfg.to_json()
-    return {k: v for k, v in full.items() if k == "geometry" or v != default[k]}
+    return {
+        f.name: full[f.name]
+        for f in fields(cfg)
+        if f.name == "geometry" or getattr(cfg, f.name) != getattr(default, f.name)
+    }
 
 
 # --------------------------------------------------------------------------------------
