@@ -96,6 +96,8 @@ class _Walk:
         "rss_anon",
         "rss_swap",
         "seen",
+        "small_cnt",
+        "small_owner",
         "st",
         "starts",
         "swap_refs",
@@ -106,7 +108,9 @@ class _Walk:
         n = len(st.mms)
         self.st = st
         self.seen: dict[int, str] = {}  # table id -> where it was reached
-        self.acc: dict[int, _FolioAcc] = {}
+        self.acc: dict[int, _FolioAcc] = {}  # large folios
+        self.small_cnt: dict[int, int] = {}  # order-0 folio -> PTEs mapping it
+        self.small_owner: dict[int, int] = {}  # order-0 folio -> mm id, or -2 for several
         self.swap_refs: dict[int, int] = {}
         self.nr_tables = [0] * n
         self.rss_anon = [0] * n
@@ -470,6 +474,9 @@ def _walk_pte(w: _Walk, m: int, t: PtDesc, base: int) -> None:
     present = 0
     swaps = 0
     swap_refs = w.swap_refs
+    folios = w.st.folios
+    small_cnt = w.small_cnt
+    small_owner = w.small_owner
     for i, e in enumerate(entries):
         if e is None:
             continue
@@ -482,10 +489,39 @@ def _walk_pte(w: _Walk, m: int, t: PtDesc, base: int) -> None:
         if k == "pte":
             fid = e[1]
             if fid != cur_fid or cur is None:
+                f = folios.get(fid)
+                if f is None or f.freed:
+                    f = _folio(w, fid, f"mm {m} PTE at vpn {base + i}")  # raises
+                if f.nr == 1:
+                    # order 0 (maybe 262144 of them after a split): no _FolioAcc, and the
+                    # cached large folio stays cached
+                    if e[2] != 0 or type(e[2]) is not int:
+                        raise _fail(
+                            "geometry.pte_index",
+                            f"mm {m} PTE at vpn {base + i} maps page {e[2]!r} of order-0 "
+                            f"folio {fid}",
+                        )
+                    small_cnt[fid] = small_cnt.get(fid, 0) + 1
+                    o = small_owner.get(fid, -1)
+                    if o != m:
+                        small_owner[fid] = m if o == -1 else -2
+                    if e[3]:
+                        if not rw:
+                            raise _fail(
+                                "geometry.write_prot",
+                                f"mm {m} writable PTE at vpn {base + i} in a VMA that is not rw",
+                            )
+                        if not f.anon_exclusive[0]:
+                            raise _fail(
+                                "anon_exclusive.writable",
+                                f"mm {m} writable PTE at vpn {base + i}: order-0 folio {fid} "
+                                "not exclusive",
+                            )
+                    present += 1
+                    continue
                 if cur is not None:
                     cur.per_mm[m] = cur.per_mm.get(m, 0) + run
                     present += run
-                f = _folio(w, fid, f"mm {m} PTE at vpn {base + i}")
                 cur_fid = fid
                 cur = _acc(w, f.id)
                 if cur.cnt is None or cur.owner is None:
@@ -581,10 +617,10 @@ def _check_deferred_queue(st: MmState) -> None:
             raise _fail("deferred.flag_mismatch", f"folio {fid} queued but flag clear")
 
 
-def _check_freed(f: Folio, acc: _FolioAcc | None) -> None:
+def _check_freed(f: Folio, mapped: bool) -> None:
     """free_tail_page_prepare() / page_expected_state(): a freed folio is back at rest."""
     fid = f.id
-    if acc is not None:
+    if mapped:
         raise _fail("freed.mapped", f"freed folio {fid} is still mapped")
     if f.refcount != 0:
         raise _fail("freed.refcount", f"freed folio {fid} refcount {f.refcount}")
@@ -612,21 +648,20 @@ def _check_freed(f: Folio, acc: _FolioAcc | None) -> None:
         raise _fail("freed.swapcache", f"freed folio {fid} still in the swap cache")
 
 
-def _check_small(f: Folio, acc: _FolioAcc | None, npins: int) -> int:
-    """An order-0 folio; returns its mapcount."""
+_SMALL_AT_REST = (-1, -1, 0, 0, False)
+
+
+def _check_small(f: Folio, mapped: int, owner: int, npins: int) -> None:
+    """An order-0 folio: _mapcount, the large-folio fields at rest, refcount, exclusivity."""
     fid = f.id
-    mapped = acc.cnt[0] if acc is not None and acc.cnt is not None else 0
     if f.mapcount[0] + 1 != mapped:
         raise _fail(
             "mapcount.small", f"folio {fid} _mapcount {f.mapcount[0]}, {mapped} PTEs map it"
         )
     if (
-        f.entire_mapcount != -1
-        or f.large_mapcount != -1
-        or f.nr_pages_mapped != 0
+        (f.entire_mapcount, f.large_mapcount, f.nr_pages_mapped, f.shared) != (-1, -1, 0, False)
         or f.mm_id != [0, 0]
         or f.mm_id_mapcount != [-1, -1]
-        or f.shared
     ):
         raise _fail("mapcount.small_large_fields", f"order-0 folio {fid} has large counters set")
     if f.pincount != 0:
@@ -640,9 +675,8 @@ def _check_small(f: Folio, acc: _FolioAcc | None, npins: int) -> int:
             f"folio {fid} refcount {f.refcount}, expected {expected} "
             f"({mapped} mapped, {npins} pins, swapcache {f.swapcache})",
         )
-    if acc is not None and acc.owner is not None and f.anon_exclusive[0] and acc.owner[0] == -2:
+    if owner == -2 and f.anon_exclusive[0]:
         raise _fail("anon_exclusive.shared_mms", f"folio {fid} mapped by several mms, exclusive")
-    return mapped
 
 
 def _check_large(st: MmState, f: Folio, acc: _FolioAcc | None, npins: int) -> int:
@@ -777,19 +811,39 @@ def _check_folios(w: _Walk, pins: dict[int, int]) -> None:
     st = w.st
     g = st.geom
     queued = set(st.deferred)
+    small_cnt = w.small_cnt
+    small_owner = w.small_owner
     nr_anon = {g.pmd_order: 0, g.pud_order: 0}
     partial = {g.pmd_order: 0, g.pud_order: 0}
     anon_mapped = 0
     thps = 0
     pud_thps = 0
     for fid, f in st.folios.items():
-        acc = w.acc.get(fid)
-        if f.freed:
-            _check_freed(f, acc)
-            continue
         if f.order == 0:
-            anon_mapped += 1 if _check_small(f, acc, pins.get(fid, 0)) else 0
+            mapped = small_cnt.get(fid, 0)
+            if f.freed:
+                _check_freed(f, mapped > 0)
+                continue
+            # fast path for the common order-0 folio: mapped, unpinned, not in swap cache
+            if (
+                mapped <= 0
+                or f.refcount != mapped
+                or f.mapcount[0] != mapped - 1
+                or fid in pins
+                or (f.entire_mapcount, f.large_mapcount, f.nr_pages_mapped, f.pincount, f.shared)
+                != _SMALL_AT_REST
+                or f.mm_id != [0, 0]
+                or f.mm_id_mapcount != [-1, -1]
+                or (f.anon_exclusive[0] and small_owner.get(fid, -1) == -2)
+            ):
+                _check_small(f, mapped, small_owner.get(fid, -1), pins.get(fid, 0))
+            if mapped:
+                anon_mapped += 1
         else:
+            acc = w.acc.get(fid)
+            if f.freed:
+                _check_freed(f, acc is not None)
+                continue
             anon_mapped += _check_large(st, f, acc, pins.get(fid, 0))
             nr_anon[f.order] += 1
             if f.partially_mapped:
