@@ -8,7 +8,7 @@ from pudthp_ref.mmap import split_vma_at, vma_merge_around
 from pudthp_ref.spec import EINVAL, ENOMEM, Result
 
 # MADV_PAGEOUT answers EINVAL until reclaim with swap is modelled (vmscan.py).
-PAGEOUT_MODELLED = False
+PAGEOUT_MODELLED = True
 
 
 def sys_madvise(st: MmState, mm: MmStruct, start: int, npages: int, advice: str) -> Result:
