@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pudthp_ref.folio import deferred_split_folio
 from pudthp_ref.mm_types import Folio, MmState, MmStruct
-from pudthp_ref.spec import ENTIRELY_MAPPED, FOLIO_PAGES_MAPPED, ModelBug
+from pudthp_ref.spec import ENTIRELY_MAPPED, FOLIO_PAGES_MAPPED, GUP_PIN_COUNTING_BIAS, ModelBug
 from pudthp_ref.vmstat import count_mthp_stat, mod_node_page_state
 
 LEVEL_PTE = "pte"
@@ -228,8 +228,7 @@ def folio_needs_cow_for_dma(src_mm: MmStruct, folio: Folio) -> bool:
 
 
 def folio_maybe_dma_pinned(folio: Folio) -> bool:
-    from pudthp_ref.spec import GUP_PIN_COUNTING_BIAS
-
+    """folio_maybe_dma_pinned(): _pincount for large folios, the 1024 bias for small ones."""
     if folio.order > 0:
         return folio.pincount > 0
     return folio.refcount >= GUP_PIN_COUNTING_BIAS

@@ -197,9 +197,11 @@ def shrink_folio(st: MmState, folio: Folio) -> list[Folio]:
         if folio.refcount != folio.large_mapcount + 1:  # can_split_folio()
             return []
         if folio.partially_mapped and folio.deferred:
-            tails = split_to_list(st, folio)
-            if tails is None:
+            # Split partially mapped folios right away: the unmapped pages go without IO.
+            split_off = split_to_list(st, folio)
+            if split_off is None:
                 return []
+            tails = split_off
     slot = folio_alloc_swap(st, folio)
     if slot is None:
         if folio.order == 0:
