@@ -15,9 +15,8 @@ from harness.cli import main
 from harness.program import load_program_file
 from harness.runner import run_program
 
-CANARY = Path(__file__).resolve().parents[2] / "shared" / "canary"
-if not CANARY.is_dir():
-    CANARY = Path("/work/shared/canary")
+# The project's own copies of the shared canaries (../shared/canary/).
+CANARY = Path(__file__).resolve().parents[1] / "corpus" / "known_bad"
 
 LIST_HEAD = str(CANARY / "list_head_two_puds.json")
 LRU_NEXT = str(CANARY / "lru_next_two_puds.json")

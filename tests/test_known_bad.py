@@ -13,7 +13,6 @@ from harness.runner import run_program
 
 HERE = os.path.dirname(__file__)
 KNOWN_BAD = os.path.join(HERE, "..", "corpus", "known_bad")
-CANARY = os.path.join(HERE, "..", "..", "shared", "canary")
 
 
 def programs(pattern: str) -> list[str]:
@@ -25,13 +24,14 @@ def programs(pattern: str) -> list[str]:
 #  three_puds: op 4 munmaps [128, 192), the whole middle PUD -> zap_huge_pud
 #  fork:       op 4 is the child's write to a read-only shared PUD leaf -> COW split
 #  canary:     op 3 munmaps one page of the second PUD -> __split_huge_pud_locked
-FIRST_WITHDRAW = {"list_head_three_puds.json": 4, "list_head_fork.json": 4,
-                  "list_head_two_puds.json": 3}
+FIRST_WITHDRAW = {
+    "list_head_three_puds.json": 4,
+    "list_head_fork.json": 4,
+    "list_head_two_puds.json": 3,
+}
 
 
-@pytest.mark.parametrize(
-    "path", [*programs("list_head_*.json"), os.path.join(CANARY, "list_head_two_puds.json")]
-)
+@pytest.mark.parametrize("path", programs("list_head_*.json"))
 def test_list_head_is_caught_by_the_invariants(path: str) -> None:
     # Fault order (MODEL.md 4): the PMD table is pushed on the PUD stack first. list_head's
     # push is INIT_LIST_HEAD(&pmd->lru), which sets w16 (= pmd_huge_pte) to the PMD table
@@ -44,9 +44,7 @@ def test_list_head_is_caught_by_the_invariants(path: str) -> None:
     assert report.finding.signature.startswith("invariant:write:deposit.")
 
 
-@pytest.mark.parametrize(
-    "path", [*programs("list_head_*.json"), os.path.join(CANARY, "list_head_two_puds.json")]
-)
+@pytest.mark.parametrize("path", programs("list_head_*.json"))
 def test_list_head_crashes_where_the_kernel_would(path: str) -> None:
     # With the checker off the model runs on like the kernel: popping a PMD table with
     # list_del() poisons its lru.prev, which is its pmd_huge_pte, and the first PTE-table
@@ -60,8 +58,7 @@ def test_list_head_crashes_where_the_kernel_would(path: str) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    [*programs("lru_next_*.json"), *programs("llist_*.json"),
-     os.path.join(CANARY, "lru_next_two_puds.json")],
+    [*programs("lru_next_*.json"), *programs("llist_*.json")],
 )
 def test_correct_designs_pass(path: str) -> None:
     report = run_program(load_program_file(path), "ref")
