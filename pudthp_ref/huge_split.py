@@ -2,8 +2,9 @@
 unmap_folio(), remap_page(), deferred_split_scan(), and the debugfs split_huge_pages file.
 
 The unmap goes through migration entries, which live only inside the operation: the model
-records each PTE mapping (page, bits, and the exclusive state the entry type would carry),
+records each mapping (page, bits, and the exclusive state the entry type would carry),
 splits, then remaps every page to its new order-0 folio or to the shared zero page.
+Migration (migrate.py) uses the same entries to move a folio.
 """
 
 from __future__ import annotations
@@ -11,35 +12,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pudthp_ref.folio import folio_unqueue_deferred_split, free_folio
-from pudthp_ref.huge_memory import __split_huge_pud_locked
 from pudthp_ref.memory import follow_page
 from pudthp_ref.mm_types import Folio, MmState, MmStruct, PtDesc
-from pudthp_ref.pgtable import (
-    ZERO,
-    is_leaf,
-    is_table,
-    mk_pte,
-    mk_table,
-    pgtable_trans_huge_withdraw,
-    table_of,
-)
+from pudthp_ref.page_vma_mapped import page_vma_mapped_walk
+from pudthp_ref.pgtable import ZERO, mk_leaf, mk_pte, mk_table, pgtable_trans_huge_withdraw
 from pudthp_ref.rmap import LEVEL_PMD, LEVEL_PTE, folio_add_anon_rmap, folio_remove_rmap
 from pudthp_ref.spec import EBUSY, EINVAL, ModelBug, Result
 from pudthp_ref.vmstat import count_mthp_stat, count_vm_event
 
 
 @dataclass(slots=True)
-class MigrationPte:
-    """A PTE turned into a migration entry: where it is and what it must come back as."""
+class MigrationEntry:
+    """A PTE or PMD mapping turned into a migration entry: where it is and what it must come
+    back as.  ``exclusive`` is the entry type (writable or readable_exclusive)."""
 
     mm: MmStruct
     table: PtDesc
     index: int
+    level: str  # "pte" or "pmd"
     page: int
     write: bool
     dirty: bool
     young: bool
-    exclusive: bool  # writable or readable_exclusive entry type
+    exclusive: bool
 
 
 def sys_split_folio(st: MmState, mm: MmStruct, vpn: int) -> Result:
@@ -67,58 +62,45 @@ def split_failed(st: MmState, folio: Folio) -> None:
 
 
 def split_folio(st: MmState, folio: Folio) -> bool:
-    """__folio_split() to order 0.  Returns False (EAGAIN/EBUSY) when it cannot split."""
+    """split_folio(): True when the folio was split."""
+    return split_folio_to_list(st, folio) is not None
+
+
+def split_folio_to_list(st: MmState, folio: Folio) -> list[Folio] | None:
+    """__folio_split() to order 0.  Returns the tail folios still mapped afterwards (the
+    head stays ``folio``), or None (EAGAIN/EBUSY) when it cannot split."""
     if folio.refcount != folio_expected_ref_count(folio):
         split_failed(st, folio)  # a pin or another extra reference: mappings untouched
-        return False
+        return None
     migration = unmap_folio(st, folio)
     if folio.refcount != 0:  # folio_ref_freeze() failed: back as a PTE-mapped THP
-        remap_page(st, [folio], migration, split=False)
+        for m in migration:
+            remove_migration_entry(st, m, folio, m.page)
         split_failed(st, folio)
-        return False
+        return None
     folio_unqueue_deferred_split(st, folio)
     new = split_unmapped_folio(st, folio)
-    remap_page(st, new, migration, split=True)
+    remap_page(st, new, migration)
     for f in new:
         if f.refcount == 0:
             free_folio(st, f)  # unmapped subpages go back to the allocator
-    return True
+    return [f for f in new[1:] if not f.freed]
 
 
-def unmap_folio(st: MmState, folio: Folio) -> list[MigrationPte]:
-    """unmap_folio(): try_to_migrate(TTU_SPLIT_HUGE_PMD | TTU_SPLIT_HUGE_PUD).
-
-    The rmap walk visits mms in id order and each mm in address order.  PUD leaves are
-    split to PTEs first (there is no PUD migration entry); PMD leaves are split frozen.
-    """
-    g = st.geom
-    out: list[MigrationPte] = []
-    for mm in st.mms:
-        if not mm.alive:
-            continue
-        pud_table = st.tables[mm.pud_table]
-        for pi, pe in enumerate(pud_table.entries):
-            if is_leaf(pe) and pe is not None and pe[1] == folio.id:
-                __split_huge_pud_locked(st, mm, pud_table, pi)
-            if not is_table(pud_table.entries[pi]):
-                continue
-            pmd_table = table_of(st, pud_table.entries[pi], "pmd")
-            for mi in range(g.P):
-                me = pmd_table.entries[mi]
-                if is_leaf(me) and me is not None and me[1] == folio.id:
-                    out.extend(split_huge_pmd_freeze(st, mm, pmd_table, mi))
-                    continue
-                if not is_table(me):
-                    continue
-                pte_table = table_of(st, me, "pte")
-                for ti, e in enumerate(pte_table.entries):
-                    if e is not None and e[0] == "pte" and e[1] == folio.id:
-                        out.append(try_to_migrate_one(st, mm, folio, pte_table, ti))
+def unmap_folio(st: MmState, folio: Folio) -> list[MigrationEntry]:
+    """unmap_folio(): try_to_migrate(TTU_SPLIT_HUGE_PMD | TTU_SPLIT_HUGE_PUD); PMD leaves
+    are split frozen into PTE migration entries."""
+    out: list[MigrationEntry] = []
+    for at in page_vma_mapped_walk(st, folio):
+        if at.level == "pmd":
+            out.extend(split_huge_pmd_freeze(st, at.mm, at.table, at.index))
+        else:
+            out.append(try_to_migrate_one(st, at.mm, folio, at.table, at.index))
     return out
 
 
 def try_to_migrate_one(st: MmState, mm: MmStruct, folio: Folio, pte_table: PtDesc,
-                       ti: int) -> MigrationPte:
+                       ti: int) -> MigrationEntry:
     """One present PTE becomes a migration entry: share the page, drop rmap and reference."""
     e = pte_table.entries[ti]
     assert e is not None
@@ -130,29 +112,53 @@ def try_to_migrate_one(st: MmState, mm: MmStruct, folio: Folio, pte_table: PtDes
     pte_table.entries[ti] = None
     folio_remove_rmap(st, folio, page, 1, mm, LEVEL_PTE)
     folio.refcount -= 1
-    return MigrationPte(mm, pte_table, ti, page, write, dirty, young, write or exclusive)
+    return MigrationEntry(mm, pte_table, ti, LEVEL_PTE, page, write, dirty, young,
+                          write or exclusive)
+
+
+def set_pmd_migration_entry(st: MmState, mm: MmStruct, folio: Folio, pmd_table: PtDesc,
+                            mi: int) -> MigrationEntry:
+    """set_pmd_migration_entry(): the PMD leaf becomes a PMD migration entry; the deposit
+    stays, RSS is unchanged."""
+    e = pmd_table.entries[mi]
+    assert e is not None
+    _, _, write, dirty, young = e
+    exclusive = folio.anon_exclusive[0]
+    folio.anon_exclusive[0] = False  # folio_try_share_anon_rmap_pmd()
+    if dirty:
+        folio.dirty = True
+    pmd_table.entries[mi] = None
+    folio_remove_rmap(st, folio, 0, folio.nr, mm, LEVEL_PMD)
+    folio.refcount -= 1
+    return MigrationEntry(mm, pmd_table, mi, LEVEL_PMD, 0, write, dirty, young,
+                          write or exclusive)
 
 
 def split_huge_pmd_freeze(st: MmState, mm: MmStruct, pmd_table: PtDesc, mi: int
-                          ) -> list[MigrationPte]:
+                          ) -> list[MigrationEntry]:
     """__split_huge_pmd_locked(freeze=true): P PTE migration entries, PMD rmap and ref gone."""
-    e = pmd_table.entries[mi]
-    assert e is not None
-    folio = st.folios[e[1]]
-    _, _, write, dirty, young = e
+    folio = st.folios[pmd_table.entries[mi][1]]  # type: ignore[index]
     count_vm_event(st, "thp_split_pmd")
-    if dirty:
-        folio.dirty = True
-    exclusive = folio.anon_exclusive[0]
-    folio.anon_exclusive[0] = False  # folio_try_share_anon_rmap_pmd()
+    pmd = set_pmd_migration_entry(st, mm, folio, pmd_table, mi)
     pte_table = pgtable_trans_huge_withdraw(st, pmd_table)
     pmd_table.entries[mi] = mk_table(pte_table.id)
-    folio_remove_rmap(st, folio, 0, folio.nr, mm, LEVEL_PMD)
-    folio.refcount -= 1
     return [
-        MigrationPte(mm, pte_table, j, j, write, dirty, young, write or exclusive)
+        MigrationEntry(mm, pte_table, j, LEVEL_PTE, j, pmd.write, pmd.dirty, pmd.young,
+                       pmd.exclusive)
         for j in range(folio.nr)
     ]
+
+
+def remove_migration_entry(st: MmState, m: MigrationEntry, folio: Folio, page: int) -> None:
+    """remove_migration_pte() / remove_migration_pmd(): map ``page`` of ``folio`` where the
+    migration entry was, RMAP_EXCLUSIVE unless the entry was readable."""
+    folio.refcount += 1
+    if m.level == LEVEL_PMD:
+        m.table.entries[m.index] = mk_leaf(folio.id, m.write, m.dirty, m.young)
+        folio_add_anon_rmap(st, folio, 0, folio.nr, m.mm, LEVEL_PMD, m.exclusive)
+    else:
+        m.table.entries[m.index] = mk_pte(folio.id, page, m.write, m.dirty, m.young)
+        folio_add_anon_rmap(st, folio, page, 1, m.mm, LEVEL_PTE, m.exclusive)
 
 
 def split_unmapped_folio(st: MmState, folio: Folio) -> list[Folio]:
@@ -186,20 +192,16 @@ def split_unmapped_folio(st: MmState, folio: Folio) -> list[Folio]:
     return new
 
 
-def remap_page(st: MmState, folios: list[Folio], migration: list[MigrationPte], split: bool
-               ) -> None:
-    """remap_page() / remove_migration_ptes(); after a split, zero-filled pages go to the
-    shared zero page (try_to_map_unused_to_zeropage, MM_ANONPAGES -1 each)."""
+def remap_page(st: MmState, folios: list[Folio], migration: list[MigrationEntry]) -> None:
+    """remap_page() after a split: page i goes to folio i, or, when zero-filled, to the
+    shared zero page (try_to_map_unused_to_zeropage, MM_ANONPAGES -1)."""
     for m in migration:
-        f = folios[m.page] if split else folios[0]
-        page = 0 if split else m.page
-        if split and f.data[0] == 0:
+        f = folios[m.page]
+        if f.data[0] == 0:
             m.table.entries[m.index] = ZERO
             m.mm.rss_anon -= 1
             continue
-        f.refcount += 1
-        m.table.entries[m.index] = mk_pte(f.id, page, m.write, m.dirty, m.young)
-        folio_add_anon_rmap(st, f, page, 1, m.mm, LEVEL_PTE, m.exclusive)
+        remove_migration_entry(st, m, f, 0)
 
 
 def deferred_split_scan(st: MmState) -> int:

@@ -5,16 +5,12 @@ from __future__ import annotations
 from pudthp_ref.memory import zap_page_range
 from pudthp_ref.mm_types import MmState, MmStruct, Vma
 from pudthp_ref.mmap import split_vma_at, vma_merge_around
-from pudthp_ref.spec import EINVAL, ENOMEM, Result
-
-# MADV_PAGEOUT answers EINVAL until reclaim with swap is modelled (vmscan.py).
-PAGEOUT_MODELLED = True
+from pudthp_ref.spec import ENOMEM, Result
+from pudthp_ref.vmscan import madvise_pageout
 
 
 def sys_madvise(st: MmState, mm: MmStruct, start: int, npages: int, advice: str) -> Result:
     """madvise_walk_vmas(): act on every VMA part in range; a hole makes it ENOMEM."""
-    if advice == "pageout" and not PAGEOUT_MODELLED:
-        return EINVAL
     end = start + npages
     parts: list[tuple[int, int]] = []
     cur = start
@@ -36,8 +32,6 @@ def sys_madvise(st: MmState, mm: MmStruct, start: int, npages: int, advice: str)
         elif advice == "dontneed":
             zap_page_range(st, mm, lo, hi)
         else:
-            from pudthp_ref.vmscan import madvise_pageout
-
             madvise_pageout(st, mm, lo, hi)
     return ENOMEM if hole else 0
 

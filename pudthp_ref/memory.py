@@ -33,8 +33,11 @@ from pudthp_ref.pgtable import (
     is_zero,
     mk_pte,
     mk_table,
+    pmd_range,
     pt_alloc,
     pt_free,
+    pte_range,
+    pud_range,
     table_of,
 )
 from pudthp_ref.rmap import (
@@ -46,6 +49,8 @@ from pudthp_ref.rmap import (
     folio_try_dup_anon_rmap,
 )
 from pudthp_ref.spec import ModelBug
+from pudthp_ref.swapfile import free_swap_and_cache, swap_duplicate, swap_slot
+from pudthp_ref.vmstat import count_vm_event
 
 
 class FaultOOM(Exception):
@@ -156,8 +161,6 @@ def handle_pte_fault(st: MmState, mm: MmStruct, vma: Vma, pte_table: PtDesc, ti:
     if e is None:
         do_anonymous_page(st, mm, vma, pte_table, ti, write)
     elif is_swap_pte(e):
-        from pudthp_ref.vmscan import do_swap_page
-
         do_swap_page(st, mm, vma, pte_table, ti)
         if write and not entry_write(pte_table.entries[ti]):  # type: ignore[arg-type]
             do_wp_page(st, mm, vma, pte_table, ti)
@@ -176,6 +179,25 @@ def do_anonymous_page(st: MmState, mm: MmStruct, vma: Vma, pte_table: PtDesc, ti
     folio_add_new_anon_rmap(st, folio, mm)
     mm.rss_anon += 1
     pte_table.entries[ti] = mk_pte(folio.id, 0, vma.prot == "rw", vma.prot == "rw", True)
+
+
+def do_swap_page(st: MmState, mm: MmStruct, vma: Vma, pte_table: PtDesc, ti: int) -> None:
+    """do_swap_page(): a fresh order-0 folio with the slot's contents.
+
+    The model keeps no swap cache, so the new folio is never exposed to anyone else and is
+    mapped exclusive; a write fault then reuses it in place.
+    """
+    e = pte_table.entries[ti]
+    assert e is not None
+    slot = swap_slot(st, e[1])
+    folio = alloc_page_retrying(st)
+    folio.data[0] = slot.data
+    count_vm_event(st, "pswpin")
+    folio_add_new_anon_rmap(st, folio, mm, exclusive=True)
+    mm.rss_anon += 1
+    mm.rss_swap -= 1
+    pte_table.entries[ti] = mk_pte(folio.id, 0, False, False, True)
+    free_swap_and_cache(st, e[1])
 
 
 def wp_can_reuse_anon_folio(st: MmState, folio: Folio) -> bool:
@@ -243,9 +265,7 @@ def copy_page_range(st: MmState, dst_mm: MmStruct, src_mm: MmStruct, vma: Vma) -
     g = st.geom
     src_pud = st.tables[src_mm.pud_table]
     dst_pud = st.tables[dst_mm.pud_table]
-    for pi in range(g.pud_index(vma.start), g.pud_index(vma.end - 1) + 1):
-        base = pi * g.pud_nr
-        lo, hi = max(vma.start, base), min(vma.end, base + g.pud_nr)
+    for pi, addr, nxt in pud_range(g, vma.start, vma.end):
         se = src_pud.entries[pi]
         if se is None:
             continue
@@ -255,14 +275,13 @@ def copy_page_range(st: MmState, dst_mm: MmStruct, src_mm: MmStruct, vma: Vma) -
         if dst_pud.entries[pi] is None:
             dst_pud.entries[pi] = mk_table(pt_alloc(st, dst_mm, "pmd").id)
         dst_pmd = table_of(st, dst_pud.entries[pi], "pmd")
-        copy_pmd_range(st, dst_mm, src_mm, vma, dst_pmd, src_pmd, lo, hi)
+        copy_pmd_range(st, dst_mm, src_mm, vma, dst_pmd, src_pmd, addr, nxt)
 
 
 def copy_pmd_range(st: MmState, dst_mm: MmStruct, src_mm: MmStruct, vma: Vma, dst_pmd: PtDesc,
-                   src_pmd: PtDesc, lo: int, hi: int) -> None:
+                   src_pmd: PtDesc, start: int, end: int) -> None:
     g = st.geom
-    for vpn in range(lo - lo % g.pmd_nr, hi, g.pmd_nr):
-        mi = g.pmd_index(vpn)
+    for mi, addr, nxt in pmd_range(g, start, end):
         se = src_pmd.entries[mi]
         if se is None:
             continue
@@ -274,8 +293,7 @@ def copy_pmd_range(st: MmState, dst_mm: MmStruct, src_mm: MmStruct, vma: Vma, ds
         if dst_pmd.entries[mi] is None:
             dst_pmd.entries[mi] = mk_table(pt_alloc(st, dst_mm, "pte").id)
         dst_pte = table_of(st, dst_pmd.entries[mi], "pte")
-        a, b = max(lo, vpn), min(hi, vpn + g.pmd_nr)
-        for ti in range(g.pte_index(a), g.pte_index(a) + (b - a)):
+        for ti in pte_range(g, addr, nxt):
             copy_pte(st, dst_mm, src_mm, vma, dst_pte, src_pte, ti)
 
 
@@ -289,8 +307,6 @@ def copy_pte(st: MmState, dst_mm: MmStruct, src_mm: MmStruct, vma: Vma, dst_pte:
         dst_pte.entries[ti] = ZERO
         return
     if is_swap_pte(e):
-        from pudthp_ref.vmscan import swap_duplicate
-
         swap_duplicate(st, e[1])
         dst_mm.rss_swap += 1
         dst_pte.entries[ti] = e
@@ -324,42 +340,37 @@ def zap_page_range(st: MmState, mm: MmStruct, start: int, end: int) -> None:
     """unmap_page_range() over ``[start, end)`` inside one VMA."""
     g = st.geom
     pud_table = st.tables[mm.pud_table]
-    for pi in range(g.pud_index(start), g.pud_index(end - 1) + 1):
-        base = pi * g.pud_nr
-        lo, hi = max(start, base), min(end, base + g.pud_nr)
+    for pi, addr, nxt in pud_range(g, start, end):
         pe = pud_table.entries[pi]
         if pe is None:
             continue
         if is_leaf(pe):
-            if lo == base and hi == base + g.pud_nr:
+            if nxt - addr == g.pud_nr:
                 zap_huge_pud(st, mm, pud_table, pi)
                 continue
             __split_huge_pud_locked(st, mm, pud_table, pi)
-        zap_pmd_range(st, mm, table_of(st, pud_table.entries[pi], "pmd"), lo, hi)
+        zap_pmd_range(st, mm, table_of(st, pud_table.entries[pi], "pmd"), addr, nxt)
 
 
-def zap_pmd_range(st: MmState, mm: MmStruct, pmd_table: PtDesc, lo: int, hi: int) -> None:
+def zap_pmd_range(st: MmState, mm: MmStruct, pmd_table: PtDesc, start: int, end: int) -> None:
     g = st.geom
-    for vpn in range(lo - lo % g.pmd_nr, hi, g.pmd_nr):
-        mi = g.pmd_index(vpn)
+    for mi, addr, nxt in pmd_range(g, start, end):
         me = pmd_table.entries[mi]
         if me is None:
             continue
-        a, b = max(lo, vpn), min(hi, vpn + g.pmd_nr)
         if is_leaf(me) or is_zero(me):
-            if a == vpn and b == vpn + g.pmd_nr:
+            if nxt - addr == g.pmd_nr:
                 zap_huge_pmd(st, mm, pmd_table, mi)
                 continue
             __split_huge_pmd_locked(st, mm, pmd_table, mi)
-        pte_table = table_of(st, pmd_table.entries[mi], "pte")
-        zap_pte_range(st, mm, pte_table, g.pte_index(a), g.pte_index(a) + (b - a))
+        zap_pte_range(st, mm, table_of(st, pmd_table.entries[mi], "pte"), pte_range(g, addr, nxt))
 
 
-def zap_pte_range(st: MmState, mm: MmStruct, pte_table: PtDesc, first: int, last: int) -> None:
+def zap_pte_range(st: MmState, mm: MmStruct, pte_table: PtDesc, span: range) -> None:
     """zap_pte_range(): present PTEs of one folio go in batches (folio_pte_batch), which
     decides whether __folio_remove_rmap sees a partial mapping."""
     entries = pte_table.entries
-    ti = first
+    ti, last = span.start, span.stop
     while ti < last:
         e = entries[ti]
         if e is None:
@@ -383,8 +394,6 @@ def zap_pte_range(st: MmState, mm: MmStruct, pte_table: PtDesc, first: int, last
             continue
         entries[ti] = None
         if is_swap_pte(e):
-            from pudthp_ref.vmscan import free_swap_and_cache
-
             mm.rss_swap -= 1
             free_swap_and_cache(st, e[1])
         ti += 1
@@ -404,16 +413,14 @@ def free_pgtables(st: MmState, mm: MmStruct, start: int, end: int) -> None:
     any part of their range (the floor/ceiling rule of free_pgd_range)."""
     g = st.geom
     pud_table = st.tables[mm.pud_table]
-    for pi in range(g.pud_index(start), g.pud_index(end - 1) + 1):
+    for pi, addr, nxt in pud_range(g, start, end):
         pe = pud_table.entries[pi]
         if not is_table(pe):
             continue
         pmd_table = table_of(st, pe, "pmd")
-        base = pi * g.pud_nr
-        for mi in range(g.P):
-            lo = base + mi * g.pmd_nr
-            if lo + g.pmd_nr <= start or lo >= end:
-                continue
+        base = addr - addr % g.pud_nr
+        for mi, lo, _ in pmd_range(g, addr, nxt):
+            lo -= lo % g.pmd_nr
             me = pmd_table.entries[mi]
             if is_table(me) and not range_mapped(mm, lo, lo + g.pmd_nr):
                 pte_table = table_of(st, me, "pte")

@@ -10,6 +10,8 @@ move one by one.  A pinned folio stays.  Folios that may be mapped shared are no
 
 from __future__ import annotations
 
+from collections import deque
+
 from pudthp_ref.folio import (
     deferred_split_folio,
     folio_alloc,
@@ -17,18 +19,26 @@ from pudthp_ref.folio import (
     free_folio,
 )
 from pudthp_ref.huge_memory import __split_huge_pud_locked
-from pudthp_ref.huge_split import split_folio
-from pudthp_ref.mm_types import Folio, MmState, MmStruct
-from pudthp_ref.pgtable import is_leaf, is_present_pte, is_table, mk_leaf, mk_pte, table_of
-from pudthp_ref.rmap import (
-    LEVEL_PMD,
-    LEVEL_PTE,
-    folio_add_anon_rmap,
-    folio_maybe_dma_pinned,
-    folio_remove_rmap,
+from pudthp_ref.huge_split import (
+    remove_migration_entry,
+    set_pmd_migration_entry,
+    split_folio_to_list,
+    try_to_migrate_one,
 )
+from pudthp_ref.mm_types import Folio, MmState, MmStruct
+from pudthp_ref.page_vma_mapped import page_vma_mapped_walk
+from pudthp_ref.pgtable import (
+    is_leaf,
+    is_present_pte,
+    is_table,
+    pmd_range,
+    pte_range,
+    pud_range,
+    table_of,
+)
+from pudthp_ref.rmap import folio_maybe_dma_pinned
 from pudthp_ref.spec import EINVAL, ModelBug, Result
-from pudthp_ref.vmscan import folio_maybe_mapped_shared, isolate
+from pudthp_ref.vmscan import Isolated, folio_mapcount, folio_maybe_mapped_shared
 from pudthp_ref.vmstat import count_mthp_stat, count_vm_event
 
 
@@ -37,76 +47,66 @@ def sys_migrate(st: MmState, mm: MmStruct, start: int, npages: int, node: int) -
     g = st.geom
     if node >= st.cfg.nodes or start + npages > g.space:
         return EINVAL
-    end = start + npages
-    queued: list[Folio] = []
+    queued: Isolated = {}
     pud_table = st.tables[mm.pud_table]
     for v in mm.vmas:
-        lo0, hi0 = max(v.start, start), min(v.end, end)
-        if lo0 >= hi0:
-            continue
-        for pi in range(g.pud_index(lo0), g.pud_index(hi0 - 1) + 1):
+        lo, hi = max(v.start, start), min(v.end, start + npages)
+        for pi, addr, nxt in pud_range(g, lo, hi):
             if is_leaf(pud_table.entries[pi]):
                 __split_huge_pud_locked(st, mm, pud_table, pi)  # walk_pud_range()
             if not is_table(pud_table.entries[pi]):
                 continue
             pmd_table = table_of(st, pud_table.entries[pi], "pmd")
-            base = pi * g.pud_nr
-            lo, hi = max(lo0, base), min(hi0, base + g.pud_nr)
-            for vpn in range(lo - lo % g.pmd_nr, hi, g.pmd_nr):
-                me = pmd_table.entries[g.pmd_index(vpn)]
+            for mi, a, b in pmd_range(g, addr, nxt):
+                me = pmd_table.entries[mi]
                 if is_leaf(me):
                     assert me is not None
-                    queue_folio(st, st.folios[me[1]], node, queued)
-                    continue
-                if not is_table(me):
-                    continue
-                pte_table = table_of(st, me, "pte")
-                a, b = max(lo, vpn), min(hi, vpn + g.pmd_nr)
-                for ti in range(g.pte_index(a), g.pte_index(a) + (b - a)):
-                    e = pte_table.entries[ti]
-                    if is_present_pte(e):
-                        assert e is not None
-                        queue_folio(st, st.folios[e[1]], node, queued)
+                    queue_folio(st.folios[me[1]], node, queued)
+                elif is_table(me):
+                    pte_table = table_of(st, me, "pte")
+                    for ti in pte_range(g, a, b):
+                        e = pte_table.entries[ti]
+                        if is_present_pte(e):
+                            assert e is not None
+                            queue_folio(st.folios[e[1]], node, queued)
     migrate_pages(st, queued, node)
     return 0
 
 
-def queue_folio(st: MmState, folio: Folio, node: int, queued: list[Folio]) -> None:
+def queue_folio(folio: Folio, node: int, queued: Isolated) -> None:
     """queue_folio_required() + migrate_folio_add()."""
-    if folio.node == node or folio_maybe_mapped_shared(folio):
-        return
-    isolate(queued, folio)
+    if folio.node != node and not folio_maybe_mapped_shared(folio):
+        queued.setdefault(folio.id, folio)
 
 
-def migrate_pages(st: MmState, folios: list[Folio], node: int) -> None:
-    todo = list(folios)
+def migrate_pages(st: MmState, queued: Isolated, node: int) -> None:
+    """migrate_pages(): each folio moved, split (its pages queued next) or left."""
+    todo = deque(queued.values())
     while todo:
-        folio = todo.pop(0)
+        folio = todo.popleft()
         if folio.freed:
             continue
         is_thp = folio.order >= st.geom.pmd_order
-        mapped = folio.large_mapcount + 1 if folio.order else folio.mapcount[0] + 1
-        if folio_maybe_dma_pinned(folio) or folio.refcount != mapped:
+        if folio_maybe_dma_pinned(folio) or folio.refcount != folio_mapcount(folio):
             if is_thp:
                 count_vm_event(st, "thp_migration_fail")  # the extra reference stays
             continue
         dst = folio_alloc(st, folio.order, node)
-        if dst is None:
-            if folio.order == 0:
-                continue
-            first_new = st.next_folio_id
-            if not split_folio(st, folio):
-                if is_thp:
-                    count_vm_event(st, "thp_migration_fail")
-                continue
+        if dst is not None:
+            move_folio(st, folio, dst)
             if is_thp:
-                count_vm_event(st, "thp_migration_split")
-            pieces = [folio] + [st.folios[i] for i in range(first_new, st.next_folio_id)]
-            todo[0:0] = [f for f in pieces if not f.freed]
+                count_vm_event(st, "thp_migration_success")
             continue
-        move_folio(st, folio, dst)
+        if folio.order == 0:
+            continue
+        tails = split_folio_to_list(st, folio)
+        if tails is None:
+            if is_thp:
+                count_vm_event(st, "thp_migration_fail")
+            continue
         if is_thp:
-            count_vm_event(st, "thp_migration_success")
+            count_vm_event(st, "thp_migration_split")
+        todo.extendleft(reversed([folio, *tails]))
 
 
 def move_folio(st: MmState, src: Folio, dst: Folio) -> None:
@@ -114,41 +114,16 @@ def move_folio(st: MmState, src: Folio, dst: Folio) -> None:
     migration entry to the same place in ``dst``; contents, dirty and the deferred queue
     (recorded before the unmap) carried over; ``src`` freed."""
     was_queued, was_partial = src.deferred, src.partially_mapped
+    migration = [
+        set_pmd_migration_entry(st, at.mm, src, at.table, at.index)
+        if at.level == "pmd"
+        else try_to_migrate_one(st, at.mm, src, at.table, at.index)
+        for at in page_vma_mapped_walk(st, src)
+    ]
     dst.data = list(src.data)
     dst.dirty = src.dirty
-    for mm in st.mms:
-        if not mm.alive:
-            continue
-        pud_table = st.tables[mm.pud_table]
-        for pe in pud_table.entries:
-            if not is_table(pe):
-                continue
-            pmd_table = table_of(st, pe, "pmd")
-            for mi, me in enumerate(pmd_table.entries):
-                if is_leaf(me) and me is not None and me[1] == src.id:
-                    # set_pmd_migration_entry() then remove_migration_pmd()
-                    _, _, write, dirty, young = me
-                    exclusive = write or src.anon_exclusive[0]
-                    src.anon_exclusive[0] = False
-                    folio_remove_rmap(st, src, 0, src.nr, mm, LEVEL_PMD)
-                    src.refcount -= 1
-                    dst.refcount += 1
-                    pmd_table.entries[mi] = mk_leaf(dst.id, write, dirty, young)
-                    folio_add_anon_rmap(st, dst, 0, dst.nr, mm, LEVEL_PMD, exclusive)
-                    continue
-                if not is_table(me):
-                    continue
-                pte_table = table_of(st, me, "pte")
-                for ti, e in enumerate(pte_table.entries):
-                    if e is not None and e[0] == "pte" and e[1] == src.id:
-                        _, _, page, write, dirty, young = e
-                        exclusive = write or src.anon_exclusive[page]
-                        src.anon_exclusive[page] = False
-                        folio_remove_rmap(st, src, page, 1, mm, LEVEL_PTE)
-                        src.refcount -= 1
-                        dst.refcount += 1
-                        pte_table.entries[ti] = mk_pte(dst.id, page, write, dirty, young)
-                        folio_add_anon_rmap(st, dst, page, 1, mm, LEVEL_PTE, exclusive)
+    for m in migration:
+        remove_migration_entry(st, m, dst, m.page)
     dst.refcount -= 1  # folio_alloc()'s reference, now carried by the mappings
     if dst.order > 0:
         count_mthp_stat(st, dst.order, "nr_anon", 1)  # __folio_migrate_mapping()

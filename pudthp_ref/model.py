@@ -6,18 +6,20 @@ from __future__ import annotations
 from typing import Any
 
 from pudthp_ref import spec
-from pudthp_ref.gup import sys_pin, sys_unpin
+from pudthp_ref.gup import fixup_user_fault, sys_pin, sys_unpin
+from pudthp_ref.huge_split import deferred_split_scan, sys_split_folio
 from pudthp_ref.invariants import check_invariants
 from pudthp_ref.madvise import sys_madvise
-from pudthp_ref.memory import FaultOOM, copy_page_range, follow_page, handle_mm_fault
+from pudthp_ref.memory import FaultOOM, copy_page_range
+from pudthp_ref.migrate import sys_migrate
 from pudthp_ref.mm_types import MmState, MmStruct, Vma
-from pudthp_ref.mmap import exit_mmap, find_vma, sys_mmap, sys_munmap
+from pudthp_ref.mmap import exit_mmap, sys_mmap, sys_munmap
 from pudthp_ref.mprotect import sys_mprotect
-from pudthp_ref.pgtable import entry_json, entry_write, is_leaf, is_present_pte, pt_alloc
+from pudthp_ref.pgtable import pt_alloc
 from pudthp_ref.snapshot import take_snapshot
 from pudthp_ref.spec import ENOMEM, ESRCH, SIGSEGV, Config, ModelBug, Op, Result
 
-__all__ = ["RefModel", "entry_json"]
+__all__ = ["RefModel"]
 
 
 class RefModel:
@@ -57,8 +59,6 @@ def live_mm(st: MmState, mm_id: int) -> MmStruct | None:
 def apply_op(st: MmState, op: Op) -> Result:
     """One op; ops naming a dead or unknown mm return ESRCH."""
     if isinstance(op, spec.ShrinkDeferred):
-        from pudthp_ref.huge_split import deferred_split_scan
-
         return deferred_split_scan(st)
     if isinstance(op, spec.FailAlloc):
         st.fail_alloc[op.order] = op.count
@@ -88,51 +88,17 @@ def apply_op(st: MmState, op: Op) -> Result:
     if isinstance(op, spec.Pin):
         return sys_pin(st, mm, op.addr)
     if isinstance(op, spec.SplitFolio):
-        from pudthp_ref.huge_split import sys_split_folio
-
         return sys_split_folio(st, mm, op.addr)
     if isinstance(op, spec.Migrate):
-        from pudthp_ref.migrate import sys_migrate
-
         return sys_migrate(st, mm, op.start, op.npages, op.node)
     raise ModelBug("apply.unknown_op", f"no handler for {op!r}")
-
-
-def access_ok(vma: Vma | None, write: bool) -> bool:
-    if vma is None or vma.prot == "none":
-        return False
-    return not (write and vma.prot != "rw")
-
-
-def fault_in(st: MmState, mm: MmStruct, vpn: int, write: bool) -> tuple[str, int, int] | None:
-    """Fault ``vpn`` in (as the MMU would retry the access) and touch its entry.
-
-    Returns (kind, folio id, page index), kind "page" or "zero"; None for SIGSEGV.
-    """
-    vma = find_vma(mm, vpn)
-    if not access_ok(vma, write):
-        return None
-    assert vma is not None
-    for _ in range(4):
-        loc = follow_page(st, mm, vpn)
-        if loc is not None:
-            table, idx, e, page = loc
-            if e[0] == "zero":
-                if not write:
-                    return ("zero", 0, 0)
-            elif (not write or entry_write(e)) and (is_leaf(e) or is_present_pte(e)):
-                # The hardware sets the accessed (and dirty) bit on the access.
-                table.entries[idx] = (*e[:-2], e[-2] or write, True)
-                return ("page", e[1], page)
-        handle_mm_fault(st, mm, vma, vpn, write)
-    raise ModelBug("fault.no_progress", f"mm {mm.id} vpn {vpn}: fault did not map the page")
 
 
 def access(st: MmState, mm: MmStruct, vpn: int, value: int | None) -> Result:
     """A user read (value None) or write of one page."""
     if vpn >= st.geom.space:
         return SIGSEGV
-    where = fault_in(st, mm, vpn, value is not None)
+    where = fixup_user_fault(st, mm, vpn, value is not None)
     if where is None:
         return SIGSEGV
     kind, fid, page = where

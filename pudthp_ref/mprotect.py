@@ -10,7 +10,16 @@ from pudthp_ref.huge_memory import (
 )
 from pudthp_ref.mm_types import MmState, MmStruct, Vma
 from pudthp_ref.mmap import split_vma_at, vma_merge_around
-from pudthp_ref.pgtable import entry_with, is_leaf, is_present_pte, is_zero, table_of
+from pudthp_ref.pgtable import (
+    entry_with,
+    is_leaf,
+    is_present_pte,
+    is_zero,
+    pmd_range,
+    pte_range,
+    pud_range,
+    table_of,
+)
 from pudthp_ref.spec import ENOMEM, Result
 
 
@@ -51,31 +60,27 @@ def change_protection(st: MmState, mm: MmStruct, start: int, end: int, prot: str
     """
     g = st.geom
     pud_table = st.tables[mm.pud_table]
-    for pi in range(g.pud_index(start), g.pud_index(end - 1) + 1):
-        base = pi * g.pud_nr
-        lo, hi = max(start, base), min(end, base + g.pud_nr)
+    for pi, addr, nxt in pud_range(g, start, end):
         pe = pud_table.entries[pi]
         if pe is None:
             continue
         if is_leaf(pe):
-            if lo == base and hi == base + g.pud_nr:
+            if nxt - addr == g.pud_nr:
                 change_huge_pud(st, pud_table, pi)
                 continue
             __split_huge_pud_locked(st, mm, pud_table, pi)
         pmd_table = table_of(st, pud_table.entries[pi], "pmd")
-        for vpn in range(lo - lo % g.pmd_nr, hi, g.pmd_nr):
-            mi = g.pmd_index(vpn)
+        for mi, a, b in pmd_range(g, addr, nxt):
             me = pmd_table.entries[mi]
             if me is None:
                 continue
-            a, b = max(lo, vpn), min(hi, vpn + g.pmd_nr)
             if is_leaf(me) or is_zero(me):
-                if a == vpn and b == vpn + g.pmd_nr:
+                if b - a == g.pmd_nr:
                     change_huge_pmd(st, pmd_table, mi, prot)
                     continue
                 __split_huge_pmd_locked(st, mm, pmd_table, mi)
             pte_table = table_of(st, pmd_table.entries[mi], "pte")
-            for ti in range(g.pte_index(a), g.pte_index(a) + (b - a)):
+            for ti in pte_range(g, a, b):
                 e = pte_table.entries[ti]
                 if is_present_pte(e):
                     assert e is not None

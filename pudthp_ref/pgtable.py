@@ -8,6 +8,8 @@ freed table raises ``ModelBug`` (the kernel would oops there).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from pudthp_ref.mm_types import (
     PT_DEPOSITED,
     PT_FREED,
@@ -18,7 +20,7 @@ from pudthp_ref.mm_types import (
     PtDesc,
     Word,
 )
-from pudthp_ref.spec import LIST_POISON1, LIST_POISON2, PAGE_TABLE_BYTES, ModelBug
+from pudthp_ref.spec import LIST_POISON1, LIST_POISON2, PAGE_TABLE_BYTES, Geometry, ModelBug
 
 # --------------------------------------------------------------------------------------
 # Entries
@@ -238,3 +240,32 @@ def pgtable_trans_huge_pud_withdraw(st: MmState, pud_table: PtDesc) -> PtDesc:
         )
     top.state = PT_LIVE
     return top
+
+
+# --------------------------------------------------------------------------------------
+# Range walks: the pud_addr_end() / pmd_addr_end() loops of every page-table walker
+# --------------------------------------------------------------------------------------
+
+
+def pud_range(g: Geometry, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """The PUD entries over ``[start, end)``: (index, addr, next), next = pud_addr_end()."""
+    addr = start
+    while addr < end:
+        nxt = min(end, addr - addr % g.pud_nr + g.pud_nr)
+        yield g.pud_index(addr), addr, nxt
+        addr = nxt
+
+
+def pmd_range(g: Geometry, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """The PMD entries over ``[start, end)`` inside one PUD: (index, addr, next)."""
+    addr = start
+    while addr < end:
+        nxt = min(end, addr - addr % g.pmd_nr + g.pmd_nr)
+        yield g.pmd_index(addr), addr, nxt
+        addr = nxt
+
+
+def pte_range(g: Geometry, start: int, end: int) -> range:
+    """The PTE indices over ``[start, end)`` inside one PMD."""
+    first = g.pte_index(start)
+    return range(first, first + (end - start))

@@ -168,3 +168,15 @@ def test_pageout_of_a_pmd_thp_swaps_it_whole_and_swaps_back_in() -> None:
     mm0 = s["mms"][0]
     assert (mm0["rss_anon"], mm0["rss_swap"]) == (2, 2)
     assert [sl["slot"] for sl in s["swap"]] == [3, 4]
+
+
+def test_migration_carries_the_dirty_bit_of_the_ptes_to_the_new_folio() -> None:
+    cfg = Config(geometry=4, pud_enabled="never", pmd_enabled="never")
+    m, results = run(cfg, [Mmap(0, 16, 16, "rw"), Write(0, 18, 6), Migrate(0, 18, 1, 1)])
+    assert results == [0, 0, 0]
+    # do_anonymous_page() maps the written order-0 folio 1 dirty (pte_mkdirty); PG_dirty
+    # is not set on the folio. try_to_migrate_one() calls folio_mark_dirty() for a dirty
+    # PTE, folio_migrate_flags() copies PG_dirty to the new folio 2 on node 1, and
+    # remove_migration_pte() maps it with the entry's dirty bit.
+    [f] = m.snapshot()["folios"]
+    assert (f["id"], f["node"], f["flags"], f["data"]) == (2, 1, ["dirty"], [[6, 1]])
