@@ -116,11 +116,8 @@ def run_program(
     for i, op in enumerate(program.ops):
         try:
             result = model.apply(op)
-        except ModelBug as e:
-            finding = _model_bug_finding(e, i, op.KIND)
-            break
         except Exception as e:
-            finding = _crash_finding(e, i, op.KIND)
+            finding = _exception_finding(e, i, op.KIND)
             break
         if isinstance(result, bool) or not isinstance(result, int | str):
             finding = Finding(
@@ -136,14 +133,8 @@ def run_program(
         if check:
             try:
                 model.check_invariants()
-            except InvariantViolation as e:
-                finding = Finding("invariant", i, f"invariant:{op.KIND}:{e.invariant}", str(e))
-                break
-            except ModelBug as e:
-                finding = _model_bug_finding(e, i, op.KIND)
-                break
             except Exception as e:
-                finding = _crash_finding(e, i, op.KIND)
+                finding = _exception_finding(e, i, op.KIND)
                 break
         mismatch = oracle.step(op, result)
         if mismatch is not None:
@@ -158,6 +149,16 @@ def run_program(
         if finding is None:
             finding = _crash_finding(e, len(program.ops) - 1, "snapshot")
     return RunReport(impl, results, finding, snapshot)
+
+
+def _exception_finding(e: Exception, index: int, kind: str) -> Finding:
+    """What an exception out of an implementation means: a broken invariant, detected model
+    corruption (ModelBug), or a crash of the model itself."""
+    if isinstance(e, InvariantViolation):
+        return Finding("invariant", index, f"invariant:{kind}:{e.invariant}", str(e))
+    if isinstance(e, ModelBug):
+        return _model_bug_finding(e, index, kind)
+    return _crash_finding(e, index, kind)
 
 
 def _model_bug_finding(e: ModelBug, index: int, kind: str) -> Finding:
