@@ -11,16 +11,15 @@ by -1.  mm k has MM-ID k+1.  At P=4 a PMD folio has 4 pages, a PUD folio 16.
 from __future__ import annotations
 
 import pytest
+from statebuild import EM, PMD_ORDER, PUD_ORDER, P, alloc, new_mm, new_state
 
-from pudthp_ref.folio import folio_alloc, folio_get
+from pudthp_ref.folio import folio_get
 from pudthp_ref.huge_memory import huge_wp_reuse
 from pudthp_ref.memory import __wp_can_reuse_large_anon_folio, wp_can_reuse_anon_folio
 from pudthp_ref.mm_types import Folio, MmState, MmStruct
 from pudthp_ref.model import RefModel
-from pudthp_ref.pgtable import pt_alloc
 from pudthp_ref.rmap import LEVEL_PTE, folio_add_anon_rmap, folio_add_new_anon_rmap
 from pudthp_ref.spec import (
-    ENTIRELY_MAPPED,
     PAGE_TABLE_BYTES,
     Config,
     Exit,
@@ -31,30 +30,6 @@ from pudthp_ref.spec import (
     Read,
     Write,
 )
-
-P = 4
-PMD_ORDER = 2
-PUD_ORDER = 4
-EM = ENTIRELY_MAPPED
-
-
-def new_state() -> MmState:
-    cfg = Config(geometry=P)
-    return MmState(cfg=cfg, geom=cfg.geom)
-
-
-def new_mm(st: MmState, mid: int) -> MmStruct:
-    mm = MmStruct(id=mid, pud_table=0)
-    st.mms.append(mm)
-    mm.pud_table = pt_alloc(st, mm, "pud").id
-    return mm
-
-
-def alloc(st: MmState, order: int) -> Folio:
-    f = folio_alloc(st, order)
-    assert f is not None
-    return f
-
 
 # --------------------------------------------------------------------------------------
 # do_huge_pmd_wp_page's reuse test (background 3.3 steps 2-6), on hand-built folios

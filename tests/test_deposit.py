@@ -16,6 +16,7 @@ e->prev->next = e->next; then e->next = LIST_POISON1, e->prev = LIST_POISON2.
 from __future__ import annotations
 
 import pytest
+from statebuild import P, new_mm, new_state
 
 from pudthp_ref.mm_types import PT_DEPOSITED, PT_LIVE, MmState, MmStruct, PtDesc
 from pudthp_ref.model import RefModel
@@ -38,19 +39,14 @@ from pudthp_ref.spec import (
     Write,
 )
 
-P = 4
 VARIANTS = ["lru_next", "llist", "list_head"]
 
 
 def setup(deposit: str) -> tuple[MmState, MmStruct, PtDesc]:
     """A state at P=4 with mm 0 and its PUD table (page-table id 1)."""
-    cfg = Config(geometry=P, deposit=deposit)
-    st = MmState(cfg=cfg, geom=cfg.geom)
-    mm = MmStruct(id=0, pud_table=0)
-    st.mms.append(mm)
-    pud = pt_alloc(st, mm, "pud")
-    mm.pud_table = pud.id
-    return st, mm, pud
+    st = new_state(deposit=deposit)
+    mm = new_mm(st, 0)
+    return st, mm, st.tables[mm.pud_table]
 
 
 def words(t: PtDesc) -> tuple[object, object]:

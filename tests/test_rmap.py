@@ -12,10 +12,10 @@ SHARED bit, ``AE`` = PageAnonExclusive per page.  mm k has MM-ID k+1 (0 is MM_ID
 from __future__ import annotations
 
 import pytest
+from statebuild import EM, PMD_ORDER, PUD_ORDER, alloc, new_mm, new_state
 
-from pudthp_ref.folio import folio_alloc, folio_get
+from pudthp_ref.folio import folio_get
 from pudthp_ref.mm_types import Folio, MmState, MmStruct
-from pudthp_ref.pgtable import pt_alloc
 from pudthp_ref.rmap import (
     LEVEL_PMD,
     LEVEL_PTE,
@@ -28,30 +28,6 @@ from pudthp_ref.rmap import (
     folio_sub_large_mapcount,
     folio_try_dup_anon_rmap,
 )
-from pudthp_ref.spec import ENTIRELY_MAPPED, Config
-
-P = 4
-PMD_ORDER = 2  # log2(P)
-PUD_ORDER = 4  # 2*log2(P)
-EM = ENTIRELY_MAPPED
-
-
-def new_state() -> MmState:
-    cfg = Config(geometry=P)
-    return MmState(cfg=cfg, geom=cfg.geom)
-
-
-def new_mm(st: MmState, mid: int) -> MmStruct:
-    mm = MmStruct(id=mid, pud_table=0)
-    st.mms.append(mm)
-    mm.pud_table = pt_alloc(st, mm, "pud").id
-    return mm
-
-
-def alloc(st: MmState, order: int) -> Folio:
-    f = folio_alloc(st, order)
-    assert f is not None
-    return f
 
 
 def node(st: MmState) -> dict[str, int]:
