@@ -18,22 +18,20 @@ from pudthp_ref.folio import (
     folio_unqueue_deferred_split,
     free_folio,
 )
-from pudthp_ref.huge_memory import __split_huge_pud_locked
 from pudthp_ref.huge_split import (
     remove_migration_entry,
     set_pmd_migration_entry,
     split_folio_to_list,
     try_to_migrate_one,
 )
-from pudthp_ref.mm_types import Folio, MmState, MmStruct
+from pudthp_ref.mm_types import Folio, MmState, MmStruct, PtDesc
 from pudthp_ref.page_vma_mapped import page_vma_mapped_walk
+from pudthp_ref.pagewalk import walk_page_range
 from pudthp_ref.pgtable import (
     is_leaf,
     is_present_pte,
     is_table,
-    pmd_range,
     pte_range,
-    pud_range,
     table_of,
 )
 from pudthp_ref.rmap import folio_maybe_dma_pinned
@@ -48,27 +46,25 @@ def sys_migrate(st: MmState, mm: MmStruct, start: int, npages: int, node: int) -
     if node >= st.cfg.nodes or start + npages > g.space:
         return EINVAL
     queued: Isolated = {}
-    pud_table = st.tables[mm.pud_table]
+
+    def pmd_entry(pmd_table: PtDesc, mi: int, a: int, b: int) -> None:
+        """queue_folios_pmd() / queue_folios_pte_range()."""
+        me = pmd_table.entries[mi]
+        assert me is not None
+        if is_leaf(me):
+            queue_folio(st.folios[me[1]], node, queued)
+        elif is_table(me):
+            pte_table = table_of(st, me, "pte")
+            for ti in pte_range(g, a, b):
+                e = pte_table.entries[ti]
+                if is_present_pte(e):
+                    assert e is not None
+                    queue_folio(st.folios[e[1]], node, queued)
+
     for v in mm.vmas:
         lo, hi = max(v.start, start), min(v.end, start + npages)
-        for pi, addr, nxt in pud_range(g, lo, hi):
-            if is_leaf(pud_table.entries[pi]):
-                __split_huge_pud_locked(st, mm, pud_table, pi)  # walk_pud_range()
-            if not is_table(pud_table.entries[pi]):
-                continue
-            pmd_table = table_of(st, pud_table.entries[pi], "pmd")
-            for mi, a, b in pmd_range(g, addr, nxt):
-                me = pmd_table.entries[mi]
-                if is_leaf(me):
-                    assert me is not None
-                    queue_folio(st.folios[me[1]], node, queued)
-                elif is_table(me):
-                    pte_table = table_of(st, me, "pte")
-                    for ti in pte_range(g, a, b):
-                        e = pte_table.entries[ti]
-                        if is_present_pte(e):
-                            assert e is not None
-                            queue_folio(st.folios[e[1]], node, queued)
+        if lo < hi:
+            walk_page_range(st, mm, lo, hi, pmd_entry)
     migrate_pages(st, queued, node)
     return 0
 

@@ -10,18 +10,17 @@ from __future__ import annotations
 from collections import deque
 
 from pudthp_ref.folio import folio_put
-from pudthp_ref.huge_memory import __split_huge_pmd_locked, __split_huge_pud_locked
+from pudthp_ref.huge_memory import __split_huge_pmd_locked
 from pudthp_ref.huge_split import split_folio, split_folio_to_list
 from pudthp_ref.mm_types import Folio, MmState, MmStruct, PtDesc
 from pudthp_ref.page_vma_mapped import page_vma_mapped_walk
+from pudthp_ref.pagewalk import walk_page_range
 from pudthp_ref.pgtable import (
     is_leaf,
     is_present_pte,
     is_table,
     mk_swp,
-    pmd_range,
     pte_range,
-    pud_range,
     table_of,
 )
 from pudthp_ref.rmap import LEVEL_PTE, folio_maybe_dma_pinned, folio_remove_rmap
@@ -50,31 +49,27 @@ def madvise_pageout(st: MmState, mm: MmStruct, start: int, end: int) -> None:
     if st.cfg.swap_capacity == 0:
         return  # MODEL.md 5.9: with swap disabled, pageout changes nothing
     g = st.geom
-    pud_table = st.tables[mm.pud_table]
     isolated: Isolated = {}
-    for pi, addr, nxt in pud_range(g, start, end):
-        if is_leaf(pud_table.entries[pi]):
-            # walk_pud_range(): no pud_entry, so a PUD leaf is split to PTEs first
-            __split_huge_pud_locked(st, mm, pud_table, pi)
-        if not is_table(pud_table.entries[pi]):
-            continue
-        pmd_table = table_of(st, pud_table.entries[pi], "pmd")
-        for mi, a, b in pmd_range(g, addr, nxt):
+
+    def pmd_entry(pmd_table: PtDesc, mi: int, a: int, b: int) -> None:
+        """madvise_cold_or_pageout_pte_range()."""
+        me = pmd_table.entries[mi]
+        if is_leaf(me):
+            assert me is not None
+            folio = st.folios[me[1]]
+            if folio_maybe_mapped_shared(folio):
+                return
+            if b - a == g.pmd_nr:
+                pmd_table.entries[mi] = (*me[:-1], False)  # pmd_mkold()
+                isolated.setdefault(folio.id, folio)
+                return
+            if not split_folio(st, folio):
+                return
             me = pmd_table.entries[mi]
-            if is_leaf(me):
-                assert me is not None
-                folio = st.folios[me[1]]
-                if folio_maybe_mapped_shared(folio):
-                    continue
-                if b - a == g.pmd_nr:
-                    pmd_table.entries[mi] = (*me[:-1], False)  # pmd_mkold()
-                    isolated.setdefault(folio.id, folio)
-                    continue
-                if not split_folio(st, folio):
-                    continue
-                me = pmd_table.entries[mi]
-            if is_table(me):
-                pageout_pte_range(st, table_of(st, me, "pte"), pte_range(g, a, b), isolated)
+        if is_table(me):
+            pageout_pte_range(st, table_of(st, me, "pte"), pte_range(g, a, b), isolated)
+
+    walk_page_range(st, mm, start, end, pmd_entry)
     reclaim_pages(st, isolated)
 
 
