@@ -125,7 +125,6 @@ def do_huge_pmd_anonymous_page(st: MmState, mm: MmStruct, vma: Vma, pmd_table: P
         if not st.huge_zero_allocated:
             st.huge_zero_allocated = True
             count_vm_event(st, "thp_zero_page_alloc")
-        mm.huge_zero = True
         pgtable_trans_huge_deposit(st, pmd_table, pgtable)
         pmd_table.entries[mi] = ZERO
         return True
@@ -307,7 +306,6 @@ def copy_huge_pmd(st: MmState, dst_mm: MmStruct, src_mm: MmStruct, dst_pmd: PtDe
     assert e is not None
     pgtable = pt_alloc(st, dst_mm, "pte")
     if is_zero(e):
-        dst_mm.huge_zero = True  # mm_get_huge_zero_folio(dst_mm)
         pgtable_trans_huge_deposit(st, dst_pmd, pgtable)
         dst_pmd.entries[mi] = ZERO
         return True

@@ -107,7 +107,6 @@ class MmStruct:
     rss_swap: int = 0  # MM_SWAPENTS
     pgtables_bytes: int = 0
     has_pinned: bool = False  # MMF_HAS_PINNED
-    huge_zero: bool = False  # MMF_HUGE_ZERO_FOLIO
 
     @property
     def mm_id(self) -> int:

@@ -7,7 +7,7 @@ from typing import Any
 
 from pudthp_ref.mm_types import MmState
 from pudthp_ref.pgtable import entry_json
-from pudthp_ref.spec import SNAPSHOT_FORMAT, rle
+from pudthp_ref.spec import FOLIO_FLAGS, SNAPSHOT_FORMAT, rle
 
 
 def take_snapshot(st: MmState) -> dict[str, Any]:
@@ -41,16 +41,7 @@ def take_snapshot(st: MmState) -> dict[str, Any]:
         f = st.folios[fid]
         if f.freed:
             continue
-        flags = [
-            name
-            for name, on in (
-                ("deferred", f.deferred),
-                ("dirty", f.dirty),
-                ("partially_mapped", f.partially_mapped),
-                ("swapcache", f.swapcache),
-            )
-            if on
-        ]
+        flags = [name for name in FOLIO_FLAGS if getattr(f, name)]
         folios.append(
             {
                 "id": f.id,

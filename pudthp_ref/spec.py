@@ -8,7 +8,7 @@ down once so both implementations (and the harness) speak the same words.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Protocol
 
 # --------------------------------------------------------------------------------------
 # Formats
@@ -74,9 +74,6 @@ class Geometry:
     def pte_index(self, vpn: int) -> int:
         return vpn % self.P
 
-    def order_nr(self, order: int) -> int:
-        return 1 << order
-
 
 def geometry_p(value: str | int) -> int:
     """P for a geometry name or integer; raises ValueError for anything else."""
@@ -96,11 +93,6 @@ def geometry_p(value: str | int) -> int:
 # --------------------------------------------------------------------------------------
 # Config (MODEL.md section 3)
 # --------------------------------------------------------------------------------------
-
-ThpEnabled = Literal["always", "madvise", "never"]
-SizeEnabled = Literal["always", "inherit", "madvise", "never"]
-Deposit = Literal["lru_next", "llist", "list_head"]
-PudReadFault = Literal["alloc", "fallback"]
 
 CONFIG_CHOICES: dict[str, tuple[Any, ...]] = {
     "thp_enabled": ("always", "madvise", "never"),
@@ -231,10 +223,6 @@ Result = int | str
 # --------------------------------------------------------------------------------------
 # Operations (FORMAT.md section 1): one frozen dataclass per op, repr is a replayable call
 # --------------------------------------------------------------------------------------
-
-Prot = Literal["none", "r", "rw"]
-Advice = Literal["hugepage", "nohugepage", "dontneed", "pageout"]
-AllocOrder = Literal["pud", "pmd", "base"]
 
 PROTS: tuple[str, ...] = ("none", "r", "rw")
 ADVICES: tuple[str, ...] = ("hugepage", "nohugepage", "dontneed", "pageout")
@@ -448,9 +436,6 @@ def _config_delta(cfg: Config) -> dict[str, Any]:
 # Findings (MODEL.md section 7, FORMAT.md section 2)
 # --------------------------------------------------------------------------------------
 
-FindingKind = Literal["invariant", "model_bug", "oracle", "divergence"]
-
-
 @dataclass(frozen=True, slots=True)
 class Finding:
     kind: str
@@ -557,18 +542,6 @@ def rle(values: list[Any]) -> list[list[Any]]:
         else:
             out.append([v, 1])
     return out
-
-
-def unrle(runs: list[list[Any]]) -> list[Any]:
-    out: list[Any] = []
-    for v, n in runs:
-        out.extend([v] * n)
-    return out
-
-
-def word_json(w: int | str | None) -> int | str | None:
-    """A raw ptdesc word as the snapshot spells it: null, a table id, or a poison name."""
-    return w
 
 
 def empty_stats() -> dict[str, Any]:
