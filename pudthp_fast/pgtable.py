@@ -1,0 +1,164 @@
+"""Fast page tables: allocation, raw words, and the deposit lists (mm/pgtable-generic.c).
+
+Same semantics as the reference word by word; the words are int64 array cells (0 NULL,
+ids, -1/-2 poisons).  Page-level work elsewhere is vectorised; list surgery is a handful
+of scalar writes per table and stays scalar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pudthp_fast.state import (
+    LV_PMD,
+    LV_PTE,
+    NULL,
+    POISON1,
+    POISON2,
+    ST_DEPOSITED,
+    ST_FREE,
+    ST_LIVE,
+    FastMm,
+    FastState,
+)
+from pudthp_ref.spec import PAGE_TABLE_BYTES, Geometry, ModelBug
+
+
+def pt_alloc(st: FastState, mm: FastMm, level: int) -> int:
+    """pte_alloc_one() / pmd_alloc_one() / pud_alloc_one() with mm_inc_nr_*()."""
+    tid = st.new_table_row()
+    st.t_level[tid] = level
+    st.t_mm[tid] = mm.id
+    st.t_state[tid] = ST_LIVE
+    st.t_w8[tid] = NULL
+    st.t_w16[tid] = NULL
+    mm.pgtables_bytes += PAGE_TABLE_BYTES
+    return tid
+
+
+def pt_free(st: FastState, mm: FastMm, tid: int) -> None:
+    if st.t_state[tid] == ST_FREE:
+        raise ModelBug("pt_free.double_free", f"page table {tid} freed twice", pt=tid)
+    st.t_state[tid] = ST_FREE
+    st.e_kind[tid] = 0
+    mm.pgtables_bytes -= PAGE_TABLE_BYTES
+
+
+def deref(st: FastState, w: int, what: str) -> int:
+    if w == NULL:
+        raise ModelBug(f"{what}.null", "NULL pointer dereference")
+    if w in (POISON1, POISON2):
+        name = "LIST_POISON1" if w == POISON1 else "LIST_POISON2"
+        raise ModelBug(f"{what}.poison", f"dereference of {name}")
+    if w >= st.next_pt or st.t_state[w] == ST_FREE:
+        raise ModelBug(f"{what}.use_after_free", f"word {w!r} names no live page table", word=w)
+    return w
+
+
+def init_list_head(st: FastState, t: int) -> None:
+    st.t_w8[t] = t
+    st.t_w16[t] = t
+
+
+def list_add(st: FastState, new: int, head: int, what: str) -> None:
+    nxt = deref(st, int(st.t_w8[head]), what)
+    st.t_w16[nxt] = new
+    st.t_w8[new] = nxt
+    st.t_w16[new] = head
+    st.t_w8[head] = new
+
+
+def list_del(st: FastState, entry: int, what: str) -> None:
+    prev = deref(st, int(st.t_w16[entry]), what)
+    nxt = deref(st, int(st.t_w8[entry]), what)
+    st.t_w16[nxt] = prev
+    st.t_w8[prev] = nxt
+    st.t_w8[entry] = POISON1
+    st.t_w16[entry] = POISON2
+
+
+def list_first_entry_or_null(st: FastState, head: int) -> int:
+    w8 = int(st.t_w8[head])
+    return NULL if w8 == head else w8
+
+
+def pgtable_trans_huge_deposit(st: FastState, pmd: int, pgtable: int) -> None:
+    root = int(st.t_w16[pmd])
+    if root == NULL:
+        init_list_head(st, pgtable)
+    else:
+        list_add(st, pgtable, deref(st, root, "deposit.pmd"), "deposit.pmd")
+    st.t_w16[pmd] = pgtable
+    st.t_state[pgtable] = ST_DEPOSITED
+
+
+def pgtable_trans_huge_withdraw(st: FastState, pmd: int) -> int:
+    pgtable = deref(st, int(st.t_w16[pmd]), "withdraw.pmd")
+    nxt = list_first_entry_or_null(st, pgtable)
+    st.t_w16[pmd] = nxt
+    if nxt != NULL:
+        list_del(st, pgtable, "withdraw.pmd")
+    if st.t_level[pgtable] != LV_PTE or st.t_state[pgtable] != ST_DEPOSITED:
+        raise ModelBug("withdraw.pmd.wrong_table", f"withdrew table {pgtable} from {pmd}")
+    st.t_state[pgtable] = ST_LIVE
+    return pgtable
+
+
+def pgtable_trans_huge_pud_deposit(st: FastState, pud: int, pmd: int) -> None:
+    if st.cfg.deposit == "list_head":
+        root = int(st.t_w16[pud])
+        if root == NULL:
+            init_list_head(st, pmd)
+        else:
+            list_add(st, pmd, deref(st, root, "deposit.pud"), "deposit.pud")
+    else:
+        st.t_w8[pmd] = st.t_w16[pud]
+    st.t_w16[pud] = pmd
+    st.t_state[pmd] = ST_DEPOSITED
+
+
+def pgtable_trans_huge_pud_withdraw(st: FastState, pud: int) -> int:
+    top = deref(st, int(st.t_w16[pud]), "withdraw.pud")
+    if st.cfg.deposit == "list_head":
+        nxt = list_first_entry_or_null(st, top)
+        st.t_w16[pud] = nxt
+        if nxt != NULL:
+            list_del(st, top, "withdraw.pud")
+    else:
+        st.t_w16[pud] = st.t_w8[top]
+        if st.cfg.deposit == "lru_next":
+            st.t_w8[top] = NULL
+    if st.t_level[top] != LV_PMD or st.t_state[top] != ST_DEPOSITED:
+        raise ModelBug("withdraw.pud.wrong_table", f"popped table {top} from {pud}")
+    st.t_state[top] = ST_LIVE
+    return top
+
+
+def table_at(st: FastState, tid: int, idx: int, level: int) -> int:
+    """pmd_offset()/pte_offset(): the live lower table a table entry points to."""
+    child = int(st.e_id[tid, idx])
+    if (
+        st.e_kind[tid, idx] != 1
+        or child <= 0
+        or child >= st.next_pt
+        or st.t_level[child] != level
+        or st.t_state[child] != ST_LIVE
+    ):
+        raise ModelBug("walk.bad_table", f"entry {idx} of table {tid} is no live table")
+    return child
+
+
+def pud_range(g: Geometry, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    addr = start
+    while addr < end:
+        nxt = min(end, addr - addr % g.pud_nr + g.pud_nr)
+        yield addr // g.pud_nr, addr, nxt
+        addr = nxt
+
+
+def pmd_range(g: Geometry, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    addr = start
+    while addr < end:
+        nxt = min(end, addr - addr % g.pmd_nr + g.pmd_nr)
+        yield (addr // g.pmd_nr) % g.P, addr, nxt
+        addr = nxt

@@ -1,0 +1,204 @@
+"""State of the fast model as struct-of-arrays: page tables, folios, the page pool, swap.
+
+Every table, folio and swap slot is a row of numpy arrays indexed by its id (row 0 unused,
+ids start at 1, as in the reference).  Arrays grow by doubling.  Per-page folio state lives
+in one page pool: a folio owns ``[f_base, f_base + f_nr)`` of ``p_mapcount``,
+``p_exclusive`` and ``p_data``, so splitting a folio hands its tail pages to the new folios
+without copying.
+
+Entry encoding (``e_kind`` per table row and index):
+    0 none, 1 table (``e_id`` = table id), 2 huge leaf (``e_id`` = folio), 3 zero (huge zero
+    PMD or zero-page PTE), 4 present PTE (``e_id`` = folio, ``e_page`` = page in folio),
+    5 swap PTE (``e_id`` = slot).  ``e_bits``: 1 write, 2 dirty, 4 young.
+Raw ptdesc words ``t_w8`` / ``t_w16``: 0 NULL, a table id, or ``POISON1`` / ``POISON2``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from pudthp_ref.spec import Config, Geometry, empty_stats
+
+NONE, TABLE, LEAF, ZERO, PTE, SWAP = 0, 1, 2, 3, 4, 5
+W, D, Y = 1, 2, 4  # entry bits: write, dirty, young
+NULL = 0
+POISON1 = -1  # LIST_POISON1
+POISON2 = -2  # LIST_POISON2
+
+LV_PUD, LV_PMD, LV_PTE = 0, 1, 2
+LEVEL_NAMES = ("pud", "pmd", "pte")
+ST_FREE, ST_LIVE, ST_DEPOSITED = 0, 1, 2
+
+I8 = np.int8
+I32 = np.int32
+I64 = np.int64
+U8 = np.uint8
+U64 = np.uint64
+Arr = npt.NDArray[Any]
+
+
+def grow(a: Arr, need: int, fill: int | bool = 0) -> Arr:
+    """``a`` with at least ``need`` rows, doubling (amortised growth), new rows ``fill``."""
+    n = a.shape[0]
+    if need <= n:
+        return a
+    new_n = max(need, 2 * n)
+    out = np.full((new_n, *a.shape[1:]), fill, dtype=a.dtype)
+    out[:n] = a
+    return out
+
+
+@dataclass(slots=True)
+class FastVma:
+    start: int
+    end: int
+    prot: str
+    hugepage: bool = False
+    nohugepage: bool = False
+    anon_vma: int | None = None
+
+
+@dataclass(slots=True)
+class FastMm:
+    id: int
+    pud_table: int
+    alive: bool = True
+    vmas: list[FastVma] = field(default_factory=list)
+    rss_anon: int = 0
+    rss_swap: int = 0
+    pgtables_bytes: int = 0
+    has_pinned: bool = False
+
+    @property
+    def mm_id(self) -> int:
+        return self.id + 1
+
+
+class FastState:
+    """All arrays and counters of one fast model."""
+
+    def __init__(self, cfg: Config, tables: int = 16, folios: int = 16, pages: int = 256
+                 ) -> None:
+        self.cfg = cfg
+        self.geom: Geometry = cfg.geom
+        P = self.geom.P
+        self.P = P
+        # page tables, row = id
+        self.t_level = np.zeros(tables, I8)
+        self.t_mm = np.zeros(tables, I32)
+        self.t_state = np.zeros(tables, I8)
+        self.t_w8 = np.zeros(tables, I64)
+        self.t_w16 = np.zeros(tables, I64)
+        self.t_addr = np.zeros(tables, I64)  # first page a live table maps (for rmap walks)
+        self.e_kind = np.zeros((tables, P), I8)
+        self.e_id = np.zeros((tables, P), I64)
+        self.e_page = np.zeros((tables, P), I32)
+        self.e_bits = np.zeros((tables, P), U8)
+        self.next_pt = 1
+        # folios, row = id
+        self.f_order = np.zeros(folios, I8)
+        self.f_node = np.zeros(folios, I32)
+        self.f_nr = np.zeros(folios, I64)
+        self.f_base = np.zeros(folios, I64)
+        self.f_ref = np.zeros(folios, I64)
+        self.f_pin = np.zeros(folios, I64)
+        self.f_entire = np.full(folios, -1, I64)
+        self.f_large = np.full(folios, -1, I64)
+        self.f_npm = np.zeros(folios, I64)
+        self.f_mmid = np.zeros((folios, 2), I64)
+        self.f_mmc = np.full((folios, 2), -1, I64)
+        self.f_shared = np.zeros(folios, bool)
+        self.f_dirty = np.zeros(folios, bool)
+        self.f_swapcache = np.zeros(folios, bool)
+        self.f_partial = np.zeros(folios, bool)
+        self.f_deferred = np.zeros(folios, bool)
+        self.f_live = np.zeros(folios, bool)
+        self.next_folio = 1
+        # the page pool
+        self.p_mapcount = np.full(pages, -1, I64)
+        self.p_exclusive = np.zeros(pages, bool)
+        self.p_data = np.zeros(pages, U64)
+        self.next_page = 0
+        # swap slots, row = slot
+        self.s_count = np.zeros(16, I64)
+        self.s_data = np.zeros(16, U64)
+        self.s_used = 0
+        self.next_slot = 1
+        # the rest is small and lives in Python
+        self.mms: list[FastMm] = []
+        self.deferred: list[int] = []
+        self.pins: dict[int, tuple[int, int]] = {}  # pin id -> (folio, page)
+        self.next_pin = 1
+        self.next_anon_vma = 1
+        self.fail_alloc: dict[str, int] = {"pud": 0, "pmd": 0, "base": 0}
+        self.huge_zero_allocated = False
+        self.stats: dict[str, Any] = empty_stats()
+
+    # ---------------------------------------------------------------------------------
+    # allocation of rows
+    # ---------------------------------------------------------------------------------
+
+    def new_table_row(self) -> int:
+        tid = self.next_pt
+        self.next_pt += 1
+        if tid >= self.t_level.shape[0]:
+            need = tid + 1
+            self.t_level = grow(self.t_level, need)
+            self.t_mm = grow(self.t_mm, need)
+            self.t_state = grow(self.t_state, need)
+            self.t_w8 = grow(self.t_w8, need)
+            self.t_w16 = grow(self.t_w16, need)
+            self.t_addr = grow(self.t_addr, need)
+            self.e_kind = grow(self.e_kind, need)
+            self.e_id = grow(self.e_id, need)
+            self.e_page = grow(self.e_page, need)
+            self.e_bits = grow(self.e_bits, need)
+        return tid
+
+    def new_folio_rows(self, count: int) -> int:
+        """Reserve ``count`` consecutive folio ids; returns the first."""
+        first = self.next_folio
+        self.next_folio += count
+        need = self.next_folio
+        if need > self.f_order.shape[0]:
+            self.f_order = grow(self.f_order, need)
+            self.f_node = grow(self.f_node, need)
+            self.f_nr = grow(self.f_nr, need)
+            self.f_base = grow(self.f_base, need)
+            self.f_ref = grow(self.f_ref, need)
+            self.f_pin = grow(self.f_pin, need)
+            self.f_entire = grow(self.f_entire, need, -1)
+            self.f_large = grow(self.f_large, need, -1)
+            self.f_npm = grow(self.f_npm, need)
+            self.f_mmid = grow(self.f_mmid, need)
+            self.f_mmc = grow(self.f_mmc, need, -1)
+            self.f_shared = grow(self.f_shared, need, False)
+            self.f_dirty = grow(self.f_dirty, need, False)
+            self.f_swapcache = grow(self.f_swapcache, need, False)
+            self.f_partial = grow(self.f_partial, need, False)
+            self.f_deferred = grow(self.f_deferred, need, False)
+            self.f_live = grow(self.f_live, need, False)
+        return first
+
+    def new_pages(self, n: int) -> int:
+        """Reserve ``n`` pages of the pool (fresh: mapcount -1, not exclusive, zero)."""
+        base = self.next_page
+        self.next_page += n
+        if self.next_page > self.p_mapcount.shape[0]:
+            need = self.next_page
+            self.p_mapcount = grow(self.p_mapcount, need, -1)
+            self.p_exclusive = grow(self.p_exclusive, need, False)
+            self.p_data = grow(self.p_data, need)
+        return base
+
+    def new_slots(self, n: int) -> int:
+        base = self.next_slot
+        self.next_slot += n
+        if self.next_slot > self.s_count.shape[0]:
+            self.s_count = grow(self.s_count, self.next_slot)
+            self.s_data = grow(self.s_data, self.next_slot)
+        return base
