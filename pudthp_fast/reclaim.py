@@ -617,13 +617,13 @@ def migrate_pages(st: FastState, queued: list[int], node: int) -> None:
 
 
 def move_folio(st: FastState, src: int, dst: int) -> None:
-    was_queued, was_partial = bool(st.f_deferred[src]), bool(st.f_partial[src])
     migration = [
         set_pmd_migration_entry(st, src, hit)
         if hit.level == PMD_LEVEL
         else try_to_migrate_ptes(st, src, hit)
         for hit in page_vma_mapped_walk(st, src)
     ]
+    was_queued, was_partial = bool(st.f_deferred[src]), bool(st.f_partial[src])
     nr = int(st.f_nr[src])
     sb, db = int(st.f_base[src]), int(st.f_base[dst])
     st.p_data[db : db + nr] = st.p_data[sb : sb + nr]

@@ -108,14 +108,16 @@ def migrate_pages(st: MmState, queued: Isolated, node: int) -> None:
 def move_folio(st: MmState, src: Folio, dst: Folio) -> None:
     """migrate_folio_unmap() + migrate_folio_move(): every mapping of ``src`` through a
     migration entry to the same place in ``dst``; contents, dirty and the deferred queue
-    (recorded before the unmap) carried over; ``src`` freed."""
-    was_queued, was_partial = src.deferred, src.partially_mapped
+    (as it is after the unmap) carried over; ``src`` freed."""
     migration = [
         set_pmd_migration_entry(st, at.mm, src, at.table, at.index)
         if at.level == "pmd"
         else try_to_migrate_one(st, at.mm, src, at.table, at.index)
         for at in page_vma_mapped_walk(st, src)
     ]
+    # migrate_folio_move() reads the queue state after migrate_folio_unmap(): a PTE-mapped
+    # folio flagged by the one-by-one unmap hands the flag on to its destination.
+    was_queued, was_partial = src.deferred, src.partially_mapped
     dst.data = list(src.data)
     dst.dirty = src.dirty
     for m in migration:
