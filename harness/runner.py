@@ -14,10 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from harness.lockstep import Lockstep
 from harness.oracle import Oracle
 from pudthp_ref.spec import (
     REPORT_FORMAT,
     Config,
+    Divergence,
     Finding,
     Impl,
     InvariantViolation,
@@ -66,14 +68,27 @@ def _ref_factory() -> Callable[[Config], Impl]:
 
 
 def _fast_factory() -> Callable[[Config], Impl]:
-    raise UsageError("the fast implementation is not available yet (use --impl ref)")
+    try:
+        module = importlib.import_module("pudthp_fast.model")
+    except ImportError as e:
+        raise UsageError(f"the fast implementation cannot be imported: {e}") from None
+    return cast(Callable[[Config], Impl], module.FastModel)
+
+
+def _both_factory() -> Callable[[Config], Impl]:
+    ref, fast = _ref_factory(), _fast_factory()
+
+    def make(cfg: Config) -> Impl:
+        return Lockstep(cfg, ref(cfg), fast(cfg))
+
+    return make
 
 
 # name -> a function that imports the implementation (lazily) and returns its constructor
 IMPL_FACTORIES: dict[str, Callable[[], Callable[[Config], Impl]]] = {
     "ref": _ref_factory,
     "fast": _fast_factory,
-    "both": _fast_factory,
+    "both": _both_factory,
 }
 
 
@@ -143,12 +158,30 @@ def run_program(
 
     snapshot: dict[str, Any] | None
     try:
-        snapshot = model.snapshot()
+        if isinstance(model, Lockstep):
+            snapshot = model.ref.snapshot()
+            if finding is None and model.compare_snapshots() is not None:
+                finding = locate_divergence(program, constructor)
+        else:
+            snapshot = model.snapshot()
     except Exception as e:
         snapshot = None
         if finding is None:
             finding = _crash_finding(e, len(program.ops) - 1, "snapshot")
     return RunReport(impl, results, finding, snapshot)
+
+
+def locate_divergence(program: Program, constructor: Callable[[Config], Impl]) -> Finding:
+    """The per-op digests agreed but the final snapshots do not: replay with a full snapshot
+    comparison after every op and report the first op whose states differ."""
+    model = constructor(program.config)
+    assert isinstance(model, Lockstep)
+    for i, op in enumerate(program.ops):
+        model.apply(op)
+        d = model.compare_snapshots()
+        if d is not None:
+            return _exception_finding(d, i, op.KIND)
+    raise AssertionError("the final snapshots differ but no op's snapshots did on replay")
 
 
 def _exception_finding(e: Exception, index: int, kind: str) -> Finding:
@@ -158,6 +191,10 @@ def _exception_finding(e: Exception, index: int, kind: str) -> Finding:
         return Finding("invariant", index, f"invariant:{kind}:{e.invariant}", str(e))
     if isinstance(e, ModelBug):
         return _model_bug_finding(e, index, kind)
+    if isinstance(e, Divergence):
+        return Finding(
+            "divergence", index, f"divergence:{kind}:{e.field}", str(e), e.context
+        )
     return _crash_finding(e, index, kind)
 
 

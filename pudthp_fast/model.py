@@ -47,6 +47,24 @@ class FastModel:
     def check_invariants(self) -> None:
         check_invariants(self.st)
 
+    def summary(self) -> dict[str, Any]:
+        st = self.st
+        return {
+            "mms": [
+                [mm.id, mm.alive,
+                 [[v.start, v.end, v.prot, (["hugepage"] if v.hugepage else [])
+                   + (["nohugepage"] if v.nohugepage else [])] for v in mm.vmas],
+                 mm.rss_anon, mm.rss_swap, mm.pgtables_bytes, mm.has_pinned]
+                for mm in st.mms
+            ],
+            "deferred": list(st.deferred),
+            "pins": sorted([pid, f, p] for pid, (f, p) in st.pins.items()),
+            "next": [st.next_pt, st.next_folio, st.next_slot, st.next_pin],
+            "swap_used": st.s_used,
+            "fail_alloc": dict(st.fail_alloc),
+            "stats": st.stats,
+        }
+
 
 def mm_alloc(st: FastState) -> FastMm:
     mm = FastMm(id=len(st.mms), pud_table=0)

@@ -16,7 +16,7 @@ from pudthp_ref.mm_types import MmState, MmStruct, Vma
 from pudthp_ref.mmap import exit_mmap, sys_mmap, sys_munmap
 from pudthp_ref.mprotect import sys_mprotect
 from pudthp_ref.pgtable import pt_alloc
-from pudthp_ref.snapshot import take_snapshot
+from pudthp_ref.snapshot import take_snapshot, take_summary
 from pudthp_ref.spec import ENOMEM, ESRCH, SIGSEGV, Config, ModelBug, Op, Result
 
 __all__ = ["RefModel"]
@@ -40,6 +40,9 @@ class RefModel:
 
     def check_invariants(self) -> None:
         check_invariants(self.st)
+
+    def summary(self) -> dict[str, Any]:
+        return take_summary(self.st)
 
 
 def mm_alloc(st: MmState) -> MmStruct:

@@ -78,3 +78,20 @@ def take_snapshot(st: MmState) -> dict[str, Any]:
         "fail_alloc": dict(st.fail_alloc),
         "stats": copy.deepcopy(st.stats),
     }
+
+
+def take_summary(st: MmState) -> dict[str, Any]:
+    """The per-op digest's input: nothing that grows with the number of pages."""
+    return {
+        "mms": [
+            [mm.id, mm.alive, [[v.start, v.end, v.prot, v.flags()] for v in mm.vmas],
+             mm.rss_anon, mm.rss_swap, mm.pgtables_bytes, mm.has_pinned]
+            for mm in st.mms
+        ],
+        "deferred": list(st.deferred),
+        "pins": sorted([p.id, p.folio, p.page] for p in st.pins.values()),
+        "next": [st.next_pt_id, st.next_folio_id, st.next_swap_slot, st.next_pin_id],
+        "swap_used": len(st.swap),
+        "fail_alloc": dict(st.fail_alloc),
+        "stats": st.stats,
+    }

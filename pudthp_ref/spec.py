@@ -474,6 +474,20 @@ class ModelBug(PudThpError):
         self.payload = payload
 
 
+class Divergence(PudThpError):
+    """The two implementations disagree: ``path`` is where (for people, with ids),
+    ``field`` the same without ids (for signatures), ``ref`` and ``fast`` the two values,
+    ``context`` the enclosing objects of both sides."""
+
+    def __init__(self, field: str, path: str, ref: Any, fast: Any, context: str = "") -> None:
+        super().__init__(f"{path}: ref {ref!r} != fast {fast!r}")
+        self.field = field
+        self.path = path
+        self.ref = ref
+        self.fast = fast
+        self.context = context
+
+
 class InvariantViolation(PudThpError):
     """``check_invariants()`` found a broken invariant of MODEL.md section 6."""
 
@@ -571,3 +585,8 @@ class Impl(Protocol):
     def snapshot(self) -> dict[str, Any]: ...
 
     def check_invariants(self) -> None: ...
+
+    def summary(self) -> dict[str, Any]:
+        """A small part of the state both implementations compute without touching pages
+        (stats, mms, queues, id counters): digested after every op in lockstep."""
+        ...

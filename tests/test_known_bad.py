@@ -32,12 +32,12 @@ FIRST_WITHDRAW = {
 
 
 @pytest.mark.parametrize("path", programs("list_head_*.json"))
-def test_list_head_is_caught_by_the_invariants(path: str) -> None:
+def test_list_head_is_caught_by_the_invariants(impl: str, path: str) -> None:
     # Fault order (MODEL.md 4): the PMD table is pushed on the PUD stack first. list_head's
     # push is INIT_LIST_HEAD(&pmd->lru), which sets w16 (= pmd_huge_pte) to the PMD table
     # itself, so the PTE deposits that follow link into a ring containing a PMD table.
     # check_invariants() sees it right after the first PUD fault, op 1 in every program.
-    report = run_program(load_program_file(path), "ref")
+    report = run_program(load_program_file(path), impl)
     assert report.finding is not None
     assert report.finding.kind == "invariant"
     assert report.finding.op_index == 1
@@ -45,11 +45,11 @@ def test_list_head_is_caught_by_the_invariants(path: str) -> None:
 
 
 @pytest.mark.parametrize("path", programs("list_head_*.json"))
-def test_list_head_crashes_where_the_kernel_would(path: str) -> None:
+def test_list_head_crashes_where_the_kernel_would(impl: str, path: str) -> None:
     # With the checker off the model runs on like the kernel: popping a PMD table with
     # list_del() poisons its lru.prev, which is its pmd_huge_pte, and the first PTE-table
     # withdraw from it dereferences LIST_POISON2 (the crash patch 01's message describes).
-    report = run_program(load_program_file(path), "ref", check=False)
+    report = run_program(load_program_file(path), impl, check=False)
     assert report.finding is not None
     assert report.finding.kind == "model_bug"
     assert report.finding.signature.endswith(":withdraw.pmd.poison")
@@ -60,6 +60,6 @@ def test_list_head_crashes_where_the_kernel_would(path: str) -> None:
     "path",
     [*programs("lru_next_*.json"), *programs("llist_*.json")],
 )
-def test_correct_designs_pass(path: str) -> None:
-    report = run_program(load_program_file(path), "ref")
+def test_correct_designs_pass(impl: str, path: str) -> None:
+    report = run_program(load_program_file(path), impl)
     assert report.finding is None, report.finding

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pudthp_ref.model import RefModel
+from conftest import make_model
+
 from pudthp_ref.spec import (
     EBUSY,
     Config,
     Fork,
+    Impl,
     Madvise,
     Migrate,
     Mmap,
@@ -27,8 +29,8 @@ from pudthp_ref.spec import (
 GEN = 0x800000  # ENTIRELY_MAPPED
 
 
-def run(cfg: Config, ops: list[Op]) -> tuple[RefModel, list[Any]]:
-    m = RefModel(cfg)
+def run(impl: str, cfg: Config, ops: list[Op]) -> tuple[Impl, list[Any]]:
+    m = make_model(impl, cfg)
     results = []
     for op in ops:
         results.append(m.apply(op))
@@ -36,11 +38,11 @@ def run(cfg: Config, ops: list[Op]) -> tuple[RefModel, list[Any]]:
     return m, results
 
 
-def folio(m: RefModel, fid: int) -> dict[str, Any]:
+def folio(m: Impl, fid: int) -> dict[str, Any]:
     return next(f for f in m.snapshot()["folios"] if f["id"] == fid)
 
 
-def test_pinned_pud_thp_across_fork_copies_the_pinned_page() -> None:
+def test_pinned_pud_thp_across_fork_copies_the_pinned_page(impl: str) -> None:
     ops: list[Op] = [
         Mmap(0, 16, 16, "rw"),
         Write(0, 16, 5),  # PUD fault: folio 1, head AnonExclusive
@@ -51,7 +53,7 @@ def test_pinned_pud_thp_across_fork_copies_the_pinned_page() -> None:
         Read(1, 19),
         Read(1, 16),
     ]
-    m, results = run(Config(geometry=4), ops)
+    m, results = run(impl, Config(geometry=4), ops)
     # fork: copy_huge_pud -> folio_try_dup_anon_rmap: head AnonExclusive and the folio may
     # be pinned (MMF_HAS_PINNED, pincount 1) -> -EBUSY: the parent's PUD is split
     # (thp_split_pud 1) and every page is copied at PTE level. After the split all 16
@@ -75,7 +77,7 @@ def test_pinned_pud_thp_across_fork_copies_the_pinned_page() -> None:
     assert [mm["rss_anon"] for mm in snap["mms"]] == [16, 16]
 
 
-def test_split_fails_while_pinned_and_succeeds_after_unpin() -> None:
+def test_split_fails_while_pinned_and_succeeds_after_unpin(impl: str) -> None:
     ops: list[Op] = [
         Mmap(0, 16, 16, "rw"),
         Write(0, 17, 3),
@@ -84,7 +86,7 @@ def test_split_fails_while_pinned_and_succeeds_after_unpin() -> None:
         Unpin(1),
         SplitFolio(0, 17),
     ]
-    m, results = run(Config(geometry=4), ops)
+    m, results = run(impl, Config(geometry=4), ops)
     assert results == [0, 0, 1, EBUSY, 0, 0]
     s = m.snapshot()["stats"]
     # The failed attempt: split_failed for the PUD order, mappings untouched (no
@@ -103,7 +105,7 @@ def test_split_fails_while_pinned_and_succeeds_after_unpin() -> None:
     assert [f["data"] for f in m.snapshot()["folios"]] == [[[3, 1]]]
 
 
-def test_migration_of_a_pinned_folio_leaves_it_in_place() -> None:
+def test_migration_of_a_pinned_folio_leaves_it_in_place(impl: str) -> None:
     ops: list[Op] = [
         Mmap(0, 16, 16, "rw"),
         Write(0, 20, 9),
@@ -111,7 +113,7 @@ def test_migration_of_a_pinned_folio_leaves_it_in_place() -> None:
         Migrate(0, 16, 16, 1),
         Read(0, 20),
     ]
-    m, results = run(Config(geometry=4), ops)
+    m, results = run(impl, Config(geometry=4), ops)
     assert results == [0, 0, 1, 0, 9]
     snap = m.snapshot()
     # The walk splits the PUD (no PUD migration entry): thp_split_pud 1. The folio is
@@ -123,8 +125,8 @@ def test_migration_of_a_pinned_folio_leaves_it_in_place() -> None:
     assert [(f["id"], f["node"]) for f in snap["folios"]] == [(1, 0)]
 
 
-def test_migration_moves_the_folio_whole() -> None:
-    m, results = run(Config(geometry=4), [Mmap(0, 16, 16, "rw"), Write(0, 20, 9),
+def test_migration_moves_the_folio_whole(impl: str) -> None:
+    m, results = run(impl, Config(geometry=4), [Mmap(0, 16, 16, "rw"), Write(0, 20, 9),
                                           Migrate(0, 16, 16, 1), Read(0, 20)])
     assert results == [0, 0, 0, 9]
     snap = m.snapshot()
@@ -138,17 +140,17 @@ def test_migration_moves_the_folio_whole() -> None:
     assert snap["stats"]["mthp"]["pud"]["nr_anon"] == 1
 
 
-def test_pageout_with_swap_disabled_changes_nothing() -> None:
+def test_pageout_with_swap_disabled_changes_nothing(impl: str) -> None:
     cfg = Config(geometry=4, swap_pages=0)
     ops: list[Op] = [Mmap(0, 16, 16, "rw"), Write(0, 16, 1)]
-    m, _ = run(cfg, ops)
+    m, _ = run(impl, cfg, ops)
     before = m.snapshot()
     assert m.apply(Madvise(0, 16, 16, "pageout")) == 0
     m.check_invariants()
     assert m.snapshot() == before
 
 
-def test_pageout_of_a_pmd_thp_swaps_it_whole_and_swaps_back_in() -> None:
+def test_pageout_of_a_pmd_thp_swaps_it_whole_and_swaps_back_in(impl: str) -> None:
     cfg = Config(geometry=4, pud_enabled="never")
     ops: list[Op] = [
         Mmap(0, 16, 16, "rw"),
@@ -157,7 +159,7 @@ def test_pageout_of_a_pmd_thp_swaps_it_whole_and_swaps_back_in() -> None:
         Read(0, 16),
         Read(0, 17),
     ]
-    m, results = run(cfg, ops)
+    m, results = run(impl, cfg, ops)
     assert results == [0, 0, 0, 4, 0]
     s = m.snapshot()
     v = s["stats"]["vmstat"]
@@ -170,9 +172,9 @@ def test_pageout_of_a_pmd_thp_swaps_it_whole_and_swaps_back_in() -> None:
     assert [sl["slot"] for sl in s["swap"]] == [3, 4]
 
 
-def test_migration_carries_the_dirty_bit_of_the_ptes_to_the_new_folio() -> None:
+def test_migration_carries_the_dirty_bit_of_the_ptes_to_the_new_folio(impl: str) -> None:
     cfg = Config(geometry=4, pud_enabled="never", pmd_enabled="never")
-    m, results = run(cfg, [Mmap(0, 16, 16, "rw"), Write(0, 18, 6), Migrate(0, 18, 1, 1)])
+    m, results = run(impl, cfg, [Mmap(0, 16, 16, "rw"), Write(0, 18, 6), Migrate(0, 18, 1, 1)])
     assert results == [0, 0, 0]
     # do_anonymous_page() maps the written order-0 folio 1 dirty (pte_mkdirty); PG_dirty
     # is not set on the folio. try_to_migrate_one() calls folio_mark_dirty() for a dirty

@@ -39,7 +39,7 @@ from pudthp_ref.spec import (
 
 pytest.importorskip("pudthp_ref.model")
 
-from pudthp_ref.model import RefModel
+from conftest import make_model
 
 SEEDS = Path(__file__).resolve().parent.parent / "corpus" / "seeds"
 ESRCH = "ESRCH"
@@ -59,12 +59,12 @@ NAMES = {8: "small", 512: "x86_64"}
 # --------------------------------------------------------------------------------------
 
 
-def run(name: str, at: set[int]) -> tuple[list[Any], dict[int, dict[str, Any]]]:
+def run(impl: str, name: str, at: set[int]) -> tuple[list[Any], dict[int, dict[str, Any]]]:
     """Replay ``corpus/seeds/<name>``; snapshot after each op index in ``at``."""
     raw = json.loads((SEEDS / name).read_text())
     assert raw["format"] == PROGRAM_FORMAT
     assert raw["meta"]["note"]
-    model = RefModel(Config.from_json(raw["config"]))
+    model = make_model(impl, Config.from_json(raw["config"]))
     results: list[Any] = []
     snaps: dict[int, dict[str, Any]] = {}
     for i, d in enumerate(raw["ops"]):
@@ -192,11 +192,11 @@ def fresh_pud_folio(P: int) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("P", GEOMETRIES)
-def test_pud_basic_alloc(P: int) -> None:
+def test_pud_basic_alloc(impl: str, P: int) -> None:
     """One fault maps the whole aligned PUD window; munmap gives everything back."""
     N = P * P
     B = N
-    res, s = run(f"pud_basic_alloc_{NAMES[P]}.json", at={0, 1, 2, 7})
+    res, s = run(impl, f"pud_basic_alloc_{NAMES[P]}.json", at={0, 1, 2, 7})
     assert res == [
         0,  # mmap [B, 2B) rw
         0,  # write B: PUD fault
@@ -293,11 +293,11 @@ def test_pud_basic_alloc(P: int) -> None:
 
 
 @pytest.mark.parametrize("P", GEOMETRIES)
-def test_pud_rw_access(P: int) -> None:
+def test_pud_rw_access(impl: str, P: int) -> None:
     """A read fault allocates the PUD folio; writes in several PMD ranges read back; no split."""
     N = P * P
     B = N
-    res, s = run(f"pud_rw_access_{NAMES[P]}.json", at={1, 2, 11})
+    res, s = run(impl, f"pud_rw_access_{NAMES[P]}.json", at={1, 2, 11})
     assert res == [
         0,  # mmap
         0,  # read B: PUD read fault (pud_read_fault=alloc), zero-filled
@@ -374,13 +374,13 @@ def test_pud_rw_access(P: int) -> None:
 
 
 @pytest.mark.parametrize("P", GEOMETRIES)
-def test_pud_fork_cow(P: int) -> None:
+def test_pud_fork_cow(impl: str, P: int) -> None:
     """fork shares the PUD folio; the child's write splits only the child and copies one page."""
     N = P * P
     B = N
     c = 2 * P  # the page both write (vpn B+c)
     child_pud = 1 + (1 + P) + 1  # ids: mm 0 PUD 1, its deposit 2..P+2; child PUD = P+3
-    res, s = run(f"pud_fork_cow_{NAMES[P]}.json", at={2, 3, 4, 8, 9})
+    res, s = run(impl, f"pud_fork_cow_{NAMES[P]}.json", at={2, 3, 4, 8, 9})
     assert res == [
         0,  # mmap
         0,  # write B = 1: PUD fault
@@ -577,14 +577,14 @@ def test_pud_fork_cow(P: int) -> None:
 
 
 @pytest.mark.parametrize("P", GEOMETRIES)
-def test_pud_partial_munmap(P: int) -> None:
+def test_pud_partial_munmap(impl: str, P: int) -> None:
     """munmap of one PMD range inside the leaf: PUD split, zap, partial mapping, shrinker."""
     N = P * P
     B = N
     D = 3 * P + 2  # the page written with 6
     small = P == 8
     at = {3, 4, 11} | ({12, 18} if small else set())
-    res, s = run(f"pud_partial_munmap_{NAMES[P]}.json", at=at)
+    res, s = run(impl, f"pud_partial_munmap_{NAMES[P]}.json", at=at)
     expected = [
         0,  # mmap
         0,  # write B = 5: PUD fault
@@ -762,13 +762,13 @@ def test_pud_partial_munmap(P: int) -> None:
 
 
 @pytest.mark.parametrize("P", GEOMETRIES)
-def test_pud_mprotect_split(P: int) -> None:
+def test_pud_mprotect_split(impl: str, P: int) -> None:
     """Whole-leaf mprotect changes the PUD in place; a sub-range mprotect splits it."""
     N = P * P
     B = N
     w = P + 3  # a page inside the mprotected PMD range [P, 2P)
     E = 4 * P + 4  # a page outside it
-    res, s = run(f"pud_mprotect_split_{NAMES[P]}.json", at={2, 4, 5, 6, 11, 16})
+    res, s = run(impl, f"pud_mprotect_split_{NAMES[P]}.json", at={2, 4, 5, 6, 11, 16})
     assert res == [
         0,  # mmap
         0,  # write B = 9: PUD fault
@@ -889,9 +889,9 @@ def test_pud_mprotect_split(P: int) -> None:
 
 
 @pytest.mark.slow
-def test_worked_example_pmd_x86_64() -> None:
+def test_worked_example_pmd_x86_64(impl: str) -> None:
     """A faults a PMD THP, forks B, B COWs page 1, A munmaps, B reuses page 2."""
-    res, s = run("worked_example_pmd_x86_64.json", at={1, 2, 3, 4, 5})
+    res, s = run(impl, "worked_example_pmd_x86_64.json", at={1, 2, 3, 4, 5})
     assert res == [
         0,  # mmap [512, 1024) rw
         0,  # step 1: A writes 512 = 1

@@ -59,7 +59,7 @@ from pudthp_ref.spec import (
 
 pytest.importorskip("pudthp_ref.model")
 
-from pudthp_ref.model import RefModel
+from conftest import make_model
 
 SEEDS = Path(__file__).resolve().parent.parent / "corpus" / "seeds"
 PT = 4096  # pgtables_bytes per page-table page
@@ -76,12 +76,12 @@ NAMES = {8: "small", 512: "x86_64"}
 # --------------------------------------------------------------------------------------
 
 
-def run(name: str, at: set[int]) -> tuple[list[Any], dict[int, dict[str, Any]]]:
+def run(impl: str, name: str, at: set[int]) -> tuple[list[Any], dict[int, dict[str, Any]]]:
     """Replay ``corpus/seeds/<name>``; snapshot after each op index in ``at``."""
     raw = json.loads((SEEDS / name).read_text())
     assert raw["format"] == PROGRAM_FORMAT
     assert raw["meta"]["note"]
-    model = RefModel(Config.from_json(raw["config"]))
+    model = make_model(impl, Config.from_json(raw["config"]))
     results: list[Any] = []
     snaps: dict[int, dict[str, Any]] = {}
     for i, d in enumerate(raw["ops"]):
@@ -255,13 +255,13 @@ def reclaim_data(nr: int) -> list[list[int]]:
     return [[11, 1], [0, 1], [12, 1], [0, 8], [13, 1], [0, 24], [14, 1], [0, nr - 38], [15, 1]]
 
 
-def test_pud_reclaim_small() -> None:
+def test_pud_reclaim_small(impl: str) -> None:
     """T6: MADV_PAGEOUT of a PUD THP splits it (PUD, then folio) and swaps the pages with
     data out one by one; reads and writes swap them back in."""
     P = 8
     N = P * P
     B = N
-    res, s = run("pud_reclaim_small.json", at={5, 6, 10, 14})
+    res, s = run(impl, "pud_reclaim_small.json", at={5, 6, 10, 14})
     assert res == [
         0,  # mmap [B, 2B) rw
         0,  # write B = 11: PUD fault, folio 1
@@ -406,11 +406,11 @@ def test_pud_reclaim_small() -> None:
 
 
 @pytest.mark.slow
-def test_pud_reclaim_x86_64() -> None:
+def test_pud_reclaim_x86_64(impl: str) -> None:
     """T6 with a PMD THP: reclaimed whole into P contiguous slots, swapped back in per page."""
     P = 512
     W = P  # [512, 1024): PMD index 1 of PUD index 0
-    res, s = run("pud_reclaim_x86_64.json", at={5, 6, 10, 14})
+    res, s = run(impl, "pud_reclaim_x86_64.json", at={5, 6, 10, 14})
     assert res == [
         0,  # mmap [W, W+P) rw
         0,  # write W = 11: PMD fault (pud_enabled never -> PMD table 2, folio 1, PTE table 3)
@@ -529,14 +529,14 @@ def test_pud_reclaim_x86_64() -> None:
 
 
 @pytest.mark.parametrize("P", GEOMETRIES)
-def test_pud_migration(P: int) -> None:
+def test_pud_migration(impl: str, P: int) -> None:
     """T7: the walk splits the PUD, the folio moves whole to node 1; with the PUD-order
     allocation failing, the folio is split and its pages move one by one."""
     N = P * P
     B = N
     small = P == 8
     at = {3, 4, 10} | ({16, 20} if small else set())
-    res, s = run(f"pud_migration_{NAMES[P]}.json", at=at)
+    res, s = run(impl, f"pud_migration_{NAMES[P]}.json", at=at)
     expected = [
         0,  # mmap [B, 2B) rw
         0,  # write B = 21: PUD fault, folio 1
@@ -717,10 +717,10 @@ def test_pud_migration(P: int) -> None:
 
 
 @pytest.mark.parametrize("P", GEOMETRIES)
-def test_worked_example_pmd_steps4to6(P: int) -> None:
+def test_worked_example_pmd_steps4to6(impl: str, P: int) -> None:
     """A munmaps (partially mapped), B reuses page 2 in place, the shrinker splits."""
     W = P  # [P, 2P): PMD index 1 of PUD index 0
-    res, s = run(f"worked_example_pmd_steps4to6_{NAMES[P]}.json", at={5, 6, 7, 15})
+    res, s = run(impl, f"worked_example_pmd_steps4to6_{NAMES[P]}.json", at={5, 6, 7, 15})
     assert res == [
         0,  # mmap [W, W+P) rw
         0,  # step 1: A writes W = 1 (PMD fault, folio 1)
