@@ -11,13 +11,13 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from harness.program import ProgramError, load_program_file
 from harness.runner import IMPL_NAMES, UsageError, run_program
 from pudthp_ref.spec import Op, Result, op_str
 
-NOT_IMPLEMENTED: tuple[str, ...] = ("fuzz", "shrink", "corpus", "bench", "conform")
+NOT_IMPLEMENTED: tuple[str, ...] = ("fuzz", "shrink", "corpus")
 
 
 class _UsageExit(Exception):
@@ -57,16 +57,81 @@ def build_parser() -> argparse.ArgumentParser:
         "fuzz": "the fuzzing campaign",
         "shrink": "minimise a program, keeping its finding signature",
         "corpus": "list, merge, deduplicate and archive programs",
-        "bench": "the performance benchmark",
-        "conform": "compare a PMD-level program on the live kernel and on the model",
     }
     for name in NOT_IMPLEMENTED:
         p = sub.add_parser(
             name, help=f"{helps[name]} (not implemented yet)", add_help=True, allow_abbrev=False
         )
-        if name in ("shrink", "conform"):
+        if name == "shrink":
             p.add_argument("program", metavar="PROGRAM", nargs="?")
+    _add_conform(sub)
+    _add_bench(sub)
     return parser
+
+
+def _add_bench(sub: Any) -> None:
+    from harness.bench import WORKLOADS
+
+    bench = sub.add_parser(
+        "bench",
+        help="time fixed workloads on ref and fast side by side; print speed-ups",
+        description="Run each workload on the reference and the fast implementation, each "
+        "in a fresh process, and print whole-process times, the ref/fast speed-up, ops per "
+        "second and peak memory.",
+        allow_abbrev=False,
+    )
+    bench.add_argument("--workload", action="append", choices=sorted(WORKLOADS),
+                       help="run only this workload (repeatable; default: all)")
+    bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+
+
+def _add_conform(sub: argparse._SubParsersAction[_Parser]) -> None:
+    conform = sub.add_parser(
+        "conform",
+        help="compare a PMD-level program on the live kernel and on the model; exit 0 "
+        "agree, 1 disagree, 2 cannot run here",
+        description="Run a PMD-level program (x86_64 geometry, pud_enabled never) on the live "
+        "kernel and on the reference model and compare every observable after every op. "
+        "Needs root and PMD THP; saves and restores every kernel setting it changes.",
+        allow_abbrev=False,
+    )
+    conform.add_argument("program", metavar="PROGRAM", nargs="?",
+                         help="a pudthp-program/1 JSON file")
+    conform.add_argument("--report", metavar="FILE", help="write a JSON report here")
+    conform.add_argument("--random", metavar="N", type=_positive_int,
+                         help="run N random PMD-level programs instead of PROGRAM")
+    conform.add_argument("--seed", metavar="S", type=int, default=0,
+                         help="seed of the random programs (default 0)")
+    conform.add_argument("--ops", metavar="N", type=_positive_int, default=40,
+                         help="ops per random program (default 40)")
+    conform.add_argument("--save-dir", metavar="DIR",
+                         help="write each disagreeing random program here")
+    conform.add_argument("--quiet", action="store_true", help="no per-op lines")
+    conform.add_argument("--ignore", metavar="OBSERVABLE", action="append", default=[],
+                         help="pass over an observable class, e.g. vmstat.thp_zero_page_alloc, "
+                         "vmas (compared joined), page.kind, rss (repeatable)")
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from harness.bench import WORKLOADS, run_bench
+
+    workloads = args.workload or list(WORKLOADS)
+    print(f"pudthp bench: {len(workloads)} workloads x ref, fast (one process each)")
+    try:
+        run_bench(workloads, args.json, progress=lambda line: print(line, flush=True))
+    except RuntimeError as e:
+        return _error(str(e).splitlines()[0])
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,9 +160,22 @@ def _main(argv: list[str]) -> int:
             f"unrecognized arguments: {' '.join(extra)} (see 'pudthp {args.command} --help')"
         )
     try:
+        if args.command == "conform":
+            return _cmd_conform(args)
+        if args.command == "bench":
+            return _cmd_bench(args)
         return _cmd_run(args)
     except (ProgramError, UsageError) as e:
         return _error(str(e))
+
+
+def _cmd_conform(args: argparse.Namespace) -> int:
+    if (args.program is None) == (args.random is None):
+        return _error("conform takes PROGRAM or --random N (see 'pudthp conform --help')")
+    from harness.conform import cmd_conform  # lazy: the live-kernel code only when asked
+
+    return cmd_conform(args.program, args.report, args.random, args.seed, args.ops,
+                       args.save_dir, args.quiet, frozenset(args.ignore))
 
 
 def _error(message: str) -> int:

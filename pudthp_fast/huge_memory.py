@@ -50,10 +50,11 @@ from pudthp_ref.spec import ModelBug
 
 def set_entry(st: FastState, t: int, i: int, kind: int, eid: int = 0, page: int = 0,
               bits: int = 0) -> None:
-    st.e_kind[t, i] = kind
-    st.e_id[t, i] = eid
-    st.e_page[t, i] = page
-    st.e_bits[t, i] = bits
+    r = st.wrow(t)
+    st.e_kind[r, i] = kind
+    st.e_id[r, i] = eid
+    st.e_page[r, i] = page
+    st.e_bits[r, i] = bits
 
 
 def install_table(st: FastState, parent: int, i: int, child: int, addr: int) -> None:
@@ -153,23 +154,25 @@ def huge_wp_reuse(st: FastState, fid: int) -> bool:
 
 
 def do_huge_pmd_wp_page(st: FastState, mm: FastMm, vma: FastVma, pmd: int, mi: int) -> bool:
-    if st.e_kind[pmd, mi] == ZERO:
+    if st.e_kind[st.row(pmd), mi] == ZERO:
         fid = vma_alloc_anon_folio_pmd(st)
         if fid:
             map_anon_folio_pmd_pf(st, mm, vma, fid, pmd, mi)
             return True
         split_huge_pmd_locked(st, mm, pmd, mi)
         return False
-    if huge_wp_reuse(st, int(st.e_id[pmd, mi])):
-        st.e_bits[pmd, mi] |= W | D | Y
+    if huge_wp_reuse(st, int(st.e_id[st.row(pmd), mi])):
+        r_pmd = st.wrow(pmd)
+        st.e_bits[r_pmd, mi] |= W | D | Y
         return True
     split_huge_pmd_locked(st, mm, pmd, mi)
     return False
 
 
 def wp_huge_pud(st: FastState, mm: FastMm, pud: int, pi: int) -> bool:
-    if st.cfg.pud_wp_reuse and huge_wp_reuse(st, int(st.e_id[pud, pi])):
-        st.e_bits[pud, pi] |= W | D | Y
+    if st.cfg.pud_wp_reuse and huge_wp_reuse(st, int(st.e_id[st.row(pud), pi])):
+        r_pud = st.wrow(pud)
+        st.e_bits[r_pud, pi] |= W | D | Y
         return True
     split_huge_pud_locked(st, mm, pud, pi)
     return False
@@ -177,11 +180,11 @@ def wp_huge_pud(st: FastState, mm: FastMm, pud: int, pi: int) -> bool:
 
 def split_huge_pud_locked(st: FastState, mm: FastMm, pud: int, pi: int) -> None:
     """__split_huge_pud_locked(): PUD leaf straight to P*P PTEs in P withdrawn tables."""
-    if st.e_kind[pud, pi] != LEAF:
+    if st.e_kind[st.row(pud), pi] != LEAF:
         raise ModelBug("split_pud.not_leaf", f"PUD entry {pi} of table {pud}")
     P = st.P
-    fid = int(st.e_id[pud, pi])
-    bits = int(st.e_bits[pud, pi])
+    fid = int(st.e_id[st.row(pud), pi])
+    bits = int(st.e_bits[st.row(pud), pi])
     count_vm_event(st, "thp_split_pud")
     if bits & D:
         st.f_dirty[fid] = True
@@ -195,14 +198,16 @@ def split_huge_pud_locked(st: FastState, mm: FastMm, pud: int, pi: int) -> None:
     base_addr = pi * st.geom.pud_nr
     for i in range(P):
         rows[i] = pgtable_trans_huge_withdraw(st, pmd)
-    st.e_kind[rows] = PTE
-    st.e_id[rows] = fid
-    st.e_page[rows] = np.arange(P * P, dtype=np.int32).reshape(P, P)
-    st.e_bits[rows] = bits
-    st.e_kind[pmd] = TABLE
-    st.e_id[pmd] = rows
-    st.e_page[pmd] = 0
-    st.e_bits[pmd] = 0
+    er = st.wrows(rows)
+    st.e_kind[er] = PTE
+    st.e_id[er] = fid
+    st.e_page[er] = np.arange(P * P, dtype=np.int32).reshape(P, P)
+    st.e_bits[er] = bits
+    pr = st.wrow(pmd)
+    st.e_kind[pr] = TABLE
+    st.e_id[pr] = rows
+    st.e_page[pr] = 0
+    st.e_bits[pr] = 0
     st.t_addr[rows] = base_addr + np.arange(P, dtype=np.int64) * P
     folio_remove_rmap(st, fid, 0, nr, mm, PUD_LEVEL)
     install_table(st, pud, pi, pmd, base_addr)
@@ -210,31 +215,33 @@ def split_huge_pud_locked(st: FastState, mm: FastMm, pud: int, pi: int) -> None:
 
 def split_huge_pmd_locked(st: FastState, mm: FastMm, pmd: int, mi: int) -> None:
     """__split_huge_pmd_locked() (non-freeze) and __split_huge_zero_page_pmd()."""
-    kind = int(st.e_kind[pmd, mi])
+    kind = int(st.e_kind[st.row(pmd), mi])
     count_vm_event(st, "thp_split_pmd")
     pte = pgtable_trans_huge_withdraw(st, pmd)
     addr = int(st.t_addr[pmd]) + mi * st.P
     if kind == ZERO:
-        st.e_kind[pte] = ZERO
-        st.e_id[pte] = 0
-        st.e_page[pte] = 0
-        st.e_bits[pte] = 0
+        r = st.wrow(pte)
+        st.e_kind[r] = ZERO
+        st.e_id[r] = 0
+        st.e_page[r] = 0
+        st.e_bits[r] = 0
         install_table(st, pmd, mi, pte, addr)
         return
     if kind != LEAF:
         raise ModelBug("split_pmd.not_leaf", f"PMD entry {mi} of table {pmd}")
-    fid = int(st.e_id[pmd, mi])
-    bits = int(st.e_bits[pmd, mi])
+    fid = int(st.e_id[st.row(pmd), mi])
+    bits = int(st.e_bits[st.row(pmd), mi])
     if bits & D:
         st.f_dirty[fid] = True
     nr = int(st.f_nr[fid])
     anon_exclusive = bool(st.p_exclusive[int(st.f_base[fid])])
     st.f_ref[fid] += nr - 1
     folio_add_rmap(st, fid, 0, nr, mm, PTE_LEVEL, anon_exclusive)
-    st.e_kind[pte] = PTE
-    st.e_id[pte] = fid
-    st.e_page[pte] = np.arange(nr, dtype=np.int32)
-    st.e_bits[pte] = bits
+    r = st.wrow(pte)
+    st.e_kind[r] = PTE
+    st.e_id[r] = fid
+    st.e_page[r] = np.arange(nr, dtype=np.int32)
+    st.e_bits[r] = bits
     folio_remove_rmap(st, fid, 0, nr, mm, PMD_LEVEL)
     install_table(st, pmd, mi, pte, addr)
 
@@ -246,22 +253,22 @@ def split_huge_at(st: FastState, mm: FastMm, vpn: int) -> None:
     pi = vpn // g.pud_nr
     if pi >= g.P:
         return
-    k = st.e_kind[pud, pi]
+    k = st.e_kind[st.row(pud), pi]
     if k == LEAF:
         if vpn % g.pud_nr:
             split_huge_pud_locked(st, mm, pud, pi)
         return
     if k != TABLE:
         return
-    pmd = int(st.e_id[pud, pi])
+    pmd = int(st.e_id[st.row(pud), pi])
     mi = (vpn // g.pmd_nr) % g.P
-    if st.e_kind[pmd, mi] in (LEAF, ZERO) and vpn % g.pmd_nr:
+    if st.e_kind[st.row(pmd), mi] in (LEAF, ZERO) and vpn % g.pmd_nr:
         split_huge_pmd_locked(st, mm, pmd, mi)
 
 
 def copy_huge_pud(st: FastState, dst: FastMm, src: FastMm, dpud: int, spud: int, pi: int
                   ) -> bool:
-    fid = int(st.e_id[spud, pi])
+    fid = int(st.e_id[st.row(spud), pi])
     nr = int(st.f_nr[fid])
     pmd = pt_alloc(st, dst, LV_PMD)
     ptes = [pt_alloc(st, dst, LV_PTE) for _ in range(st.P)]
@@ -276,8 +283,9 @@ def copy_huge_pud(st: FastState, dst: FastMm, src: FastMm, dpud: int, spud: int,
     for t in ptes:
         pgtable_trans_huge_deposit(st, pmd, t)
     dst.rss_anon += nr
-    bits = int(st.e_bits[spud, pi]) & ~W
-    st.e_bits[spud, pi] = bits
+    bits = int(st.e_bits[st.row(spud), pi]) & ~W
+    r_spud = st.wrow(spud)
+    st.e_bits[r_spud, pi] = bits
     set_entry(st, dpud, pi, LEAF, fid, 0, bits & ~Y)
     return True
 
@@ -285,11 +293,11 @@ def copy_huge_pud(st: FastState, dst: FastMm, src: FastMm, dpud: int, spud: int,
 def copy_huge_pmd(st: FastState, dst: FastMm, src: FastMm, dpmd: int, spmd: int, mi: int
                   ) -> bool:
     pgtable = pt_alloc(st, dst, LV_PTE)
-    if st.e_kind[spmd, mi] == ZERO:
+    if st.e_kind[st.row(spmd), mi] == ZERO:
         pgtable_trans_huge_deposit(st, dpmd, pgtable)
         set_entry(st, dpmd, mi, ZERO)
         return True
-    fid = int(st.e_id[spmd, mi])
+    fid = int(st.e_id[st.row(spmd), mi])
     st.f_ref[fid] += 1
     if not folio_try_dup_anon_rmap(st, fid, 0, int(st.f_nr[fid]), dst, src, PMD_LEVEL):
         folio_put(st, fid)
@@ -298,14 +306,15 @@ def copy_huge_pmd(st: FastState, dst: FastMm, src: FastMm, dpmd: int, spmd: int,
         return False
     dst.rss_anon += int(st.f_nr[fid])
     pgtable_trans_huge_deposit(st, dpmd, pgtable)
-    bits = int(st.e_bits[spmd, mi]) & ~W
-    st.e_bits[spmd, mi] = bits
+    bits = int(st.e_bits[st.row(spmd), mi]) & ~W
+    r_spmd = st.wrow(spmd)
+    st.e_bits[r_spmd, mi] = bits
     set_entry(st, dpmd, mi, LEAF, fid, 0, bits & ~Y)
     return True
 
 
 def zap_huge_pud(st: FastState, mm: FastMm, pud: int, pi: int) -> None:
-    fid = int(st.e_id[pud, pi])
+    fid = int(st.e_id[st.row(pud), pi])
     set_entry(st, pud, pi, NONE)
     nr = int(st.f_nr[fid])
     folio_remove_rmap(st, fid, 0, nr, mm, PUD_LEVEL)
@@ -318,8 +327,8 @@ def zap_huge_pud(st: FastState, mm: FastMm, pud: int, pi: int) -> None:
 
 
 def zap_huge_pmd(st: FastState, mm: FastMm, pmd: int, mi: int) -> None:
-    kind = int(st.e_kind[pmd, mi])
-    fid = int(st.e_id[pmd, mi])
+    kind = int(st.e_kind[st.row(pmd), mi])
+    fid = int(st.e_id[st.row(pmd), mi])
     set_entry(st, pmd, mi, NONE)
     if kind == LEAF:
         folio_remove_rmap(st, fid, 0, int(st.f_nr[fid]), mm, PMD_LEVEL)
@@ -330,8 +339,9 @@ def zap_huge_pmd(st: FastState, mm: FastMm, pmd: int, mi: int) -> None:
 
 
 def change_huge_pmd(st: FastState, pmd: int, mi: int, prot: str) -> None:
-    if st.e_kind[pmd, mi] != LEAF:
+    if st.e_kind[st.row(pmd), mi] != LEAF:
         return
-    fid = int(st.e_id[pmd, mi])
+    fid = int(st.e_id[st.row(pmd), mi])
     write = prot == "rw" and bool(st.p_exclusive[int(st.f_base[fid])])
-    st.e_bits[pmd, mi] = (int(st.e_bits[pmd, mi]) & ~W) | (W if write else 0)
+    r_pmd = st.wrow(pmd)
+    st.e_bits[r_pmd, mi] = (int(st.e_bits[r_pmd, mi]) & ~W) | (W if write else 0)

@@ -79,31 +79,31 @@ def follow_page(st: FastState, mm: FastMm, vpn: int) -> tuple[int, int, int] | N
     g = st.geom
     pud = mm.pud_table
     pi = vpn // g.pud_nr
-    k = st.e_kind[pud, pi]
+    k = st.e_kind[st.row(pud), pi]
     if k == NONE:
         return None
     if k == LEAF:
         return (pud, pi, vpn % g.pud_nr)
-    pmd = int(st.e_id[pud, pi])
+    pmd = int(st.e_id[st.row(pud), pi])
     mi = (vpn // g.pmd_nr) % g.P
-    k = st.e_kind[pmd, mi]
+    k = st.e_kind[st.row(pmd), mi]
     if k == NONE:
         return None
     if k in (LEAF, ZERO):
         return (pmd, mi, vpn % g.pmd_nr)
-    pte = int(st.e_id[pmd, mi])
+    pte = int(st.e_id[st.row(pmd), mi])
     ti = vpn % g.P
-    k = st.e_kind[pte, ti]
+    k = st.e_kind[st.row(pte), ti]
     if k in (NONE, SWAP):
         return None
-    return (pte, ti, int(st.e_page[pte, ti]))
+    return (pte, ti, int(st.e_page[st.row(pte), ti]))
 
 
 def handle_mm_fault(st: FastState, mm: FastMm, vma: FastVma, vpn: int, write: bool) -> None:
     g = st.geom
     pud = mm.pud_table
     pi = vpn // g.pud_nr
-    k = st.e_kind[pud, pi]
+    k = st.e_kind[st.row(pud), pi]
     if k == NONE:
         if (
             thp_vma_allowable_order(st, vma, "pud")
@@ -115,14 +115,14 @@ def handle_mm_fault(st: FastState, mm: FastMm, vma: FastVma, vpn: int, write: bo
                 return
         install_table(st, pud, pi, pt_alloc(st, mm, LV_PMD), pi * g.pud_nr)
     elif k == LEAF:
-        if write and not st.e_bits[pud, pi] & W:
+        if write and not st.e_bits[st.row(pud), pi] & W:
             if wp_huge_pud(st, mm, pud, pi):
                 return
         else:
             return
     pmd = table_at(st, pud, pi, LV_PMD)
     mi = (vpn // g.pmd_nr) % g.P
-    k = st.e_kind[pmd, mi]
+    k = st.e_kind[st.row(pmd), mi]
     if k == NONE:
         if thp_vma_allowable_order(st, vma, "pmd") and thp_vma_suitable_order(st, vma, vpn, "pmd"):
             anon_vma_prepare(st, vma)
@@ -130,20 +130,20 @@ def handle_mm_fault(st: FastState, mm: FastMm, vma: FastVma, vpn: int, write: bo
                 return
         install_table(st, pmd, mi, pt_alloc(st, mm, LV_PTE), vpn - vpn % g.pmd_nr)
     elif k in (LEAF, ZERO):
-        if not write or (k == LEAF and st.e_bits[pmd, mi] & W):
+        if not write or (k == LEAF and st.e_bits[st.row(pmd), mi] & W):
             return
         if do_huge_pmd_wp_page(st, mm, vma, pmd, mi):
             return
     pte = table_at(st, pmd, mi, LV_PTE)
     ti = vpn % g.P
-    k = st.e_kind[pte, ti]
+    k = st.e_kind[st.row(pte), ti]
     if k == NONE:
         do_anonymous_page(st, mm, vma, pte, ti, write)
     elif k == SWAP:
         do_swap_page(st, mm, pte, ti)
-        if write and not st.e_bits[pte, ti] & W:
+        if write and not st.e_bits[st.row(pte), ti] & W:
             do_wp_page(st, mm, vma, pte, ti)
-    elif write and (k == ZERO or not st.e_bits[pte, ti] & W):
+    elif write and (k == ZERO or not st.e_bits[st.row(pte), ti] & W):
         do_wp_page(st, mm, vma, pte, ti)
 
 
@@ -161,7 +161,7 @@ def do_anonymous_page(st: FastState, mm: FastMm, vma: FastVma, pte: int, ti: int
 
 
 def do_swap_page(st: FastState, mm: FastMm, pte: int, ti: int) -> None:
-    slot = int(st.e_id[pte, ti])
+    slot = int(st.e_id[st.row(pte), ti])
     if st.s_count[slot] <= 0:
         raise ModelBug("swap.bad_slot", f"swap entry names free slot {slot}")
     fid = alloc_page_retrying(st)
@@ -192,12 +192,13 @@ def wp_can_reuse_anon_folio(st: FastState, fid: int) -> bool:
 
 
 def do_wp_page(st: FastState, mm: FastMm, vma: FastVma, pte: int, ti: int) -> None:
-    if st.e_kind[pte, ti] == PTE:
-        fid = int(st.e_id[pte, ti])
-        p = int(st.f_base[fid]) + int(st.e_page[pte, ti])
+    if st.e_kind[st.row(pte), ti] == PTE:
+        fid = int(st.e_id[st.row(pte), ti])
+        p = int(st.f_base[fid]) + int(st.e_page[st.row(pte), ti])
         if st.p_exclusive[p] or wp_can_reuse_anon_folio(st, fid):
             st.p_exclusive[p] = True
-            st.e_bits[pte, ti] |= W | D | Y
+            r_pte = st.wrow(pte)
+            st.e_bits[r_pte, ti] |= W | D | Y
             return
     wp_page_copy(st, mm, vma, pte, ti)
 
@@ -205,8 +206,8 @@ def do_wp_page(st: FastState, mm: FastMm, vma: FastVma, pte: int, ti: int) -> No
 def wp_page_copy(st: FastState, mm: FastMm, vma: FastVma, pte: int, ti: int) -> None:
     anon_vma_prepare(st, vma)
     new = alloc_page_retrying(st)
-    old = int(st.e_id[pte, ti]) if st.e_kind[pte, ti] == PTE else 0
-    page = int(st.e_page[pte, ti])
+    old = int(st.e_id[st.row(pte), ti]) if st.e_kind[st.row(pte), ti] == PTE else 0
+    page = int(st.e_page[st.row(pte), ti])
     if old:
         st.p_data[int(st.f_base[new])] = st.p_data[int(st.f_base[old]) + page]
     else:
@@ -229,23 +230,23 @@ def copy_page_range(st: FastState, dst: FastMm, src: FastMm, vma: FastVma) -> No
     g = st.geom
     spud, dpud = src.pud_table, dst.pud_table
     for pi, addr, nxt in pud_range(g, vma.start, vma.end):
-        k = st.e_kind[spud, pi]
+        k = st.e_kind[st.row(spud), pi]
         if k == NONE:
             continue
         if k == LEAF and copy_huge_pud(st, dst, src, dpud, spud, pi):
             continue
         spmd = table_at(st, spud, pi, LV_PMD)
-        if st.e_kind[dpud, pi] == NONE:
+        if st.e_kind[st.row(dpud), pi] == NONE:
             install_table(st, dpud, pi, pt_alloc(st, dst, LV_PMD), pi * g.pud_nr)
         dpmd = table_at(st, dpud, pi, LV_PMD)
         for mi, a, b in pmd_range(g, addr, nxt):
-            k = st.e_kind[spmd, mi]
+            k = st.e_kind[st.row(spmd), mi]
             if k == NONE:
                 continue
             if k in (LEAF, ZERO) and copy_huge_pmd(st, dst, src, dpmd, spmd, mi):
                 continue
             spte = table_at(st, spmd, mi, LV_PTE)
-            if st.e_kind[dpmd, mi] == NONE:
+            if st.e_kind[st.row(dpmd), mi] == NONE:
                 install_table(st, dpmd, mi, pt_alloc(st, dst, LV_PTE), a - a % g.pmd_nr)
             dpte = table_at(st, dpmd, mi, LV_PTE)
             copy_pte_range(st, dst, src, vma, dpte, spte, a % g.P, a % g.P + (b - a))
@@ -258,8 +259,11 @@ def copy_pte_range(st: FastState, dst: FastMm, src: FastMm, vma: FastVma, dpte: 
         for ti in range(lo, hi):  # a pinned page may need copying: page by page
             copy_one_pte(st, dst, src, vma, dpte, spte, ti)
         return
-    kind = st.e_kind[spte, lo:hi]
-    ids = st.e_id[spte, lo:hi]
+    dr = st.wrow(dpte)  # rows first: taking a row may move the entry arrays
+    sr = st.wrow(spte)
+    kind = st.e_kind[sr, lo:hi].copy()
+    ids = st.e_id[sr, lo:hi].copy()
+    pages_in = st.e_page[sr, lo:hi].copy()
     present = kind == PTE
     swap = kind == SWAP
     zero = kind == ZERO
@@ -268,7 +272,7 @@ def copy_pte_range(st: FastState, dst: FastMm, src: FastMm, vma: FastVma, dpte: 
         dst.rss_swap += int(np.count_nonzero(swap))
     if present.any():
         fids = ids[present]
-        pages = st.f_base[fids] + st.e_page[spte, lo:hi][present]
+        pages = st.f_base[fids] + pages_in[present]
         np.add.at(st.f_ref, fids, 1)
         st.p_exclusive[pages] = False
         np.add.at(st.p_mapcount, pages, 1)
@@ -278,37 +282,39 @@ def copy_pte_range(st: FastState, dst: FastMm, src: FastMm, vma: FastVma, dpte: 
             for fid, n in zip(uniq.tolist(), counts.tolist(), strict=True):
                 add_large_mapcount(st, fid, n, dst)
         dst.rss_anon += int(fids.size)
-        st.e_bits[spte, lo:hi][present] &= ~np.uint8(W)
+        st.e_bits[sr, lo:hi][present] &= ~np.uint8(W)  # write-protect the parent
     copied = present | swap | zero
-    st.e_kind[dpte, lo:hi] = np.where(copied, kind, st.e_kind[dpte, lo:hi])
-    st.e_id[dpte, lo:hi] = np.where(copied, ids, st.e_id[dpte, lo:hi])
-    st.e_page[dpte, lo:hi] = np.where(copied, st.e_page[spte, lo:hi], st.e_page[dpte, lo:hi])
-    child_bits = st.e_bits[spte, lo:hi] & ~np.uint8(Y | W)
-    st.e_bits[dpte, lo:hi] = np.where(present, child_bits,
-                                      np.where(copied, 0, st.e_bits[dpte, lo:hi]))
+    child_bits = st.e_bits[sr, lo:hi] & ~np.uint8(Y | W)  # the child's PTEs old
+    st.e_kind[dr, lo:hi] = np.where(copied, kind, st.e_kind[dr, lo:hi])
+    st.e_id[dr, lo:hi] = np.where(copied, ids, st.e_id[dr, lo:hi])
+    st.e_page[dr, lo:hi] = np.where(copied, pages_in, st.e_page[dr, lo:hi])
+    st.e_bits[dr, lo:hi] = np.where(
+        present, child_bits, np.where(copied, 0, st.e_bits[dr, lo:hi])
+    )
 
 
 def copy_one_pte(st: FastState, dst: FastMm, src: FastMm, vma: FastVma, dpte: int, spte: int,
                  ti: int) -> None:
-    kind = int(st.e_kind[spte, ti])
+    kind = int(st.e_kind[st.row(spte), ti])
     if kind == NONE:
         return
     if kind == ZERO:
         set_entry(st, dpte, ti, ZERO)
         return
     if kind == SWAP:
-        slot = int(st.e_id[spte, ti])
+        slot = int(st.e_id[st.row(spte), ti])
         st.s_count[slot] += 1
         dst.rss_swap += 1
         set_entry(st, dpte, ti, SWAP, slot)
         return
-    fid = int(st.e_id[spte, ti])
-    page = int(st.e_page[spte, ti])
+    fid = int(st.e_id[st.row(spte), ti])
+    page = int(st.e_page[st.row(spte), ti])
     st.f_ref[fid] += 1
     if folio_try_dup_anon_rmap(st, fid, page, 1, dst, src, PTE_LEVEL):
         dst.rss_anon += 1
-        bits = int(st.e_bits[spte, ti]) & ~W
-        st.e_bits[spte, ti] = bits
+        bits = int(st.e_bits[st.row(spte), ti]) & ~W
+        r_spte = st.wrow(spte)
+        st.e_bits[r_spte, ti] = bits
         set_entry(st, dpte, ti, PTE, fid, page, bits & ~Y)
         return
     folio_put(st, fid)
@@ -330,7 +336,7 @@ def zap_page_range(st: FastState, mm: FastMm, start: int, end: int) -> None:
     g = st.geom
     pud = mm.pud_table
     for pi, addr, nxt in pud_range(g, start, end):
-        k = st.e_kind[pud, pi]
+        k = st.e_kind[st.row(pud), pi]
         if k == NONE:
             continue
         if k == LEAF:
@@ -340,7 +346,7 @@ def zap_page_range(st: FastState, mm: FastMm, start: int, end: int) -> None:
             split_huge_pud_locked(st, mm, pud, pi)
         pmd = table_at(st, pud, pi, LV_PMD)
         for mi, a, b in pmd_range(g, addr, nxt):
-            k = st.e_kind[pmd, mi]
+            k = st.e_kind[st.row(pmd), mi]
             if k == NONE:
                 continue
             if k in (LEAF, ZERO):
@@ -353,10 +359,11 @@ def zap_page_range(st: FastState, mm: FastMm, start: int, end: int) -> None:
 
 def zap_pte_range(st: FastState, mm: FastMm, pte: int, lo: int, hi: int) -> None:
     """zap_pte_range(): order-0 folios in bulk, large folios per folio_pte_batch run."""
-    kind = st.e_kind[pte, lo:hi].copy()
-    ids = st.e_id[pte, lo:hi].copy()
-    pages = st.e_page[pte, lo:hi].copy()
-    st.e_kind[pte, lo:hi] = NONE
+    kind = st.e_kind[st.row(pte), lo:hi].copy()
+    ids = st.e_id[st.row(pte), lo:hi].copy()
+    pages = st.e_page[st.row(pte), lo:hi].copy()
+    r_pte = st.wrow(pte)
+    st.e_kind[r_pte, lo:hi] = NONE
     swap = kind == SWAP
     if swap.any():
         slots = ids[swap]
@@ -397,20 +404,20 @@ def free_pgtables(st: FastState, mm: FastMm, start: int, end: int) -> None:
     g = st.geom
     pud = mm.pud_table
     for pi, addr, nxt in pud_range(g, start, end):
-        if st.e_kind[pud, pi] != TABLE:
+        if st.e_kind[st.row(pud), pi] != TABLE:
             continue
         pmd = table_at(st, pud, pi, LV_PMD)
         base = pi * g.pud_nr
         for mi, a, _ in pmd_range(g, addr, nxt):
             lo = a - a % g.pmd_nr
-            if st.e_kind[pmd, mi] == TABLE and not range_mapped(mm, lo, lo + g.pmd_nr):
+            if st.e_kind[st.row(pmd), mi] == TABLE and not range_mapped(mm, lo, lo + g.pmd_nr):
                 pte = table_at(st, pmd, mi, LV_PTE)
-                if st.e_kind[pte].any():
+                if st.e_kind[st.row(pte)].any():
                     raise ModelBug("free_pgtables.not_empty", f"PTE table {pte}")
                 set_entry(st, pmd, mi, NONE)
                 pt_free(st, mm, pte)
         if not range_mapped(mm, base, base + g.pud_nr):
-            if st.e_kind[pmd].any() or st.t_w16[pmd] != 0:
+            if st.e_kind[st.row(pmd)].any() or st.t_w16[pmd] != 0:
                 raise ModelBug("free_pgtables.not_empty", f"PMD table {pmd}")
             set_entry(st, pud, pi, NONE)
             pt_free(st, mm, pmd)

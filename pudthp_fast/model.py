@@ -121,13 +121,14 @@ def fixup_user_fault(st: FastState, mm: FastMm, vpn: int, write: bool
         loc = follow_page(st, mm, vpn)
         if loc is not None:
             t, i, page = loc
-            k = st.e_kind[t, i]
+            k = st.e_kind[st.row(t), i]
             if k == ZERO:
                 if not write:
                     return (0, 0)
-            elif (k in (LEAF, PTE)) and (not write or st.e_bits[t, i] & W):
-                st.e_bits[t, i] |= (D | Y) if write else Y
-                return (int(st.e_id[t, i]), page)
+            elif (k in (LEAF, PTE)) and (not write or st.e_bits[st.row(t), i] & W):
+                r_t = st.wrow(t)
+                st.e_bits[r_t, i] |= (D | Y) if write else Y
+                return (int(st.e_id[st.row(t), i]), page)
         handle_mm_fault(st, mm, vma, vpn, write)
     raise ModelBug("fault.no_progress", f"mm {mm.id} vpn {vpn}: fault did not map the page")
 

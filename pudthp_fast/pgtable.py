@@ -40,7 +40,7 @@ def pt_free(st: FastState, mm: FastMm, tid: int) -> None:
     if st.t_state[tid] == ST_FREE:
         raise ModelBug("pt_free.double_free", f"page table {tid} freed twice", pt=tid)
     st.t_state[tid] = ST_FREE
-    st.e_kind[tid] = 0
+    st.release_row(tid)
     mm.pgtables_bytes -= PAGE_TABLE_BYTES
 
 
@@ -136,9 +136,9 @@ def pgtable_trans_huge_pud_withdraw(st: FastState, pud: int) -> int:
 
 def table_at(st: FastState, tid: int, idx: int, level: int) -> int:
     """pmd_offset()/pte_offset(): the live lower table a table entry points to."""
-    child = int(st.e_id[tid, idx])
+    child = int(st.e_id[st.row(tid), idx])
     if (
-        st.e_kind[tid, idx] != 1
+        st.e_kind[st.row(tid), idx] != 1
         or child <= 0
         or child >= st.next_pt
         or st.t_level[child] != level

@@ -70,7 +70,7 @@ class Hit:
 
 
 def folio_ptes(st: FastState, table: int, fid: int) -> np.ndarray:
-    return np.flatnonzero((st.e_kind[table] == PTE) & (st.e_id[table] == fid))
+    return np.flatnonzero((st.e_kind[st.row(table)] == PTE) & (st.e_id[st.row(table)] == fid))
 
 
 def page_vma_mapped_walk(st: FastState, fid: int) -> Iterator[Hit]:
@@ -78,24 +78,25 @@ def page_vma_mapped_walk(st: FastState, fid: int) -> Iterator[Hit]:
         if not mm.alive:
             continue
         pud = mm.pud_table
-        kinds = st.e_kind[pud]
-        cand = np.flatnonzero(((kinds == LEAF) & (st.e_id[pud] == fid)) | (kinds == TABLE))
+        kinds = st.e_kind[st.row(pud)]
+        cand = np.flatnonzero(((kinds == LEAF) & (st.e_id[st.row(pud)] == fid)) | (kinds == TABLE))
         for pi in cand.tolist():
-            if st.e_kind[pud, pi] == LEAF:
+            if st.e_kind[st.row(pud), pi] == LEAF:
                 split_huge_pud_locked(st, mm, pud, pi)
             pmd = table_at(st, pud, pi, LV_PMD)
-            k = st.e_kind[pmd]
-            leaf = (k == LEAF) & (st.e_id[pmd] == fid)
+            k = st.e_kind[st.row(pmd)]
+            leaf = (k == LEAF) & (st.e_id[st.row(pmd)] == fid)
             tab = k == TABLE
             has = np.zeros(st.P, bool)
             if tab.any():
-                kids = st.e_id[pmd][tab]
-                has[tab] = ((st.e_kind[kids] == PTE) & (st.e_id[kids] == fid)).any(axis=1)
+                kids = st.e_id[st.row(pmd)][tab]
+                kr = st.t_row[kids]
+                has[tab] = ((st.e_kind[kr] == PTE) & (st.e_id[kr] == fid)).any(axis=1)
             for mi in np.flatnonzero(leaf | has).tolist():
-                if st.e_kind[pmd, mi] == LEAF:
+                if st.e_kind[st.row(pmd), mi] == LEAF:
                     yield Hit(mm, pmd, "pmd", mi)
-                if st.e_kind[pmd, mi] == TABLE:
-                    pte = int(st.e_id[pmd, mi])
+                if st.e_kind[st.row(pmd), mi] == TABLE:
+                    pte = int(st.e_id[st.row(pmd), mi])
                     idx = folio_ptes(st, pte, fid)
                     if idx.size:
                         yield Hit(mm, pte, "pte", indices=idx)
@@ -171,14 +172,15 @@ class Migration:
 def try_to_migrate_ptes(st: FastState, fid: int, hit: Hit) -> Migration:
     assert hit.indices is not None
     t, idx = hit.table, hit.indices
-    pages = st.e_page[t, idx].astype(np.int64)
-    bits = st.e_bits[t, idx].copy()
+    pages = st.e_page[st.row(t), idx].astype(np.int64)
+    bits = st.e_bits[st.row(t), idx].copy()
     b = int(st.f_base[fid])
     exclusive = st.p_exclusive[b + pages] | ((bits & W) != 0)
     st.p_exclusive[b + pages] = False
     if (bits & D).any():
         st.f_dirty[fid] = True
-    st.e_kind[t, idx] = NONE
+    r_t = st.wrow(t)
+    st.e_kind[r_t, idx] = NONE
     remove_ptes_singly(st, fid, pages, hit.mm)
     st.f_ref[fid] -= idx.size
     return Migration(hit.mm, t, PTE_LEVEL, 0, idx, pages, bits, exclusive)
@@ -186,7 +188,7 @@ def try_to_migrate_ptes(st: FastState, fid: int, hit: Hit) -> Migration:
 
 def set_pmd_migration_entry(st: FastState, fid: int, hit: Hit) -> Migration:
     t, mi = hit.table, hit.index
-    bits = int(st.e_bits[t, mi])
+    bits = int(st.e_bits[st.row(t), mi])
     b = int(st.f_base[fid])
     exclusive = bool(st.p_exclusive[b]) or bool(bits & W)
     st.p_exclusive[b] = False
@@ -219,10 +221,11 @@ def remove_migration_entries(st: FastState, m: Migration, fid: int) -> None:
         folio_add_rmap(st, fid, 0, int(st.f_nr[fid]), m.mm, PMD_LEVEL, bool(m.exclusive[0]))
         return
     st.f_ref[fid] += m.indices.size
-    st.e_kind[m.table, m.indices] = PTE
-    st.e_id[m.table, m.indices] = fid
-    st.e_page[m.table, m.indices] = m.pages
-    st.e_bits[m.table, m.indices] = m.bits
+    r_m_table = st.wrow(m.table)
+    st.e_kind[r_m_table, m.indices] = PTE
+    st.e_id[r_m_table, m.indices] = fid
+    st.e_page[r_m_table, m.indices] = m.pages
+    st.e_bits[r_m_table, m.indices] = m.bits
     restore_pte_rmaps(st, fid, m)
 
 
@@ -254,9 +257,12 @@ def sys_split_folio(st: FastState, mm: FastMm, vpn: int) -> Result:
     if vpn >= st.geom.space:
         return EINVAL
     loc = follow_page(st, mm, vpn)
-    if loc is None or st.e_kind[loc[0], loc[1]] == ZERO:
+    if loc is None:
         return EINVAL
-    fid = int(st.e_id[loc[0], loc[1]])
+    r = st.row(loc[0])
+    if st.e_kind[r, loc[1]] == ZERO:
+        return EINVAL
+    fid = int(st.e_id[r, loc[1]])
     if st.f_order[fid] == 0:
         return EINVAL
     return 0 if split_folio_to_list(st, fid) is not None else EBUSY
@@ -338,10 +344,11 @@ def remap_page(st: FastState, head: int, first_new: int, migration: list[Migrati
         pool = b + m.pages
         zero = st.p_data[pool] == 0
         if zero.any():
-            st.e_kind[m.table, m.indices[zero]] = ZERO
-            st.e_id[m.table, m.indices[zero]] = 0
-            st.e_page[m.table, m.indices[zero]] = 0
-            st.e_bits[m.table, m.indices[zero]] = 0
+            r_m_table = st.wrow(m.table)
+            st.e_kind[r_m_table, m.indices[zero]] = ZERO
+            st.e_id[r_m_table, m.indices[zero]] = 0
+            st.e_page[r_m_table, m.indices[zero]] = 0
+            st.e_bits[r_m_table, m.indices[zero]] = 0
             m.mm.rss_anon -= int(np.count_nonzero(zero))
         keep = ~zero
         if not keep.any():
@@ -349,10 +356,11 @@ def remap_page(st: FastState, head: int, first_new: int, migration: list[Migrati
         pages = m.pages[keep]
         fids = np.where(pages == 0, head, first_new + pages - 1)
         idx = m.indices[keep]
-        st.e_kind[m.table, idx] = PTE
-        st.e_id[m.table, idx] = fids
-        st.e_page[m.table, idx] = 0
-        st.e_bits[m.table, idx] = m.bits[keep]
+        r_m_table = st.wrow(m.table)
+        st.e_kind[r_m_table, idx] = PTE
+        st.e_id[r_m_table, idx] = fids
+        st.e_page[r_m_table, idx] = 0
+        st.e_bits[r_m_table, idx] = m.bits[keep]
         np.add.at(st.f_ref, fids, 1)
         kp = pool[keep]
         before = st.p_mapcount[kp].copy()
@@ -399,13 +407,13 @@ def walk_page_range(st: FastState, mm: FastMm, start: int, end: int, pmd_entry: 
     g = st.geom
     pud = mm.pud_table
     for pi, addr, nxt in pud_range(g, start, end):
-        if st.e_kind[pud, pi] == LEAF:
+        if st.e_kind[st.row(pud), pi] == LEAF:
             split_huge_pud_locked(st, mm, pud, pi)
-        if st.e_kind[pud, pi] != TABLE:
+        if st.e_kind[st.row(pud), pi] != TABLE:
             continue
         pmd = table_at(st, pud, pi, LV_PMD)
         for mi, a, b in pmd_range(g, addr, nxt):
-            if st.e_kind[pmd, mi] != NONE:
+            if st.e_kind[st.row(pmd), mi] != NONE:
                 pmd_entry(pmd, mi, a, b)
 
 
@@ -416,18 +424,21 @@ def madvise_pageout(st: FastState, mm: FastMm, start: int, end: int) -> None:
     isolated: dict[int, None] = {}
 
     def pmd_entry(pmd: int, mi: int, a: int, b: int) -> None:
-        if st.e_kind[pmd, mi] == LEAF:
-            fid = int(st.e_id[pmd, mi])
+        if st.e_kind[st.row(pmd), mi] == LEAF:
+            fid = int(st.e_id[st.row(pmd), mi])
             if folio_maybe_mapped_shared(st, fid):
                 return
             if b - a == g.pmd_nr:
-                st.e_bits[pmd, mi] &= ~np.uint8(4)  # pmd_mkold()
+                r_pmd = st.wrow(pmd)
+                st.e_bits[r_pmd, mi] &= ~np.uint8(4)  # pmd_mkold()
                 isolated.setdefault(fid)
                 return
             if split_folio_to_list(st, fid) is None:
                 return
-        if st.e_kind[pmd, mi] == TABLE:
-            pageout_pte_range(st, int(st.e_id[pmd, mi]), a % g.P, a % g.P + (b - a), isolated)
+        r = st.row(pmd)
+        if st.e_kind[r, mi] == TABLE:
+            lo = a % g.P
+            pageout_pte_range(st, int(st.e_id[r, mi]), lo, lo + (b - a), isolated)
 
     walk_page_range(st, mm, start, end, pmd_entry)
     reclaim_pages(st, list(isolated))
@@ -437,17 +448,17 @@ def pageout_pte_range(st: FastState, pte: int, lo: int, hi: int, isolated: dict[
                       ) -> None:
     ti = lo
     while ti < hi:
-        if st.e_kind[pte, ti] != PTE:
+        if st.e_kind[st.row(pte), ti] != PTE:
             ti += 1
             continue
-        fid = int(st.e_id[pte, ti])
-        page = int(st.e_page[pte, ti])
+        fid = int(st.e_id[st.row(pte), ti])
+        page = int(st.e_page[st.row(pte), ti])
         nr = 1
         nr_pages = int(st.f_nr[fid])
         if st.f_order[fid] > 0:
             m = hi - ti
-            run = (st.e_kind[pte, ti:hi] == PTE) & (st.e_id[pte, ti:hi] == fid) & (
-                st.e_page[pte, ti:hi] == page + np.arange(m)
+            run = (st.e_kind[st.row(pte), ti:hi] == PTE) & (st.e_id[st.row(pte), ti:hi] == fid) & (
+                st.e_page[st.row(pte), ti:hi] == page + np.arange(m)
             )
             bad = np.flatnonzero(~run)
             nr = int(bad[0]) if bad.size else m
@@ -458,7 +469,8 @@ def pageout_pte_range(st: FastState, pte: int, lo: int, hi: int, isolated: dict[
                 ti += nr
                 continue
         if folio_mapcount(st, fid) == nr_pages:
-            st.e_bits[pte, ti : ti + nr] &= ~np.uint8(4)
+            r_pte = st.wrow(pte)
+            st.e_bits[r_pte, ti : ti + nr] &= ~np.uint8(4)
             isolated.setdefault(fid)
         ti += nr
 
@@ -535,17 +547,18 @@ def try_to_unmap(st: FastState, fid: int, slot: int) -> None:
             continue
         assert hit.indices is not None
         t, idx = hit.table, hit.indices
-        pages = st.e_page[t, idx].astype(np.int64)
-        if (st.e_bits[t, idx] & D).any():
+        pages = st.e_page[st.row(t), idx].astype(np.int64)
+        if (st.e_bits[st.row(t), idx] & D).any():
             st.f_dirty[fid] = True
         np.add.at(st.s_count, slot + pages, 1)
         st.p_exclusive[int(st.f_base[fid]) + pages] = False
         hit.mm.rss_anon -= idx.size
         hit.mm.rss_swap += idx.size
-        st.e_kind[t, idx] = SWAP
-        st.e_id[t, idx] = slot + pages
-        st.e_page[t, idx] = 0
-        st.e_bits[t, idx] = 0
+        r_t = st.wrow(t)
+        st.e_kind[r_t, idx] = SWAP
+        st.e_id[r_t, idx] = slot + pages
+        st.e_page[r_t, idx] = 0
+        st.e_bits[r_t, idx] = 0
         remove_ptes_singly(st, fid, pages, hit.mm)
         st.f_ref[fid] -= idx.size
     nr = int(st.f_nr[fid])
@@ -569,14 +582,14 @@ def sys_migrate(st: FastState, mm: FastMm, start: int, npages: int, node: int) -
             queued.setdefault(fid)
 
     def pmd_entry(pmd: int, mi: int, a: int, b: int) -> None:
-        k = st.e_kind[pmd, mi]
+        k = st.e_kind[st.row(pmd), mi]
         if k == LEAF:
-            queue(int(st.e_id[pmd, mi]))
+            queue(int(st.e_id[st.row(pmd), mi]))
         elif k == TABLE:
-            pte = int(st.e_id[pmd, mi])
+            pte = int(st.e_id[st.row(pmd), mi])
             lo = a % g.P
-            sel = np.flatnonzero(st.e_kind[pte, lo : lo + (b - a)] == PTE) + lo
-            for fid in st.e_id[pte, sel].tolist():
+            sel = np.flatnonzero(st.e_kind[st.row(pte), lo : lo + (b - a)] == PTE) + lo
+            for fid in st.e_id[st.row(pte), sel].tolist():
                 queue(fid)
 
     for v in mm.vmas:

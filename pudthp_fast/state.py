@@ -6,7 +6,12 @@ in one page pool: a folio owns ``[f_base, f_base + f_nr)`` of ``p_mapcount``,
 ``p_exclusive`` and ``p_data``, so splitting a folio hands its tail pages to the new folios
 without copying.
 
-Entry encoding (``e_kind`` per table row and index):
+Entries live in rows of ``e_kind``/``e_id``/``e_page``/``e_bits`` that are separate from
+table ids: ``t_row[id]`` is the table's row, 0 while it has none (row 0 is all-none and
+never written).  A row is taken on the first write (``wrow``) and given back, cleared,
+when the table is freed, so the many empty deposited tables cost no entry storage.
+
+Entry encoding (``e_kind`` per row and index):
     0 none, 1 table (``e_id`` = table id), 2 huge leaf (``e_id`` = folio), 3 zero (huge zero
     PMD or zero-page PTE), 4 present PTE (``e_id`` = folio, ``e_page`` = page in folio),
     5 swap PTE (``e_id`` = slot).  ``e_bits``: 1 write, 2 dirty, 4 young.
@@ -47,7 +52,9 @@ def grow(a: Arr, need: int, fill: int | bool = 0) -> Arr:
     if need <= n:
         return a
     new_n = max(need, 2 * n)
-    out = np.full((new_n, *a.shape[1:]), fill, dtype=a.dtype)
+    shape = (new_n, *a.shape[1:])
+    # np.zeros takes memory the kernel hands out already zeroed: only the copy touches it
+    out = np.zeros(shape, a.dtype) if fill == 0 else np.full(shape, fill, dtype=a.dtype)
     out[:n] = a
     return out
 
@@ -81,8 +88,8 @@ class FastMm:
 class FastState:
     """All arrays and counters of one fast model."""
 
-    def __init__(self, cfg: Config, tables: int = 16, folios: int = 16, pages: int = 256
-                 ) -> None:
+    def __init__(self, cfg: Config, tables: int = 16, folios: int = 16, pages: int = 256,
+                 rows: int = 8) -> None:
         self.cfg = cfg
         self.geom: Geometry = cfg.geom
         P = self.geom.P
@@ -94,11 +101,14 @@ class FastState:
         self.t_w8 = np.zeros(tables, I64)
         self.t_w16 = np.zeros(tables, I64)
         self.t_addr = np.zeros(tables, I64)  # first page a live table maps (for rmap walks)
-        self.e_kind = np.zeros((tables, P), I8)
-        self.e_id = np.zeros((tables, P), I64)
-        self.e_page = np.zeros((tables, P), I32)
-        self.e_bits = np.zeros((tables, P), U8)
+        self.t_row = np.zeros(tables, I64)  # the table's entry row, 0 = none yet
+        self.e_kind = np.zeros((rows, P), I8)
+        self.e_id = np.zeros((rows, P), I64)
+        self.e_page = np.zeros((rows, P), I32)
+        self.e_bits = np.zeros((rows, P), U8)
         self.next_pt = 1
+        self.next_row = 1
+        self.free_rows: list[int] = []
         # folios, row = id
         self.f_order = np.zeros(folios, I8)
         self.f_node = np.zeros(folios, I32)
@@ -153,11 +163,46 @@ class FastState:
             self.t_w8 = grow(self.t_w8, need)
             self.t_w16 = grow(self.t_w16, need)
             self.t_addr = grow(self.t_addr, need)
+            self.t_row = grow(self.t_row, need)
+        return tid
+
+    def row(self, t: int) -> int:
+        """The entry row of table ``t`` for reading (0, all none, if it has none)."""
+        return int(self.t_row[t])
+
+    def wrow(self, t: int) -> int:
+        """The entry row of table ``t`` for writing, taken on first use."""
+        r = int(self.t_row[t])
+        if r == 0:
+            r = self.free_rows.pop() if self.free_rows else self._new_rows(1)
+            self.t_row[t] = r
+        return r
+
+    def wrows(self, ts: Arr) -> Arr:
+        """``wrow`` for an array of tables."""
+        return np.array([self.wrow(int(t)) for t in ts], dtype=I64)
+
+    def _new_rows(self, n: int) -> int:
+        first = self.next_row
+        self.next_row += n
+        if self.next_row > self.e_kind.shape[0]:
+            need = self.next_row
             self.e_kind = grow(self.e_kind, need)
             self.e_id = grow(self.e_id, need)
             self.e_page = grow(self.e_page, need)
             self.e_bits = grow(self.e_bits, need)
-        return tid
+        return first
+
+    def release_row(self, t: int) -> None:
+        """A freed table gives its row back, cleared."""
+        r = int(self.t_row[t])
+        if r:
+            self.e_kind[r] = 0
+            self.e_id[r] = 0
+            self.e_page[r] = 0
+            self.e_bits[r] = 0
+            self.free_rows.append(r)
+            self.t_row[t] = 0
 
     def new_folio_rows(self, count: int) -> int:
         """Reserve ``count`` consecutive folio ids; returns the first."""

@@ -96,7 +96,7 @@ def exit_mmap(st: FastState, mm: FastMm) -> None:
     mm.vmas = []
     free_pgtables(st, mm, 0, st.geom.space)
     pud = mm.pud_table
-    if st.t_w16[pud] != 0 or st.e_kind[pud].any():
+    if st.t_w16[pud] != 0 or st.e_kind[st.row(pud)].any():
         raise ModelBug("check_mm.pud_table", f"mm {mm.id}: PUD table not empty at exit")
     pt_free(st, mm, pud)
     mm.alive = False
@@ -137,17 +137,18 @@ def change_protection(st: FastState, mm: FastMm, start: int, end: int, prot: str
     g = st.geom
     pud = mm.pud_table
     for pi, addr, nxt in pud_range(g, start, end):
-        k = st.e_kind[pud, pi]
+        k = st.e_kind[st.row(pud), pi]
         if k == 0:
             continue
         if k == LEAF:
             if nxt - addr == g.pud_nr:
-                st.e_bits[pud, pi] &= ~np.uint8(W)  # change_huge_pud(): never upgraded
+                r_pud = st.wrow(pud)
+                st.e_bits[r_pud, pi] &= ~np.uint8(W)  # change_huge_pud(): never upgraded
                 continue
             split_huge_pud_locked(st, mm, pud, pi)
         pmd = table_at(st, pud, pi, LV_PMD)
         for mi, a, b in pmd_range(g, addr, nxt):
-            k = st.e_kind[pmd, mi]
+            k = st.e_kind[st.row(pmd), mi]
             if k == 0:
                 continue
             if k in (LEAF, ZERO):
@@ -157,17 +158,18 @@ def change_protection(st: FastState, mm: FastMm, start: int, end: int, prot: str
                 split_huge_pmd_locked(st, mm, pmd, mi)
             pte = table_at(st, pmd, mi, LV_PTE)
             lo, hi = a % g.P, a % g.P + (b - a)
-            present = st.e_kind[pte, lo:hi] == PTE
+            present = st.e_kind[st.row(pte), lo:hi] == PTE
             if not present.any():
                 continue
-            bits = st.e_bits[pte, lo:hi]
+            bits = st.e_bits[st.row(pte), lo:hi]
             if prot == "rw":
-                pages = st.f_base[st.e_id[pte, lo:hi]] + st.e_page[pte, lo:hi]
+                pages = st.f_base[st.e_id[st.row(pte), lo:hi]] + st.e_page[st.row(pte), lo:hi]
                 write = present & st.p_exclusive[np.where(present, pages, 0)]
             else:
                 write = np.zeros_like(present)
             new = (bits & ~np.uint8(W)) | np.where(write, np.uint8(W), np.uint8(0))
-            st.e_bits[pte, lo:hi] = np.where(present, new, bits)
+            r_pte = st.wrow(pte)
+            st.e_bits[r_pte, lo:hi] = np.where(present, new, bits)
 
 
 # --------------------------------------------------------------------------------------

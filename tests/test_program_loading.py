@@ -405,7 +405,7 @@ def test_cli_runs_fast_and_both(
     assert out.splitlines()[-1].startswith("ok: ")
 
 
-@pytest.mark.parametrize("cmd", ["fuzz", "shrink", "corpus", "bench", "conform"])
+@pytest.mark.parametrize("cmd", ["fuzz", "shrink", "corpus"])
 def test_cli_not_implemented(capsys: pytest.CaptureFixture[str], cmd: str) -> None:
     code, _, err = run_cli(capsys, [cmd, "--some-option", "x"])
     assert code == 2
@@ -417,3 +417,9 @@ def test_cli_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> Non
     assert code == 0
     for cmd in ("run", "fuzz", "shrink", "corpus", "bench", "conform"):
         assert cmd in out
+
+
+def test_cli_bench_rejects_an_unknown_workload(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, ["bench", "--workload", "nope"])
+    assert code == 2
+    assert "invalid choice: 'nope'" in assert_one_error_line(err)
