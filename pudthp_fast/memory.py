@@ -30,13 +30,16 @@ from pudthp_fast.rmap import (
     PTE_LEVEL,
     add_large_mapcount,
     count_vm_event,
+    deferred_split_folio,
     folio_add_new_anon_rmap,
     folio_alloc,
     folio_put,
     folio_remove_rmap,
     folio_try_dup_anon_rmap,
+    free_folio,
     free_folios_bulk,
     mod_node,
+    sub_large_mapcount_seq,
 )
 from pudthp_fast.state import (
     LEAF,
@@ -54,7 +57,7 @@ from pudthp_fast.state import (
     W,
     Y,
 )
-from pudthp_ref.spec import ModelBug
+from pudthp_ref.spec import ENTIRELY_MAPPED, ModelBug
 
 
 class FaultOOM(Exception):
@@ -239,6 +242,7 @@ def copy_page_range(st: FastState, dst: FastMm, src: FastMm, vma: FastVma) -> No
         if st.e_kind[st.row(dpud), pi] == NONE:
             install_table(st, dpud, pi, pt_alloc(st, dst, LV_PMD), pi * g.pud_nr)
         dpmd = table_at(st, dpud, pi, LV_PMD)
+        segs: list[tuple[int, int, int, int]] = []
         for mi, a, b in pmd_range(g, addr, nxt):
             k = st.e_kind[st.row(spmd), mi]
             if k == NONE:
@@ -249,24 +253,30 @@ def copy_page_range(st: FastState, dst: FastMm, src: FastMm, vma: FastVma) -> No
             if st.e_kind[st.row(dpmd), mi] == NONE:
                 install_table(st, dpmd, mi, pt_alloc(st, dst, LV_PTE), a - a % g.pmd_nr)
             dpte = table_at(st, dpmd, mi, LV_PTE)
-            copy_pte_range(st, dst, src, vma, dpte, spte, a % g.P, a % g.P + (b - a))
+            if src.has_pinned:  # a pinned page may need copying now: page by page
+                for ti in range(a % g.P, a % g.P + (b - a)):
+                    copy_one_pte(st, dst, src, vma, dpte, spte, ti)
+            else:
+                segs.append((dpte, spte, a % g.P, a % g.P + (b - a)))
+        copy_pte_segments(st, dst, segs)
 
 
-def copy_pte_range(st: FastState, dst: FastMm, src: FastMm, vma: FastVma, dpte: int,
-                   spte: int, lo: int, hi: int) -> None:
-    """copy_present_ptes() / copy_nonpresent_pte() over one PTE range."""
-    if src.has_pinned:
-        for ti in range(lo, hi):  # a pinned page may need copying: page by page
-            copy_one_pte(st, dst, src, vma, dpte, spte, ti)
+def copy_pte_segments(st: FastState, dst: FastMm, segs: list[tuple[int, int, int, int]]
+                      ) -> None:
+    """copy_present_ptes() / copy_nonpresent_pte() over PTE ranges (dst, src, lo, hi) of a
+    parent without pins, at once: nothing here depends on the order of the PTEs."""
+    if not segs:
         return
-    dr = st.wrow(dpte)  # rows first: taking a row may move the entry arrays
-    sr = st.wrow(spte)
-    kind = st.e_kind[sr, lo:hi].copy()
-    ids = st.e_id[sr, lo:hi].copy()
-    pages_in = st.e_page[sr, lo:hi].copy()
+    drows = [st.wrow(d) for d, _, _, _ in segs]  # rows first: a new row may move the arrays
+    srows = [st.row(s_) for _, s_, _, _ in segs]
+    kind = np.concatenate([st.e_kind[r, lo:hi] for r, (_, _, lo, hi) in zip(srows, segs,
+                                                                             strict=True)])
+    ids = np.concatenate([st.e_id[r, lo:hi] for r, (_, _, lo, hi) in zip(srows, segs,
+                                                                         strict=True)])
+    pages_in = np.concatenate([st.e_page[r, lo:hi] for r, (_, _, lo, hi) in zip(
+        srows, segs, strict=True)]).astype(np.int64)
     present = kind == PTE
     swap = kind == SWAP
-    zero = kind == ZERO
     if swap.any():
         np.add.at(st.s_count, ids[swap], 1)
         dst.rss_swap += int(np.count_nonzero(swap))
@@ -282,15 +292,20 @@ def copy_pte_range(st: FastState, dst: FastMm, src: FastMm, vma: FastVma, dpte: 
             for fid, n in zip(uniq.tolist(), counts.tolist(), strict=True):
                 add_large_mapcount(st, fid, n, dst)
         dst.rss_anon += int(fids.size)
-        st.e_bits[sr, lo:hi][present] &= ~np.uint8(W)  # write-protect the parent
-    copied = present | swap | zero
-    child_bits = st.e_bits[sr, lo:hi] & ~np.uint8(Y | W)  # the child's PTEs old
-    st.e_kind[dr, lo:hi] = np.where(copied, kind, st.e_kind[dr, lo:hi])
-    st.e_id[dr, lo:hi] = np.where(copied, ids, st.e_id[dr, lo:hi])
-    st.e_page[dr, lo:hi] = np.where(copied, pages_in, st.e_page[dr, lo:hi])
-    st.e_bits[dr, lo:hi] = np.where(
-        present, child_bits, np.where(copied, 0, st.e_bits[dr, lo:hi])
-    )
+    copied = present | swap | (kind == ZERO)
+    at = 0
+    for dr, sr, (_, _, lo, hi) in zip(drows, srows, segs, strict=True):
+        n = hi - lo
+        c, p = copied[at : at + n], present[at : at + n]
+        if c.any():
+            bits = st.e_bits[sr, lo:hi]
+            st.e_bits[sr, lo:hi] = np.where(p, bits & ~np.uint8(W), bits)  # parent RO
+            child = bits & ~np.uint8(Y | W)  # the child's PTEs old and read-only
+            st.e_kind[dr, lo:hi] = np.where(c, kind[at : at + n], st.e_kind[dr, lo:hi])
+            st.e_id[dr, lo:hi] = np.where(c, ids[at : at + n], st.e_id[dr, lo:hi])
+            st.e_page[dr, lo:hi] = np.where(c, pages_in[at : at + n], st.e_page[dr, lo:hi])
+            st.e_bits[dr, lo:hi] = np.where(p, child, np.where(c, 0, st.e_bits[dr, lo:hi]))
+        at += n
 
 
 def copy_one_pte(st: FastState, dst: FastMm, src: FastMm, vma: FastVma, dpte: int, spte: int,
@@ -333,6 +348,8 @@ def copy_one_pte(st: FastState, dst: FastMm, src: FastMm, vma: FastVma, dpte: in
 
 
 def zap_page_range(st: FastState, mm: FastMm, start: int, end: int) -> None:
+    """unmap_page_range(): the PTE tables under one PMD table are zapped as one batch
+    (flushed before any huge-leaf zap or split, so effects keep the kernel's order)."""
     g = st.geom
     pud = mm.pud_table
     for pi, addr, nxt in pud_range(g, start, end):
@@ -345,25 +362,53 @@ def zap_page_range(st: FastState, mm: FastMm, start: int, end: int) -> None:
                 continue
             split_huge_pud_locked(st, mm, pud, pi)
         pmd = table_at(st, pud, pi, LV_PMD)
+        segs: list[tuple[int, int, int]] = []
         for mi, a, b in pmd_range(g, addr, nxt):
             k = st.e_kind[st.row(pmd), mi]
             if k == NONE:
                 continue
             if k in (LEAF, ZERO):
+                zap_pte_segments(st, mm, segs)
+                segs = []
                 if b - a == g.pmd_nr:
                     zap_huge_pmd(st, mm, pmd, mi)
                     continue
                 split_huge_pmd_locked(st, mm, pmd, mi)
-            zap_pte_range(st, mm, table_at(st, pmd, mi, LV_PTE), a % g.P, a % g.P + (b - a))
+            segs.append((table_at(st, pmd, mi, LV_PTE), a % g.P, a % g.P + (b - a)))
+        zap_pte_segments(st, mm, segs)
 
 
-def zap_pte_range(st: FastState, mm: FastMm, pte: int, lo: int, hi: int) -> None:
-    """zap_pte_range(): order-0 folios in bulk, large folios per folio_pte_batch run."""
-    kind = st.e_kind[st.row(pte), lo:hi].copy()
-    ids = st.e_id[st.row(pte), lo:hi].copy()
-    pages = st.e_page[st.row(pte), lo:hi].copy()
-    r_pte = st.wrow(pte)
-    st.e_kind[r_pte, lo:hi] = NONE
+def zap_pte_segments(st: FastState, mm: FastMm, segs: list[tuple[int, int, int]]) -> None:
+    """zap_pte_range() over several PTE ranges, in order, at once.
+
+    Order-0 folios go in bulk.  For a large folio, the kernel removes one batch
+    (folio_pte_batch: consecutive pages within one PTE table) at a time; its sequence of
+    batches is folded: counters by cumulative sums, the mm-id slots by
+    sub_large_mapcount_seq, and the partial-mapping flag raised at the first batch that
+    unmaps a page while others stay mapped (no entire mapping).  Newly queued folios are
+    appended in the order their flags were raised.
+    """
+    if not segs:
+        return
+    rows = [st.row(t) for t, _, _ in segs]
+    P = st.P
+    if all(lo == 0 and hi == P for _, lo, hi in segs):
+        rr = np.array(rows, np.int64)
+        kind = st.e_kind[rr].reshape(-1)
+        ids = st.e_id[rr].reshape(-1)
+        pages = st.e_page[rr].reshape(-1).astype(np.int64)
+        seg = np.repeat(np.arange(len(segs)), P)
+    else:
+        kind = np.concatenate([st.e_kind[r, lo:hi] for r, (_, lo, hi) in zip(rows, segs,
+                                                                               strict=True)])
+        ids = np.concatenate([st.e_id[r, lo:hi] for r, (_, lo, hi) in zip(rows, segs,
+                                                                           strict=True)])
+        pages = np.concatenate([st.e_page[r, lo:hi] for r, (_, lo, hi) in zip(
+            rows, segs, strict=True)]).astype(np.int64)
+        seg = np.concatenate([np.full(hi - lo, i) for i, (_, lo, hi) in enumerate(segs)])
+    for r, (_, lo, hi) in zip(rows, segs, strict=True):
+        if r:
+            st.e_kind[r, lo:hi] = NONE
     swap = kind == SWAP
     if swap.any():
         slots = ids[swap]
@@ -382,18 +427,56 @@ def zap_pte_range(st: FastState, mm: FastMm, pte: int, lo: int, hi: int) -> None
         mod_node(st, "nr_anon_mapped", -int(np.count_nonzero(st.p_mapcount[bases] == -1)))
         np.subtract.at(st.f_ref, fids, 1)
         free_folios_bulk(st, fids[st.f_ref[fids] == 0])
-    large = present & ~small
-    if large.any():
-        idx = np.flatnonzero(large)
-        lid, lpg = ids[idx], pages[idx]
-        starts = np.ones(idx.size, bool)
-        starts[1:] = (idx[1:] != idx[:-1] + 1) | (lid[1:] != lid[:-1]) | (lpg[1:] != lpg[:-1] + 1)
-        s = np.flatnonzero(starts)
-        ends = np.append(s[1:], idx.size)
-        for a, b in zip(s.tolist(), ends.tolist(), strict=True):
-            fid, first, n = int(lid[a]), int(lpg[a]), b - a
-            folio_remove_rmap(st, fid, first, n, mm, PTE_LEVEL)
-            folio_put(st, fid, n)
+    idx = np.flatnonzero(present & ~small)
+    if idx.size:
+        zap_large_batches(st, mm, ids[idx], pages[idx], seg[idx], idx)
+
+
+def zap_large_batches(st: FastState, mm: FastMm, lid: np.ndarray, lpg: np.ndarray,
+                      lseg: np.ndarray, pos: np.ndarray) -> None:
+    """The large-folio PTEs of a zap, in order, folded per folio (see zap_pte_segments)."""
+    starts = np.ones(lid.size, bool)
+    starts[1:] = ((pos[1:] != pos[:-1] + 1) | (lseg[1:] != lseg[:-1])
+                  | (lid[1:] != lid[:-1]) | (lpg[1:] != lpg[:-1] + 1))
+    run_start = np.flatnonzero(starts)
+    run_fid = lid[run_start]
+    triggers: list[tuple[int, int]] = []  # (run number, folio) where a flag was raised
+    freed: list[int] = []
+    run_len = np.diff(np.append(run_start, lid.size))
+    order = np.argsort(run_fid, kind="stable")
+    bounds = np.flatnonzero(np.diff(run_fid[order])) + 1
+    for group in np.split(order, bounds):
+        fid = int(run_fid[group[0]])
+        b = int(st.f_base[fid])
+        members = np.concatenate([np.arange(run_start[j], run_start[j] + run_len[j])
+                                  for j in group.tolist()])
+        pool = b + lpg[members]
+        before = st.p_mapcount[pool].copy()
+        if (before < 0).any():
+            raise ModelBug("rmap.mapcount_underflow", f"folio {fid}")
+        st.p_mapcount[pool] = before - 1
+        n_per_run = run_len[group]
+        last_per_run = np.add.reduceat((before == 0).astype(np.int64),
+                                       np.concatenate(([0], np.cumsum(n_per_run)[:-1])))
+        sub_large_mapcount_seq(st, fid, n_per_run.astype(np.int64), mm)
+        npm0 = int(st.f_npm[fid])
+        total_last = int(last_per_run.sum())
+        st.f_npm[fid] = npm0 - total_last
+        if npm0 < ENTIRELY_MAPPED and total_last:
+            mod_node(st, "nr_anon_mapped", -total_last)
+            first = int(np.argmax(last_per_run > 0))
+            npm_after = npm0 - int(np.cumsum(last_per_run)[first])
+            if npm_after != 0 and not st.f_partial[fid]:
+                triggers.append((int(group[first]), fid))
+        st.f_ref[fid] -= int(n_per_run.sum())
+        if st.f_ref[fid] < 0:
+            raise ModelBug("folio_put.underflow", f"folio {fid} refcount below zero")
+        if st.f_ref[fid] == 0:
+            freed.append(fid)
+    for _, fid in sorted(triggers):
+        deferred_split_folio(st, fid, True)
+    for fid in freed:
+        free_folio(st, fid)
 
 
 def range_mapped(mm: FastMm, start: int, end: int) -> bool:

@@ -39,6 +39,7 @@ from pudthp_fast.rmap import (
     free_folio,
     free_folios_bulk,
     mod_node,
+    sub_large_mapcount_seq,
 )
 from pudthp_fast.state import (
     LEAF,
@@ -102,29 +103,6 @@ def page_vma_mapped_walk(st: FastState, fid: int) -> Iterator[Hit]:
                         yield Hit(mm, pte, "pte", indices=idx)
 
 
-def sub_large_mapcount_singles(st: FastState, fid: int, n: int, mm: FastMm) -> None:
-    """folio_sub_return_large_mapcount(folio, 1, vma) called ``n`` times."""
-    L = int(st.f_large[fid])
-    ids, cnt = st.f_mmid[fid], st.f_mmc[fid]
-    st.f_large[fid] = L - n
-    mid = mm.mm_id
-    j0 = 1  # first single after which this mm holds no slot
-    for i in (0, 1):
-        if ids[i] == mid:
-            c = int(cnt[i])
-            if c + 1 > n:
-                cnt[i] = c - n
-                return
-            cnt[i] = -1
-            ids[i] = 0
-            j0 = c + 1
-            break
-    # after step j (j >= j0) SHARED clears if a slot count equals L - j
-    lo, hi = L - n, L - j0
-    if any(lo <= int(c) <= hi for c in cnt):
-        st.f_shared[fid] = False
-
-
 def remove_ptes_singly(st: FastState, fid: int, pages: np.ndarray, mm: FastMm) -> None:
     """folio_remove_rmap_pte() for each page in turn (distinct pages of one mm)."""
     b = int(st.f_base[fid])
@@ -132,7 +110,7 @@ def remove_ptes_singly(st: FastState, fid: int, pages: np.ndarray, mm: FastMm) -
         folio_remove_rmap(st, fid, 0, 1, mm, PTE_LEVEL)
         return
     n = int(pages.size)
-    sub_large_mapcount_singles(st, fid, n, mm)
+    sub_large_mapcount_seq(st, fid, np.ones(n, np.int64), mm)
     mc = st.p_mapcount[b + pages]
     mc -= 1
     if (mc < -1).any():

@@ -307,3 +307,31 @@ def folio_try_dup_anon_rmap(st: FastState, fid: int, first: int, n: int, dst: Fa
     st.f_entire[fid] += 1
     add_large_mapcount(st, fid, 1, dst)
     return True
+
+
+def sub_large_mapcount_seq(st: FastState, fid: int, diffs: np.ndarray, mm: FastMm) -> None:
+    """folio_sub_return_large_mapcount() called once per entry of ``diffs``, in order.
+
+    A tracked mm's slot only decreases until it would go negative (then it is freed); from
+    that call on (or from the first, for an untracked mm) each call clears SHARED if a slot
+    count equals the new raw total.
+    """
+    L = int(st.f_large[fid])
+    sums = np.cumsum(diffs)
+    st.f_large[fid] = L - int(sums[-1])
+    ids, cnt = st.f_mmid[fid], st.f_mmc[fid]
+    mid = mm.mm_id
+    j0 = 0
+    for i in (0, 1):
+        if ids[i] == mid:
+            c = int(cnt[i])
+            if c - int(sums[-1]) >= 0:
+                cnt[i] = c - int(sums[-1])
+                return
+            j0 = int(np.argmax(sums > c))  # the call that frees the slot
+            cnt[i] = -1
+            ids[i] = 0
+            break
+    new_vals = L - sums[j0:]
+    if np.isin(new_vals, [int(cnt[0]), int(cnt[1])]).any():
+        st.f_shared[fid] = False

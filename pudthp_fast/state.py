@@ -88,12 +88,16 @@ class FastMm:
 class FastState:
     """All arrays and counters of one fast model."""
 
-    def __init__(self, cfg: Config, tables: int = 16, folios: int = 16, pages: int = 256,
-                 rows: int = 8) -> None:
+    def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.geom: Geometry = cfg.geom
         P = self.geom.P
         self.P = P
+        # First capacities sized by geometry (one PUD folio, its deposit twice), so that a
+        # 1 GiB geometry does not double its way up from a few pages; growth doubles.
+        tables = rows = 2 * P + 16
+        folios = 64
+        pages = 2 * self.geom.pud_nr
         # page tables, row = id
         self.t_level = np.zeros(tables, I8)
         self.t_mm = np.zeros(tables, I32)
