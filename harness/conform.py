@@ -1,0 +1,600 @@
+"""``pudthp conform``: run a PMD-level program on the live kernel and on the reference model
+and compare, after every op, everything both can show (issue 4).
+
+The kernel side (``harness.live``) runs each model mm as a real process at x86_64 geometry:
+model page ``v`` is ``WINDOW_BASE + v * 4096``.  Per op the two results are compared, then the
+observations of ``harness.observe`` (VMAs, RSS, per-page mapping kind, folio sharing, order,
+mapcount, contents) and the deltas of the global THP counters over the op.  The first
+difference is the disagreement.
+
+Global counters are machine-wide, so other processes move them too.  A counter the kernel
+counted less often than the model can only be the program's (other activity only adds
+events) and ends the run; one counted more often, or a gauge, is recorded and the run goes
+on.  Any difference counts only when another run of the program from scratch shows it again
+with the same op, observable and values; otherwise the run agrees and says what it saw.
+Counters no op of a program moves (collapse, migration, file THP, ...) are watched and noted.
+
+Op translation: ``mmap`` is ``MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE``;
+``read``/``write`` are loads/stores of the page's first 64-bit word in the owning process,
+``SIGSEGV`` predicted from its ``/proc/PID/maps``; ``split_folio`` writes ``PID,START,END``
+for that one page to debugfs ``split_huge_pages`` (result: ``EINVAL`` when no THP maps the
+page, else 0 when ``split`` of hugepages-2048kB counted it, else ``EBUSY``);
+``shrink_deferred`` is ``drop_caches`` 2 (result: how many of the program's THPs were split,
+seen in its own pages); ``pin`` registers the page as an io_uring fixed buffer
+(``pin_user_pages_fast(FOLL_WRITE | FOLL_LONGTERM)``), ``unpin`` unregisters it.
+``migrate`` (one NUMA node), ``fail_alloc`` (no fault injection) and, under kernel lockdown,
+``split_folio`` cannot run here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness import kernel as k
+from harness import live
+from harness.gen import DEFAULT_WEIGHTS, ProgramGenerator
+from harness.kernel import PAGE_SIZE, KernelError
+from harness.observe import (
+    Disagreement,
+    Observation,
+    canonical,
+    compare,
+    compare_counters,
+    deltas,
+    model_counters,
+    project_snapshot,
+)
+from harness.program import dump_program, load_program_file, program_to_json
+from pudthp_ref import spec
+from pudthp_ref.spec import Config, Op, Program, Result
+
+X86_64_P = 512
+UNSUPPORTED_OPS: dict[str, str] = {
+    "migrate": "migrate needs a second NUMA node (this machine has one)",
+    "fail_alloc": "the live kernel has no per-order allocation-failure injection",
+}
+
+
+class CannotRun(Exception):
+    """This program cannot be run on this machine; the message says why."""
+
+
+# --------------------------------------------------------------------------------------
+# Which programs can run
+# --------------------------------------------------------------------------------------
+
+
+def raw_config_keys(path: str) -> dict[str, Any]:
+    """The config object as written in the file (to tell a default from an explicit value)."""
+    with open(path, encoding="utf-8") as f:
+        raw = json.load(f)
+    cfg = raw.get("config") if isinstance(raw, dict) else None
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def pmd_level_config(program: Program, explicit: dict[str, Any]) -> Program:
+    """The program at x86_64 geometry with PUD THP off.
+
+    Those two keys are forced when the program leaves them at their defaults; a program that
+    asks for another geometry or for PUD THP cannot run here (the kernel has PMD THP only and
+    the address window is laid out for P = 512).  Raises CannotRun.
+    """
+    if "geometry" in explicit and program.config.geometry != X86_64_P:
+        raise CannotRun(f"geometry P={program.config.geometry}: the live kernel is x86_64 "
+                        "(P=512)")
+    if "pud_enabled" in explicit and program.config.pud_enabled != "never":
+        raise CannotRun(f"pud_enabled {program.config.pud_enabled!r}: the live kernel has no "
+                        "PUD THP (use pud_enabled: never)")
+    fields = {n: getattr(program.config, n) for n in Config.KEYS}
+    fields.update(geometry=X86_64_P, pud_enabled="never")
+    return Program(Config(**fields), program.ops, program.meta)
+
+
+def check_ops(program: Program) -> None:
+    """Raise CannotRun for an op this machine cannot do, or a range beyond the window."""
+    space = program.config.geom.space
+    for i, op in enumerate(program.ops):
+        if op.KIND in UNSUPPORTED_OPS:
+            raise CannotRun(f"op {i} ({op.KIND}): {UNSUPPORTED_OPS[op.KIND]}")
+        ranged = isinstance(op, spec.Mmap | spec.Munmap | spec.Mprotect | spec.Madvise)
+        if ranged and op.start + op.npages > space:  # type: ignore[union-attr]
+            raise CannotRun(f"op {i} ({op.KIND}): range ends past the model's address "
+                                f"space ({space} pages); the live kernel has no such limit")
+
+
+def kernel_config(cfg: Config) -> live.KernelConfig:
+    return live.KernelConfig(cfg.thp_enabled, cfg.pmd_enabled, cfg.use_zero_page,
+                             cfg.shrink_underused, cfg.swap_capacity)
+
+
+# --------------------------------------------------------------------------------------
+# One program
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConformRun:
+    """What one or more runs of a program found (``disagreement`` None: they agree)."""
+
+    kernel_results: list[Result] = field(default_factory=list)
+    model_results: list[Result] = field(default_factory=list)
+    items: list[Disagreement] = field(default_factory=list)  # differences, in op order
+    noise: list[str] = field(default_factory=list)
+    disagreement: Disagreement | None = None  # the first confirmed difference
+    runs: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        d = self.disagreement
+        return {
+            "kernel_results": self.kernel_results,
+            "model_results": self.model_results,
+            "disagreement": None if d is None else {
+                "op_index": d.op_index, "observable": d.observable, "kernel": d.kernel,
+                "model": d.model,
+            },
+            "runs": self.runs,
+            "noise": self.noise,
+        }
+
+
+class KernelSide:
+    """The live kernel running one program: its processes and how each op is done."""
+
+    def __init__(self, program: Program) -> None:
+        self.space = program.config.geom.space
+        self.ex = live.Executor(self.space)
+        self.frames = live.PageFrames()
+        self.last: Observation | None = None  # raw, after the previous op
+
+    def close(self) -> None:
+        try:
+            self.ex.close()
+        finally:
+            self.frames.close()
+
+    def addr(self, vpn: int) -> int:
+        return live.WINDOW_BASE + vpn * PAGE_SIZE
+
+    def apply(self, op: Op) -> Result:
+        """Run one op; the result as the model would spell it."""
+        if isinstance(op, spec.ShrinkDeferred):
+            live.drop_slab()
+            assert self.last is not None
+            return folios_split(self.last, self.observe())
+        if isinstance(op, spec.Unpin):
+            return self.ex.unpin(op.pin)
+        if isinstance(op, spec.FailAlloc | spec.Migrate):
+            raise CannotRun(UNSUPPORTED_OPS[op.KIND])
+        srv = self.ex.server(op.mm)
+        if srv is None:
+            return spec.ESRCH
+        if isinstance(op, spec.Mmap):
+            return self._call(srv, ("mmap", self.addr(op.start), op.npages * PAGE_SIZE,
+                                    op.prot))
+        if isinstance(op, spec.Munmap):
+            return self._call(srv, ("munmap", self.addr(op.start), op.npages * PAGE_SIZE))
+        if isinstance(op, spec.Mprotect):
+            return self._call(srv, ("mprotect", self.addr(op.start), op.npages * PAGE_SIZE,
+                                    op.prot))
+        if isinstance(op, spec.Madvise):
+            return self._call(srv, ("madvise", self.addr(op.start), op.npages * PAGE_SIZE,
+                                    k.ADVICE_CODES[op.advice]))
+        if isinstance(op, spec.Read | spec.Write):
+            write = isinstance(op, spec.Write)
+            if not self._access_ok(srv, op.addr, write):
+                return spec.SIGSEGV
+            if isinstance(op, spec.Write):
+                return self._call(srv, ("write", self.addr(op.addr), op.value))
+            return self._call(srv, ("read", self.addr(op.addr)))
+        if isinstance(op, spec.Fork):
+            return self.ex.fork(srv)
+        if isinstance(op, spec.Exit):
+            self.ex.exit(srv)
+            return 0
+        if isinstance(op, spec.SplitFolio):
+            return self._split_folio(srv, op.addr)
+        if isinstance(op, spec.Pin):
+            if op.addr >= self.space:
+                return spec.EFAULT
+            return self.ex.pin(srv, self.addr(op.addr))
+        raise CannotRun(f"no way to run {op.KIND} on the live kernel")
+
+    def _call(self, srv: live.Server, msg: tuple[Any, ...]) -> Result:
+        reply, _ = self.ex.call(srv, msg)
+        if not isinstance(reply, int | str):
+            raise KernelError(f"unexpected reply {reply!r} to {msg[0]}")
+        return reply
+
+    def _access_ok(self, srv: live.Server, vpn: int, write: bool) -> bool:
+        """Would a user access fault with SIGSEGV?  Decided from /proc/PID/maps: no VMA, no
+        read permission, or a write without write permission (the kernel's own rules in
+        do_user_addr_fault / access_error, for private anonymous memory)."""
+        addr = self.addr(vpn)
+        with open(f"/proc/{srv.pid}/maps", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                rng, perms = line.split()[:2]
+                lo, _, hi = rng.partition("-")
+                if int(lo, 16) <= addr < int(hi, 16):
+                    if vpn >= self.space:
+                        raise CannotRun(f"address {addr:#x} (page {vpn}) is outside the "
+                                        "window but mapped in the process")
+                    return perms[0] == "r" and (not write or perms[1] == "w")
+        return False
+
+    def _split_folio(self, srv: live.Server, vpn: int) -> Result:
+        """debugfs split_huge_pages for one page of one process (split_huge_pages_pid)."""
+        if vpn >= self.space:
+            return spec.EINVAL
+        addr = self.addr(vpn)
+        large = self._thp_mapped(srv, addr)
+        before = k.read_pmd_stats()["split"]
+        k.write_text(k.SPLIT_HUGE_PAGES, f"{srv.pid},{addr:#x},{addr + PAGE_SIZE:#x}")
+        if not large:
+            return spec.EINVAL
+        return 0 if k.read_pmd_stats()["split"] > before else spec.EBUSY
+
+    def _thp_mapped(self, srv: live.Server, addr: int) -> bool:
+        regions = k.pagemap_scan(srv.pagemap_fd, addr, addr + PAGE_SIZE)
+        cats = regions[0][2] if regions else 0
+        if not cats & k.PAGE_IS_PRESENT or cats & k.PAGE_IS_PFNZERO:
+            return False
+        pfn = k.pagemap_entries(srv.pagemap_fd, addr, 1)[0] & k.PM_PFN_MASK
+        flags = k.read_u64s(self.frames.flags_fd, pfn, 1)[0]
+        return bool(flags >> k.KPF_COMPOUND_HEAD & 1 or flags >> k.KPF_COMPOUND_TAIL & 1)
+
+    def observe(self) -> Observation:
+        return live.observe(self.ex, self.frames)
+
+
+def folios_split(before: Observation, after: Observation) -> int:
+    """How many of the program's THPs an op split: those with a page that was mapped before
+    and is now an order-0 page at the same PFN, or the zero page (a zero-filled subpage is
+    remapped to it, try_to_map_unused_to_zeropage).  Counted from the program's own pages,
+    not from the global ``split`` counter, which the shrinker also moves for other
+    processes' folios."""
+    split: set[int] = set()
+    for mm_id, m in before.mms.items():
+        now = after.mms.get(mm_id)
+        if now is None:
+            continue
+        now_pages = dict(now.pages)
+        for vpn, p in m.pages:
+            if p.order != live.THP_ORDER or p.folio is None or p.folio in split:
+                continue
+            q = now_pages.get(vpn)
+            if q is None or p.index is None:
+                continue
+            if q.kind == "zero" or (q.order == 0 and q.folio == p.folio + p.index):
+                split.add(p.folio)
+    return len(split)
+
+
+StepHook = Callable[[int, Op, Result, Result], None]
+
+
+def run_once(program: Program, on_step: StepHook | None = None,
+             ignore: frozenset[str] = frozenset()) -> ConformRun:
+    """Run the program once on both sides (the kernel already configured for it).
+
+    Every difference found is recorded in ``run.items``.  A difference the program alone
+    decides (a result, a per-process observable, an event counter the kernel counted *less*
+    often than the model) ends the run; a counter the kernel counted more often, or a gauge,
+    can also be other processes' doing and only marks the run ``suspect`` (``Session.run``
+    reruns the program to tell).
+    """
+    from pudthp_ref.model import RefModel
+
+    run = ConformRun()
+    model = RefModel(program.config)
+    snap = model.snapshot()
+    live.drop_slab()  # an empty deferred split queue, and no huge zero folio left over
+    kside = KernelSide(program)
+    try:
+        kside.ex.start()
+        kside.last = kside.observe()
+        d = compare(-1, canonical(kside.last), canonical(project_snapshot(snap)), ignore)
+        if d is not None:
+            run.items.append(d)
+            return run
+        for i, op in enumerate(program.ops):
+            m_before = model_counters(snap)
+            k_before = live.read_counters()
+            kres = kside.apply(op)
+            k_after = live.read_counters()
+            mres = model.apply(op)
+            snap = model.snapshot()
+            run.kernel_results.append(kres)
+            run.model_results.append(mres)
+            if on_step is not None:
+                on_step(i, op, kres, mres)
+            kd = deltas(k_before, k_after)
+            for key in (*live.NOISE_VMSTAT, *live.NOISE_MTHP):
+                for name in (f"vmstat.{key}", f"mthp.{key}"):
+                    if kd.get(name):
+                        run.noise.append(f"op {i}: {name} moved by {kd[name]}")
+            if kres != mres:
+                run.items.append(Disagreement(i, "result", kres, mres))
+                return run
+            kside.last = kside.observe()
+            d = compare(i, canonical(kside.last), canonical(project_snapshot(snap)), ignore)
+            if d is not None:
+                run.items.append(d)
+                return run
+            for d, definite in compare_counters(i, kd, deltas(m_before, model_counters(snap)),
+                                                ignore):
+                run.items.append(d)
+                if definite:
+                    return run
+        return run
+    finally:
+        kside.close()
+
+
+@dataclass
+class Session:
+    """A conformance session: the run lock, the settings saved and restored, debugfs."""
+
+    ignore: frozenset[str] = frozenset()  # observable classes passed over
+    settings: live.Settings = field(default_factory=live.Settings)
+    thp_disable_was: int = 0
+    _split_problem: str | None = None
+    _split_probed: bool = False
+
+    def split_problem(self) -> str | None:
+        """Why ``split_folio`` cannot run here (None: it can)."""
+        if not self._split_probed:
+            self._split_problem = live.split_huge_pages_usable(self.settings)
+            self._split_probed = True
+        return self._split_problem
+
+    def check(self, program: Program) -> None:
+        """Raise CannotRun for an op this session cannot do."""
+        check_ops(program)
+        for i, op in enumerate(program.ops):
+            if isinstance(op, spec.SplitFolio) and self.split_problem() is not None:
+                raise CannotRun(f"op {i} (split_folio): {self.split_problem()}")
+
+    def __enter__(self) -> Session:
+        live.check_machine()
+        self._lock = live.run_lock()
+        self._lock.__enter__()
+        self._signals = live.signals_raise()
+        self._signals.__enter__()
+        try:
+            # The controller itself never gets a THP, so the servers it forks inherit none.
+            self.thp_disable_was = k.prctl(k.PR_GET_THP_DISABLE)
+            k.prctl(k.PR_SET_THP_DISABLE, 1)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            problems = self.settings.restore()
+            k.prctl(k.PR_SET_THP_DISABLE, self.thp_disable_was)
+        finally:
+            self._signals.__exit__(None, None, None)
+            self._lock.__exit__(None, None, None)
+        if problems:
+            raise KernelError("could not restore: " + "; ".join(problems))
+
+    def run(self, program: Program, on_step: StepHook | None = None) -> ConformRun:
+        """Configure the kernel for ``program`` and run it; a difference counts only when a
+        second (or third) run from scratch shows it again with the same values."""
+        self.check(program)
+        live.apply_config(self.settings, kernel_config(program.config))
+        runs = [self._run_with_swap(program, on_step)]
+        if not runs[0].items:
+            return runs[0]
+        while len(runs) < 3:
+            runs.append(self._run_with_swap(program, None))
+            if not runs[-1].items:
+                break  # a clean run: the differences before were not the program's
+            common = [d for d in runs[-1].items
+                      if any(d in r.items for r in runs[:-1])]
+            if common:
+                out = runs[0]
+                out.disagreement = min(common, key=lambda d: d.op_index)
+                out.runs = len(runs)
+                return out
+        out = runs[-1] if not runs[-1].items else runs[0]
+        out.runs = len(runs)
+        for r in runs:
+            for d in r.items:
+                out.noise.append(f"not repeated by another run: op {d.op_index} "
+                                 f"{d.observable} kernel {d.kernel!r} model {d.model!r}")
+        return out
+
+    def _run_with_swap(self, program: Program, on_step: StepHook | None) -> ConformRun:
+        swap = live.Settings()
+        try:
+            live.setup_swap(swap, program.config.swap_capacity)
+            return run_once(program, on_step, self.ignore)
+        finally:
+            problems = swap.restore()
+            if problems:
+                raise KernelError("could not remove the swap device: " + "; ".join(problems))
+
+
+# --------------------------------------------------------------------------------------
+# Random programs
+# --------------------------------------------------------------------------------------
+
+RANDOM_WEIGHTS: dict[str, int] = {**DEFAULT_WEIGHTS, "migrate": 0, "fail_alloc": 0}
+
+
+class PmdProgramGenerator(ProgramGenerator):
+    """``ProgramGenerator`` at x86_64 geometry in a region of a few PMDs: addresses biased to
+    PMD boundaries (one page either side), lengths of whole PMDs or a few pages."""
+
+    def __init__(self, cfg: Config, rng: random.Random, region_pmds: int,
+                 weights: dict[str, int]) -> None:
+        super().__init__(cfg, rng, weights)
+        self.region = region_pmds * self.g.pmd_nr
+
+    def addr(self) -> int:
+        g, r = self.g, self.rng
+        if r.random() < 0.7:
+            base = r.randrange(0, self.region, g.pmd_nr)
+            return min(max(base + r.choice((-1, 0, 0, 0, 1, 2)), 0), self.region - 1)
+        return r.randrange(self.region)
+
+    def length(self, start: int) -> int:
+        g, r = self.g, self.rng
+        roll = r.random()
+        if roll < 0.45:
+            n = g.pmd_nr * r.choice((1, 1, 2, 3))
+        elif roll < 0.8:
+            n = r.randint(1, 3)
+        else:
+            n = r.randint(1, 2 * g.pmd_nr + 2)
+        return max(1, min(n, self.region - start)) if start < self.region else 1
+
+
+def random_pmd_config(rng: random.Random, region_pages: int) -> Config:
+    return Config(
+        geometry=X86_64_P,
+        thp_enabled=rng.choice(("always", "always", "madvise", "never")),
+        pmd_enabled=rng.choice(("inherit", "inherit", "always", "madvise", "never")),
+        pud_enabled="never",
+        use_zero_page=rng.random() < 0.7,
+        shrink_underused=rng.random() < 0.7,
+        nodes=1,
+        swap_pages=rng.choice((0, 4 * region_pages, 4 * region_pages)),
+    )
+
+
+def random_program(seed: int, index: int, n_ops: int, split_folio: bool = True) -> Program:
+    """Program ``index`` of the random run ``seed`` (``split_folio`` False: none of them)."""
+    rng = random.Random(f"conform:{seed}:{index}")
+    region_pmds = rng.choice((2, 3, 4, 6, 8))
+    cfg = random_pmd_config(rng, region_pmds * X86_64_P)
+    weights = dict(RANDOM_WEIGHTS)
+    if not split_folio:
+        weights["split_folio"] = 0
+    gen = PmdProgramGenerator(cfg, rng, region_pmds, weights)
+    p = gen.program(n_ops)
+    return Program(p.config, p.ops, {"generator": "harness.conform", "seed": seed,
+                                     "index": index})
+
+
+# --------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------
+
+
+def describe(d: Disagreement, program: Program) -> str:
+    op = program.ops[d.op_index] if 0 <= d.op_index < len(program.ops) else None
+    where = f"op {d.op_index} ({spec.op_str(op)})" if op is not None else "before the first op"
+    return (f"{where}: {d.observable}: kernel {json.dumps(d.kernel)}, "
+            f"model {json.dumps(d.model)}")
+
+
+def signature(d: Disagreement, program: Program) -> str:
+    op = program.ops[d.op_index] if 0 <= d.op_index < len(program.ops) else None
+    kind = op.KIND if op is not None else "start"
+    if isinstance(op, spec.Madvise):
+        kind = f"madvise.{op.advice}"
+    return f"{kind}:{d.cls}"
+
+
+def cmd_conform(program_path: str | None, report: str | None, random_n: int | None,
+                seed: int, n_ops: int, save_dir: str | None, quiet: bool,
+                ignore: frozenset[str] = frozenset()) -> int:
+    """``pudthp conform``; returns the exit status (0 agree, 1 disagree, 2 cannot run)."""
+    try:
+        if random_n is not None:
+            return _cmd_random(random_n, seed, n_ops, save_dir, report, ignore)
+        assert program_path is not None
+        return _cmd_one(program_path, report, quiet, ignore)
+    except (CannotRun, KernelError, live.Interrupted) as e:
+        print(f"pudthp: cannot run here: {' '.join(str(e).split())}")
+        return 2
+    except OSError as e:  # a /proc, /sys or device file the kernel refused
+        print(f"pudthp: cannot run here: {e.filename or ''}: {e.strerror or e}")
+        return 2
+    except Exception as e:  # a bug of the harness: still one line, naming where
+        tb = traceback.extract_tb(e.__traceback__)
+        where = f" at {tb[-1].filename}:{tb[-1].lineno}" if tb else ""
+        print(f"pudthp: cannot run here: internal error {type(e).__name__}: {e}{where}")
+        return 2
+
+
+def _cmd_one(path: str, report: str | None, quiet: bool, ignore: frozenset[str]) -> int:
+    program = pmd_level_config(load_program_file(path), raw_config_keys(path))
+    check_ops(program)
+    width = max(3, len(str(len(program.ops) - 1)))
+
+    def show(i: int, op: Op, kres: Result, mres: Result) -> None:
+        same = "" if kres == mres else f"  (model {mres})"
+        print(f"{i:>{width}} {spec.op_str(op)} -> {kres}{same}", flush=True)
+
+    with Session(ignore) as session:
+        run = session.run(program, None if quiet else show)
+    for note in run.noise:
+        print(f"note: {note}")
+    if report:
+        _write_json(report, {"format": "pudthp-conform-report/1", "program": path,
+                             "config": program.config.to_json(), **run.to_json()})
+    if run.disagreement is None:
+        print(f"agree: {len(program.ops)} ops, every observable the same")
+        return 0
+    print(f"DISAGREE {describe(run.disagreement, program)}")
+    print(f"  (seen in {run.runs} runs from scratch)")
+    return 1
+
+
+def _cmd_random(n: int, seed: int, n_ops: int, save_dir: str | None,
+                report: str | None, ignore: frozenset[str]) -> int:
+    signatures: dict[str, list[int]] = {}
+    agreed = 0
+    noisy = 0
+    entries: list[dict[str, Any]] = []
+    with Session(ignore) as session:
+        split_problem = session.split_problem()
+        if split_problem is not None:
+            print(f"note: no split_folio ops: {split_problem}")
+        for i in range(n):
+            program = random_program(seed, i, n_ops, split_problem is None)
+            run = session.run(program)
+            if run.noise:
+                noisy += 1
+            if run.disagreement is None:
+                agreed += 1
+                status = "agree"
+            else:
+                sig = signature(run.disagreement, program)
+                signatures.setdefault(sig, []).append(i)
+                status = f"DISAGREE {sig}: {describe(run.disagreement, program)}"
+                if save_dir:
+                    os.makedirs(save_dir, exist_ok=True)
+                    name = os.path.join(save_dir, f"conform_{seed}_{i}.json")
+                    with open(name, "w", encoding="utf-8") as f:
+                        f.write(dump_program(program))
+            print(f"{i:>4} {status}", flush=True)
+            entries.append({"index": i, "program": program_to_json(program), **run.to_json()})
+    print(f"agreement: {agreed}/{n} programs ({100.0 * agreed / max(n, 1):.1f}%), seed {seed}"
+          + (f", {noisy} with noise noted" if noisy else ""))
+    for sig, idx in sorted(signatures.items(), key=lambda kv: -len(kv[1])):
+        print(f"  {len(idx):>4} x {sig}  (programs {', '.join(map(str, idx[:8]))}"
+              f"{', ...' if len(idx) > 8 else ''})")
+    if report:
+        _write_json(report, {"format": "pudthp-conform-random/1", "seed": seed, "n": n,
+                             "agreed": agreed, "signatures": signatures, "runs": entries})
+    return 0 if agreed == n else 1
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+            f.write("\n")
+    except OSError as e:
+        raise KernelError(f"cannot write report {path}: {e.strerror or e}") from None
