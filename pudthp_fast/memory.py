@@ -64,10 +64,22 @@ class FaultOOM(Exception):
     """VM_FAULT_OOM where the caller must fail (fork's copy_present_page)."""
 
 
-def anon_vma_prepare(st: FastState, vma: FastVma) -> None:
-    if vma.anon_vma is None:
-        vma.anon_vma = st.next_anon_vma
-        st.next_anon_vma += 1
+def anon_vma_prepare(st: FastState, mm: FastMm, vma: FastVma) -> None:
+    """anon_vma_prepare() with find_mergeable_anon_vma(): reuse the next, else the previous
+    VMA's anon_vma when adjacent, flag-compatible and not inherited from a fork."""
+    if vma.anon_vma is not None:
+        return
+    i = next(k for k, v in enumerate(mm.vmas) if v is vma)
+    for j in (i + 1, i - 1):
+        if 0 <= j < len(mm.vmas):
+            old = mm.vmas[j]
+            a, b = (vma, old) if j > i else (old, vma)
+            if (a.end == b.start and a.hugepage == b.hugepage and a.nohugepage == b.nohugepage
+                    and old.anon_vma is not None and not old.forked):
+                vma.anon_vma = old.anon_vma
+                return
+    vma.anon_vma = st.next_anon_vma
+    st.next_anon_vma += 1
 
 
 def alloc_page_retrying(st: FastState) -> int:
@@ -113,7 +125,7 @@ def handle_mm_fault(st: FastState, mm: FastMm, vma: FastVma, vpn: int, write: bo
             and thp_vma_suitable_order(st, vma, vpn, "pud")
             and (write or st.cfg.pud_read_fault == "alloc")
         ):
-            anon_vma_prepare(st, vma)
+            anon_vma_prepare(st, mm, vma)
             if do_huge_pud_anonymous_page(st, mm, vma, pud, pi):
                 return
         install_table(st, pud, pi, pt_alloc(st, mm, LV_PMD), pi * g.pud_nr)
@@ -128,7 +140,7 @@ def handle_mm_fault(st: FastState, mm: FastMm, vma: FastVma, vpn: int, write: bo
     k = st.e_kind[st.row(pmd), mi]
     if k == NONE:
         if thp_vma_allowable_order(st, vma, "pmd") and thp_vma_suitable_order(st, vma, vpn, "pmd"):
-            anon_vma_prepare(st, vma)
+            anon_vma_prepare(st, mm, vma)
             if do_huge_pmd_anonymous_page(st, mm, vma, pmd, mi, write):
                 return
         install_table(st, pmd, mi, pt_alloc(st, mm, LV_PTE), vpn - vpn % g.pmd_nr)
@@ -155,7 +167,7 @@ def do_anonymous_page(st: FastState, mm: FastMm, vma: FastVma, pte: int, ti: int
     if not write:
         set_entry(st, pte, ti, ZERO)
         return
-    anon_vma_prepare(st, vma)
+    anon_vma_prepare(st, mm, vma)
     fid = alloc_page_retrying(st)
     folio_add_new_anon_rmap(st, fid, mm)
     mm.rss_anon += 1
@@ -169,7 +181,8 @@ def do_swap_page(st: FastState, mm: FastMm, pte: int, ti: int) -> None:
         raise ModelBug("swap.bad_slot", f"swap entry names free slot {slot}")
     fid = alloc_page_retrying(st)
     st.p_data[int(st.f_base[fid])] = st.s_data[slot]
-    count_vm_event(st, "pswpin")
+    if not st.s_zero[slot]:  # a zeromap slot is read with no IO
+        count_vm_event(st, "pswpin")
     folio_add_new_anon_rmap(st, fid, mm, exclusive=True)
     mm.rss_anon += 1
     mm.rss_swap -= 1
@@ -181,6 +194,7 @@ def swap_free(st: FastState, slot: int) -> None:
     st.s_count[slot] -= 1
     if st.s_count[slot] == 0:
         st.s_used -= 1
+        st.s_zero[slot] = False
 
 
 def wp_can_reuse_anon_folio(st: FastState, fid: int) -> bool:
@@ -207,7 +221,7 @@ def do_wp_page(st: FastState, mm: FastMm, vma: FastVma, pte: int, ti: int) -> No
 
 
 def wp_page_copy(st: FastState, mm: FastMm, vma: FastVma, pte: int, ti: int) -> None:
-    anon_vma_prepare(st, vma)
+    anon_vma_prepare(st, mm, vma)
     new = alloc_page_retrying(st)
     old = int(st.e_id[st.row(pte), ti]) if st.e_kind[st.row(pte), ti] == PTE else 0
     page = int(st.e_page[st.row(pte), ti])
@@ -347,9 +361,14 @@ def copy_one_pte(st: FastState, dst: FastMm, src: FastMm, vma: FastVma, dpte: in
 # --------------------------------------------------------------------------------------
 
 
-def zap_page_range(st: FastState, mm: FastMm, start: int, end: int) -> None:
+def zap_page_range(st: FastState, mm: FastMm, start: int, end: int, reclaim_pt: bool = False
+                   ) -> None:
     """unmap_page_range(): the PTE tables under one PMD table are zapped as one batch
-    (flushed before any huge-leaf zap or split, so effects keep the kernel's order)."""
+    (flushed before any huge-leaf zap or split, so effects keep the kernel's order).
+
+    ``reclaim_pt`` (MADV_DONTNEED, CONFIG_PT_RECLAIM): a PTE table whose whole PMD range
+    is zapped is freed once empty (try_to_free_pte()).
+    """
     g = st.geom
     pud = mm.pud_table
     for pi, addr, nxt in pud_range(g, start, end):
@@ -369,6 +388,8 @@ def zap_page_range(st: FastState, mm: FastMm, start: int, end: int) -> None:
                 continue
             if k in (LEAF, ZERO):
                 zap_pte_segments(st, mm, segs)
+                if reclaim_pt:
+                    reclaim_pte_tables(st, mm, pmd, segs)
                 segs = []
                 if b - a == g.pmd_nr:
                     zap_huge_pmd(st, mm, pmd, mi)
@@ -376,6 +397,18 @@ def zap_page_range(st: FastState, mm: FastMm, start: int, end: int) -> None:
                 split_huge_pmd_locked(st, mm, pmd, mi)
             segs.append((table_at(st, pmd, mi, LV_PTE), a % g.P, a % g.P + (b - a)))
         zap_pte_segments(st, mm, segs)
+        if reclaim_pt:
+            reclaim_pte_tables(st, mm, pmd, segs)
+
+
+def reclaim_pte_tables(st: FastState, mm: FastMm, pmd: int,
+                       segs: list[tuple[int, int, int]]) -> None:
+    """try_to_free_pte(): each fully zapped PTE table, now empty, leaves its PMD entry."""
+    for pte, lo, hi in segs:
+        if hi - lo == st.P and not st.e_kind[st.row(pte)].any():
+            mi = (int(st.t_addr[pte]) // st.P) % st.P
+            set_entry(st, pmd, mi, NONE)
+            pt_free(st, mm, pte)
 
 
 def zap_pte_segments(st: FastState, mm: FastMm, segs: list[tuple[int, int, int]]) -> None:

@@ -153,7 +153,8 @@ def sys_fork(st: FastState, parent: FastMm) -> Result:
         if v.anon_vma is not None:
             anon_vma = st.next_anon_vma
             st.next_anon_vma += 1
-        child.vmas.append(FastVma(v.start, v.end, v.prot, v.hugepage, v.nohugepage, anon_vma))
+        child.vmas.append(FastVma(v.start, v.end, v.prot, v.hugepage, v.nohugepage, anon_vma,
+                                  anon_vma is not None))
     try:
         for v in parent.vmas:
             copy_page_range(st, child, parent, v)

@@ -507,10 +507,14 @@ def shrink_folio(st: FastState, fid: int) -> list[int]:
     st.f_ref[fid] += nr
     try_to_unmap(st, fid, slot)
     order = int(st.f_order[fid])
-    if order >= st.geom.pmd_order:
-        count_vm_event(st, "thp_swpout")
-    count_mthp_stat(st, order, "swpout")
-    count_vm_event(st, "pswpout", nr)
+    b = int(st.f_base[fid])
+    if not st.p_data[b : b + nr].any():  # zero-filled: the swap zeromap, no IO
+        st.s_zero[slot : slot + nr] = st.s_count[slot : slot + nr] > 0
+    else:
+        if order >= st.geom.pmd_order:
+            count_vm_event(st, "thp_swpout")
+        count_mthp_stat(st, order, "swpout")
+        count_vm_event(st, "pswpout", nr)
     st.f_swapcache[fid] = False
     folio_put(st, fid, nr)
     if st.f_live[fid]:

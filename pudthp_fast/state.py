@@ -67,6 +67,7 @@ class FastVma:
     hugepage: bool = False
     nohugepage: bool = False
     anon_vma: int | None = None
+    forked: bool = False  # the anon_vma chain holds a parent's (anon_vma_fork)
 
 
 @dataclass(slots=True)
@@ -140,6 +141,7 @@ class FastState:
         # swap slots, row = slot
         self.s_count = np.zeros(16, I64)
         self.s_data = np.zeros(16, U64)
+        self.s_zero = np.zeros(16, bool)  # in the swap zeromap: written with no IO
         self.s_used = 0
         self.next_slot = 1
         # the rest is small and lives in Python
@@ -250,4 +252,5 @@ class FastState:
         if self.next_slot > self.s_count.shape[0]:
             self.s_count = grow(self.s_count, self.next_slot)
             self.s_data = grow(self.s_data, self.next_slot)
+            self.s_zero = grow(self.s_zero, self.next_slot, False)
         return base

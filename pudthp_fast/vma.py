@@ -32,7 +32,7 @@ def split_vma_at(st: FastState, mm: FastMm, addr: int) -> None:
         if v.start < addr < v.end:
             split_huge_at(st, mm, addr)
             mm.vmas.insert(i + 1, FastVma(addr, v.end, v.prot, v.hugepage, v.nohugepage,
-                                          v.anon_vma))
+                                          v.anon_vma, v.forked))
             v.end = addr
             return
 
@@ -43,7 +43,11 @@ def mergeable(a: FastVma, b: FastVma) -> bool:
         and a.prot == b.prot
         and a.hugepage == b.hugepage
         and a.nohugepage == b.nohugepage
-        and (a.anon_vma is None or b.anon_vma is None or a.anon_vma == b.anon_vma)
+        and (
+            (b.anon_vma is None or not b.forked)
+            if a.anon_vma is None
+            else (not a.forked if b.anon_vma is None else a.anon_vma == b.anon_vma)
+        )
     )
 
 
@@ -54,7 +58,7 @@ def vma_merge_around(mm: FastMm, start: int, end: int) -> None:
         if start <= a.end <= end and mergeable(a, b):
             a.end = b.end
             if a.anon_vma is None:
-                a.anon_vma = b.anon_vma
+                a.anon_vma, a.forked = b.anon_vma, b.forked
             del mm.vmas[i + 1]
             continue
         i += 1
@@ -207,7 +211,7 @@ def sys_madvise(st: FastState, mm: FastMm, start: int, npages: int, advice: str)
                     v.nohugepage = not huge
             vma_merge_around(mm, lo, hi)
         elif advice == "dontneed":
-            zap_page_range(st, mm, lo, hi)
+            zap_page_range(st, mm, lo, hi, reclaim_pt=True)
         else:
             madvise_pageout(st, mm, lo, hi)
     return ENOMEM if hole else 0

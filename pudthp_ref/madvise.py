@@ -30,7 +30,7 @@ def sys_madvise(st: MmState, mm: MmStruct, start: int, npages: int, advice: str)
         if advice in ("hugepage", "nohugepage"):
             madvise_update_vma(st, mm, lo, hi, advice == "hugepage")
         elif advice == "dontneed":
-            zap_page_range(st, mm, lo, hi)
+            zap_page_range(st, mm, lo, hi, reclaim_pt=True)
         else:
             madvise_pageout(st, mm, lo, hi)
     return ENOMEM if hole else 0

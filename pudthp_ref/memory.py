@@ -57,11 +57,34 @@ class FaultOOM(Exception):
     """VM_FAULT_OOM where the caller must fail (fork's copy_present_page)."""
 
 
-def anon_vma_prepare(st: MmState, vma: Vma) -> None:
-    """anon_vma_prepare(): a VMA gets its anon_vma on the first anonymous fault."""
-    if vma.anon_vma is None:
-        vma.anon_vma = st.next_anon_vma
-        st.next_anon_vma += 1
+def anon_vma_prepare(st: MmState, mm: MmStruct, vma: Vma) -> None:
+    """anon_vma_prepare(): a VMA gets its anon_vma on the first anonymous fault, reusing
+    an adjacent compatible VMA's when that one did not come from a fork
+    (find_mergeable_anon_vma(): the next VMA first, then the previous)."""
+    if vma.anon_vma is not None:
+        return
+    i = next(k for k, v in enumerate(mm.vmas) if v is vma)
+    for j, (a, b) in ((i + 1, (vma, None)), (i - 1, (None, vma))):
+        if not 0 <= j < len(mm.vmas):
+            continue
+        old = mm.vmas[j]
+        left, right = (a, old) if b is None else (old, b)
+        if anon_vma_compatible(left, right) and old.anon_vma is not None and not old.forked:
+            vma.anon_vma = old.anon_vma  # reusable_anon_vma()
+            return
+    vma.anon_vma = st.next_anon_vma
+    st.next_anon_vma += 1
+
+
+def anon_vma_compatible(a: Vma | None, b: Vma | None) -> bool:
+    """anon_vma_compatible(): adjacent, same flags but for the access bits."""
+    return (
+        a is not None
+        and b is not None
+        and a.end == b.start
+        and a.hugepage == b.hugepage
+        and a.nohugepage == b.nohugepage
+    )
 
 
 def alloc_page_retrying(st: MmState) -> Folio:
@@ -121,7 +144,7 @@ def handle_mm_fault(st: MmState, mm: MmStruct, vma: Vma, vpn: int, write: bool) 
             and thp_vma_suitable_order(st, vma, vpn, LEVEL_PUD)
             and (write or st.cfg.pud_read_fault == "alloc")
         ):
-            anon_vma_prepare(st, vma)
+            anon_vma_prepare(st, mm, vma)
             if do_huge_pud_anonymous_page(st, mm, vma, pud_table, pi):
                 return
         # pmd_alloc(): the PUD entry becomes a table for good
@@ -140,7 +163,7 @@ def handle_mm_fault(st: MmState, mm: MmStruct, vma: Vma, vpn: int, write: bool) 
         if thp_vma_allowable_order(st, vma, LEVEL_PMD) and thp_vma_suitable_order(
             st, vma, vpn, LEVEL_PMD
         ):
-            anon_vma_prepare(st, vma)
+            anon_vma_prepare(st, mm, vma)
             if do_huge_pmd_anonymous_page(st, mm, vma, pmd_table, mi, write):
                 return
         pte_table = pt_alloc(st, mm, "pte")  # pte_alloc() / pmd_install()
@@ -174,7 +197,7 @@ def do_anonymous_page(st: MmState, mm: MmStruct, vma: Vma, pte_table: PtDesc, ti
     if not write:
         pte_table.entries[ti] = ZERO
         return
-    anon_vma_prepare(st, vma)
+    anon_vma_prepare(st, mm, vma)
     folio = alloc_page_retrying(st)
     folio_add_new_anon_rmap(st, folio, mm)
     mm.rss_anon += 1
@@ -192,7 +215,8 @@ def do_swap_page(st: MmState, mm: MmStruct, vma: Vma, pte_table: PtDesc, ti: int
     slot = swap_slot(st, e[1])
     folio = alloc_page_retrying(st)
     folio.data[0] = slot.data
-    count_vm_event(st, "pswpin")
+    if not slot.zeromap:  # swap_read_folio_zeromap(): a zeromap slot is read with no IO
+        count_vm_event(st, "pswpin")
     folio_add_new_anon_rmap(st, folio, mm, exclusive=True)
     mm.rss_anon += 1
     mm.rss_swap -= 1
@@ -239,7 +263,7 @@ def wp_page_copy(st: MmState, mm: MmStruct, vma: Vma, pte_table: PtDesc, ti: int
     """wp_page_copy(): a new order-0 folio with the old contents (zero for the zero page)."""
     e = pte_table.entries[ti]
     assert e is not None
-    anon_vma_prepare(st, vma)
+    anon_vma_prepare(st, mm, vma)
     new = alloc_page_retrying(st)
     old = st.folios[e[1]] if is_present_pte(e) else None
     if old is not None:
@@ -336,8 +360,13 @@ def copy_pte(st: MmState, dst_mm: MmStruct, src_mm: MmStruct, vma: Vma, dst_pte:
 # --------------------------------------------------------------------------------------
 
 
-def zap_page_range(st: MmState, mm: MmStruct, start: int, end: int) -> None:
-    """unmap_page_range() over ``[start, end)`` inside one VMA."""
+def zap_page_range(st: MmState, mm: MmStruct, start: int, end: int, reclaim_pt: bool = False
+                   ) -> None:
+    """unmap_page_range() over ``[start, end)`` inside one VMA.
+
+    ``reclaim_pt`` (MADV_DONTNEED, CONFIG_PT_RECLAIM): a PTE table whose whole PMD range is
+    zapped is freed once empty (zap_pte_range -> try_to_free_pte()).
+    """
     g = st.geom
     pud_table = st.tables[mm.pud_table]
     for pi, addr, nxt in pud_range(g, start, end):
@@ -349,10 +378,11 @@ def zap_page_range(st: MmState, mm: MmStruct, start: int, end: int) -> None:
                 zap_huge_pud(st, mm, pud_table, pi)
                 continue
             __split_huge_pud_locked(st, mm, pud_table, pi)
-        zap_pmd_range(st, mm, table_of(st, pud_table.entries[pi], "pmd"), addr, nxt)
+        zap_pmd_range(st, mm, table_of(st, pud_table.entries[pi], "pmd"), addr, nxt, reclaim_pt)
 
 
-def zap_pmd_range(st: MmState, mm: MmStruct, pmd_table: PtDesc, start: int, end: int) -> None:
+def zap_pmd_range(st: MmState, mm: MmStruct, pmd_table: PtDesc, start: int, end: int,
+                  reclaim_pt: bool = False) -> None:
     g = st.geom
     for mi, addr, nxt in pmd_range(g, start, end):
         me = pmd_table.entries[mi]
@@ -363,7 +393,11 @@ def zap_pmd_range(st: MmState, mm: MmStruct, pmd_table: PtDesc, start: int, end:
                 zap_huge_pmd(st, mm, pmd_table, mi)
                 continue
             __split_huge_pmd_locked(st, mm, pmd_table, mi)
-        zap_pte_range(st, mm, table_of(st, pmd_table.entries[mi], "pte"), pte_range(g, addr, nxt))
+        pte_table = table_of(st, pmd_table.entries[mi], "pte")
+        zap_pte_range(st, mm, pte_table, pte_range(g, addr, nxt))
+        if reclaim_pt and nxt - addr == g.pmd_nr and all(e is None for e in pte_table.entries):
+            pmd_table.entries[mi] = None
+            pt_free(st, mm, pte_table)
 
 
 def zap_pte_range(st: MmState, mm: MmStruct, pte_table: PtDesc, span: range) -> None:

@@ -85,6 +85,10 @@ class Vma:
     # Identity of the anon_vma (None until the first fault, anon_vma_prepare); VMAs
     # merge only when their anon_vmas are compatible (is_mergeable_anon_vma).
     anon_vma: int | None = None
+    # The anon_vma chain also holds a parent's anon_vma (anon_vma_fork()): such a VMA
+    # "had uncowed parents" and neither merges with nor lends its anon_vma to a VMA
+    # without one.
+    forked: bool = False
 
     def flags(self) -> list[str]:
         out = []
@@ -119,6 +123,7 @@ class SwapSlot:
     slot: int
     count: int
     data: int
+    zeromap: bool = False  # written as a zero-filled folio: no IO (swap_zeromap_folio_set)
 
 
 @dataclass(slots=True)

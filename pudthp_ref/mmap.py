@@ -31,7 +31,7 @@ def split_vma_at(st: MmState, mm: MmStruct, addr: int) -> None:
     for i, v in enumerate(mm.vmas):
         if v.start < addr < v.end:
             split_huge_at(st, mm, addr)  # vma_adjust_trans_huge()
-            tail = Vma(addr, v.end, v.prot, v.hugepage, v.nohugepage, v.anon_vma)
+            tail = Vma(addr, v.end, v.prot, v.hugepage, v.nohugepage, v.anon_vma, v.forked)
             v.end = addr
             mm.vmas.insert(i + 1, tail)
             return
@@ -47,8 +47,18 @@ def is_mergeable(a: Vma, b: Vma) -> bool:
         and a.prot == b.prot
         and a.hugepage == b.hugepage
         and a.nohugepage == b.nohugepage
-        and (a.anon_vma is None or b.anon_vma is None or a.anon_vma == b.anon_vma)
+        and anon_vmas_mergeable(a, b)
     )
+
+
+def anon_vmas_mergeable(a: Vma, b: Vma) -> bool:
+    """is_mergeable_anon_vma(): one side may bring its anon_vma to the other only if it
+    had no uncowed parents (vma_had_uncowed_parents); two anon_vmas must be the same."""
+    if a.anon_vma is None:
+        return b.anon_vma is None or not b.forked
+    if b.anon_vma is None:
+        return not a.forked
+    return a.anon_vma == b.anon_vma
 
 
 def vma_merge_around(mm: MmStruct, start: int, end: int) -> None:
@@ -59,7 +69,7 @@ def vma_merge_around(mm: MmStruct, start: int, end: int) -> None:
         if start <= a.end <= end and is_mergeable(a, b):
             a.end = b.end
             if a.anon_vma is None:
-                a.anon_vma = b.anon_vma
+                a.anon_vma, a.forked = b.anon_vma, b.forked
             del mm.vmas[i + 1]
             continue
         i += 1

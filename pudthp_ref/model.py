@@ -119,7 +119,9 @@ def sys_fork(st: MmState, parent: MmStruct) -> Result:
         if v.anon_vma is not None:  # anon_vma_fork(): the child gets its own anon_vma
             anon_vma = st.next_anon_vma
             st.next_anon_vma += 1
-        child.vmas.append(Vma(v.start, v.end, v.prot, v.hugepage, v.nohugepage, anon_vma))
+        forked = anon_vma is not None
+        child.vmas.append(Vma(v.start, v.end, v.prot, v.hugepage, v.nohugepage, anon_vma,
+                              forked))
     try:
         for v in parent.vmas:
             copy_page_range(st, child, parent, v)

@@ -68,7 +68,7 @@ def take_snapshot(st: MmState) -> dict[str, Any]:
         "pagetables": pagetables,
         "folios": folios,
         "swap": [
-            {"slot": s.slot, "count": s.count, "data": s.data}
+            {"slot": s.slot, "count": s.count, "data": s.data, "zeromap": s.zeromap}
             for _, s in sorted(st.swap.items())
         ],
         "deferred": list(st.deferred),

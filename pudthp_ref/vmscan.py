@@ -148,11 +148,17 @@ def shrink_folio(st: MmState, folio: Folio) -> list[Folio]:
     folio.swapcache = True
     folio.refcount += folio.nr  # add_to_swap(): the swap cache's references
     try_to_unmap(st, folio, slot)
-    # pageout(): written synchronously
-    if folio.order >= st.geom.pmd_order:
-        count_vm_event(st, "thp_swpout")
-    count_mthp_stat(st, folio.order, "swpout")
-    count_vm_event(st, "pswpout", folio.nr)
+    # pageout() -> swap_writeout(): a zero-filled folio only sets its slots in the swap
+    # zeromap (swap_zeromap_folio_set(), no IO, none of these counters); else it is written
+    if folio.data.count(0) == folio.nr:
+        for i in range(folio.nr):
+            if slot + i in st.swap:
+                st.swap[slot + i].zeromap = True
+    else:
+        if folio.order >= st.geom.pmd_order:
+            count_vm_event(st, "thp_swpout")
+        count_mthp_stat(st, folio.order, "swpout")
+        count_vm_event(st, "pswpout", folio.nr)
     # __remove_mapping(): out of the swap cache, and the folio is freed
     folio.swapcache = False
     folio_put(st, folio, folio.nr)

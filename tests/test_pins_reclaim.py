@@ -18,6 +18,7 @@ from pudthp_ref.spec import (
     Madvise,
     Migrate,
     Mmap,
+    Mprotect,
     Op,
     Pin,
     Read,
@@ -182,3 +183,72 @@ def test_migration_carries_the_dirty_bit_of_the_ptes_to_the_new_folio(impl: str)
     # remove_migration_pte() maps it with the entry's dirty bit.
     [f] = m.snapshot()["folios"]
     assert (f["id"], f["node"], f["flags"], f["data"]) == (2, 1, ["dirty"], [[6, 1]])
+
+
+# --------------------------------------------------------------------------------------
+# Behaviours the live-kernel conformance run showed (pudthp conform, Linux 6.18)
+# --------------------------------------------------------------------------------------
+
+
+def test_first_fault_reuses_the_neighbours_anon_vma_so_mprotect_merges(impl: str) -> None:
+    cfg = Config(geometry=4, pud_enabled="never")
+    ops: list[Op] = [
+        Mmap(0, 0, 4, "rw"),
+        Write(0, 0, 1),  # PMD THP fault: VMA [0,4) gets anon_vma A (anon_vma_prepare)
+        Mmap(0, 4, 4, "r"),  # prot differs: no merge at mmap, [4,8) has no anon_vma
+        Read(0, 4),  # huge zero PMD fault -> anon_vma_prepare: find_mergeable_anon_vma()
+        #            finds prev [0,4) adjacent, flags equal but for access bits, not
+        #            forked: reuses A
+        Mprotect(0, 4, 4, "rw"),  # now prot and flags equal and both anon_vma A: merge
+    ]
+    m, results = run(impl, cfg, ops)
+    assert results == [0, 0, 0, 0, 0]
+    assert m.snapshot()["mms"][0]["vmas"] == [[0, 8, "rw", []]]
+
+
+def test_a_forked_vma_does_not_merge_with_one_without_anon_vma(impl: str) -> None:
+    cfg = Config(geometry=4)
+    ops: list[Op] = [
+        Mmap(0, 0, 4, "rw"),
+        Write(0, 0, 1),  # anon_vma for [0,4)
+        Fork(0),  # child mm 1: [0,4) with its own anon_vma from anon_vma_fork (forked)
+        Mmap(1, 4, 4, "rw"),  # no anon_vma; its neighbour had uncowed parents:
+        #                       is_mergeable_anon_vma() refuses (vma_had_uncowed_parents)
+    ]
+    m, results = run(impl, cfg, ops)
+    assert results == [0, 0, 1, 0]
+    assert m.snapshot()["mms"][1]["vmas"] == [[0, 4, "rw", []], [4, 8, "rw", []]]
+
+
+def test_dontneed_over_a_whole_pmd_range_frees_the_emptied_pte_table(impl: str) -> None:
+    cfg = Config(geometry=4, pud_enabled="never", pmd_enabled="never")
+    ops: list[Op] = [
+        Mmap(0, 0, 16, "rw"),
+        Write(0, 1, 7),  # PTE level: PMD table + PTE table for [0,4) allocated
+        Madvise(0, 0, 4, "dontneed"),  # zap covers the whole PMD range [0,4)
+        Madvise(0, 4, 2, "dontneed"),  # partial range: nothing to reclaim (no table)
+    ]
+    m, results = run(impl, cfg, ops)
+    assert results == [0, 0, 0, 0]
+    # PUD table + PMD table stay: 2 * 4096.  Before the dontneed it was 3 * 4096; the
+    # emptied PTE table was freed (zap_pte_range -> try_to_free_pte, CONFIG_PT_RECLAIM).
+    assert m.snapshot()["mms"][0]["pgtables_bytes"] == 2 * 4096
+
+
+def test_a_zero_filled_thp_goes_to_the_swap_zeromap_without_io(impl: str) -> None:
+    cfg = Config(geometry=4, pud_enabled="never")
+    ops: list[Op] = [
+        Mmap(0, 16, 16, "rw"),
+        Write(0, 16, 0),  # a PMD THP whose four pages are all zero
+        Madvise(0, 16, 4, "pageout"),
+        Read(0, 17),
+    ]
+    m, results = run(impl, cfg, ops)
+    assert results == [0, 0, 0, 0]
+    v = m.snapshot()["stats"]["vmstat"]
+    # reclaimed whole into 4 slots, but swap_writeout() sees a zero-filled folio and
+    # only sets its slots in the zeromap: no thp_swpout, swpout or pswpout; the swap-in
+    # of page 1 reads the zeromap: no pswpin.  try_to_unmap still split the PMD.
+    assert (v["thp_swpout"], v["pswpout"], v["pswpin"], v["thp_split_pmd"]) == (0, 0, 0, 1)
+    swap = m.snapshot()["swap"]
+    assert [(s["slot"], s["zeromap"]) for s in swap] == [(1, True), (3, True), (4, True)]
