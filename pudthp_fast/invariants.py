@@ -34,6 +34,7 @@ from pudthp_fast.state import (
     LV_PMD,
     LV_PTE,
     LV_PUD,
+    NONE,
     NULL,
     POISON1,
     POISON2,
@@ -64,6 +65,20 @@ I64 = np.int64
 # ((mm * space + vpn) * 8 + sub) * _R + rank.
 _SUB_PUD_TABLE, _SUB_PUD, _SUB_PMD, _SUB_PTE, _SUB_PMD_DEPOSIT, _SUB_PUD_STACK = 0, 1, 2, 3, 5, 6
 _R = 64  # check ranks per position
+_I64_MAX = int(np.iinfo(I64).max)
+_any = np.count_nonzero  # the cheapest "is any set" on small arrays
+
+
+def _nz(mask: Arr) -> Arr:
+    """np.flatnonzero of a 1-D mask, without its wrappers."""
+    return mask.nonzero()[0]
+
+
+# kinds a PTE table may hold (indexed by the kind byte)
+_PTE_TABLE_KINDS = np.zeros(256, bool)
+_PTE_TABLE_KINDS[[NONE, ZERO, PTE, SWAP]] = True
+# folio classes of a folio id met in an entry
+_F_OK, _F_UNKNOWN, _F_FREED = 0, 1, 2
 
 
 def check_invariants(st: FastState) -> None:
@@ -98,7 +113,7 @@ class _Earliest:
         self, mask: Arr, keys: Arr, rank: int, name: str, describe: Callable[[int], str]
     ) -> None:
         """Offer the first True of ``mask``; ``keys`` ascend along the mask."""
-        if mask.any():
+        if _any(mask):
             i = int(mask.argmax())
             self.offer(int(keys[i]) * _R + rank, name, describe(i))
 
@@ -291,6 +306,17 @@ class _Walk:
                     starts.append(off + v.start)
                     ends.append(off + v.end)
                     rw.append(v.prot == "rw")
+        # per folio id (and one row past the end for ids out of range): its class, nr, base
+        nf = c.nf
+        live = st.f_live[:nf]
+        nr = st.f_nr[:nf]
+        self.fclass = np.full(nf + 1, _F_UNKNOWN, np.int8)
+        self.fclass[:nf] = np.where(live, _F_OK, np.where(nr != 0, _F_FREED, _F_UNKNOWN))
+        self.fclass[0] = _F_UNKNOWN
+        self.nr_ext = np.zeros(nf + 1, I64)
+        self.nr_ext[:nf] = nr
+        self.base_ext = np.zeros(nf + 1, I64)
+        self.base_ext[:nf] = st.f_base[:nf]
         self.vstart = np.array(starts, I64)
         self.vend = np.array(ends, I64)
         self.vrw = np.array(rw, bool)
@@ -304,7 +330,7 @@ class _Walk:
 
     def run(self) -> None:
         st, c, e = self.st, self.c, self.e
-        P, space = c.P, c.space
+        space = c.space
         npt = c.npt
         t_state = st.t_state
         t_level = st.t_level
@@ -351,74 +377,85 @@ class _Walk:
                 pud_mms.append(m)
         rows1 = np.array(pud_rows, I64)
         m1 = np.array(pud_mms, I64)
-        # PUD entries
-        K1 = st.e_kind[rows1]
-        r, col = np.nonzero(K1)
-        kind = K1[r, col]
-        gv = m1[r] * space + col * (P * P)
-        key = gv * 8 + _SUB_PUD
-        e.first(
-            (kind != TABLE) & (kind != LEAF),
-            key,
-            0,
-            "pgtable.bad_entry",
-            lambda i: f"mm {m1[r[i]]} PUD entry {col[i]} is of kind {kind[i]}",
-        )
-        sel = np.flatnonzero(kind == TABLE)
-        keep = self.children(
-            key[sel], st.e_id[rows1[r[sel]], col[sel]], m1[r[sel]], LV_PMD, "PUD entry"
-        )
-        rows2 = st.e_id[rows1[r[sel[keep]]], col[sel[keep]]]
-        m2 = m1[r[sel[keep]]]
-        vb2 = col[sel[keep]].astype(I64) * (P * P)
-        sel = np.flatnonzero(kind == LEAF)
-        pud_leaves = np.bincount(r[sel], minlength=rows1.size)
-        self.huge(
-            key[sel],
-            gv[sel],
-            st.e_id[rows1[r[sel]], col[sel]],
-            st.e_bits[rows1[r[sel]], col[sel]],
-            np.zeros(sel.size, bool),
-            m1[r[sel]],
-            "pud",
-        )
-        # PMD entries
-        K2 = st.e_kind[rows2]
-        r, col = np.nonzero(K2)
-        kind = K2[r, col]
-        rowbase2 = m2 * space + vb2
-        gv = rowbase2[r] + col * P
-        key = gv * 8 + _SUB_PMD
-        e.first(
-            (kind != TABLE) & (kind != LEAF) & (kind != ZERO),
-            key,
-            0,
-            "pgtable.bad_entry",
-            lambda i: f"mm {m2[r[i]]} PMD table {rows2[r[i]]} entry {col[i]} is of kind "
-            f"{kind[i]}",
-        )
-        sel = np.flatnonzero(kind == TABLE)
-        keep = self.children(
-            key[sel], st.e_id[rows2[r[sel]], col[sel]], m2[r[sel]], LV_PTE, "PMD entry"
-        )
-        rows3 = st.e_id[rows2[r[sel[keep]]], col[sel[keep]]]
-        m3 = m2[r[sel[keep]]]
-        vb3 = vb2[r[sel[keep]]] + col[sel[keep]].astype(I64) * P
-        huge = (kind == LEAF) | (kind == ZERO)
-        pmd_huge = np.bincount(r[huge], minlength=rows2.size)
-        sel = np.flatnonzero(huge)
-        self.huge(
-            key[sel],
-            gv[sel],
-            st.e_id[rows2[r[sel]], col[sel]],
-            st.e_bits[rows2[r[sel]], col[sel]],
-            kind[sel] == ZERO,
-            m2[r[sel]],
-            "pmd",
-        )
+        vb1 = np.zeros(rows1.size, I64)
+        # PUD entries: PMD tables below, PUD leaves
+        rows2, m2, vb2, pud_leaves = self.upper(rows1, m1, vb1, LV_PUD)
+        # PMD entries: PTE tables below, PMD leaves and huge zero PMDs
+        rows3, m3, vb3, pmd_huge = self.upper(rows2, m2, vb2, LV_PMD)
         self.ptes(rows3, m3, vb3)
         self.chains(rows1, m1, pud_leaves, rows2, m2, vb2, pmd_huge)
         e.throw()
+
+    def upper(
+        self, rows: Arr, m: Arr, vbase: Arr, level: int
+    ) -> tuple[Arr, Arr, Arr, Arr]:
+        """_walk_mm() / _walk_pmd() over the entries of PUD or PMD tables ``rows`` (of mms
+        ``m``, mapping from ``vbase``): table entries, leaves, the huge zero PMD.
+
+        Returns the live lower tables reached (ids, mms, vbases, in walk order) and, per
+        table of ``rows``, its huge entries (leaves and huge zero PMDs)."""
+        st, c, e = self.st, self.c, self.e
+        P, space = c.P, c.space
+        n = rows.size
+        empty = np.zeros(0, I64)
+        if n == 0:
+            return empty, empty, empty, empty
+        step = P * P if level == LV_PUD else P
+        sub = _SUB_PUD if level == LV_PUD else _SUB_PMD
+        er = st.t_row[rows]
+        kinds = st.e_kind[er].reshape(-1)
+        nzi = kinds.nonzero()[0]
+        kind = kinds[nzi]
+        rowbase = m * space + vbase
+
+        def key_of(flat: int) -> int:
+            return (int(rowbase[flat // P]) + (flat % P) * step) * 8 + sub
+
+        where = "PUD entry" if level == LV_PUD else "PMD entry"
+        ok = (kind == TABLE) | (kind == LEAF)
+        if level == LV_PMD:
+            ok |= kind == ZERO
+        if not ok.all():
+            j = int(nzi[int((~ok).argmax())])
+            e.offer(
+                key_of(j) * _R,
+                "pgtable.bad_entry",
+                f"mm {m[j // P]} {_level_name(level).upper()} table {rows[j // P]} entry "
+                f"{j % P} is of kind {kinds[j]}",
+            )
+        ids = st.e_id[er].reshape(-1)
+        # table entries
+        sel = nzi[kind == TABLE]
+        if sel.size:
+            srow = sel // P
+            child = ids[sel]
+            cm = m[srow]
+            keys = (rowbase[srow] + (sel % P) * step) * 8 + sub
+            keep = self.children(keys, child, cm, level + 1, where)
+            lower = child[keep]
+            lower_m = cm[keep]
+            lower_vb = vbase[srow[keep]] + (sel[keep] % P) * step
+        else:
+            lower = lower_m = lower_vb = empty
+        # huge entries
+        is_huge = kind == LEAF
+        if level == LV_PMD:
+            is_huge |= kind == ZERO
+        sel = nzi[is_huge]
+        huge_per_row = np.bincount(sel // P, minlength=n)
+        if sel.size:
+            srow = sel // P
+            gv = rowbase[srow] + (sel % P) * step
+            self.huge(
+                gv * 8 + sub,
+                gv,
+                ids[sel],
+                st.e_bits[er].reshape(-1)[sel],
+                kinds[sel] == ZERO,
+                m[srow],
+                _level_name(level),
+            )
+        return lower, lower_m, lower_vb, huge_per_row
 
     def children(self, key: Arr, child: Arr, m: Arr, level: int, what: str) -> Arr:
         """_live_child(): the table entries naming a live table of the right level and mm,
@@ -432,6 +469,45 @@ class _Walk:
         state = st.t_state[cc]
         lv = st.t_level[cc]
         tmm = st.t_mm[cc]
+        ok = inr & (state == ST_LIVE) & (lv == level) & (tmm == m)
+        if not ok.all():
+            self.bad_children(key, child, m, level, what, inr, cc, state, lv, tmm)
+        good = _nz(ok)
+        tids = cc[good].tolist()
+        if len(set(tids)) != len(tids):
+            first: dict[int, int] = {}
+            dups = []
+            for k, t in enumerate(tids):
+                if t in first:
+                    dups.append(k)
+                else:
+                    first[t] = k
+            j = int(good[dups[0]])
+            e.offer(
+                int(key[j]) * _R + 4,
+                "pgtable.double_reference",
+                f"{_LEVEL_NAMES[level]} table {cc[j]} reached twice (again as mm {m[j]} {what})",
+            )
+            good = good[sorted(first.values())]
+        self.claimed[cc[good]] = True
+        self.nr_tables += np.bincount(m[good], minlength=self.c.nmm)
+        return good
+
+    def bad_children(
+        self,
+        key: Arr,
+        child: Arr,
+        m: Arr,
+        level: int,
+        what: str,
+        inr: Arr,
+        cc: Arr,
+        state: Arr,
+        lv: Arr,
+        tmm: Arr,
+    ) -> None:
+        """The first broken table entry among ``key``, as _live_child() checks it."""
+        e = self.e
         want = _LEVEL_NAMES[level]
         uaf = ~inr | (state == ST_FREE)
         e.first(
@@ -466,22 +542,6 @@ class _Walk:
             "pgtable.state",
             lambda i: f"mm {m[i]} {what} names {_state_name(state[i])} table {cc[i]}",
         )
-        good = np.flatnonzero(~(uaf | wrong_level | wrong_mm | not_live))
-        tids = cc[good]
-        _, first = np.unique(tids, return_index=True)
-        if first.size != tids.size:
-            dup = np.ones(tids.size, bool)
-            dup[first] = False
-            j = int(good[int(dup.argmax())])
-            e.offer(
-                int(key[j]) * _R + 4,
-                "pgtable.double_reference",
-                f"{want} table {cc[j]} reached twice (again as mm {m[j]} {what})",
-            )
-            good = good[np.sort(first)]
-        self.claimed[cc[good]] = True
-        self.nr_tables += np.bincount(m[good], minlength=self.c.nmm)
-        return good
 
     def huge(
         self, key: Arr, gv: Arr, fid: Arr, bits: Arr, zero: Arr, m: Arr, level: str
@@ -560,106 +620,126 @@ class _Walk:
         self.rss_anon += np.bincount(m[thp], minlength=c.nmm) * npages
 
     def ptes(self, rows: Arr, m: Arr, vbase: Arr) -> None:
-        """_walk_pte(): every non-none PTE of the live PTE tables."""
+        """_walk_pte(): every non-none PTE of the live PTE tables.
+
+        The hot loop of the reference (up to P*P PTEs per split PUD folio): here dense
+        (tables x P) blocks, the PTE arrays taken whole, and per-folio lookups through one
+        class row per folio.  Order keys are computed only for a failing entry.
+        """
         if rows.size == 0:
             return
         st, c, e = self.st, self.c, self.e
         P, space = c.P, c.space
-        K = st.e_kind[rows]
-        r, col = np.nonzero(K)
-        if r.size == 0:
-            return
-        kind = K[r, col]
+        er = st.t_row[rows]  # entry rows of the tables
+        K = st.e_kind[er]
         rowbase = m * space + vbase
-        gv = rowbase[r] + col
-        key = gv * 8 + _SUB_PTE
-        # the VMA of each table's range, per entry only where a table is not inside one VMA
+
+        def key_of(flat: int) -> int:
+            return (int(rowbase[flat // P]) + flat % P) * 8 + _SUB_PTE
+
+        def vpn_of(flat: int) -> str:
+            row = flat // P
+            return f"mm {m[row]} PTE at vpn {int(vbase[row]) + flat % P}"
+
+        # the VMA of each table's range; per entry only where a table is not inside one VMA
         kt, ft = self.vma(rowbase)
         covered = ft & (self.vend[kt] >= rowbase + P)
-        rw_rows = self.vrw[kt]
-        rw = rw_rows[r]
+        rw_rows = self.vrw[kt] & covered
+        rw_dense: Arr | None = None
         if not covered.all():
-            idx = np.flatnonzero(~covered[r])
-            ke, fe = self.vma(gv[idx])
-            rw[idx] = self.vrw[ke] & fe
-            missing = idx[~fe]
-            if missing.size:
-                i0 = int(missing[0])
+            u = _nz(~covered)
+            ke, fe = self.vma(rowbase[u][:, None] + np.arange(P))
+            rw_dense = np.repeat(rw_rows[:, None], P, axis=1)
+            rw_dense[u] = self.vrw[ke] & fe
+            outside = (K[u] != NONE) & ~fe
+            if _any(outside):
+                j = int(outside.argmax())
+                flat = int(u[j // P]) * P + j % P
+                e.offer(key_of(flat) * _R, "geometry.outside_vma", f"{vpn_of(flat)}: no VMA")
+        kinds = K.reshape(-1)
+        bad = ~_PTE_TABLE_KINDS[kinds.view(np.uint8)]
+        if _any(bad):
+            j = int(bad.argmax())
+            e.offer(
+                key_of(j) * _R + 1,
+                "pgtable.bad_entry",
+                f"mm {m[j // P]} PTE table {rows[j // P]} entry {j % P} is of kind {kinds[j]}",
+            )
+        present = kinds == PTE
+        pidx = _nz(present)
+        full = pidx.size == kinds.size
+        fid = st.e_id[er].reshape(-1)
+        page = st.e_page[er].reshape(-1)
+        bits = st.e_bits[er].reshape(-1)
+        if not full:
+            fid = fid[pidx]
+            page = page[pidx]
+            bits = bits[pidx]
+
+        def at(i: int) -> int:
+            return i if full else int(pidx[i])
+
+        fc = np.minimum(fid.view(np.uint64), c.nf).astype(I64)  # negative ids: no folio
+        cls = self.fclass[fc]
+        if _any(cls):
+            for rank, code, name, what in (
+                (2, _F_UNKNOWN, "folio.missing", "unknown"),
+                (3, _F_FREED, "folio.freed_mapped", "freed"),
+            ):
+                hit = cls == code
+                if _any(hit):
+                    i = int(hit.argmax())
+                    e.offer(
+                        key_of(at(i)) * _R + rank,
+                        name,
+                        f"{vpn_of(at(i))} maps {what} folio {fid[i]}",
+                    )
+        nr = self.nr_ext[fc]
+        bad = page.view(np.uint32) >= nr  # negative pages wrap to huge
+        if _any(bad):
+            i = int(bad.argmax())
+            e.offer(
+                key_of(at(i)) * _R + 4,
+                "geometry.pte_index",
+                f"{vpn_of(at(i))} maps page {page[i]} of {nr[i]}-page folio {fid[i]}",
+            )
+        gp = self.base_ext[fc] + page
+        wr = (bits & W).view(bool)
+        if _any(wr):
+            if rw_dense is None and rw_rows.all():
+                wp = None
+            elif rw_dense is None:
+                rw_e = np.repeat(rw_rows, P)
+                wp = wr & ~(rw_e if full else rw_e[pidx])
+            else:
+                rw_e = rw_dense.reshape(-1)
+                wp = wr & ~(rw_e if full else rw_e[pidx])
+            if wp is not None and wp.any():
+                i = int(wp.argmax())
                 e.offer(
-                    int(key[i0]) * _R,
-                    "geometry.outside_vma",
-                    f"mm {m[r[i0]]} PTE of kind {kind[i0]} at vpn {gv[i0] - m[r[i0]] * space}: "
-                    "no VMA",
+                    key_of(at(i)) * _R + 5,
+                    "geometry.write_prot",
+                    f"{vpn_of(at(i))}: writable in a VMA that is not rw",
                 )
-        present = kind == PTE
-        is_swap = kind == SWAP
-        e.first(
-            ~present & ~is_swap & (kind != ZERO),
-            key,
-            1,
-            "pgtable.bad_entry",
-            lambda i: f"mm {m[r[i]]} PTE table {rows[r[i]]} entry {col[i]} is of kind {kind[i]}",
-        )
-        pi = np.flatnonzero(present)
-        trow = rows[r[pi]]
-        tcol = col[pi]
-        fid = st.e_id[trow, tcol]
-        page = st.e_page[trow, tcol].astype(I64)
-        bits = st.e_bits[trow, tcol]
-        kp = key[pi]
-        vp = gv[pi] - m[r[pi]] * space
-        inr = (fid >= 1) & (fid < c.nf)
-        fc = np.where(inr, fid, 0)
-        inr &= st.f_live[fc] | (st.f_nr[fc] != 0)  # a row never used is no folio
-        e.first(
-            ~inr,
-            kp,
-            2,
-            "folio.missing",
-            lambda i: f"mm {m[r[pi[i]]]} PTE at vpn {vp[i]} maps unknown folio {fid[i]}",
-        )
-        e.first(
-            ~st.f_live[fc],
-            kp,
-            3,
-            "folio.freed_mapped",
-            lambda i: f"mm {m[r[pi[i]]]} PTE at vpn {vp[i]} maps freed folio {fid[i]}",
-        )
-        nr = st.f_nr[fc]
-        e.first(
-            (page < 0) | (page >= nr),
-            kp,
-            4,
-            "geometry.pte_index",
-            lambda i: f"mm {m[r[pi[i]]]} PTE at vpn {vp[i]} maps page {page[i]} of "
-            f"{nr[i]}-page folio {fid[i]}",
-        )
-        wr = (bits & W) != 0
-        e.first(
-            wr & ~rw[pi],
-            kp,
-            5,
-            "geometry.write_prot",
-            lambda i: f"mm {m[r[pi[i]]]} writable PTE at vpn {vp[i]} in a VMA that is not rw",
-        )
-        gp = st.f_base[fc] + page
-        e.first(
-            wr & ~np.take(st.p_exclusive, gp, mode="clip"),
-            kp,
-            6,
-            "anon_exclusive.writable",
-            lambda i: f"mm {m[r[pi[i]]]} writable PTE at vpn {vp[i]}: page {page[i]} of folio "
-            f"{fid[i]} not exclusive",
-        )
-        self.pte_fid = fid
+            wx = wr & ~np.take(st.p_exclusive, gp, mode="clip")
+            if _any(wx):
+                i = int(wx.argmax())
+                e.offer(
+                    key_of(at(i)) * _R + 6,
+                    "anon_exclusive.writable",
+                    f"{vpn_of(at(i))}: writable, page {page[i]} of folio {fid[i]} not exclusive",
+                )
+        self.pte_fid = fid.astype(I64, copy=False)
         self.pte_gp = gp
+        per_row = present.reshape(rows.size, P).sum(axis=1)
         if self.mms_walked >= 2:
-            self.pte_mm = m[r[pi]]
-        per_row = np.bincount(r[pi], minlength=rows.size)
+            self.pte_mm = np.repeat(m, per_row)
         self.rss_anon += np.bincount(m, weights=per_row, minlength=c.nmm).astype(I64)
-        si = np.flatnonzero(is_swap)
-        self.swap_slots = st.e_id[rows[r[si]], col[si]]
-        self.rss_swap += np.bincount(m[r[si]], minlength=c.nmm)
+        is_swap = kinds == SWAP
+        if _any(is_swap):
+            si = _nz(is_swap)
+            self.swap_slots = st.e_id[er].reshape(-1)[si]
+            self.rss_swap += np.bincount(m[si // P], minlength=c.nmm)
 
     # ----------------------------------------------------------------------------------
     # Deposit chains, word by word
@@ -731,9 +811,9 @@ class _Chains:
         self.mm = st.t_mm[:npt].tolist()
         self.list_head = st.cfg.deposit == "list_head"
         # whether a deposited table has any entry (a chain node is always deposited)
-        dep = np.flatnonzero(st.t_state[:npt] == ST_DEPOSITED)
+        dep = _nz(st.t_state[:npt] == ST_DEPOSITED)
         nonempty = np.zeros(npt, bool)
-        nonempty[dep] = st.e_kind[dep].any(axis=1)
+        nonempty[dep] = st.e_kind[st.t_row[dep]].any(axis=1)
         self.nonempty = nonempty.tolist()
         self.claimed_live = w.claimed  # tables claimed by entries (never deposited ones)
         self.seen: set[int] = set()
@@ -868,7 +948,7 @@ def _check_reachability(st: FastState, c: _Ctx, w: _Walk) -> None:
     if npt <= 1:
         return
     leak = (st.t_state[1:npt] != ST_FREE) & ~w.claimed[1:npt]
-    if leak.any():
+    if _any(leak):
         t = int(leak.argmax()) + 1
         raise _fail(
             "pgtable.leak",
@@ -934,9 +1014,13 @@ def _check_deferred_queue(st: FastState, c: _Ctx) -> None:
 
 
 def _range_counts(x: Arr, lo: Arr, hi: Arr) -> Arr:
-    """Per folio, how many of its pages ``[lo, hi)`` have ``x`` set (prefix sums)."""
+    """Per folio, how many of its pages ``[lo, hi)`` have ``x`` non-zero: a count per range
+    for a few folios, else prefix sums over the pool."""
+    if lo.size <= 16:
+        return np.array([np.count_nonzero(x[a:b]) for a, b in zip(lo.tolist(), hi.tolist(),
+                                                                     strict=True)], I64)
     cs = np.zeros(x.size + 1, I64)
-    np.cumsum(x, out=cs[1:])
+    np.cumsum(x != 0, out=cs[1:])
     return cs[hi] - cs[lo]
 
 
@@ -957,13 +1041,16 @@ def _check_folios(st: FastState, c: _Ctx, w: _Walk, npins: Arr) -> None:
         live[0] = False
         order = st.f_order[:nf].astype(I64)
         nr = st.f_nr[:nf]
-        lo = np.clip(st.f_base[:nf], 0, npool)
-        hi = np.clip(st.f_base[:nf] + nr, lo, npool)
-        bad_pages = _range_counts(mapcount != cnt_page - 1, lo, hi)
+        # page ranges of the folio rows (checked inside the pool by _check_shapes; rows that
+        # are no folio have nr 0)
+        lo = np.minimum(np.maximum(st.f_base[:nf], 0), npool)
+        hi = np.minimum(np.maximum(st.f_base[:nf] + nr, lo), npool)
+        mismatch = mapcount != cnt_page - 1
+        bad_pages = _range_counts(mismatch, lo, hi) if _any(mismatch) else np.zeros(nf, I64)
         # pages mapped by >= 2 mms (only possible with >= 2 mms walked)
         multi: Arr | None = None
         if w.mms_walked >= 2 and w.pte_gp.size:
-            mn = np.full(npool, np.iinfo(I64).max, I64)
+            mn = np.full(npool, _I64_MAX, I64)
             mx = np.full(npool, -1, I64)
             np.minimum.at(mn, w.pte_gp, w.pte_mm)
             np.maximum.at(mx, w.pte_gp, w.pte_mm)
@@ -975,11 +1062,17 @@ def _check_folios(st: FastState, c: _Ctx, w: _Walk, npins: Arr) -> None:
         _check_freed(st, e, fids, ~live, total, bad_pages, nf)
         small = live & (order == 0)
         _check_small(st, e, fids, small, ptes, bad_pages, npins, multi, nf)
-        large = np.flatnonzero(live & (order != 0))
+        large = _nz(live & (order != 0))
         pages_mapped = np.zeros(0, I64)
         if large.size:
-            pages_mapped = _range_counts(cnt_page > 0, lo[large], hi[large])
-            n_excl = _range_counts(exclusive, lo[large], hi[large])
+            llo, lhi = lo[large], hi[large]
+            pages_mapped = _range_counts(cnt_page, llo, lhi)
+            # an exclusive page matters only to a folio with two entire mappings, or with
+            # mappings in two mms
+            if multi is not None or _any(leaves[large] >= 2):
+                n_excl = _range_counts(exclusive, llo, lhi)
+            else:
+                n_excl = np.zeros(large.size, I64)
             _check_large(st, c, w, e, large, leaves, ptes, total, bad_pages, pages_mapped,
                          n_excl, npins, multi)
         # the deferred split queue, after each live folio's own checks
@@ -1001,9 +1094,10 @@ def _check_folios(st: FastState, c: _Ctx, w: _Walk, npins: Arr) -> None:
         )
         e.throw()
         # the counters the folios imply
+        n_order = np.bincount(order[live], minlength=g.pud_order + 1)
+        n_partial = np.bincount(order[live & partial], minlength=g.pud_order + 1)
         for row, o in (("pmd", g.pmd_order), ("pud", g.pud_order)):
-            of = live & (order == o)
-            stats_expected[row] = [int(of.sum()), int((of & partial).sum())]
+            stats_expected[row] = [int(n_order[o]), int(n_partial[o])]
         anon_mapped = int((small & (ptes > 0)).sum())
         if large.size:
             lv = leaves[large]
@@ -1062,11 +1156,8 @@ def _check_freed(
         (partial, "freed.partially_mapped", lambda i: f"freed folio {i} still partially mapped"),
         (swapcache, "freed.swapcache", lambda i: f"freed folio {i} still in the swap cache"),
     ]
-    bad = np.zeros(nf, bool)
-    for mask, _, _ in checks:
-        bad |= mask
-    bad &= freed
-    if not bad.any():
+    bad = freed & np.logical_or.reduce([mask for mask, _, _ in checks])
+    if not _any(bad):
         return
     for rank, (mask, name, describe) in enumerate(checks):
         e.first(bad & mask, fids, rank, name, describe)
@@ -1099,11 +1190,10 @@ def _check_small(
         | (st.f_mmid[:nf] != 0).any(axis=1)
         | (st.f_mmc[:nf] != -1).any(axis=1)
     )
-    base = np.clip(st.f_base[:nf], 0, max(st.p_exclusive.size - 1, 0))
-    excl = st.p_exclusive[base]
+    excl = np.take(st.p_exclusive, st.f_base[:nf], mode="clip")
     shared_excl = np.zeros(nf, bool)
     if multi is not None:
-        shared_excl = excl & multi[np.clip(base, 0, max(multi.size - 1, 0))]
+        shared_excl = excl & np.take(multi, st.f_base[:nf], mode="clip")
     off_path = small & (
         (mapped <= 0)
         | (ref != mapped)
@@ -1113,7 +1203,7 @@ def _check_small(
         | large_fields
         | shared_excl
     )
-    if not off_path.any():
+    if not _any(off_path):
         return
     expected = mapped + GUP_PIN_COUNTING_BIAS * pins + st.f_swapcache[:nf]
     checks: list[tuple[Arr, str, Callable[[int], str]]] = [
@@ -1286,7 +1376,7 @@ def _check_large(
         compact = np.full(c.nf, -1, I64)
         compact[large] = np.arange(L, dtype=I64)
         pf = compact[w.pte_fid]
-        sel = np.flatnonzero(pf >= 0)
+        sel = _nz(pf >= 0)
         gp = w.pte_gp[sel]
         pfs = pf[sel]
         # the mm of the one leaf (when there is exactly one)
@@ -1309,6 +1399,8 @@ def _check_large(
             lambda i: f"folio {large[i]}: a page is exclusive but mapped by several mms",
         ),
     ]
+    if not _any(np.logical_or.reduce([mask for mask, _, _ in checks])):
+        return
     # ranks stay below the two deferred-queue checks (_R - 2, _R - 1)
     for rank, (mask, name, describe) in enumerate(checks):
         e.first(mask, large, rank, name, describe)
@@ -1360,7 +1452,7 @@ def _check_swap(st: FastState, c: _Ctx, w: _Walk) -> None:
     if slots.size:
         inr = (slots >= 1) & (slots < ns)
         missing = ~inr | (count[np.where(inr, slots, 0)] == 0)
-        if missing.any():
+        if _any(missing):
             s = int(slots[int(missing.argmax())])
             n = int((slots == s).sum())
             raise _fail("swap.missing_slot", f"{n} swap PTEs name missing slot {s}")
@@ -1369,7 +1461,7 @@ def _check_swap(st: FastState, c: _Ctx, w: _Walk) -> None:
     refs = np.bincount(slots, minlength=ns)[:ns]
     bad = (count != 0) & (count != refs)
     bad[0] = False
-    if bad.any():
+    if _any(bad):
         s = int(bad.argmax())
         raise _fail("swap.count", f"slot {s} count {count[s]}, {refs[s]} swap PTEs")
 

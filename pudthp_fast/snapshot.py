@@ -10,6 +10,7 @@ id order, change points where the value changes or a folio starts, ``np.flatnonz
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 from typing import Any
@@ -36,6 +37,19 @@ _STATE_NAMES = {ST_LIVE: "live", ST_DEPOSITED: "deposited"}
 
 
 def take_snapshot(st: FastState) -> dict[str, Any]:
+    # Hundreds of thousands of small lists at x86_64 geometry: the cyclic garbage collector
+    # would traverse every live object again and again while they are built (none of them
+    # can form a cycle), so it is paused for the duration.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _snapshot(st)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _snapshot(st: FastState) -> dict[str, Any]:
     return {
         "format": SNAPSHOT_FORMAT,
         "geometry": st.geom.P,
@@ -112,9 +126,10 @@ def _pagetables(st: FastState) -> list[dict[str, Any]]:
     ids = np.flatnonzero((state == ST_LIVE) | (state == ST_DEPOSITED))
     if ids.size == 0:
         return []
-    kinds = st.e_kind[ids]
+    erows = st.t_row[ids]  # entry rows of the tables (0: all none)
+    kinds = st.e_kind[erows]
     rows, cols = np.nonzero(kinds)
-    trow = ids[rows]
+    trow = erows[rows]
     k_l = kinds[rows, cols].tolist()
     id_l = st.e_id[trow, cols].tolist()
     pg_l = st.e_page[trow, cols].tolist()
@@ -262,8 +277,9 @@ def _swap(st: FastState) -> list[dict[str, Any]]:
     n = st.next_slot
     slots = np.flatnonzero(st.s_count[:n] > 0)
     return [
-        {"slot": s, "count": c, "data": d}
-        for s, c, d in zip(
-            slots.tolist(), st.s_count[slots].tolist(), st.s_data[slots].tolist(), strict=True
+        {"slot": s, "count": c, "data": d, "zeromap": z}
+        for s, c, d, z in zip(
+            slots.tolist(), st.s_count[slots].tolist(), st.s_data[slots].tolist(),
+            st.s_zero[slots].tolist(), strict=True
         )
     ]
