@@ -412,3 +412,16 @@ def test_runner_init_crash(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_runner_unknown_impl() -> None:
     with pytest.raises(runner.UsageError, match="unknown implementation"):
         run_program(Program(Config(), OPS), "slow")
+
+
+def test_dontneed_running_past_the_address_space_still_zaps() -> None:
+    # Found by the atheris campaign: madvise() checks no address-space limit, so it zaps
+    # the mapped part and answers ENOMEM for the hole past the end (madvise_walk_vmas).
+    from harness.oracle import Oracle
+    from pudthp_ref.spec import Madvise, Mmap, Read, Write
+
+    o = Oracle(4)
+    assert o.step(Mmap(0, 0, 16, "rw"), 0) is None
+    assert o.step(Write(0, 15, 1), 0) is None
+    assert o.step(Madvise(0, 4, 64, "dontneed"), "ENOMEM") is None
+    assert o.step(Read(0, 15), 0) is None  # zapped: fresh anonymous memory reads 0
