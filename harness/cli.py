@@ -13,11 +13,9 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from harness.program import ProgramError, load_program_file
+from harness.program import ProgramError, dump_program, load_program_file
 from harness.runner import IMPL_NAMES, UsageError, run_program
-from pudthp_ref.spec import Op, Result, op_str
-
-NOT_IMPLEMENTED: tuple[str, ...] = ("fuzz", "shrink", "corpus")
+from pudthp_ref.spec import Op, Program, Result, op_str
 
 
 class _UsageExit(Exception):
@@ -53,17 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report", metavar="FILE", help="write the pudthp-report/1 JSON here")
     run.add_argument("--quiet", action="store_true", help="no per-op lines, only the summary")
 
-    helps = {
-        "fuzz": "the fuzzing campaign",
-        "shrink": "minimise a program, keeping its finding signature",
-        "corpus": "list, merge, deduplicate and archive programs",
-    }
-    for name in NOT_IMPLEMENTED:
-        p = sub.add_parser(
-            name, help=f"{helps[name]} (not implemented yet)", add_help=True, allow_abbrev=False
-        )
-        if name == "shrink":
-            p.add_argument("program", metavar="PROGRAM", nargs="?")
+    _add_fuzz(sub)
+    _add_shrink(sub)
+    _add_corpus(sub)
     _add_conform(sub)
     _add_bench(sub)
     return parser
@@ -124,6 +114,248 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_fuzz(sub: Any) -> None:
+    fuzz = sub.add_parser(
+        "fuzz",
+        help="the fuzzing campaign: random programs on ref and fast in lockstep; exit 0 "
+        "nothing found, 1 findings, 2 bad usage",
+        description="Run the Hypothesis state machine (every op of FORMAT.md, ref and fast "
+        "compared after every op, invariants and the oracle checked) in parallel worker "
+        "processes for a fixed time. Each distinct finding (by signature) is shrunk and "
+        "written once to the findings directory as a program with metadata; files already "
+        "there are never touched. Exit 0 nothing found, 1 findings, 2 bad usage, 130 "
+        "interrupted (Ctrl-C stops cleanly, writing what was found).",
+        allow_abbrev=False,
+    )
+    fuzz.add_argument("--engine", choices=("hypothesis", "atheris"), default="hypothesis",
+                      help="the engine (default hypothesis; atheris: libFuzzer, coverage-guided, "
+                      "with a corpus on disk that a later campaign resumes from)")
+    fuzz.add_argument("--time", metavar="SECONDS", type=_positive_float, default=60.0,
+                      help="how long to fuzz (default 60)")
+    fuzz.add_argument("--workers", metavar="N", type=_positive_int, default=None,
+                      help="worker processes, each with its own seed (default: all cores)")
+    fuzz.add_argument("--config", metavar="KEY=VALUE", action="append", default=[],
+                      help="fix a config key for every program, e.g. deposit=list_head "
+                      "(repeatable; keys and values of MODEL.md section 3; the rest is "
+                      "drawn per program from the correct designs)")
+    fuzz.add_argument("--findings", metavar="DIR", default="corpus/findings",
+                      help="where findings are written (default corpus/findings)")
+    fuzz.add_argument("--seed", metavar="N", type=_nonnegative_int, default=None,
+                      help="seed of worker 0; worker i gets N+i (default: random, printed)")
+    fuzz.add_argument("--impl", choices=("both", "ref"), default="both",
+                      help="what each program runs on (default both: ref and fast in lockstep; "
+                      "ref: the reference alone, several times faster, no divergences)")
+    fuzz.add_argument("--corpus", metavar="DIR", default="corpus/atheris",
+                      help="atheris: libFuzzer's corpus, kept between campaigns "
+                      "(default corpus/atheris)")
+
+
+def _config_value(text: str) -> Any:
+    """A --config value as the JSON it stands for: true/false, an integer, or a string."""
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _cmd_fuzz(args: argparse.Namespace) -> int:
+    import os
+    import random
+
+    from pudthp_ref.spec import Config, ConfigError
+
+    overrides: dict[str, Any] = {}
+    for item in args.config:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            return _error(f"--config {item!r}: expected KEY=VALUE (see 'pudthp fuzz --help')")
+        overrides[key.strip()] = _config_value(value.strip())
+    try:
+        Config.from_json(overrides)
+    except ConfigError as e:
+        return _error(f"--config: {e}")
+    try:
+        os.makedirs(args.findings, exist_ok=True)
+    except OSError as e:
+        return _error(f"--findings {args.findings}: {e.strerror or e}")
+    if not os.access(args.findings, os.W_OK):
+        return _error(f"--findings {args.findings}: not writable")
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
+    workers = args.workers or os.cpu_count() or 1
+    if args.engine == "atheris":
+        return _cmd_fuzz_atheris(args, overrides, seed, workers)
+    from harness.fuzz_hypothesis import Campaign, run_campaign  # lazy: Hypothesis
+
+    return run_campaign(Campaign(args.time, workers, overrides, args.findings, seed,
+                                 impl=args.impl))
+
+
+def _cmd_fuzz_atheris(args: argparse.Namespace, overrides: dict[str, Any], seed: int,
+                      workers: int) -> int:
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("atheris") is None:
+        return _error("--engine atheris: the atheris package is not installed")
+    try:
+        os.makedirs(args.corpus, exist_ok=True)
+    except OSError as e:
+        return _error(f"--corpus {args.corpus}: {e.strerror or e}")
+    if not os.access(args.corpus, os.W_OK):
+        return _error(f"--corpus {args.corpus}: not writable")
+    from harness.fuzz_atheris import AtherisCampaign, run_atheris_campaign  # lazy: atheris
+
+    return run_atheris_campaign(AtherisCampaign(args.time, workers, overrides, args.findings,
+                                                args.corpus, seed, impl=args.impl))
+
+
+def _add_shrink(sub: Any) -> None:
+    shrink = sub.add_parser(
+        "shrink",
+        help="minimise a program, keeping its finding signature; exit 0 shrunk, 1 no "
+        "finding, 2 bad input",
+        description="Delta debugging over the ops (large chunks first), then simpler fields, "
+        "fewer mms, default config keys and a smaller geometry, each kept only if the "
+        "program still reports the same finding signature. Prints the length before and "
+        "after; the shrunk program goes to --out, else to stdout.",
+        allow_abbrev=False,
+    )
+    shrink.add_argument("program", metavar="PROGRAM", help="a pudthp-program/1 JSON file")
+    shrink.add_argument("--out", metavar="FILE", help="write the shrunk program here (a new "
+                        "file: an existing one is not overwritten)")
+    shrink.add_argument("--impl", choices=IMPL_NAMES, default=None,
+                        help="the judge (default: the program's meta.impl; else both for a "
+                        "divergence, ref otherwise)")
+
+
+def _cmd_shrink(args: argparse.Namespace) -> int:
+    import os
+
+    from harness.shrink import NoFinding, shrink
+
+    program = load_program_file(args.program)
+    if args.out is not None and os.path.exists(args.out):
+        return _error(f"--out {args.out}: exists; not overwritten")
+    impl = args.impl or _judge_for(program.meta)
+    try:
+        result = shrink(program, impl)
+    except NoFinding as e:
+        print(f"pudthp shrink: {args.program}: {e}", file=sys.stderr)
+        return 1
+    meta = dict(program.meta)
+    meta.update(signature=result.finding.signature, shrunk_from=result.ops_before)
+    text = dump_program(Program(result.program.config, result.program.ops, meta))
+    line = (f"pudthp shrink: {result.ops_before} ops -> {result.ops_after} ops in "
+            f"{result.seconds:.2f} s ({result.runs} runs, --impl {impl}): "
+            f"{result.finding.signature}")
+    if args.out is None:
+        print(line, file=sys.stderr)
+        print(text, end="")
+        return 0
+    try:
+        with open(args.out, "x", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        return _error(f"--out {args.out}: {e.strerror or e}")
+    print(f"{line} -> {args.out}")
+    return 0
+
+
+def _judge_for(meta: dict[str, Any]) -> str:
+    """The implementation a program's finding was found with: ``meta.impl``, else both for
+    a divergence (only both shows one), else ref."""
+    impl = meta.get("impl")
+    if isinstance(impl, str) and impl in IMPL_NAMES:
+        return impl
+    if meta.get("kind") == "divergence" or str(meta.get("signature", "")).startswith(
+            "divergence:"):
+        return "both"
+    return "ref"
+
+
+def _add_corpus(sub: Any) -> None:
+    corpus = sub.add_parser(
+        "corpus",
+        help="list, replay, merge and archive program collections",
+        description="The program collections under corpus/: seeds/ must pass, known_bad/ "
+        "find (meta.expect), findings/ report their meta.signature, regressions/ pass.",
+        allow_abbrev=False,
+    )
+    csub = corpus.add_subparsers(dest="corpus_command", metavar="SUBCOMMAND")
+    dirs_help = ("corpus directories (default: corpus/seeds corpus/known_bad "
+                 "corpus/findings corpus/regressions, those that exist)")
+    ls = csub.add_parser("list", help="each program with its expected status and signature",
+                         allow_abbrev=False)
+    ls.add_argument("dirs", metavar="DIR", nargs="*", help=dirs_help)
+    replay = csub.add_parser(
+        "replay", allow_abbrev=False,
+        help="run everything; report what changed (newly passing, still failing, new "
+        "finding); exit 0 nothing changed, 1 something did, 2 bad input")
+    replay.add_argument("dirs", metavar="DIR", nargs="*", help=dirs_help)
+    replay.add_argument("--impl", choices=IMPL_NAMES, default=None,
+                        help="run every program on this (default: its meta.impl, else both)")
+    merge = csub.add_parser(
+        "merge", allow_abbrev=False,
+        help="copy several corpus directories into one, deduplicated by content and by "
+        "signature (the shortest kept); files already in OUT stay")
+    merge.add_argument("out", metavar="OUT")
+    merge.add_argument("dirs", metavar="DIR", nargs="+")
+    archive = csub.add_parser(
+        "archive", allow_abbrev=False,
+        help="move a finding into the regression set with a note (never overwriting)")
+    archive.add_argument("finding", metavar="FINDING", help="a program JSON file")
+    archive.add_argument("--note", metavar="TEXT", required=True, help="why it is kept")
+    archive.add_argument("--to", metavar="DIR", default="corpus/regressions",
+                         help="the regression set (default corpus/regressions)")
+    archive.add_argument("--expect", choices=("pass", "finding"), default="pass",
+                         help="what it must report from now on (default pass: it was fixed; "
+                         "checked before moving)")
+    archive.add_argument("--impl", choices=IMPL_NAMES, default=None,
+                         help="the implementation to check it on (default: its meta.impl, "
+                         "else both)")
+
+
+def _cmd_corpus(args: argparse.Namespace) -> int:
+    from harness import corpus
+
+    if args.corpus_command is None:
+        return _error("corpus needs a subcommand: list, replay, merge or archive "
+                      "(see 'pudthp corpus --help')")
+    if args.corpus_command == "archive":
+        return corpus.cmd_archive(args.finding, args.note, args.to, args.expect, args.impl)
+    dirs = list(args.dirs) or ([] if args.corpus_command == "merge" else corpus.default_dirs())
+    problem = corpus.check_dirs(dirs)
+    if problem is not None:
+        return _error(problem)
+    if args.corpus_command == "list":
+        return corpus.cmd_list(dirs)
+    if args.corpus_command == "replay":
+        return corpus.cmd_replay(dirs, args.impl)
+    return corpus.cmd_merge(args.out, dirs)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -153,8 +385,6 @@ def _main(argv: list[str]) -> int:
         return e.code if isinstance(e.code, int) else 0
     if args.command is None:
         return _error("a command is required (see 'pudthp --help')")
-    if args.command in NOT_IMPLEMENTED:
-        return _error(f"{args.command!r} is not implemented yet")
     if extra:
         return _error(
             f"unrecognized arguments: {' '.join(extra)} (see 'pudthp {args.command} --help')"
@@ -164,6 +394,12 @@ def _main(argv: list[str]) -> int:
             return _cmd_conform(args)
         if args.command == "bench":
             return _cmd_bench(args)
+        if args.command == "fuzz":
+            return _cmd_fuzz(args)
+        if args.command == "shrink":
+            return _cmd_shrink(args)
+        if args.command == "corpus":
+            return _cmd_corpus(args)
         return _cmd_run(args)
     except (ProgramError, UsageError) as e:
         return _error(str(e))

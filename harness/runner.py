@@ -118,57 +118,102 @@ def run_program(
     finding but not an op whose ``apply`` raised.  A model that cannot even be created gives a
     finding at op index -1.  Raises UsageError only for an unavailable implementation.
     """
-    constructor = _constructor(impl)
-    results: list[Result] = []
-    finding: Finding | None = None
-    try:
-        model = constructor(program.config)
-    except Exception as e:
-        finding = _crash_finding(e, BEFORE_FIRST_OP, "init")
-        return RunReport(impl, results, finding, None)
+    stepper = Stepper(program.config, impl, check=check, on_step=on_step)
+    for op in program.ops:
+        if stepper.finding is not None:
+            break
+        stepper.step(op)
+    return stepper.finish()
 
-    oracle = Oracle(program.config.geometry)
-    for i, op in enumerate(program.ops):
+
+class Stepper:
+    """``run_program`` one op at a time, for callers that choose the next op as they go (the
+    Hypothesis state machine): ``step(op)`` runs one op with every per-op check and sets
+    ``finding`` on the first problem; ``finish()`` compares the final snapshots (locating a
+    difference only they show) and returns the report.  ``ops`` holds every op stepped,
+    including one whose ``apply`` raised.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        impl: str = "ref",
+        *,
+        check: bool = True,
+        on_step: Callable[[int, Op, Result], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.impl = impl
+        self.check = check
+        self.on_step = on_step
+        self.constructor = _constructor(impl)
+        self.ops: list[Op] = []
+        self.results: list[Result] = []
+        self.finding: Finding | None = None
+        self.model: Impl | None = None
+        try:
+            self.model = self.constructor(cfg)
+        except Exception as e:
+            self.finding = _crash_finding(e, BEFORE_FIRST_OP, "init")
+        self.oracle = Oracle(cfg.geometry)
+
+    def step(self, op: Op) -> Result | None:
+        """Run one op; its result, or None when it ended in a finding (``self.finding``)."""
+        if self.finding is not None or self.model is None:
+            raise UsageError("step after a finding")
+        i = len(self.ops)
+        self.ops.append(op)
+        model = self.model
         try:
             result = model.apply(op)
         except Exception as e:
-            finding = _exception_finding(e, i, op.KIND)
-            break
+            self.finding = _exception_finding(e, i, op.KIND)
+            return None
         if isinstance(result, bool) or not isinstance(result, int | str):
-            finding = Finding(
+            self.finding = Finding(
                 "model_bug",
                 i,
                 f"model_bug:{op.KIND}:bad_result",
                 f"apply returned {result!r} ({type(result).__name__}), not an int or a string",
             )
-            break
-        results.append(result)
-        if on_step is not None:
-            on_step(i, op, result)
-        if check:
+            return None
+        self.results.append(result)
+        if self.on_step is not None:
+            self.on_step(i, op, result)
+        if self.check:
             try:
                 model.check_invariants()
             except Exception as e:
-                finding = _exception_finding(e, i, op.KIND)
-                break
-        mismatch = oracle.step(op, result)
+                self.finding = _exception_finding(e, i, op.KIND)
+                return result
+        mismatch = self.oracle.step(op, result)
         if mismatch is not None:
-            finding = Finding("oracle", i, f"oracle:{op.KIND}:{mismatch.check}", mismatch.message)
-            break
+            self.finding = Finding("oracle", i, f"oracle:{op.KIND}:{mismatch.check}",
+                                   mismatch.message)
+        return result
 
-    snapshot: dict[str, Any] | None
-    try:
-        if isinstance(model, Lockstep):
-            snapshot = model.ref.snapshot()
-            if finding is None and model.compare_snapshots() is not None:
-                finding = locate_divergence(program, constructor)
-        else:
-            snapshot = model.snapshot()
-    except Exception as e:
-        snapshot = None
-        if finding is None:
-            finding = _crash_finding(e, len(program.ops) - 1, "snapshot")
-    return RunReport(impl, results, finding, snapshot)
+    def program(self) -> Program:
+        """The ops stepped so far as a program."""
+        return Program(self.cfg, tuple(self.ops))
+
+    def finish(self) -> RunReport:
+        """The report: the final snapshot and, for ``both``, the final snapshot comparison."""
+        model = self.model
+        if model is None:
+            return RunReport(self.impl, self.results, self.finding, None)
+        snapshot: dict[str, Any] | None
+        try:
+            if isinstance(model, Lockstep):
+                snapshot = model.ref.snapshot()
+                if self.finding is None and model.compare_snapshots() is not None:
+                    self.finding = locate_divergence(self.program(), self.constructor)
+            else:
+                snapshot = model.snapshot()
+        except Exception as e:
+            snapshot = None
+            if self.finding is None:
+                self.finding = _crash_finding(e, len(self.ops) - 1, "snapshot")
+        return RunReport(self.impl, self.results, self.finding, snapshot)
 
 
 def locate_divergence(program: Program, constructor: Callable[[Config], Impl]) -> Finding:

@@ -1,0 +1,188 @@
+"""What the atheris target runs on and how its inputs change: the hunt's config policy and the
+op-level mutator.
+
+``Hunt`` turns fuzzer bytes into the program the target runs (``program``): the config
+comes from the bytes, then keys fixed with ``--config`` are set and, unless fixed, the
+geometry is kept to ``tiny`` or ``small`` (others become ``small``: x86_64 runs are
+thousands of times slower and find the same bugs) and the rejected ``list_head`` deposit
+design becomes ``lru_next`` (it is known bad: it would be "found" by nearly every input).
+The campaign decodes crash artifacts with the same ``Hunt``, so an archived program is
+exactly what crashed.
+
+``mutate`` is libFuzzer's custom mutator: it decodes the input as the target would, makes
+one op-level edit (insert a new op, delete, duplicate or swap ops, tweak one field of one op,
+or change one config key that is not fixed) and encodes the result, so a mutation changes
+one thing a person would name instead of re-interpreting every op after a flipped byte.  A
+fraction of calls still use libFuzzer's own byte mutations (``atheris.Mutate``), which
+reach what the op-level edits cannot (e.g. values compared against by the model).
+``crossover`` splices the ops of two inputs.  Both are plain functions of their seed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import fields, replace
+from typing import Any
+
+from harness.corpus import KNOWN_BAD_DEPOSITS
+from harness.encoding import decode, encode
+from harness.gen import ProgramGenerator
+from harness.shrink import rescale_op
+from pudthp_ref import spec
+from pudthp_ref.spec import CONFIG_BOOLS, CONFIG_CHOICES, Config, Op, Program
+
+HUNT_GEOMETRIES: tuple[int, ...] = (4, 8)
+BYTE_LEVEL_SHARE = 0.2  # of mutate() calls handed to libFuzzer's byte mutator
+EDITS: tuple[str, ...] = ("insert", "delete", "duplicate", "swap", "tweak", "tweak", "config")
+
+
+class Hunt:
+    """The campaign's fixed config keys (``--config KEY=VALUE``, as a program's config JSON
+    spells them) and the policy for the rest (module docstring).  Raises ConfigError for a
+    bad key or value."""
+
+    def __init__(self, fixed: dict[str, Any] | None = None) -> None:
+        self.fixed: dict[str, Any] = dict(fixed or {})
+        pinned = Config.from_json(self.fixed)
+        self.pinned: dict[str, Any] = {k: getattr(pinned, k) for k in self.fixed}
+
+    def adjust(self, cfg: Config) -> Config:
+        changes = dict(self.pinned)
+        if "geometry" not in changes and cfg.geometry not in HUNT_GEOMETRIES:
+            changes["geometry"] = 8
+        if "deposit" not in changes and cfg.deposit in KNOWN_BAD_DEPOSITS:
+            changes["deposit"] = "lru_next"
+        return replace(cfg, **changes) if changes else cfg
+
+    def program(self, data: bytes) -> Program:
+        """The program the target runs for ``data``."""
+        return decode(data, adjust=self.adjust)
+
+
+def mutate(
+    hunt: Hunt,
+    data: bytes,
+    max_size: int,
+    seed: int,
+    byte_mutate: Callable[[bytes, int], bytes] | None = None,
+) -> bytes:
+    """One op-level edit of ``data`` (module docstring), at most ``max_size`` bytes."""
+    rng = random.Random(seed)
+    if byte_mutate is not None and (len(data) < 2 or rng.random() < BYTE_LEVEL_SHARE):
+        return byte_mutate(data, max_size)
+    program = hunt.program(data)
+    cfg, ops = program.config, list(program.ops)
+    gen = _generator(cfg, ops, rng)
+    edit = rng.choice(EDITS) if ops else "insert"
+    if edit == "insert":
+        for _ in range(rng.choice((1, 1, 1, 2, 4))):
+            ops.insert(rng.randint(0, len(ops)), gen.op())
+    elif edit == "delete":
+        i = rng.randrange(len(ops))
+        del ops[i : i + rng.choice((1, 1, 1, 2, 4))]
+    elif edit == "duplicate":
+        i = rng.randrange(len(ops))
+        run = ops[i : i + rng.choice((1, 1, 2, 3))]
+        j = rng.choice((i + len(run), rng.randint(0, len(ops))))
+        ops[j:j] = run
+    elif edit == "swap":
+        i, j = rng.randrange(len(ops)), rng.randrange(len(ops))
+        ops[i], ops[j] = ops[j], ops[i]
+    elif edit == "tweak":
+        i = rng.randrange(len(ops))
+        ops[i] = _tweak(ops[i], gen, rng)
+    else:
+        new_cfg = _tweak_config(hunt, cfg, rng)
+        if new_cfg.geometry != cfg.geometry:
+            ops = [rescale_op(op, cfg.geometry, new_cfg.geometry) for op in ops]
+        cfg = new_cfg
+    return _fit(Program(cfg, tuple(ops)), max_size)
+
+
+def crossover(hunt: Hunt, data1: bytes, data2: bytes, max_size: int, seed: int) -> bytes:
+    """The ops of ``data1`` up to a random point, then those of ``data2`` from one (moved to
+    the geometry of ``data1``)."""
+    rng = random.Random(seed)
+    a, b = hunt.program(data1), hunt.program(data2)
+    i, j = rng.randint(0, len(a.ops)), rng.randint(0, len(b.ops))
+    tail = tuple(rescale_op(op, b.config.geometry, a.config.geometry) for op in b.ops[j:])
+    return _fit(Program(a.config, a.ops[:i] + tail), max_size)
+
+
+def _fit(program: Program, max_size: int) -> bytes:
+    """``encode(program)``, dropping ops from the end until it fits in ``max_size``."""
+    data = encode(program)
+    ops = program.ops
+    while len(data) > max_size and ops:
+        ops = ops[: max(0, len(ops) * max_size // len(data) - 1)]
+        data = encode(Program(program.config, ops))
+    return data[:max_size]
+
+
+def _generator(cfg: Config, ops: list[Op], rng: random.Random) -> ProgramGenerator:
+    """A generator drawing ops for ``cfg`` on the mms the program already uses."""
+    gen = ProgramGenerator(cfg, rng)
+    mms = sorted({op.mm for op in ops if hasattr(op, "mm")} | {0})
+    gen.live_mms = mms[:6]
+    gen.next_mm = max(mms) + 1
+    gen.next_pin = 1 + sum(isinstance(op, spec.Pin) for op in ops)
+    return gen
+
+
+def _tweak(op: Op, gen: ProgramGenerator, rng: random.Random) -> Op:
+    """``op`` with one field changed: to a fresh value of its kind or a step from the old."""
+    names = [f.name for f in fields(op)]
+    if not names:
+        return gen.op()
+    name = rng.choice(names)
+    old = getattr(op, name)
+    g = gen.g
+    kind = spec.FIELD_KINDS[name]
+    new: Any
+    if kind == "addr":
+        step = rng.choice((1, -1, g.pmd_nr, -g.pmd_nr, g.pud_nr, -g.pud_nr))
+        new = gen.addr() if rng.random() < 0.5 else (old + step) % g.space
+    elif kind == "length":
+        step = rng.choice((1, -1, g.pmd_nr, -g.pmd_nr, g.pud_nr, -g.pud_nr))
+        new = gen.length(getattr(op, "start", 0)) if rng.random() < 0.5 else old + step
+        new = min(max(new, 1), g.space)
+    elif kind == "value":
+        new = rng.choice((0, 1, (old + 1) & spec.MAX_VALUE, rng.randrange(1 << 16), spec.MAX_VALUE))
+    elif kind == "id":
+        near = min(max(1, old + rng.choice((-1, 1))), 64)
+        new = near if rng.random() < 0.5 else rng.randint(1, 8)
+    elif kind == "index":
+        new = rng.randrange(4) if name != "node" else rng.randrange(gen.cfg.nodes + 1)
+    else:
+        new = rng.choice(_CHOICES[kind])
+    result: Op = replace(op, **{name: new})
+    return result
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "prot": spec.PROTS,
+    "advice": spec.ADVICES,
+    "alloc_order": spec.ALLOC_ORDERS,
+}
+
+
+def _tweak_config(hunt: Hunt, cfg: Config, rng: random.Random) -> Config:
+    """``cfg`` with one key that the hunt does not fix drawn afresh."""
+    keys = [k for k in (*CONFIG_CHOICES, *CONFIG_BOOLS, "geometry", "nodes", "swap_pages")
+            if k not in hunt.fixed]
+    if not keys:
+        return cfg
+    key = rng.choice(keys)
+    value: Any
+    if key in CONFIG_CHOICES:
+        value = rng.choice(CONFIG_CHOICES[key])
+    elif key in CONFIG_BOOLS:
+        value = not getattr(cfg, key)
+    elif key == "geometry":
+        value = rng.choice(HUNT_GEOMETRIES)
+    elif key == "nodes":
+        value = rng.choice((1, 2, 3))
+    else:
+        value = rng.choice((-1, 0, cfg.geometry, cfg.geometry * cfg.geometry))
+    return hunt.adjust(replace(cfg, **{key: value}))

@@ -1,0 +1,166 @@
+"""The atheris (libFuzzer) target: fuzzer bytes -> a program -> the lockstep harness.
+
+What it hunts: any finding of ``harness.runner.run_program`` on the program the bytes decode
+to (``harness.encoding``, config policy in ``fuzz.mutator.Hunt``): a broken invariant of
+either implementation, a model bug (detected corruption or a crash of the model), an oracle
+mismatch on a read, and with ``--impl=both`` (the default) a divergence between the reference
+and the fast implementation in a result, the per-op summary or the final snapshot.  A finding
+is raised as ``PudthpFinding`` whose first line carries the signature, which libFuzzer treats
+as a crash and saves the input as ``crash-<sha1>``; the campaign (``harness/fuzz_atheris.py``)
+decodes, shrinks and archives it.
+
+What it filters out: inputs are never rejected (the decoder is total), but
+- signatures already known (``--known=FILE``, one per line, re-read when the file changes:
+  the campaign adds every finding it archives) are not raised again, so a campaign keeps
+  looking for new bugs; the first hit of each prints ``pudthp: known finding SIGNATURE``;
+- unless fixed with ``--config``, the known-bad ``list_head`` deposit design and the slow
+  geometries (``Hunt``): a campaign on the correct designs at tiny and small geometry.
+
+Coverage: ``pudthp_ref`` and ``harness`` are imported under ``atheris.instrument_imports``
+so their branches guide the search, except the checkers (``UNINSTRUMENTED``): they walk the
+whole state after every op, so instrumented they cost the reference 4x its speed, and their
+branches say little about what the model did.  ``pudthp_fast`` is numpy, whose work happens
+in C; it is instrumented only with ``--instrument-fast``.
+
+Usage (the campaign runs it; by hand for debugging)::
+
+    python -m fuzz.target [--impl=ref|both] [--config-json=JSON] [--known=FILE]
+        [--instrument-fast] [libFuzzer flags and corpus directories]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import atheris  # type: ignore[import-untyped]
+
+_INSTRUMENT_FAST = "--instrument-fast" in sys.argv
+UNINSTRUMENTED: tuple[str, ...] = (
+    "pudthp_ref.invariants",
+    "pudthp_ref.snapshot",
+    "pudthp_ref.spec",
+    "harness.lockstep",
+)
+# Instrumentation happens at import: these must be the first imports of the packages in
+# this process (the runner imports the implementations lazily, so import them here).
+with atheris.instrument_imports(
+    include=["pudthp_ref", "harness", *(["pudthp_fast"] if _INSTRUMENT_FAST else [])],
+    exclude=list(UNINSTRUMENTED),
+):
+    import pudthp_ref.model  # noqa: F401
+    from harness.encoding import decode
+    from harness.runner import run_program
+
+    if _INSTRUMENT_FAST:
+        import pudthp_fast.model  # noqa: F401
+
+from fuzz.mutator import Hunt, crossover, mutate  # noqa: E402 -- after the instrumented imports
+
+STATUS_SECONDS = 1.0  # how often the target prints its execution count
+KNOWN_POLL_SECONDS = 0.5
+
+
+class PudthpFinding(Exception):
+    """A finding of the harness; ``str()`` starts with ``pudthp finding: SIGNATURE``."""
+
+    def __init__(self, signature: str, kind: str, op_index: int, message: str) -> None:
+        super().__init__(f"pudthp finding: {signature}\n  {kind} at op {op_index}: {message}")
+        self.signature = signature
+
+
+class Target:
+    """The target's state: the options, the known signatures and the execution count."""
+
+    def __init__(self, impl: str, hunt: Hunt, known_file: str | None) -> None:
+        self.impl = impl
+        self.hunt = hunt
+        self.known_file = known_file
+        self.known: set[str] = set()
+        self.known_stamp: float | None = None
+        self.reported: set[str] = set()
+        self.execs = 0
+        self.next_status = time.monotonic() + STATUS_SECONDS
+        self.next_poll = 0.0
+
+    def reload_known(self, now: float) -> None:
+        self.next_poll = now + KNOWN_POLL_SECONDS
+        if self.known_file is None:
+            return
+        try:
+            stamp = os.stat(self.known_file).st_mtime
+            if stamp == self.known_stamp:
+                return
+            with open(self.known_file, encoding="utf-8") as f:
+                self.known = {line.strip() for line in f if line.strip()}
+            self.known_stamp = stamp
+        except OSError:
+            return
+
+    def test_one_input(self, data: bytes) -> None:
+        now = time.monotonic()
+        self.execs += 1
+        if now >= self.next_status:
+            self.next_status = now + STATUS_SECONDS
+            print(f"pudthp: execs {self.execs}", file=sys.stderr, flush=True)
+        if now >= self.next_poll:
+            self.reload_known(now)
+        program = decode(data, adjust=self.hunt.adjust)
+        finding = run_program(program, self.impl).finding
+        if finding is None:
+            return
+        if finding.signature in self.known:
+            if finding.signature not in self.reported:
+                self.reported.add(finding.signature)
+                print(f"pudthp: known finding {finding.signature}", file=sys.stderr, flush=True)
+            return
+        first = finding.message.splitlines()[0] if finding.message else ""
+        raise PudthpFinding(finding.signature, finding.kind, finding.op_index, first)
+
+    def mutate(self, data: bytes, max_size: int, seed: int) -> bytes:
+        try:
+            return mutate(self.hunt, data, max_size, seed, atheris.Mutate)
+        except Exception as e:  # a bug here must not end the campaign as a "finding"
+            print(f"pudthp: mutator error {type(e).__name__}: {e}", file=sys.stderr)
+            return bytes(atheris.Mutate(data, max_size))
+
+    def crossover(self, data1: bytes, data2: bytes, max_size: int, seed: int) -> bytes:
+        try:
+            return crossover(self.hunt, data1, data2, max_size, seed)
+        except Exception as e:
+            print(f"pudthp: crossover error {type(e).__name__}: {e}", file=sys.stderr)
+            return data1[:max_size]
+
+
+def parse_args(argv: list[str]) -> tuple[Target, list[str]]:
+    """The target's own ``--name=value`` options out of ``argv``; the rest is libFuzzer's."""
+    impl, fixed, known = "both", {}, None
+    rest = [argv[0]]
+    for arg in argv[1:]:
+        name, _, value = arg.partition("=")
+        if name == "--impl":
+            impl = value
+        elif name == "--config-json":
+            fixed = json.loads(value)
+        elif name == "--known":
+            known = value
+        elif name != "--instrument-fast":
+            rest.append(arg)
+    return Target(impl, Hunt(fixed), known), rest
+
+
+def main() -> None:
+    target, libfuzzer_argv = parse_args(sys.argv)
+    atheris.Setup(
+        libfuzzer_argv,
+        target.test_one_input,
+        custom_mutator=target.mutate,
+        custom_crossover=target.crossover,
+    )
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

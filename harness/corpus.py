@@ -1,0 +1,328 @@
+"""``pudthp corpus``: the program collections the project keeps, and what each must report.
+
+Directories under ``corpus/``: ``seeds/`` (scenario programs: must pass), ``known_bad/``
+(the rejected list_head design and its correct twins: ``meta.expect`` says ``finding`` or
+``pass``), ``findings/`` (archived by the fuzz engines: each must keep
+reporting its ``meta.signature`` until it is fixed) and ``regressions/`` (findings that were
+fixed, moved there by ``archive`` with a note: must pass).  The expectation of a program:
+
+1. ``meta.expect`` ``"pass"``: no finding; ``"finding"``: a finding, the one named by
+   ``meta.signature`` if there is one;
+2. else ``meta.signature``: that signature;
+3. else by directory: in ``known_bad`` a program of a known-bad design (deposit
+   ``list_head``) must find and its twins pass (the copies of the shared canaries carry no
+   ``meta.expect``); anywhere else no finding.
+
+``replay`` runs each program (``--impl``, else ``meta.impl``, else both: ref and fast in
+lockstep, so a program must pass on every implementation) and names what
+changed against that expectation: ``newly passing`` (a finding expected, none now), ``new
+finding`` (none expected, or another signature than expected), ``still failing`` (the
+expected finding) or ``pass``.  Nothing here ever overwrites a file.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from harness.program import ProgramError, config_delta, dump_program, load_program_file
+from harness.runner import IMPL_NAMES, run_program
+from pudthp_ref import spec
+from pudthp_ref.spec import Program
+
+DEFAULT_DIRS: tuple[str, ...] = (
+    "corpus/seeds",
+    "corpus/known_bad",
+    "corpus/findings",
+    "corpus/regressions",
+)
+REGRESSIONS = "corpus/regressions"
+CHANGED = ("newly passing", "new finding", "invalid")
+KNOWN_BAD_DEPOSITS: tuple[str, ...] = ("list_head",)
+
+
+@dataclass(frozen=True)
+class Expectation:
+    finding: bool
+    signature: str | None = None
+
+    def __str__(self) -> str:
+        if not self.finding:
+            return "pass"
+        return self.signature or "finding"
+
+
+@dataclass
+class Entry:
+    path: str
+    program: Program | None
+    error: str | None = None
+
+    @property
+    def expect(self) -> Expectation:
+        assert self.program is not None
+        return expectation(self.path, self.program)
+
+
+def expectation(path: str, program: Program) -> Expectation:
+    """What ``program`` (read from ``path``) must report (module docstring)."""
+    meta = program.meta
+    sig = meta.get("signature") if isinstance(meta.get("signature"), str) else None
+    expect = meta.get("expect")
+    if expect == "pass":
+        return Expectation(False)
+    if expect == "finding" or sig is not None:
+        return Expectation(True, sig)
+    in_known_bad = os.path.basename(os.path.normpath(os.path.dirname(path))) == "known_bad"
+    return Expectation(in_known_bad and program.config.deposit in KNOWN_BAD_DEPOSITS)
+
+
+def default_dirs() -> list[str]:
+    return [d for d in DEFAULT_DIRS if os.path.isdir(d)]
+
+
+def load_entries(dirs: Iterable[str]) -> list[Entry]:
+    """Every ``*.json`` of ``dirs`` in name order; one that does not load is an entry with
+    its one-line error."""
+    out: list[Entry] = []
+    for d in dirs:
+        for path in sorted(glob.glob(os.path.join(d, "*.json"))):
+            try:
+                out.append(Entry(path, load_program_file(path)))
+            except ProgramError as e:
+                out.append(Entry(path, None, str(e)))
+    return out
+
+
+def check_dirs(dirs: list[str]) -> str | None:
+    for d in dirs:
+        if not os.path.isdir(d):
+            return f"{d}: not a directory"
+    return None
+
+
+def impl_for(program: Program, impl: str | None) -> str:
+    """``impl`` if given, else the program's ``meta.impl``, else both."""
+    if impl is not None:
+        return impl
+    recorded = program.meta.get("impl")
+    return recorded if isinstance(recorded, str) and recorded in IMPL_NAMES else "both"
+
+
+# --------------------------------------------------------------------------------------
+# list
+# --------------------------------------------------------------------------------------
+
+
+def cmd_list(dirs: list[str]) -> int:
+    """One line per program: expected status, ops, path, signature or note."""
+    entries = load_entries(dirs)
+    bad = 0
+    for e in entries:
+        if e.program is None:
+            bad += 1
+            print(f"{'invalid':8} {'':>5}      {e.path}  {e.error}")
+            continue
+        exp = e.expect
+        status = "finding" if exp.finding else "pass"
+        what = exp.signature or _short(e.program.meta.get("note", ""))
+        print(f"{status:8} {len(e.program.ops):>5} ops  {e.path}  {what}".rstrip())
+    print(f"{len(entries)} program(s) in {len(dirs)} director{'y' if len(dirs) == 1 else 'ies'}"
+          + (f", {bad} invalid" if bad else ""))
+    return 2 if bad else 0
+
+
+def _short(text: Any, width: int = 60) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+# --------------------------------------------------------------------------------------
+# replay
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    entry: Entry
+    verdict: str  # pass, still failing, newly passing, new finding, invalid
+    signature: str | None = None
+
+
+def replay_entry(entry: Entry, impl: str | None = None) -> Outcome:
+    if entry.program is None:
+        return Outcome(entry, "invalid")
+    exp = entry.expect
+    finding = run_program(entry.program, impl_for(entry.program, impl)).finding
+    sig = None if finding is None else finding.signature
+    if sig is None:
+        return Outcome(entry, "newly passing" if exp.finding else "pass")
+    if not exp.finding or (exp.signature is not None and exp.signature != sig):
+        return Outcome(entry, "new finding", sig)
+    return Outcome(entry, "still failing", sig)
+
+
+def replay(dirs: list[str], impl: str | None = None) -> list[Outcome]:
+    return [replay_entry(e, impl) for e in load_entries(dirs)]
+
+
+def cmd_replay(dirs: list[str], impl: str | None = None) -> int:
+    """Run everything; exit 0 when every program reports what it should, 1 when something
+    changed, 2 when a program does not load."""
+    outcomes = []
+    for entry in load_entries(dirs):
+        o = replay_entry(entry, impl)
+        outcomes.append(o)
+        if o.verdict == "invalid":
+            print(f"{'invalid':14} {entry.path}  {entry.error}")
+            continue
+        line = f"{o.verdict:14} {entry.path}  {o.signature or ''}"
+        if o.verdict in CHANGED:
+            line += f"  (expected {entry.expect})"
+        print(line.rstrip(), flush=True)
+    counts = {v: sum(o.verdict == v for o in outcomes)
+              for v in ("pass", "still failing", "newly passing", "new finding", "invalid")}
+    print(f"replay: {len(outcomes)} program(s): "
+          + ", ".join(f"{n} {v}" for v, n in counts.items() if n or v in CHANGED[:2]))
+    if counts["invalid"]:
+        return 2
+    return 1 if counts["newly passing"] or counts["new finding"] else 0
+
+
+# --------------------------------------------------------------------------------------
+# merge
+# --------------------------------------------------------------------------------------
+
+
+def content_key(program: Program) -> str:
+    """A hash of what a program does (config and ops, not meta)."""
+    text = json.dumps({"config": config_delta(program.config),
+                       "ops": [spec.op_to_json(op) for op in program.ops]}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def cmd_merge(out_dir: str, dirs: list[str]) -> int:
+    """Copy the programs of ``dirs`` into ``out_dir``: one per content, and per finding
+    signature the one with the fewest ops; files already in ``out_dir`` count and stay."""
+    os.makedirs(out_dir, exist_ok=True)
+    have = load_entries([out_dir])
+    contents = {content_key(e.program) for e in have if e.program is not None}
+    signatures = {e.program.meta["signature"] for e in have
+                  if e.program is not None and isinstance(e.program.meta.get("signature"), str)}
+    chosen: dict[str, Entry] = {}  # signature or content key -> entry
+    dup_content = dup_sig = invalid = 0
+    for e in load_entries(dirs):
+        if e.program is None:
+            invalid += 1
+            print(f"invalid  {e.path}  {e.error}")
+            continue
+        key = content_key(e.program)
+        if key in contents:
+            dup_content += 1
+            continue
+        contents.add(key)
+        sig = e.program.meta.get("signature")
+        if isinstance(sig, str):
+            if sig in signatures:
+                dup_sig += 1
+                continue
+            old = chosen.get(sig)
+            if old is not None:
+                dup_sig += 1
+                assert old.program is not None
+                if len(e.program.ops) >= len(old.program.ops):
+                    continue
+            chosen[sig] = e
+        else:
+            chosen[key] = e
+    written = 0
+    for e in chosen.values():
+        target = _free_name(out_dir, e.path)
+        with open(e.path, encoding="utf-8") as src, open(target, "x", encoding="utf-8") as dst:
+            dst.write(src.read())
+        written += 1
+        print(f"merged   {e.path} -> {target}")
+    print(f"merge: {written} program(s) written to {out_dir}; skipped {dup_content} "
+          f"duplicate(s) by content, {dup_sig} by signature"
+          + (f", {invalid} invalid" if invalid else ""))
+    return 2 if invalid else 0
+
+
+def _free_name(out_dir: str, path: str) -> str:
+    """``out_dir``/basename, or with a short content hash added when that name is taken."""
+    name = os.path.basename(path)
+    target = os.path.join(out_dir, name)
+    if not os.path.exists(target):
+        return target
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    stem, ext = os.path.splitext(name)
+    for n in range(8, 65, 8):
+        target = os.path.join(out_dir, f"{stem}-{digest[:n]}{ext}")
+        if not os.path.exists(target):
+            return target
+    raise FileExistsError(target)
+
+
+# --------------------------------------------------------------------------------------
+# archive
+# --------------------------------------------------------------------------------------
+
+
+class ArchiveError(Exception):
+    """``archive`` cannot proceed; ``status`` is the exit status (1 or 2)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def archive_finding(path: str, note: str, to_dir: str = REGRESSIONS, expect: str = "pass",
+                    impl: str | None = None) -> str:
+    """Move the finding at ``path`` into ``to_dir`` with ``note`` and ``expect`` in its meta,
+    after checking that it reports what it will be expected to (a regression passes: the
+    bug is fixed).  Returns the new path; raises ArchiveError."""
+    program = load_program_file(path)
+    finding = run_program(program, impl_for(program, impl)).finding
+    sig = program.meta.get("signature")
+    if expect == "pass" and finding is not None:
+        raise ArchiveError(
+            f"{path}: still reports {finding.signature}; a regression must pass (fix it "
+            "first, or use --expect finding to keep it as a known failure)", 1)
+    if expect == "finding" and (finding is None or (isinstance(sig, str)
+                                                    and finding.signature != sig)):
+        got = "no finding" if finding is None else finding.signature
+        raise ArchiveError(f"{path}: expected {sig or 'a finding'}, got {got}", 1)
+    meta: dict[str, Any] = dict(program.meta)
+    if "note" in meta:
+        meta["finding_note"] = meta["note"]
+    meta["note"] = note
+    meta["expect"] = expect
+    meta["archived"] = datetime.now(UTC).isoformat(timespec="seconds")
+    meta["archived_from"] = path
+    os.makedirs(to_dir, exist_ok=True)
+    target = os.path.join(to_dir, os.path.basename(path))
+    try:
+        with open(target, "x", encoding="utf-8") as f:
+            f.write(dump_program(Program(program.config, program.ops, meta)))
+    except FileExistsError:
+        raise ArchiveError(f"{target}: exists; not overwritten", 2) from None
+    os.unlink(path)
+    return target
+
+
+def cmd_archive(path: str, note: str, to_dir: str, expect: str, impl: str | None) -> int:
+    try:
+        target = archive_finding(path, note, to_dir, expect, impl)
+    except ArchiveError as e:
+        print(f"pudthp: error: {e}", file=sys.stderr)
+        return e.status
+    print(f"archived {path} -> {target} (expect {expect})")
+    return 0

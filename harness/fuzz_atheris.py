@@ -1,0 +1,476 @@
+"""``pudthp fuzz --engine atheris``: coverage-guided campaigns with libFuzzer.
+
+Each worker is a process running ``python -m fuzz.target`` (the atheris target, whose
+docstring says what it hunts and filters out) on the campaign's corpus directory with its own
+libFuzzer ``-seed``.  The corpus lives on disk (``--corpus``, default ``corpus/atheris``):
+libFuzzer loads it at start, adds every input that reaches new coverage, and with
+``-reload`` each worker picks up what the others add; so a stopped campaign resumes where it
+left off, and the scenario seeds, the known-bad programs and the archived findings are
+encoded into it (files named by content hash, written once) to start from.
+
+A finding makes libFuzzer write the input to ``crash-<sha1>`` (in a temporary directory)
+and exit.  The parent decodes it with the target's own config policy, replays it to get the
+signature, shrinks it (``harness.shrink``, same signature), and archives it like the
+Hypothesis engine (``harness.fuzz_hypothesis.archive``: a program JSON with metadata named
+by a short hash of the signature, never overwriting).  Then it adds the signature to the
+file of known signatures the targets re-read, and restarts the worker with the next seed
+for the remaining time, so one bug is reported once and the search moves on.  Signatures
+already in the findings directory are known from the start; a target that hits one prints
+so, and it counts as found (exit 1) without being written again.
+
+Progress (on stderr, about once a second on a terminal, else every few seconds): total
+executions and executions per second over all workers, coverage and features (libFuzzer's
+``cov:`` and ``ft:``), corpus size on disk, distinct findings.  Exit 0 nothing found, 1
+anything found, 2 no worker could run the target, 130 interrupted (Ctrl-C: workers stop,
+artifacts already written are still decoded, shrunk and archived).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from fuzz.mutator import Hunt
+from harness.encoding import EncodeError, encode
+from harness.fuzz_hypothesis import archive
+from harness.program import ProgramError, dump_program, load_program_file
+from harness.runner import run_program
+from harness.shrink import NoFinding, ShrinkResult, shrink
+from pudthp_ref.spec import Program
+
+ENGINE = "atheris"
+DEFAULT_CORPUS = "corpus/atheris"
+REPO_CORPUS = Path(__file__).resolve().parents[1] / "corpus"
+SEED_DIRS: tuple[Path, ...] = (REPO_CORPUS / "seeds", REPO_CORPUS / "known_bad")
+MAX_LEN = 1024  # bytes per input: up to about 200 ops
+INPUT_TIMEOUT = 300  # seconds one input may take before libFuzzer calls it a timeout
+STOP_GRACE = 10.0  # after the deadline, workers get this long before SIGINT, then SIGKILL
+
+_STATUS = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)/")
+_EXECS = re.compile(r"^pudthp: execs (\d+)")
+_KNOWN = re.compile(r"^pudthp: known finding (\S+)")
+_FINAL = re.compile(r"^stat::number_of_executed_units: (\d+)")
+
+
+@dataclass
+class AtherisCampaign:
+    time_limit: float
+    workers: int
+    overrides: dict[str, Any]
+    findings_dir: str
+    corpus_dir: str = DEFAULT_CORPUS
+    seed: int = 1
+    impl: str = "both"
+    max_len: int = MAX_LEN
+    seed_dirs: tuple[Path, ...] = SEED_DIRS
+    err: TextIO = field(default_factory=lambda: sys.stderr)
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+
+
+@dataclass
+class _Worker:
+    """One worker slot: the libFuzzer process running in it now and what it said."""
+
+    index: int
+    seed: int = 0
+    proc: subprocess.Popen[str] | None = None
+    reader: threading.Thread | None = None
+    log: list[str] = field(default_factory=list)
+    execs_done: int = 0  # by earlier processes in this slot
+    execs: int = 0  # by the current one
+    cov: int = 0
+    ft: int = 0
+    inited: bool = False
+    starts: int = 0
+    finished: bool = False
+    failed: bool = False  # exited with an error before fuzzing: the target cannot run
+
+    def total_execs(self) -> int:
+        return self.execs_done + self.execs
+
+
+@dataclass
+class _Found:
+    path: str
+    signature: str
+    ops: int
+    new: bool
+
+
+def worker_seed(seed: int, index: int, start: int, workers: int) -> int:
+    """libFuzzer's ``-seed`` for start number ``start`` (0, 1, ...: a worker restarts after
+    each finding) of worker ``index``: ``seed + index + start * workers`` modulo 2**32, with
+    0 (which libFuzzer would replace by a random seed) read as 2**32 - 1."""
+    return (seed + index + start * workers) % 2**32 or 2**32 - 1
+
+
+def archived_signatures(directory: str) -> dict[str, str]:
+    """signature -> file of every program in ``directory`` whose meta has one."""
+    out: dict[str, str] = {}
+    for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
+        try:
+            sig = load_program_file(path).meta.get("signature")
+        except ProgramError:
+            continue
+        if isinstance(sig, str):
+            out.setdefault(sig, path)
+    return out
+
+
+def seed_corpus(corpus_dir: str, dirs: list[str]) -> int:
+    """Encode every representable program of ``dirs`` into ``corpus_dir`` (named by the
+    SHA-1 of the bytes, as libFuzzer names its own); returns how many files were added."""
+    added = 0
+    for d in dirs:
+        for path in sorted(glob.glob(os.path.join(d, "*.json"))):
+            try:
+                data = encode(load_program_file(path))
+            except (ProgramError, EncodeError):
+                continue
+            target = os.path.join(corpus_dir, hashlib.sha1(data).hexdigest())
+            if not os.path.exists(target):
+                with open(target, "wb") as f:
+                    f.write(data)
+                added += 1
+    return added
+
+
+class _Run:
+    """The state of one campaign in the parent."""
+
+    def __init__(self, c: AtherisCampaign) -> None:
+        self.c = c
+        self.hunt = Hunt(c.overrides)
+        self.tmp = tempfile.mkdtemp(prefix="pudthp-atheris-")
+        self.known_file = os.path.join(self.tmp, "known.txt")
+        self.archived = archived_signatures(c.findings_dir)
+        self.known_hits: set[str] = set()
+        self.found: list[_Found] = []
+        self.signatures: set[str] = set()
+        self.warnings: list[str] = []
+        self.slots = [_Worker(i) for i in range(c.workers)]
+        self.start = time.monotonic()
+        self.deadline = self.start + c.time_limit
+        self.stopping = False
+        self.atheris_version = _version("atheris")
+        self.write_known()
+
+    # -- workers -------------------------------------------------------------------------
+
+    def write_known(self) -> None:
+        tmp = self.known_file + ".new"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(f"{s}\n" for s in sorted(set(self.archived) | self.signatures))
+        os.replace(tmp, self.known_file)
+
+    def launch(self, w: _Worker) -> None:
+        remaining = self.deadline - time.monotonic()
+        w.seed = worker_seed(self.c.seed, w.index, w.starts, self.c.workers)
+        w.starts += 1
+        w.execs_done += w.execs
+        w.execs = 0
+        argv = [
+            sys.executable, "-m", "fuzz.target",
+            f"--impl={self.c.impl}",
+            f"--config-json={json.dumps(self.c.overrides)}",
+            f"--known={self.known_file}",
+            os.path.abspath(self.c.corpus_dir),
+            f"-max_total_time={max(1, math.ceil(remaining))}",
+            f"-seed={w.seed}",
+            f"-max_len={self.c.max_len}",
+            f"-timeout={INPUT_TIMEOUT}",
+            f"-artifact_prefix={os.path.join(self.tmp, f'w{w.index}-')}",
+            "-reload=1",
+            "-print_final_stats=1",
+        ]
+        w.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, errors="replace", bufsize=1,
+        )
+        w.reader = threading.Thread(target=self.read, args=(w, w.proc), daemon=True)
+        w.reader.start()
+
+    def read(self, w: _Worker, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            w.log.append(line)
+            if len(w.log) > 200:
+                del w.log[:100]
+            if m := _EXECS.match(line):
+                w.execs = max(w.execs, int(m.group(1)))
+            elif m := _STATUS.match(line):
+                w.execs = max(w.execs, int(m.group(1)))
+                w.cov, w.ft = int(m.group(3)), int(m.group(4))
+                w.inited = w.inited or m.group(2) != "pulse"  # pulses come while loading too
+            elif m := _KNOWN.match(line):
+                self.known_hits.add(m.group(1))
+            elif m := _FINAL.match(line):
+                w.execs = max(w.execs, int(m.group(1)))
+            elif line.startswith("pudthp: mutator error") and len(self.warnings) < 20:
+                self.warnings.append(f"worker {w.index}: {line.removeprefix('pudthp: ')}")
+
+    def reap(self, w: _Worker) -> None:
+        """Worker ``w``'s process has exited: take its artifacts, restart it if time is
+        left and it stopped on a finding."""
+        assert w.proc is not None
+        assert w.reader is not None
+        w.reader.join(timeout=5)
+        rc = w.proc.returncode
+        artifacts = sorted(glob.glob(os.path.join(self.tmp, f"w{w.index}-*")))
+        for path in artifacts:
+            self.artifact(w, path)
+        if not w.inited and not artifacts and rc != 0 and not self.stopping:
+            w.failed = True
+            tail = "\n    ".join(w.log[-8:])
+            self.warnings.append(f"worker {w.index} exited with status {rc} before "
+                                 f"fuzzing:\n    {tail}")
+        if artifacts and not self.stopping and self.deadline - time.monotonic() >= 1:
+            self.launch(w)
+        else:
+            w.finished = True
+
+    # -- findings ------------------------------------------------------------------------
+
+    def artifact(self, w: _Worker, path: str) -> None:
+        name = os.path.basename(path).removeprefix(f"w{w.index}-")
+        kind = name.split("-")[0]
+        with open(path, "rb") as f:
+            data = f.read()
+        os.unlink(path)
+        if kind not in ("crash", "timeout", "oom"):
+            return  # slow-unit, leak: not findings
+        program = self.hunt.program(data)
+        if kind == "crash":
+            self.crash(w, program)
+        else:
+            self.resource(w, program, kind)
+
+    def crash(self, w: _Worker, program: Program) -> None:
+        finding = run_program(program, self.c.impl).finding
+        if finding is None:
+            self.warnings.append(f"worker {w.index}: a crash input that does not reproduce "
+                                 f"({len(program.ops)} ops); not archived")
+            return
+        sig = finding.signature
+        if sig in self.signatures:
+            return
+        if sig in self.archived:
+            self.known_hits.add(sig)
+            return
+        self.progress_clear()
+        print(f"pudthp fuzz: [{time.monotonic() - self.start:6.1f}s] worker {w.index} found "
+              f"{sig} ({len(program.ops)} ops); shrinking", file=self.c.err, flush=True)
+        shrunk, how = program, "none"
+        try:
+            result = self.shrink(program, sig)
+            shrunk, finding = result.program, result.finding
+            how = f"ddmin+simplify from {len(program.ops)} ops in {result.seconds:.1f} s"
+        except NoFinding as e:
+            self.warnings.append(f"worker {w.index}: {sig}: not shrunk: {e}")
+        replay = run_program(shrunk, self.c.impl).finding
+        meta = self.meta(w, sig, finding.kind, finding.message, finding.op_index, shrunk)
+        meta["shrunk"] = how
+        meta["replays"] = replay is not None and replay.signature == sig
+        self.archive(sig, finding.kind, shrunk, meta)
+
+    def shrink(self, program: Program, sig: str) -> ShrinkResult:
+        """Shrink with the reference alone when it reports the same signature (several
+        times faster than both), checking the result with the campaign's implementation."""
+        impl = self.c.impl
+        if impl != "ref":
+            ref = run_program(program, "ref").finding
+            if ref is not None and ref.signature == sig:
+                result = shrink(program, "ref", signature=sig, keep=self.c.overrides)
+                again = run_program(result.program, impl).finding
+                if again is not None and again.signature == sig:
+                    return result
+        return shrink(program, impl, signature=sig, keep=self.c.overrides)
+
+    def resource(self, w: _Worker, program: Program, kind: str) -> None:
+        """A libFuzzer timeout or out-of-memory: archived unshrunk (the shrinker's judge
+        would take as long), signature ``timeout:libfuzzer`` or ``oom:libfuzzer``."""
+        sig = f"{kind}:libfuzzer"
+        if sig in self.signatures or sig in self.archived:
+            self.known_hits.add(sig)
+            return
+        what = (f"one run took over {INPUT_TIMEOUT} s" if kind == "timeout"
+                else "the worker ran out of memory")
+        meta = self.meta(w, sig, kind, f"{what} under libFuzzer", len(program.ops) - 1, program)
+        meta["shrunk"] = "none"
+        self.archive(sig, kind, program, meta)
+
+    def meta(self, w: _Worker, sig: str, kind: str, message: str, op_index: int,
+             program: Program) -> dict[str, Any]:
+        return {
+            "signature": sig,
+            "engine": ENGINE,
+            "seed": w.seed,
+            "config": program.config.to_json(),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "kind": kind,
+            "message": message.splitlines()[0] if message else "",
+            "op_index": op_index,
+            "impl": self.c.impl,
+            "invariants": True,
+            "campaign_config": dict(self.c.overrides),
+            "atheris": self.atheris_version,
+        }
+
+    def archive(self, sig: str, kind: str, program: Program, meta: dict[str, Any]) -> None:
+        text = dump_program(Program(program.config, program.ops, meta))
+        path, new = archive(self.c.findings_dir,
+                            {"signature": sig, "kind": kind, "ops": len(program.ops),
+                             "program": text})
+        self.signatures.add(sig)
+        self.found.append(_Found(path, sig, len(program.ops), new))
+        self.write_known()
+        state = "new" if new else "already archived"
+        print(f"pudthp fuzz: [{time.monotonic() - self.start:6.1f}s] finding ({state}) {sig}: "
+              f"{len(program.ops)} ops -> {path}", file=self.c.err, flush=True)
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def distinct(self) -> set[str]:
+        return self.signatures | self.known_hits
+
+    def corpus_size(self) -> int:
+        try:
+            return len(os.listdir(self.c.corpus_dir))
+        except OSError:
+            return 0
+
+    def progress_clear(self) -> None:
+        if self.c.err.isatty():
+            print("\r\033[K", end="", file=self.c.err, flush=True)
+
+    def progress_line(self, now: float, rate: float) -> str:
+        running = sum(1 for w in self.slots if not w.finished)
+        cov = (f"cov {max(w.cov for w in self.slots)}  ft {max(w.ft for w in self.slots)}"
+               if any(w.inited for w in self.slots) else "loading the corpus")
+        line = (f"[{now - self.start:6.1f}s] execs {sum(w.total_execs() for w in self.slots):,}"
+                f"  {rate:,.0f} execs/s  {cov}  corpus {self.corpus_size()}"
+                f"  findings {len(self.distinct())}  workers {running}/{len(self.slots)}")
+        return line + ("  (stopping)" if self.stopping else "")
+
+    def summary(self, elapsed: float, corpus_before: int, interrupted: bool) -> None:
+        out = self.c.out
+        execs = sum(w.total_execs() for w in self.slots)
+        rate = execs / elapsed if elapsed > 0 else 0.0
+        new = [f for f in self.found if f.new]
+        head = "interrupted" if interrupted else "done"
+        print(f"pudthp fuzz: {head} after {elapsed:.1f} s: {execs:,} execs ({rate:,.0f} execs/s "
+              f"over {len(self.slots)} worker(s)), coverage {max(w.cov for w in self.slots)}, "
+              f"corpus {self.corpus_size()} (was {corpus_before}), "
+              f"{len(self.distinct())} distinct finding(s), {len(new)} new", file=out)
+        for f in self.found:
+            state = "new     " if f.new else "archived"
+            print(f"  {state}  {f.path}  {f.signature} ({f.ops} ops)", file=out)
+        for sig in sorted(self.known_hits - self.signatures):
+            where = self.archived.get(sig, "")
+            print(f"  known     {where}  {sig} (hit again; file kept)", file=out)
+        for text in self.warnings:
+            print(f"  warning   {text}", file=out)
+        out.flush()
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _signal(w: _Worker, sig: int) -> None:
+    if w.proc is not None and w.proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            w.proc.send_signal(sig)
+
+
+def run_atheris_campaign(c: AtherisCampaign) -> int:
+    """The whole campaign; returns the exit status (0 nothing, 1 findings, 130 Ctrl-C)."""
+    os.makedirs(c.corpus_dir, exist_ok=True)
+    os.makedirs(c.findings_dir, exist_ok=True)
+    corpus_before = len(os.listdir(c.corpus_dir))
+    seeded = seed_corpus(c.corpus_dir, [*map(str, c.seed_dirs), c.findings_dir])
+    run = _Run(c)
+    tty = c.err.isatty()
+    every = 1.0 if tty else min(10.0, max(2.0, c.time_limit / 5))
+    fixed = " ".join(f"{k}={v}" for k, v in sorted(c.overrides.items()))
+    print(f"pudthp fuzz: engine {ENGINE}, {c.workers} worker(s), {c.time_limit:g} s, seed "
+          f"{c.seed}, config {fixed + ' (rest from the input)' if fixed else 'from the input'}"
+          f", impl {c.impl}, corpus {c.corpus_dir} ({corpus_before} inputs"
+          f"{f', {seeded} seeds added' if seeded else ''}), findings -> {c.findings_dir} "
+          f"({len(run.archived)} signatures archived)", file=c.err, flush=True)
+    interrupted = False
+    last_print = last_t = run.start
+    last_execs = 0
+    try:
+        for w in run.slots:
+            run.launch(w)
+        while True:
+            try:
+                now = time.monotonic()
+                for w in run.slots:
+                    if not w.finished and w.proc is not None and w.proc.poll() is not None:
+                        run.reap(w)
+                if all(w.finished for w in run.slots):
+                    break
+                if now > run.deadline + STOP_GRACE:
+                    for w in run.slots:
+                        _signal(w, signal.SIGINT if now < run.deadline + 2 * STOP_GRACE
+                                else signal.SIGKILL)
+                if now - last_print >= every:
+                    execs = sum(w.total_execs() for w in run.slots)
+                    rate = (execs - last_execs) / max(now - last_t, 1e-9)
+                    last_execs, last_t, last_print = execs, now, now
+                    line = run.progress_line(now, rate)
+                    if tty:
+                        print("\r" + line, end="", file=c.err, flush=True)
+                    else:
+                        print(line, file=c.err, flush=True)
+                time.sleep(0.1)
+            except KeyboardInterrupt:
+                if interrupted:  # a second Ctrl-C: stop waiting for the workers
+                    for w in run.slots:
+                        _signal(w, signal.SIGKILL)
+                    break
+                interrupted = True
+                run.stopping = True
+                for w in run.slots:
+                    _signal(w, signal.SIGINT)
+    finally:
+        run.stopping = True
+        for w in run.slots:
+            _signal(w, signal.SIGKILL)
+            if w.proc is not None:
+                w.proc.wait()
+                if not w.finished:
+                    run.reap(w)
+        run.progress_clear()
+        run.summary(time.monotonic() - run.start, corpus_before, interrupted)
+        shutil.rmtree(run.tmp, ignore_errors=True)
+    if interrupted:
+        return 130
+    if all(w.failed for w in run.slots):
+        print("pudthp: error: no worker could run the atheris target (see the warnings)",
+              file=c.err)
+        return 2
+    return 1 if run.distinct() else 0

@@ -1,0 +1,252 @@
+"""The Hypothesis state machine as differential property tests, and ``pudthp fuzz`` end to
+end.
+
+The machine tests run ref and fast in lockstep (results and summaries compared after every
+op, full snapshots at the end of each program) with invariants and the oracle, over configs
+drawn from the correct designs; the settings come from the profile (tests/conftest.py).
+They are split by geometry and deposit design so ``pytest -n auto`` spreads them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, Phase, seed, settings
+from hypothesis.stateful import run_state_machine_as_test
+
+from harness.cli import main
+from harness.fuzz_hypothesis import (
+    WorkerSpec,
+    finding_path,
+    minimise,
+    run_worker,
+)
+from harness.machine import (
+    DivergenceFinding,
+    FindingError,
+    InvariantFinding,
+    Observer,
+    PudthpMachine,
+    finding_error,
+    make_machine,
+)
+from harness.program import parse_program
+from harness.runner import Stepper, run_program
+from pudthp_ref.spec import Config, ConfigError, Finding, Mmap, Program, Read, Write
+
+ROOT = Path(__file__).resolve().parents[1]
+PUDTHP = [sys.executable, "-m", "harness"]
+
+# --------------------------------------------------------------------------------------
+# The machine as a test (the correct designs must pass)
+# --------------------------------------------------------------------------------------
+
+TestPudthpMachine = PudthpMachine.TestCase  # every key drawn
+
+
+@pytest.mark.parametrize("deposit", ["lru_next", "llist"])
+@pytest.mark.parametrize("geometry", ["tiny", "small"])
+def test_machine_agrees(geometry: str, deposit: str) -> None:
+    run_state_machine_as_test(make_machine({"geometry": geometry, "deposit": deposit}))
+
+
+@pytest.mark.parametrize("pud_read_fault", ["alloc", "fallback"])
+def test_machine_agrees_at_pmd_level(pud_read_fault: str) -> None:
+    # PUD THPs off: the PMD-level paths (zero PMD, PMD splits) get the whole budget
+    run_state_machine_as_test(make_machine({"pud_enabled": "never",
+                                            "pud_read_fault": pud_read_fault}))
+
+
+# --------------------------------------------------------------------------------------
+# Failures: a distinct class per kind and signature, printed as a replayable program
+# --------------------------------------------------------------------------------------
+
+QUICK = settings(max_examples=200, stateful_step_count=20, deadline=None, database=None,
+                 phases=(Phase.generate, Phase.shrink), report_multiple_bugs=False,
+                 suppress_health_check=list(HealthCheck))
+
+
+def test_a_failure_prints_as_program_json_that_replays() -> None:
+    machine = make_machine({"deposit": "list_head"})
+    with pytest.raises(FindingError) as info:
+        run_state_machine_as_test(seed(0)(machine), settings=QUICK)
+    err = info.value
+    assert isinstance(err, InvariantFinding)
+    text = str(err)
+    assert text.startswith(err.finding.signature + " at op ")
+    program_text = text[text.index("{\n"):]
+    program = parse_program(json.loads(program_text), "<message>")
+    assert program.config.deposit == "list_head"
+    assert program == err.program
+    report = run_program(program, "both")
+    assert report.finding is not None
+    assert report.finding.signature == err.finding.signature
+
+
+def test_finding_classes_by_kind_and_signature() -> None:
+    prog = Program(Config(), ())
+    a = finding_error(Finding("divergence", 0, "divergence:read:result", "m"), prog)
+    b = finding_error(Finding("divergence", 0, "divergence:read:result", "m"), prog)
+    c = finding_error(Finding("divergence", 0, "divergence:write:result", "m"), prog)
+    d = finding_error(Finding("invariant", 0, "invariant:read:x", "m"), prog)
+    assert isinstance(a, DivergenceFinding)
+    assert isinstance(d, InvariantFinding)
+    assert type(a) is type(b)  # one bug for Hypothesis
+    assert type(a) is not type(c)  # two bugs
+    assert isinstance(a, AssertionError)
+
+
+def test_make_machine_validates_the_config() -> None:
+    with pytest.raises(ConfigError, match="deposit"):
+        make_machine({"deposit": "linked"})
+    with pytest.raises(ConfigError, match="nope"):
+        make_machine({"nope": 1})
+
+
+def test_stepper_is_run_program_one_op_at_a_time() -> None:
+    cfg = Config(geometry=4)
+    ops = (Mmap(0, 0, 32, "rw"), Write(0, 3, 9), Read(0, 3), Read(0, 40))
+    stepper = Stepper(cfg, "both")
+    results = [stepper.step(op) for op in ops]
+    report = stepper.finish()
+    assert results == [0, 0, 9, "SIGSEGV"]
+    assert report.to_json() == run_program(Program(cfg, ops), "both").to_json()
+
+
+def test_minimise_keeps_the_signature() -> None:
+    program = Program(Config(geometry=8, deposit="list_head"),
+                      (Mmap(0, 0, 256, "rw"), Read(0, 300), Write(0, 70, 1), Read(0, 70),
+                       Write(0, 0, 2)))
+    sig = run_program(program, "both").finding
+    assert sig is not None
+    smaller = minimise(program, sig.signature)
+    assert len(smaller.ops) < len(program.ops)
+    again = run_program(smaller, "both").finding
+    assert again is not None
+    assert again.signature == sig.signature
+
+
+def test_a_stopped_worker_sends_what_it_has(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ctrl-C while Hypothesis is shrinking: the smallest program seen so far is sent,
+    # marked as not shrunk further.
+    messages: list[tuple[object, ...]] = []
+    recorded = {"n": 0}
+    real_record = Observer.record
+
+    def record(self: Observer, finding: Finding, program: Program) -> None:
+        recorded["n"] += 1
+        real_record(self, finding, program)
+
+    monkeypatch.setattr(Observer, "record", record)
+    spec = WorkerSpec(0, 3, {"deposit": "list_head"}, time_limit=None, max_runs=3)
+    # the stop flag is polled every 64 steps: set once the first failure is recorded
+    run_worker(spec, messages.append, stop_requested=lambda: recorded["n"] > 0)
+    kinds = [m[0] for m in messages]
+    assert kinds[-1] == "done"
+    findings = [m[2] for m in messages if m[0] == "finding"]
+    assert findings, kinds
+    for payload in findings:
+        assert isinstance(payload, dict)
+        meta = json.loads(payload["program"])["meta"]
+        assert meta["shrunk"] == "hypothesis (interrupted)"
+        assert meta["replays"] is True
+
+
+# --------------------------------------------------------------------------------------
+# pudthp fuzz
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--config", "deposit=linked"], "config.deposit"),
+        (["--config", "nope=1"], "config.nope"),
+        (["--config", "deposit"], "expected KEY=VALUE"),
+        (["--time", "0"], "--time"),
+        (["--workers", "0"], "--workers"),
+        (["--seed", "-1"], "--seed"),
+    ],
+)
+def test_fuzz_bad_usage_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                    args: list[str], needle: str) -> None:
+    code = main(["fuzz", "--findings", str(tmp_path / "f"), *args])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("pudthp: error: ")
+    assert needle in lines[0]
+
+
+def fuzz(tmp: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PUDTHP, "fuzz", "--findings", str(tmp), *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+
+
+def test_fuzz_finds_list_head_once_and_never_overwrites(tmp_path: Path) -> None:
+    out = fuzz(tmp_path, "--time", "4", "--workers", "1", "--seed", "7",
+               "--config", "deposit=list_head")
+    assert out.returncode == 1, out.stdout + out.stderr
+    files = sorted(tmp_path.iterdir())
+    assert files, out.stdout + out.stderr
+    for f in files:
+        data = json.loads(f.read_text())
+        meta = data["meta"]
+        assert {"signature", "engine", "seed", "config", "date", "kind"} <= set(meta)
+        assert meta["engine"] == "hypothesis"
+        assert meta["seed"] == 7
+        assert data["config"]["deposit"] == "list_head"
+        assert f.name == Path(finding_path(str(tmp_path), meta["signature"])).name
+        assert len(data["ops"]) <= 4
+        assert meta["replays"] is True
+    before = {f.name: f.read_text() for f in files}
+    again = fuzz(tmp_path, "--time", "4", "--workers", "1", "--seed", "7",
+                 "--config", "deposit=list_head")
+    assert again.returncode == 1
+    assert "archived" in again.stdout
+    assert {f.name: f.read_text() for f in tmp_path.iterdir()} == before
+
+
+def test_fuzz_correct_designs_find_nothing(tmp_path: Path) -> None:
+    out = fuzz(tmp_path, "--time", "3", "--workers", "2", "--seed", "1")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert list(tmp_path.iterdir()) == []
+    assert "0 distinct finding(s)" in out.stdout
+    assert "worker seeds 1..2" in out.stderr
+
+
+def test_fuzz_ctrl_c_stops_cleanly_with_findings_written(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [*PUDTHP, "fuzz", "--findings", str(tmp_path), "--time", "300", "--workers", "2",
+         "--seed", "3", "--config", "deposit=list_head"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 120
+    seen = ""
+    while "finding (new)" not in seen and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen += line
+    assert "finding (new)" in seen, seen
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err + out
+    assert "interrupted after" in out
+    written = sorted(tmp_path.iterdir())
+    assert written
+    for f in written:
+        assert json.loads(f.read_text())["meta"]["engine"] == "hypothesis"
+        assert f.name in out

@@ -1,0 +1,161 @@
+"""Quality tests of the Hypothesis engine (Hypothesis' own ``quality/`` pattern): a known bug
+must be found and shrunk to a handful of ops; the correct designs must come out clean.
+
+The planted bugs live only here: each test monkeypatches functions of the ``pudthp_fast``
+modules (every module that imported the function by name), never their sources.  They run
+with ``impl="both"`` and ``check=False``: no ``check_invariants()`` on either side, so what
+finds each bug is the differential comparison (results and summaries after every op, the
+full snapshots at the end of a program), not the fast side's own invariants.
+
+Each search is one worker in this process (``fuzz_inline``, so the monkeypatches apply) with
+a fixed seed; the time limits are a safety net, the searches take seconds.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+import pudthp_fast.huge_memory as fast_hm
+import pudthp_fast.rmap as fast_rmap
+from harness.fuzz_hypothesis import WorkerSpec, finding_program, fuzz_inline
+from harness.runner import run_program
+from pudthp_fast.state import LEAF, NONE
+
+LIMIT = 120.0  # seconds; a search that needs longer has failed
+
+
+def hunt(overrides: dict[str, Any], *, check: bool, seed: int = 0,
+         time_limit: float = LIMIT) -> dict[str, Any]:
+    """The first finding of a one-worker search, shrunk; fails the test if none."""
+    spec = WorkerSpec(0, seed, overrides, "both", check, time_limit=time_limit, grace=30.0,
+                      max_findings=1)
+    found = fuzz_inline(spec)
+    assert found, f"nothing found in {time_limit:g} s"
+    return found[0]
+
+
+def plant(monkeypatch: pytest.MonkeyPatch, real: Callable[..., Any],
+          fake: Callable[..., Any]) -> None:
+    """Replace ``real`` by ``fake`` in every pudthp_fast module that holds it (all of them
+    imported first: a module imported later would bind the fake and keep it)."""
+    importlib.import_module("pudthp_fast.model")
+    hits = 0
+    for name, module in list(sys.modules.items()):
+        if name.startswith("pudthp_fast") and getattr(module, real.__name__, None) is real:
+            monkeypatch.setattr(module, real.__name__, fake)
+            hits += 1
+    assert hits, real.__name__
+
+
+def assert_divergence(payload: dict[str, Any], max_ops: int) -> None:
+    assert payload["kind"] == "divergence", payload["signature"]
+    program = finding_program(payload)
+    assert len(program.ops) <= max_ops, payload["program"]
+    report = run_program(program, "both", check=False)
+    assert report.finding is not None
+    assert report.finding.signature == payload["signature"]
+
+
+# --------------------------------------------------------------------------------------
+# (a) the rejected list_head deposit design
+# --------------------------------------------------------------------------------------
+
+
+def test_list_head_corruption_is_found_and_shrunk() -> None:
+    payload = hunt({"deposit": "list_head"}, check=True)
+    assert payload["kind"] in ("invariant", "model_bug", "divergence"), payload["signature"]
+    program = finding_program(payload)
+    assert program.config.deposit == "list_head"
+    assert len(program.ops) <= 4, payload["program"]
+
+
+# --------------------------------------------------------------------------------------
+# (b) planted bugs in the fast implementation, found as divergences
+# --------------------------------------------------------------------------------------
+
+
+def test_planted_uncounted_pud_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    # split_huge_pud_locked forgets count_vm_event(THP_SPLIT_PUD)
+    real = fast_hm.split_huge_pud_locked
+
+    def forgetful(st: Any, mm: Any, pud: int, pi: int) -> None:
+        real(st, mm, pud, pi)
+        st.stats["vmstat"]["thp_split_pud"] -= 1
+
+    plant(monkeypatch, real, forgetful)
+    payload = hunt({}, check=False)
+    assert_divergence(payload, 6)
+    assert "thp_split_pud" in payload["signature"]
+
+
+def test_planted_deposit_not_withdrawn_on_zap(monkeypatch: pytest.MonkeyPatch) -> None:
+    # zap_huge_pmd leaves the deposited PTE table behind (no pgtable_trans_huge_withdraw,
+    # no pte_free): the kernel would leak it
+    real = fast_hm.zap_huge_pmd
+
+    def leaky(st: Any, mm: Any, pmd: int, mi: int) -> None:
+        kind = int(st.e_kind[st.row(pmd), mi])
+        fid = int(st.e_id[st.row(pmd), mi])
+        fast_hm.set_entry(st, pmd, mi, NONE)
+        if kind == LEAF:
+            fast_rmap.folio_remove_rmap(st, fid, 0, int(st.f_nr[fid]), mm, fast_rmap.PMD_LEVEL)
+            mm.rss_anon -= int(st.f_nr[fid])
+            fast_rmap.folio_put(st, fid)
+
+    plant(monkeypatch, real, leaky)
+    assert_divergence(hunt({}, check=False), 6)
+
+
+def test_planted_anon_exclusive_kept_on_fork(monkeypatch: pytest.MonkeyPatch) -> None:
+    # folio_try_dup_anon_rmap leaves PageAnonExclusive set on the pages it shares
+    real = fast_rmap.folio_try_dup_anon_rmap
+
+    def sticky(st: Any, fid: int, first: int, n: int, dst: Any, src: Any, level: str
+               ) -> bool:
+        b = int(st.f_base[fid])
+        lo, hi = (b + first, b + first + n) if level == fast_rmap.PTE_LEVEL else (b, b + 1)
+        before = np.array(st.p_exclusive[lo:hi])
+        ok = bool(real(st, fid, first, n, dst, src, level))
+        if ok:
+            st.p_exclusive[lo:hi] |= before
+        return ok
+
+    plant(monkeypatch, real, sticky)
+    assert_divergence(hunt({}, check=False), 6)
+
+
+def test_planted_split_without_folio_ref_add(monkeypatch: pytest.MonkeyPatch) -> None:
+    # __split_huge_pud_locked / __split_huge_pmd_locked forget folio_ref_add(folio, nr - 1)
+    real_pud, real_pmd = fast_hm.split_huge_pud_locked, fast_hm.split_huge_pmd_locked
+
+    def unref(real: Callable[..., None]) -> Callable[..., None]:
+        def split(st: Any, mm: Any, table: int, i: int) -> None:
+            leaf = int(st.e_kind[st.row(table), i]) == LEAF
+            fid = int(st.e_id[st.row(table), i])
+            real(st, mm, table, i)
+            if leaf:
+                st.f_ref[fid] -= int(st.f_nr[fid]) - 1
+        return split
+
+    plant(monkeypatch, real_pud, unref(real_pud))
+    plant(monkeypatch, real_pmd, unref(real_pmd))
+    payload = hunt({}, check=False)
+    assert_divergence(payload, 6)
+
+
+# --------------------------------------------------------------------------------------
+# (c) the correct designs: a bounded search finds nothing
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("deposit", ["lru_next", "llist"])
+def test_correct_designs_find_nothing(deposit: str) -> None:
+    spec = WorkerSpec(0, 5, {"deposit": deposit}, "both", True, time_limit=None, max_runs=1,
+                      max_examples=60, step_count=50)
+    assert fuzz_inline(spec) == []
