@@ -40,112 +40,37 @@ Any vmstat / mTHP / node counter a test does not name is expected to be 0.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pudthp_ref.spec import (
     ENTIRELY_MAPPED,
-    MTHP_KEYS,
-    NODE_KEYS,
-    OP_TYPES,
-    PROGRAM_FORMAT,
     SIGSEGV,
-    VMSTAT_KEYS,
-    Config,
 )
 
 pytest.importorskip("pudthp_ref.model")
 
-from conftest import make_model
-
-SEEDS = Path(__file__).resolve().parent.parent / "corpus" / "seeds"
-PT = 4096  # pgtables_bytes per page-table page
-
-GEOMETRIES = [
-    pytest.param(8, id="small"),
-    pytest.param(512, id="x86_64", marks=pytest.mark.slow),
-]
-NAMES = {8: "small", 512: "x86_64"}
-
+from scenario_tools import (
+    GEOMETRIES,
+    NAMES,
+    PT,
+    census,
+    check,
+    expect_stats,
+    folio,
+    folio_ids,
+    mm,
+    pmd_entry,
+    pte_entry,
+    pud_entry,
+    pud_order,
+    run,
+)
 
 # --------------------------------------------------------------------------------------
 # Running a program and reading its snapshots (as in test_scenarios.py)
 # --------------------------------------------------------------------------------------
-
-
-def run(impl: str, name: str, at: set[int]) -> tuple[list[Any], dict[int, dict[str, Any]]]:
-    """Replay ``corpus/seeds/<name>``; snapshot after each op index in ``at``."""
-    raw = json.loads((SEEDS / name).read_text())
-    assert raw["format"] == PROGRAM_FORMAT
-    assert raw["meta"]["note"]
-    model = make_model(impl, Config.from_json(raw["config"]))
-    results: list[Any] = []
-    snaps: dict[int, dict[str, Any]] = {}
-    for i, d in enumerate(raw["ops"]):
-        op = OP_TYPES[d["op"]](**{k: v for k, v in d.items() if k != "op"})
-        results.append(model.apply(op))
-        model.check_invariants()
-        if i in at:
-            snaps[i] = model.snapshot()
-    assert set(snaps) == at, "a requested snapshot index is past the end of the program"
-    return results, snaps
-
-
-def mm(snap: dict[str, Any], mm_id: int) -> dict[str, Any]:
-    found = [m for m in snap["mms"] if m["id"] == mm_id]
-    assert len(found) == 1, f"mm {mm_id} not in snapshot"
-    return found[0]
-
-
-def folio(snap: dict[str, Any], folio_id: int) -> dict[str, Any]:
-    found = [f for f in snap["folios"] if f["id"] == folio_id]
-    assert len(found) == 1, f"folio {folio_id} not live in snapshot"
-    return found[0]
-
-
-def folio_ids(snap: dict[str, Any]) -> list[int]:
-    return [f["id"] for f in snap["folios"]]
-
-
-def check(actual: dict[str, Any], **expected: Any) -> None:
-    """The named fields of a snapshot object equal the expected values."""
-    got = {k: actual[k] for k in expected}
-    assert got == expected
-
-
-def expect_stats(
-    snap: dict[str, Any],
-    *,
-    vm: dict[str, int] | None = None,
-    pmd: dict[str, int] | None = None,
-    pud: dict[str, int] | None = None,
-    node: dict[str, int] | None = None,
-) -> None:
-    """All statistics, with every counter not named expected to be 0."""
-    stats = snap["stats"]
-    assert {k: stats["vmstat"][k] for k in VMSTAT_KEYS} == dict.fromkeys(VMSTAT_KEYS, 0) | (
-        vm or {}
-    )
-    assert {k: stats["mthp"]["pmd"][k] for k in MTHP_KEYS} == dict.fromkeys(MTHP_KEYS, 0) | (
-        pmd or {}
-    )
-    assert {k: stats["mthp"]["pud"][k] for k in MTHP_KEYS} == dict.fromkeys(MTHP_KEYS, 0) | (
-        pud or {}
-    )
-    assert {k: stats["node"][k] for k in NODE_KEYS} == dict.fromkeys(NODE_KEYS, 0) | (node or {})
-
-
-def census(snap: dict[str, Any], mm_id: int) -> dict[str, int]:
-    """How many live / deposited page tables of each level an mm owns: {"pte/live": n, ...}."""
-    out: dict[str, int] = {}
-    for t in snap["pagetables"]:
-        if t["mm"] == mm_id:
-            key = f"{t['level']}/{t['state']}"
-            out[key] = out.get(key, 0) + 1
-    return out
 
 
 def pte_kinds(snap: dict[str, Any], mm_id: int) -> dict[str, int]:
@@ -156,40 +81,6 @@ def pte_kinds(snap: dict[str, Any], mm_id: int) -> dict[str, int]:
             for _, e in t["entries"]:
                 out[e[0]] = out.get(e[0], 0) + 1
     return out
-
-
-def _entry(snap: dict[str, Any], ptid: int, index: int) -> list[Any] | None:
-    found = [t for t in snap["pagetables"] if t["id"] == ptid]
-    assert len(found) == 1, f"page table {ptid} not in snapshot"
-    for i, e in found[0]["entries"]:
-        if i == index:
-            return list(e)
-    return None
-
-
-def pud_entry(snap: dict[str, Any], mm_id: int, vpn: int) -> list[Any] | None:
-    P = snap["geometry"]
-    return _entry(snap, mm(snap, mm_id)["pud_table"], vpn // (P * P))
-
-
-def pmd_entry(snap: dict[str, Any], mm_id: int, vpn: int) -> list[Any] | None:
-    P = snap["geometry"]
-    up = pud_entry(snap, mm_id, vpn)
-    assert up is not None, f"PUD entry of {vpn} is none"
-    assert up[0] == "table", f"PUD entry of {vpn} is {up}, not a table"
-    return _entry(snap, up[1], (vpn // P) % P)
-
-
-def pte_entry(snap: dict[str, Any], mm_id: int, vpn: int) -> list[Any] | None:
-    P = snap["geometry"]
-    up = pmd_entry(snap, mm_id, vpn)
-    assert up is not None, f"PMD entry of {vpn} is none"
-    assert up[0] == "table", f"PMD entry of {vpn} is {up}, not a table"
-    return _entry(snap, up[1], vpn % P)
-
-
-def pud_order(P: int) -> int:
-    return 2 * (P.bit_length() - 1)  # PUD_ORDER = 2*log2(P): 6 small, 18 x86_64
 
 
 def pmd_order(P: int) -> int:
