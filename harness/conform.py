@@ -150,6 +150,7 @@ class KernelSide:
         self.space = program.config.geom.space
         self.ex = live.Executor(self.space)
         self.frames = live.PageFrames()
+        self.drain = live.LruDrain()
         self.last: Observation | None = None  # raw, after the previous op
 
     def close(self) -> None:
@@ -157,6 +158,7 @@ class KernelSide:
             self.ex.close()
         finally:
             self.frames.close()
+            self.drain.close()
 
     def addr(self, vpn: int) -> int:
         return live.WINDOW_BASE + vpn * PAGE_SIZE
@@ -304,6 +306,7 @@ def run_once(program: Program, on_step: StepHook | None = None,
             return run
         for i, op in enumerate(program.ops):
             m_before = model_counters(snap)
+            kside.drain()  # no folio reference left in a per-CPU batch (LruDrain)
             k_before = live.read_counters()
             kres = kside.apply(op)
             k_after = live.read_counters()

@@ -601,6 +601,49 @@ THP_NR = 1 << THP_ORDER
 READ_CHUNK = 512 * PAGE_SIZE
 
 
+class LruDrain:
+    """``lru_add_drain_all()`` on demand, so no per-CPU folio batch holds a reference.
+
+    The kernel parks folios in per-CPU batches (``cpu_fbatches``: new faults, and
+    activations from ``folio_mark_accessed``), each holding a folio reference until the
+    batch is drained.  The model has no such batches.  A stray reference makes
+    ``shrink_folio_list`` keep a folio it has already unmapped (``pageout``:
+    ``is_page_cache_freeable`` fails, no write, the folio stays in the swap cache), and
+    the executor makes such references itself: its content reads through /proc/PID/mem are
+    GUP reads with ``FOLL_TOUCH``, whose ``folio_mark_accessed`` queues an activation on the
+    controller's CPU.  MADV_PAGEOUT drains only the local CPU (``lru_add_drain``).
+
+    No syscall drains every CPU directly; ``POSIX_FADV_DONTNEED`` does when it cannot drop
+    a page-cache folio (``generic_fadvise``: ``nr_failed`` from ``mapping_try_invalidate``
+    -> ``lru_add_drain_all``).  So the controller keeps one page of a scratch file on a
+    disk file system mapped shared, which can never be dropped, and asks to drop it.
+    """
+
+    def __init__(self, directory: str = "/var/tmp") -> None:
+        import mmap
+        import tempfile
+
+        where = directory if os.path.isdir(directory) else None
+        fd, path = tempfile.mkstemp(prefix="pudthp-drain-", dir=where)
+        try:
+            os.unlink(path)
+            os.write(fd, b"\1" * PAGE_SIZE)
+            self.map = mmap.mmap(fd, PAGE_SIZE, mmap.MAP_SHARED,
+                                 mmap.PROT_READ | mmap.PROT_WRITE)
+            self.map[0] = 1  # mapped: mapping_evict_folio refuses it
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+
+    def __call__(self) -> None:
+        os.posix_fadvise(self.fd, 0, PAGE_SIZE, os.POSIX_FADV_DONTNEED)
+
+    def close(self) -> None:
+        self.map.close()
+        os.close(self.fd)
+
+
 class PageFrames:
     """/proc/kpageflags and /proc/kpagecount, read in runs of PFNs."""
 
