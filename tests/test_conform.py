@@ -267,6 +267,41 @@ def test_worked_example_conforms() -> None:
     assert run.kernel_results == [0, 0, 1, 0, 0, 0, 1, 2, 3, 0, "SIGSEGV"]
 
 
+# Every PMD-level seed (x86_64 geometry, PUD THP off) with its results, derived by hand in
+# the seed's "meta" note from kernel-thp-semantics.md section 7.
+PMD_SEEDS: dict[str, list[int | str]] = {
+    # mmap, write 1 (PMD fault), fork -> mm 1, B writes (PMD split, COW copy), ... see
+    # test_worked_example_conforms for steps 1-3 with their reads.
+    "worked_example_pmd_x86_64.json": [0, 0, 1, 0, 0, 0, 1, 2, 3, 0, "SIGSEGV"],
+    # mmap 0, write 0, write 0, fork -> 1, B writes page 1 (0), A munmaps (0), B writes
+    # page 2 (0), shrink_deferred splits the one partially mapped folio (1); B reads 1, 2,
+    # 3, 0 (zero-filled page 3 is now the zero page) and 4 (last page); A's read is SIGSEGV
+    # (unmapped); B writes 5 into its order-0 page 0 and reads it back.
+    "worked_example_pmd_steps4to6_x86_64.json": [0, 0, 0, 1, 0, 0, 0, 1, 1, 2, 3, 0, 4,
+                                                 "SIGSEGV", 0, 5],
+    # T6 at PMD level: mmap, five writes, pageout (0); the reads swap 11, 12, 13 back in and
+    # 513 was never written (0); the writes (0) store 16 and 17, which the reads return.
+    "pud_reclaim_x86_64.json": [0, 0, 0, 0, 0, 0, 0, 11, 12, 13, 0, 0, 0, 16, 17],
+}
+
+
+def test_every_pmd_level_seed_has_expected_results() -> None:
+    seeds = sorted(f.name for f in (ROOT / "corpus" / "seeds").glob("*.json")
+                   if json.loads(f.read_text())["config"].get("pud_enabled") == "never"
+                   and json.loads(f.read_text())["config"].get("geometry") == "x86_64")
+    assert seeds == sorted(PMD_SEEDS)
+
+
+@pytest.mark.slow
+@live_only
+@pytest.mark.parametrize("name", sorted(PMD_SEEDS))
+def test_pmd_level_seed_conforms(name: str) -> None:
+    p = conform.pmd_level_config(load_program_file(str(ROOT / "corpus" / "seeds" / name)), {})
+    run = conform_run(p)
+    assert run.disagreement is None, describe(run, p)
+    assert run.kernel_results == PMD_SEEDS[name]
+
+
 @pytest.mark.slow
 @live_only
 def test_worked_example_step_6_shrinker_conforms() -> None:
