@@ -25,7 +25,17 @@ from pudthp_fast.huge_memory import (
     zap_huge_pmd,
     zap_huge_pud,
 )
-from pudthp_fast.pgtable import pmd_range, pt_alloc, pt_free, pud_range, table_at
+from pudthp_fast.pgtable import (
+    check_tables,
+    pmd_range,
+    pt_alloc,
+    pt_alloc_many,
+    pt_free,
+    pt_free_many,
+    pud_range,
+    table_at,
+    tables_in,
+)
 from pudthp_fast.rmap import (
     PTE_LEVEL,
     add_large_mapcount,
@@ -50,6 +60,7 @@ from pudthp_fast.state import (
     SWAP,
     TABLE,
     ZERO,
+    Arr,
     D,
     FastMm,
     FastState,
@@ -57,7 +68,7 @@ from pudthp_fast.state import (
     W,
     Y,
 )
-from pudthp_ref.spec import ENTIRELY_MAPPED, ModelBug
+from pudthp_ref.spec import ENTIRELY_MAPPED, Geometry, ModelBug
 
 
 class FaultOOM(Exception):
@@ -256,6 +267,8 @@ def copy_page_range(st: FastState, dst: FastMm, src: FastMm, vma: FastVma) -> No
         if st.e_kind[st.row(dpud), pi] == NONE:
             install_table(st, dpud, pi, pt_alloc(st, dst, LV_PMD), pi * g.pud_nr)
         dpmd = table_at(st, dpud, pi, LV_PMD)
+        if not src.has_pinned and copy_pte_tables(st, dst, spmd, dpmd, addr, nxt):
+            continue
         segs: list[tuple[int, int, int, int]] = []
         for mi, a, b in pmd_range(g, addr, nxt):
             k = st.e_kind[st.row(spmd), mi]
@@ -275,6 +288,50 @@ def copy_page_range(st: FastState, dst: FastMm, src: FastMm, vma: FastVma) -> No
         copy_pte_segments(st, dst, segs)
 
 
+def pmd_entries(g: Geometry, addr: int, nxt: int) -> tuple[int, int]:
+    """The PMD entries ``[m0, m1)`` that ``[addr, nxt)`` (inside one PUD) touches."""
+    return (addr // g.pmd_nr) % g.P, ((nxt - 1) // g.pmd_nr) % g.P + 1
+
+
+def pte_bounds(g: Geometry, idx: Arr, addr: int, nxt: int) -> tuple[Arr, Arr]:
+    """For PMD entries ``idx`` of the PUD holding ``[addr, nxt)``: the PTE index range
+    ``[lo, hi)`` of each that lies inside ``[addr, nxt)``."""
+    base = addr - addr % g.pud_nr + idx * g.pmd_nr
+    a = np.maximum(base, addr)
+    b = np.minimum(base + g.pmd_nr, nxt)
+    return a % g.P, a % g.P + (b - a)
+
+
+def copy_pte_tables(st: FastState, dst: FastMm, spmd: int, dpmd: int, addr: int, nxt: int
+                    ) -> bool:
+    """The PMD-level loop of copy_pmd_range() over ``[addr, nxt)`` at once, when every
+    entry there is none or a PTE table (False, nothing done, if not): the
+    child's missing PTE tables are allocated in entry order, then all PTEs are copied."""
+    g = st.geom
+    m0, m1 = pmd_entries(g, addr, nxt)
+    kinds = st.e_kind[st.row(spmd), m0:m1]
+    if ((kinds != NONE) & (kinds != TABLE)).any():
+        return False
+    idx, schild = tables_in(st, spmd, m0, m1, LV_PTE)
+    if not idx.size:
+        return True
+    drow = st.wrow(dpmd)
+    need = idx[st.e_kind[drow, idx] == NONE]
+    if need.size:
+        tids = pt_alloc_many(st, dst, LV_PTE, int(need.size))
+        st.e_kind[drow, need] = TABLE
+        st.e_id[drow, need] = tids
+        st.e_page[drow, need] = 0
+        st.e_bits[drow, need] = 0
+        st.t_addr[tids] = addr - addr % g.pud_nr + need * g.pmd_nr
+    dchild = st.e_id[drow, idx].astype(np.int64)
+    check_tables(st, dpmd, idx, dchild, LV_PTE)
+    lo, hi = pte_bounds(g, idx, addr, nxt)
+    copy_pte_segments(st, dst, list(zip(dchild.tolist(), schild.tolist(), lo.tolist(),
+                                        hi.tolist(), strict=True)))
+    return True
+
+
 def copy_pte_segments(st: FastState, dst: FastMm, segs: list[tuple[int, int, int, int]]
                       ) -> None:
     """copy_present_ptes() / copy_nonpresent_pte() over PTE ranges (dst, src, lo, hi) of a
@@ -283,6 +340,17 @@ def copy_pte_segments(st: FastState, dst: FastMm, segs: list[tuple[int, int, int
         return
     drows = [st.wrow(d) for d, _, _, _ in segs]  # rows first: a new row may move the arrays
     srows = [st.row(s_) for _, s_, _, _ in segs]
+    P = st.P
+    whole = [lo == 0 and hi == P for _, _, lo, hi in segs]
+    if any(whole):  # whole tables as 2-D rows (per-folio mapcount adds are additive)
+        copy_pte_rows(st, dst, np.array([r for r, w in zip(drows, whole, strict=True) if w]),
+                      np.array([r for r, w in zip(srows, whole, strict=True) if w]))
+        if all(whole):
+            return
+        part = [i for i, w in enumerate(whole) if not w]
+        segs = [segs[i] for i in part]
+        drows = [drows[i] for i in part]
+        srows = [srows[i] for i in part]
     kind = np.concatenate([st.e_kind[r, lo:hi] for r, (_, _, lo, hi) in zip(srows, segs,
                                                                              strict=True)])
     ids = np.concatenate([st.e_id[r, lo:hi] for r, (_, _, lo, hi) in zip(srows, segs,
@@ -320,6 +388,47 @@ def copy_pte_segments(st: FastState, dst: FastMm, segs: list[tuple[int, int, int
             st.e_page[dr, lo:hi] = np.where(c, pages_in[at : at + n], st.e_page[dr, lo:hi])
             st.e_bits[dr, lo:hi] = np.where(p, child, np.where(c, 0, st.e_bits[dr, lo:hi]))
         at += n
+
+
+def copy_pte_rows(st: FastState, dst: FastMm, drows: Arr, srows: Arr) -> None:
+    """copy_pte_segments() of whole PTE tables, row by row as 2-D arrays.  ``srows`` may
+    repeat row 0 (tables with no entries): nothing is copied from it and nothing in it
+    changes."""
+    kind = st.e_kind[srows]
+    ids = st.e_id[srows]
+    pages_in = st.e_page[srows]
+    present = kind == PTE
+    swap = kind == SWAP
+    if swap.any():
+        np.add.at(st.s_count, ids[swap], 1)
+        dst.rss_swap += int(np.count_nonzero(swap))
+    if present.any():
+        fids = ids[present]
+        pages = st.f_base[fids] + pages_in[present].astype(np.int64)
+        np.add.at(st.f_ref, fids, 1)
+        st.p_exclusive[pages] = False
+        np.add.at(st.p_mapcount, pages, 1)
+        large = st.f_order[fids] > 0
+        if large.any():
+            uniq, counts = np.unique(fids[large], return_counts=True)
+            for fid, n in zip(uniq.tolist(), counts.tolist(), strict=True):
+                add_large_mapcount(st, fid, n, dst)
+        dst.rss_anon += int(fids.size)
+    copied = present | swap | (kind == ZERO)
+    keep = copied.any(axis=1)
+    if not keep.all():
+        drows, srows = drows[keep], srows[keep]
+        kind, ids, pages_in = kind[keep], ids[keep], pages_in[keep]
+        present, copied = present[keep], copied[keep]
+    if not drows.size:
+        return
+    bits = st.e_bits[srows]
+    st.e_bits[srows] = np.where(present, bits & ~np.uint8(W), bits)  # parent read-only
+    child = bits & ~np.uint8(Y | W)  # the child's PTEs old and read-only
+    st.e_kind[drows] = np.where(copied, kind, st.e_kind[drows])
+    st.e_id[drows] = np.where(copied, ids, st.e_id[drows])
+    st.e_page[drows] = np.where(copied, pages_in, st.e_page[drows])
+    st.e_bits[drows] = np.where(present, child, np.where(copied, 0, st.e_bits[drows]))
 
 
 def copy_one_pte(st: FastState, dst: FastMm, src: FastMm, vma: FastVma, dpte: int, spte: int,
@@ -381,7 +490,17 @@ def zap_page_range(st: FastState, mm: FastMm, start: int, end: int, reclaim_pt: 
                 continue
             split_huge_pud_locked(st, mm, pud, pi)
         pmd = table_at(st, pud, pi, LV_PMD)
-        segs: list[tuple[int, int, int]] = []
+        m0, m1 = pmd_entries(g, addr, nxt)
+        kinds = st.e_kind[st.row(pmd), m0:m1]
+        if not ((kinds != NONE) & (kinds != TABLE)).any():  # PTE tables only: at once
+            idx, ptes = tables_in(st, pmd, m0, m1, LV_PTE)
+            lo, hi = pte_bounds(g, idx, addr, nxt)
+            segs = list(zip(ptes.tolist(), lo.tolist(), hi.tolist(), strict=True))
+            zap_pte_segments(st, mm, segs)
+            if reclaim_pt:
+                reclaim_pte_tables(st, mm, pmd, segs)
+            continue
+        segs = []
         for mi, a, b in pmd_range(g, addr, nxt):
             k = st.e_kind[st.row(pmd), mi]
             if k == NONE:
@@ -423,25 +542,26 @@ def zap_pte_segments(st: FastState, mm: FastMm, segs: list[tuple[int, int, int]]
     """
     if not segs:
         return
-    rows = [st.row(t) for t, _, _ in segs]
     P = st.P
-    if all(lo == 0 and hi == P for _, lo, hi in segs):
-        rr = np.array(rows, np.int64)
-        kind = st.e_kind[rr].reshape(-1)
-        ids = st.e_id[rr].reshape(-1)
-        pages = st.e_page[rr].reshape(-1).astype(np.int64)
-        seg = np.repeat(np.arange(len(segs)), P)
-    else:
-        kind = np.concatenate([st.e_kind[r, lo:hi] for r, (_, lo, hi) in zip(rows, segs,
-                                                                               strict=True)])
-        ids = np.concatenate([st.e_id[r, lo:hi] for r, (_, lo, hi) in zip(rows, segs,
-                                                                           strict=True)])
-        pages = np.concatenate([st.e_page[r, lo:hi] for r, (_, lo, hi) in zip(
-            rows, segs, strict=True)]).astype(np.int64)
-        seg = np.concatenate([np.full(hi - lo, i) for i, (_, lo, hi) in enumerate(segs)])
-    for r, (_, lo, hi) in zip(rows, segs, strict=True):
-        if r:
-            st.e_kind[r, lo:hi] = NONE
+    rows = np.array([st.row(t) for t, _, _ in segs], np.int64)
+    lo = np.array([a for _, a, _ in segs], np.int64)
+    hi = np.array([b for _, _, b in segs], np.int64)
+    kind2 = st.e_kind[rows]
+    if (lo == 0).all() and (hi == P).all():
+        kind = kind2.reshape(-1)
+        ids = st.e_id[rows].reshape(-1)
+        pages = st.e_page[rows].reshape(-1).astype(np.int64)
+        cleared = np.zeros_like(kind2)
+    else:  # row-major order keeps the segments and their PTEs in order
+        cols = np.arange(P)
+        mask = (cols >= lo[:, None]) & (cols < hi[:, None])
+        kind = kind2[mask]
+        ids = st.e_id[rows][mask]
+        pages = st.e_page[rows][mask].astype(np.int64)
+        cleared = np.where(mask, np.zeros_like(kind2), kind2)
+    seg = np.repeat(np.arange(len(segs)), hi - lo)
+    real = rows != 0  # row 0 (a table with no entries) is never written
+    st.e_kind[rows[real]] = cleared[real]
     swap = kind == SWAP
     if swap.any():
         slots = ids[swap]
@@ -483,8 +603,9 @@ def zap_large_batches(st: FastState, mm: FastMm, lid: np.ndarray, lpg: np.ndarra
     for group in np.split(order, bounds):
         fid = int(run_fid[group[0]])
         b = int(st.f_base[fid])
-        members = np.concatenate([np.arange(run_start[j], run_start[j] + run_len[j])
-                                  for j in group.tolist()])
+        lens = run_len[group]
+        members = np.arange(int(lens.sum())) + np.repeat(
+            run_start[group] - (np.cumsum(lens) - lens), lens)  # the runs' positions
         pool = b + lpg[members]
         before = st.p_mapcount[pool].copy()
         if (before < 0).any():
@@ -526,14 +647,29 @@ def free_pgtables(st: FastState, mm: FastMm, start: int, end: int) -> None:
             continue
         pmd = table_at(st, pud, pi, LV_PMD)
         base = pi * g.pud_nr
-        for mi, a, _ in pmd_range(g, addr, nxt):
-            lo = a - a % g.pmd_nr
-            if st.e_kind[st.row(pmd), mi] == TABLE and not range_mapped(mm, lo, lo + g.pmd_nr):
-                pte = table_at(st, pmd, mi, LV_PTE)
-                if st.e_kind[st.row(pte)].any():
-                    raise ModelBug("free_pgtables.not_empty", f"PTE table {pte}")
-                set_entry(st, pmd, mi, NONE)
-                pt_free(st, mm, pte)
+        m0, m1 = pmd_entries(g, addr, nxt)
+        idx, ptes = tables_in(st, pmd, m0, m1, LV_PTE)
+        if idx.size:
+            # a PTE table goes once no VMA intersects its PMD range
+            covered = np.zeros(g.P + 1, np.int64)
+            for v in mm.vmas:
+                if v.start < base + g.pud_nr and base < v.end:
+                    covered[max(v.start - base, 0) // g.pmd_nr] += 1
+                    covered[-(-(min(v.end, base + g.pud_nr) - base) // g.pmd_nr)] -= 1
+            free = np.cumsum(covered)[idx] == 0
+            idx, ptes = idx[free], ptes[free]
+        if idx.size:
+            rows = st.t_row[ptes]
+            busy = rows != 0
+            if busy.any() and (st.e_kind[rows[busy]] != NONE).any():
+                bad = int(ptes[busy][np.argmax((st.e_kind[rows[busy]] != NONE).any(axis=1))])
+                raise ModelBug("free_pgtables.not_empty", f"PTE table {bad}")
+            r = st.wrow(pmd)
+            st.e_kind[r, idx] = NONE
+            st.e_id[r, idx] = 0
+            st.e_page[r, idx] = 0
+            st.e_bits[r, idx] = 0
+            pt_free_many(st, mm, ptes)
         if not range_mapped(mm, base, base + g.pud_nr):
             if st.e_kind[st.row(pmd)].any() or st.t_w16[pmd] != 0:
                 raise ModelBug("free_pgtables.not_empty", f"PMD table {pmd}")

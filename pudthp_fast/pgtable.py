@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
+
 from pudthp_fast.state import (
     LV_PMD,
     LV_PTE,
@@ -18,6 +20,8 @@ from pudthp_fast.state import (
     ST_DEPOSITED,
     ST_FREE,
     ST_LIVE,
+    TABLE,
+    Arr,
     FastMm,
     FastState,
 )
@@ -34,6 +38,28 @@ def pt_alloc(st: FastState, mm: FastMm, level: int) -> int:
     st.t_w16[tid] = NULL
     mm.pgtables_bytes += PAGE_TABLE_BYTES
     return tid
+
+
+def pt_alloc_many(st: FastState, mm: FastMm, level: int, n: int) -> Arr:
+    """``n`` pt_alloc() calls in a row: the ids are consecutive."""
+    tids = np.arange(st.new_table_rows(n), st.next_pt, dtype=np.int64)
+    st.t_level[tids] = level
+    st.t_mm[tids] = mm.id
+    st.t_state[tids] = ST_LIVE
+    st.t_w8[tids] = NULL
+    st.t_w16[tids] = NULL
+    mm.pgtables_bytes += n * PAGE_TABLE_BYTES
+    return tids
+
+
+def pt_free_many(st: FastState, mm: FastMm, tids: Arr) -> None:
+    """pt_free() of each table, in order."""
+    if (st.t_state[tids] == ST_FREE).any():
+        tid = int(tids[np.argmax(st.t_state[tids] == ST_FREE)])
+        raise ModelBug("pt_free.double_free", f"page table {tid} freed twice", pt=tid)
+    st.t_state[tids] = ST_FREE
+    st.release_rows(tids)
+    mm.pgtables_bytes -= int(tids.size) * PAGE_TABLE_BYTES
 
 
 def pt_free(st: FastState, mm: FastMm, tid: int) -> None:
@@ -146,6 +172,26 @@ def table_at(st: FastState, tid: int, idx: int, level: int) -> int:
     ):
         raise ModelBug("walk.bad_table", f"entry {idx} of table {tid} is no live table")
     return child
+
+
+def check_tables(st: FastState, tid: int, idx: Arr, child: Arr, level: int) -> None:
+    """table_at() for entries ``idx`` of table ``tid`` that hold ``child``."""
+    bad = (child <= 0) | (child >= st.next_pt)
+    if not bad.any():
+        bad = (st.t_level[child] != level) | (st.t_state[child] != ST_LIVE)
+    if bad.any():
+        i = int(idx[np.argmax(bad)])
+        raise ModelBug("walk.bad_table", f"entry {i} of table {tid} is no live table")
+
+
+def tables_in(st: FastState, tid: int, lo: int, hi: int, level: int) -> tuple[Arr, Arr]:
+    """The entries in ``[lo, hi)`` of table ``tid`` that point to lower tables, and the
+    live tables they point to (table_at() for each)."""
+    r = st.row(tid)
+    idx = lo + np.flatnonzero(st.e_kind[r, lo:hi] == TABLE)
+    child = st.e_id[r, idx].astype(np.int64)
+    check_tables(st, tid, idx, child, level)
+    return idx, child
 
 
 def pud_range(g: Geometry, start: int, end: int) -> Iterator[tuple[int, int, int]]:

@@ -159,10 +159,14 @@ class FastState:
     # ---------------------------------------------------------------------------------
 
     def new_table_row(self) -> int:
+        return self.new_table_rows(1)
+
+    def new_table_rows(self, n: int) -> int:
+        """Reserve ``n`` consecutive table ids; returns the first."""
         tid = self.next_pt
-        self.next_pt += 1
-        if tid >= self.t_level.shape[0]:
-            need = tid + 1
+        self.next_pt += n
+        if self.next_pt > self.t_level.shape[0]:
+            need = self.next_pt
             self.t_level = grow(self.t_level, need)
             self.t_mm = grow(self.t_mm, need)
             self.t_state = grow(self.t_state, need)
@@ -198,6 +202,18 @@ class FastState:
             self.e_page = grow(self.e_page, need)
             self.e_bits = grow(self.e_bits, need)
         return first
+
+    def release_rows(self, ts: Arr) -> None:
+        """``release_row`` for an array of tables, in order."""
+        rows = self.t_row[ts]
+        rows = rows[rows != 0]
+        if rows.size:
+            self.e_kind[rows] = 0
+            self.e_id[rows] = 0
+            self.e_page[rows] = 0
+            self.e_bits[rows] = 0
+            self.free_rows.extend(rows.tolist())
+        self.t_row[ts] = 0
 
     def release_row(self, t: int) -> None:
         """A freed table gives its row back, cleared."""
