@@ -49,6 +49,7 @@ from pudthp_fast.state import (
     SWAP,
     TABLE,
     ZERO,
+    Arr,
     D,
     FastMm,
     FastState,
@@ -376,6 +377,13 @@ def folio_maybe_mapped_shared(st: FastState, fid: int) -> bool:
     return folio_mapcount(st, fid) > 1 and bool(st.f_shared[fid])
 
 
+def folios_maybe_mapped_shared(st: FastState, fids: Arr) -> Arr:
+    """folio_maybe_mapped_shared() of each folio."""
+    small = st.f_order[fids] == 0
+    mapcount = np.where(small, st.p_mapcount[st.f_base[fids]], st.f_large[fids]) + 1
+    return (mapcount > 1) & (small | st.f_shared[fids])
+
+
 PmdEntry = Callable[[int, int, int, int], None]
 
 
@@ -571,8 +579,12 @@ def sys_migrate(st: FastState, mm: FastMm, start: int, npages: int, node: int) -
             pte = int(st.e_id[st.row(pmd), mi])
             lo = a % g.P
             sel = np.flatnonzero(st.e_kind[st.row(pte), lo : lo + (b - a)] == PTE) + lo
-            for fid in st.e_id[st.row(pte), sel].tolist():
-                queue(fid)
+            fids = st.e_id[st.row(pte), sel].astype(np.int64)
+            if fids.size:
+                _, first = np.unique(fids, return_index=True)
+                fids = fids[np.sort(first)]  # each folio once, in walk order
+                ok = (st.f_node[fids] != node) & ~folios_maybe_mapped_shared(st, fids)
+                queued.update(dict.fromkeys(fids[ok].tolist()))
 
     for v in mm.vmas:
         lo, hi = max(v.start, start), min(v.end, start + npages)
