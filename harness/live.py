@@ -601,6 +601,26 @@ THP_NR = 1 << THP_ORDER
 READ_CHUNK = 512 * PAGE_SIZE
 
 
+def _disk_dir(candidates: tuple[str, ...]) -> str | None:
+    """The first writable directory whose file system has a real backing device
+    (generic_fadvise does nothing on tmpfs and ramfs: noop_backing_dev_info)."""
+    mounts: list[tuple[str, str]] = []
+    with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3:
+                mounts.append((parts[1].replace("\\040", " "), parts[2]))
+    for d in candidates:
+        if not (os.path.isdir(d) and os.access(d, os.W_OK)):
+            continue
+        real = os.path.realpath(d)
+        best = max((m for m in mounts if real == m[0] or real.startswith(m[0].rstrip("/") + "/")),
+                   key=lambda m: len(m[0]), default=None)
+        if best is not None and best[1] not in ("tmpfs", "ramfs", "devtmpfs"):
+            return d
+    return None
+
+
 class LruDrain:
     """``lru_add_drain_all()`` on demand, so no per-CPU folio batch holds a reference.
 
@@ -616,14 +636,18 @@ class LruDrain:
     No syscall drains every CPU directly; ``POSIX_FADV_DONTNEED`` does when it cannot drop
     a page-cache folio (``generic_fadvise``: ``nr_failed`` from ``mapping_try_invalidate``
     -> ``lru_add_drain_all``).  So the controller keeps one page of a scratch file on a
-    disk file system mapped shared, which can never be dropped, and asks to drop it.
+    disk file system (not tmpfs, whose fadvise does nothing) mapped shared, which can never
+    be dropped, and asks to drop it.
     """
 
-    def __init__(self, directory: str = "/var/tmp") -> None:
+    def __init__(self) -> None:
         import mmap
         import tempfile
 
-        where = directory if os.path.isdir(directory) else None
+        where = _disk_dir(("/var/tmp", "/tmp", os.getcwd()))
+        if where is None:
+            raise KernelError("no directory on a disk file system for the LRU drain file "
+                              "(tmpfs ignores POSIX_FADV_DONTNEED)")
         fd, path = tempfile.mkstemp(prefix="pudthp-drain-", dir=where)
         try:
             os.unlink(path)

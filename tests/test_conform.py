@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import conform
+from harness import conform, live
 from harness.cli import main
 from harness.observe import (
     Disagreement,
@@ -201,6 +201,17 @@ def test_cli_cannot_run_is_exit_2_with_the_reason(tmp_path: Path,
     assert "fail_alloc" in out
     assert "Traceback" not in out + err
     assert main(["conform"]) == 2
+
+
+def test_the_lru_drain_file_never_goes_on_tmpfs() -> None:
+    # generic_fadvise() returns early for noop_backing_dev_info (tmpfs), so a drain file
+    # there would never reach lru_add_drain_all(): such directories are passed over.
+    with open("/proc/self/mounts", encoding="utf-8") as f:
+        tmpfs = [p.split()[1] for p in f if p.split()[2] == "tmpfs"]
+    writable = [d for d in tmpfs if os.path.isdir(d) and os.access(d, os.W_OK)]
+    if not writable:
+        pytest.skip("no writable tmpfs mount here")
+    assert live._disk_dir((writable[0],)) is None
 
 
 def test_random_programs_use_only_what_the_machine_can_do() -> None:
