@@ -59,6 +59,8 @@ def first_difference(a: Any, b: Any, path: str = "", field: str = "") -> Differe
 
 
 def divergence(a: Any, b: Any, prefix: str) -> Divergence | None:
+    if repr(a) == repr(b):  # equal values of equal types print alike (True vs 1 do not)
+        return None
     d = first_difference(a, b)
     if d is None:
         return None

@@ -125,3 +125,17 @@ def test_a_planted_fast_bug_is_a_divergence(monkeypatch: pytest.MonkeyPatch) -> 
     assert report.finding.op_index == 2
     assert report.finding.signature == "divergence:munmap:snapshot.folios[].refcount"
     assert "ref 15 != fast 14" in report.finding.message
+
+
+def test_divergence_tells_equal_values_of_different_types_apart() -> None:
+    # The summary comparison is strict: True == 1 in Python, but a fast side that reports
+    # a flag where the reference reports a count is a divergence; equal data is none.
+    from harness.lockstep import divergence
+
+    assert divergence({"a": [1, {"b": 2}]}, {"a": [1, {"b": 2}]}, "summary") is None
+    d = divergence({"a": [1, {"b": 1}]}, {"a": [1, {"b": True}]}, "summary")
+    assert d is not None
+    assert d.field == "summary.a[].b"
+    assert (d.ref, d.fast) == (1, True)
+    d = divergence({"x": 1, "y": 2}, {"y": 2, "x": 1}, "summary")  # key order alone: equal
+    assert d is None
