@@ -148,9 +148,9 @@ class KernelSide:
 
     def __init__(self, program: Program) -> None:
         self.space = program.config.geom.space
+        self.drain = live.LruDrain()  # first: it is the one that can refuse to start
         self.ex = live.Executor(self.space)
         self.frames = live.PageFrames()
-        self.drain = live.LruDrain()
         self.last: Observation | None = None  # raw, after the previous op
 
     def close(self) -> None:
