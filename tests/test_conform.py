@@ -434,6 +434,10 @@ MINIMAL: dict[str, tuple[str, dict[str, object], list[dict[str, object]]]] = {
     "zeromap_pageout": ("vmstat.thp_swpout", {"swap_pages": 4096}, [
         _MAP, _READ0, {"op": "write", "mm": 0, "addr": 0, "value": 0},
         {"op": "madvise", "mm": 0, "start": 0, "npages": 512, "advice": "pageout"}]),
+    "swapin_of_a_shared_slot": ("page.mapcount", {"swap_pages": 4096, "thp_enabled": "madvise"}, [
+        _MAP, {"op": "write", "mm": 0, "addr": 0, "value": 7},
+        {"op": "madvise", "mm": 0, "start": 0, "npages": 512, "advice": "pageout"},
+        {"op": "fork", "mm": 0}, _READ0, {"op": "read", "mm": 1, "addr": 0}]),
     "shrinker_passes_on_a_pinned_folio": ("vmstat.thp_split_page_failed", {}, [
         _MAP, _READ0, {"op": "write", "mm": 0, "addr": 0, "value": 1},
         {"op": "pin", "mm": 0, "addr": 5},
