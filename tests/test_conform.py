@@ -461,3 +461,24 @@ def test_known_disagreement_shows_as_explained(name: str) -> None:
         pytest.skip(f"cannot run here: {e}")
     if run.disagreement is not None:
         assert run.disagreement.cls == observable, describe(run, p)
+
+
+def test_known_disagreements_are_named_and_others_are_not() -> None:
+    # The README's explanations, chosen by observable class and the op that showed it.
+    from harness.observe import Disagreement as D
+
+    p = program([_MAP, {"op": "write", "mm": 0, "addr": 0, "value": 5},
+                 {"op": "madvise", "mm": 0, "start": 0, "npages": 512, "advice": "pageout"},
+                 {"op": "shrink_deferred"}], geometry="x86_64", swap_pages=0)
+    assert "huge zero folio" in str(conform.known_reason(
+        D(1, "vmstat.thp_zero_page_alloc", 1, 0), p))
+    assert "without swap" in str(conform.known_reason(D(2, "mm0.rss", 0, 512), p))
+    assert "shrinker" in str(conform.known_reason(D(3, "mthp.split_failed", 2, 1), p))
+    assert "swap-in" in str(conform.known_reason(D(1, "mm0.page[0].mapcount", 2, 1), p))
+    # the same observables where no explanation fits
+    assert conform.known_reason(D(3, "mm0.rss", 0, 512), p) is None
+    assert conform.known_reason(D(0, "mm0.page[0].mapcount", 2, 1), p) is None
+    with_swap = program([_MAP, {"op": "write", "mm": 0, "addr": 0, "value": 5},
+                         {"op": "madvise", "mm": 0, "start": 0, "npages": 512,
+                          "advice": "pageout"}], geometry="x86_64", swap_pages=4096)
+    assert conform.known_reason(D(2, "mm0.rss", 0, 512), with_swap) is None
