@@ -38,6 +38,7 @@ from pudthp_fast.state import (
     PTE,
     TABLE,
     ZERO,
+    Arr,
     D,
     FastMm,
     FastState,
@@ -55,6 +56,15 @@ def set_entry(st: FastState, t: int, i: int, kind: int, eid: int = 0, page: int 
     st.e_id[r, i] = eid
     st.e_page[r, i] = page
     st.e_bits[r, i] = bits
+
+
+def set_entries(st: FastState, t: int, idx: Arr, kind: int, eid: Arr | int = 0) -> None:
+    """set_entry() for entries ``idx`` of table ``t`` (page and bits 0)."""
+    r = st.wrow(t)
+    st.e_kind[r, idx] = kind
+    st.e_id[r, idx] = eid
+    st.e_page[r, idx] = 0
+    st.e_bits[r, idx] = 0
 
 
 def install_table(st: FastState, parent: int, i: int, child: int, addr: int) -> None:

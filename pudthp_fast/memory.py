@@ -16,6 +16,7 @@ from pudthp_fast.huge_memory import (
     do_huge_pmd_wp_page,
     do_huge_pud_anonymous_page,
     install_table,
+    set_entries,
     set_entry,
     split_huge_pmd_locked,
     split_huge_pud_locked,
@@ -27,11 +28,14 @@ from pudthp_fast.huge_memory import (
 )
 from pudthp_fast.pgtable import (
     check_tables,
+    pmd_entries,
     pmd_range,
     pt_alloc,
     pt_alloc_many,
     pt_free,
     pt_free_many,
+    pte_bounds,
+    pte_tables_only,
     pud_range,
     table_at,
     tables_in,
@@ -60,7 +64,6 @@ from pudthp_fast.state import (
     SWAP,
     TABLE,
     ZERO,
-    Arr,
     D,
     FastMm,
     FastState,
@@ -68,7 +71,7 @@ from pudthp_fast.state import (
     W,
     Y,
 )
-from pudthp_ref.spec import ENTIRELY_MAPPED, Geometry, ModelBug
+from pudthp_ref.spec import ENTIRELY_MAPPED, ModelBug
 
 
 class FaultOOM(Exception):
@@ -288,41 +291,23 @@ def copy_page_range(st: FastState, dst: FastMm, src: FastMm, vma: FastVma) -> No
         copy_pte_segments(st, dst, segs)
 
 
-def pmd_entries(g: Geometry, addr: int, nxt: int) -> tuple[int, int]:
-    """The PMD entries ``[m0, m1)`` that ``[addr, nxt)`` (inside one PUD) touches."""
-    return (addr // g.pmd_nr) % g.P, ((nxt - 1) // g.pmd_nr) % g.P + 1
-
-
-def pte_bounds(g: Geometry, idx: Arr, addr: int, nxt: int) -> tuple[Arr, Arr]:
-    """For PMD entries ``idx`` of the PUD holding ``[addr, nxt)``: the PTE index range
-    ``[lo, hi)`` of each that lies inside ``[addr, nxt)``."""
-    base = addr - addr % g.pud_nr + idx * g.pmd_nr
-    a = np.maximum(base, addr)
-    b = np.minimum(base + g.pmd_nr, nxt)
-    return a % g.P, a % g.P + (b - a)
-
-
 def copy_pte_tables(st: FastState, dst: FastMm, spmd: int, dpmd: int, addr: int, nxt: int
                     ) -> bool:
     """The PMD-level loop of copy_pmd_range() over ``[addr, nxt)`` at once, when every
     entry there is none or a PTE table (False, nothing done, if not): the
     child's missing PTE tables are allocated in entry order, then all PTEs are copied."""
     g = st.geom
-    m0, m1 = pmd_entries(g, addr, nxt)
-    kinds = st.e_kind[st.row(spmd), m0:m1]
-    if ((kinds != NONE) & (kinds != TABLE)).any():
+    found = pte_tables_only(st, spmd, addr, nxt)
+    if found is None:
         return False
-    idx, schild = tables_in(st, spmd, m0, m1, LV_PTE)
+    idx, schild = found
     if not idx.size:
         return True
-    drow = st.wrow(dpmd)
+    drow = st.wrow(dpmd)  # on its own line: a new row may move the arrays
     need = idx[st.e_kind[drow, idx] == NONE]
     if need.size:
         tids = pt_alloc_many(st, dst, LV_PTE, int(need.size))
-        st.e_kind[drow, need] = TABLE
-        st.e_id[drow, need] = tids
-        st.e_page[drow, need] = 0
-        st.e_bits[drow, need] = 0
+        set_entries(st, dpmd, need, TABLE, tids)
         st.t_addr[tids] = addr - addr % g.pud_nr + need * g.pmd_nr
     dchild = st.e_id[drow, idx].astype(np.int64)
     check_tables(st, dpmd, idx, dchild, LV_PTE)
@@ -335,66 +320,20 @@ def copy_pte_tables(st: FastState, dst: FastMm, spmd: int, dpmd: int, addr: int,
 def copy_pte_segments(st: FastState, dst: FastMm, segs: list[tuple[int, int, int, int]]
                       ) -> None:
     """copy_present_ptes() / copy_nonpresent_pte() over PTE ranges (dst, src, lo, hi) of a
-    parent without pins, at once: nothing here depends on the order of the PTEs."""
+    parent without pins, at once: nothing here depends on the order of the PTEs.  The
+    tables are taken as 2-D rows; a source row may be row 0 (a table with no entries, maybe
+    more than once): nothing is copied from it and nothing in it changes."""
     if not segs:
         return
-    drows = [st.wrow(d) for d, _, _, _ in segs]  # rows first: a new row may move the arrays
-    srows = [st.row(s_) for _, s_, _, _ in segs]
-    P = st.P
-    whole = [lo == 0 and hi == P for _, _, lo, hi in segs]
-    if any(whole):  # whole tables as 2-D rows (per-folio mapcount adds are additive)
-        copy_pte_rows(st, dst, np.array([r for r, w in zip(drows, whole, strict=True) if w]),
-                      np.array([r for r, w in zip(srows, whole, strict=True) if w]))
-        if all(whole):
-            return
-        part = [i for i, w in enumerate(whole) if not w]
-        segs = [segs[i] for i in part]
-        drows = [drows[i] for i in part]
-        srows = [srows[i] for i in part]
-    kind = np.concatenate([st.e_kind[r, lo:hi] for r, (_, _, lo, hi) in zip(srows, segs,
-                                                                             strict=True)])
-    ids = np.concatenate([st.e_id[r, lo:hi] for r, (_, _, lo, hi) in zip(srows, segs,
-                                                                         strict=True)])
-    pages_in = np.concatenate([st.e_page[r, lo:hi] for r, (_, _, lo, hi) in zip(
-        srows, segs, strict=True)]).astype(np.int64)
-    present = kind == PTE
-    swap = kind == SWAP
-    if swap.any():
-        np.add.at(st.s_count, ids[swap], 1)
-        dst.rss_swap += int(np.count_nonzero(swap))
-    if present.any():
-        fids = ids[present]
-        pages = st.f_base[fids] + pages_in[present]
-        np.add.at(st.f_ref, fids, 1)
-        st.p_exclusive[pages] = False
-        np.add.at(st.p_mapcount, pages, 1)
-        large = st.f_order[fids] > 0
-        if large.any():
-            uniq, counts = np.unique(fids[large], return_counts=True)
-            for fid, n in zip(uniq.tolist(), counts.tolist(), strict=True):
-                add_large_mapcount(st, fid, n, dst)
-        dst.rss_anon += int(fids.size)
-    copied = present | swap | (kind == ZERO)
-    at = 0
-    for dr, sr, (_, _, lo, hi) in zip(drows, srows, segs, strict=True):
-        n = hi - lo
-        c, p = copied[at : at + n], present[at : at + n]
-        if c.any():
-            bits = st.e_bits[sr, lo:hi]
-            st.e_bits[sr, lo:hi] = np.where(p, bits & ~np.uint8(W), bits)  # parent RO
-            child = bits & ~np.uint8(Y | W)  # the child's PTEs old and read-only
-            st.e_kind[dr, lo:hi] = np.where(c, kind[at : at + n], st.e_kind[dr, lo:hi])
-            st.e_id[dr, lo:hi] = np.where(c, ids[at : at + n], st.e_id[dr, lo:hi])
-            st.e_page[dr, lo:hi] = np.where(c, pages_in[at : at + n], st.e_page[dr, lo:hi])
-            st.e_bits[dr, lo:hi] = np.where(p, child, np.where(c, 0, st.e_bits[dr, lo:hi]))
-        at += n
-
-
-def copy_pte_rows(st: FastState, dst: FastMm, drows: Arr, srows: Arr) -> None:
-    """copy_pte_segments() of whole PTE tables, row by row as 2-D arrays.  ``srows`` may
-    repeat row 0 (tables with no entries): nothing is copied from it and nothing in it
-    changes."""
+    # rows first: a new row may move the arrays
+    drows = np.array([st.wrow(d) for d, _, _, _ in segs], np.int64)
+    srows = np.array([st.row(s_) for _, s_, _, _ in segs], np.int64)
+    lo = np.array([a for _, _, a, _ in segs], np.int64)
+    hi = np.array([b for _, _, _, b in segs], np.int64)
     kind = st.e_kind[srows]
+    if not ((lo == 0).all() and (hi == st.P).all()):
+        cols = np.arange(st.P)
+        kind = np.where((cols >= lo[:, None]) & (cols < hi[:, None]), kind, NONE)
     ids = st.e_id[srows]
     pages_in = st.e_page[srows]
     present = kind == PTE
@@ -490,10 +429,9 @@ def zap_page_range(st: FastState, mm: FastMm, start: int, end: int, reclaim_pt: 
                 continue
             split_huge_pud_locked(st, mm, pud, pi)
         pmd = table_at(st, pud, pi, LV_PMD)
-        m0, m1 = pmd_entries(g, addr, nxt)
-        kinds = st.e_kind[st.row(pmd), m0:m1]
-        if not ((kinds != NONE) & (kinds != TABLE)).any():  # PTE tables only: at once
-            idx, ptes = tables_in(st, pmd, m0, m1, LV_PTE)
+        found = pte_tables_only(st, pmd, addr, nxt)
+        if found is not None:  # PTE tables only: all at once
+            idx, ptes = found
             lo, hi = pte_bounds(g, idx, addr, nxt)
             segs = list(zip(ptes.tolist(), lo.tolist(), hi.tolist(), strict=True))
             zap_pte_segments(st, mm, segs)
@@ -649,26 +587,17 @@ def free_pgtables(st: FastState, mm: FastMm, start: int, end: int) -> None:
         base = pi * g.pud_nr
         m0, m1 = pmd_entries(g, addr, nxt)
         idx, ptes = tables_in(st, pmd, m0, m1, LV_PTE)
+        # a PTE table goes once no VMA intersects its PMD range
+        lo = base + idx * g.pmd_nr
+        mapped = np.zeros(idx.size, bool)
+        for v in mm.vmas:
+            mapped |= (lo < v.end) & (v.start < lo + g.pmd_nr)
+        idx, ptes = idx[~mapped], ptes[~mapped]
         if idx.size:
-            # a PTE table goes once no VMA intersects its PMD range
-            covered = np.zeros(g.P + 1, np.int64)
-            for v in mm.vmas:
-                if v.start < base + g.pud_nr and base < v.end:
-                    covered[max(v.start - base, 0) // g.pmd_nr] += 1
-                    covered[-(-(min(v.end, base + g.pud_nr) - base) // g.pmd_nr)] -= 1
-            free = np.cumsum(covered)[idx] == 0
-            idx, ptes = idx[free], ptes[free]
-        if idx.size:
-            rows = st.t_row[ptes]
-            busy = rows != 0
-            if busy.any() and (st.e_kind[rows[busy]] != NONE).any():
-                bad = int(ptes[busy][np.argmax((st.e_kind[rows[busy]] != NONE).any(axis=1))])
-                raise ModelBug("free_pgtables.not_empty", f"PTE table {bad}")
-            r = st.wrow(pmd)
-            st.e_kind[r, idx] = NONE
-            st.e_id[r, idx] = 0
-            st.e_page[r, idx] = 0
-            st.e_bits[r, idx] = 0
+            used = st.e_kind[st.t_row[ptes]].any(axis=1)  # row 0 (no entries) is all none
+            if used.any():
+                raise ModelBug("free_pgtables.not_empty", f"PTE table {ptes[used.argmax()]}")
+            set_entries(st, pmd, idx, NONE)
             pt_free_many(st, mm, ptes)
         if not range_mapped(mm, base, base + g.pud_nr):
             if st.e_kind[st.row(pmd)].any() or st.t_w16[pmd] != 0:

@@ -14,6 +14,7 @@ import numpy as np
 from pudthp_fast.state import (
     LV_PMD,
     LV_PTE,
+    NONE,
     NULL,
     POISON1,
     POISON2,
@@ -192,6 +193,30 @@ def tables_in(st: FastState, tid: int, lo: int, hi: int, level: int) -> tuple[Ar
     child = st.e_id[r, idx].astype(np.int64)
     check_tables(st, tid, idx, child, level)
     return idx, child
+
+
+def pmd_entries(g: Geometry, addr: int, nxt: int) -> tuple[int, int]:
+    """The PMD entries ``[m0, m1)`` that ``[addr, nxt)`` (inside one PUD) touches."""
+    return (addr // g.pmd_nr) % g.P, ((nxt - 1) // g.pmd_nr) % g.P + 1
+
+
+def pte_bounds(g: Geometry, idx: Arr, addr: int, nxt: int) -> tuple[Arr, Arr]:
+    """For PMD entries ``idx`` of the PUD holding ``[addr, nxt)``: the PTE index range
+    ``[lo, hi)`` of each that lies inside ``[addr, nxt)``."""
+    base = addr - addr % g.pud_nr + idx * g.pmd_nr
+    a = np.maximum(base, addr)
+    b = np.minimum(base + g.pmd_nr, nxt)
+    return a % g.P, a % g.P + (b - a)
+
+
+def pte_tables_only(st: FastState, pmd: int, addr: int, nxt: int) -> tuple[Arr, Arr] | None:
+    """``tables_in()`` of the PMD entries ``[addr, nxt)`` touches, when every one of them
+    is none or a PTE table; None if there is a huge (or any other) entry among them."""
+    m0, m1 = pmd_entries(st.geom, addr, nxt)
+    kinds = st.e_kind[st.row(pmd), m0:m1]
+    if ((kinds != NONE) & (kinds != TABLE)).any():
+        return None
+    return tables_in(st, pmd, m0, m1, LV_PTE)
 
 
 def pud_range(g: Geometry, start: int, end: int) -> Iterator[tuple[int, int, int]]:
