@@ -11,6 +11,7 @@ op at which the two states differ.
 from __future__ import annotations
 
 import json
+import marshal
 from typing import Any
 
 from pudthp_ref.spec import Config, Divergence, Impl, Op, Result
@@ -58,8 +59,18 @@ def first_difference(a: Any, b: Any, path: str = "", field: str = "") -> Differe
     return None
 
 
+def _same_bytes(a: Any, b: Any) -> bool:
+    """A quick yes for equal data: marshal (version 2, no back-references) writes a type
+    tag with every value, so True and 1 differ, and equal bytes mean equal values of equal
+    types.  A no (or data marshal cannot write) is settled by ``first_difference``."""
+    try:
+        return marshal.dumps(a, 2) == marshal.dumps(b, 2)
+    except ValueError:
+        return False
+
+
 def divergence(a: Any, b: Any, prefix: str) -> Divergence | None:
-    if repr(a) == repr(b):  # equal values of equal types print alike (True vs 1 do not)
+    if _same_bytes(a, b):
         return None
     d = first_difference(a, b)
     if d is None:
@@ -121,14 +132,15 @@ class Lockstep:
         return self.ref.summary()
 
     def snapshot(self) -> dict[str, Any]:
-        a = self.ref.snapshot()
-        d = divergence(a, self.fast.snapshot(), "snapshot")
+        a, d = self.compare_snapshots()
         if d is not None:
             raise d
         return a
 
-    def compare_snapshots(self) -> Divergence | None:
-        return divergence(self.ref.snapshot(), self.fast.snapshot(), "snapshot")
+    def compare_snapshots(self) -> tuple[dict[str, Any], Divergence | None]:
+        """The reference's snapshot and where the fast one differs from it, if anywhere."""
+        a = self.ref.snapshot()
+        return a, divergence(a, self.fast.snapshot(), "snapshot")
 
 
 def _same_error(a: Exception | None, b: Exception | None) -> bool:

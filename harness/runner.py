@@ -203,10 +203,12 @@ class Stepper:
             return RunReport(self.impl, self.results, self.finding, None)
         snapshot: dict[str, Any] | None
         try:
-            if isinstance(model, Lockstep):
-                snapshot = model.ref.snapshot()
-                if self.finding is None and model.compare_snapshots() is not None:
+            if isinstance(model, Lockstep) and self.finding is None:
+                snapshot, d = model.compare_snapshots()
+                if d is not None:
                     self.finding = locate_divergence(self.program(), self.constructor)
+            elif isinstance(model, Lockstep):
+                snapshot = model.ref.snapshot()
             else:
                 snapshot = model.snapshot()
         except Exception as e:
@@ -223,7 +225,7 @@ def locate_divergence(program: Program, constructor: Callable[[Config], Impl]) -
     assert isinstance(model, Lockstep)
     for i, op in enumerate(program.ops):
         model.apply(op)
-        d = model.compare_snapshots()
+        _, d = model.compare_snapshots()
         if d is not None:
             return _exception_finding(d, i, op.KIND)
     raise AssertionError("the final snapshots differ but no op's snapshots did on replay")
