@@ -155,16 +155,9 @@ def _tweak(op: Op, gen: ProgramGenerator, rng: random.Random) -> Op:
     elif kind == "index":
         new = rng.randrange(4) if name != "node" else rng.randrange(gen.cfg.nodes + 1)
     else:
-        new = rng.choice(_CHOICES[kind])
+        new = rng.choice(spec.FIELD_CHOICES[kind])
     result: Op = replace(op, **{name: new})
     return result
-
-
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "prot": spec.PROTS,
-    "advice": spec.ADVICES,
-    "alloc_order": spec.ALLOC_ORDERS,
-}
 
 
 def _tweak_config(hunt: Hunt, cfg: Config, rng: random.Random) -> Config:

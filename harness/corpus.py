@@ -32,9 +32,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from harness.program import ProgramError, config_delta, dump_program, load_program_file
+from harness.program import (
+    ProgramError,
+    dump_program,
+    load_program_file,
+    program_to_json,
+)
 from harness.runner import IMPL_NAMES, run_program
-from pudthp_ref import spec
 from pudthp_ref.spec import Program
 
 DEFAULT_DIRS: tuple[str, ...] = (
@@ -203,8 +207,8 @@ def cmd_replay(dirs: list[str], impl: str | None = None) -> int:
 
 def content_key(program: Program) -> str:
     """A hash of what a program does (config and ops, not meta)."""
-    text = json.dumps({"config": config_delta(program.config),
-                       "ops": [spec.op_to_json(op) for op in program.ops]}, sort_keys=True)
+    data = program_to_json(program)
+    text = json.dumps({"config": data["config"], "ops": data["ops"]}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -207,7 +207,7 @@ class Observer:
 
 def program_size(program: Program) -> tuple[int, int]:
     """Fewest ops first, then the shortest ops JSON."""
-    return len(program.ops), len(json.dumps(program.to_json()["ops"]))
+    return len(program.ops), len(json.dumps([spec.op_to_json(op) for op in program.ops]))
 
 
 # --------------------------------------------------------------------------------------

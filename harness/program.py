@@ -225,20 +225,13 @@ def _field_problem(field_kind: str, value: Any) -> str | None:
     elif field_kind == "value":
         if not is_int or not 0 <= value <= spec.MAX_VALUE:
             return f"must be an integer from 0 to 2**64-1, got {_got(value)}"
-    elif field_kind in _CHOICES:
-        choices = _CHOICES[field_kind]
+    elif field_kind in spec.FIELD_CHOICES:
+        choices = spec.FIELD_CHOICES[field_kind]
         if not isinstance(value, str) or value not in choices:
             return f"must be one of {', '.join(choices)}, got {_got(value)}"
     else:  # a field kind added to spec.FIELD_KINDS that this loader does not know yet
         raise AssertionError(f"no validation rule for field kind {field_kind!r}")
     return None
-
-
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "prot": spec.PROTS,
-    "advice": spec.ADVICES,
-    "alloc_order": spec.ALLOC_ORDERS,
-}
 
 
 def _check_duplicates(

@@ -384,6 +384,12 @@ FIELD_KINDS: dict[str, str] = {
     "advice": "advice",
     "order": "alloc_order",
 }
+# the values of each field kind that is a choice of names
+FIELD_CHOICES: dict[str, tuple[str, ...]] = {
+    "prot": PROTS,
+    "advice": ADVICES,
+    "alloc_order": ALLOC_ORDERS,
+}
 
 
 def op_fields(kind: str) -> tuple[str, ...]:
@@ -409,27 +415,6 @@ class Program:
     config: Config
     ops: tuple[Op, ...]
     meta: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "format": PROGRAM_FORMAT,
-            "config": _config_delta(self.config),
-            "ops": [op_to_json(op) for op in self.ops],
-        }
-        if self.meta:
-            out["meta"] = self.meta
-        return out
-
-
-def _config_delta(cfg: Config) -> dict[str, Any]:
-    """Only the keys that differ from the defaults (plus geometry, always shown)."""
-    default = Config()
-    full = cfg.to_json()
-    return {
-        f.name: full[f.name]
-        for f in fields(cfg)
-        if f.name == "geometry" or getattr(cfg, f.name) != getattr(default, f.name)
-    }
 
 
 # --------------------------------------------------------------------------------------
