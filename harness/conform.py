@@ -146,19 +146,15 @@ class ConformRun:
 class KernelSide:
     """The live kernel running one program: its processes and how each op is done."""
 
-    def __init__(self, program: Program) -> None:
+    def __init__(self, program: Program, frames: live.PageFrames) -> None:
         self.space = program.config.geom.space
-        self.drain = live.LruDrain()  # first: it is the one that can refuse to start
         self.ex = live.Executor(self.space)
-        self.frames = live.PageFrames()
+        self.frames = frames  # the session's
         self.last: Observation | None = None  # raw, after the previous op
+        self.seen: Observation | None = None  # taken by the op itself, after it
 
     def close(self) -> None:
-        try:
-            self.ex.close()
-        finally:
-            self.frames.close()
-            self.drain.close()
+        self.ex.close()
 
     def addr(self, vpn: int) -> int:
         return live.WINDOW_BASE + vpn * PAGE_SIZE
@@ -168,7 +164,8 @@ class KernelSide:
         if isinstance(op, spec.ShrinkDeferred):
             live.drop_slab()
             assert self.last is not None
-            return folios_split(self.last, self.observe())
+            self.seen = self.observe()
+            return folios_split(self.last, self.seen)
         if isinstance(op, spec.Unpin):
             return self.ex.unpin(op.pin)
         if isinstance(op, spec.FailAlloc | spec.Migrate):
@@ -253,6 +250,12 @@ class KernelSide:
     def observe(self) -> Observation:
         return live.observe(self.ex, self.frames)
 
+    def observe_after_op(self) -> Observation:
+        """What the kernel shows after the op just run (the op's own look, if it took one:
+        nothing has run since)."""
+        seen, self.seen = self.seen, None
+        return seen if seen is not None else self.observe()
+
 
 def folios_split(before: Observation, after: Observation) -> int:
     """How many of the program's THPs an op split: those with a page that was mapped before
@@ -280,9 +283,10 @@ def folios_split(before: Observation, after: Observation) -> int:
 StepHook = Callable[[int, Op, Result, Result], None]
 
 
-def run_once(program: Program, on_step: StepHook | None = None,
+def run_once(program: Program, tools: live.RunTools, on_step: StepHook | None = None,
              ignore: frozenset[str] = frozenset()) -> ConformRun:
-    """Run the program once on both sides (the kernel already configured for it).
+    """Run the program once on both sides (the kernel already configured for it, ``tools``
+    the session's).
 
     Every difference found is recorded in ``run.items``.  A difference the program alone
     decides (a result, a per-process observable, an event counter the kernel counted *less*
@@ -296,7 +300,7 @@ def run_once(program: Program, on_step: StepHook | None = None,
     model = RefModel(program.config)
     snap = model.snapshot()
     live.drop_slab()  # an empty deferred split queue, and no huge zero folio left over
-    kside = KernelSide(program)
+    kside = KernelSide(program, tools.frames)
     try:
         kside.ex.start()
         kside.last = kside.observe()
@@ -304,9 +308,10 @@ def run_once(program: Program, on_step: StepHook | None = None,
         if d is not None:
             run.items.append(d)
             return run
+        m_after = model_counters(snap)
         for i, op in enumerate(program.ops):
-            m_before = model_counters(snap)
-            kside.drain()  # no folio reference left in a per-CPU batch (LruDrain)
+            m_before = m_after
+            tools.drain()  # no folio reference left in a per-CPU batch (LruDrain)
             k_before = live.read_counters()
             kres = kside.apply(op)
             k_after = live.read_counters()
@@ -324,13 +329,13 @@ def run_once(program: Program, on_step: StepHook | None = None,
             if kres != mres:
                 run.items.append(Disagreement(i, "result", kres, mres))
                 return run
-            kside.last = kside.observe()
+            kside.last = kside.observe_after_op()
             d = compare(i, canonical(kside.last), canonical(project_snapshot(snap)), ignore)
             if d is not None:
                 run.items.append(d)
                 return run
-            for d, definite in compare_counters(i, kd, deltas(m_before, model_counters(snap)),
-                                                ignore):
+            m_after = model_counters(snap)
+            for d, definite in compare_counters(i, kd, deltas(m_before, m_after), ignore):
                 run.items.append(d)
                 if definite:
                     return run
@@ -365,8 +370,13 @@ class Session:
 
     def __enter__(self) -> Session:
         live.check_machine()
+        self.tools = live.RunTools.open()  # before anything is changed: it may refuse
         self._lock = live.run_lock()
-        self._lock.__enter__()
+        try:
+            self._lock.__enter__()
+        except BaseException:
+            self.tools.close()
+            raise
         self._signals = live.signals_raise()
         self._signals.__enter__()
         try:
@@ -385,6 +395,7 @@ class Session:
         finally:
             self._signals.__exit__(None, None, None)
             self._lock.__exit__(None, None, None)
+            self.tools.close()
         if problems:
             raise KernelError("could not restore: " + "; ".join(problems))
 
@@ -419,7 +430,7 @@ class Session:
         swap = live.Settings()
         try:
             live.setup_swap(swap, program.config.swap_capacity)
-            return run_once(program, on_step, self.ignore)
+            return run_once(program, self.tools, on_step, self.ignore)
         finally:
             problems = swap.restore()
             if problems:
@@ -500,24 +511,51 @@ def describe(d: Disagreement, program: Program) -> str:
             f"model {json.dumps(d.model)}")
 
 
+@dataclass(frozen=True)
+class Known:
+    """A disagreement of this kernel with the model that README.md explains: the observable
+    classes it shows on, when it applies (the op that shows it, the program), why, and
+    whether it is a global-counter artefact that checks look past by default."""
+
+    classes: tuple[str, ...]
+    applies: Callable[[Op | None, Program], bool]
+    reason: str
+    look_past: bool = False
+
+
+KNOWN: dict[str, Known] = {
+    "zero_folio_on_thp_write": Known(
+        ("vmstat.thp_zero_page_alloc",), lambda op, p: True,
+        "the huge zero folio is global and shrinkable in the kernel, counted once per model "
+        "life (mm_get_huge_zero_folio)", look_past=True),
+    "shrinker_passes_on_a_pinned_folio": Known(
+        ("vmstat.thp_split_page_failed", "mthp.split_failed"),
+        lambda op, p: isinstance(op, spec.ShrinkDeferred),
+        "drop_caches runs the deferred split shrinker more than once (drop_slab_node)",
+        look_past=True),
+    "pageout_without_swap": Known(
+        ("rss", "page.kind", "page.folio", "page.order", "page.mapcount", "page.index",
+         "anon_huge"),
+        lambda op, p: (isinstance(op, spec.Madvise) and op.advice == "pageout"
+                       and p.config.swap_capacity == 0),
+        "pageout without swap: MODEL.md 5.9 changes nothing, the kernel splits the THP "
+        "(shrink_folio_list)"),
+    "swapin_of_a_shared_slot": Known(
+        ("page.mapcount", "page.folio", "vmstat.pswpin"),
+        lambda op, p: isinstance(op, spec.Read | spec.Write) and p.config.swap_capacity > 0,
+        "likely a swap-in of a slot another mm also holds: the kernel shares one swap-cache "
+        "folio, MODEL.md 5.9 a fresh folio each (do_swap_page)"),
+}
+LOOK_PAST: frozenset[str] = frozenset(c for k in KNOWN.values() if k.look_past
+                                      for c in k.classes)
+
+
 def known_reason(d: Disagreement, program: Program) -> str | None:
-    """The README's explanation when ``d`` is one of the disagreements this kernel is known
-    to have with the model (README: "Checking the model against the live kernel")."""
+    """The README's explanation when ``d`` is one of the disagreements in ``KNOWN``."""
     op = program.ops[d.op_index] if 0 <= d.op_index < len(program.ops) else None
-    if d.cls == "vmstat.thp_zero_page_alloc":
-        return ("the huge zero folio is global and shrinkable in the kernel, counted once per "
-                "model life (mm_get_huge_zero_folio)")
-    if d.cls in ("vmstat.thp_split_page_failed", "mthp.split_failed") and isinstance(
-            op, spec.ShrinkDeferred):
-        return "drop_caches runs the deferred split shrinker more than once (drop_slab_node)"
-    if (isinstance(op, spec.Madvise) and op.advice == "pageout"
-            and program.config.swap_pages == 0):
-        return ("pageout without swap: MODEL.md 5.9 changes nothing, the kernel splits the "
-                "THP (shrink_folio_list)")
-    if isinstance(op, spec.Read | spec.Write) and d.cls in (
-            "page.mapcount", "page.folio", "vmstat.pswpin"):
-        return ("likely a swap-in of a slot another mm also holds: the kernel shares one "
-                "swap-cache folio, MODEL.md 5.9 a fresh folio each (do_swap_page)")
+    for k_ in KNOWN.values():
+        if d.cls in k_.classes and k_.applies(op, program):
+            return k_.reason
     return None
 
 

@@ -24,6 +24,7 @@ import ctypes
 import errno
 import os
 import struct
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -148,6 +149,18 @@ def store_u64(addr: int, value: int) -> None:
 # --------------------------------------------------------------------------------------
 # Small files
 # --------------------------------------------------------------------------------------
+
+
+# statfs() f_type values of file systems with no backing device (linux/magic.h)
+TMPFS_MAGIC, RAMFS_MAGIC = 0x01021994, 0x858458F6
+
+
+def fs_magic(path: str) -> int:
+    """statfs(2) ``f_type`` of the file system holding ``path`` (its first word)."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on x86_64
+    if _libc.statfs(os.fsencode(path), buf) != 0:
+        raise KernelError(f"statfs {path}: {_errno_name()}")
+    return int.from_bytes(buf.raw[: ctypes.sizeof(ctypes.c_long)], sys.byteorder)
 
 
 def read_text(path: str) -> str:

@@ -604,19 +604,9 @@ READ_CHUNK = 512 * PAGE_SIZE
 def _disk_dir(candidates: tuple[str, ...]) -> str | None:
     """The first writable directory whose file system has a real backing device
     (generic_fadvise does nothing on tmpfs and ramfs: noop_backing_dev_info)."""
-    mounts: list[tuple[str, str]] = []
-    with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 3:
-                mounts.append((parts[1].replace("\\040", " "), parts[2]))
     for d in candidates:
-        if not (os.path.isdir(d) and os.access(d, os.W_OK)):
-            continue
-        real = os.path.realpath(d)
-        best = max((m for m in mounts if real == m[0] or real.startswith(m[0].rstrip("/") + "/")),
-                   key=lambda m: len(m[0]), default=None)
-        if best is not None and best[1] not in ("tmpfs", "ramfs", "devtmpfs"):
+        if (os.path.isdir(d) and os.access(d, os.W_OK)
+                and k.fs_magic(d) not in (k.TMPFS_MAGIC, k.RAMFS_MAGIC)):
             return d
     return None
 
@@ -668,12 +658,39 @@ class LruDrain:
         os.close(self.fd)
 
 
+@dataclass
+class RunTools:
+    """What every run of a session uses: the LRU drain and /proc/kpage*."""
+
+    drain: LruDrain
+    frames: PageFrames
+
+    @classmethod
+    def open(cls) -> RunTools:
+        with contextlib.ExitStack() as stack:
+            drain = LruDrain()
+            stack.callback(drain.close)
+            frames = PageFrames()
+            stack.pop_all()
+            return cls(drain, frames)
+
+    def close(self) -> None:
+        try:
+            self.frames.close()
+        finally:
+            self.drain.close()
+
+
 class PageFrames:
     """/proc/kpageflags and /proc/kpagecount, read in runs of PFNs."""
 
     def __init__(self) -> None:
         self.flags_fd = os.open("/proc/kpageflags", os.O_RDONLY)
-        self.count_fd = os.open("/proc/kpagecount", os.O_RDONLY)
+        try:
+            self.count_fd = os.open("/proc/kpagecount", os.O_RDONLY)
+        except BaseException:
+            os.close(self.flags_fd)
+            raise
 
     def close(self) -> None:
         os.close(self.flags_fd)
