@@ -14,7 +14,9 @@ from pudthp_fast.pgtable import (
     pgtable_trans_huge_pud_withdraw,
     pgtable_trans_huge_withdraw,
     pt_alloc,
+    pt_alloc_many,
     pt_free,
+    pt_free_many,
 )
 from pudthp_fast.rmap import (
     PMD_LEVEL,
@@ -58,7 +60,8 @@ def set_entry(st: FastState, t: int, i: int, kind: int, eid: int = 0, page: int 
     st.e_bits[r, i] = bits
 
 
-def set_entries(st: FastState, t: int, idx: Arr, kind: int, eid: Arr | int = 0) -> None:
+def set_entries(st: FastState, t: int, idx: Arr | slice, kind: int, eid: Arr | int = 0
+                ) -> None:
     """set_entry() for entries ``idx`` of table ``t`` (page and bits 0)."""
     r = st.wrow(t)
     st.e_kind[r, idx] = kind
@@ -106,8 +109,8 @@ def do_huge_pud_anonymous_page(st: FastState, mm: FastMm, vma: FastVma, pud: int
         return False
     pmd = pt_alloc(st, mm, LV_PMD)
     pgtable_trans_huge_pud_deposit(st, pud, pmd)
-    for _ in range(st.P):
-        pgtable_trans_huge_deposit(st, pmd, pt_alloc(st, mm, LV_PTE))
+    for t in pt_alloc_many(st, mm, LV_PTE, st.P).tolist():  # deposits allocate nothing
+        pgtable_trans_huge_deposit(st, pmd, t)
     set_entry(st, pud, pi, LEAF, fid, 0, leaf_bits(vma))
     folio_add_new_anon_rmap(st, fid, mm)
     mm.rss_anon += int(st.f_nr[fid])
@@ -213,11 +216,7 @@ def split_huge_pud_locked(st: FastState, mm: FastMm, pud: int, pi: int) -> None:
     st.e_id[er] = fid
     st.e_page[er] = np.arange(P * P, dtype=np.int32).reshape(P, P)
     st.e_bits[er] = bits
-    pr = st.wrow(pmd)
-    st.e_kind[pr] = TABLE
-    st.e_id[pr] = rows
-    st.e_page[pr] = 0
-    st.e_bits[pr] = 0
+    set_entries(st, pmd, slice(None), TABLE, rows)
     st.t_addr[rows] = base_addr + np.arange(P, dtype=np.int64) * P
     folio_remove_rmap(st, fid, 0, nr, mm, PUD_LEVEL)
     install_table(st, pud, pi, pmd, base_addr)
@@ -230,11 +229,7 @@ def split_huge_pmd_locked(st: FastState, mm: FastMm, pmd: int, mi: int) -> None:
     pte = pgtable_trans_huge_withdraw(st, pmd)
     addr = int(st.t_addr[pmd]) + mi * st.P
     if kind == ZERO:
-        r = st.wrow(pte)
-        st.e_kind[r] = ZERO
-        st.e_id[r] = 0
-        st.e_page[r] = 0
-        st.e_bits[r] = 0
+        set_entries(st, pte, slice(None), ZERO)
         install_table(st, pmd, mi, pte, addr)
         return
     if kind != LEAF:
@@ -281,16 +276,16 @@ def copy_huge_pud(st: FastState, dst: FastMm, src: FastMm, dpud: int, spud: int,
     fid = int(st.e_id[st.row(spud), pi])
     nr = int(st.f_nr[fid])
     pmd = pt_alloc(st, dst, LV_PMD)
-    ptes = [pt_alloc(st, dst, LV_PTE) for _ in range(st.P)]
+    ptes = pt_alloc_many(st, dst, LV_PTE, st.P)
     st.f_ref[fid] += 1
     if not folio_try_dup_anon_rmap(st, fid, 0, nr, dst, src, PUD_LEVEL):
         folio_put(st, fid)
-        for t in (*ptes, pmd):
-            pt_free(st, dst, t)
+        pt_free_many(st, dst, ptes)
+        pt_free(st, dst, pmd)
         split_huge_pud_locked(st, src, spud, pi)
         return False
     pgtable_trans_huge_pud_deposit(st, dpud, pmd)
-    for t in ptes:
+    for t in ptes.tolist():
         pgtable_trans_huge_deposit(st, pmd, t)
     dst.rss_anon += nr
     bits = int(st.e_bits[st.row(spud), pi]) & ~W

@@ -27,7 +27,6 @@ from pudthp_fast.huge_memory import (
     zap_huge_pud,
 )
 from pudthp_fast.pgtable import (
-    check_tables,
     pmd_entries,
     pmd_range,
     pt_alloc,
@@ -38,7 +37,8 @@ from pudthp_fast.pgtable import (
     pte_tables_only,
     pud_range,
     table_at,
-    tables_in,
+    table_entries,
+    tables_at,
 )
 from pudthp_fast.rmap import (
     PTE_LEVEL,
@@ -309,8 +309,7 @@ def copy_pte_tables(st: FastState, dst: FastMm, spmd: int, dpmd: int, addr: int,
         tids = pt_alloc_many(st, dst, LV_PTE, int(need.size))
         set_entries(st, dpmd, need, TABLE, tids)
         st.t_addr[tids] = addr - addr % g.pud_nr + need * g.pmd_nr
-    dchild = st.e_id[drow, idx].astype(np.int64)
-    check_tables(st, dpmd, idx, dchild, LV_PTE)
+    dchild = tables_at(st, dpmd, idx, LV_PTE)
     lo, hi = pte_bounds(g, idx, addr, nxt)
     copy_pte_segments(st, dst, list(zip(dchild.tolist(), schild.tolist(), lo.tolist(),
                                         hi.tolist(), strict=True)))
@@ -325,8 +324,7 @@ def copy_pte_segments(st: FastState, dst: FastMm, segs: list[tuple[int, int, int
     more than once): nothing is copied from it and nothing in it changes."""
     if not segs:
         return
-    # rows first: a new row may move the arrays
-    drows = np.array([st.wrow(d) for d, _, _, _ in segs], np.int64)
+    dtabs = np.array([d for d, _, _, _ in segs], np.int64)
     srows = np.array([st.row(s_) for _, s_, _, _ in segs], np.int64)
     lo = np.array([a for _, _, a, _ in segs], np.int64)
     hi = np.array([b for _, _, _, b in segs], np.int64)
@@ -354,13 +352,14 @@ def copy_pte_segments(st: FastState, dst: FastMm, segs: list[tuple[int, int, int
                 add_large_mapcount(st, fid, n, dst)
         dst.rss_anon += int(fids.size)
     copied = present | swap | (kind == ZERO)
-    keep = copied.any(axis=1)
+    keep = copied.any(axis=1)  # a child table that gets nothing takes no row
     if not keep.all():
-        drows, srows = drows[keep], srows[keep]
+        dtabs, srows = dtabs[keep], srows[keep]
         kind, ids, pages_in = kind[keep], ids[keep], pages_in[keep]
         present, copied = present[keep], copied[keep]
-    if not drows.size:
+    if not dtabs.size:
         return
+    drows = st.wrows(dtabs)  # before the arrays are read again: a new row may move them
     bits = st.e_bits[srows]
     st.e_bits[srows] = np.where(present, bits & ~np.uint8(W), bits)  # parent read-only
     child = bits & ~np.uint8(Y | W)  # the child's PTEs old and read-only
@@ -461,11 +460,13 @@ def zap_page_range(st: FastState, mm: FastMm, start: int, end: int, reclaim_pt: 
 def reclaim_pte_tables(st: FastState, mm: FastMm, pmd: int,
                        segs: list[tuple[int, int, int]]) -> None:
     """try_to_free_pte(): each fully zapped PTE table, now empty, leaves its PMD entry."""
-    for pte, lo, hi in segs:
-        if hi - lo == st.P and not st.e_kind[st.row(pte)].any():
-            mi = (int(st.t_addr[pte]) // st.P) % st.P
-            set_entry(st, pmd, mi, NONE)
-            pt_free(st, mm, pte)
+    ptes = np.array([t for t, lo, hi in segs if hi - lo == st.P], np.int64)
+    if not ptes.size:
+        return
+    ptes = ptes[~st.e_kind[st.t_row[ptes]].any(axis=1)]  # row 0 (no entries) is all none
+    if ptes.size:
+        set_entries(st, pmd, (st.t_addr[ptes] // st.P) % st.P, NONE)
+        pt_free_many(st, mm, ptes)
 
 
 def zap_pte_segments(st: FastState, mm: FastMm, segs: list[tuple[int, int, int]]) -> None:
@@ -541,28 +542,25 @@ def zap_large_batches(st: FastState, mm: FastMm, lid: np.ndarray, lpg: np.ndarra
     for group in np.split(order, bounds):
         fid = int(run_fid[group[0]])
         b = int(st.f_base[fid])
-        lens = run_len[group]
-        members = np.arange(int(lens.sum())) + np.repeat(
-            run_start[group] - (np.cumsum(lens) - lens), lens)  # the runs' positions
+        lens = run_len[group].astype(np.int64)
+        offsets = np.cumsum(lens) - lens  # of each run within the folio's members
+        members = np.arange(int(lens.sum())) + np.repeat(run_start[group] - offsets, lens)
         pool = b + lpg[members]
         before = st.p_mapcount[pool].copy()
         if (before < 0).any():
             raise ModelBug("rmap.mapcount_underflow", f"folio {fid}")
         st.p_mapcount[pool] = before - 1
-        n_per_run = run_len[group]
-        last_per_run = np.add.reduceat((before == 0).astype(np.int64),
-                                       np.concatenate(([0], np.cumsum(n_per_run)[:-1])))
-        sub_large_mapcount_seq(st, fid, n_per_run.astype(np.int64), mm)
+        last_per_run = np.add.reduceat((before == 0).astype(np.int64), offsets)
+        sub_large_mapcount_seq(st, fid, lens, mm)
         npm0 = int(st.f_npm[fid])
         total_last = int(last_per_run.sum())
         st.f_npm[fid] = npm0 - total_last
         if npm0 < ENTIRELY_MAPPED and total_last:
             mod_node(st, "nr_anon_mapped", -total_last)
-            first = int(np.argmax(last_per_run > 0))
-            npm_after = npm0 - int(np.cumsum(last_per_run)[first])
-            if npm_after != 0 and not st.f_partial[fid]:
+            first = int(np.argmax(last_per_run > 0))  # the runs before it unmapped none
+            if npm0 - int(last_per_run[first]) != 0 and not st.f_partial[fid]:
                 triggers.append((int(group[first]), fid))
-        st.f_ref[fid] -= int(n_per_run.sum())
+        st.f_ref[fid] -= int(lens.sum())
         if st.f_ref[fid] < 0:
             raise ModelBug("folio_put.underflow", f"folio {fid} refcount below zero")
         if st.f_ref[fid] == 0:
@@ -585,15 +583,15 @@ def free_pgtables(st: FastState, mm: FastMm, start: int, end: int) -> None:
             continue
         pmd = table_at(st, pud, pi, LV_PMD)
         base = pi * g.pud_nr
-        m0, m1 = pmd_entries(g, addr, nxt)
-        idx, ptes = tables_in(st, pmd, m0, m1, LV_PTE)
+        idx = table_entries(st, pmd, *pmd_entries(g, addr, nxt))
         # a PTE table goes once no VMA intersects its PMD range
         lo = base + idx * g.pmd_nr
         mapped = np.zeros(idx.size, bool)
         for v in mm.vmas:
             mapped |= (lo < v.end) & (v.start < lo + g.pmd_nr)
-        idx, ptes = idx[~mapped], ptes[~mapped]
+        idx = idx[~mapped]
         if idx.size:
+            ptes = tables_at(st, pmd, idx, LV_PTE)
             used = st.e_kind[st.t_row[ptes]].any(axis=1)  # row 0 (no entries) is all none
             if used.any():
                 raise ModelBug("free_pgtables.not_empty", f"PTE table {ptes[used.argmax()]}")

@@ -55,6 +55,10 @@ def pt_alloc_many(st: FastState, mm: FastMm, level: int, n: int) -> Arr:
 
 def pt_free_many(st: FastState, mm: FastMm, tids: Arr) -> None:
     """pt_free() of each table, in order."""
+    seen, times = np.unique(tids, return_counts=True)
+    if (times > 1).any():
+        tid = int(seen[times > 1][0])
+        raise ModelBug("pt_free.double_free", f"page table {tid} freed twice", pt=tid)
     if (st.t_state[tids] == ST_FREE).any():
         tid = int(tids[np.argmax(st.t_state[tids] == ST_FREE)])
         raise ModelBug("pt_free.double_free", f"page table {tid} freed twice", pt=tid)
@@ -175,24 +179,29 @@ def table_at(st: FastState, tid: int, idx: int, level: int) -> int:
     return child
 
 
-def check_tables(st: FastState, tid: int, idx: Arr, child: Arr, level: int) -> None:
-    """table_at() for entries ``idx`` of table ``tid`` that hold ``child``."""
-    bad = (child <= 0) | (child >= st.next_pt)
+def table_entries(st: FastState, tid: int, lo: int, hi: int) -> Arr:
+    """The entries in ``[lo, hi)`` of table ``tid`` that point to lower tables."""
+    return lo + np.flatnonzero(st.e_kind[st.row(tid), lo:hi] == TABLE)
+
+
+def tables_at(st: FastState, tid: int, idx: Arr, level: int) -> Arr:
+    """table_at() for entries ``idx`` of table ``tid``: the live tables they point to."""
+    r = st.row(tid)
+    child = st.e_id[r, idx].astype(np.int64)
+    bad = (st.e_kind[r, idx] != TABLE) | (child <= 0) | (child >= st.next_pt)
     if not bad.any():
         bad = (st.t_level[child] != level) | (st.t_state[child] != ST_LIVE)
     if bad.any():
         i = int(idx[np.argmax(bad)])
         raise ModelBug("walk.bad_table", f"entry {i} of table {tid} is no live table")
+    return child
 
 
 def tables_in(st: FastState, tid: int, lo: int, hi: int, level: int) -> tuple[Arr, Arr]:
     """The entries in ``[lo, hi)`` of table ``tid`` that point to lower tables, and the
-    live tables they point to (table_at() for each)."""
-    r = st.row(tid)
-    idx = lo + np.flatnonzero(st.e_kind[r, lo:hi] == TABLE)
-    child = st.e_id[r, idx].astype(np.int64)
-    check_tables(st, tid, idx, child, level)
-    return idx, child
+    live tables they point to."""
+    idx = table_entries(st, tid, lo, hi)
+    return idx, tables_at(st, tid, idx, level)
 
 
 def pmd_entries(g: Geometry, addr: int, nxt: int) -> tuple[int, int]:

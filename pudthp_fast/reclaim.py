@@ -17,6 +17,7 @@ import numpy as np
 
 from pudthp_fast.huge_memory import (
     install_table,
+    set_entries,
     set_entry,
     split_huge_pmd_locked,
     split_huge_pud_locked,
@@ -323,11 +324,7 @@ def remap_page(st: FastState, head: int, first_new: int, migration: list[Migrati
         pool = b + m.pages
         zero = st.p_data[pool] == 0
         if zero.any():
-            r_m_table = st.wrow(m.table)
-            st.e_kind[r_m_table, m.indices[zero]] = ZERO
-            st.e_id[r_m_table, m.indices[zero]] = 0
-            st.e_page[r_m_table, m.indices[zero]] = 0
-            st.e_bits[r_m_table, m.indices[zero]] = 0
+            set_entries(st, m.table, m.indices[zero], ZERO)
             m.mm.rss_anon -= int(np.count_nonzero(zero))
         keep = ~zero
         if not keep.any():
@@ -544,11 +541,7 @@ def try_to_unmap(st: FastState, fid: int, slot: int) -> None:
         st.p_exclusive[int(st.f_base[fid]) + pages] = False
         hit.mm.rss_anon -= idx.size
         hit.mm.rss_swap += idx.size
-        r_t = st.wrow(t)
-        st.e_kind[r_t, idx] = SWAP
-        st.e_id[r_t, idx] = slot + pages
-        st.e_page[r_t, idx] = 0
-        st.e_bits[r_t, idx] = 0
+        set_entries(st, t, idx, SWAP, slot + pages)
         remove_ptes_singly(st, fid, pages, hit.mm)
         st.f_ref[fid] -= idx.size
     nr = int(st.f_nr[fid])
