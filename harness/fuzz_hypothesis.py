@@ -38,6 +38,7 @@ from hypothesis.stateful import run_state_machine_as_test
 from harness.machine import FindingError, Observer, StopFuzzing, make_machine, program_size
 from harness.program import dump_program, parse_program
 from harness.runner import run_program
+from harness.shrink import ddmin_ops
 from pudthp_ref.spec import Config, Finding, Program
 
 ENGINE = "hypothesis"
@@ -111,34 +112,12 @@ def _leaves(e: BaseException) -> list[BaseException]:
 # --------------------------------------------------------------------------------------
 
 
-def signature_of(program: Program, impl: str, check: bool) -> str | None:
-    finding = run_program(program, impl, check=check).finding
-    return None if finding is None else finding.signature
-
-
 def minimise(program: Program, signature: str, impl: str = "both", check: bool = True,
              budget: float = MINIMISE_SECONDS) -> Program:
     """Remove chunks of ops, halving the chunk size down to single ops, for as long as the
-    program still ends in ``signature`` (ddmin's complement step).  Bounded by ``budget``
+    program still ends in ``signature`` (``harness.shrink``'s ddmin), within ``budget``
     seconds; returns the smallest program that kept the signature."""
-    stop = time.monotonic() + budget
-    ops = list(program.ops)
-    chunk = max(1, len(ops) // 2)
-    while time.monotonic() < stop:
-        removed = False
-        i = len(ops) - chunk  # from the end: later ops depend on earlier ones
-        while i > -chunk and time.monotonic() < stop:
-            candidate = ops[: max(0, i)] + ops[i + chunk :]
-            if candidate and signature_of(Program(program.config, tuple(candidate)), impl,
-                                          check) == signature:
-                ops = candidate
-                removed = True
-            i -= chunk
-        if not removed:
-            if chunk == 1:
-                break
-            chunk //= 2
-    return Program(program.config, tuple(ops), program.meta)
+    return ddmin_ops(program, signature, impl, check, budget)
 
 
 # --------------------------------------------------------------------------------------

@@ -52,12 +52,22 @@ class ShrinkResult:
     phases: list[str] = field(default_factory=list)
 
 
+def ddmin_ops(program: Program, signature: str, impl: str, check: bool,
+             budget: float) -> Program:
+    """Only the op-removal phase of ``shrink``, bounded by ``budget`` seconds: the smallest
+    program found that still ends in ``signature``."""
+    s = _Shrinker(signature, impl, check, frozenset(), time.monotonic() + budget)
+    return Program(program.config, s.ddmin(program.config, program.ops), program.meta)
+
+
 class _Shrinker:
-    def __init__(self, signature: str, impl: str, check: bool, keep: frozenset[str]) -> None:
+    def __init__(self, signature: str, impl: str, check: bool, keep: frozenset[str],
+                 deadline: float | None = None) -> None:
         self.signature = signature
         self.impl = impl
         self.check = check
         self.keep = keep
+        self.deadline = deadline  # time.monotonic(): after it, every candidate fails
         # (config, ops) -> the finding when the signature survives, else None
         self.cache: dict[tuple[Config, tuple[Op, ...]], Finding | None] = {}
         self.runs = 0
@@ -66,6 +76,8 @@ class _Shrinker:
         """``ops`` cut after its finding if it still reports the signature, else None."""
         key = (cfg, ops)
         if key not in self.cache:
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                return None
             self.runs += 1
             finding = run_program(Program(cfg, ops), self.impl, check=self.check).finding
             if finding is not None and finding.signature == self.signature:
