@@ -52,12 +52,12 @@ from pudthp_fast.state import (
 from pudthp_ref.spec import (
     ENTIRELY_MAPPED,
     GUP_PIN_COUNTING_BIAS,
+    LEVELS,
     PAGE_TABLE_BYTES,
+    PROTS,
     InvariantViolation,
 )
 
-_PROTS = ("none", "r", "rw")
-_LEVEL_NAMES = ("pud", "pmd", "pte")
 _STATE_NAMES = {ST_FREE: "freed", ST_LIVE: "live", ST_DEPOSITED: "deposited"}
 I64 = np.int64
 
@@ -163,7 +163,7 @@ def _check_shapes(st: FastState, c: _Ctx) -> None:
             raise _fail("mm.id", f"mms[{i}] has id {mm.id}")
         prev_end = 0
         for v in mm.vmas:
-            if v.prot not in _PROTS:
+            if v.prot not in PROTS:
                 raise _fail("vma.prot", f"mm {i} VMA [{v.start}, {v.end}) prot {v.prot!r}")
             if not (prev_end <= v.start < v.end <= space):
                 raise _fail(
@@ -255,7 +255,7 @@ def _state_name(s: Any) -> str:
 
 def _level_name(lv: Any) -> str:
     i = int(lv)
-    return _LEVEL_NAMES[i] if 0 <= i < 3 else str(i)
+    return LEVELS[i] if 0 <= i < 3 else str(i)
 
 
 # --------------------------------------------------------------------------------------
@@ -486,7 +486,7 @@ class _Walk:
             e.offer(
                 int(key[j]) * _R + 4,
                 "pgtable.double_reference",
-                f"{_LEVEL_NAMES[level]} table {cc[j]} reached twice (again as mm {m[j]} {what})",
+                f"{LEVELS[level]} table {cc[j]} reached twice (again as mm {m[j]} {what})",
             )
             good = good[sorted(first.values())]
         self.claimed[cc[good]] = True
@@ -508,7 +508,7 @@ class _Walk:
     ) -> None:
         """The first broken table entry among ``key``, as _live_child() checks it."""
         e = self.e
-        want = _LEVEL_NAMES[level]
+        want = LEVELS[level]
         uaf = ~inr | (state == ST_FREE)
         e.first(
             uaf,
@@ -838,7 +838,7 @@ class _Chains:
             raise _ChainBroken(
                 f"{name}.wrong_level",
                 f"{where}: {_level_name(self.level[t])} table {t}, expected "
-                f"{_LEVEL_NAMES[level]}",
+                f"{LEVELS[level]}",
             )
         if self.state[t] != ST_DEPOSITED:
             raise _ChainBroken(

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from pudthp_ref.spec import Config, Geometry, empty_stats
+from pudthp_ref.spec import LEVELS, Config, Geometry, empty_stats
 
 NONE, TABLE, LEAF, ZERO, PTE, SWAP = 0, 1, 2, 3, 4, 5
 W, D, Y = 1, 2, 4  # entry bits: write, dirty, young
@@ -35,7 +35,7 @@ POISON1 = -1  # LIST_POISON1
 POISON2 = -2  # LIST_POISON2
 
 LV_PUD, LV_PMD, LV_PTE = 0, 1, 2
-LEVEL_NAMES = ("pud", "pmd", "pte")
+LEVEL_NAMES = LEVELS  # by LV_* index
 ST_FREE, ST_LIVE, ST_DEPOSITED = 0, 1, 2
 
 I8 = np.int8

@@ -44,15 +44,15 @@ from pudthp_ref.mm_types import (
 from pudthp_ref.spec import (
     ENTIRELY_MAPPED,
     GUP_PIN_COUNTING_BIAS,
+    LEVELS,
     LIST_POISON1,
     LIST_POISON2,
     PAGE_TABLE_BYTES,
+    PROTS,
     InvariantViolation,
 )
 
-_LEVELS = ("pud", "pmd", "pte")
 _PT_STATES = (PT_LIVE, PT_DEPOSITED, PT_FREED)
-_PROTS = ("none", "r", "rw")
 
 
 def check_invariants(st: MmState) -> None:
@@ -147,7 +147,7 @@ def _check_shapes(st: MmState) -> None:
             raise _fail("mm.id", f"mms[{i}] has id {mm.id}")
         prev_end = 0
         for v in mm.vmas:
-            if v.prot not in _PROTS:
+            if v.prot not in PROTS:
                 raise _fail("vma.prot", f"mm {i} VMA [{v.start}, {v.end}) prot {v.prot!r}")
             if not (prev_end <= v.start < v.end <= g.space):
                 raise _fail(
@@ -163,7 +163,7 @@ def _check_shapes(st: MmState) -> None:
             raise _fail("pgtable.state", f"table {key} state {t.state!r}")
         if t.state == PT_FREED:
             continue
-        if t.level not in _LEVELS:
+        if t.level not in LEVELS:
             raise _fail("pgtable.level", f"table {key} level {t.level!r}")
         if len(t.entries) != P:
             raise _fail("pgtable.entries_len", f"table {key} has {len(t.entries)} entries")
