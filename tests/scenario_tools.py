@@ -10,6 +10,7 @@ import pytest
 from conftest import make_model
 
 from pudthp_ref.spec import (
+    ENTIRELY_MAPPED,
     MTHP_KEYS,
     NODE_KEYS,
     OP_TYPES,
@@ -137,3 +138,28 @@ def pte_entry(snap: dict[str, Any], mm_id: int, vpn: int) -> list[Any] | None:
 
 def pud_order(P: int) -> int:
     return 2 * (P.bit_length() - 1)  # PUD_ORDER = 2*log2(P): 6 small, 18 x86_64
+
+
+def pmd_order(P: int) -> int:
+    return P.bit_length() - 1  # PMD_ORDER = log2(P): 3 small, 9 x86_64
+
+
+def fresh_huge_folio(order: int, nr: int) -> dict[str, Any]:
+    """A PUD or PMD folio right after its anonymous fault (do_huge_pud_anonymous_page or
+    do_huge_pmd_anonymous_page: folio_add_new_anon_rmap of one entire mapping in mm 0),
+    minus data."""
+    return {
+        "order": order,
+        "node": 0,  # allocated on the local node 0, never migrated
+        "refcount": 1,  # the allocation reference becomes the leaf's reference
+        "pincount": 0,  # never pinned
+        "entire_mapcount": 0,  # one entire mapping, raw 0
+        "large_mapcount": 0,  # folio_set_large_mapcount(folio, 1): raw 0
+        "nr_pages_mapped": ENTIRELY_MAPPED,  # entire-mapped, no page PTE-mapped
+        "mm_id": [1, 0],  # slot 0 = mm 0's MM-ID 0+1 = 1; slot 1 empty
+        "mm_id_mapcount": [0, -1],  # slot 0 holds the one mapping (raw 1-1 = 0); slot 1 empty
+        "shared": False,  # one mm
+        "flags": ["deferred"],  # deferred_split_folio(folio, false): shrink_underused
+        "mapcount": [[-1, nr]],  # an entire mapping touches no per-page _mapcount
+        "anon_exclusive": [[True, 1], [False, nr - 1]],  # RMAP_EXCLUSIVE marks the head
+    }

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from conftest import make_model
+from scenario_tools import folio
 
 from pudthp_ref.spec import (
     EBUSY,
@@ -27,8 +28,6 @@ from pudthp_ref.spec import (
     Write,
 )
 
-GEN = 0x800000  # ENTIRELY_MAPPED
-
 
 def run(impl: str, cfg: Config, ops: list[Op]) -> tuple[Impl, list[Any]]:
     m = make_model(impl, cfg)
@@ -37,10 +36,6 @@ def run(impl: str, cfg: Config, ops: list[Op]) -> tuple[Impl, list[Any]]:
         results.append(m.apply(op))
         m.check_invariants()
     return m, results
-
-
-def folio(m: Impl, fid: int) -> dict[str, Any]:
-    return next(f for f in m.snapshot()["folios"] if f["id"] == fid)
 
 
 def test_pinned_pud_thp_across_fork_copies_the_pinned_page(impl: str) -> None:
@@ -63,7 +58,7 @@ def test_pinned_pud_thp_across_fork_copies_the_pinned_page(impl: str) -> None:
     assert results == [0, 0, 0, 1, 1, 0, 7, 5]
     snap = m.snapshot()
     assert snap["stats"]["vmstat"]["thp_split_pud"] == 1
-    f1 = folio(m, 1)
+    f1 = folio(m.snapshot(), 1)
     # Parent only: 16 PTE mappings -> refcount 16 + 1 pin = 17; large 16 - 1 = 15.
     assert f1["refcount"] == 17
     assert f1["pincount"] == 1

@@ -26,6 +26,7 @@ import pytest
 
 from pudthp_ref.spec import (
     ENTIRELY_MAPPED,
+    ESRCH,
     SIGSEGV,
 )
 
@@ -40,6 +41,7 @@ from scenario_tools import (
     expect_stats,
     folio,
     folio_ids,
+    fresh_huge_folio,
     mm,
     pmd_entry,
     pte_entry,
@@ -47,8 +49,6 @@ from scenario_tools import (
     pud_order,
     run,
 )
-
-ESRCH = "ESRCH"
 
 # One test per program: each scenario is written once, symbolically in P, and runs at both
 # geometries; the x86_64 programs take seconds each in the pure-Python reference.
@@ -59,25 +59,10 @@ ESRCH = "ESRCH"
 # --------------------------------------------------------------------------------------
 
 
-# The state of a PUD folio right after do_huge_pud_anonymous_page (folio_add_new_anon_rmap
-# at PUD level), minus data: shared by T1, T2, T3 and T5.
+# The state of a PUD folio right after do_huge_pud_anonymous_page, minus data: shared by
+# T1, T2, T3 and T5.
 def fresh_pud_folio(P: int) -> dict[str, Any]:
-    N = P * P
-    return {
-        "order": pud_order(P),
-        "node": 0,  # allocated on the local node 0, never migrated
-        "refcount": 1,  # the allocation reference becomes the PUD mapping's reference
-        "pincount": 0,  # never pinned
-        "entire_mapcount": 0,  # folio_add_new_anon_rmap: one entire mapping, raw 0
-        "large_mapcount": 0,  # folio_set_large_mapcount(folio, 1): raw 1-1 = 0
-        "nr_pages_mapped": ENTIRELY_MAPPED,  # 0x800000: entire-mapped, no page PTE-mapped
-        "mm_id": [1, 0],  # slot 0 = mm 0's MM-ID 0+1 = 1; slot 1 empty
-        "mm_id_mapcount": [0, -1],  # slot 0 holds the one mapping (raw 1-1 = 0); slot 1 empty
-        "shared": False,  # one mm
-        "flags": ["deferred"],  # deferred_split_folio(folio, false), shrink_underused=true
-        "mapcount": [[-1, N]],  # an entire mapping touches no per-page _mapcount
-        "anon_exclusive": [[True, 1], [False, N - 1]],  # RMAP_EXCLUSIVE marks the head only
-    }
+    return fresh_huge_folio(pud_order(P), P * P)
 
 
 # --------------------------------------------------------------------------------------

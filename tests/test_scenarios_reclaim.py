@@ -45,7 +45,6 @@ from typing import Any
 import pytest
 
 from pudthp_ref.spec import (
-    ENTIRELY_MAPPED,
     SIGSEGV,
 )
 
@@ -60,8 +59,10 @@ from scenario_tools import (
     expect_stats,
     folio,
     folio_ids,
+    fresh_huge_folio,
     mm,
     pmd_entry,
+    pmd_order,
     pte_entry,
     pud_entry,
     pud_order,
@@ -81,30 +82,6 @@ def pte_kinds(snap: dict[str, Any], mm_id: int) -> dict[str, int]:
             for _, e in t["entries"]:
                 out[e[0]] = out.get(e[0], 0) + 1
     return out
-
-
-def pmd_order(P: int) -> int:
-    return P.bit_length() - 1  # PMD_ORDER = log2(P): 3 small, 9 x86_64
-
-
-def fresh_huge_folio(order: int, nr: int) -> dict[str, Any]:
-    """A PUD or PMD folio right after its anonymous fault (folio_add_new_anon_rmap of one
-    entire mapping in mm 0), minus data."""
-    return {
-        "order": order,
-        "node": 0,  # the local node
-        "refcount": 1,  # the allocation reference is the leaf's
-        "pincount": 0,
-        "entire_mapcount": 0,  # one entire mapping, raw 0
-        "large_mapcount": 0,  # folio_set_large_mapcount(folio, 1): raw 0
-        "nr_pages_mapped": ENTIRELY_MAPPED,  # entire-mapped, no page PTE-mapped
-        "mm_id": [1, 0],  # slot 0 = mm 0's MM-ID 1
-        "mm_id_mapcount": [0, -1],
-        "shared": False,
-        "flags": ["deferred"],  # deferred_split_folio(folio, false): shrink_underused
-        "mapcount": [[-1, nr]],  # an entire mapping touches no per-page _mapcount
-        "anon_exclusive": [[True, 1], [False, nr - 1]],  # RMAP_EXCLUSIVE marks the head
-    }
 
 
 def small_folio(*, node: int, exclusive: bool, flags: list[str], data: int) -> dict[str, Any]:
