@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -344,6 +345,19 @@ def run_once(program: Program, tools: live.RunTools, on_step: StepHook | None = 
         kside.close()
 
 
+def _restore(settings: live.Settings, what: str) -> None:
+    """Put back what ``settings`` changed.  A failure is raised as KernelError, unless an
+    error is already on its way out: then it is printed, and that error goes on."""
+    problems = settings.restore()
+    if not problems:
+        return
+    text = f"{what}: " + "; ".join(problems)
+    if sys.exc_info()[1] is not None:
+        print(f"pudthp: {text}", file=sys.stderr)
+        return
+    raise KernelError(text)
+
+
 @dataclass
 class Session:
     """A conformance session: the run lock, the settings saved and restored, debugfs."""
@@ -390,14 +404,14 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         try:
-            problems = self.settings.restore()
-            k.prctl(k.PR_SET_THP_DISABLE, self.thp_disable_was)
+            try:
+                _restore(self.settings, "could not restore")
+            finally:
+                k.prctl(k.PR_SET_THP_DISABLE, self.thp_disable_was)
         finally:
             self._signals.__exit__(None, None, None)
             self._lock.__exit__(None, None, None)
             self.tools.close()
-        if problems:
-            raise KernelError("could not restore: " + "; ".join(problems))
 
     def run(self, program: Program, on_step: StepHook | None = None) -> ConformRun:
         """Configure the kernel for ``program`` and run it; a difference counts only when a
@@ -432,9 +446,7 @@ class Session:
             live.setup_swap(swap, program.config.swap_capacity)
             return run_once(program, self.tools, on_step, self.ignore)
         finally:
-            problems = swap.restore()
-            if problems:
-                raise KernelError("could not remove the swap device: " + "; ".join(problems))
+            _restore(swap, "could not remove the swap device")
 
 
 # --------------------------------------------------------------------------------------
@@ -580,7 +592,8 @@ def cmd_conform(program_path: str | None, report: str | None, random_n: int | No
         print(f"pudthp: cannot run here: {' '.join(str(e).split())}")
         return 2
     except OSError as e:  # a /proc, /sys or device file the kernel refused
-        print(f"pudthp: cannot run here: {e.filename or ''}: {e.strerror or e}")
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"pudthp: cannot run here: {where}{e.strerror or e}")
         return 2
     except Exception as e:  # a bug of the harness: still one line, naming where
         tb = traceback.extract_tb(e.__traceback__)

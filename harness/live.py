@@ -436,6 +436,14 @@ class Server:
     alive: bool = True
 
 
+def _answer(srv: Server) -> tuple[Any, list[int]]:
+    """The next message from a server; KernelError if it died or fell silent."""
+    try:
+        return _recv(srv.sock)
+    except (TimeoutError, EOFError, OSError) as e:
+        raise KernelError(f"process of mm {srv.mm} stopped answering ({e!r})") from None
+
+
 class Executor:
     """Runs the processes of one program; ``close()`` kills whatever is left."""
 
@@ -460,7 +468,7 @@ class Executor:
         sock.settimeout(SERVER_TIMEOUT_S)
         srv = Server(mm, pid, sock, direct)
         self.servers.append(srv)
-        msg, _ = _recv(sock)
+        msg, _ = _answer(srv)
         if msg != ("ready", pid) and not (direct and msg[0] == "ready"):
             raise KernelError(f"server for mm {mm} did not start: {msg!r}")
         srv.pid = msg[1]
@@ -519,10 +527,7 @@ class Executor:
     def call(self, srv: Server, msg: tuple[Any, ...], fds: list[int] | None = None
              ) -> tuple[Any, list[int]]:
         _send(srv.sock, msg, fds)
-        try:
-            reply, rfds = _recv(srv.sock)
-        except (TimeoutError, EOFError, OSError) as e:
-            raise KernelError(f"process of mm {srv.mm} stopped answering ({e!r})") from None
+        reply, rfds = _answer(srv)
         if isinstance(reply, tuple) and reply and reply[0] == "error":
             raise KernelError(f"mm {srv.mm}: {msg[0]} failed in the process: {reply[1]}")
         return reply, rfds

@@ -475,3 +475,27 @@ def test_known_disagreements_are_named_and_others_are_not() -> None:
     assert conform.known_reason(D(3, "mm0.rss", 0, 512), p) is None
     assert conform.known_reason(D(0, "mm0.page[0].mapcount", 2, 1), p) is None
     assert conform.known_reason(D(2, "mm0.rss", 0, 512), with_swap) is None
+
+
+def test_a_restore_failure_does_not_hide_the_error_on_its_way_out(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Settings.restore() collects what it could not put back; raised on its own, but
+    # printed (not raised over it) while another error is already leaving the run.
+    def fail() -> None:
+        raise OSError("gone")
+
+    def run_failing(s: live.Settings) -> None:
+        try:
+            raise ValueError("the run's own error")
+        finally:
+            conform._restore(s, "could not restore")
+
+    s = live.Settings()
+    s.on_restore("a knob", fail)
+    with pytest.raises(ValueError, match="the run's own error"):
+        run_failing(s)
+    assert "could not restore" in capsys.readouterr().err
+    s = live.Settings()
+    s.on_restore("a knob", fail)
+    with pytest.raises(conform.KernelError, match="could not restore"):
+        conform._restore(s, "could not restore")
