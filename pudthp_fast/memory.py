@@ -36,6 +36,7 @@ from pudthp_fast.pgtable import (
     pte_bounds,
     pte_tables_only,
     pud_range,
+    range_mask,
     table_at,
     table_entries,
     tables_at,
@@ -329,9 +330,9 @@ def copy_pte_segments(st: FastState, dst: FastMm, segs: list[tuple[int, int, int
     lo = np.array([a for _, _, a, _ in segs], np.int64)
     hi = np.array([b for _, _, _, b in segs], np.int64)
     kind = st.e_kind[srows]
-    if not ((lo == 0).all() and (hi == st.P).all()):
-        cols = np.arange(st.P)
-        kind = np.where((cols >= lo[:, None]) & (cols < hi[:, None]), kind, NONE)
+    mask = range_mask(st.P, lo, hi)
+    if mask is not None:
+        kind = np.where(mask, kind, NONE)
     ids = st.e_id[srows]
     pages_in = st.e_page[srows]
     present = kind == PTE
@@ -486,14 +487,13 @@ def zap_pte_segments(st: FastState, mm: FastMm, segs: list[tuple[int, int, int]]
     lo = np.array([a for _, a, _ in segs], np.int64)
     hi = np.array([b for _, _, b in segs], np.int64)
     kind2 = st.e_kind[rows]
-    if (lo == 0).all() and (hi == P).all():
+    mask = range_mask(P, lo, hi)
+    if mask is None:
         kind = kind2.reshape(-1)
         ids = st.e_id[rows].reshape(-1)
         pages = st.e_page[rows].reshape(-1).astype(np.int64)
         cleared = np.zeros_like(kind2)
     else:  # row-major order keeps the segments and their PTEs in order
-        cols = np.arange(P)
-        mask = (cols >= lo[:, None]) & (cols < hi[:, None])
         kind = kind2[mask]
         ids = st.e_id[rows][mask]
         pages = st.e_page[rows][mask].astype(np.int64)

@@ -218,6 +218,15 @@ def pte_bounds(g: Geometry, idx: Arr, addr: int, nxt: int) -> tuple[Arr, Arr]:
     return a % g.P, a % g.P + (b - a)
 
 
+def range_mask(P: int, lo: Arr, hi: Arr) -> Arr | None:
+    """Row ``i`` True on columns ``[lo[i], hi[i])``; None when every row is whole."""
+    if (lo == 0).all() and (hi == P).all():
+        return None
+    cols = np.arange(P)
+    mask: Arr = (cols >= lo[:, None]) & (cols < hi[:, None])
+    return mask
+
+
 def pte_tables_only(st: FastState, pmd: int, addr: int, nxt: int) -> tuple[Arr, Arr] | None:
     """``tables_in()`` of the PMD entries ``[addr, nxt)`` touches, when every one of them
     is none or a PTE table; None if there is a huge (or any other) entry among them."""
