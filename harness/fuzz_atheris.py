@@ -53,7 +53,7 @@ from harness.fuzz_hypothesis import archive
 from harness.program import ProgramError, dump_program, load_program_file
 from harness.runner import run_program
 from harness.shrink import NoFinding, ShrinkResult, shrink
-from pudthp_ref.spec import Program
+from pudthp_ref.spec import Finding, Program
 
 ENGINE = "atheris"
 DEFAULT_CORPUS = "corpus/atheris"
@@ -279,21 +279,24 @@ class _Run:
         print(f"pudthp fuzz: [{time.monotonic() - self.start:6.1f}s] worker {w.index} found "
               f"{sig} ({len(program.ops)} ops); shrinking", file=self.c.err, flush=True)
         shrunk, how = program, "none"
+        replay: Finding | None = None
         try:
-            result = self.shrink(program, sig)
+            result, replay = self.shrink(program, sig)
             shrunk, finding = result.program, result.finding
             how = f"ddmin+simplify from {len(program.ops)} ops in {result.seconds:.1f} s"
         except NoFinding as e:
             self.warnings.append(f"worker {w.index}: {sig}: not shrunk: {e}")
-        replay = run_program(shrunk, self.c.impl).finding
+        if replay is None:
+            replay = run_program(shrunk, self.c.impl).finding
         meta = self.meta(w, sig, finding.kind, finding.message, finding.op_index, shrunk)
         meta["shrunk"] = how
         meta["replays"] = replay is not None and replay.signature == sig
-        self.archive(sig, finding.kind, shrunk, meta)
+        self.archive(sig, shrunk, meta)
 
-    def shrink(self, program: Program, sig: str) -> ShrinkResult:
+    def shrink(self, program: Program, sig: str) -> tuple[ShrinkResult, Finding | None]:
         """Shrink with the reference alone when it reports the same signature (several
-        times faster than both), checking the result with the campaign's implementation."""
+        times faster than both), checking the result with the campaign's implementation;
+        with the finding that implementation reports for the result."""
         impl = self.c.impl
         if impl != "ref":
             ref = run_program(program, "ref").finding
@@ -301,8 +304,9 @@ class _Run:
                 result = shrink(program, "ref", signature=sig, keep=self.c.overrides)
                 again = run_program(result.program, impl).finding
                 if again is not None and again.signature == sig:
-                    return result
-        return shrink(program, impl, signature=sig, keep=self.c.overrides)
+                    return result, again
+        result = shrink(program, impl, signature=sig, keep=self.c.overrides)
+        return result, result.finding  # judged by the campaign's implementation itself
 
     def resource(self, w: _Worker, program: Program, kind: str) -> None:
         """A libFuzzer timeout or out-of-memory: archived unshrunk (the shrinker's judge
@@ -315,7 +319,7 @@ class _Run:
                 else "the worker ran out of memory")
         meta = self.meta(w, sig, kind, f"{what} under libFuzzer", len(program.ops) - 1, program)
         meta["shrunk"] = "none"
-        self.archive(sig, kind, program, meta)
+        self.archive(sig, program, meta)
 
     def meta(self, w: _Worker, sig: str, kind: str, message: str, op_index: int,
              program: Program) -> dict[str, Any]:
@@ -334,11 +338,9 @@ class _Run:
             "atheris": self.atheris_version,
         }
 
-    def archive(self, sig: str, kind: str, program: Program, meta: dict[str, Any]) -> None:
+    def archive(self, sig: str, program: Program, meta: dict[str, Any]) -> None:
         text = dump_program(Program(program.config, program.ops, meta))
-        path, new = archive(self.c.findings_dir,
-                            {"signature": sig, "kind": kind, "ops": len(program.ops),
-                             "program": text})
+        path, new = archive(self.c.findings_dir, sig, text)
         self.signatures.add(sig)
         self.found.append(_Found(path, sig, len(program.ops), new))
         self.write_known()

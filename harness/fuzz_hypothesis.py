@@ -295,12 +295,12 @@ def finding_path(directory: str, signature: str) -> str:
     return os.path.join(directory, f"{digest}.json")
 
 
-def archive(directory: str, payload: dict[str, Any]) -> tuple[str, bool]:
-    """Write a finding unless a file of its signature exists: (path, written)."""
-    path = finding_path(directory, payload["signature"])
+def archive(directory: str, signature: str, text: str) -> tuple[str, bool]:
+    """Write a finding's program unless a file of its signature exists: (path, written)."""
+    path = finding_path(directory, signature)
     try:
         with open(path, "x", encoding="utf-8") as f:
-            f.write(payload["program"])
+            f.write(text)
     except FileExistsError:
         return path, False
     return path, True
@@ -385,7 +385,7 @@ def run_campaign(c: Campaign) -> int:
                 if j != index:
                     box.put(sig)
             try:
-                path, new = archive(c.findings_dir, payload)
+                path, new = archive(c.findings_dir, payload["signature"], payload["program"])
             except OSError as e:
                 warnings.append(f"cannot write {finding_path(c.findings_dir, sig)}: {e}")
                 return
