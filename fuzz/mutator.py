@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import fields, replace
 from typing import Any
 
+from fuzz.encoding import decode, encode
+from fuzz.gen import ProgramGenerator
 from harness.corpus import KNOWN_BAD_DEPOSITS
-from harness.encoding import decode, encode
-from harness.gen import ProgramGenerator
 from harness.shrink import rescale_op
 from pudthp_ref import spec
 from pudthp_ref.spec import CONFIG_BOOLS, CONFIG_CHOICES, Config, Op, Program

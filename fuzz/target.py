@@ -1,12 +1,12 @@
 """The atheris (libFuzzer) target: fuzzer bytes -> a program -> the lockstep harness.
 
 What it hunts: any finding of ``harness.runner.run_program`` on the program the bytes decode
-to (``harness.encoding``, config policy in ``fuzz.mutator.Hunt``): a broken invariant of
+to (``fuzz.encoding``, config policy in ``fuzz.mutator.Hunt``): a broken invariant of
 either implementation, a model bug (detected corruption or a crash of the model), an oracle
 mismatch on a read, and with ``--impl=both`` (the default) a divergence between the reference
 and the fast implementation in a result, the per-op summary or the final snapshot.  A finding
 is raised as ``PudthpFinding`` whose first line carries the signature, which libFuzzer treats
-as a crash and saves the input as ``crash-<sha1>``; the campaign (``harness/fuzz_atheris.py``)
+as a crash and saves the input as ``crash-<sha1>``; the campaign (``fuzz/engine_atheris.py``)
 decodes, shrinks and archives it.
 
 What it filters out: inputs are never rejected (the decoder is total), but
@@ -16,10 +16,10 @@ What it filters out: inputs are never rejected (the decoder is total), but
 - unless fixed with ``--config``, the known-bad ``list_head`` deposit design and the slow
   geometries (``Hunt``): a campaign on the correct designs at tiny and small geometry.
 
-Coverage: ``pudthp_ref`` and ``harness`` are imported under ``atheris.instrument_imports``
-so their branches guide the search, except the checkers (``UNINSTRUMENTED``): they walk the
-whole state after every op, so instrumented they cost the reference 4x its speed, and their
-branches say little about what the model did.  ``pudthp_fast`` is numpy, whose work happens
+Coverage: ``pudthp_ref``, ``harness`` and the decoder ``fuzz.encoding`` are imported under
+``atheris.instrument_imports`` so their branches guide the search, except the checkers
+(``UNINSTRUMENTED``): they walk the whole state after every op, so instrumented they cost
+the reference 4x its speed, and their branches say little about what the model did.  ``pudthp_fast`` is numpy, whose work happens
 in C; it is instrumented only with ``--instrument-fast``.
 
 Usage (the campaign runs it; by hand for debugging)::
@@ -47,11 +47,12 @@ UNINSTRUMENTED: tuple[str, ...] = (
 # Instrumentation happens at import: these must be the first imports of the packages in
 # this process (the runner imports the implementations lazily, so import them here).
 with atheris.instrument_imports(
-    include=["pudthp_ref", "harness", *(["pudthp_fast"] if _INSTRUMENT_FAST else [])],
+    include=["pudthp_ref", "harness", "fuzz.encoding",
+             *(["pudthp_fast"] if _INSTRUMENT_FAST else [])],
     exclude=list(UNINSTRUMENTED),
 ):
     import pudthp_ref.model  # noqa: F401
-    from harness.encoding import decode
+    from fuzz.encoding import decode
     from harness.runner import run_program
 
     if _INSTRUMENT_FAST:

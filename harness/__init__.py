@@ -1,1 +1,2 @@
-"""harness: program loading, the oracle, runners and the pudthp command line."""
+"""harness: programs and their validation, the runner, lockstep, the oracle, shrinking, the
+corpus, the benchmark, live-kernel conformance (``harness.conform``) and the command line."""

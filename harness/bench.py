@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from harness.gen import ProgramGenerator, random_config
+from harness.program import parse_program, program_to_json
 from pudthp_ref import spec
-from pudthp_ref.spec import Config, Op
+from pudthp_ref.spec import Config, Op, Program
 
 X86 = Config(geometry=512)
 P = 512
@@ -86,33 +86,42 @@ def split_and_migrate() -> list[tuple[Config, list[Op]]]:
     return [(X86, ops)]
 
 
-def small_mix() -> list[tuple[Config, list[Op]]]:
-    """200 random programs of 60 ops at small geometry (seeded)."""
-    out = []
-    for seed in range(200):
-        rng = random.Random(f"bench:small:{seed}")
-        cfg = random_config(rng, 8)
-        out.append((cfg, list(ProgramGenerator(cfg, rng).program(60).ops)))
-    return out
+Workload = Callable[[], list[tuple[Config, list[Op]]]]
+"""A workload: the (config, ops) programs it runs, always the same ones (fixed or seeded)."""
 
-
-WORKLOADS: dict[str, Callable[[], list[tuple[Config, list[Op]]]]] = {
+WORKLOADS: dict[str, Workload] = {
     "pud_fault_storm": pud_fault_storm,
     "fork_many_puds": fork_many_puds,
     "split_mix": split_mix,
     "split_and_migrate": split_and_migrate,
-    "small_mix": small_mix,
 }
+"""The fixed workloads; the command line adds the generated ones (``fuzz.gen``)."""
 IMPLS = ("ref", "fast")
 
 
-def worker(workload: str, impl: str) -> dict[str, float]:
-    """Run one workload on one implementation in this process."""
+def write_programs(path: str, programs: list[tuple[Config, list[Op]]]) -> None:
+    """The programs of a workload as one JSON list of FORMAT.md programs."""
+    data = [program_to_json(Program(cfg, tuple(ops), {})) for cfg, ops in programs]
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+
+
+def read_programs(path: str) -> list[tuple[Config, list[Op]]]:
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    out = []
+    for i, raw in enumerate(data):
+        p = parse_program(raw, f"{path}[{i}]")
+        out.append((p.config, list(p.ops)))
+    return out
+
+
+def worker(programs: list[tuple[Config, list[Op]]], impl: str) -> dict[str, float]:
+    """Run one workload's programs on one implementation in this process."""
     if impl == "ref":
         from pudthp_ref.model import RefModel as Model
     else:
         from pudthp_fast.model import FastModel as Model  # type: ignore[assignment]
-    programs = WORKLOADS[workload]()
     n = 0
     t0 = time.perf_counter()
     for cfg, ops in programs:
@@ -135,10 +144,12 @@ class Figure:
     peak_mib: float
 
 
-def run_one(workload: str, impl: str) -> Figure:
+def run_one(workload: str, programs_file: str, impl: str) -> Figure:
+    """One workload on one implementation in a fresh process that reads the programs from
+    ``programs_file`` (the same file for both sides)."""
     t0 = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "harness.bench", "--worker", workload, impl],
+        [sys.executable, "-m", "harness.bench", "--worker", programs_file, impl],
         capture_output=True, text=True, check=False, env={**os.environ},
     )
     wall = time.perf_counter() - t0
@@ -148,13 +159,16 @@ def run_one(workload: str, impl: str) -> Figure:
     return Figure(workload, impl, wall, r["apply_seconds"], int(r["ops"]), r["peak_mib"])
 
 
-def run_bench(workloads: list[str], json_out: str | None = None,
+def run_bench(workloads: dict[str, Workload], json_out: str | None = None,
               progress: Callable[[str], None] = print) -> list[Figure]:
     figures: list[Figure] = []
-    for w in workloads:
-        for impl in IMPLS:
-            progress(f"  running {w} on {impl} ...")
-            figures.append(run_one(w, impl))
+    with tempfile.TemporaryDirectory(prefix="pudthp-bench-") as tmp:
+        for w, make in workloads.items():
+            programs_file = os.path.join(tmp, f"{w}.json")
+            write_programs(programs_file, make())
+            for impl in IMPLS:
+                progress(f"  running {w} on {impl} ...")
+                figures.append(run_one(w, programs_file, impl))
     progress("")
     progress(format_table(figures))
     if json_out:
@@ -181,4 +195,4 @@ def format_table(figures: list[Figure]) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--worker":
-        print(json.dumps(worker(sys.argv[2], sys.argv[3])))
+        print(json.dumps(worker(read_programs(sys.argv[2]), sys.argv[3])))

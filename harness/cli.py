@@ -59,9 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_bench(sub: Any) -> None:
+def _bench_workloads() -> dict[str, Any]:
+    """The fixed workloads of ``harness.bench`` and the generated one of ``fuzz.gen``."""
+    from fuzz.gen import small_mix  # lazy: the one allowed edge from harness up to fuzz
     from harness.bench import WORKLOADS
 
+    return {**WORKLOADS, "small_mix": small_mix}
+
+
+def _add_bench(sub: Any) -> None:
     bench = sub.add_parser(
         "bench",
         help="time fixed workloads on ref and fast side by side; print speed-ups",
@@ -70,7 +76,7 @@ def _add_bench(sub: Any) -> None:
         "second and peak memory.",
         allow_abbrev=False,
     )
-    bench.add_argument("--workload", action="append", choices=sorted(WORKLOADS),
+    bench.add_argument("--workload", action="append", choices=sorted(_bench_workloads()),
                        help="run only this workload (repeatable; default: all)")
     bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
 
@@ -103,9 +109,10 @@ def _add_conform(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from harness.bench import WORKLOADS, run_bench
+    from harness.bench import run_bench
 
-    workloads = args.workload or list(WORKLOADS)
+    every = _bench_workloads()
+    workloads = {name: every[name] for name in (args.workload or every)}
     print(f"pudthp bench: {len(workloads)} workloads x ref, fast (one process each)")
     try:
         run_bench(workloads, args.json, progress=lambda line: print(line, flush=True))
@@ -186,7 +193,7 @@ def _cmd_fuzz(args: argparse.Namespace) -> int:
     workers = args.workers or os.cpu_count() or 1
     if args.engine == "atheris":
         return _cmd_fuzz_atheris(args, overrides, seed, workers)
-    from harness.fuzz_hypothesis import Campaign, run_campaign  # lazy: Hypothesis
+    from fuzz.engine_hypothesis import Campaign, run_campaign  # lazy: Hypothesis
 
     return run_campaign(Campaign(args.time, workers, overrides, args.findings, seed,
                                  impl=args.impl))
@@ -205,7 +212,7 @@ def _cmd_fuzz_atheris(args: argparse.Namespace, overrides: dict[str, Any], seed:
         return _error(f"--corpus {args.corpus}: {e.strerror or e}")
     if not os.access(args.corpus, os.W_OK):
         return _error(f"--corpus {args.corpus}: not writable")
-    from harness.fuzz_atheris import AtherisCampaign, run_atheris_campaign  # lazy: atheris
+    from fuzz.engine_atheris import AtherisCampaign, run_atheris_campaign  # lazy: atheris
 
     return run_atheris_campaign(AtherisCampaign(args.time, workers, overrides, args.findings,
                                                 args.corpus, seed, impl=args.impl))
@@ -408,10 +415,11 @@ def _main(argv: list[str]) -> int:
 def _cmd_conform(args: argparse.Namespace) -> int:
     if (args.program is None) == (args.random is None):
         return _error("conform takes PROGRAM or --random N (see 'pudthp conform --help')")
-    from harness.conform import cmd_conform  # lazy: the live-kernel code only when asked
+    from fuzz.gen import random_pmd_program  # lazy, as the live-kernel code below
+    from harness.conform.compare import cmd_conform
 
     return cmd_conform(args.program, args.report, args.random, args.seed, args.ops,
-                       args.save_dir, args.quiet, frozenset(args.ignore))
+                       args.save_dir, args.quiet, frozenset(args.ignore), random_pmd_program)
 
 
 def _error(message: str) -> int:

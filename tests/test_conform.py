@@ -18,10 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import conform, live
-from harness import kernel as k
+from fuzz import gen
 from harness.cli import main
-from harness.observe import (
+from harness.conform import compare as conform
+from harness.conform import kernel as k
+from harness.conform import live
+from harness.conform.observe import (
     Disagreement,
     MmObs,
     Observation,
@@ -219,7 +221,7 @@ def test_the_lru_drain_file_never_goes_on_tmpfs() -> None:
 
 def test_random_programs_use_only_what_the_machine_can_do() -> None:
     for i in range(30):
-        p = conform.random_program(7, i, 40, split_folio=False)
+        p = gen.random_pmd_program(7, i, 40, split_folio=False)
         conform.check_ops(p)
         kinds = {op.KIND for op in p.ops}
         assert not kinds & {"migrate", "fail_alloc", "split_folio"}
@@ -381,13 +383,13 @@ def test_bounded_random_run_agrees() -> None:
         for i in range(20):
             rng = random.Random(f"ci:{i}")
             pmds = rng.choice((2, 3, 4))
-            cfg = conform.random_pmd_config(rng, pmds * 512)
+            cfg = gen.random_pmd_config(rng, pmds * 512)
             fields = {k: getattr(cfg, k) for k in Config.KEYS}
             cfg = Config(**{**fields, "swap_pages": 4 * pmds * 512})
-            weights = dict(conform.RANDOM_WEIGHTS)
+            weights = dict(gen.RANDOM_WEIGHTS)
             if not split:
                 weights["split_folio"] = 0
-            p = conform.PmdProgramGenerator(cfg, rng, pmds, weights).program(30)
+            p = gen.PmdProgramGenerator(cfg, rng, pmds, weights).program(30)
             run = session.run(p)
             if run.disagreement is not None:
                 failures.append(f"program ci:{i}: {describe(run, p)}")

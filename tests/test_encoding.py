@@ -1,4 +1,4 @@
-"""The byte format of ``harness.encoding`` (what atheris inputs mean) and the op-level
+"""The byte format of ``fuzz.encoding`` (what atheris inputs mean) and the op-level
 mutator of ``fuzz.mutator``: every byte string decodes to a valid program, representable
 programs round-trip, version 1 stays what it is."""
 
@@ -13,8 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fuzz.mutator import Hunt, crossover, mutate
-from harness.encoding import (
+from fuzz.encoding import (
     CHOICE_FIELDS,
     OP_KINDS,
     EncodeError,
@@ -22,7 +21,8 @@ from harness.encoding import (
     encodable,
     encode,
 )
-from harness.gen import ProgramGenerator, random_config
+from fuzz.gen import ProgramGenerator, random_config
+from fuzz.mutator import Hunt, crossover, mutate
 from harness.program import dump_program, parse_program_text
 from pudthp_ref import spec
 from pudthp_ref.spec import Config, Program
@@ -184,7 +184,7 @@ def test_the_vocabulary_tables_cover_the_spec() -> None:
 
 
 def test_version_1_golden_bytes() -> None:
-    # Written by hand from the format in harness/encoding.py's docstring; if this fails,
+    # Written by hand from the format in fuzz/encoding.py's docstring; if this fails,
     # the meaning of existing corpora changed: add a version instead.
     data = bytes([
         1,  # version

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from harness.gen import ProgramGenerator, random_config
+from fuzz.gen import ProgramGenerator, random_config
 from pudthp_fast.invariants import check_invariants
 from pudthp_fast.snapshot import digest_snapshot, take_snapshot
 from pudthp_fast.state import (

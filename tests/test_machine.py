@@ -21,14 +21,13 @@ import pytest
 from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from harness.cli import main
-from harness.fuzz_hypothesis import (
+from fuzz.archive import finding_path
+from fuzz.engine_hypothesis import (
     WorkerSpec,
-    finding_path,
     minimise,
     run_worker,
 )
-from harness.machine import (
+from fuzz.machine import (
     DivergenceFinding,
     FindingError,
     InvariantFinding,
@@ -37,6 +36,7 @@ from harness.machine import (
     finding_error,
     make_machine,
 )
+from harness.cli import main
 from harness.program import parse_program
 from harness.runner import Stepper, run_program
 from pudthp_ref.spec import Config, ConfigError, Finding, Mmap, Program, Read, Write

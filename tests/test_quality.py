@@ -23,7 +23,7 @@ import pytest
 
 import pudthp_fast.huge_memory as fast_hm
 import pudthp_fast.rmap as fast_rmap
-from harness.fuzz_hypothesis import WorkerSpec, finding_program, fuzz_inline
+from fuzz.engine_hypothesis import WorkerSpec, finding_program, fuzz_inline
 from harness.runner import run_program
 from pudthp_fast.state import LEAF, NONE
 

@@ -1,6 +1,6 @@
 """Invariants and the oracle hold after every op of seeded random programs (reference).
 
-Programs come from ``harness.gen`` with a recorded seed each, so a failure names the seed
+Programs come from ``fuzz.gen`` with a recorded seed each, so a failure names the seed
 that reproduces it; the runner checks invariants after every op and reads against the
 oracle, and a finding fails the test with the program printed as replayable JSON.
 """
@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from harness.gen import ProgramGenerator, random_config
+from fuzz.gen import ProgramGenerator, random_config
 from harness.program import dump_program
 from harness.runner import run_program
 

@@ -1,9 +1,9 @@
 """``pudthp conform``: run a PMD-level program on the live kernel and on the reference model
 and compare, after every op, everything both can show (issue 4).
 
-The kernel side (``harness.live``) runs each model mm as a real process at x86_64 geometry:
+The kernel side (``harness.conform.live``) runs each model mm as a real process at x86_64 geometry:
 model page ``v`` is ``WINDOW_BASE + v * 4096``.  Per op the two results are compared, then the
-observations of ``harness.observe`` (VMAs, RSS, per-page mapping kind, folio sharing, order,
+observations of ``harness.conform.observe`` (VMAs, RSS, per-page mapping kind, folio sharing, order,
 mapcount, contents) and the deltas of the global THP counters over the op.  The first
 difference is the disagreement.
 
@@ -30,18 +30,16 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness import kernel as k
-from harness import live
-from harness.gen import DEFAULT_WEIGHTS, ProgramGenerator
-from harness.kernel import PAGE_SIZE, KernelError
-from harness.observe import (
+from harness.conform import kernel as k
+from harness.conform import live
+from harness.conform.kernel import PAGE_SIZE, KernelError
+from harness.conform.observe import (
     Disagreement,
     Observation,
     canonical,
@@ -450,68 +448,6 @@ class Session:
 
 
 # --------------------------------------------------------------------------------------
-# Random programs
-# --------------------------------------------------------------------------------------
-
-RANDOM_WEIGHTS: dict[str, int] = {**DEFAULT_WEIGHTS, "migrate": 0, "fail_alloc": 0}
-
-
-class PmdProgramGenerator(ProgramGenerator):
-    """``ProgramGenerator`` at x86_64 geometry in a region of a few PMDs: addresses biased to
-    PMD boundaries (one page either side), lengths of whole PMDs or a few pages."""
-
-    def __init__(self, cfg: Config, rng: random.Random, region_pmds: int,
-                 weights: dict[str, int]) -> None:
-        super().__init__(cfg, rng, weights)
-        self.region = region_pmds * self.g.pmd_nr
-
-    def addr(self) -> int:
-        g, r = self.g, self.rng
-        if r.random() < 0.7:
-            base = r.randrange(0, self.region, g.pmd_nr)
-            return min(max(base + r.choice((-1, 0, 0, 0, 1, 2)), 0), self.region - 1)
-        return r.randrange(self.region)
-
-    def length(self, start: int) -> int:
-        g, r = self.g, self.rng
-        roll = r.random()
-        if roll < 0.45:
-            n = g.pmd_nr * r.choice((1, 1, 2, 3))
-        elif roll < 0.8:
-            n = r.randint(1, 3)
-        else:
-            n = r.randint(1, 2 * g.pmd_nr + 2)
-        return max(1, min(n, self.region - start)) if start < self.region else 1
-
-
-def random_pmd_config(rng: random.Random, region_pages: int) -> Config:
-    return Config(
-        geometry=X86_64_P,
-        thp_enabled=rng.choice(("always", "always", "madvise", "never")),
-        pmd_enabled=rng.choice(("inherit", "inherit", "always", "madvise", "never")),
-        pud_enabled="never",
-        use_zero_page=rng.random() < 0.7,
-        shrink_underused=rng.random() < 0.7,
-        nodes=1,
-        swap_pages=rng.choice((0, 4 * region_pages, 4 * region_pages)),
-    )
-
-
-def random_program(seed: int, index: int, n_ops: int, split_folio: bool = True) -> Program:
-    """Program ``index`` of the random run ``seed`` (``split_folio`` False: none of them)."""
-    rng = random.Random(f"conform:{seed}:{index}")
-    region_pmds = rng.choice((2, 3, 4, 6, 8))
-    cfg = random_pmd_config(rng, region_pmds * X86_64_P)
-    weights = dict(RANDOM_WEIGHTS)
-    if not split_folio:
-        weights["split_folio"] = 0
-    gen = PmdProgramGenerator(cfg, rng, region_pmds, weights)
-    p = gen.program(n_ops)
-    return Program(p.config, p.ops, {"generator": "harness.conform", "seed": seed,
-                                     "index": index})
-
-
-# --------------------------------------------------------------------------------------
 # The command
 # --------------------------------------------------------------------------------------
 
@@ -579,13 +515,20 @@ def signature(d: Disagreement, program: Program) -> str:
     return f"{kind}:{d.cls}"
 
 
+RandomProgram = Callable[[int, int, int, bool], Program]
+"""``(seed, index, n_ops, split_folio) -> program``: the generator of ``--random`` runs
+(``fuzz.gen.random_pmd_program``, handed in by the command line)."""
+
+
 def cmd_conform(program_path: str | None, report: str | None, random_n: int | None,
                 seed: int, n_ops: int, save_dir: str | None, quiet: bool,
-                ignore: frozenset[str] = frozenset()) -> int:
+                ignore: frozenset[str] = frozenset(),
+                random_program: RandomProgram | None = None) -> int:
     """``pudthp conform``; returns the exit status (0 agree, 1 disagree, 2 cannot run)."""
     try:
         if random_n is not None:
-            return _cmd_random(random_n, seed, n_ops, save_dir, report, ignore)
+            assert random_program is not None
+            return _cmd_random(random_n, seed, n_ops, save_dir, report, ignore, random_program)
         assert program_path is not None
         return _cmd_one(program_path, report, quiet, ignore)
     except (CannotRun, KernelError, live.Interrupted) as e:
@@ -630,7 +573,8 @@ def _cmd_one(path: str, report: str | None, quiet: bool, ignore: frozenset[str])
 
 
 def _cmd_random(n: int, seed: int, n_ops: int, save_dir: str | None,
-                report: str | None, ignore: frozenset[str]) -> int:
+                report: str | None, ignore: frozenset[str],
+                random_program: RandomProgram) -> int:
     signatures: dict[str, list[int]] = {}
     known: dict[str, str] = {}  # signature -> the README's explanation
     unexplained: set[str] = set()  # signatures with a program no explanation fits

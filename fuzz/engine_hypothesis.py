@@ -19,8 +19,6 @@ have (without the extra pass) and the parent writes it before returning 130.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
 import queue
 import random
 import signal
@@ -35,7 +33,8 @@ import hypothesis
 from hypothesis import HealthCheck, Phase, Verbosity, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from harness.machine import FindingError, Observer, StopFuzzing, make_machine, program_size
+from fuzz.archive import archive, finding_path
+from fuzz.machine import FindingError, Observer, StopFuzzing, make_machine, program_size
 from harness.program import dump_program, parse_program
 from harness.runner import run_program
 from harness.shrink import ddmin_ops
@@ -287,23 +286,6 @@ def finding_program(payload: dict[str, Any]) -> Program:
 # --------------------------------------------------------------------------------------
 # The campaign (parent process)
 # --------------------------------------------------------------------------------------
-
-
-def finding_path(directory: str, signature: str) -> str:
-    """Where a finding is archived: a short hash of its signature."""
-    digest = hashlib.sha256(signature.encode()).hexdigest()[:12]
-    return os.path.join(directory, f"{digest}.json")
-
-
-def archive(directory: str, signature: str, text: str) -> tuple[str, bool]:
-    """Write a finding's program unless a file of its signature exists: (path, written)."""
-    path = finding_path(directory, signature)
-    try:
-        with open(path, "x", encoding="utf-8") as f:
-            f.write(text)
-    except FileExistsError:
-        return path, False
-    return path, True
 
 
 @dataclass

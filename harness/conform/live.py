@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, NoReturn
 
-from harness import kernel as k
-from harness.kernel import PAGE_SIZE, KernelError
-from harness.observe import MTHP_COMPARED, VMSTAT_COMPARED, MmObs, Observation, PageObs
+from harness.conform import kernel as k
+from harness.conform.kernel import PAGE_SIZE, KernelError
+from harness.conform.observe import MTHP_COMPARED, VMSTAT_COMPARED, MmObs, Observation, PageObs
 
 WINDOW_BASE = 0x1000_0000_0000  # 16 TiB: 1 GiB aligned, far below mmap_base (~127 TiB)
 MAX_MSG = 1 << 16

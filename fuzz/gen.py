@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 from pudthp_ref import spec
-from pudthp_ref.spec import Config, Op, Program
+from pudthp_ref.spec import GEOMETRIES, Config, Op, Program
 
 DEFAULT_WEIGHTS: dict[str, int] = {
     "mmap": 6,
@@ -118,7 +118,7 @@ class ProgramGenerator:
         ops: list[Op] = [spec.Mmap(0, 0, self.region, "rw")]
         while len(ops) < n_ops:
             ops.append(self.op())
-        return Program(self.cfg, tuple(ops), {"generator": "harness.gen"})
+        return Program(self.cfg, tuple(ops), {"generator": "fuzz.gen"})
 
 
 def random_config(rng: random.Random, geometry: int = 8, deposit: str | None = None) -> Config:
@@ -136,3 +136,77 @@ def random_config(rng: random.Random, geometry: int = 8, deposit: str | None = N
         nodes=rng.choice((1, 2, 2)),
         swap_pages=rng.choice((-1, 0, geometry * geometry)),
     )
+
+
+def small_mix() -> list[tuple[Config, list[Op]]]:
+    """``pudthp bench``'s small-geometry workload: 200 random programs of 60 ops (seeded)."""
+    out = []
+    for seed in range(200):
+        rng = random.Random(f"bench:small:{seed}")
+        cfg = random_config(rng, 8)
+        out.append((cfg, list(ProgramGenerator(cfg, rng).program(60).ops)))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# PMD-level programs for ``pudthp conform --random`` (x86_64 geometry, no PUD THP)
+# --------------------------------------------------------------------------------------
+
+X86_64_P = GEOMETRIES["x86_64"]
+
+RANDOM_WEIGHTS: dict[str, int] = {**DEFAULT_WEIGHTS, "migrate": 0, "fail_alloc": 0}
+
+
+class PmdProgramGenerator(ProgramGenerator):
+    """``ProgramGenerator`` at x86_64 geometry in a region of a few PMDs: addresses biased to
+    PMD boundaries (one page either side), lengths of whole PMDs or a few pages."""
+
+    def __init__(self, cfg: Config, rng: random.Random, region_pmds: int,
+                 weights: dict[str, int]) -> None:
+        super().__init__(cfg, rng, weights)
+        self.region = region_pmds * self.g.pmd_nr
+
+    def addr(self) -> int:
+        g, r = self.g, self.rng
+        if r.random() < 0.7:
+            base = r.randrange(0, self.region, g.pmd_nr)
+            return min(max(base + r.choice((-1, 0, 0, 0, 1, 2)), 0), self.region - 1)
+        return r.randrange(self.region)
+
+    def length(self, start: int) -> int:
+        g, r = self.g, self.rng
+        roll = r.random()
+        if roll < 0.45:
+            n = g.pmd_nr * r.choice((1, 1, 2, 3))
+        elif roll < 0.8:
+            n = r.randint(1, 3)
+        else:
+            n = r.randint(1, 2 * g.pmd_nr + 2)
+        return max(1, min(n, self.region - start)) if start < self.region else 1
+
+
+def random_pmd_config(rng: random.Random, region_pages: int) -> Config:
+    return Config(
+        geometry=X86_64_P,
+        thp_enabled=rng.choice(("always", "always", "madvise", "never")),
+        pmd_enabled=rng.choice(("inherit", "inherit", "always", "madvise", "never")),
+        pud_enabled="never",
+        use_zero_page=rng.random() < 0.7,
+        shrink_underused=rng.random() < 0.7,
+        nodes=1,
+        swap_pages=rng.choice((0, 4 * region_pages, 4 * region_pages)),
+    )
+
+
+def random_pmd_program(seed: int, index: int, n_ops: int, split_folio: bool = True) -> Program:
+    """Program ``index`` of the random run ``seed`` (``split_folio`` False: none of them)."""
+    rng = random.Random(f"conform:{seed}:{index}")
+    region_pmds = rng.choice((2, 3, 4, 6, 8))
+    cfg = random_pmd_config(rng, region_pmds * X86_64_P)
+    weights = dict(RANDOM_WEIGHTS)
+    if not split_folio:
+        weights["split_folio"] = 0
+    gen = PmdProgramGenerator(cfg, rng, region_pmds, weights)
+    p = gen.program(n_ops)
+    return Program(p.config, p.ops, {"generator": "harness.conform", "seed": seed,
+                                     "index": index})

@@ -11,7 +11,7 @@ encoded into it (files named by content hash, written once) to start from.
 A finding makes libFuzzer write the input to ``crash-<sha1>`` (in a temporary directory)
 and exit.  The parent decodes it with the target's own config policy, replays it to get the
 signature, shrinks it (``harness.shrink``, same signature), and archives it like the
-Hypothesis engine (``harness.fuzz_hypothesis.archive``: a program JSON with metadata named
+Hypothesis engine (``fuzz.archive.archive``: a program JSON with metadata named
 by a short hash of the signature, never overwriting).  Then it adds the signature to the
 file of known signatures the targets re-read, and restarts the worker with the next seed
 for the remaining time, so one bug is reported once and the search moves on.  Signatures
@@ -47,9 +47,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from fuzz.archive import archive, archived_signatures
+from fuzz.encoding import EncodeError, encode
 from fuzz.mutator import Hunt
-from harness.encoding import EncodeError, encode
-from harness.fuzz_hypothesis import archive
 from harness.program import ProgramError, dump_program, load_program_file
 from harness.runner import run_program
 from harness.shrink import NoFinding, ShrinkResult, shrink
@@ -119,19 +119,6 @@ def worker_seed(seed: int, index: int, start: int, workers: int) -> int:
     each finding) of worker ``index``: ``seed + index + start * workers`` modulo 2**32, with
     0 (which libFuzzer would replace by a random seed) read as 2**32 - 1."""
     return (seed + index + start * workers) % 2**32 or 2**32 - 1
-
-
-def archived_signatures(directory: str) -> dict[str, str]:
-    """signature -> file of every program in ``directory`` whose meta has one."""
-    out: dict[str, str] = {}
-    for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
-        try:
-            sig = load_program_file(path).meta.get("signature")
-        except ProgramError:
-            continue
-        if isinstance(sig, str):
-            out.setdefault(sig, path)
-    return out
 
 
 def seed_corpus(corpus_dir: str, dirs: list[str]) -> int:
