@@ -19,8 +19,9 @@ What it filters out: inputs are never rejected (the decoder is total), but
 Coverage: ``pudthp_ref``, ``harness`` and the decoder ``fuzz.encoding`` are imported under
 ``atheris.instrument_imports`` so their branches guide the search, except the checkers
 (``UNINSTRUMENTED``): they walk the whole state after every op, so instrumented they cost
-the reference 4x its speed, and their branches say little about what the model did.  ``pudthp_fast`` is numpy, whose work happens
-in C; it is instrumented only with ``--instrument-fast``.
+the reference 4x its speed, and their branches say little about what the model did.
+``pudthp_fast`` is numpy, whose work happens in C; it is instrumented only with
+``--instrument-fast``.
 
 Usage (the campaign runs it; by hand for debugging)::
 
