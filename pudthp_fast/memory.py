@@ -228,6 +228,7 @@ def do_wp_page(st: FastState, mm: FastMm, vma: FastVma, pte: int, ti: int) -> No
         fid = int(st.e_id[st.row(pte), ti])
         p = int(st.f_base[fid]) + int(st.e_page[st.row(pte), ti])
         if st.p_exclusive[p] or wp_can_reuse_anon_folio(st, fid):
+            st.f_touch[fid] = True
             st.p_exclusive[p] = True
             r_pte = st.wrow(pte)
             st.e_bits[r_pte, ti] |= W | D | Y
@@ -343,6 +344,7 @@ def copy_pte_segments(st: FastState, dst: FastMm, segs: list[tuple[int, int, int
     if present.any():
         fids = ids[present]
         pages = st.f_base[fids] + pages_in[present].astype(np.int64)
+        st.f_touch[fids] = True
         np.add.at(st.f_ref, fids, 1)
         st.p_exclusive[pages] = False
         np.add.at(st.p_mapcount, pages, 1)
@@ -354,13 +356,15 @@ def copy_pte_segments(st: FastState, dst: FastMm, segs: list[tuple[int, int, int
         dst.rss_anon += int(fids.size)
     copied = present | swap | (kind == ZERO)
     keep = copied.any(axis=1)  # a child table that gets nothing takes no row
+    stabs = np.array([s_ for _, s_, _, _ in segs], np.int64)
     if not keep.all():
-        dtabs, srows = dtabs[keep], srows[keep]
+        dtabs, srows, stabs = dtabs[keep], srows[keep], stabs[keep]
         kind, ids, pages_in = kind[keep], ids[keep], pages_in[keep]
         present, copied = present[keep], copied[keep]
     if not dtabs.size:
         return
     drows = st.wrows(dtabs)  # before the arrays are read again: a new row may move them
+    st.t_touch[stabs] = True
     bits = st.e_bits[srows]
     st.e_bits[srows] = np.where(present, bits & ~np.uint8(W), bits)  # parent read-only
     child = bits & ~np.uint8(Y | W)  # the child's PTEs old and read-only
@@ -386,6 +390,7 @@ def copy_one_pte(st: FastState, dst: FastMm, src: FastMm, vma: FastVma, dpte: in
         return
     fid = int(st.e_id[st.row(spte), ti])
     page = int(st.e_page[st.row(spte), ti])
+    st.f_touch[fid] = True
     st.f_ref[fid] += 1
     if folio_try_dup_anon_rmap(st, fid, page, 1, dst, src, PTE_LEVEL):
         dst.rss_anon += 1
@@ -500,6 +505,7 @@ def zap_pte_segments(st: FastState, mm: FastMm, segs: list[tuple[int, int, int]]
         cleared = np.where(mask, np.zeros_like(kind2), kind2)
     seg = np.repeat(np.arange(len(segs)), hi - lo)
     real = rows != 0  # row 0 (a table with no entries) is never written
+    st.t_touch[[t for t, _, _ in segs]] = True
     st.e_kind[rows[real]] = cleared[real]
     swap = kind == SWAP
     if swap.any():
@@ -516,6 +522,7 @@ def zap_pte_segments(st: FastState, mm: FastMm, segs: list[tuple[int, int, int]]
     small[present] = st.f_order[ids[present]] == 0
     if small.any():
         fids = ids[small]
+        st.f_touch[fids] = True
         bases = st.f_base[fids]
         st.p_mapcount[bases] -= 1
         mod_node(st, "nr_anon_mapped", -int(np.count_nonzero(st.p_mapcount[bases] == -1)))
@@ -541,6 +548,7 @@ def zap_large_batches(st: FastState, mm: FastMm, lid: np.ndarray, lpg: np.ndarra
     bounds = np.flatnonzero(np.diff(run_fid[order])) + 1
     for group in np.split(order, bounds):
         fid = int(run_fid[group[0]])
+        st.f_touch[fid] = True
         b = int(st.f_base[fid])
         lens = run_len[group].astype(np.int64)
         offsets = np.cumsum(lens) - lens  # of each run within the folio's members

@@ -32,6 +32,7 @@ from pudthp_ref.spec import PAGE_TABLE_BYTES, Geometry, ModelBug
 def pt_alloc(st: FastState, mm: FastMm, level: int) -> int:
     """pte_alloc_one() / pmd_alloc_one() / pud_alloc_one() with mm_inc_nr_*()."""
     tid = st.new_table_row()
+    st.t_touch[tid] = True
     st.t_level[tid] = level
     st.t_mm[tid] = mm.id
     st.t_state[tid] = ST_LIVE
@@ -44,6 +45,7 @@ def pt_alloc(st: FastState, mm: FastMm, level: int) -> int:
 def pt_alloc_many(st: FastState, mm: FastMm, level: int, n: int) -> Arr:
     """``n`` pt_alloc() calls in a row: the ids are consecutive."""
     tids = np.arange(st.new_table_rows(n), st.next_pt, dtype=np.int64)
+    st.t_touch[tids] = True
     st.t_level[tids] = level
     st.t_mm[tids] = mm.id
     st.t_state[tids] = ST_LIVE
@@ -87,12 +89,14 @@ def deref(st: FastState, w: int, what: str) -> int:
 
 
 def init_list_head(st: FastState, t: int) -> None:
+    st.t_touch[t] = True
     st.t_w8[t] = t
     st.t_w16[t] = t
 
 
 def list_add(st: FastState, new: int, head: int, what: str) -> None:
     nxt = deref(st, int(st.t_w8[head]), what)
+    st.t_touch[[nxt, new, head]] = True
     st.t_w16[nxt] = new
     st.t_w8[new] = nxt
     st.t_w16[new] = head
@@ -102,6 +106,7 @@ def list_add(st: FastState, new: int, head: int, what: str) -> None:
 def list_del(st: FastState, entry: int, what: str) -> None:
     prev = deref(st, int(st.t_w16[entry]), what)
     nxt = deref(st, int(st.t_w8[entry]), what)
+    st.t_touch[[prev, nxt, entry]] = True
     st.t_w16[nxt] = prev
     st.t_w8[prev] = nxt
     st.t_w8[entry] = POISON1
@@ -119,6 +124,7 @@ def pgtable_trans_huge_deposit(st: FastState, pmd: int, pgtable: int) -> None:
         init_list_head(st, pgtable)
     else:
         list_add(st, pgtable, deref(st, root, "deposit.pmd"), "deposit.pmd")
+    st.t_touch[pmd] = st.t_touch[pgtable] = True
     st.t_w16[pmd] = pgtable
     st.t_state[pgtable] = ST_DEPOSITED
 
@@ -126,6 +132,7 @@ def pgtable_trans_huge_deposit(st: FastState, pmd: int, pgtable: int) -> None:
 def pgtable_trans_huge_withdraw(st: FastState, pmd: int) -> int:
     pgtable = deref(st, int(st.t_w16[pmd]), "withdraw.pmd")
     nxt = list_first_entry_or_null(st, pgtable)
+    st.t_touch[pmd] = st.t_touch[pgtable] = True
     st.t_w16[pmd] = nxt
     if nxt != NULL:
         list_del(st, pgtable, "withdraw.pmd")
@@ -144,12 +151,14 @@ def pgtable_trans_huge_pud_deposit(st: FastState, pud: int, pmd: int) -> None:
             list_add(st, pmd, deref(st, root, "deposit.pud"), "deposit.pud")
     else:
         st.t_w8[pmd] = st.t_w16[pud]
+    st.t_touch[pud] = st.t_touch[pmd] = True
     st.t_w16[pud] = pmd
     st.t_state[pmd] = ST_DEPOSITED
 
 
 def pgtable_trans_huge_pud_withdraw(st: FastState, pud: int) -> int:
     top = deref(st, int(st.t_w16[pud]), "withdraw.pud")
+    st.t_touch[pud] = st.t_touch[top] = True
     if st.cfg.deposit == "list_head":
         nxt = list_first_entry_or_null(st, top)
         st.t_w16[pud] = nxt

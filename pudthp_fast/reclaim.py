@@ -155,6 +155,7 @@ def try_to_migrate_ptes(st: FastState, fid: int, hit: Hit) -> Migration:
     pages = st.e_page[st.row(t), idx].astype(np.int64)
     bits = st.e_bits[st.row(t), idx].copy()
     b = int(st.f_base[fid])
+    st.f_touch[fid] = True
     exclusive = st.p_exclusive[b + pages] | ((bits & W) != 0)
     st.p_exclusive[b + pages] = False
     if (bits & D).any():
@@ -170,6 +171,7 @@ def set_pmd_migration_entry(st: FastState, fid: int, hit: Hit) -> Migration:
     t, mi = hit.table, hit.index
     bits = int(st.e_bits[st.row(t), mi])
     b = int(st.f_base[fid])
+    st.f_touch[fid] = True
     exclusive = bool(st.p_exclusive[b]) or bool(bits & W)
     st.p_exclusive[b] = False
     if bits & D:
@@ -195,6 +197,7 @@ def split_huge_pmd_freeze(st: FastState, fid: int, hit: Hit) -> Migration:
 
 def remove_migration_entries(st: FastState, m: Migration, fid: int) -> None:
     """remove_migration_ptes()/pmd() onto ``fid`` (same page numbers)."""
+    st.f_touch[fid] = True
     if m.level == PMD_LEVEL:
         st.f_ref[fid] += 1
         set_entry(st, m.table, m.index, LEAF, fid, 0, int(m.bits[0]))
@@ -300,6 +303,8 @@ def split_unmapped_folio(st: FastState, fid: int) -> int:
         count_vm_event(st, "thp_split_page")
     first = st.new_folio_rows(nr - 1)
     tails = slice(first, first + nr - 1)
+    st.f_touch[fid] = True
+    st.f_touch[tails] = True
     st.f_order[tails] = 0
     st.f_node[tails] = st.f_node[fid]
     st.f_nr[tails] = 1
@@ -337,6 +342,7 @@ def remap_page(st: FastState, head: int, first_new: int, migration: list[Migrati
         st.e_id[r_m_table, idx] = fids
         st.e_page[r_m_table, idx] = 0
         st.e_bits[r_m_table, idx] = m.bits[keep]
+        st.f_touch[fids] = True
         np.add.at(st.f_ref, fids, 1)
         kp = pool[keep]
         before = st.p_mapcount[kp].copy()
@@ -352,6 +358,7 @@ def deferred_split_scan(st: FastState) -> int:
             if split_folio_to_list(st, fid) is not None:
                 split += 1
         else:
+            st.f_touch[fid] = True
             st.deferred.remove(fid)
             st.f_deferred[fid] = False
     return split
@@ -508,6 +515,7 @@ def shrink_folio(st: FastState, fid: int) -> list[int]:
         if not slot:
             return tails
     nr = int(st.f_nr[fid])
+    st.f_touch[fid] = True
     st.f_swapcache[fid] = True
     st.f_ref[fid] += nr
     try_to_unmap(st, fid, slot)
@@ -535,6 +543,7 @@ def try_to_unmap(st: FastState, fid: int, slot: int) -> None:
         assert hit.indices is not None
         t, idx = hit.table, hit.indices
         pages = st.e_page[st.row(t), idx].astype(np.int64)
+        st.f_touch[fid] = True
         if (st.e_bits[st.row(t), idx] & D).any():
             st.f_dirty[fid] = True
         np.add.at(st.s_count, slot + pages, 1)
@@ -627,6 +636,7 @@ def move_folio(st: FastState, src: int, dst: int) -> None:
     nr = int(st.f_nr[src])
     sb, db = int(st.f_base[src]), int(st.f_base[dst])
     st.p_data[db : db + nr] = st.p_data[sb : sb + nr]
+    st.f_touch[dst] = True
     st.f_dirty[dst] = st.f_dirty[src]
     for m in migration:
         remove_migration_entries(st, m, dst)

@@ -1,8 +1,10 @@
 """State of the fast model as struct-of-arrays: page tables, folios, the page pool, swap.
 
 Every table, folio and swap slot is a row of numpy arrays indexed by its id (row 0 unused,
-ids start at 1, as in the reference).  Arrays grow by doubling.  Per-page folio state lives
-in one page pool: a folio owns ``[f_base, f_base + f_nr)`` of ``p_mapcount``,
+ids start at 1, as in the reference).  Arrays grow in chunks: what is needed, rounded up to
+a quarter of the current size or a geometry-sized minimum (a PUD folio's pages for the page
+pool, a PUD split's tables for the entry rows), never by doubling for one page.  Per-page
+folio state lives in one page pool: a folio owns ``[f_base, f_base + f_nr)`` of ``p_mapcount``,
 ``p_exclusive`` and ``p_data``, so splitting a folio hands its tail pages to the new folios
 without copying.
 
@@ -16,6 +18,12 @@ Entry encoding (``e_kind`` per row and index):
     PMD or zero-page PTE), 4 present PTE (``e_id`` = folio, ``e_page`` = page in folio),
     5 swap PTE (``e_id`` = slot).  ``e_bits``: 1 write, 2 dirty, 4 young.
 Raw ptdesc words ``t_w8`` / ``t_w16``: 0 NULL, a table id, or ``POISON1`` / ``POISON2``.
+
+Dirty tracking for the incremental invariant checker (``pudthp_fast.incremental``): every
+write to a table (its entries, words, state, level or owner) sets ``t_touch[id]`` (``wrow``,
+``wrows``, ``release_row(s)`` and ``touch_t``/``touch_ts`` at the other write sites), every
+write to a folio's fields or its pages' ``_mapcount``/AnonExclusive sets ``f_touch[id]``
+(``touch_f``/``touch_fs``).  The checker consumes the marks; ``inc`` holds its aggregates.
 """
 
 from __future__ import annotations
@@ -46,12 +54,14 @@ U64 = np.uint64
 Arr = npt.NDArray[Any]
 
 
-def grow(a: Arr, need: int, fill: int | bool = 0) -> Arr:
-    """``a`` with at least ``need`` rows, doubling (amortised growth), new rows ``fill``."""
+def grow(a: Arr, need: int, fill: int | bool = 0, chunk: int = 16) -> Arr:
+    """``a`` with at least ``need`` rows, new rows ``fill``: ``need`` rounded up to a chunk
+    of ``max(chunk, rows // 4)`` (amortised growth with at most a quarter unused)."""
     n = a.shape[0]
     if need <= n:
         return a
-    new_n = max(need, 2 * n)
+    step = max(chunk, n // 4)
+    new_n = -(-need // step) * step
     shape = (new_n, *a.shape[1:])
     # np.zeros takes memory the kernel hands out already zeroed: only the copy touches it
     out = np.zeros(shape, a.dtype) if fill == 0 else np.full(shape, fill, dtype=a.dtype)
@@ -94,11 +104,13 @@ class FastState:
         self.geom: Geometry = cfg.geom
         P = self.geom.P
         self.P = P
-        # First capacities sized by geometry (one PUD folio, its deposit twice), so that a
-        # 1 GiB geometry does not double its way up from a few pages; growth doubles.
+        # First capacities sized by geometry (one PUD folio, its deposit twice); growth is
+        # by chunks of at least a PUD split's tables and a PUD folio's pages.
         tables = rows = 2 * P + 16
         folios = 64
         pages = 2 * self.geom.pud_nr
+        self.row_chunk = P + 16
+        self.page_chunk = self.geom.pud_nr
         # page tables, row = id
         self.t_level = np.zeros(tables, I8)
         self.t_mm = np.zeros(tables, I32)
@@ -107,8 +119,9 @@ class FastState:
         self.t_w16 = np.zeros(tables, I64)
         self.t_addr = np.zeros(tables, I64)  # first page a live table maps (for rmap walks)
         self.t_row = np.zeros(tables, I64)  # the table's entry row, 0 = none yet
+        self.t_touch = np.zeros(tables, bool)  # written since the last incremental check
         self.e_kind = np.zeros((rows, P), I8)
-        self.e_id = np.zeros((rows, P), I64)
+        self.e_id = np.zeros((rows, P), I32)
         self.e_page = np.zeros((rows, P), I32)
         self.e_bits = np.zeros((rows, P), U8)
         self.next_pt = 1
@@ -132,6 +145,7 @@ class FastState:
         self.f_partial = np.zeros(folios, bool)
         self.f_deferred = np.zeros(folios, bool)
         self.f_live = np.zeros(folios, bool)
+        self.f_touch = np.zeros(folios, bool)  # written since the last incremental check
         self.next_folio = 1
         # the page pool
         self.p_mapcount = np.full(pages, -1, I64)
@@ -153,6 +167,10 @@ class FastState:
         self.fail_alloc: dict[str, int] = {"pud": 0, "pmd": 0, "base": 0}
         self.huge_zero_allocated = False
         self.stats: dict[str, Any] = empty_stats()
+        # the incremental checker's aggregates, built by its first check, and how its
+        # checks went (cleared alone, or handed to the full checker)
+        self.inc: Any = None
+        self.checks: dict[str, int] = {"incremental": 0, "fallback": 0}
 
     # ---------------------------------------------------------------------------------
     # allocation of rows
@@ -174,6 +192,7 @@ class FastState:
             self.t_w16 = grow(self.t_w16, need)
             self.t_addr = grow(self.t_addr, need)
             self.t_row = grow(self.t_row, need)
+            self.t_touch = grow(self.t_touch, need, False)
         return tid
 
     def row(self, t: int) -> int:
@@ -181,7 +200,8 @@ class FastState:
         return int(self.t_row[t])
 
     def wrow(self, t: int) -> int:
-        """The entry row of table ``t`` for writing, taken on first use."""
+        """The entry row of table ``t`` for writing, taken on first use; marks ``t``."""
+        self.t_touch[t] = True
         r = int(self.t_row[t])
         if r == 0:
             r = self.free_rows.pop() if self.free_rows else self._new_rows(1)
@@ -190,17 +210,37 @@ class FastState:
 
     def wrows(self, ts: Arr) -> Arr:
         """``wrow`` for an array of tables."""
-        return np.array([self.wrow(int(t)) for t in ts], dtype=I64)
+        rows = self.t_row[ts]
+        missing = np.flatnonzero(rows == 0)
+        if missing.size:
+            for k in missing.tolist():
+                rows[k] = self.wrow(int(ts[k]))
+        self.t_touch[ts] = True
+        return rows
+
+    def touch_t(self, t: int) -> None:
+        """Table ``t`` was written (words, state, level, owner) outside ``wrow``."""
+        self.t_touch[t] = True
+
+    def touch_ts(self, ts: Arr) -> None:
+        self.t_touch[ts] = True
+
+    def touch_f(self, f: int) -> None:
+        """Folio ``f``'s fields or its pages' mapcounts / AnonExclusive were written."""
+        self.f_touch[f] = True
+
+    def touch_fs(self, fs: Arr) -> None:
+        self.f_touch[fs] = True
 
     def _new_rows(self, n: int) -> int:
         first = self.next_row
         self.next_row += n
         if self.next_row > self.e_kind.shape[0]:
-            need = self.next_row
-            self.e_kind = grow(self.e_kind, need)
-            self.e_id = grow(self.e_id, need)
-            self.e_page = grow(self.e_page, need)
-            self.e_bits = grow(self.e_bits, need)
+            need, c = self.next_row, self.row_chunk
+            self.e_kind = grow(self.e_kind, need, 0, c)
+            self.e_id = grow(self.e_id, need, 0, c)
+            self.e_page = grow(self.e_page, need, 0, c)
+            self.e_bits = grow(self.e_bits, need, 0, c)
         return first
 
     def release_rows(self, ts: Arr) -> None:
@@ -214,9 +254,11 @@ class FastState:
             self.e_bits[rows] = 0
             self.free_rows.extend(rows.tolist())
         self.t_row[ts] = 0
+        self.t_touch[ts] = True
 
     def release_row(self, t: int) -> None:
         """A freed table gives its row back, cleared."""
+        self.t_touch[t] = True
         r = int(self.t_row[t])
         if r:
             self.e_kind[r] = 0
@@ -249,6 +291,7 @@ class FastState:
             self.f_partial = grow(self.f_partial, need, False)
             self.f_deferred = grow(self.f_deferred, need, False)
             self.f_live = grow(self.f_live, need, False)
+            self.f_touch = grow(self.f_touch, need, False)
         return first
 
     def new_pages(self, n: int) -> int:
@@ -256,10 +299,10 @@ class FastState:
         base = self.next_page
         self.next_page += n
         if self.next_page > self.p_mapcount.shape[0]:
-            need = self.next_page
-            self.p_mapcount = grow(self.p_mapcount, need, -1)
-            self.p_exclusive = grow(self.p_exclusive, need, False)
-            self.p_data = grow(self.p_data, need)
+            need, c = self.next_page, self.page_chunk
+            self.p_mapcount = grow(self.p_mapcount, need, -1, c)
+            self.p_exclusive = grow(self.p_exclusive, need, False, c)
+            self.p_data = grow(self.p_data, need, 0, c)
         return base
 
     def new_slots(self, n: int) -> int:
