@@ -679,7 +679,7 @@ class _Walk:
         def at(i: int) -> int:
             return i if full else int(pidx[i])
 
-        fc = np.minimum(fid.view(np.uint64), c.nf).astype(I64)  # negative ids: no folio
+        fc = np.minimum(fid.view(np.uint32), c.nf).astype(I64)  # negative ids: no folio
         cls = self.fclass[fc]
         if _any(cls):
             for rank, code, name, what in (
@@ -738,7 +738,7 @@ class _Walk:
         is_swap = kinds == SWAP
         if _any(is_swap):
             si = _nz(is_swap)
-            self.swap_slots = st.e_id[er].reshape(-1)[si]
+            self.swap_slots = st.e_id[er].reshape(-1)[si].astype(I64)
             self.rss_swap += np.bincount(m[si // P], minlength=c.nmm)
 
     # ----------------------------------------------------------------------------------
