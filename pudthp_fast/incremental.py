@@ -71,17 +71,10 @@ I8 = np.int8
 I32 = np.int32
 I64 = np.int64
 
-# columns of IncState.contrib: a folio's share of the counters check_folios() recomputes
+# columns of IncState.contrib, a folio's share of the counters _check_folios() recomputes:
+# mTHP nr_anon (PMD order, PUD order), nr_anon_partially_mapped (PMD, PUD), then
+# NR_ANON_MAPPED, NR_ANON_THPS, NR_ANON_PUD_THPS
 NCONTRIB = 7
-_STAT_PATHS = (
-    ("mthp", "pmd", "nr_anon"),
-    ("mthp", "pud", "nr_anon"),
-    ("mthp", "pmd", "nr_anon_partially_mapped"),
-    ("mthp", "pud", "nr_anon_partially_mapped"),
-    ("node", "nr_anon_mapped"),
-    ("node", "nr_anon_thps"),
-    ("node", "nr_anon_pud_thps"),
-)
 
 DISABLED = "disabled"
 SCALAR_MAX = 48
@@ -123,6 +116,7 @@ class IncState:
         self.m_row = np.zeros(nt, I64)
         self.named = np.zeros(nt, I32)
         self.parent = np.full(nt, -1, I64)
+        self.m_w16 = np.zeros(nt, I64)
         self.chain_cnt = np.zeros(nt, I32)
         self.unit_of = np.zeros(nt, I64)
         self.unit_nodes: dict[int, list[int]] = {}
@@ -178,6 +172,7 @@ class IncState:
             self.m_row = _grown(self.m_row, nt)
             self.named = _grown(self.named, nt)
             self.parent = _grown(self.parent, nt, -1)
+            self.m_w16 = _grown(self.m_w16, nt)
             self.chain_cnt = _grown(self.chain_cnt, nt)
             self.unit_of = _grown(self.unit_of, nt)
         nr = st.e_kind.shape[0]
@@ -284,9 +279,18 @@ class Pass:
         self.npool = min(st.next_page, st.p_mapcount.shape[0])
         self.nmm = len(st.mms)
         self.alive_list = [mm.alive for mm in st.mms]
-        self.alive = np.array([*self.alive_list, False], bool)
+        self._alive: Arr | None = None
+        self.vmas: list[tuple[tuple[int, int, str], ...]] = []
+        self.old_roots: list[int] = []
         self.swap_changed = False
         self.scalar_max = SCALAR_MAX
+
+    @property
+    def alive(self) -> Arr:
+        """Alive per mm id, and one more False for "no such mm"."""
+        if self._alive is None:
+            self._alive = np.array([*self.alive_list, False], bool)
+        return self._alive
 
     def run(self, entry_phase: Any, folio_phase: Any) -> None:
         st, inc = self.st, self.inc
@@ -313,7 +317,7 @@ class Pass:
         self.swap()
         self.accounting()
         self.stats()
-        self.remember(dt)
+        self.remember(dt, changes.rows if changes.shaped is not None else None)
 
     # ------------------------------------------------------------------------------------
     # mms: VMAs, alive, PUD tables
@@ -328,9 +332,11 @@ class Pass:
         changed = False
         m_vmas, m_alive, m_pud = inc.m_vmas, inc.m_alive, inc.m_pud
         known = len(m_vmas)
+        self.vmas = all_vmas = []
         for i, mm in enumerate(st.mms):
             need(mm.id == i)
             vmas = tuple([(v.start, v.end, v.prot) for v in mm.vmas])
+            all_vmas.append(vmas)
             old = m_vmas[i] if i < known else ()
             if vmas != old:
                 changed = True
@@ -347,8 +353,13 @@ class Pass:
                 need(not np.count_nonzero((st.t_state[1:npt] != ST_FREE)
                                           & (st.t_mm[1:npt] == i)))
                 need(not np.count_nonzero(st.f_mmid[1 : self.nf] == mm.mm_id))
-            if was_alive != mm.alive or (i < known and m_pud[i] != mm.pud_table):
+            if was_alive != mm.alive:
                 changed = True
+            if i < known and m_pud[i] != mm.pud_table:
+                # the old PUD table must now be reached some other way, or be freed
+                changed = True
+                if 1 <= m_pud[i] < self.npt:
+                    self.old_roots.append(m_pud[i])
         if changed:
             starts = [-2]
             ends = [-1]
@@ -393,6 +404,20 @@ class Pass:
         if not dt.size:
             return
         st, inc = self.st, self.inc
+        if dt.size <= self.scalar_max:
+            nmm = self.nmm
+            alive = self.alive_list
+            ntables = inc.ntables
+            for t in dt.tolist():
+                s = st.t_state[t]
+                need(ST_FREE <= s <= ST_DEPOSITED)
+                if inc.m_state[t] != ST_FREE:
+                    ntables[inc.m_mm[t]] -= 1
+                if s != ST_FREE:
+                    lv, tm = st.t_level[t], int(st.t_mm[t])
+                    need(LV_PUD <= lv <= LV_PTE and 0 <= tm < nmm and alive[tm])
+                    ntables[tm] += 1
+            return
         s = st.t_state[dt]
         need(not np.count_nonzero((s < 0) | (s > ST_DEPOSITED)))
         used = s != ST_FREE
@@ -411,8 +436,8 @@ class Pass:
             np.add.at(inc.ntables, st.t_mm[u], np.ones(u.size, I64))
 
     def chains(self, dt: Arr) -> list[int]:
-        """Walk again, word by word, every deposit chain that holds a marked table or whose
-        root table is marked; returns the tables whose chain membership changed."""
+        """Walk again, word by word, every deposit chain whose root table is marked or that
+        holds a marked table; returns the tables whose chain membership changed."""
         if not dt.size:
             return []
         st, inc = self.st, self.inc
@@ -421,16 +446,23 @@ class Pass:
         owners = inc.unit_of[dt]
         units = set(dt[was_unit | is_unit].tolist())
         units.update(owners[owners != 0].tolist())
+        return self.chains_few(units)
+
+    def chains_few(self, units: set[int]) -> list[int]:
+        """``chains`` for the units (PUD and PMD tables that are or were live) given: the
+        marked ones whose state, level, mm, root word or huge entries changed, and those
+        whose chain holds a marked table; nothing else of a chain can have changed."""
         if not units:
             return []
+        st, inc = self.st, self.inc
         ulist = sorted(units)
         changed: list[int] = []
         for u in ulist:
             old = inc.unit_nodes.pop(u, None)
             if old:
-                o = np.array(old, I64)
-                inc.chain_cnt[o] -= 1
-                inc.unit_of[o] = 0
+                held = np.array(old, I64)
+                inc.chain_cnt[held] -= 1
+                inc.unit_of[held] = 0
                 changed.extend(old)
         walker: ChainWalker | None = None
         for u in ulist:
@@ -441,9 +473,9 @@ class Pass:
             nodes = walker.unit(u, int(st.t_level[u]), int(st.t_mm[u]))
             if nodes:
                 inc.unit_nodes[u] = nodes
-                o = np.array(nodes, I64)
-                inc.chain_cnt[o] += 1
-                inc.unit_of[o] = u
+                held = np.array(nodes, I64)
+                inc.chain_cnt[held] += 1
+                inc.unit_of[held] = u
                 changed.extend(nodes)
         if walker is not None:
             walker.check_empty()
@@ -599,9 +631,10 @@ class Pass:
     def swap(self) -> None:
         st, inc = self.st, self.inc
         ns = min(st.next_slot, st.s_count.shape[0])
-        count = st.s_count[:ns]
-        if not self.swap_changed and np.array_equal(count, inc.m_s_count):
+        if not self.swap_changed and ns == inc.m_s_count.size and (
+                ns <= 1 or np.array_equal(st.s_count[:ns], inc.m_s_count)):
             return
+        count = st.s_count[:ns]
         inc.m_s_count = count.copy()
         refs = inc.srefs
         need(inc.srefs_far == 0)
@@ -629,22 +662,36 @@ class Pass:
             need(mm.pgtables_bytes == PAGE_TABLE_BYTES * tabs[m])
 
     def stats(self) -> None:
-        stats = self.st.stats
-        totals = self.inc.totals.tolist()
-        for path, want in zip(_STAT_PATHS, totals, strict=True):
-            v: Any = stats
-            for key in path:
-                need(isinstance(v, dict) and key in v)
-                v = v[key]
-            need(v == want)
+        s = self.st.stats
+        try:
+            pmd, pud, node = s["mthp"]["pmd"], s["mthp"]["pud"], s["node"]
+            have = [pmd["nr_anon"], pud["nr_anon"], pmd["nr_anon_partially_mapped"],
+                    pud["nr_anon_partially_mapped"], node["nr_anon_mapped"],
+                    node["nr_anon_thps"], node["nr_anon_pud_thps"]]
+        except (KeyError, TypeError):
+            raise Suspect from None
+        need(have == self.inc.totals.tolist())
 
-    def remember(self, dt: Arr) -> None:
+    def remember(self, dt: Arr, rows_few: list[int] | None) -> None:
         """The tables and mms as they are now become those of the last check (the folio
-        phase remembers its folios)."""
+        phase remembers its folios); ``rows_few``: with few marked tables, the rows whose
+        entries changed (the others are the same as far as any check looks)."""
         st, inc = self.st, self.inc
-        if dt.size:
-            rows = np.union1d(inc.m_row[dt], st.t_row[dt])
-            rows = rows[rows != 0]
+        if rows_few is not None:
+            for r in rows_few:
+                inc.me_kind[r] = st.e_kind[r]
+                inc.me_id[r] = st.e_id[r]
+                inc.me_page[r] = st.e_page[r]
+                inc.me_bits[r] = st.e_bits[r]
+            for t in dt.tolist():
+                inc.m_state[t] = st.t_state[t]
+                inc.m_level[t] = st.t_level[t]
+                inc.m_mm[t] = st.t_mm[t]
+                inc.m_row[t] = st.t_row[t]
+                inc.m_w16[t] = st.t_w16[t]
+        elif dt.size:
+            inc.m_w16[dt] = st.t_w16[dt]
+            rows = np.concatenate((inc.m_row[dt], st.t_row[dt]))
             if rows.size:
                 inc.me_kind[rows] = st.e_kind[rows]
                 inc.me_id[rows] = st.e_id[rows]
@@ -654,7 +701,7 @@ class Pass:
             inc.m_level[dt] = st.t_level[dt]
             inc.m_mm[dt] = st.t_mm[dt]
             inc.m_row[dt] = st.t_row[dt]
-        inc.m_vmas = [tuple([(v.start, v.end, v.prot) for v in mm.vmas]) for mm in st.mms]
+        inc.m_vmas = self.vmas
         inc.m_alive = self.alive_list
         inc.m_pud = [mm.pud_table for mm in st.mms]
         if st.pins != inc.m_pins:

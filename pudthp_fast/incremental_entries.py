@@ -116,6 +116,12 @@ class Changes:
         self.wonly: list[Any] = []
         self.whole: set[int] = set()
         self.scalar = True
+        # with few marked tables (``diff_scalar``): those whose state, level or mm changed,
+        # those whose deposit-chain count (huge entries) or root word changed, and those
+        # whose row must be copied for the next check
+        self.shaped: list[int] | None = None
+        self.rechain: set[int] = set()
+        self.rows: list[int] = []
 
 
 # --------------------------------------------------------------------------------------
@@ -127,43 +133,68 @@ def entry_phase(p: Pass, dt: Arr, ident: Arr, recheck: list[tuple[int, int, int]
                 ) -> Changes:
     """Everything of an incremental check that concerns entries and tables; returns the
     changes, for the folio phase."""
-    if dt.size * p.P <= 4 * p.scalar_max:
-        ch = diff_scalar(p, dt.tolist(), set(ident.tolist()))
+    few = dt.size * p.P <= 4 * p.scalar_max
+    if few:
+        ch = diff_scalar(p, dt.tolist(), set(ident.tolist()) if ident.size else set())
     else:
         ch = diff_vector(p, dt, ident)
     S = ScalarEntries if ch.scalar else VectorEntries
     S.validate(p, ch.new)
     S.apply_tables(p, ch.old, -1)
     S.apply_tables(p, ch.new, 1)
-    nodes = p.chains(dt)
     kids = S.children(ch.old) + S.children(ch.new)
-    T = np.unique(np.concatenate((dt, np.array(kids + nodes, I64))))
-    p.claims(T)
+    if ch.shaped is not None:
+        nodes = p.chains_few(ch.rechain)
+        T = [*ch.shaped, *kids, *nodes, *p.old_roots]
+        if len(T) <= p.scalar_max:
+            p.claims_scalar(sorted(set(T)))
+        else:
+            p.claims(np.unique(np.array(T, I64)))
+    else:
+        nodes = p.chains(dt)
+        p.claims(np.unique(np.concatenate((dt, np.array(kids + nodes + p.old_roots, I64)))))
     p.roots()
     S.check(p, ch.new)
     S.check(p, S.writable(ch.wonly))  # type: ignore[arg-type]
     if recheck:
         tabs = sorted({t for t in p.tables_over(recheck) if t not in ch.whole})
-        if tabs:
+        if tabs and len(tabs) * p.P <= 4 * p.scalar_max:
+            ScalarEntries.check(p, _row_entries(p, tabs))
+        elif tabs:
             a = np.array(tabs, I64)
             a = a[(p.st.t_state[a] == ST_LIVE) & (p.st.t_row[a] != 0)]
-            gs = _rows(p, a, p.st.t_level[a], p.st.t_mm[a], p.st.t_row[a], False)
-            if a.size * p.P <= 4 * p.scalar_max:
-                ScalarEntries.check(p, [e for g in gs for e in g.entries()])
-            else:
-                VectorEntries.check(p, gs)
+            VectorEntries.check(p, _rows(p, a, p.st.t_level[a], p.st.t_mm[a], p.st.t_row[a],
+                                         False))
     S.apply_mapped(p, ch.old, -1)
     S.apply_mapped(p, ch.new, 1)
     S.apply_wonly(p, ch.wonly)
     return ch
 
 
-def changed_folios(ch: Changes) -> Arr:
-    """The folios a changed entry names (as it was or as it is)."""
+def _row_entries(p: Pass, tabs: list[int]) -> list[Entry]:
+    """Every entry of the live tables ``tabs`` that have entries, as tuples."""
+    st = p.st
+    out: list[Entry] = []
+    for t in tabs:
+        r = int(st.t_row[t])
+        if r == 0 or st.t_state[t] != ST_LIVE:
+            continue
+        lv, mm = int(st.t_level[t]), int(st.t_mm[t])
+        K = st.e_kind[r].tolist()
+        I_ = st.e_id[r].tolist()
+        G = st.e_page[r].tolist()
+        Wb = (st.e_bits[r] & W).tolist()
+        out += [(t, i, k, I_[i], G[i], Wb[i], lv, mm) for i, k in enumerate(K) if k != NONE]
+    return out
+
+
+def changed_folios(ch: Changes) -> Arr | list[int]:
+    """The folios a changed entry names (as it was or as it is): a list for entry tuples,
+    an array for blocks."""
     if ch.scalar:
         out = [e[3] for e in ch.old if e[2] == LEAF or e[2] == PTE]
         out += [e[3] for e in ch.new if e[2] == LEAF or e[2] == PTE]
-        return np.array(out, I64)
+        return out
     parts = [g.I[g.M & ((g.K == LEAF) | (g.K == PTE))] for g in ch.old + ch.new
              if isinstance(g, Group)]
     return np.concatenate(parts).astype(I64) if parts else np.zeros(0, I64)
@@ -201,6 +232,9 @@ def diff_scalar(p: Pass, dt: list[int], ident: set[int]) -> Changes:
     old: list[Entry] = []
     new: list[Entry] = []
     wonly: list[Entry] = []
+    shaped: list[int] = []
+    rechain = ch.rechain
+    rows = ch.rows
     for t in dt:
         os_, ns_ = int(inc.m_state[t]), int(st.t_state[t])
         orow, nrow = int(inc.m_row[t]), int(st.t_row[t])
@@ -208,6 +242,17 @@ def diff_scalar(p: Pass, dt: list[int], ident: set[int]) -> Changes:
         omm, nmm = int(inc.m_mm[t]), int(st.t_mm[t])
         olive = os_ == ST_LIVE and orow != 0
         nlive = ns_ == ST_LIVE and nrow != 0
+        if os_ != ns_ or olv != nlv or omm != nmm:
+            shaped.append(t)
+        # a (possible) unit whose chain must be walked again: its shape or root word
+        # changed (its huge entries: below), or a node of a chain
+        if ((os_ == ST_LIVE and olv != LV_PTE) or (ns_ == ST_LIVE and nlv != LV_PTE)) and (
+                (os_ != ns_ or olv != nlv or omm != nmm) or inc.m_w16[t] != st.t_w16[t]):
+            rechain.add(t)
+        owner = int(inc.unit_of[t])
+        if owner:
+            rechain.add(owner)
+        n0 = len(old) + len(new) + len(wonly)
         if olive:
             Ko = inc.me_kind[orow].tolist()
             Io = inc.me_id[orow].tolist()
@@ -228,17 +273,30 @@ def diff_scalar(p: Pass, dt: list[int], ident: set[int]) -> Changes:
                     continue
                 if ko != NONE:
                     old.append((t, i, ko, Io[i], Go[i], Wo[i], olv, omm))
+                    if ko in (LEAF, ZERO) and olv != LV_PTE:
+                        rechain.add(t)
                 if kn != NONE:
                     new.append((t, i, kn, In[i], Gn[i], Wn[i], nlv, nmm))
+                    if kn in (LEAF, ZERO) and nlv != LV_PTE:
+                        rechain.add(t)
+            if len(old) + len(new) + len(wonly) > n0:
+                rows.append(nrow)
             continue
         if olive:
             old += [(t, i, k, Io[i], Go[i], Wo[i], olv, omm) for i, k in enumerate(Ko)
                     if k != NONE]
+            rows.append(orow)
+            if olv != LV_PTE:
+                rechain.add(t)
         if nlive:
             ch.whole.add(t)
             new += [(t, i, k, In[i], Gn[i], Wn[i], nlv, nmm) for i, k in enumerate(Kn)
                     if k != NONE]
+            rows.append(nrow)
+            if nlv != LV_PTE:
+                rechain.add(t)
     ch.old, ch.new, ch.wonly = old, new, wonly
+    ch.shaped = shaped
     return ch
 
 

@@ -34,19 +34,25 @@ def folio_phase(p: Pass, df: Arr, ident: Arr, ch: Changes) -> None:
         extra |= set(st.deferred) ^ set(inc.m_deferred)
     fids = changed_folios(ch)
     nf = p.nf
-    if fids.size + df.size <= p.scalar_max:
-        F = np.array(sorted({f for f in (*df.tolist(), *fids.tolist(), *extra) if 1 <= f < nf}),
-                     I64)
-    else:
-        mark = np.zeros(nf + 1, bool)
-        mark[df] = True
-        mark[np.clip(fids, 0, nf)] = True
-        mark[[min(max(f, 0), nf) for f in extra]] = True
-        mark[0] = mark[nf] = False
-        F = mark.nonzero()[0]
     if ident.size:
         # every entry that maps a folio which changed identity was among the changed ones
         need((inc.leaves[ident] + inc.ptes[ident] == redone(ch, ident)).all())
+    if isinstance(fids, list) and len(fids) + df.size + len(extra) <= p.scalar_max:
+        fl = sorted({f for f in (*df.tolist(), *fids, *extra) if 1 <= f < nf})
+        _scalar(p, fl)
+        for f in fl:
+            inc.mf_live[f] = st.f_live[f]
+            inc.mf_nr[f] = st.f_nr[f]
+            inc.mf_base[f] = st.f_base[f]
+            inc.mf_order[f] = st.f_order[f]
+        _deferred_queue(p, fl)
+        return
+    mark = np.zeros(nf + 1, bool)
+    mark[df] = True
+    mark[np.clip(np.asarray(fids, I64), 0, nf)] = True
+    mark[[min(max(f, 0), nf) for f in extra]] = True
+    mark[0] = mark[nf] = False
+    F = mark.nonzero()[0]
     if F.size:
         if F.size <= p.scalar_max:
             _scalar(p, F.tolist())
@@ -56,16 +62,16 @@ def folio_phase(p: Pass, df: Arr, ident: Arr, ch: Changes) -> None:
         inc.mf_nr[F] = st.f_nr[F]
         inc.mf_base[F] = st.f_base[F]
         inc.mf_order[F] = st.f_order[F]
-    _deferred_queue(p, F)
+    _deferred_queue(p, F.tolist())
 
 
-def _deferred_queue(p: Pass, F: Arr) -> None:
+def _deferred_queue(p: Pass, F: list[int]) -> None:
     """_check_deferred_queue(), when the queue or a queued folio changed."""
     st = p.st
     dq = st.deferred
     if not dq:
         return
-    if dq == p.inc.m_deferred and not (F.size and np.isin(np.array(dq, I64), F).any()):
+    if dq == p.inc.m_deferred and not (F and set(dq).intersection(F)):
         return
     need(len(set(dq)) == len(dq))
     nf = p.nf

@@ -242,10 +242,15 @@ def plant(st: FastState, rng: random.Random) -> None:
         st.touch_f(f)
     elif what == 6:
         mm = rng.choice(st.mms)
-        if rng.random() < 0.5 or not mm.vmas:
+        change = rng.randrange(4)
+        if change == 0 or (change == 1 and not mm.vmas):
             mm.rss_anon += rng.choice([-1, 1])
-        else:
+        elif change == 1:
             rng.choice(mm.vmas).prot = rng.choice(["none", "r", "rw"])
+        elif change == 2 and used:
+            mm.pud_table = rng.choice(used)
+        else:
+            mm.alive = not mm.alive
     elif what == 7 and st.next_slot > 1:
         st.s_count[rng.randrange(1, st.next_slot)] += 1
     elif what == 8 and fols:
