@@ -62,6 +62,7 @@ from pudthp_fast.state import (
     LV_PTE,
     NONE,
     PTE,
+    ST_LIVE,
     SWAP,
     TABLE,
     ZERO,
@@ -72,7 +73,7 @@ from pudthp_fast.state import (
     W,
     Y,
 )
-from pudthp_ref.spec import ENTIRELY_MAPPED, ModelBug
+from pudthp_ref.spec import ENTIRELY_MAPPED, GUP_PIN_COUNTING_BIAS, ModelBug
 
 
 class FaultOOM(Exception):
@@ -285,12 +286,33 @@ def copy_page_range(st: FastState, dst: FastMm, src: FastMm, vma: FastVma) -> No
             if st.e_kind[st.row(dpmd), mi] == NONE:
                 install_table(st, dpmd, mi, pt_alloc(st, dst, LV_PTE), a - a % g.pmd_nr)
             dpte = table_at(st, dpmd, mi, LV_PTE)
-            if src.has_pinned:  # a pinned page may need copying now: page by page
-                for ti in range(a % g.P, a % g.P + (b - a)):
+            lo, hi = a % g.P, a % g.P + (b - a)
+            if src.has_pinned and must_copy(st, spte, lo, hi):
+                # a pinned exclusive page is copied now: page by page, in order (an
+                # allocation that fails leaves the PTEs after it untouched)
+                copy_pte_segments(st, dst, segs)
+                segs = []
+                for ti in range(lo, hi):
                     copy_one_pte(st, dst, src, vma, dpte, spte, ti)
             else:
-                segs.append((dpte, spte, a % g.P, a % g.P + (b - a)))
+                segs.append((dpte, spte, lo, hi))
         copy_pte_segments(st, dst, segs)
+
+
+def must_copy(st: FastState, spte: int, lo: int, hi: int) -> bool:
+    """Whether a PTE in ``[lo, hi)`` of ``spte`` maps an exclusive page of a folio that may
+    be pinned (copy_present_page() instead of sharing the page)."""
+    r = st.row(spte)
+    if r == 0:
+        return False
+    present = (st.e_kind[r, lo:hi] == PTE).nonzero()[0]
+    if not present.size:
+        return False
+    fids = st.e_id[r, lo:hi][present]
+    pages = st.f_base[fids] + st.e_page[r, lo:hi][present]
+    pinned = np.where(st.f_order[fids] > 0, st.f_pin[fids] > 0,
+                      st.f_ref[fids] >= GUP_PIN_COUNTING_BIAS)
+    return bool(np.count_nonzero(pinned & st.p_exclusive[pages]))
 
 
 def copy_pte_tables(st: FastState, dst: FastMm, spmd: int, dpmd: int, addr: int, nxt: int
@@ -299,6 +321,9 @@ def copy_pte_tables(st: FastState, dst: FastMm, spmd: int, dpmd: int, addr: int,
     entry there is none or a PTE table (False, nothing done, if not): the
     child's missing PTE tables are allocated in entry order, then all PTEs are copied."""
     g = st.geom
+    m0, m1 = pmd_entries(g, addr, nxt)
+    if m1 - m0 <= SMALL:
+        return copy_pte_tables_small(st, dst, spmd, dpmd, addr, nxt, m0, m1)
     found = pte_tables_only(st, spmd, addr, nxt)
     if found is None:
         return False
@@ -318,6 +343,48 @@ def copy_pte_tables(st: FastState, dst: FastMm, spmd: int, dpmd: int, addr: int,
     return True
 
 
+SMALL = 48
+"""Up to this many entries a PTE-range operation runs as a Python loop: numpy's fixed cost
+per call would dominate (small geometry)."""
+
+
+def copy_pte_tables_small(st: FastState, dst: FastMm, spmd: int, dpmd: int, addr: int,
+                          nxt: int, m0: int, m1: int) -> bool:
+    """``copy_pte_tables`` over the PMD entries ``[m0, m1)``, in Python."""
+    g = st.geom
+    r = st.row(spmd)
+    K = st.e_kind[r, m0:m1].tolist()
+    if any(k != NONE and k != TABLE for k in K):
+        return False
+    ids = st.e_id[r, m0:m1].tolist()
+    kids = [(m0 + j, ids[j]) for j, k in enumerate(K) if k == TABLE]
+    for mi, child in kids:
+        check_child(st, spmd, mi, child, LV_PTE)
+    if not kids:
+        return True
+    drow = st.wrow(dpmd)  # on its own line: a new row may move the arrays
+    need = [mi for mi, _ in kids if st.e_kind[drow, mi] == NONE]
+    first = addr - addr % g.pud_nr
+    if need:
+        tids = pt_alloc_many(st, dst, LV_PTE, len(need))
+        idx = np.array(need, np.int64)
+        set_entries(st, dpmd, idx, TABLE, tids)
+        st.t_addr[tids] = first + idx * g.pmd_nr
+    drow = st.row(dpmd)
+    segs = []
+    for mi, schild in kids:
+        if st.e_kind[drow, mi] != TABLE:
+            raise ModelBug("walk.bad_table", f"entry {mi} of table {dpmd} is no live table")
+        dchild = int(st.e_id[drow, mi])
+        check_child(st, dpmd, mi, dchild, LV_PTE)
+        base = first + mi * g.pmd_nr
+        a = max(base, addr)
+        b = min(base + g.pmd_nr, nxt)
+        segs.append((dchild, schild, a % g.P, a % g.P + (b - a)))
+    copy_pte_segments(st, dst, segs)
+    return True
+
+
 def copy_pte_segments(st: FastState, dst: FastMm, segs: list[tuple[int, int, int, int]]
                       ) -> None:
     """copy_present_ptes() / copy_nonpresent_pte() over PTE ranges (dst, src, lo, hi) of a
@@ -325,6 +392,9 @@ def copy_pte_segments(st: FastState, dst: FastMm, segs: list[tuple[int, int, int
     tables are taken as 2-D rows; a source row may be row 0 (a table with no entries, maybe
     more than once): nothing is copied from it and nothing in it changes."""
     if not segs:
+        return
+    if sum(b - a for _, _, a, b in segs) <= SMALL:
+        copy_pte_segments_small(st, dst, segs)
         return
     dtabs = np.array([d for d, _, _, _ in segs], np.int64)
     srows = np.array([st.row(s_) for _, s_, _, _ in segs], np.int64)
@@ -338,10 +408,10 @@ def copy_pte_segments(st: FastState, dst: FastMm, segs: list[tuple[int, int, int
     pages_in = st.e_page[srows]
     present = kind == PTE
     swap = kind == SWAP
-    if swap.any():
+    if np.count_nonzero(swap):
         np.add.at(st.s_count, ids[swap], 1)
         dst.rss_swap += int(np.count_nonzero(swap))
-    if present.any():
+    if np.count_nonzero(present):
         fids = ids[present]
         pages = st.f_base[fids] + pages_in[present].astype(np.int64)
         st.f_touch[fids] = True
@@ -349,7 +419,7 @@ def copy_pte_segments(st: FastState, dst: FastMm, segs: list[tuple[int, int, int
         st.p_exclusive[pages] = False
         np.add.at(st.p_mapcount, pages, 1)
         large = st.f_order[fids] > 0
-        if large.any():
+        if np.count_nonzero(large):
             uniq, counts = np.unique(fids[large], return_counts=True)
             for fid, n in zip(uniq.tolist(), counts.tolist(), strict=True):
                 add_large_mapcount(st, fid, n, dst)
@@ -357,7 +427,7 @@ def copy_pte_segments(st: FastState, dst: FastMm, segs: list[tuple[int, int, int
     copied = present | swap | (kind == ZERO)
     keep = copied.any(axis=1)  # a child table that gets nothing takes no row
     stabs = np.array([s_ for _, s_, _, _ in segs], np.int64)
-    if not keep.all():
+    if np.count_nonzero(keep) != keep.size:
         dtabs, srows, stabs = dtabs[keep], srows[keep], stabs[keep]
         kind, ids, pages_in = kind[keep], ids[keep], pages_in[keep]
         present, copied = present[keep], copied[keep]
@@ -372,6 +442,56 @@ def copy_pte_segments(st: FastState, dst: FastMm, segs: list[tuple[int, int, int
     st.e_id[drows] = np.where(copied, ids, st.e_id[drows])
     st.e_page[drows] = np.where(copied, pages_in, st.e_page[drows])
     st.e_bits[drows] = np.where(present, child, np.where(copied, 0, st.e_bits[drows]))
+
+
+def copy_pte_segments_small(st: FastState, dst: FastMm,
+                            segs: list[tuple[int, int, int, int]]) -> None:
+    """``copy_pte_segments`` for a few PTEs, in Python, to the same effect."""
+    copies: list[tuple[int, int, int, list[int], list[int], list[int], list[int]]] = []
+    for d, s_, lo, hi in segs:
+        r = st.row(s_)
+        if r == 0:
+            continue
+        K = st.e_kind[r, lo:hi].tolist()
+        if not any(k in (PTE, SWAP, ZERO) for k in K):
+            continue
+        copies.append((d, s_, lo, K, st.e_id[r, lo:hi].tolist(), st.e_page[r, lo:hi].tolist(),
+                       st.e_bits[r, lo:hi].tolist()))
+    if not copies:
+        return
+    large: dict[int, int] = {}
+    for _d, _s, _lo, K, I_, G, _B in copies:
+        for k, ident, page in zip(K, I_, G, strict=True):
+            if k == SWAP:
+                st.s_count[ident] += 1
+                dst.rss_swap += 1
+            elif k == PTE:
+                p = int(st.f_base[ident]) + page
+                st.f_touch[ident] = True
+                st.f_ref[ident] += 1
+                st.p_exclusive[p] = False
+                st.p_mapcount[p] += 1
+                if st.f_order[ident] > 0:
+                    large[ident] = large.get(ident, 0) + 1
+                dst.rss_anon += 1
+    for fid in sorted(large):
+        add_large_mapcount(st, fid, large[fid], dst)
+    drows = [st.wrow(d) for d, _, _, _, _, _, _ in copies]  # new rows may move the arrays
+    for (_d, s_, lo, K, I_, G, B), dr in zip(copies, drows, strict=True):
+        sr = st.row(s_)
+        st.t_touch[s_] = True
+        for j, k in enumerate(K):
+            i = lo + j
+            if k == PTE:
+                st.e_bits[sr, i] = B[j] & ~W  # parent read-only
+                st.e_bits[dr, i] = B[j] & ~(Y | W)  # the child's PTE old and read-only
+            elif k in (SWAP, ZERO):
+                st.e_bits[dr, i] = 0
+            else:
+                continue
+            st.e_kind[dr, i] = k
+            st.e_id[dr, i] = I_[j]
+            st.e_page[dr, i] = G[j]
 
 
 def copy_one_pte(st: FastState, dst: FastMm, src: FastMm, vma: FastVma, dpte: int, spte: int,
@@ -434,11 +554,9 @@ def zap_page_range(st: FastState, mm: FastMm, start: int, end: int, reclaim_pt: 
                 continue
             split_huge_pud_locked(st, mm, pud, pi)
         pmd = table_at(st, pud, pi, LV_PMD)
-        found = pte_tables_only(st, pmd, addr, nxt)
+        found = pte_segments(st, pmd, addr, nxt)
         if found is not None:  # PTE tables only: all at once
-            idx, ptes = found
-            lo, hi = pte_bounds(g, idx, addr, nxt)
-            segs = list(zip(ptes.tolist(), lo.tolist(), hi.tolist(), strict=True))
+            segs = found
             zap_pte_segments(st, mm, segs)
             if reclaim_pt:
                 reclaim_pte_tables(st, mm, pmd, segs)
@@ -487,6 +605,16 @@ def zap_pte_segments(st: FastState, mm: FastMm, segs: list[tuple[int, int, int]]
     """
     if not segs:
         return
+    n = 0
+    for t, a, b in segs:
+        r = st.row(t)
+        if r:
+            n += int(np.count_nonzero(st.e_kind[r, a:b]))
+    if n == 0:
+        return  # nothing mapped there: nothing changes
+    if n <= SMALL:
+        zap_pte_segments_small(st, mm, segs)
+        return
     P = st.P
     rows = np.array([st.row(t) for t, _, _ in segs], np.int64)
     lo = np.array([a for _, a, _ in segs], np.int64)
@@ -508,19 +636,19 @@ def zap_pte_segments(st: FastState, mm: FastMm, segs: list[tuple[int, int, int]]
     st.t_touch[[t for t, _, _ in segs]] = True
     st.e_kind[rows[real]] = cleared[real]
     swap = kind == SWAP
-    if swap.any():
+    if np.count_nonzero(swap):
         slots = ids[swap]
         mm.rss_swap -= int(slots.size)
         np.subtract.at(st.s_count, slots, 1)
         st.s_used -= int(np.count_nonzero(st.s_count[np.unique(slots)] == 0))
     present = kind == PTE
-    if not present.any():
+    if not np.count_nonzero(present):
         return
     mm.rss_anon -= int(np.count_nonzero(present))
     # e_id is a slot number for swap entries: look folio orders up for present PTEs only
     small = present.copy()
     small[present] = st.f_order[ids[present]] == 0
-    if small.any():
+    if np.count_nonzero(small):
         fids = ids[small]
         st.f_touch[fids] = True
         bases = st.f_base[fids]
@@ -528,9 +656,108 @@ def zap_pte_segments(st: FastState, mm: FastMm, segs: list[tuple[int, int, int]]
         mod_node(st, "nr_anon_mapped", -int(np.count_nonzero(st.p_mapcount[bases] == -1)))
         np.subtract.at(st.f_ref, fids, 1)
         free_folios_bulk(st, fids[st.f_ref[fids] == 0])
-    idx = np.flatnonzero(present & ~small)
+    idx = (present & ~small).nonzero()[0]
     if idx.size:
         zap_large_batches(st, mm, ids[idx], pages[idx], seg[idx], idx)
+
+
+def zap_pte_segments_small(st: FastState, mm: FastMm, segs: list[tuple[int, int, int]]
+                           ) -> None:
+    """``zap_pte_segments`` for a few PTEs, in Python, to the same effect."""
+    swaps: list[int] = []
+    small: list[int] = []
+    large: list[tuple[int, int, int, int]] = []  # position, segment, folio, page
+    pos = 0
+    for si, (t, lo, hi) in enumerate(segs):
+        r = st.row(t)
+        K = st.e_kind[r, lo:hi].tolist() if r else []
+        if any(K):
+            I_ = st.e_id[r, lo:hi].tolist()
+            G = st.e_page[r, lo:hi].tolist()
+            st.t_touch[t] = True
+            st.e_kind[r, lo:hi] = NONE
+            for j, k in enumerate(K):
+                if k == SWAP:
+                    swaps.append(I_[j])
+                elif k == PTE:
+                    if st.f_order[I_[j]] == 0:
+                        small.append(I_[j])
+                    else:
+                        large.append((pos + j, si, I_[j], G[j]))
+        pos += hi - lo
+    if swaps:
+        mm.rss_swap -= len(swaps)
+        for slot in swaps:
+            st.s_count[slot] -= 1
+        st.s_used -= sum(1 for slot in set(swaps) if st.s_count[slot] == 0)
+    if not small and not large:
+        return
+    mm.rss_anon -= len(small) + len(large)
+    if small:
+        unmapped = 0
+        dead = []
+        for fid in small:
+            b = int(st.f_base[fid])
+            st.f_touch[fid] = True
+            st.p_mapcount[b] -= 1
+            if st.p_mapcount[b] == -1:
+                unmapped += 1
+            st.f_ref[fid] -= 1
+            if st.f_ref[fid] == 0:
+                dead.append(fid)
+        mod_node(st, "nr_anon_mapped", -unmapped)
+        free_folios_bulk(st, np.array(dead, np.int64))
+    if large:
+        zap_large_runs(st, mm, large)
+
+
+def zap_large_runs(st: FastState, mm: FastMm, ptes: list[tuple[int, int, int, int]]) -> None:
+    """``zap_large_batches`` for a few PTEs (position, segment, folio, page), in Python."""
+    runs: list[list[int]] = []  # [folio, first page, length] in PTE order
+    prev: tuple[int, int, int, int] | None = None
+    for pos, si, fid, page in ptes:
+        if (prev is not None and pos == prev[0] + 1 and si == prev[1] and fid == prev[2]
+                and page == prev[3] + 1):
+            runs[-1][2] += 1
+        else:
+            runs.append([fid, page, 1])
+        prev = (pos, si, fid, page)
+    by_folio: dict[int, list[int]] = {}
+    for k, (fid, _page, _n) in enumerate(runs):
+        by_folio.setdefault(fid, []).append(k)
+    triggers: list[tuple[int, int]] = []
+    freed: list[int] = []
+    for fid in sorted(by_folio):
+        ks = by_folio[fid]
+        st.f_touch[fid] = True
+        b = int(st.f_base[fid])
+        last_per_run = []
+        for k in ks:
+            _f, page, n = runs[k]
+            mc = st.p_mapcount[b + page : b + page + n]
+            if np.count_nonzero(mc < 0):
+                raise ModelBug("rmap.mapcount_underflow", f"folio {fid}")
+            last_per_run.append(int(np.count_nonzero(mc == 0)))
+            mc -= 1
+        lens = [runs[k][2] for k in ks]
+        sub_large_mapcount_seq(st, fid, np.array(lens, np.int64), mm)
+        npm0 = int(st.f_npm[fid])
+        total_last = sum(last_per_run)
+        st.f_npm[fid] = npm0 - total_last
+        if npm0 < ENTIRELY_MAPPED and total_last:
+            mod_node(st, "nr_anon_mapped", -total_last)
+            first = next(j for j, c in enumerate(last_per_run) if c > 0)
+            if npm0 - last_per_run[first] != 0 and not st.f_partial[fid]:
+                triggers.append((ks[first], fid))
+        st.f_ref[fid] -= sum(lens)
+        if st.f_ref[fid] < 0:
+            raise ModelBug("folio_put.underflow", f"folio {fid} refcount below zero")
+        if st.f_ref[fid] == 0:
+            freed.append(fid)
+    for _, fid in sorted(triggers):
+        deferred_split_folio(st, fid, True)
+    for fid in freed:
+        free_folio(st, fid)
 
 
 def zap_large_batches(st: FastState, mm: FastMm, lid: np.ndarray, lpg: np.ndarray,
@@ -539,13 +766,13 @@ def zap_large_batches(st: FastState, mm: FastMm, lid: np.ndarray, lpg: np.ndarra
     starts = np.ones(lid.size, bool)
     starts[1:] = ((pos[1:] != pos[:-1] + 1) | (lseg[1:] != lseg[:-1])
                   | (lid[1:] != lid[:-1]) | (lpg[1:] != lpg[:-1] + 1))
-    run_start = np.flatnonzero(starts)
+    run_start = starts.nonzero()[0]
     run_fid = lid[run_start]
     triggers: list[tuple[int, int]] = []  # (run number, folio) where a flag was raised
     freed: list[int] = []
     run_len = np.diff(np.append(run_start, lid.size))
     order = np.argsort(run_fid, kind="stable")
-    bounds = np.flatnonzero(np.diff(run_fid[order])) + 1
+    bounds = np.diff(run_fid[order]).nonzero()[0] + 1
     for group in np.split(order, bounds):
         fid = int(run_fid[group[0]])
         st.f_touch[fid] = True
@@ -555,7 +782,7 @@ def zap_large_batches(st: FastState, mm: FastMm, lid: np.ndarray, lpg: np.ndarra
         members = np.arange(int(lens.sum())) + np.repeat(run_start[group] - offsets, lens)
         pool = b + lpg[members]
         before = st.p_mapcount[pool].copy()
-        if (before < 0).any():
+        if np.count_nonzero(before < 0):
             raise ModelBug("rmap.mapcount_underflow", f"folio {fid}")
         st.p_mapcount[pool] = before - 1
         last_per_run = np.add.reduceat((before == 0).astype(np.int64), offsets)
@@ -583,30 +810,99 @@ def range_mapped(mm: FastMm, start: int, end: int) -> bool:
     return any(v.start < end and start < v.end for v in mm.vmas)
 
 
+def pte_segments(st: FastState, pmd: int, addr: int, nxt: int
+                 ) -> list[tuple[int, int, int]] | None:
+    """``pte_tables_only()`` as PTE ranges (table, lo, hi) inside ``[addr, nxt)``; in
+    Python for a few entries."""
+    g = st.geom
+    m0, m1 = pmd_entries(g, addr, nxt)
+    if m1 - m0 > SMALL:
+        found = pte_tables_only(st, pmd, addr, nxt)
+        if found is None:
+            return None
+        idx, ptes = found
+        lo, hi = pte_bounds(g, idx, addr, nxt)
+        return list(zip(ptes.tolist(), lo.tolist(), hi.tolist(), strict=True))
+    r = st.row(pmd)
+    K = st.e_kind[r, m0:m1].tolist()
+    if any(k != NONE and k != TABLE for k in K):
+        return None
+    ids = st.e_id[r, m0:m1].tolist()
+    P, pmd_nr = g.P, g.pmd_nr
+    first = addr - addr % g.pud_nr
+    kids = [(m0 + j, ids[j]) for j, k in enumerate(K) if k == TABLE]
+    for mi, child in kids:
+        check_child(st, pmd, mi, child, LV_PTE)
+    out = []
+    for mi, child in kids:
+        base = first + mi * pmd_nr
+        a = max(base, addr)
+        b = min(base + pmd_nr, nxt)
+        out.append((child, a % P, a % P + (b - a)))
+    return out
+
+
+def check_child(st: FastState, tid: int, idx: int, child: int, level: int) -> None:
+    """table_at()'s check of a table entry's child, for one entry known to be a table."""
+    if child <= 0 or child >= st.next_pt or st.t_level[child] != level or (
+            st.t_state[child] != ST_LIVE):
+        raise ModelBug("walk.bad_table", f"entry {idx} of table {tid} is no live table")
+
+
 def free_pgtables(st: FastState, mm: FastMm, start: int, end: int) -> None:
     g = st.geom
     pud = mm.pud_table
+    pud_nr, pmd_nr = g.pud_nr, g.pmd_nr
     for pi, addr, nxt in pud_range(g, start, end):
         if st.e_kind[st.row(pud), pi] != TABLE:
             continue
         pmd = table_at(st, pud, pi, LV_PMD)
-        base = pi * g.pud_nr
-        idx = table_entries(st, pmd, *pmd_entries(g, addr, nxt))
+        base = pi * pud_nr
+        m0, m1 = pmd_entries(g, addr, nxt)
+        if m1 - m0 <= SMALL:
+            # a PTE table goes once no VMA intersects its PMD range
+            r = st.row(pmd)
+            K = st.e_kind[r, m0:m1].tolist()
+            ids = st.e_id[r, m0:m1].tolist()
+            vmas = [(v.start, v.end) for v in mm.vmas]
+            gone = []
+            for j, k in enumerate(K):
+                if k != TABLE:
+                    continue
+                lo = base + (m0 + j) * pmd_nr
+                if not any(vs < lo + pmd_nr and lo < ve for vs, ve in vmas):
+                    gone.append((m0 + j, ids[j]))
+            for mi, child in gone:
+                check_child(st, pmd, mi, child, LV_PTE)
+            for _mi, child in gone:
+                cr = st.row(child)
+                if cr and np.count_nonzero(st.e_kind[cr]):
+                    raise ModelBug("free_pgtables.not_empty", f"PTE table {child}")
+            if gone:
+                set_entries(st, pmd, np.array([mi for mi, _ in gone], np.int64), NONE)
+                pt_free_many(st, mm, np.array([c for _, c in gone], np.int64))
+            if not range_mapped(mm, base, base + pud_nr):
+                if np.count_nonzero(st.e_kind[st.row(pmd)]) or st.t_w16[pmd] != 0:
+                    raise ModelBug("free_pgtables.not_empty", f"PMD table {pmd}")
+                set_entry(st, pud, pi, NONE)
+                pt_free(st, mm, pmd)
+            continue
+        idx = table_entries(st, pmd, m0, m1)
         # a PTE table goes once no VMA intersects its PMD range
-        lo = base + idx * g.pmd_nr
+        los = base + idx * pmd_nr
         mapped = np.zeros(idx.size, bool)
         for v in mm.vmas:
-            mapped |= (lo < v.end) & (v.start < lo + g.pmd_nr)
+            mapped |= (los < v.end) & (v.start < los + pmd_nr)
         idx = idx[~mapped]
         if idx.size:
             ptes = tables_at(st, pmd, idx, LV_PTE)
             used = st.e_kind[st.t_row[ptes]].any(axis=1)  # row 0 (no entries) is all none
-            if used.any():
+            if np.count_nonzero(used):
                 raise ModelBug("free_pgtables.not_empty", f"PTE table {ptes[used.argmax()]}")
             set_entries(st, pmd, idx, NONE)
             pt_free_many(st, mm, ptes)
-        if not range_mapped(mm, base, base + g.pud_nr):
-            if st.e_kind[st.row(pmd)].any() or st.t_w16[pmd] != 0:
+        if not range_mapped(mm, base, base + pud_nr):
+            if np.count_nonzero(st.e_kind[st.row(pmd)]) or st.t_w16[pmd] != 0:
                 raise ModelBug("free_pgtables.not_empty", f"PMD table {pmd}")
             set_entry(st, pud, pi, NONE)
             pt_free(st, mm, pmd)

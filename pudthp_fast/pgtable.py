@@ -58,10 +58,10 @@ def pt_alloc_many(st: FastState, mm: FastMm, level: int, n: int) -> Arr:
 def pt_free_many(st: FastState, mm: FastMm, tids: Arr) -> None:
     """pt_free() of each table, in order."""
     seen, times = np.unique(tids, return_counts=True)
-    if (times > 1).any():
+    if np.count_nonzero(times > 1):
         tid = int(seen[times > 1][0])
         raise ModelBug("pt_free.double_free", f"page table {tid} freed twice", pt=tid)
-    if (st.t_state[tids] == ST_FREE).any():
+    if np.count_nonzero(st.t_state[tids] == ST_FREE):
         tid = int(tids[np.argmax(st.t_state[tids] == ST_FREE)])
         raise ModelBug("pt_free.double_free", f"page table {tid} freed twice", pt=tid)
     st.t_state[tids] = ST_FREE
@@ -190,7 +190,7 @@ def table_at(st: FastState, tid: int, idx: int, level: int) -> int:
 
 def table_entries(st: FastState, tid: int, lo: int, hi: int) -> Arr:
     """The entries in ``[lo, hi)`` of table ``tid`` that point to lower tables."""
-    return lo + np.flatnonzero(st.e_kind[st.row(tid), lo:hi] == TABLE)
+    return lo + (st.e_kind[st.row(tid), lo:hi] == TABLE).nonzero()[0]
 
 
 def tables_at(st: FastState, tid: int, idx: Arr, level: int) -> Arr:
@@ -198,9 +198,9 @@ def tables_at(st: FastState, tid: int, idx: Arr, level: int) -> Arr:
     r = st.row(tid)
     child = st.e_id[r, idx].astype(np.int64)
     bad = (st.e_kind[r, idx] != TABLE) | (child <= 0) | (child >= st.next_pt)
-    if not bad.any():
+    if not np.count_nonzero(bad):
         bad = (st.t_level[child] != level) | (st.t_state[child] != ST_LIVE)
-    if bad.any():
+    if np.count_nonzero(bad):
         i = int(idx[np.argmax(bad)])
         raise ModelBug("walk.bad_table", f"entry {i} of table {tid} is no live table")
     return child
@@ -229,7 +229,7 @@ def pte_bounds(g: Geometry, idx: Arr, addr: int, nxt: int) -> tuple[Arr, Arr]:
 
 def range_mask(P: int, lo: Arr, hi: Arr) -> Arr | None:
     """Row ``i`` True on columns ``[lo[i], hi[i])``; None when every row is whole."""
-    if (lo == 0).all() and (hi == P).all():
+    if not np.count_nonzero(lo) and not np.count_nonzero(hi != P):
         return None
     cols = np.arange(P)
     mask: Arr = (cols >= lo[:, None]) & (cols < hi[:, None])
@@ -241,7 +241,7 @@ def pte_tables_only(st: FastState, pmd: int, addr: int, nxt: int) -> tuple[Arr, 
     is none or a PTE table; None if there is a huge (or any other) entry among them."""
     m0, m1 = pmd_entries(st.geom, addr, nxt)
     kinds = st.e_kind[st.row(pmd), m0:m1]
-    if ((kinds != NONE) & (kinds != TABLE)).any():
+    if np.count_nonzero((kinds != NONE) & (kinds != TABLE)):
         return None
     return tables_in(st, pmd, m0, m1, LV_PTE)
 

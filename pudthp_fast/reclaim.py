@@ -73,7 +73,8 @@ class Hit:
 
 
 def folio_ptes(st: FastState, table: int, fid: int) -> np.ndarray:
-    return np.flatnonzero((st.e_kind[st.row(table)] == PTE) & (st.e_id[st.row(table)] == fid))
+    r = st.row(table)
+    return ((st.e_kind[r] == PTE) & (st.e_id[r] == fid)).nonzero()[0]
 
 
 def page_vma_mapped_walk(st: FastState, fid: int) -> Iterator[Hit]:
@@ -82,7 +83,7 @@ def page_vma_mapped_walk(st: FastState, fid: int) -> Iterator[Hit]:
             continue
         pud = mm.pud_table
         kinds = st.e_kind[st.row(pud)]
-        cand = np.flatnonzero(((kinds == LEAF) & (st.e_id[st.row(pud)] == fid)) | (kinds == TABLE))
+        cand = (((kinds == LEAF) & (st.e_id[st.row(pud)] == fid)) | (kinds == TABLE)).nonzero()[0]
         for pi in cand.tolist():
             if st.e_kind[st.row(pud), pi] == LEAF:
                 split_huge_pud_locked(st, mm, pud, pi)
@@ -91,11 +92,11 @@ def page_vma_mapped_walk(st: FastState, fid: int) -> Iterator[Hit]:
             leaf = (k == LEAF) & (st.e_id[st.row(pmd)] == fid)
             tab = k == TABLE
             has = np.zeros(st.P, bool)
-            if tab.any():
+            if np.count_nonzero(tab):
                 kids = st.e_id[st.row(pmd)][tab]
                 kr = st.t_row[kids]
                 has[tab] = ((st.e_kind[kr] == PTE) & (st.e_id[kr] == fid)).any(axis=1)
-            for mi in np.flatnonzero(leaf | has).tolist():
+            for mi in (leaf | has).nonzero()[0].tolist():
                 if st.e_kind[st.row(pmd), mi] == LEAF:
                     yield Hit(mm, pmd, "pmd", mi)
                 if st.e_kind[st.row(pmd), mi] == TABLE:
@@ -115,7 +116,7 @@ def remove_ptes_singly(st: FastState, fid: int, pages: np.ndarray, mm: FastMm) -
     sub_large_mapcount_seq(st, fid, np.ones(n, np.int64), mm)
     mc = st.p_mapcount[b + pages]
     mc -= 1
-    if (mc < -1).any():
+    if np.count_nonzero(mc < -1):
         raise ModelBug("rmap.mapcount_underflow", f"folio {fid}")
     st.p_mapcount[b + pages] = mc
     last = int(np.count_nonzero(mc == -1))
@@ -158,7 +159,7 @@ def try_to_migrate_ptes(st: FastState, fid: int, hit: Hit) -> Migration:
     st.f_touch[fid] = True
     exclusive = st.p_exclusive[b + pages] | ((bits & W) != 0)
     st.p_exclusive[b + pages] = False
-    if (bits & D).any():
+    if np.count_nonzero(bits & D):
         st.f_dirty[fid] = True
     r_t = st.wrow(t)
     st.e_kind[r_t, idx] = NONE
@@ -294,7 +295,7 @@ def split_unmapped_folio(st: FastState, fid: int) -> int:
     """The head keeps ``fid``; tails become folios ``first..first+nr-2`` over the same
     pool pages.  Returns the first new id."""
     b, nr = int(st.f_base[fid]), int(st.f_nr[fid])
-    if (st.p_mapcount[b : b + nr] != -1).any() or st.f_large[fid] != -1:
+    if np.count_nonzero(st.p_mapcount[b : b + nr] != -1) or st.f_large[fid] != -1:
         raise ModelBug("split.still_mapped", f"folio {fid} mapped after unmap_folio()")
     order = int(st.f_order[fid])
     count_mthp_stat(st, order, "nr_anon", -1)
@@ -328,11 +329,11 @@ def remap_page(st: FastState, head: int, first_new: int, migration: list[Migrati
     for m in migration:
         pool = b + m.pages
         zero = st.p_data[pool] == 0
-        if zero.any():
+        if np.count_nonzero(zero):
             set_entries(st, m.table, m.indices[zero], ZERO)
             m.mm.rss_anon -= int(np.count_nonzero(zero))
         keep = ~zero
-        if not keep.any():
+        if not np.count_nonzero(keep):
             continue
         pages = m.pages[keep]
         fids = np.where(pages == 0, head, first_new + pages - 1)
@@ -450,7 +451,7 @@ def pageout_pte_range(st: FastState, pte: int, lo: int, hi: int, isolated: dict[
             run = (st.e_kind[st.row(pte), ti:hi] == PTE) & (st.e_id[st.row(pte), ti:hi] == fid) & (
                 st.e_page[st.row(pte), ti:hi] == page + np.arange(m)
             )
-            bad = np.flatnonzero(~run)
+            bad = (~run).nonzero()[0]
             nr = int(bad[0]) if bad.size else m
             if nr < nr_pages:
                 shared = folio_maybe_mapped_shared(st, fid)
@@ -521,7 +522,7 @@ def shrink_folio(st: FastState, fid: int) -> list[int]:
     try_to_unmap(st, fid, slot)
     order = int(st.f_order[fid])
     b = int(st.f_base[fid])
-    if not st.p_data[b : b + nr].any():  # zero-filled: the swap zeromap, no IO
+    if not np.count_nonzero(st.p_data[b : b + nr]):  # zero-filled: the swap zeromap, no IO
         st.s_zero[slot : slot + nr] = st.s_count[slot : slot + nr] > 0
     else:
         if order >= st.geom.pmd_order:
@@ -544,7 +545,7 @@ def try_to_unmap(st: FastState, fid: int, slot: int) -> None:
         t, idx = hit.table, hit.indices
         pages = st.e_page[st.row(t), idx].astype(np.int64)
         st.f_touch[fid] = True
-        if (st.e_bits[st.row(t), idx] & D).any():
+        if np.count_nonzero(st.e_bits[st.row(t), idx] & D):
             st.f_dirty[fid] = True
         np.add.at(st.s_count, slot + pages, 1)
         st.p_exclusive[int(st.f_base[fid]) + pages] = False
@@ -580,7 +581,7 @@ def sys_migrate(st: FastState, mm: FastMm, start: int, npages: int, node: int) -
         elif k == TABLE:
             pte = int(st.e_id[st.row(pmd), mi])
             lo = a % g.P
-            sel = np.flatnonzero(st.e_kind[st.row(pte), lo : lo + (b - a)] == PTE) + lo
+            sel = (st.e_kind[st.row(pte), lo : lo + (b - a)] == PTE).nonzero()[0] + lo
             fids = st.e_id[st.row(pte), sel].astype(np.int64)
             if fids.size:
                 _, first = np.unique(fids, return_index=True)

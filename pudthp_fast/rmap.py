@@ -78,12 +78,12 @@ def free_folio(st: FastState, fid: int) -> None:
         count_mthp_stat(st, order, "nr_anon", -1)
     b, n = int(st.f_base[fid]), int(st.f_nr[fid])
     if (
-        (st.p_mapcount[b : b + n] != -1).any()
+        np.count_nonzero(st.p_mapcount[b : b + n] != -1)
         or st.f_entire[fid] != -1
         or st.f_large[fid] != -1
         or st.f_npm[fid] != 0
         or st.f_pin[fid] != 0
-        or (st.f_mmc[fid] != -1).any()
+        or np.count_nonzero(st.f_mmc[fid] != -1)
     ):
         raise ModelBug("free.still_mapped", f"folio {fid} freed while mapped or pinned")
     st.f_live[fid] = False
@@ -98,7 +98,7 @@ def free_folios_bulk(st: FastState, fids: np.ndarray) -> None:
         return
     st.f_touch[fids] = True
     bases = st.f_base[fids]
-    if (st.p_mapcount[bases] != -1).any() or (st.f_pin[fids] != 0).any():
+    if np.count_nonzero(st.p_mapcount[bases] != -1) or np.count_nonzero(st.f_pin[fids]):
         raise ModelBug("free.still_mapped", "order-0 folio freed while mapped or pinned")
     st.f_live[fids] = False
     st.p_exclusive[bases] = False
@@ -305,7 +305,7 @@ def folio_try_dup_anon_rmap(st: FastState, fid: int, first: int, n: int, dst: Fa
     b = int(st.f_base[fid])
     if level == PTE_LEVEL:
         ex = st.p_exclusive[b + first : b + first + n]
-        if maybe_pinned and ex.any():
+        if maybe_pinned and np.count_nonzero(ex):
             return False
         ex[:] = False
         st.p_mapcount[b + first : b + first + n] += 1
@@ -346,5 +346,5 @@ def sub_large_mapcount_seq(st: FastState, fid: int, diffs: np.ndarray, mm: FastM
             ids[i] = 0
             break
     new_vals = L - sums[j0:]
-    if np.isin(new_vals, [int(cnt[0]), int(cnt[1])]).any():
+    if np.count_nonzero((new_vals == int(cnt[0])) | (new_vals == int(cnt[1]))):
         st.f_shared[fid] = False

@@ -2,8 +2,9 @@
 
 Every table, folio and swap slot is a row of numpy arrays indexed by its id (row 0 unused,
 ids start at 1, as in the reference).  Arrays grow in chunks: what is needed, rounded up to
-a quarter of the current size or a geometry-sized minimum (a PUD folio's pages for the page
-pool, a PUD split's tables for the entry rows), never by doubling for one page.  Per-page
+half the current size (a quarter for the page pool) or a geometry-sized minimum (a PUD
+folio's pages for the pool, a PUD split's tables for the entry rows), never by doubling
+the pool for one page.  Per-page
 folio state lives in one page pool: a folio owns ``[f_base, f_base + f_nr)`` of ``p_mapcount``,
 ``p_exclusive`` and ``p_data``, so splitting a folio hands its tail pages to the new folios
 without copying.
@@ -54,13 +55,13 @@ U64 = np.uint64
 Arr = npt.NDArray[Any]
 
 
-def grow(a: Arr, need: int, fill: int | bool = 0, chunk: int = 16) -> Arr:
+def grow(a: Arr, need: int, fill: int | bool = 0, chunk: int = 64, part: int = 2) -> Arr:
     """``a`` with at least ``need`` rows, new rows ``fill``: ``need`` rounded up to a chunk
-    of ``max(chunk, rows // 4)`` (amortised growth with at most a quarter unused)."""
+    of ``max(chunk, rows // part)`` (amortised growth, at most ``1 / part`` unused)."""
     n = a.shape[0]
     if need <= n:
         return a
-    step = max(chunk, n // 4)
+    step = max(chunk, n // part)
     new_n = -(-need // step) * step
     shape = (new_n, *a.shape[1:])
     # np.zeros takes memory the kernel hands out already zeroed: only the copy touches it
@@ -119,6 +120,7 @@ class FastState:
         self.t_w16 = np.zeros(tables, I64)
         self.t_addr = np.zeros(tables, I64)  # first page a live table maps (for rmap walks)
         self.t_row = np.zeros(tables, I64)  # the table's entry row, 0 = none yet
+        self.t_rowl: list[int] = [0] * tables  # the same as a list, for scalar lookups
         self.t_touch = np.zeros(tables, bool)  # written since the last incremental check
         self.e_kind = np.zeros((rows, P), I8)
         self.e_id = np.zeros((rows, P), I32)
@@ -192,26 +194,28 @@ class FastState:
             self.t_w16 = grow(self.t_w16, need)
             self.t_addr = grow(self.t_addr, need)
             self.t_row = grow(self.t_row, need)
+            self.t_rowl.extend([0] * (self.t_row.shape[0] - len(self.t_rowl)))
             self.t_touch = grow(self.t_touch, need, False)
         return tid
 
     def row(self, t: int) -> int:
         """The entry row of table ``t`` for reading (0, all none, if it has none)."""
-        return int(self.t_row[t])
+        return self.t_rowl[t]
 
     def wrow(self, t: int) -> int:
         """The entry row of table ``t`` for writing, taken on first use; marks ``t``."""
         self.t_touch[t] = True
-        r = int(self.t_row[t])
+        r = self.t_rowl[t]
         if r == 0:
             r = self.free_rows.pop() if self.free_rows else self._new_rows(1)
             self.t_row[t] = r
+            self.t_rowl[t] = r
         return r
 
     def wrows(self, ts: Arr) -> Arr:
         """``wrow`` for an array of tables."""
         rows = self.t_row[ts]
-        missing = np.flatnonzero(rows == 0)
+        missing = (rows == 0).nonzero()[0]
         if missing.size:
             for k in missing.tolist():
                 rows[k] = self.wrow(int(ts[k]))
@@ -254,12 +258,15 @@ class FastState:
             self.e_bits[rows] = 0
             self.free_rows.extend(rows.tolist())
         self.t_row[ts] = 0
+        rowl = self.t_rowl
+        for t in np.asarray(ts).tolist():
+            rowl[t] = 0
         self.t_touch[ts] = True
 
     def release_row(self, t: int) -> None:
         """A freed table gives its row back, cleared."""
         self.t_touch[t] = True
-        r = int(self.t_row[t])
+        r = self.t_rowl[t]
         if r:
             self.e_kind[r] = 0
             self.e_id[r] = 0
@@ -267,6 +274,7 @@ class FastState:
             self.e_bits[r] = 0
             self.free_rows.append(r)
             self.t_row[t] = 0
+            self.t_rowl[t] = 0
 
     def new_folio_rows(self, count: int) -> int:
         """Reserve ``count`` consecutive folio ids; returns the first."""
@@ -300,9 +308,9 @@ class FastState:
         self.next_page += n
         if self.next_page > self.p_mapcount.shape[0]:
             need, c = self.next_page, self.page_chunk
-            self.p_mapcount = grow(self.p_mapcount, need, -1, c)
-            self.p_exclusive = grow(self.p_exclusive, need, False, c)
-            self.p_data = grow(self.p_data, need, 0, c)
+            self.p_mapcount = grow(self.p_mapcount, need, -1, c, 4)
+            self.p_exclusive = grow(self.p_exclusive, need, False, c, 4)
+            self.p_data = grow(self.p_data, need, 0, c, 4)
         return base
 
     def new_slots(self, n: int) -> int:
