@@ -56,8 +56,6 @@ from pudthp_fast.state import (
     LV_PUD,
     NONE,
     NULL,
-    POISON1,
-    POISON2,
     ST_DEPOSITED,
     ST_FREE,
     ST_LIVE,
@@ -91,10 +89,11 @@ def need(ok: object) -> None:
 
 
 def _grown(a: Arr, n: int, fill: int | bool = 0) -> Arr:
-    """``a`` with at least ``n`` rows along axis 0 (new rows ``fill``)."""
+    """``a`` with at least ``n`` rows along axis 0 (new rows ``fill``), by half at least."""
     if a.shape[0] >= n:
         return a
-    out = np.full((max(n, a.shape[0] + a.shape[0] // 4), *a.shape[1:]), fill, a.dtype)
+    shape = (max(n, a.shape[0] + a.shape[0] // 2), *a.shape[1:])
+    out = np.zeros(shape, a.dtype) if not fill else np.full(shape, fill, a.dtype)
     out[: a.shape[0]] = a
     return out
 
@@ -138,7 +137,7 @@ class IncState:
         self.contrib = np.zeros((nf, NCONTRIB), I64)
         self.totals = np.zeros(NCONTRIB, I64)
         # pool pages
-        self.emc = np.full(npool, -1, I64)
+        self.emc = np.full(npool, -1, I32)
         self.msum = np.zeros(npool, I64)
         self.msq = np.zeros(npool, I64)
         self.wcnt = np.zeros(npool, I32)
@@ -749,45 +748,48 @@ class ChainWalker:
         self.list_head = st.cfg.deposit == "list_head"
         self.nodes: list[int] = []
 
-    def deref(self, word: int) -> int:
-        need(word != NULL and word not in (POISON1, POISON2) and 0 < word < self.npt)
-        need(self.state[word] != ST_FREE)
-        return word
-
-    def node(self, t: int, level: int, mm: int) -> None:
-        need(self.level[t] == level and self.state[t] == ST_DEPOSITED and self.mm[t] == mm)
-
     def ring(self, root_word: int, level: int, mm: int) -> list[int]:
+        """A sentinel-less circular list: next = w8, prev = w16, root = newest; every node a
+        deposited table of ``level`` and ``mm`` (NULL, poison and freed tables are not
+        (0, npt) or not deposited)."""
         if root_word == NULL:
             return []
-        root = self.deref(root_word)
-        self.node(root, level, mm)
+        npt = self.npt
+        state, lv, mms, w8, w16 = self.state, self.level, self.mm, self.w8, self.w16
+        root = root_word
+        if not (0 < root < npt and state[root] == ST_DEPOSITED and lv[root] == level
+                and mms[root] == mm):
+            raise Suspect
         nodes = [root]
         ids = {root}
         t = root
-        w8, w16 = self.w8, self.w16
         while True:
-            n = self.deref(w8[t])
-            self.node(n, level, mm)
-            need(n == root or n not in ids)
-            need(w16[n] == t)
+            n = w8[t]
+            if not (0 < n < npt and state[n] == ST_DEPOSITED and lv[n] == level
+                    and mms[n] == mm and w16[n] == t):
+                raise Suspect
             if n == root:
                 return nodes
+            if n in ids:
+                raise Suspect
             ids.add(n)
             nodes.append(n)
             t = n
 
     def stack(self, root_word: int, level: int, mm: int) -> list[int]:
+        """The RFC's singly linked stack: next = w8, NULL-terminated (lru_next, llist)."""
+        npt = self.npt
+        state, lv, mms, w8 = self.state, self.level, self.mm, self.w8
         nodes: list[int] = []
         ids: set[int] = set()
-        word = root_word
-        while word != NULL:
-            t = self.deref(word)
-            need(t not in ids)
-            self.node(t, level, mm)
+        t = root_word
+        while t != NULL:
+            if not (0 < t < npt and state[t] == ST_DEPOSITED and lv[t] == level
+                    and mms[t] == mm) or t in ids:
+                raise Suspect
             ids.add(t)
             nodes.append(t)
-            word = self.w8[t]
+            t = w8[t]
         return nodes
 
     def unit(self, u: int, level: int, mm: int) -> list[int]:

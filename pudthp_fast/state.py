@@ -150,7 +150,7 @@ class FastState:
         self.f_touch = np.zeros(folios, bool)  # written since the last incremental check
         self.next_folio = 1
         # the page pool
-        self.p_mapcount = np.full(pages, -1, I64)
+        self.p_mapcount = np.full(pages, -1, I32)
         self.p_exclusive = np.zeros(pages, bool)
         self.p_data = np.zeros(pages, U64)
         self.next_page = 0
