@@ -33,6 +33,7 @@ from pudthp_fast.state import (
     ZERO,
     Arr,
     W,
+    unique,
 )
 
 I32 = np.int32
@@ -149,10 +150,10 @@ def entry_phase(p: Pass, dt: Arr, ident: Arr, recheck: list[tuple[int, int, int]
         if len(T) <= p.scalar_max:
             p.claims_scalar(sorted(set(T)))
         else:
-            p.claims(np.unique(np.array(T, I64)))
+            p.claims(unique(np.array(T, I64)))
     else:
         nodes = p.chains(dt)
-        p.claims(np.unique(np.concatenate((dt, np.array(kids + nodes + p.old_roots, I64)))))
+        p.claims(unique(np.concatenate((dt, np.array(kids + nodes + p.old_roots, I64)))))
     p.roots()
     S.check(p, ch.new)
     S.check(p, S.writable(ch.wonly))  # type: ignore[arg-type]
@@ -631,7 +632,7 @@ class VectorEntries:
                     groups_mm = [(int(mms[0]), f, gp)]
                 else:
                     mm = np.repeat(mms, per_row)
-                    groups_mm = [(m, f[mm == m], gp[mm == m]) for m in np.unique(mms).tolist()]
+                    groups_mm = [(m, f[mm == m], gp[mm == m]) for m in unique(mms).tolist()]
                 for m, fm, gpm in groups_mm:
                     if one:
                         inc.per_mm[m, f0] += sign * fm.size
@@ -680,7 +681,7 @@ def _check_upper(p: Pass, up: tuple[Arr, Arr, Arr, Arr, Arr, Arr, Arr, Arr]) -> 
     if not np.count_nonzero(huge):
         return
     t, i, kind, f, w, lv, mm = t[huge], i[huge], kind[huge], eid[huge], w[huge], lv[huge], mm[huge]
-    utabs = np.unique(t)
+    utabs = unique(t)
     vbt = p.vbase_array(utabs)
     vb = vbt[np.searchsorted(utabs, t)]
     gv = mm * p.space + vb + i * np.where(lv == LV_PUD, P * P, P)
@@ -764,7 +765,7 @@ def _check_ptes(p: Pass, g: Group) -> None:
     elif fmax - fmin <= 4 * f.size:
         distinct = fmin + np.bincount(f - fmin).nonzero()[0]
     else:
-        distinct = np.unique(f)
+        distinct = unique(f)
     need(st.f_live[distinct].all())
     nr = st.f_nr[distinct]
     base = st.f_base[distinct]

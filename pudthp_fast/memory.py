@@ -72,6 +72,8 @@ from pudthp_fast.state import (
     FastVma,
     W,
     Y,
+    add_at,
+    unique,
 )
 from pudthp_ref.spec import ENTIRELY_MAPPED, GUP_PIN_COUNTING_BIAS, ModelBug
 
@@ -409,15 +411,15 @@ def copy_pte_segments(st: FastState, dst: FastMm, segs: list[tuple[int, int, int
     present = kind == PTE
     swap = kind == SWAP
     if np.count_nonzero(swap):
-        np.add.at(st.s_count, ids[swap], 1)
+        add_at(st.s_count, ids[swap], 1)
         dst.rss_swap += int(np.count_nonzero(swap))
     if np.count_nonzero(present):
         fids = ids[present]
         pages = st.f_base[fids] + pages_in[present].astype(np.int64)
         st.f_touch[fids] = True
-        np.add.at(st.f_ref, fids, 1)
+        add_at(st.f_ref, fids, 1)
         st.p_exclusive[pages] = False
-        np.add.at(st.p_mapcount, pages, 1)
+        add_at(st.p_mapcount, pages, 1)
         large = st.f_order[fids] > 0
         if np.count_nonzero(large):
             uniq, counts = np.unique(fids[large], return_counts=True)
@@ -605,42 +607,41 @@ def zap_pte_segments(st: FastState, mm: FastMm, segs: list[tuple[int, int, int]]
     """
     if not segs:
         return
-    n = 0
-    for t, a, b in segs:
-        r = st.row(t)
-        if r:
-            n += int(np.count_nonzero(st.e_kind[r, a:b]))
-    if n == 0:
-        return  # nothing mapped there: nothing changes
-    if n <= SMALL:
-        zap_pte_segments_small(st, mm, segs)
-        return
+    if sum(b - a for _, a, b in segs) <= 8 * SMALL:
+        n = 0
+        for t, a, b in segs:
+            r = st.row(t)
+            if r:
+                n += int(np.count_nonzero(st.e_kind[r, a:b]))
+        if n == 0:
+            return  # nothing mapped there: nothing changes
+        if n <= SMALL:
+            zap_pte_segments_small(st, mm, segs)
+            return
     P = st.P
     rows = np.array([st.row(t) for t, _, _ in segs], np.int64)
     lo = np.array([a for _, a, _ in segs], np.int64)
     hi = np.array([b for _, _, b in segs], np.int64)
     kind2 = st.e_kind[rows]
     mask = range_mask(P, lo, hi)
+    real = rows != 0  # row 0 (a table with no entries) is never written
+    st.t_touch[[t for t, _, _ in segs]] = True
     if mask is None:
         kind = kind2.reshape(-1)
         ids = st.e_id[rows].reshape(-1)
-        pages = st.e_page[rows].reshape(-1).astype(np.int64)
-        cleared = np.zeros_like(kind2)
+        pages = st.e_page[rows].reshape(-1)
+        st.e_kind[rows[real]] = NONE
     else:  # row-major order keeps the segments and their PTEs in order
         kind = kind2[mask]
         ids = st.e_id[rows][mask]
-        pages = st.e_page[rows][mask].astype(np.int64)
-        cleared = np.where(mask, np.zeros_like(kind2), kind2)
-    seg = np.repeat(np.arange(len(segs)), hi - lo)
-    real = rows != 0  # row 0 (a table with no entries) is never written
-    st.t_touch[[t for t, _, _ in segs]] = True
-    st.e_kind[rows[real]] = cleared[real]
+        pages = st.e_page[rows][mask]
+        st.e_kind[rows[real]] = np.where(mask, NONE, kind2)[real]
     swap = kind == SWAP
     if np.count_nonzero(swap):
         slots = ids[swap]
         mm.rss_swap -= int(slots.size)
-        np.subtract.at(st.s_count, slots, 1)
-        st.s_used -= int(np.count_nonzero(st.s_count[np.unique(slots)] == 0))
+        add_at(st.s_count, slots, -1)
+        st.s_used -= int(np.count_nonzero(st.s_count[unique(slots)] == 0))
     present = kind == PTE
     if not np.count_nonzero(present):
         return
@@ -654,10 +655,11 @@ def zap_pte_segments(st: FastState, mm: FastMm, segs: list[tuple[int, int, int]]
         bases = st.f_base[fids]
         st.p_mapcount[bases] -= 1
         mod_node(st, "nr_anon_mapped", -int(np.count_nonzero(st.p_mapcount[bases] == -1)))
-        np.subtract.at(st.f_ref, fids, 1)
+        add_at(st.f_ref, fids, -1)
         free_folios_bulk(st, fids[st.f_ref[fids] == 0])
     idx = (present & ~small).nonzero()[0]
     if idx.size:
+        seg = np.repeat(np.arange(len(segs)), hi - lo)
         zap_large_batches(st, mm, ids[idx], pages[idx], seg[idx], idx)
 
 
@@ -779,13 +781,26 @@ def zap_large_batches(st: FastState, mm: FastMm, lid: np.ndarray, lpg: np.ndarra
         b = int(st.f_base[fid])
         lens = run_len[group].astype(np.int64)
         offsets = np.cumsum(lens) - lens  # of each run within the folio's members
-        members = np.arange(int(lens.sum())) + np.repeat(run_start[group] - offsets, lens)
-        pool = b + lpg[members]
-        before = st.p_mapcount[pool].copy()
-        if np.count_nonzero(before < 0):
-            raise ModelBug("rmap.mapcount_underflow", f"folio {fid}")
-        st.p_mapcount[pool] = before - 1
-        last_per_run = np.add.reduceat((before == 0).astype(np.int64), offsets)
+        g0, total = int(group[0]), int(lens.sum())
+        if group[-1] - g0 == group.size - 1:  # consecutive runs: consecutive members
+            m0 = int(run_start[g0])
+            pg = lpg[m0 : m0 + total]
+        else:
+            pg = lpg[np.arange(total) + np.repeat(run_start[group] - offsets, lens)]
+        p0 = int(pg[0])
+        if int(pg[-1]) - p0 == total - 1 and not np.count_nonzero(np.diff(pg) != 1):
+            mc = st.p_mapcount[b + p0 : b + p0 + total]  # consecutive pages: a view
+            if np.count_nonzero(mc < 0):
+                raise ModelBug("rmap.mapcount_underflow", f"folio {fid}")
+            last_per_run = np.add.reduceat((mc == 0).astype(np.int64), offsets)
+            mc -= 1
+        else:
+            pool = b + pg
+            before = st.p_mapcount[pool]
+            if np.count_nonzero(before < 0):
+                raise ModelBug("rmap.mapcount_underflow", f"folio {fid}")
+            st.p_mapcount[pool] = before - 1
+            last_per_run = np.add.reduceat((before == 0).astype(np.int64), offsets)
         sub_large_mapcount_seq(st, fid, lens, mm)
         npm0 = int(st.f_npm[fid])
         total_last = int(last_per_run.sum())

@@ -55,6 +55,7 @@ from pudthp_fast.state import (
     FastMm,
     FastState,
     W,
+    add_at,
 )
 from pudthp_ref.spec import EBUSY, EINVAL, ENTIRELY_MAPPED, ModelBug, Result
 
@@ -159,7 +160,7 @@ def try_to_migrate_ptes(st: FastState, fid: int, hit: Hit) -> Migration:
     st.f_touch[fid] = True
     exclusive = st.p_exclusive[b + pages] | ((bits & W) != 0)
     st.p_exclusive[b + pages] = False
-    if np.count_nonzero(bits & D):
+    if (bits & D).any():
         st.f_dirty[fid] = True
     r_t = st.wrow(t)
     st.e_kind[r_t, idx] = NONE
@@ -344,10 +345,10 @@ def remap_page(st: FastState, head: int, first_new: int, migration: list[Migrati
         st.e_page[r_m_table, idx] = 0
         st.e_bits[r_m_table, idx] = m.bits[keep]
         st.f_touch[fids] = True
-        np.add.at(st.f_ref, fids, 1)
+        add_at(st.f_ref, fids, 1)
         kp = pool[keep]
         before = st.p_mapcount[kp].copy()
-        np.add.at(st.p_mapcount, kp, 1)
+        add_at(st.p_mapcount, kp, 1)
         mod_node(st, "nr_anon_mapped", int(np.count_nonzero(before == -1)))
         st.p_exclusive[kp[m.exclusive[keep]]] = True
 
@@ -547,7 +548,7 @@ def try_to_unmap(st: FastState, fid: int, slot: int) -> None:
         st.f_touch[fid] = True
         if np.count_nonzero(st.e_bits[st.row(t), idx] & D):
             st.f_dirty[fid] = True
-        np.add.at(st.s_count, slot + pages, 1)
+        add_at(st.s_count, slot + pages, 1)
         st.p_exclusive[int(st.f_base[fid]) + pages] = False
         hit.mm.rss_anon -= idx.size
         hit.mm.rss_swap += idx.size
@@ -581,7 +582,7 @@ def sys_migrate(st: FastState, mm: FastMm, start: int, npages: int, node: int) -
         elif k == TABLE:
             pte = int(st.e_id[st.row(pmd), mi])
             lo = a % g.P
-            sel = (st.e_kind[st.row(pte), lo : lo + (b - a)] == PTE).nonzero()[0] + lo
+            sel = np.flatnonzero(st.e_kind[st.row(pte), lo : lo + (b - a)] == PTE) + lo
             fids = st.e_id[st.row(pte), sel].astype(np.int64)
             if fids.size:
                 _, first = np.unique(fids, return_index=True)

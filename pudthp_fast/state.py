@@ -70,6 +70,33 @@ def grow(a: Arr, need: int, fill: int | bool = 0, chunk: int = 64, part: int = 2
     return out
 
 
+def unique(a: Arr) -> Arr:
+    """The sorted distinct values of a 1-D array: ``np.unique`` without its first-call
+    import of ``numpy.ma`` (tens of milliseconds of every process that calls it)."""
+    s = np.sort(a)
+    if s.size <= 1:
+        return s
+    keep = np.empty(s.size, bool)
+    keep[0] = True
+    np.not_equal(s[1:], s[:-1], out=keep[1:])
+    return s[keep]
+
+
+def add_at(a: Arr, idx: Arr, delta: int) -> None:
+    """``np.add.at(a, idx, delta)``: ``a[i] += delta`` for every ``i`` of ``idx``, repeats
+    counted; by counts over the range of ``idx`` when it is dense (``np.add.at`` with a
+    scalar is slow on millions of indices)."""
+    n = idx.size
+    if not n:
+        return
+    if n > 64:
+        lo, hi = int(idx.min()), int(idx.max()) + 1
+        if hi - lo <= 4 * n:
+            a[lo:hi] += (delta * np.bincount(idx - lo, minlength=hi - lo)).astype(a.dtype)
+            return
+    np.add.at(a, idx, np.full(n, delta, a.dtype))
+
+
 @dataclass(slots=True)
 class FastVma:
     start: int
