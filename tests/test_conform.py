@@ -561,6 +561,24 @@ def test_known_disagreement_shows_as_explained(name: str) -> None:
         assert conform.known_reason(run.disagreement, p) is not None, describe(run, p)
 
 
+@pytest.mark.slow
+@live_only
+def test_a_known_disagreement_exits_0_and_is_listed_unless_strict(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    observable, config, ops = MINIMAL["pageout_without_swap"]
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"format": spec.PROGRAM_FORMAT, "ops": ops,
+                                "config": {"geometry": "x86_64", "pud_enabled": "never",
+                                           **config}}))
+    report = tmp_path / "r.json"
+    assert main(["conform", str(path), "--quiet", "--report", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "known disagreement pageout_without_swap" in out
+    assert json.loads(report.read_text())["known"]["kind"] == "pageout_without_swap"
+    assert main(["conform", str(path), "--quiet", "--strict"]) == 1
+    assert "known disagreement pageout_without_swap" in capsys.readouterr().out
+
+
 def test_every_open_disagreement_has_a_minimal_program() -> None:
     assert set(conform.KNOWN) <= set(MINIMAL)
 
