@@ -132,6 +132,7 @@ class ConformRun:
     noise: list[str] = field(default_factory=list)
     disagreement: Disagreement | None = None  # the first confirmed difference
     runs: int = 1
+    facts: frozenset[str] = frozenset()  # what the harness checked on the machine (FACTS)
 
     def to_json(self) -> dict[str, Any]:
         d = self.disagreement
@@ -144,6 +145,7 @@ class ConformRun:
             },
             "runs": self.runs,
             "noise": self.noise,
+            "facts": sorted(self.facts),
         }
 
 
@@ -303,7 +305,16 @@ def run_once(program: Program, tools: live.RunTools, on_step: StepHook | None = 
     run = ConformRun()
     model = RefModel(program.config)
     snap = model.snapshot()
-    live.drop_slab()  # an empty deferred split queue, and no huge zero folio left over
+    # An empty deferred split queue, and no huge zero folio left over, unless a process
+    # outside the run holds it: then the kernel will not allocate it for the program, and
+    # the model is told it exists (held for the whole run, by ``EXTERNAL_HOLDER``).
+    held_elsewhere = live.huge_zero_folio_held_elsewhere()
+    holders: set[int] = set()
+    if held_elsewhere:
+        model.st.huge_zero_allocated = True
+        holders.add(EXTERNAL_HOLDER)
+        run.noise.append("a process outside the run held the huge zero folio at the start: "
+                         "the model was told it exists")
     kside = KernelSide(program, tools.frames)
     try:
         kside.ex.start()
@@ -313,7 +324,6 @@ def run_once(program: Program, tools: live.RunTools, on_step: StepHook | None = 
             run.items.append(d)
             return run
         m_after = model_counters(snap)
-        holders: set[int] = set()  # model mms holding the huge zero folio
         for i, op in enumerate(program.ops):
             m_before = m_after
             tools.drain()  # no folio reference left in a per-CPU batch (LruDrain)
@@ -370,7 +380,8 @@ def model_drop_slab(model: RefModel, first: Result, before: dict[str, int],
     The huge zero folio's shrinker (``shrink_huge_zero_folio_scan()``) frees it when no mm
     holds it (an mm that mapped it keeps a reference until it exits, ``MMF_HUGE_ZERO_FOLIO``):
     the next huge zero PMD allocates it again (``thp_zero_page_alloc``).  The model
-    allocates it once; ``holders`` are the model's mms that have mapped it.
+    allocates it once; ``holders`` are the model's mms that have mapped it, and
+    ``EXTERNAL_HOLDER`` when a process outside the run held it at the run's start.
     """
     failed = model_counters(model.snapshot())["mthp.split_failed"] - before["mthp.split_failed"]
     total = int(first)
@@ -398,7 +409,25 @@ def huge_zero_holders(holders: set[int], obs: Observation) -> set[int]:
     fault, or ``copy_huge_pmd()`` into a forked child).  Each op is one access, so no mm
     maps and unmaps it within one op unseen."""
     now = {mm_id for mm_id, m in obs.mms.items() if any(p.kind == "hzero" for _, p in m.pages)}
-    return (holders & set(obs.mms)) | now
+    return (holders & {*obs.mms, EXTERNAL_HOLDER}) | now
+
+
+EXTERNAL_HOLDER = -1  # in ``holders``: a process outside the run holds the huge zero folio
+
+
+# Facts about the machine that the harness checks after a run, when a disagreement is one
+# they would explain; KNOWN entries may require one.
+HUGE_ZERO_HELD_ELSEWHERE = "huge_zero_folio_held_elsewhere"
+
+
+def machine_facts(d: Disagreement) -> frozenset[str]:
+    """What the machine shows about ``d`` once the run's processes are gone: for the kernel
+    not allocating the huge zero folio where the model does, whether another process holds
+    it (``live.huge_zero_folio_held_elsewhere``)."""
+    if (d.observable == "vmstat.thp_zero_page_alloc" and d.kernel < d.model
+            and live.huge_zero_folio_held_elsewhere()):
+        return frozenset({HUGE_ZERO_HELD_ELSEWHERE})
+    return frozenset()
 
 
 def _restore(settings: live.Settings, what: str) -> None:
@@ -487,6 +516,7 @@ class Session:
                 out = runs[0]
                 out.disagreement = min(common, key=lambda d: d.op_index)
                 out.runs = len(runs)
+                out.facts = machine_facts(out.disagreement)
                 return out
         out = runs[-1] if not runs[-1].items else runs[0]
         out.runs = len(runs)
@@ -527,6 +557,7 @@ class Known:
     applies: Callable[[Op | None, Program], bool]
     reason: str
     look_past: bool = False
+    needs: str | None = None  # a machine fact (ConformRun.facts) the explanation rests on
 
 
 # The disagreements README.md explains, by name (the name of its minimal program in
@@ -545,23 +576,34 @@ KNOWN: dict[str, Known] = {
         lambda op, p: isinstance(op, spec.Read | spec.Write) and p.config.swap_capacity > 0,
         "likely a swap-in of a slot another mm also holds: the kernel shares one swap-cache "
         "folio, MODEL.md 5.9 a fresh folio each (do_swap_page)"),
+    "huge_zero_folio_held_elsewhere": Known(
+        ("vmstat.thp_zero_page_alloc",),
+        lambda op, p: isinstance(op, spec.Read),
+        "another process on the machine holds the huge zero folio (checked after the run: a "
+        "fresh process's huge zero PMD did not allocate it), so the kernel did not allocate "
+        "it for the program's first huge zero PMD (mm_get_huge_zero_folio)",
+        needs=HUGE_ZERO_HELD_ELSEWHERE),
 }
 LOOK_PAST: frozenset[str] = frozenset(c for k in KNOWN.values() if k.look_past
                                       for c in k.classes)
 
 
-def known_kind(d: Disagreement, program: Program) -> str | None:
-    """The name in ``KNOWN`` of the explanation that fits ``d``, or None (unexplained)."""
+def known_kind(d: Disagreement, program: Program,
+               facts: frozenset[str] = frozenset()) -> str | None:
+    """The name in ``KNOWN`` of the explanation that fits ``d``, or None (unexplained).
+    ``facts``: what the harness checked on the machine (``ConformRun.facts``)."""
     op = program.ops[d.op_index] if 0 <= d.op_index < len(program.ops) else None
     for name, k_ in KNOWN.items():
-        if d.cls in k_.classes and k_.applies(op, program):
+        if (d.cls in k_.classes and k_.applies(op, program)
+                and (k_.needs is None or k_.needs in facts)):
             return name
     return None
 
 
-def known_reason(d: Disagreement, program: Program) -> str | None:
+def known_reason(d: Disagreement, program: Program,
+                 facts: frozenset[str] = frozenset()) -> str | None:
     """The README's explanation when ``d`` is one of the disagreements in ``KNOWN``."""
-    name = known_kind(d, program)
+    name = known_kind(d, program, facts)
     return None if name is None else KNOWN[name].reason
 
 
@@ -638,7 +680,7 @@ def _cmd_one(program: Program, path: str, report: str | None, quiet: bool,
     for note in run.noise:
         print(f"note: {note}")
     d = run.disagreement
-    kind = None if d is None else known_kind(d, program)
+    kind = None if d is None else known_kind(d, program, run.facts)
     if report:
         _write_json(report, {"format": "pudthp-conform-report/1", "program": path,
                              "config": program.config.to_json(), **run.to_json(),
@@ -683,7 +725,7 @@ def _cmd_random(n: int, seed: int, n_ops: int, save_dir: str | None,
             else:
                 sig = signature(run.disagreement, program)
                 signatures.setdefault(sig, []).append(i)
-                kind = known_kind(run.disagreement, program)
+                kind = known_kind(run.disagreement, program, run.facts)
                 if kind is None:
                     unexplained.add(sig)
                     status = f"DISAGREE {sig}: {describe(run.disagreement, program)}"
