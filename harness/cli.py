@@ -1,8 +1,10 @@
 """The ``pudthp`` command line (FORMAT.md section 4).
 
-Exit status: 0 no finding, 1 a finding, 2 bad input or a command that cannot run here, 130
-interrupted.  Bad input of any kind is one line on stderr starting with ``pudthp: error:``,
-never a traceback.  The models are imported only when a command needs one.
+Exit status: 0 no finding, 1 a finding, 2 bad input or usage, 4 this machine cannot run the
+command (the kselftest skip code: ``conform`` without root, PMD THP or what a program needs,
+``fuzz --engine atheris`` without atheris), 130 interrupted.  Bad input of any kind is one
+line on stderr starting with ``pudthp: error:``, never a traceback.  The models are imported
+only when a command needs one.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ def _add_conform(sub: argparse._SubParsersAction[_Parser]) -> None:
     conform = sub.add_parser(
         "conform",
         help="compare a PMD-level program on the live kernel and on the model; exit 0 "
-        "agree, 1 disagree, 2 cannot run here",
+        "agree (known disagreements listed), 1 an unexplained disagreement, 2 bad input, "
+        "4 cannot run here",
         description="Run a PMD-level program (x86_64 geometry, pud_enabled never) on the live "
         "kernel and on the reference model and compare every observable after every op. "
         "Needs root and PMD THP; saves and restores every kernel setting it changes.",
@@ -106,6 +109,8 @@ def _add_conform(sub: argparse._SubParsersAction[_Parser]) -> None:
     conform.add_argument("--ignore", metavar="OBSERVABLE", action="append", default=[],
                          help="pass over an observable class, e.g. vmstat.thp_zero_page_alloc, "
                          "vmas (compared joined), page.kind, rss (repeatable)")
+    conform.add_argument("--strict", action="store_true",
+                         help="exit 1 on any disagreement, a known one (README.md) too")
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -205,7 +210,9 @@ def _cmd_fuzz_atheris(args: argparse.Namespace, overrides: dict[str, Any], seed:
     import os
 
     if importlib.util.find_spec("atheris") is None:
-        return _error("--engine atheris: the atheris package is not installed")
+        print("pudthp: cannot run here: --engine atheris: the atheris package is not "
+              "installed", file=sys.stderr)
+        return EXIT_CANNOT_RUN
     try:
         os.makedirs(args.corpus, exist_ok=True)
     except OSError as e:
@@ -419,7 +426,11 @@ def _cmd_conform(args: argparse.Namespace) -> int:
     from harness.conform.compare import cmd_conform
 
     return cmd_conform(args.program, args.report, args.random, args.seed, args.ops,
-                       args.save_dir, args.quiet, frozenset(args.ignore), random_pmd_program)
+                       args.save_dir, args.quiet, frozenset(args.ignore), random_pmd_program,
+                       args.strict)
+
+
+EXIT_CANNOT_RUN = 4  # the kselftest skip code: this machine lacks what the command needs
 
 
 def _error(message: str) -> int:
