@@ -230,7 +230,7 @@ class _Corpus:
 
 class Hub:
     """One machine's connection to the hub; see the module docstring.  Every method may be
-    called whether the hub is reachable or not."""
+    called whether the hub is reachable or not; call them from one thread."""
 
     def __init__(self, client: redis.Redis, *, label: str = "hub", machine: str | None = None,
                  campaign: str = DEFAULT_CAMPAIGN, say: Callable[[str], None] | None = None,
@@ -301,7 +301,7 @@ class Hub:
         self.retry_at = self.clock() + self.retry_seconds
         try:
             self.r.ping()
-            if self.joined is not None and self.record is None:
+            if self.joined is not None:  # checks the code again; recreates a lost record
                 self._join(self.joined)
             pushed = self._flush()
         except HubRefused as e:

@@ -385,3 +385,19 @@ def test_the_shared_example_database_carries_on_when_the_hub_is_down(
     clock.t += 6
     assert set(db.fetch(b"k")) == {b"b"}  # replayed in order: a saved, b saved, a deleted
     assert set(inner.fetch(b"k")) == {b"b"}
+
+
+def test_a_hub_that_lost_its_data_gets_the_record_back_on_reconnection() -> None:
+    server = fakeredis.FakeServer()
+    clock = Clock()
+    a = make_hub(server, "a", clock=clock)
+    a.join("atheris", {}, code=CODE)
+    server.connected = False
+    assert a.push_finding("s", finding_text("s", 2)) == "queued"
+    server.connected = True
+    fakeredis.FakeRedis(server=server).flushall()  # a hub restarted without its data
+    clock.t += 10
+    assert a.push_stats({"n": 1}) == "stored"
+    with pytest.raises(HubRefused):
+        make_hub(server, "b").join("atheris", {}, code="f" * 64)
+    assert make_hub(server, "c").signatures() == {"s"}
