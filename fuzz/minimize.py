@@ -106,6 +106,8 @@ def check(o: MinimizeOptions) -> tuple[str, str]:
         raise MinimizeError(f"{o.corpus}: not a directory")
     if not os.access(o.corpus, os.R_OK | os.X_OK):
         raise MinimizeError(f"{o.corpus}: not readable")
+    if count_files(o.corpus) == 0:
+        raise MinimizeError(f"{o.corpus}: no inputs to minimize")
     out, control = paths(o)
     a_in, a_out = os.path.realpath(o.corpus), os.path.realpath(out)
     if a_out == a_in or a_out.startswith(a_in + os.sep) or a_in.startswith(a_out + os.sep):

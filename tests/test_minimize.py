@@ -118,8 +118,11 @@ def test_bad_usage_is_one_line_and_touches_nothing(tmp_path: Path) -> None:
     full = tmp_path / "full"
     full.mkdir()
     (full / "x").write_bytes(b"x")
+    empty = tmp_path / "empty"
+    empty.mkdir()
     cases = [
         ([str(tmp_path / "none")], f"{tmp_path / 'none'}: not a directory"),
+        ([str(empty)], f"{empty}: no inputs to minimize"),
         ([str(corpus), "--out", str(full)], "exists and is not empty"),
         ([str(corpus), "--out", str(corpus / "sub")], "must be outside"),
         ([str(corpus), "--out", str(full), "--in-place"], "not allowed with argument"),
@@ -134,7 +137,7 @@ def test_bad_usage_is_one_line_and_touches_nothing(tmp_path: Path) -> None:
         assert message in r.stderr
     assert contents(corpus) == before
     assert contents(full) == {"x": b"x"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "full"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "empty", "full"]
 
 
 def test_swap_exchanges_two_directories(tmp_path: Path) -> None:
