@@ -2535,6 +2535,15 @@ int main(void)
 	diag("config: thp_enabled %s, pmd_enabled %s, pud_enabled %s, use_zero_page %d, "
 	     "shrink_underused %d, swap %lu pages", prog.thp_enabled, prog.pmd_enabled,
 	     prog.pud_enabled, prog.use_zero_page, prog.shrink_underused, prog.swap_pages);
+	for (i = 0; i < prog.nops; i++) {
+		for (j = 0; j < steps[i].ncounters; j++) {
+			if (counter_index(steps[i].counters[j].name) < 0) {
+				printf("Bail out! op %d names a counter this file does not read: %s\n",
+				       i, steps[i].counters[j].name);
+				return KSFT_FAIL;
+			}
+		}
+	}
 	check_machine();
 	/* This process never gets a THP, so the processes it forks inherit none */
 	prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
@@ -2543,11 +2552,6 @@ int main(void)
 	cbefore = xcalloc(NCOUNTERS, sizeof(*cbefore));
 	cafter = xcalloc(NCOUNTERS, sizeof(*cafter));
 	mdelta = xcalloc(NCOUNTERS, sizeof(*mdelta));
-	for (i = 0; i < prog.nops; i++)
-		for (j = 0; j < steps[i].ncounters; j++)
-			if (counter_index(steps[i].counters[j].name) < 0)
-				skip_all("op %d names an unknown counter %s", i,
-					 steps[i].counters[j].name);
 	prepare();
 	printf("1..%d\n", prog.nops);
 
