@@ -333,8 +333,9 @@ class Ktap:
         return {int(m[2]): (m[1] == "ok", m[3])
                 for m in self.lines(r"(ok|not ok) (\d+) (.*)$")}
 
-    def kernel_results(self, run: int = 1) -> list[str]:
-        """The kernel's result of every op in run ``run`` (the ``# op N: ... -> R`` lines)."""
+    def kernel_results(self, run: int = -1) -> list[str]:
+        """The kernel's result of every op in run ``run`` (the ``# op N: ... -> R`` lines),
+        by default the last, whose checks the ``ok`` lines report."""
         runs = self.text.split("# run ")
         return [m[1] for m in re.finditer(r"^# op \d+: .* -> (\S+)$", runs[run], re.M)]
 
