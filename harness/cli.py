@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shrink(sub)
     _add_corpus(sub)
     _add_conform(sub)
+    _add_export_c(sub)
     _add_bench(sub)
     _add_hub(sub)
     _add_report(sub)
@@ -113,6 +114,29 @@ def _add_conform(sub: argparse._SubParsersAction[_Parser]) -> None:
                          "vmas (compared joined), page.kind, rss (repeatable)")
     conform.add_argument("--strict", action="store_true",
                          help="exit 1 on any disagreement, a known one (README.md) too")
+
+
+def _add_export_c(sub: argparse._SubParsersAction[_Parser]) -> None:
+    export = sub.add_parser(
+        "export-c",
+        help="write a program as a self-contained C kernel selftest (KTAP) that runs it on "
+        "the live kernel and checks what the model predicts; exit 0 written, 2 bad input "
+        "or a program the kernel cannot express",
+        description="Write PROGRAM as one C file (build: gcc -O2 -Wall -o T T.c) that runs "
+        "it on the live kernel as 'pudthp conform' does and checks, after every op, what "
+        "the reference model predicts (computed now and written into the file, one "
+        "commented block per op). The binary prints KTAP and exits 0 pass, 1 fail, 4 skip.",
+        allow_abbrev=False,
+    )
+    export.add_argument("program", metavar="PROGRAM", help="a pudthp-program/1 JSON file")
+    export.add_argument("-o", "--output", metavar="FILE",
+                        help="write the C file here (default: standard output)")
+
+
+def _cmd_export_c(args: argparse.Namespace) -> int:
+    from harness.conform.export_c import cmd_export_c
+
+    return cmd_export_c(args.program, args.output)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -449,6 +473,8 @@ def _main(argv: list[str]) -> int:
     try:
         if args.command == "conform":
             return _cmd_conform(args)
+        if args.command == "export-c":
+            return _cmd_export_c(args)
         if args.command == "bench":
             return _cmd_bench(args)
         if args.command == "fuzz":
