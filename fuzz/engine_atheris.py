@@ -21,8 +21,8 @@ so, and it counts as found (exit 1) without being written again.
 Progress (on stderr, about once a second on a terminal, else every few seconds): total
 executions and executions per second over all workers, coverage and features (libFuzzer's
 ``cov:`` and ``ft:``), corpus size on disk, distinct findings.  Exit 0 nothing found, 1
-anything found, 2 no worker could run the target, 130 interrupted (Ctrl-C: workers stop,
-artifacts already written are still decoded, shrunk and archived).
+anything found, 4 no worker could run the target (cannot run here), 130 interrupted
+(Ctrl-C: workers stop, artifacts already written are still decoded, shrunk and archived).
 """
 
 from __future__ import annotations
@@ -459,7 +459,7 @@ def run_atheris_campaign(c: AtherisCampaign) -> int:
     if interrupted:
         return 130
     if all(w.failed for w in run.slots):
-        print("pudthp: error: no worker could run the atheris target (see the warnings)",
-              file=c.err)
-        return 2
+        print("pudthp: cannot run here: no worker could run the atheris target (see the "
+              "warnings)", file=c.err)
+        return 4  # as the command line's EXIT_CANNOT_RUN
     return 1 if run.distinct() else 0

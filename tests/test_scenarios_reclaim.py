@@ -28,7 +28,8 @@ The model's rules these derivations lean on:
   order on the target node (new id, ``thp_migration_success``), its deferred-queue state
   read after the unmap (``migrate_folio_move``, so a flag set by the one-by-one unmap is
   carried to the destination); if the allocation fails it is
-  split (``thp_migration_split``) and its pages move one by one (order 0: no THP counter).
+  split (``thp_migration_split`` and ``thp_migration_fail``) and its pages move one by one
+  (order 0: no THP counter), tails by index first, the head last (``try_split_folio``).
 
 Notation: ``P`` = entries per table (8 small, 512 x86_64), ``N = P*P``, ``B`` = first vpn of
 a PUD window (``B = N``), ``W`` = first vpn of a PMD window (``W = P``), ``PT`` = 4096.
@@ -526,7 +527,10 @@ def test_pud_migration(impl: str, P: int) -> None:
     # folio 2 only), nr_anon[pud] 2 -> 1, split[pud]
     # 1; page i becomes folio 3+i (ids 4..66); pages 0, 9, 63 (data) are remapped to folios
     # 3, 12, 66; the 61 zero-filled pages go to the zero page (RSS -61) and are freed;
-    # thp_migration_split 1.  Then folios 3, 12, 66 (order 0, node 0) move one by one to new
+    # thp_migration_split 1, and thp_migration_fail 1 (migrate_pages_sync() adds the
+    # batch's splits to the failures).  The pieces go on the migration list in
+    # try_split_folio()'s order: __folio_split() adds the tails by index, then the head is
+    # moved to the tail.  So folios 12, 66, 3 (order 0, node 0) move one by one to new
     # order-0 folios on node 1: ids 67, 68, 69; order 0 counts no THP migration event.
     s16 = s[16]
     B2 = 3 * N
@@ -540,14 +544,14 @@ def test_pud_migration(impl: str, P: int) -> None:
     assert census(s16, 0) == {"pud/live": 1, "pmd/live": 2, "pte/live": 2 * P}
     assert pud_entry(s16, 0, B2) == ["table", 11]
     assert folio_ids(s16) == [2, 67, 68, 69]  # folio 3 and its tails freed after moving
-    for fid, value in ((67, 31), (68, 32), (69, 33)):
+    for fid, value in ((67, 32), (68, 33), (69, 31)):
         # node 1; PG_dirty from the split (folio 3's PUD leaf was dirty) copied by the move;
         # the migration entries were writable: RMAP_EXCLUSIVE
         check(folio(s16, fid), **small_folio(node=1, exclusive=True, flags=["dirty"],
                                              data=value))
-    assert pte_entry(s16, 0, B2) == ["pte", 67, 0, 1, 1, 1]
-    assert pte_entry(s16, 0, B2 + P + 1) == ["pte", 68, 0, 1, 1, 1]
-    assert pte_entry(s16, 0, B2 + N - 1) == ["pte", 69, 0, 1, 1, 1]
+    assert pte_entry(s16, 0, B2) == ["pte", 69, 0, 1, 1, 1]
+    assert pte_entry(s16, 0, B2 + P + 1) == ["pte", 67, 0, 1, 1, 1]
+    assert pte_entry(s16, 0, B2 + N - 1) == ["pte", 68, 0, 1, 1, 1]
     assert pte_entry(s16, 0, B2 + 1) == ["zero"]
     assert pte_kinds(s16, 0) == {"pte": N + 3, "zero": N - 3}
     check(folio(s16, 2), **moved, data=[[21, 1], [0, P - 1], [24, 1], [0, N - P - 2], [23, 1]])
@@ -559,7 +563,8 @@ def test_pud_migration(impl: str, P: int) -> None:
             "thp_deferred_split_page": 3,  # the two unmaps and folio 2's requeue
             "thp_migration_success": 1,  # the first window only
             "thp_migration_split": 1,  # folio 3
-            # thp_migration_fail 0: nothing pinned; thp_split_page 0: PUD order
+            "thp_migration_fail": 1,  # folio 3's split, added to the failures
+            # thp_split_page 0: PUD order
         },
         "pud": {
             "anon_fault_alloc": 2,

@@ -20,7 +20,9 @@ Op translation: ``mmap`` is ``MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORE
 for that one page to debugfs ``split_huge_pages`` (result: ``EINVAL`` when no THP maps the
 page, else 0 when ``split`` of hugepages-2048kB counted it, else ``EBUSY``);
 ``shrink_deferred`` is ``drop_caches`` 2 (result: how many of the program's THPs were split,
-seen in its own pages); ``pin`` registers the page as an io_uring fixed buffer
+seen in its own pages), and its model side does what that trigger does (``model_drop_slab``:
+the shrinker pass repeated as ``drop_slab()`` repeats it, and the huge zero folio's shrinker);
+``pin`` registers the page as an io_uring fixed buffer
 (``pin_user_pages_fast(FOLL_WRITE | FOLL_LONGTERM)``), ``unpin`` unregisters it.
 ``migrate`` (one NUMA node), ``fail_alloc`` (no fault injection) and, under kernel lockdown,
 ``split_folio`` cannot run here.
@@ -34,7 +36,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.conform import kernel as k
 from harness.conform import live
@@ -49,9 +51,12 @@ from harness.conform.observe import (
     model_counters,
     project_snapshot,
 )
-from harness.program import dump_program, load_program_file, program_to_json
+from harness.program import ProgramError, dump_program, load_program_file, program_to_json
 from pudthp_ref import spec
 from pudthp_ref.spec import Config, Op, Program, Result
+
+if TYPE_CHECKING:
+    from pudthp_ref.model import RefModel
 
 X86_64_P = 512
 UNSUPPORTED_OPS: dict[str, str] = {
@@ -127,6 +132,7 @@ class ConformRun:
     noise: list[str] = field(default_factory=list)
     disagreement: Disagreement | None = None  # the first confirmed difference
     runs: int = 1
+    facts: frozenset[str] = frozenset()  # what the harness checked on the machine (FACTS)
 
     def to_json(self) -> dict[str, Any]:
         d = self.disagreement
@@ -139,6 +145,7 @@ class ConformRun:
             },
             "runs": self.runs,
             "noise": self.noise,
+            "facts": sorted(self.facts),
         }
 
 
@@ -298,7 +305,16 @@ def run_once(program: Program, tools: live.RunTools, on_step: StepHook | None = 
     run = ConformRun()
     model = RefModel(program.config)
     snap = model.snapshot()
-    live.drop_slab()  # an empty deferred split queue, and no huge zero folio left over
+    # An empty deferred split queue, and no huge zero folio left over, unless a process
+    # outside the run holds it: then the kernel will not allocate it for the program, and
+    # the model is told it exists (held for the whole run, by ``EXTERNAL_HOLDER``).
+    held_elsewhere = live.huge_zero_folio_held_elsewhere()
+    holders: set[int] = set()
+    if held_elsewhere:
+        model.st.huge_zero_allocated = True
+        holders.add(EXTERNAL_HOLDER)
+        run.noise.append("a process outside the run held the huge zero folio at the start: "
+                         "the model was told it exists")
     kside = KernelSide(program, tools.frames)
     try:
         kside.ex.start()
@@ -314,13 +330,17 @@ def run_once(program: Program, tools: live.RunTools, on_step: StepHook | None = 
             k_before = live.read_counters()
             kres = kside.apply(op)
             k_after = live.read_counters()
+            kd = deltas(k_before, k_after)
             mres = model.apply(op)
+            if isinstance(op, spec.ShrinkDeferred):
+                mres = model_drop_slab(model, mres, m_before, kd, holders)
             snap = model.snapshot()
+            projected = project_snapshot(snap)
+            holders = huge_zero_holders(holders, projected)
             run.kernel_results.append(kres)
             run.model_results.append(mres)
             if on_step is not None:
                 on_step(i, op, kres, mres)
-            kd = deltas(k_before, k_after)
             for key in (*live.NOISE_VMSTAT, *live.NOISE_MTHP):
                 for name in (f"vmstat.{key}", f"mthp.{key}"):
                     if kd.get(name):
@@ -329,7 +349,7 @@ def run_once(program: Program, tools: live.RunTools, on_step: StepHook | None = 
                 run.items.append(Disagreement(i, "result", kres, mres))
                 return run
             kside.last = kside.observe_after_op()
-            d = compare(i, canonical(kside.last), canonical(project_snapshot(snap)), ignore)
+            d = compare(i, canonical(kside.last), canonical(projected), ignore)
             if d is not None:
                 run.items.append(d)
                 return run
@@ -341,6 +361,73 @@ def run_once(program: Program, tools: live.RunTools, on_step: StepHook | None = 
         return run
     finally:
         kside.close()
+
+
+def model_drop_slab(model: RefModel, first: Result, before: dict[str, int],
+                    kernel: dict[str, int], holders: set[int]) -> Result:
+    """The model side of ``drop_caches`` 2, after the model's ``shrink_deferred`` (one pass
+    of the deferred split shrinker, returning ``first``); the total split count.
+
+    ``drop_slab()`` runs every shrinker, and again while the pass before freed enough
+    (``(freed >> shift++) > 1``, summed over every shrinker of the machine, the harness's
+    own /proc dentries among them): the deferred split shrinker makes one pass or more, and
+    each tries again a folio whose split failed (``deferred_split_scan()`` requeues it).  A
+    further pass changes nothing else: every other folio was split or left the queue in the
+    first.  How many passes that was depends on the whole machine; the program's folios show
+    it only through their failed splits, so the model repeats its pass as often as the
+    kernel's failed splits say (``shrinker_passes``).
+
+    The huge zero folio's shrinker (``shrink_huge_zero_folio_scan()``) frees it when no mm
+    holds it (an mm that mapped it keeps a reference until it exits, ``MMF_HUGE_ZERO_FOLIO``):
+    the next huge zero PMD allocates it again (``thp_zero_page_alloc``).  The model
+    allocates it once; ``holders`` are the model's mms that have mapped it, and
+    ``EXTERNAL_HOLDER`` when a process outside the run held it at the run's start.
+    """
+    failed = model_counters(model.snapshot())["mthp.split_failed"] - before["mthp.split_failed"]
+    total = int(first)
+    for _ in range(shrinker_passes(failed, kernel.get("mthp.split_failed", 0)) - 1):
+        total += int(model.apply(spec.ShrinkDeferred()))
+    if not holders:
+        model.st.huge_zero_allocated = False
+    return total
+
+
+def shrinker_passes(model_failed: int, kernel_failed: int) -> int:
+    """How many passes of the deferred split shrinker ``drop_slab()`` made, as the program's
+    folios show it: each pass fails again on each folio that failed in the model's one pass
+    (``model_failed``), so the kernel's count of failed splits is a multiple of it.  One
+    pass when nothing failed (then further passes change nothing) or when the kernel's count
+    is not such a multiple (that difference then shows as a disagreement)."""
+    if model_failed <= 0 or kernel_failed <= model_failed or kernel_failed % model_failed:
+        return 1
+    return kernel_failed // model_failed
+
+
+def huge_zero_holders(holders: set[int], obs: Observation) -> set[int]:
+    """The mms holding the huge zero folio after an op: those of ``holders`` still alive,
+    and every mm that maps a huge zero PMD now (``mm_get_huge_zero_folio()`` at the read
+    fault, or ``copy_huge_pmd()`` into a forked child).  Each op is one access, so no mm
+    maps and unmaps it within one op unseen."""
+    now = {mm_id for mm_id, m in obs.mms.items() if any(p.kind == "hzero" for _, p in m.pages)}
+    return (holders & {*obs.mms, EXTERNAL_HOLDER}) | now
+
+
+EXTERNAL_HOLDER = -1  # in ``holders``: a process outside the run holds the huge zero folio
+
+
+# Facts about the machine that the harness checks after a run, when a disagreement is one
+# they would explain; KNOWN entries may require one.
+HUGE_ZERO_HELD_ELSEWHERE = "huge_zero_folio_held_elsewhere"
+
+
+def machine_facts(d: Disagreement) -> frozenset[str]:
+    """What the machine shows about ``d`` once the run's processes are gone: for the kernel
+    not allocating the huge zero folio where the model does, whether another process holds
+    it (``live.huge_zero_folio_held_elsewhere``)."""
+    if (d.observable == "vmstat.thp_zero_page_alloc" and d.kernel < d.model
+            and live.huge_zero_folio_held_elsewhere()):
+        return frozenset({HUGE_ZERO_HELD_ELSEWHERE})
+    return frozenset()
 
 
 def _restore(settings: live.Settings, what: str) -> None:
@@ -429,6 +516,7 @@ class Session:
                 out = runs[0]
                 out.disagreement = min(common, key=lambda d: d.op_index)
                 out.runs = len(runs)
+                out.facts = machine_facts(out.disagreement)
                 return out
         out = runs[-1] if not runs[-1].items else runs[0]
         out.runs = len(runs)
@@ -469,18 +557,13 @@ class Known:
     applies: Callable[[Op | None, Program], bool]
     reason: str
     look_past: bool = False
+    needs: str | None = None  # a machine fact (ConformRun.facts) the explanation rests on
 
 
+# The disagreements README.md explains, by name (the name of its minimal program in
+# tests/test_conform.py MINIMAL).  Data only: ``pudthp conform`` and anything else that has
+# to tell a known disagreement from a new one read this table through ``known_kind``.
 KNOWN: dict[str, Known] = {
-    "zero_folio_on_thp_write": Known(
-        ("vmstat.thp_zero_page_alloc",), lambda op, p: True,
-        "the huge zero folio is global and shrinkable in the kernel, counted once per model "
-        "life (mm_get_huge_zero_folio)", look_past=True),
-    "shrinker_passes_on_a_pinned_folio": Known(
-        ("vmstat.thp_split_page_failed", "mthp.split_failed"),
-        lambda op, p: isinstance(op, spec.ShrinkDeferred),
-        "drop_caches runs the deferred split shrinker more than once (drop_slab_node)",
-        look_past=True),
     "pageout_without_swap": Known(
         ("rss", "page.kind", "page.folio", "page.order", "page.mapcount", "page.index",
          "anon_huge"),
@@ -493,18 +576,35 @@ KNOWN: dict[str, Known] = {
         lambda op, p: isinstance(op, spec.Read | spec.Write) and p.config.swap_capacity > 0,
         "likely a swap-in of a slot another mm also holds: the kernel shares one swap-cache "
         "folio, MODEL.md 5.9 a fresh folio each (do_swap_page)"),
+    "huge_zero_folio_held_elsewhere": Known(
+        ("vmstat.thp_zero_page_alloc",),
+        lambda op, p: isinstance(op, spec.Read),
+        "another process on the machine holds the huge zero folio (checked after the run: a "
+        "fresh process's huge zero PMD did not allocate it), so the kernel did not allocate "
+        "it for the program's first huge zero PMD (mm_get_huge_zero_folio)",
+        needs=HUGE_ZERO_HELD_ELSEWHERE),
 }
 LOOK_PAST: frozenset[str] = frozenset(c for k in KNOWN.values() if k.look_past
                                       for c in k.classes)
 
 
-def known_reason(d: Disagreement, program: Program) -> str | None:
-    """The README's explanation when ``d`` is one of the disagreements in ``KNOWN``."""
+def known_kind(d: Disagreement, program: Program,
+               facts: frozenset[str] = frozenset()) -> str | None:
+    """The name in ``KNOWN`` of the explanation that fits ``d``, or None (unexplained).
+    ``facts``: what the harness checked on the machine (``ConformRun.facts``)."""
     op = program.ops[d.op_index] if 0 <= d.op_index < len(program.ops) else None
-    for k_ in KNOWN.values():
-        if d.cls in k_.classes and k_.applies(op, program):
-            return k_.reason
+    for name, k_ in KNOWN.items():
+        if (d.cls in k_.classes and k_.applies(op, program)
+                and (k_.needs is None or k_.needs in facts)):
+            return name
     return None
+
+
+def known_reason(d: Disagreement, program: Program,
+                 facts: frozenset[str] = frozenset()) -> str | None:
+    """The README's explanation when ``d`` is one of the disagreements in ``KNOWN``."""
+    name = known_kind(d, program, facts)
+    return None if name is None else KNOWN[name].reason
 
 
 def signature(d: Disagreement, program: Program) -> str:
@@ -519,34 +619,55 @@ RandomProgram = Callable[[int, int, int, bool], Program]
 """``(seed, index, n_ops, split_folio) -> program``: the generator of ``--random`` runs
 (``fuzz.gen.random_pmd_program``, handed in by the command line)."""
 
+# Exit statuses of ``pudthp conform``
+EXIT_AGREE = 0  # agree, or only known disagreements (without --strict)
+EXIT_DISAGREE = 1  # a disagreement of a kind no explanation fits (any, with --strict)
+EXIT_USAGE = 2  # bad input or usage
+EXIT_CANNOT_RUN = 4  # this machine cannot run it (the kselftest skip code, KSFT_SKIP)
+
 
 def cmd_conform(program_path: str | None, report: str | None, random_n: int | None,
                 seed: int, n_ops: int, save_dir: str | None, quiet: bool,
                 ignore: frozenset[str] = frozenset(),
-                random_program: RandomProgram | None = None) -> int:
-    """``pudthp conform``; returns the exit status (0 agree, 1 disagree, 2 cannot run)."""
-    try:
-        if random_n is not None:
-            assert random_program is not None
-            return _cmd_random(random_n, seed, n_ops, save_dir, report, ignore, random_program)
+                random_program: RandomProgram | None = None, strict: bool = False) -> int:
+    """``pudthp conform``; returns the exit status (``EXIT_*``)."""
+    program: Program | None = None
+    if random_n is None:
         assert program_path is not None
-        return _cmd_one(program_path, report, quiet, ignore)
-    except (CannotRun, KernelError, live.Interrupted) as e:
+        try:
+            program = load_program_file(program_path)
+        except ProgramError as e:
+            print(f"pudthp: error: {' '.join(str(e).split())}", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        if program is None:
+            assert random_program is not None
+            assert random_n is not None
+            return _cmd_random(random_n, seed, n_ops, save_dir, report, ignore,
+                               random_program, strict)
+        assert program_path is not None
+        program = pmd_level_config(program, raw_config_keys(program_path))
+        return _cmd_one(program, program_path, report, quiet, ignore, strict)
+    except live.Interrupted as e:
+        print(f"pudthp: interrupted ({e}); the kernel's settings were restored",
+              file=sys.stderr)
+        return 130
+    except (CannotRun, KernelError) as e:
         print(f"pudthp: cannot run here: {' '.join(str(e).split())}")
-        return 2
+        return EXIT_CANNOT_RUN
     except OSError as e:  # a /proc, /sys or device file the kernel refused
         where = f"{e.filename}: " if e.filename else ""
         print(f"pudthp: cannot run here: {where}{e.strerror or e}")
-        return 2
+        return EXIT_CANNOT_RUN
     except Exception as e:  # a bug of the harness: still one line, naming where
         tb = traceback.extract_tb(e.__traceback__)
         where = f" at {tb[-1].filename}:{tb[-1].lineno}" if tb else ""
         print(f"pudthp: cannot run here: internal error {type(e).__name__}: {e}{where}")
-        return 2
+        return EXIT_CANNOT_RUN
 
 
-def _cmd_one(path: str, report: str | None, quiet: bool, ignore: frozenset[str]) -> int:
-    program = pmd_level_config(load_program_file(path), raw_config_keys(path))
+def _cmd_one(program: Program, path: str, report: str | None, quiet: bool,
+             ignore: frozenset[str], strict: bool) -> int:
     check_ops(program)
     width = max(3, len(str(len(program.ops) - 1)))
 
@@ -558,27 +679,34 @@ def _cmd_one(path: str, report: str | None, quiet: bool, ignore: frozenset[str])
         run = session.run(program, None if quiet else show)
     for note in run.noise:
         print(f"note: {note}")
+    d = run.disagreement
+    kind = None if d is None else known_kind(d, program, run.facts)
     if report:
         _write_json(report, {"format": "pudthp-conform-report/1", "program": path,
-                             "config": program.config.to_json(), **run.to_json()})
-    if run.disagreement is None:
+                             "config": program.config.to_json(), **run.to_json(),
+                             "known": None if kind is None else
+                             {"kind": kind, "reason": KNOWN[kind].reason}})
+    if d is None:
         print(f"agree: {len(program.ops)} ops, every observable the same")
-        return 0
-    print(f"DISAGREE {describe(run.disagreement, program)}")
-    print(f"  (seen in {run.runs} runs from scratch)")
-    reason = known_reason(run.disagreement, program)
-    if reason is not None:
-        print(f"  known: {reason}; --ignore {run.disagreement.cls} looks past it")
-    return 1
+        return EXIT_AGREE
+    if kind is None:
+        print(f"DISAGREE {describe(d, program)}")
+        print(f"  (seen in {run.runs} runs from scratch; no known explanation fits)")
+        return EXIT_DISAGREE
+    print(f"known disagreement {kind}: {describe(d, program)}")
+    print(f"  (seen in {run.runs} runs from scratch; the ops after it were not compared)")
+    print(f"  known: {KNOWN[kind].reason}")
+    return EXIT_DISAGREE if strict else EXIT_AGREE
 
 
 def _cmd_random(n: int, seed: int, n_ops: int, save_dir: str | None,
                 report: str | None, ignore: frozenset[str],
-                random_program: RandomProgram) -> int:
+                random_program: RandomProgram, strict: bool) -> int:
     signatures: dict[str, list[int]] = {}
-    known: dict[str, str] = {}  # signature -> the README's explanation
+    known: dict[str, str] = {}  # signature -> the KNOWN name of its explanation
     unexplained: set[str] = set()  # signatures with a program no explanation fits
     agreed = 0
+    explained = 0  # programs whose disagreement is a known one
     noisy = 0
     entries: list[dict[str, Any]] = []
     with Session(ignore) as session:
@@ -590,36 +718,53 @@ def _cmd_random(n: int, seed: int, n_ops: int, save_dir: str | None,
             run = session.run(program)
             if run.noise:
                 noisy += 1
+            kind: str | None = None
             if run.disagreement is None:
                 agreed += 1
                 status = "agree"
             else:
                 sig = signature(run.disagreement, program)
                 signatures.setdefault(sig, []).append(i)
-                reason = known_reason(run.disagreement, program)
-                if reason is None:
+                kind = known_kind(run.disagreement, program, run.facts)
+                if kind is None:
                     unexplained.add(sig)
+                    status = f"DISAGREE {sig}: {describe(run.disagreement, program)}"
                 else:
-                    known[sig] = reason
-                status = f"DISAGREE {sig}: {describe(run.disagreement, program)}"
+                    explained += 1
+                    known.setdefault(sig, kind)
+                    status = (f"known {kind} {sig}: "
+                              f"{describe(run.disagreement, program)}")
                 if save_dir:
                     os.makedirs(save_dir, exist_ok=True)
                     name = os.path.join(save_dir, f"conform_{seed}_{i}.json")
                     with open(name, "w", encoding="utf-8") as f:
                         f.write(dump_program(program))
             print(f"{i:>4} {status}", flush=True)
-            entries.append({"index": i, "program": program_to_json(program), **run.to_json()})
-    print(f"agreement: {agreed}/{n} programs ({100.0 * agreed / max(n, 1):.1f}%), seed {seed}"
+            entries.append({"index": i, "program": program_to_json(program), **run.to_json(),
+                            "known": kind})
+
+    def pct(x: int) -> str:
+        return f"{100.0 * x / max(n, 1):.1f}%"
+
+    print(f"agreement: {agreed}/{n} programs ({pct(agreed)}), seed {seed}"
           + (f", {noisy} with noise noted" if noisy else ""))
+    print(f"unexplained kinds only: {agreed + explained}/{n} programs "
+          f"({pct(agreed + explained)}) agree or disagree only in a known way")
     for sig, idx in sorted(signatures.items(), key=lambda kv: -len(kv[1])):
-        print(f"  {len(idx):>4} x {sig}  (programs {', '.join(map(str, idx[:8]))}"
+        tag = "DISAGREE" if sig in unexplained else "known"
+        print(f"  {len(idx):>4} x {tag} {sig}  (programs {', '.join(map(str, idx[:8]))}"
               f"{', ...' if len(idx) > 8 else ''})")
-        if sig in known and sig not in unexplained:
-            print(f"         known: {known[sig]}")
+        if sig in known:
+            print(f"         known {known[sig]}: {KNOWN[known[sig]].reason}")
     if report:
         _write_json(report, {"format": "pudthp-conform-random/1", "seed": seed, "n": n,
-                             "agreed": agreed, "signatures": signatures, "runs": entries})
-    return 0 if agreed == n else 1
+                             "agreed": agreed, "explained": explained,
+                             "signatures": signatures,
+                             "known": {sig: known[sig] for sig in sorted(known)},
+                             "unexplained": sorted(unexplained), "runs": entries})
+    if unexplained or (strict and agreed < n):
+        return EXIT_DISAGREE
+    return EXIT_AGREE
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:

@@ -90,6 +90,8 @@ _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+_libc.memmove.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+_libc.memmove.restype = ctypes.c_void_p
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
                         ctypes.c_ulong]
 _libc.syscall.restype = ctypes.c_long
@@ -142,8 +144,12 @@ def load_u64(addr: int) -> int:
 
 
 def store_u64(addr: int, value: int) -> None:
-    """A user store of the 64-bit word at ``addr`` (a write fault where needed)."""
-    ctypes.c_uint64.from_address(addr).value = value
+    """A user store of the 64-bit word at ``addr`` (a write fault where needed), and nothing
+    else: ``memmove`` only loads from the source.  A ctypes field assignment would not do:
+    its setter reads the old word first (to merge bit fields), so the first access to a
+    page would be a read fault (a huge zero PMD, ``thp_zero_page_alloc``) before the write
+    fault the program asked for."""
+    _libc.memmove(addr, value.to_bytes(8, "little"), 8)
 
 
 # --------------------------------------------------------------------------------------

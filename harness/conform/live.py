@@ -286,6 +286,62 @@ def drop_slab() -> None:
     k.write_text(k.DROP_CACHES, "2")
 
 
+def map_huge_zero_pmd() -> bool:
+    """A read fault in this process on a fresh 2 MiB-aligned anonymous range with
+    ``MADV_HUGEPAGE``; True when a huge zero PMD maps it now (this mm then holds the huge
+    zero folio until it exits, ``mm_get_huge_zero_folio()``).  For a child process: the
+    mapping is never unmapped."""
+    import mmap
+
+    span = 2 * THP_NR * PAGE_SIZE
+    area = mmap.mmap(-1, span, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(area))
+    addr = (base + THP_NR * PAGE_SIZE - 1) & ~(THP_NR * PAGE_SIZE - 1)
+    k.sys_madvise(addr, THP_NR * PAGE_SIZE, k.MADV_HUGEPAGE)
+    k.load_u64(addr)
+    fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+    try:
+        regions = k.pagemap_scan(fd, addr, addr + PAGE_SIZE)
+    finally:
+        os.close(fd)
+    cats = regions[0][2] if regions else 0
+    return bool(cats & k.PAGE_IS_PFNZERO and cats & k.PAGE_IS_HUGE)
+
+
+def huge_zero_folio_held_elsewhere() -> bool | None:
+    """Whether a process outside the run holds the huge zero folio, so that the kernel never
+    allocates it for the program (``thp_zero_page_alloc`` not counted where the model
+    counts it).  Call with no process of the run alive.
+
+    After ``drop_slab()`` the folio is gone unless some mm holds it; a fresh process's huge
+    zero PMD then allocates it (+1) exactly when nobody else does.  None when no huge zero
+    PMD could be mapped (THP or the huge zero page off) or the probe failed.  The folio the
+    probe allocated is freed again by a last ``drop_slab()``.
+    """
+    drop_slab()
+    before = k.read_vmstat().get("thp_zero_page_alloc", 0)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            k.prctl(k.PR_SET_THP_DISABLE, 0)
+            os.write(w, b"1" if map_huge_zero_pmd() else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        mapped = os.read(r, 1) == b"1"
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    after = k.read_vmstat().get("thp_zero_page_alloc", 0)
+    drop_slab()
+    if not mapped:
+        return None
+    return after == before
+
+
 # --------------------------------------------------------------------------------------
 # Messages
 # --------------------------------------------------------------------------------------

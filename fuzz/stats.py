@@ -1,0 +1,210 @@
+"""Campaign statistics: one JSON line per interval and machine (``pudthp fuzz --stats``).
+
+A line (format ``pudthp-stats/1``)::
+
+    {"format": "pudthp-stats/1", "time": 1767312000.25, "elapsed": 10.0,
+     "machine": "lab-1:4242", "engine": "atheris", "programs": 5210,
+     "unit": "execs", "count": 5210, "rate": 512.3,
+     "cov": 1480, "ft": 3021,
+     "features_hit": 37, "features_digest": "9f2c...", "features_new": ["pud.split", ...],
+     "corpus": 211, "findings": 1}
+
+``time`` is seconds since the epoch, ``elapsed`` since the writer started; ``count`` is
+steps (engine hypothesis, ``unit`` ``steps``) or executions (atheris, ``execs``), ``rate``
+its increase per second since the previous line (since the start for the first);
+``cov``/``ft`` are libFuzzer's coverage and features (null for Hypothesis); the model-state
+features are given to the writer as feature -> hits: ``features_hit`` is how many were hit
+at least once so far, ``features_digest`` the SHA-256 of their sorted names (one line per
+name), ``features_new`` the names hit for the first time since the previous line (so the
+whole set is the union over a machine's lines); ``corpus`` the corpus size (null when the
+engine has none); ``findings`` distinct findings so far.
+
+The writer appends and flushes every line, so a campaign that is killed leaves whole lines
+and at most one cut short at the end, which it removes when it opens the file again and the
+reader passes over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+FORMAT = "pudthp-stats/1"
+UNITS = ("steps", "execs")
+INTERVAL_SECONDS = 5.0
+
+
+class StatsError(Exception):
+    """A stats file that cannot be read; ``str()`` is one line naming the file (and line)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """What an engine knows at one moment (the writer adds time, rate and the digest)."""
+
+    programs: int
+    count: int
+    findings: int
+    corpus: int | None = None
+    cov: int | None = None
+    ft: int | None = None
+    features: Mapping[str, int] | None = None  # model-state feature -> hits so far
+
+
+class StatsWriter:
+    """Appends one line per ``write``; the file is opened once and flushed per line."""
+
+    def __init__(self, path: str, machine: str, engine: str, unit: str | None = None,
+                 clock: Any = time.time) -> None:
+        self.path = path
+        self.machine = machine
+        self.engine = engine
+        self.unit = unit or ("execs" if engine == "atheris" else "steps")
+        if self.unit not in UNITS:
+            raise ValueError(f"unit {self.unit!r} is not one of {UNITS}")
+        self.clock = clock
+        self.start = clock()
+        self.last_time = self.start
+        self.last_count = 0
+        self.hit: set[str] = set()
+        _drop_cut_line(path)
+        self.f: TextIO = open(path, "a", encoding="utf-8")  # noqa: SIM115 -- kept open
+
+    def record(self, s: Sample, now: float | None = None) -> dict[str, Any]:
+        """The line for sample ``s`` (and remember it as the previous one)."""
+        t = self.clock() if now is None else now
+        dt = t - self.last_time
+        rate = (s.count - self.last_count) / dt if dt > 0 else 0.0
+        new: list[str] = []
+        if s.features is not None:
+            new = sorted(k for k, v in s.features.items() if v > 0 and k not in self.hit)
+            self.hit.update(new)
+        line: dict[str, Any] = {
+            "format": FORMAT,
+            "time": round(t, 3),
+            "elapsed": round(t - self.start, 3),
+            "machine": self.machine,
+            "engine": self.engine,
+            "programs": s.programs,
+            "unit": self.unit,
+            "count": s.count,
+            "rate": round(rate, 3),
+            "cov": s.cov,
+            "ft": s.ft,
+            "features_hit": len(self.hit) if s.features is not None else None,
+            "features_digest": features_digest(self.hit) if s.features is not None else None,
+            "features_new": new,
+            "corpus": s.corpus,
+            "findings": s.findings,
+        }
+        self.last_time, self.last_count = t, s.count
+        return line
+
+    def write(self, s: Sample, now: float | None = None) -> dict[str, Any]:
+        """Append the line for ``s`` and flush it; returns the record written."""
+        line = self.record(s, now)
+        self.f.write(json.dumps(line, sort_keys=True) + "\n")
+        self.f.flush()
+        return line
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self) -> StatsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def features_digest(names: set[str] | frozenset[str]) -> str:
+    """SHA-256 of the sorted feature names, one per line."""
+    return hashlib.sha256("".join(f"{n}\n" for n in sorted(names)).encode()).hexdigest()
+
+
+def _drop_cut_line(path: str) -> None:
+    """Cut a last line left without its newline by a killed writer (it is not JSON)."""
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            back = min(size, 1 << 16)
+            f.seek(size - back)
+            tail = f.read(back)
+            cut = tail.rfind(b"\n")
+            f.truncate(size - back + cut + 1 if cut >= 0 else 0)
+    except FileNotFoundError:
+        return
+
+
+_REQUIRED: dict[str, tuple[type, ...]] = {
+    "time": (int, float),
+    "machine": (str,),
+    "engine": (str,),
+    "programs": (int,),
+    "unit": (str,),
+    "count": (int,),
+    "rate": (int, float),
+    "findings": (int,),
+}
+_OPTIONAL_INT = ("cov", "ft", "features_hit", "corpus")
+
+
+def read_stats(path: str) -> list[dict[str, Any]]:
+    """Every record of a stats file, checked.  A last line without its newline that is not
+    JSON (a killed writer) is passed over; any other bad line, an unreadable file or one
+    with no record is a ``StatsError``."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise StatsError(f"{path}: cannot read: {e.strerror or e}") from None
+    lines = data.split(b"\n")
+    cut = lines.pop() if lines else b""  # after the last newline: empty, or cut short
+    records: list[dict[str, Any]] = []
+    for n, raw in enumerate(lines, 1):
+        if raw.strip():
+            records.append(_record(path, n, raw))
+    if cut.strip():
+        with contextlib.suppress(StatsError):  # a line the writer did not finish
+            records.append(_record(path, len(lines) + 1, cut))
+    if not records:
+        raise StatsError(f"{path}: no stats records (an empty file)")
+    return records
+
+
+def _record(path: str, n: int, raw: bytes) -> dict[str, Any]:
+    where = f"{path}:{n}"
+    try:
+        rec = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise StatsError(f"{where}: not a JSON line ({' '.join(str(e).split())})") from None
+    if not isinstance(rec, dict):
+        raise StatsError(f"{where}: not a stats record (a JSON object is expected)")
+    if rec.get("format") != FORMAT:
+        raise StatsError(f"{where}: not a stats record (format {rec.get('format')!r}, "
+                         f"expected {FORMAT!r})")
+    for key, types in _REQUIRED.items():
+        value = rec.get(key)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise StatsError(f"{where}: field {key!r} is {value!r}, expected "
+                             f"{' or '.join(t.__name__ for t in types)}")
+    if not math.isfinite(float(rec["time"])) or not math.isfinite(float(rec["rate"])):
+        raise StatsError(f"{where}: time and rate must be finite numbers")
+    for key in _OPTIONAL_INT:
+        value = rec.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise StatsError(f"{where}: field {key!r} is {value!r}, expected an integer "
+                             f"or null")
+    return rec
