@@ -160,6 +160,7 @@ class IncState:
         # pins and the deferred queue
         self.m_pins: dict[int, tuple[int, int]] = {}
         self.m_deferred: list[int] = []
+        self.sizes: tuple[int, ...] = ()  # the state's capacities at the last fit()
 
     def fit(self, st: FastState) -> None:
         """Grow every array to the state's current capacities."""
@@ -268,7 +269,11 @@ class Pass:
     def __init__(self, st: FastState, inc: IncState) -> None:
         self.st = st
         self.inc = inc
-        inc.fit(st)
+        sizes = (st.t_state.shape[0], st.e_kind.shape[0], st.f_live.shape[0], len(st.mms),
+                 st.p_mapcount.shape[0], st.s_count.shape[0])
+        if sizes != inc.sizes:
+            inc.fit(st)
+            inc.sizes = sizes
         self.P = st.P
         g = st.geom
         self.g = g
@@ -281,6 +286,7 @@ class Pass:
         self._alive: Arr | None = None
         self.vmas: list[tuple[tuple[int, int, str], ...]] = []
         self.old_roots: list[int] = []
+        self.mms_changed = False
         self.swap_changed = False
         self.scalar_max = SCALAR_MAX
 
@@ -372,6 +378,7 @@ class Pass:
                         rw.append(v.prot == "rw")
             inc.vma_lists = (starts, ends, rw)
             inc.vma_arrays = (np.array(starts, I64), np.array(ends, I64), np.array(rw, bool))
+        self.mms_changed = changed
         return out
 
     def roots(self) -> None:
@@ -551,18 +558,21 @@ class Pass:
         P = self.P
         parent = inc.parent
         out: dict[int, int] = {}
+        t_level = st.t_level
         for t in tabs:
-            lv = st.t_level[t]
+            lv = int(t_level[t])
             if lv == LV_PUD:
                 out[t] = 0
                 continue
             loc = int(parent[t])
-            need(loc >= 0)
+            if loc < 0:
+                raise Suspect
             if lv == LV_PMD:
                 out[t] = (loc % P) * P * P
                 continue
             up = int(parent[loc // P])
-            need(up >= 0)
+            if up < 0:
+                raise Suspect
             out[t] = (up % P) * P * P + (loc % P) * P
         return out
 
@@ -590,31 +600,38 @@ class Pass:
         """The tables of each (mm, lo, hi) that map into the range: its PUD table, the PMD
         tables under the PUD entries there, the PTE tables under their PMD entries there."""
         st = self.st
-        g = self.g
         P = self.P
+        pud_nr, pmd_nr, space, npt = P * P, P, self.space, self.npt
         tabs: list[int] = []
         for m, lo, hi in ranges:
-            lo, hi = max(lo, 0), min(hi, self.space)
+            lo, hi = max(lo, 0), min(hi, space)
             if lo >= hi:
                 continue
             pud = st.mms[m].pud_table
             tabs.append(pud)
             r = st.row(pud)
-            for pi in range(lo // g.pud_nr, (hi - 1) // g.pud_nr + 1):
-                if st.e_kind[r, pi] != 1:
+            K = st.e_kind[r].tolist()
+            ids = st.e_id[r].tolist()
+            for pi in range(lo // pud_nr, (hi - 1) // pud_nr + 1):
+                if K[pi] != 1:
                     continue
-                pmd = int(st.e_id[r, pi])
-                need(1 <= pmd < self.npt)
+                pmd = ids[pi]
+                if not 1 <= pmd < npt:
+                    raise Suspect
                 tabs.append(pmd)
-                a = max(lo, pi * g.pud_nr)
-                b = min(hi, (pi + 1) * g.pud_nr)
-                m0 = (a // g.pmd_nr) % P
-                m1 = ((b - 1) // g.pmd_nr) % P + 1
+                a = max(lo, pi * pud_nr)
+                b = min(hi, (pi + 1) * pud_nr)
+                m0 = (a // pmd_nr) % P
+                m1 = ((b - 1) // pmd_nr) % P + 1
                 rp = st.row(pmd)
-                k = st.e_kind[rp, m0:m1]
-                kids = st.e_id[rp, m0:m1][k == 1].tolist()
-                need(all(1 <= c < self.npt for c in kids))
-                tabs.extend(kids)
+                kk = st.e_kind[rp, m0:m1].tolist()
+                kid_ids = st.e_id[rp, m0:m1].tolist()
+                for j, k in enumerate(kk):
+                    if k == 1:
+                        c = kid_ids[j]
+                        if not 1 <= c < npt:
+                            raise Suspect
+                        tabs.append(c)
         return tabs
 
     # ------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pudthp_fast.incremental import I64, Pass, need
+from pudthp_fast.incremental import I64, Pass, Suspect, need
 from pudthp_fast.state import (
     LEAF,
     LV_PMD,
@@ -151,10 +151,13 @@ def entry_phase(p: Pass, dt: Arr, ident: Arr, recheck: list[tuple[int, int, int]
             p.claims_scalar(sorted(set(T)))
         else:
             p.claims(unique(np.array(T, I64)))
+        # an alive mm's PUD table can only have changed with the mms or as one of these
+        if p.mms_changed or not p.root_set().isdisjoint(T):
+            p.roots()
     else:
         nodes = p.chains(dt)
         p.claims(unique(np.concatenate((dt, np.array(kids + nodes + p.old_roots, I64)))))
-    p.roots()
+        p.roots()
     S.check(p, ch.new)
     S.check(p, S.writable(ch.wonly))  # type: ignore[arg-type]
     if recheck:
@@ -245,6 +248,18 @@ def diff_scalar(p: Pass, dt: list[int], ident: set[int]) -> Changes:
         nlive = ns_ == ST_LIVE and nrow != 0
         if os_ != ns_ or olv != nlv or omm != nmm:
             shaped.append(t)
+        elif olive and nlive and orow == nrow and not ident and (
+                inc.me_kind[orow].tobytes() == st.e_kind[nrow].tobytes()
+                and inc.me_id[orow].tobytes() == st.e_id[nrow].tobytes()
+                and inc.me_page[orow].tobytes() == st.e_page[nrow].tobytes()
+                and not np.count_nonzero((inc.me_bits[orow] ^ st.e_bits[nrow]) & W)):
+            # the same entries as at the last check (the young or dirty bits aside)
+            if olv != LV_PTE and inc.m_w16[t] != st.t_w16[t]:
+                rechain.add(t)
+            owner = int(inc.unit_of[t])
+            if owner:
+                rechain.add(owner)
+            continue
         # a (possible) unit whose chain must be walked again: its shape or root word
         # changed (its huge entries: below), or a node of a chain
         if ((os_ == ST_LIVE and olv != LV_PTE) or (ns_ == ST_LIVE and nlv != LV_PTE)) and (
@@ -258,12 +273,12 @@ def diff_scalar(p: Pass, dt: list[int], ident: set[int]) -> Changes:
             Ko = inc.me_kind[orow].tolist()
             Io = inc.me_id[orow].tolist()
             Go = inc.me_page[orow].tolist()
-            Wo = (inc.me_bits[orow] & W).tolist()
+            Wo = [b & W for b in inc.me_bits[orow].tolist()]
         if nlive:
             Kn = st.e_kind[nrow].tolist()
             In = st.e_id[nrow].tolist()
             Gn = st.e_page[nrow].tolist()
-            Wn = (st.e_bits[nrow] & W).tolist()
+            Wn = [b & W for b in st.e_bits[nrow].tolist()]
         if olive and nlive and orow == nrow and olv == nlv and omm == nmm:
             for i in range(p.P):
                 ko, kn = Ko[i], Kn[i]
@@ -426,27 +441,30 @@ class ScalarEntries:
         step = (P * P, P, 1)
         npages = (g.pud_nr, g.pmd_nr, 1)
         orders = (g.pud_order, g.pmd_order, 0)
+        f_live, f_order, f_base, f_nr = st.f_live, st.f_order, st.f_base, st.f_nr
         for t, i, kind, eid, page, w, lv, mm in entries:
-            need(kind in _KIND_SETS[lv])
+            if kind not in _KIND_SETS[lv]:
+                raise Suspect
             if kind == TABLE:
                 continue
             gv = mm * space + vb[t] + i * step[lv]
             k = bisect_right(vstart, gv) - 1
-            need(gv < vend[k])
-            if lv != LV_PTE:
-                need(vend[k] >= gv + npages[lv])
+            if gv >= vend[k] or (lv != LV_PTE and vend[k] < gv + npages[lv]):
+                raise Suspect
             if kind != LEAF and kind != PTE:
                 continue
-            need(1 <= eid < nf and st.f_live[eid])
+            if not (1 <= eid < nf and f_live[eid]):
+                raise Suspect
             if kind == LEAF:
-                need(st.f_order[eid] == orders[lv])
-                gp = int(st.f_base[eid])
+                if f_order[eid] != orders[lv]:
+                    raise Suspect
+                gp = int(f_base[eid])
             else:
-                need(0 <= page < st.f_nr[eid])
-                gp = int(st.f_base[eid]) + page
-            need(0 <= gp < npool)
-            if w:
-                need(vrw[k] and st.p_exclusive[gp])
+                if not 0 <= page < f_nr[eid]:
+                    raise Suspect
+                gp = int(f_base[eid]) + page
+            if not 0 <= gp < npool or (w and not (vrw[k] and st.p_exclusive[gp])):
+                raise Suspect
 
     @staticmethod
     def apply_mapped(p: Pass, entries: list[Entry], sign: int) -> None:

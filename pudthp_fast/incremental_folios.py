@@ -17,7 +17,7 @@ import numpy as np
 
 from pudthp_fast.incremental import I64, NCONTRIB, Pass, need
 from pudthp_fast.incremental_entries import Changes, changed_folios, redone
-from pudthp_fast.state import Arr
+from pudthp_fast.state import LEAF, PTE, Arr
 from pudthp_ref.spec import ENTIRELY_MAPPED, GUP_PIN_COUNTING_BIAS
 
 _BIG = 4096  # pages from which a folio's pages are scanned as slices
@@ -35,16 +35,24 @@ def folio_phase(p: Pass, df: Arr, ident: Arr, ch: Changes) -> None:
     fids = changed_folios(ch)
     nf = p.nf
     if ident.size:
-        # every entry that maps a folio which changed identity was among the changed ones
-        need((inc.leaves[ident] + inc.ptes[ident] == redone(ch, ident)).all())
+        # every entry that maps a folio which changed identity was among the changed ones,
+        # and the folio is remembered as it is now (the others are as they were)
+        if ch.scalar and ident.size <= p.scalar_max:
+            redo: dict[int, int] = {}
+            for e in ch.new:
+                if e[2] == LEAF or e[2] == PTE:
+                    redo[e[3]] = redo.get(e[3], 0) + 1
+            for f in ident.tolist():
+                need(inc.leaves[f] + inc.ptes[f] == redo.get(f, 0))
+        else:
+            need((inc.leaves[ident] + inc.ptes[ident] == redone(ch, ident)).all())
+        inc.mf_live[ident] = st.f_live[ident]
+        inc.mf_nr[ident] = st.f_nr[ident]
+        inc.mf_base[ident] = st.f_base[ident]
+        inc.mf_order[ident] = st.f_order[ident]
     if isinstance(fids, list) and len(fids) + df.size + len(extra) <= p.scalar_max:
         fl = sorted({f for f in (*df.tolist(), *fids, *extra) if 1 <= f < nf})
         _scalar(p, fl)
-        for f in fl:
-            inc.mf_live[f] = st.f_live[f]
-            inc.mf_nr[f] = st.f_nr[f]
-            inc.mf_base[f] = st.f_base[f]
-            inc.mf_order[f] = st.f_order[f]
         _deferred_queue(p, fl)
         return
     mark = np.zeros(nf + 1, bool)
@@ -58,10 +66,6 @@ def folio_phase(p: Pass, df: Arr, ident: Arr, ch: Changes) -> None:
             _scalar(p, F.tolist())
         else:
             _vector(p, F)
-        inc.mf_live[F] = st.f_live[F]
-        inc.mf_nr[F] = st.f_nr[F]
-        inc.mf_base[F] = st.f_base[F]
-        inc.mf_order[F] = st.f_order[F]
     _deferred_queue(p, F.tolist())
 
 
@@ -85,6 +89,33 @@ def _pin_counts(p: Pass) -> dict[int, int]:
     for fid, _page in p.st.pins.values():
         out[fid] = out.get(fid, 0) + 1
     return out
+
+
+def page_scan_small(p: Pass, lo: int, hi: int, leaves: int, leaf_mm: int
+                    ) -> tuple[int, int, int, bool, bool]:
+    """``page_scan`` of a few pages, in Python."""
+    st, inc = p.st, p.inc
+    emc = inc.emc[lo:hi].tolist()
+    ex = st.p_exclusive[lo:hi].tolist()
+    bad = sum(1 for a, b in zip(st.p_mapcount[lo:hi].tolist(), emc, strict=True) if a != b)
+    mapped = sum(1 for e in emc if e >= 0)
+    n_excl = sum(ex)
+    wbad = any(w and not x for w, x in zip(inc.wcnt[lo:hi].tolist(), ex, strict=True))
+    bad8 = False
+    if n_excl and mapped and leaves <= 1:
+        ms = inc.msum[lo:hi].tolist()
+        mq = inc.msq[lo:hi].tolist()
+        for j, x in enumerate(ex):
+            c = emc[j] + 1
+            if not x or c < (2 if leaves == 0 else 1):
+                continue
+            if leaves == 0:
+                bad8 = c * mq[j] != ms[j] * ms[j]
+            else:
+                bad8 = ms[j] != c * leaf_mm or mq[j] != c * leaf_mm * leaf_mm
+            if bad8:
+                break
+    return bad, mapped, n_excl, wbad, bad8
 
 
 def page_scan(p: Pass, lo: int, hi: int, leaves: int, leaf_mm: int
@@ -157,7 +188,8 @@ def _scalar(p: Pass, F: list[int]) -> None:
                     int(inc.msum[lo]) != c * int(inc.leaf_mm[f])
                     or int(inc.msq[lo]) != c * int(inc.leaf_mm[f]) ** 2))
         elif hi > lo:
-            bad_pages, pages_mapped, n_excl, wbad, bad8 = page_scan(
+            scan = page_scan_small if hi - lo <= 64 else page_scan
+            bad_pages, pages_mapped, n_excl, wbad, bad8 = scan(
                 p, lo, hi, leaves, int(inc.leaf_mm[f]))
             need(not wbad)
             multi = False
@@ -170,7 +202,7 @@ def _scalar(p: Pass, F: list[int]) -> None:
         if not live:
             need(bad_pages == 0 and st.f_ref[f] == 0 and st.f_entire[f] == -1
                  and st.f_large[f] == -1 and st.f_npm[f] == 0 and st.f_pin[f] == 0)
-            need(not st.f_mmid[f].any() and (st.f_mmc[f] == -1).all())
+            need(st.f_mmid[f].tolist() == [0, 0] and st.f_mmc[f].tolist() == [-1, -1])
             need(not (st.f_shared[f] or st.f_deferred[f] or st.f_partial[f]
                       or st.f_swapcache[f]))
             contrib = (0,) * NCONTRIB
@@ -216,7 +248,7 @@ def _small(p: Pass, f: int, mapped: int, bad_pages: int, pins: int, shared_excl:
     pin = int(st.f_pin[f])
     large_fields = (
         st.f_entire[f] != -1 or st.f_large[f] != -1 or st.f_npm[f] != 0 or st.f_shared[f]
-        or st.f_mmid[f].any() or (st.f_mmc[f] != -1).any()
+        or st.f_mmid[f].tolist() != [0, 0] or st.f_mmc[f].tolist() != [-1, -1]
     )
     if not (mapped <= 0 or ref != mapped or bad_pages or pins or pin or large_fields
             or shared_excl):
