@@ -395,7 +395,7 @@ def copy_pte_segments(st: FastState, dst: FastMm, segs: list[tuple[int, int, int
     more than once): nothing is copied from it and nothing in it changes."""
     if not segs:
         return
-    if sum(b - a for _, _, a, b in segs) <= SMALL:
+    if sum(b - a for _, _, a, b in segs) <= 4 * SMALL:
         copy_pte_segments_small(st, dst, segs)
         return
     dtabs = np.array([d for d, _, _, _ in segs], np.int64)
