@@ -322,7 +322,7 @@ class Pass:
         self.swap()
         self.accounting()
         self.stats()
-        self.remember(dt, changes.rows if changes.shaped is not None else None)
+        self.remember(dt, changes)
 
     # ------------------------------------------------------------------------------------
     # mms: VMAs, alive, PUD tables
@@ -688,13 +688,14 @@ class Pass:
             raise Suspect from None
         need(have == self.inc.totals.tolist())
 
-    def remember(self, dt: Arr, rows_few: list[int] | None) -> None:
+    def remember(self, dt: Arr, ch: Any) -> None:
         """The tables and mms as they are now become those of the last check (the folio
-        phase remembers its folios); ``rows_few``: with few marked tables, the rows whose
-        entries changed (the others are the same as far as any check looks)."""
+        phase remembers its folios): the entry rows that changed as far as any check looks
+        (``ch``: the changes of the entry phase), the tables' state, level, mm, row and root
+        word."""
         st, inc = self.st, self.inc
-        if rows_few is not None:
-            for r in rows_few:
+        if ch.shaped is not None:
+            for r in ch.rows:
                 inc.me_kind[r] = st.e_kind[r]
                 inc.me_id[r] = st.e_id[r]
                 inc.me_page[r] = st.e_page[r]
@@ -707,11 +708,14 @@ class Pass:
                 inc.m_w16[t] = st.t_w16[t]
         elif dt.size:
             inc.m_w16[dt] = st.t_w16[dt]
-            rows = np.concatenate((inc.m_row[dt], st.t_row[dt]))
-            if rows.size:
+            if ch.rows_whole:
+                rows = np.concatenate(ch.rows_whole)
                 inc.me_kind[rows] = st.e_kind[rows]
                 inc.me_id[rows] = st.e_id[rows]
                 inc.me_page[rows] = st.e_page[rows]
+                inc.me_bits[rows] = st.e_bits[rows]
+            if ch.rows_bits:
+                rows = np.concatenate(ch.rows_bits)
                 inc.me_bits[rows] = st.e_bits[rows]
             inc.m_state[dt] = st.t_state[dt]
             inc.m_level[dt] = st.t_level[dt]

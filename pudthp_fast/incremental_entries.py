@@ -53,7 +53,7 @@ class Group:
     """Rows of tables of one kind of level, PTE (``pte``) or PUD/PMD (``tabs`` x P entry
     arrays), and which of their entries to take (``M``)."""
 
-    __slots__ = ("B", "G", "I", "K", "M", "lv", "mm", "pte", "tabs")
+    __slots__ = ("B", "G", "I", "K", "M", "lv", "mm", "pte", "rows_of", "tabs")
 
     def __init__(self, tabs: Arr, lv: Arr, mm: Arr, K: Arr, I_: Arr, G: Arr, B: Arr,
                  M: Arr) -> None:
@@ -66,14 +66,20 @@ class Group:
         self.G = G
         self.B = B
         self.M = M
+        self.rows_of = np.zeros(0, I64)  # the entry rows (set where they are needed)
 
     def rows(self, sel: Arr) -> Group:
-        return Group(self.tabs[sel], self.lv[sel], self.mm[sel], self.K[sel], self.I[sel],
-                     self.G[sel], self.B[sel], self.M[sel])
+        g = Group(self.tabs[sel], self.lv[sel], self.mm[sel], self.K[sel], self.I[sel],
+                  self.G[sel], self.B[sel], self.M[sel])
+        if self.rows_of.size:
+            g.rows_of = self.rows_of[sel]
+        return g
 
     def masked(self, M: Arr) -> Group:
         """The same rows, other entries taken."""
-        return Group(self.tabs, self.lv, self.mm, self.K, self.I, self.G, self.B, M)
+        g = Group(self.tabs, self.lv, self.mm, self.K, self.I, self.G, self.B, M)
+        g.rows_of = self.rows_of
+        return g
 
     def entries(self) -> list[Entry]:
         ri, ci = self.M.nonzero()
@@ -101,7 +107,9 @@ def _rows(p: Pass, tabs: Arr, lv: Arr, mm: Arr, rows: Arr, mirror: bool) -> list
             K, I_, G, B = inc.me_kind[r], inc.me_id[r], inc.me_page[r], inc.me_bits[r]
         else:
             K, I_, G, B = st.e_kind[r], st.e_id[r], st.e_page[r], st.e_bits[r]
-        out.append(Group(t, lv_, mm_.astype(I64), K, I_, G, B, K != NONE))
+        g = Group(t, lv_, mm_.astype(I64), K, I_, G, B, K != NONE)
+        g.rows_of = r
+        out.append(g)
     return out
 
 
@@ -123,6 +131,10 @@ class Changes:
         self.shaped: list[int] | None = None
         self.rechain: set[int] = set()
         self.rows: list[int] = []
+        # with many (``diff_vector``): the rows to copy whole, and those whose write bits
+        # alone changed
+        self.rows_whole: list[Arr] = []
+        self.rows_bits: list[Arr] = []
 
 
 # --------------------------------------------------------------------------------------
@@ -280,6 +292,8 @@ def diff_scalar(p: Pass, dt: list[int], ident: set[int]) -> Changes:
             Gn = st.e_page[nrow].tolist()
             Wn = [b & W for b in st.e_bits[nrow].tolist()]
         if olive and nlive and orow == nrow and olv == nlv and omm == nmm:
+            if Ko != Kn or Io != In or Go != Gn:
+                rows.append(nrow)  # (an entry none before and after may differ)
             for i in range(p.P):
                 ko, kn = Ko[i], Kn[i]
                 if ko == kn and Io[i] == In[i] and Go[i] == Gn[i] and not (
@@ -337,15 +351,17 @@ def diff_vector(p: Pass, dt: Arr, ident: Arr) -> Changes:
         lv, mm = nlv[same], nmm[same]
         for go, gn in zip(_rows(p, t, lv, mm, r, True), _rows(p, t, lv, mm, r, False),
                           strict=True):
-            _diff_rows(go, gn, ident, old, new, wonly)
+            _diff_rows(go, gn, ident, old, new, wonly, ch)
     whole_old = olive & ~same
     if np.count_nonzero(whole_old):
         old += _rows(p, dt[whole_old], olv[whole_old], omm[whole_old], orow[whole_old], True)
+        ch.rows_whole.append(orow[whole_old])
     whole_new = nlive & ~same
     if np.count_nonzero(whole_new):
         t = dt[whole_new]
         ch.whole = set(t.tolist())
         new += _rows(p, t, nlv[whole_new], nmm[whole_new], nrow[whole_new], False)
+        ch.rows_whole.append(nrow[whole_new])
     n = sum(int(np.count_nonzero(g.M)) for g in old + new + wonly)
     if n <= p.scalar_max:
         ch.old = [e for g in old for e in g.entries()]
@@ -358,13 +374,17 @@ def diff_vector(p: Pass, dt: Arr, ident: Arr) -> Changes:
 
 
 def _diff_rows(go: Group, gn: Group, ident: Arr, old: list[Group], new: list[Group],
-               wonly: list[Group]) -> None:
+               wonly: list[Group], ch: Changes) -> None:
     """The same rows as they were (``go``) and as they are (``gn``): the changed entries,
     and those whose write bit alone changed."""
     diff = (go.K != gn.K) | (go.I != gn.I) | (go.G != gn.G)
     if ident.size:
         diff |= ((go.K == LEAF) | (go.K == PTE)) & np.isin(go.I, ident)
     wdiff = ~diff & (((go.B ^ gn.B) & W) != 0) & ((gn.K == LEAF) | (gn.K == PTE))
+    rows = gn.rows_of
+    differ = np.asarray(diff.any(axis=1))  # (an entry none before and after may differ)
+    if np.count_nonzero(differ):
+        ch.rows_whole.append(rows[differ])
     go.M &= diff
     gn.M &= diff
     keep = np.asarray(go.M.any(axis=1) | gn.M.any(axis=1))
@@ -377,6 +397,8 @@ def _diff_rows(go: Group, gn: Group, ident: Arr, old: list[Group], new: list[Gro
         new.append(gn.rows(keep))
     wrows = np.asarray(wdiff.any(axis=1))
     nw = np.count_nonzero(wrows)
+    if nw:
+        ch.rows_bits.append(rows[wrows & ~differ])
     if nw == wrows.size:
         wonly.append(gn.masked(wdiff))
     elif nw:
@@ -634,13 +656,9 @@ class VectorEntries:
             if per_row.any():
                 np.add.at(inc.rss_anon, g.mm, sign * per_row.astype(I64))
                 f = g.I[present]
-                f0 = int(f[0])
-                one = f.size > 64 and int(f.min()) == f0 == int(f.max())
+                f0, fmin, fmax = int(f[0]), int(f.min()), int(f.max())
+                one = fmin == f0 == fmax
                 gp = (int(base[f0]) if one else base[f]) + g.G[present]
-                if one:
-                    inc.ptes[f0] += sign * f.size
-                else:
-                    bump(inc.ptes, f, sign)
                 w = (g.B[present] & W) != 0
                 if np.count_nonzero(w):
                     bump(inc.wcnt, gp[w], sign)
@@ -651,10 +669,18 @@ class VectorEntries:
                 else:
                     mm = np.repeat(mms, per_row)
                     groups_mm = [(m, f[mm == m], gp[mm == m]) for m in unique(mms).tolist()]
+                if one:
+                    inc.ptes[f0] += sign * f.size
+                elif len(groups_mm) == 1 and fmax - fmin <= 4 * f.size:
+                    d = sign * np.bincount(f - fmin)  # one count for the folio and its mm
+                    inc.ptes[fmin : fmax + 1] += d
+                    inc.per_mm[groups_mm[0][0], fmin : fmax + 1] += d.astype(I32)
+                else:
+                    bump(inc.ptes, f, sign)
                 for m, fm, gpm in groups_mm:
                     if one:
                         inc.per_mm[m, f0] += sign * fm.size
-                    else:
+                    elif len(groups_mm) > 1 or fmax - fmin > 4 * f.size:
                         bump(inc.per_mm[m], fm, sign)
                     lo, d = counts(gpm)
                     hi = lo + d.size
