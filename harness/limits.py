@@ -13,13 +13,13 @@ Memory is watched two ways, both armed by ``memory_limit``:
 - a watchdog thread reads the process's resident set size (``/proc/self/statm``) every
   ``POLL_SECONDS`` and, once it is over the limit, has ``LimitExceeded`` raised in the main
   thread (a signal whose handler raises; Python runs it between bytecodes, so a long C call
-  finishes first);
+  finishes first), again every ``REPEAT_SECONDS`` while it stays over;
 - ``RLIMIT_DATA`` (private writable memory) is set to what the process has now plus the
   limit, so one allocation far over the limit fails at once with ``MemoryError`` instead of
   growing the process before the watchdog looks again.
 
 Time is ``time_limit``: ``SIGALRM`` after the given seconds raises ``LimitExceeded`` in the
-main thread.
+main thread, again every ``REPEAT_SECONDS`` until the block ends.
 """
 
 from __future__ import annotations
@@ -29,10 +29,13 @@ import os
 import resource
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from types import FrameType
 
 POLL_SECONDS = 0.05
+REPEAT_SECONDS = 1.0  # a limit still exceeded is raised again this often: an exception
+# raised where Python cannot pass it on (a gc callback, a __del__) is only printed
 MEMORY_SIGNAL = signal.SIGUSR2
 MIN_RSS_MB = 64
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -101,7 +104,7 @@ def memory_limit(max_mb: int | None) -> Iterator[None]:
     if not max_mb:
         yield
         return
-    fired = threading.Event()
+    last = [0.0]  # when the signal was last sent (time.monotonic()), 0: under the limit
     done = threading.Event()
     main = threading.main_thread().ident
     assert main is not None
@@ -117,11 +120,12 @@ def memory_limit(max_mb: int | None) -> Iterator[None]:
                 over = rss_mb() > max_mb
             except (OSError, ValueError, IndexError):
                 return
-            if over and not fired.is_set():
-                fired.set()
+            now = time.monotonic()
+            if over and now - last[0] >= REPEAT_SECONDS:
+                last[0] = now
                 signal.pthread_kill(main, MEMORY_SIGNAL)
             elif not over:
-                fired.clear()  # back under (memory freed): watch for the next time
+                last[0] = 0.0  # back under (memory freed): raise at once next time
 
     old_handler = signal.signal(MEMORY_SIGNAL, handler)
     old_rlimit = resource.getrlimit(resource.RLIMIT_DATA)
@@ -156,7 +160,7 @@ def time_limit(seconds: float | None, what: str = "the run") -> Iterator[None]:
                             "stopped, not a finding")
 
     old = signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, seconds, REPEAT_SECONDS)
     try:
         yield
     finally:
@@ -179,7 +183,7 @@ class ProgramTimer:
         self._old = signal.signal(signal.SIGALRM, handler)
 
     def start(self) -> None:
-        signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        signal.setitimer(signal.ITIMER_REAL, self.seconds, min(self.seconds, REPEAT_SECONDS))
 
     def stop(self) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
