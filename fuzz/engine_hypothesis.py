@@ -43,6 +43,7 @@ from typing import Any, TextIO
 
 import hypothesis
 from hypothesis import HealthCheck, Phase, Verbosity, settings
+from hypothesis.errors import Unsatisfiable
 from hypothesis.stateful import run_state_machine_as_test
 
 from fuzz.archive import archive, remove_stale_temporaries
@@ -94,7 +95,8 @@ def run_seed(seed: int, run: int) -> int:
 def hunt(machine: Any, seed: int, hsettings: settings) -> tuple[set[str], list[str]]:
     """One Hypothesis run of ``machine`` with ``seed``: the signatures of the findings it
     reported (shrunk), and descriptions of failures that are not findings (errors of the
-    machine itself).  StopFuzzing and KeyboardInterrupt pass through; so does a stop that
+    machine itself; not ``Unsatisfiable``, which only test cases rejected at a resource
+    limit cause).  StopFuzzing and KeyboardInterrupt pass through; so does a stop that
     Hypothesis reports as flaky generation (a test case cut short where an earlier one with
     the same choices ran on)."""
     obs = machine.OBSERVER
@@ -108,7 +110,7 @@ def hunt(machine: Any, seed: int, hsettings: settings) -> tuple[set[str], list[s
         leaves = _leaves(e)
         return ({x.finding.signature for x in leaves if isinstance(x, FindingError)},
                 [f"{type(x).__name__}: {str(x).splitlines()[0] if str(x) else ''}"
-                 for x in leaves if not isinstance(x, FindingError)])
+                 for x in leaves if not isinstance(x, FindingError | Unsatisfiable)])
     return set(), []
 
 
