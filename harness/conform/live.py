@@ -82,8 +82,8 @@ class SettingsRecord:
     so the record is on disk before the change it describes is made; with no entry left
     the file is removed."""
 
-    def __init__(self, path: str = RECORD_PATH) -> None:
-        self.path = path
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path or RECORD_PATH
         self.entries: list[dict[str, Any]] = []
 
     def add(self, entry: dict[str, Any]) -> None:
@@ -208,11 +208,12 @@ ACTIONS: dict[str, Callable[[str], str | None]] = {
 }
 
 
-def restore_recorded(path: str = RECORD_PATH) -> tuple[int | None, list[str]]:
+def restore_recorded(path: str | None = None) -> tuple[int | None, list[str]]:
     """Put back what a killed run recorded in ``path``, newest change first: (the killed
     run's pid or None when there was no record, what was done).  Raises KernelError naming
     what could not be put back (the record is kept, with just that, for another try).
     Call with the run lock held."""
+    path = path or RECORD_PATH
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -257,9 +258,10 @@ def restore_recorded(path: str = RECORD_PATH) -> tuple[int | None, list[str]]:
     return (pid if isinstance(pid, int) else 0), done
 
 
-def cmd_restore(path: str = RECORD_PATH) -> int:
+def cmd_restore(path: str | None = None) -> int:
     """``pudthp conform --restore``: restore what a killed run left, under the run lock;
     exit 0 (restored, or nothing to restore) or 2 (it could not be restored)."""
+    path = path or RECORD_PATH
     try:
         with run_lock():
             pid, done = restore_recorded(path)
