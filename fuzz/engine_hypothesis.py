@@ -50,7 +50,7 @@ from fuzz.archive import archive, remove_stale_temporaries
 from fuzz.machine import FindingError, Observer, StopFuzzing, make_machine, program_size
 from harness.limits import LimitExceeded, ProgramTimer, limit_signals_blocked, memory_limit
 from harness.program import dump_program, parse_program
-from harness.runner import run_program
+from harness.runner import IMPL_FACTORIES, run_program
 from harness.shrink import ddmin_ops
 from pudthp_ref.spec import Config, Finding, Program
 
@@ -225,13 +225,17 @@ def run_worker(spec: WorkerSpec, emit: Callable[[Message], None],
             else:
                 sigs = set(obs.pending)  # stopped, or a limit: everything found so far
             budget_end = time.monotonic() + spec.minimise_seconds
-            for sig in sorted(sigs):
-                finding, program = obs.best[sig]
-                budget = 0.0 if requested or obs.memory_exhausted else max(
-                    0.0, budget_end - time.monotonic())
-                emit(("finding", spec.index, _payload(spec, run, finding, program, budget)))
-                obs.known.add(sig)
-                sent += 1
+            # every finding goes out before a limit signal may end the worker (delta
+            # debugging has its own deadline, and an allocation over the limit still fails)
+            with limit_signals_blocked():
+                for sig in sorted(sigs):
+                    finding, program = obs.best[sig]
+                    budget = 0.0 if requested or obs.memory_exhausted else max(
+                        0.0, budget_end - time.monotonic())
+                    emit(("finding", spec.index,
+                          _payload(spec, run, finding, program, budget)))
+                    obs.known.add(sig)
+                    sent += 1
             cut = obs.shrink_cut
             obs.new_run()
             run += 1
@@ -328,8 +332,13 @@ def worker_main(spec: WorkerSpec, conn: Any, parent_pid: int) -> None:
         except OSError:
             stop[0] = True
 
-    with memory_limit(spec.max_rss):
-        run_worker(spec, emit, updates, stop_requested)
+    IMPL_FACTORIES[spec.impl]()  # imported before the limit: numpy's reservations
+    try:
+        with memory_limit(spec.max_rss):
+            run_worker(spec, emit, updates, stop_requested)
+    except LimitExceeded as e:  # between two runs: what was found is sent already
+        emit(("limit", spec.index, e.kind, str(e)))
+        emit(("restart", spec.index, f"{e.kind} limit"))
 
 
 # --------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 from harness.limits import LimitExceeded, default_max_rss_mb, memory_error, memory_limit, time_limit
 from harness.program import ProgramError, dump_program, load_program_file
-from harness.runner import IMPL_NAMES, UsageError, run_program
+from harness.runner import IMPL_FACTORIES, IMPL_NAMES, UsageError, run_program
 from pudthp_ref.spec import Op, Program, Result, op_str
 
 RUN_MAX_SECONDS = 600.0
@@ -494,6 +494,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"{i:>{width}} {op_str(op)} -> {result}", flush=True)
 
     max_rss = default_max_rss_mb() if args.max_rss is None else args.max_rss
+    IMPL_FACTORIES[args.impl]()  # imported before the limit: numpy's reservations are not the run's
     try:
         with memory_limit(max_rss), time_limit(args.max_time, "the run (--max-time)"):
             report = run_program(program, args.impl, on_step=show)
