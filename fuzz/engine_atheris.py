@@ -186,15 +186,22 @@ def _write_atomically(path: str, data: bytes) -> None:
 
 def make_run_dir(c: AtherisCampaign) -> tuple[str, int]:
     """The campaign's own directory in the findings directory, locked (the lock is held as
-    long as the returned descriptor is open), with the campaign's record in it."""
-    path = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-", dir=c.findings_dir)
-    fd = os.open(os.path.join(path, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    text = json.dumps(c.record())
-    tmp = os.path.join(path, "campaign.json.new")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, os.path.join(path, "campaign.json"))
+    long as the returned descriptor is open), with the campaign's record in it.  It is made
+    under another name and renamed once locked, so another campaign never finds it
+    unlocked and takes it for the leftovers of a killed one."""
+    start = tempfile.mkdtemp(prefix=f".pudthp-starting-{os.getpid()}-", dir=c.findings_dir)
+    fd = os.open(os.path.join(start, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with open(os.path.join(start, "campaign.json"), "w", encoding="utf-8") as f:
+            f.write(json.dumps(c.record()))
+        path = os.path.join(c.findings_dir,
+                            RUN_DIR_PREFIX + os.path.basename(start).split("-", 2)[2])
+        os.rename(start, path)
+    except BaseException:
+        os.close(fd)
+        shutil.rmtree(start, ignore_errors=True)
+        raise
     return path, fd
 
 
@@ -322,8 +329,7 @@ class _Run:
         w.reader.join(timeout=5)
         rc = w.proc.returncode
         artifacts = sorted(glob.glob(os.path.join(self.tmp, f"w{w.index}-*")))
-        for path in artifacts:
-            self.artifact(path)
+        kinds = [self.artifact(path) for path in artifacts]
         died = None
         if not artifacts and rc != 0 and not self.stopping:
             if rc < 0:
@@ -335,6 +341,10 @@ class _Run:
                 tail = "\n    ".join(w.log[-8:])
                 self.warnings.append(f"worker {w.index} exited with status {rc} before "
                                      f"fuzzing:\n    {tail}")
+        for kind in ("timeout", "oom"):
+            if kind in kinds:  # counted like a death: a cap too small must not loop forever
+                w.deaths.append("stopped at the time cap" if kind == "timeout"
+                                else "stopped at the memory cap")
         if died is not None:
             w.deaths.append(died)
             self.progress_clear()
@@ -348,30 +358,31 @@ class _Run:
 
     # -- findings ------------------------------------------------------------------------
 
-    def artifact(self, path: str) -> None:
+    def artifact(self, path: str) -> str:
         """Decode, judge and archive one libFuzzer artifact; it is deleted only once that is
-        done (a kill before leaves it for the next campaign)."""
+        done (a kill before leaves it for the next campaign).  Its kind."""
         m = _ARTIFACT.match(os.path.basename(path))
         if m is None:
             with contextlib.suppress(OSError):
                 os.unlink(path)
-            return
+            return "unknown"
         index, seed, kind = int(m.group(1)), int(m.group(2)), m.group(3)
         w = _Worker(index, seed=seed)
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError:
-            return
+            return kind
         if kind in ("crash", "timeout", "oom"):
             program = self.hunt.program(data)
             if kind == "crash":
                 if not self.crash(w, program):
-                    return  # its finding is not on disk yet: the input stays
+                    return kind  # its finding is not on disk yet: the input stays
             else:
                 self.resource(w, program, kind)
         with contextlib.suppress(OSError):  # slow-unit, leak: not findings
             os.unlink(path)
+        return kind
 
     def crash(self, w: _Worker, program: Program) -> bool:
         """Replay, shrink and archive a crash input; False while its finding is not on disk

@@ -227,3 +227,40 @@ def test_max_time_stops_a_program_of_many_forks(tmp_path: Path) -> None:
     assert len(r.stderr.splitlines()) == 1, r.stderr
     assert "time limit reached" in r.stderr
     assert time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize("kind", ["oom", "timeout"])
+def test_a_libfuzzer_timeout_or_out_of_memory_is_a_limit_not_a_finding(
+        tmp_path: Path, kind: str) -> None:
+    # What libFuzzer writes when -rss_limit_mb or -timeout ends a worker: counted, said,
+    # never archived (the finding archive stays empty), and the input is not kept.
+    import io
+
+    from fuzz.encoding import encode
+    from fuzz.engine_atheris import AtherisCampaign, _Run
+
+    out, err = io.StringIO(), io.StringIO()
+    c = AtherisCampaign(1.0, 1, {}, str(tmp_path / "findings"), str(tmp_path / "corpus"),
+                        err=err, out=out, max_rss=100, program_seconds=5)
+    (tmp_path / "findings").mkdir()
+    run = _Run(c)
+    artifact = Path(run.tmp) / f"w0-s9-{kind}-0123abcd"
+    artifact.write_bytes(encode(SMALL))
+    assert run.artifact(str(artifact)) == kind
+    assert not artifact.exists()
+    assert run.found == []
+    assert len(run.limits) == 1
+    assert "a program of 4 ops" in run.limits[0]
+    assert "not a finding" in run.limits[0]
+    assert ("memory cap (100 MiB)" if kind == "oom" else "time cap (5 s)") in run.limits[0]
+    run.close()
+    assert list((tmp_path / "findings").iterdir()) == []
+
+
+def test_a_program_is_cut_to_max_ops() -> None:
+    from fuzz.encoding import encode
+    from fuzz.mutator import Hunt
+
+    data = encode(SMALL)
+    assert len(Hunt({}).program(data).ops) == 4
+    assert Hunt({}, max_ops=2).program(data).ops == SMALL.ops[:2]
