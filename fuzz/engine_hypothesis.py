@@ -48,7 +48,13 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from fuzz.archive import archive, remove_stale_temporaries
 from fuzz.machine import FindingError, Observer, StopFuzzing, make_machine, program_size
-from harness.limits import LimitExceeded, ProgramTimer, limit_signals_blocked, memory_limit
+from harness.limits import (
+    Gate,
+    LimitExceeded,
+    ProgramTimer,
+    limit_signals_blocked,
+    memory_limit,
+)
 from harness.program import dump_program, parse_program
 from harness.runner import IMPL_FACTORIES, run_program
 from harness.shrink import ddmin_ops
@@ -167,12 +173,14 @@ class WorkerSpec:
 
 def run_worker(spec: WorkerSpec, emit: Callable[[Message], None],
                known_updates: Callable[[], list[str]] | None = None,
-               stop_requested: Callable[[], bool] | None = None) -> None:
+               stop_requested: Callable[[], bool] | None = None,
+               gate: Gate | None = None) -> None:
     """Hypothesis runs until the time is up; every message goes through ``emit``:
     ``("progress", index, programs, steps)``, ``("finding", index, payload)``,
     ``("warning", index, text)``, ``("limit", index, kind, text)`` for a program dropped at a
     resource limit, ``("restart", index, reason)`` when this worker ends early and wants a
-    fresh process, and finally ``("done", index, programs, steps)``."""
+    fresh process, and finally ``("done", index, programs, steps)``.  ``gate``: the one the
+    process's memory limit raises through, if any."""
     start = time.monotonic()
     obs = Observer(
         deadline=None if spec.time_limit is None else start + spec.time_limit,
@@ -180,8 +188,9 @@ def run_worker(spec: WorkerSpec, emit: Callable[[Message], None],
         shrink_budget=spec.shrink_seconds,
         stop_requested=stop_requested,
         on_progress=lambda o: emit(("progress", spec.index, o.programs, o.steps)),
+        gate=gate or Gate(),
     )
-    timer = ProgramTimer(spec.program_seconds) if spec.program_seconds else None
+    timer = ProgramTimer(spec.program_seconds, gate=obs.gate) if spec.program_seconds else None
     if timer is not None:
         obs.on_program_start = timer.start
     machine = make_machine(spec.overrides, spec.impl, spec.check, obs)
@@ -211,6 +220,10 @@ def run_worker(spec: WorkerSpec, emit: Callable[[Message], None],
             finally:
                 if timer is not None:
                     timer.stop()
+            if obs.gate.pending is not None and obs.gate.pending.kind == "memory":
+                obs.limit_hits.append(obs.gate.pending)  # held: no step came after it
+                obs.memory_exhausted = True
+                obs.gate.pending = None
             limited = len(obs.limit_hits) > limits_before
             for hit in obs.limit_hits[limits_before:]:
                 emit(("limit", spec.index, hit.kind, str(hit)))
@@ -333,9 +346,10 @@ def worker_main(spec: WorkerSpec, conn: Any, parent_pid: int) -> None:
             stop[0] = True
 
     IMPL_FACTORIES[spec.impl]()  # imported before the limit: numpy's reservations
+    gate = Gate()
     try:
-        with memory_limit(spec.max_rss):
-            run_worker(spec, emit, updates, stop_requested)
+        with memory_limit(spec.max_rss, gate):
+            run_worker(spec, emit, updates, stop_requested, gate)
     except LimitExceeded as e:  # between two runs: what was found is sent already
         emit(("limit", spec.index, e.kind, str(e)))
         emit(("restart", spec.index, f"{e.kind} limit"))
@@ -648,7 +662,8 @@ class _Parent:
             self.send(s, ("stop",))
 
     def finish(self) -> None:
-        """Kill what still runs, read what it sent, write what is left."""
+        """Kill what still runs, read what it sent, write what is left (trying a few times,
+        a second apart, before leaving it to the summary)."""
         for s in self.slots:
             if s.proc is None:
                 continue
@@ -661,7 +676,12 @@ class _Parent:
             if not s.finished:
                 self.stopping = True
                 self.reap(s)
-        self.retry(force=True)
+        for attempt in range(3):
+            if attempt:
+                time.sleep(min(RETRY_SECONDS, 1.0))
+            self.retry(force=True)
+            if not self.unwritten:
+                break
 
 
 def run_campaign(c: Campaign) -> int:

@@ -30,6 +30,7 @@ on by default since Hypothesis 4.x), so long runs of a few ops are common.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -48,7 +49,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from harness.limits import LimitExceeded, memory_error
+from harness.limits import Gate, LimitExceeded, memory_error
 from harness.lockstep import Lockstep
 from harness.program import config_delta, dump_program
 from harness.runner import Stepper
@@ -151,7 +152,9 @@ class Observer:
     ``MemoryError``) is dropped, its model freed, and noted in ``limit_hits``; it is rejected
     (Hypothesis moves on), except after a memory limit, which stops the run
     (``memory_exhausted``: the worker ends and the campaign starts a fresh process).
-    ``on_program_start`` is called as each test case starts (a campaign arms its time cap).
+    ``on_program_start`` is called as each test case starts (a campaign arms its time cap);
+    steps run inside ``gate`` (``harness.limits.Gate``), the only place a campaign's limit
+    signals are raised.
     """
 
     known: set[str] = field(default_factory=set)
@@ -170,10 +173,14 @@ class Observer:
     first_pending_at: float = 0.0
     _last_progress: float = 0.0
     on_program_start: Callable[[], None] | None = None
+    gate: Gate = field(default_factory=Gate)
     limit_hits: list[LimitExceeded] = field(default_factory=list)
     memory_exhausted: bool = False
 
     def program_started(self) -> None:
+        pending = self.gate.pending
+        if pending is not None and pending.kind == "time":
+            self.gate.pending = None  # the time cap of the case before
         if self.on_program_start is not None:
             self.on_program_start()
 
@@ -454,7 +461,8 @@ class PudthpMachine(RuleBasedStateMachine):
                 raise
         stepper = self.stepper
         try:
-            result = stepper.step(op)
+            with obs.gate.open() if obs is not None else contextlib.nullcontext():
+                result = stepper.step(op)
         except (LimitExceeded, MemoryError) as e:
             self._limit(e if isinstance(e, LimitExceeded) else memory_error())
         if stepper.model is not None:

@@ -20,6 +20,11 @@ Memory is watched two ways, both armed by ``memory_limit``:
 
 Time is ``time_limit``: ``SIGALRM`` after the given seconds raises ``LimitExceeded`` in the
 main thread, again every ``REPEAT_SECONDS`` until the block ends.
+
+In a campaign worker a limit must not be raised just anywhere: Hypothesis' own code between
+two steps would take it for a flaky strategy.  There a ``Gate`` says where it may be raised
+(inside ``gate.open()``, around each step of the model); a limit signalled elsewhere is held
+and raised as the next step begins.
 """
 
 from __future__ import annotations
@@ -95,11 +100,46 @@ def _data_mb() -> int:
 _active_limit_mb = 0
 
 
+class Gate:
+    """Where an asynchronous limit may be raised: inside ``open()`` blocks at once, anywhere
+    else held in ``pending`` and raised as the next block opens."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending: LimitExceeded | None = None
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[None]:
+        if self.pending is not None:
+            e, self.pending = self.pending, None
+            raise e
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+
+    def fire(self, e: LimitExceeded) -> None:
+        """From a signal handler: raise ``e`` here if the gate is open, else hold it (a
+        memory limit is never replaced by a time limit)."""
+        if self.depth:
+            raise e
+        if self.pending is None or self.pending.kind != "memory":
+            self.pending = e
+
+
+def _raise_or_hold(e: LimitExceeded, gate: Gate | None) -> None:
+    if gate is None:
+        raise e
+    gate.fire(e)
+
+
 @contextlib.contextmanager
-def memory_limit(max_mb: int | None) -> Iterator[None]:
+def memory_limit(max_mb: int | None, gate: Gate | None = None) -> Iterator[None]:
     """Inside the block, this process raises ``LimitExceeded("memory")`` once its resident
     set is over ``max_mb`` MiB, and ``MemoryError`` (which a run turns into the same) when
-    one allocation would take it far over.  ``None`` or 0: no limit.  Main thread only."""
+    one allocation would take it far over.  ``None`` or 0: no limit.  With ``gate``, only
+    where the gate is open.  Main thread only."""
     global _active_limit_mb
     if not max_mb:
         yield
@@ -110,9 +150,9 @@ def memory_limit(max_mb: int | None) -> Iterator[None]:
     assert main is not None
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise LimitExceeded(
+        _raise_or_hold(LimitExceeded(
             "memory", f"memory limit reached: resident set over {max_mb} MiB (--max-rss); "
-            "the run stopped, not a finding")
+            "the run stopped, not a finding"), gate)
 
     def watch() -> None:
         while not done.wait(POLL_SECONDS):
@@ -171,14 +211,17 @@ def time_limit(seconds: float | None, what: str = "the run") -> Iterator[None]:
 class ProgramTimer:
     """A time cap per program in a campaign: ``start()`` (again for each program) raises
     ``LimitExceeded("time")`` in the main thread ``seconds`` later unless ``stop()`` came
-    first; ``close()`` puts the old ``SIGALRM`` handler back.  Main thread only."""
+    first; ``close()`` puts the old ``SIGALRM`` handler back.  With ``gate``, raised only
+    where the gate is open.  Main thread only."""
 
-    def __init__(self, seconds: float, what: str = "one program") -> None:
+    def __init__(self, seconds: float, what: str = "one program",
+                 gate: Gate | None = None) -> None:
         self.seconds = seconds
 
         def handler(signum: int, frame: FrameType | None) -> None:
-            raise LimitExceeded("time", f"time limit reached: {what} took over {seconds:g} s; "
-                                "dropped, not a finding")
+            _raise_or_hold(LimitExceeded(
+                "time", f"time limit reached: {what} took over {seconds:g} s; dropped, not "
+                "a finding"), gate)
 
         self._old = signal.signal(signal.SIGALRM, handler)
 

@@ -150,13 +150,14 @@ def test_a_program_over_its_time_cap_is_dropped(monkeypatch: pytest.MonkeyPatch)
     real = Stepper.step
 
     def slow(self: Stepper, op: Any) -> Any:
-        time.sleep(0.1)
+        time.sleep(0.05)
         return real(self, op)
 
     monkeypatch.setattr(Stepper, "step", slow)
     messages: list[tuple[Any, ...]] = []
-    spec = WorkerSpec(0, 3, {"deposit": "list_head"}, time_limit=None, max_runs=1,
-                      max_examples=2, program_seconds=0.05)
+    # Hypothesis would try a thousand rejected cases: the worker's one second ends it
+    spec = WorkerSpec(0, 3, {"deposit": "list_head"}, time_limit=1.0, grace=0.0,
+                      max_runs=1, max_examples=2, program_seconds=0.02)
     run_worker(spec, messages.append)
     kinds = [m[0] for m in messages]
     assert "finding" not in kinds
@@ -264,3 +265,25 @@ def test_a_program_is_cut_to_max_ops() -> None:
     data = encode(SMALL)
     assert len(Hunt({}).program(data).ops) == 4
     assert Hunt({}, max_ops=2).program(data).ops == SMALL.ops[:2]
+
+
+def test_a_limit_outside_a_step_waits_for_the_next_step() -> None:
+    # In a campaign worker the signal may come while Hypothesis itself runs: it is held,
+    # and raised as the next step opens the gate.
+    from harness.limits import Gate, ProgramTimer
+
+    gate = Gate()
+    timer = ProgramTimer(0.01, gate=gate)
+    try:
+        timer.start()
+        time.sleep(0.1)  # the signal comes, and comes again: held, not raised here
+        assert gate.pending is not None
+        assert gate.pending.kind == "time"
+        timer.stop()
+        with pytest.raises(LimitExceeded, match="time limit"), gate.open():
+            pass
+        assert gate.pending is None
+        with gate.open():  # nothing held any more
+            pass
+    finally:
+        timer.close()
