@@ -381,7 +381,7 @@ def malformed(draw: st.DrawFn) -> str:
     return draw(st.text(max_size=200))
 
 
-@settings(max_examples=150, deadline=None,
+@settings(max_examples=100, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture])
 @given(text=malformed())

@@ -300,7 +300,7 @@ def test_sigterm_stops_the_workers_and_prints_the_summary(tmp_path: Path,
 
 
 def test_a_killed_worker_is_restarted_and_counted(tmp_path: Path) -> None:
-    proc = start(["--findings", str(tmp_path), "--time", "8", "--workers", "2", "--seed",
+    proc = start(["--findings", str(tmp_path), "--time", "6", "--workers", "2", "--seed",
                   "1"])
     first = workers_of(proc.pid, HYPOTHESIS_WORKER, 2)
     time.sleep(1.5)
@@ -469,7 +469,7 @@ def test_atheris_sigterm_is_a_clean_stop(tmp_path: Path) -> None:
 
 
 def test_atheris_a_killed_worker_is_restarted_and_counted(tmp_path: Path) -> None:
-    proc = start(atheris_args(tmp_path, 10))
+    proc = start(atheris_args(tmp_path, 8))
     first = workers_of(proc.pid, ATHERIS_WORKER, 1)
     wait_for(proc, "execs/s")
     os.kill(min(first), signal.SIGKILL)
