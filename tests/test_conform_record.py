@@ -155,6 +155,10 @@ def test_conform_restore_command(paths: Path, capsys: pytest.CaptureFixture[str]
     assert main(["conform", "--restore", "prog.json"]) == 2
     err = capsys.readouterr().err
     assert err == "pudthp: error: conform --restore takes no PROGRAM or --random\n"
+    # A record it cannot act on is the machine's problem, not the user's input: exit 4.
+    Path(live.RECORD_PATH).write_text("{")
+    assert main(["conform", "--restore"]) == 4
+    assert capsys.readouterr().out.startswith("pudthp: cannot restore: ")
 
 
 # --------------------------------------------------------------------------------------

@@ -260,14 +260,15 @@ def restore_recorded(path: str | None = None) -> tuple[int | None, list[str]]:
 
 def cmd_restore(path: str | None = None) -> int:
     """``pudthp conform --restore``: restore what a killed run left, under the run lock;
-    exit 0 (restored, or nothing to restore) or 2 (it could not be restored)."""
+    exit 0 (restored, or nothing to restore) or 4 (this machine would not let it: not root,
+    a setting the kernel refused; the command line's cannot-run status)."""
     path = path or RECORD_PATH
     try:
         with run_lock():
             pid, done = restore_recorded(path)
     except (KernelError, OSError) as e:
         print(f"pudthp: cannot restore: {' '.join(str(e).split())}")
-        return 2
+        return 4
     if pid is None:
         print(f"nothing to restore: no record of changed settings ({path})")
     else:
