@@ -11,15 +11,27 @@ on ignores that signature (a test case hitting it goes idle).
 
 The parent prints progress about once a second on a terminal (every ten seconds otherwise),
 writes each distinct signature once to ``--findings`` as a program with metadata (never
-touching a file already there), prints a summary and returns 1 if anything was found, 0 if
-not.  Ctrl-C sets a stop flag the workers poll every few dozen steps; they send what they
-have (without the extra pass) and the parent writes it before returning 130.
+touching a valid file already there; ``fuzz.archive`` writes atomically), prints a summary
+and returns 1 if anything was found, 0 if not.  Ctrl-C (SIGINT) or SIGTERM tells the workers
+to stop (they ignore both signals themselves, so a signal to the whole process group is
+handled once, by the parent); they send what they have (without the extra pass) and the
+parent writes it before returning 130 (SIGINT) or 143 (SIGTERM).
+
+Faults: each worker talks to the parent over its own pipe, so a worker killed at any moment
+(SIGKILL, the OOM killer) corrupts nothing shared; the parent sees its pipe close, starts a
+fresh worker in the slot with the next seed (``worker_seed``) for the remaining time and
+counts the restart in the summary.  A worker over its memory limit (``--max-rss``) or a
+program over its time cap (``--max-program-time``) is no finding (``harness.limits``): the
+program is dropped and counted, and after a memory limit the worker is restarted.  A worker
+whose parent is gone stops.  A finding the parent cannot write (full disk, read-only
+directory) is kept in memory and written again every ``RETRY_SECONDS``; what is still
+unwritten at the end is printed in full in the summary.
 """
 
 from __future__ import annotations
 
 import contextlib
-import queue
+import os
 import random
 import signal
 import sys
@@ -31,12 +43,20 @@ from typing import Any, TextIO
 
 import hypothesis
 from hypothesis import HealthCheck, Phase, Verbosity, settings
+from hypothesis.errors import Unsatisfiable
 from hypothesis.stateful import run_state_machine_as_test
 
-from fuzz.archive import archive, finding_path
+from fuzz.archive import archive, remove_stale_temporaries
 from fuzz.machine import FindingError, Observer, StopFuzzing, make_machine, program_size
+from harness.limits import (
+    Gate,
+    LimitExceeded,
+    ProgramTimer,
+    limit_signals_blocked,
+    memory_limit,
+)
 from harness.program import dump_program, parse_program
-from harness.runner import run_program
+from harness.runner import IMPL_FACTORIES, run_program
 from harness.shrink import ddmin_ops
 from pudthp_ref.spec import Config, Finding, Program
 
@@ -46,6 +66,8 @@ STEPS_PER_PROGRAM = 50
 SHRINK_SECONDS = 20.0  # Hypothesis' share of shrinking one finding
 MINIMISE_SECONDS = 20.0  # then delta debugging's, for all the findings of one run
 HARD_STOP_SECONDS = 30.0  # after the grace period, workers still running are terminated
+RETRY_SECONDS = 5.0  # how often findings that could not be written are tried again
+MAX_RESTARTS = 20  # per worker slot: a slot whose workers keep dying is given up
 
 Message = tuple[Any, ...]
 
@@ -79,13 +101,14 @@ def run_seed(seed: int, run: int) -> int:
 def hunt(machine: Any, seed: int, hsettings: settings) -> tuple[set[str], list[str]]:
     """One Hypothesis run of ``machine`` with ``seed``: the signatures of the findings it
     reported (shrunk), and descriptions of failures that are not findings (errors of the
-    machine itself).  StopFuzzing and KeyboardInterrupt pass through; so does a stop that
+    machine itself; not ``Unsatisfiable``, which only test cases rejected at a resource
+    limit cause).  StopFuzzing and KeyboardInterrupt pass through; so does a stop that
     Hypothesis reports as flaky generation (a test case cut short where an earlier one with
     the same choices ran on)."""
     obs = machine.OBSERVER
     try:
         run_state_machine_as_test(hypothesis.seed(seed)(machine), settings=hsettings)
-    except (StopFuzzing, KeyboardInterrupt):
+    except (StopFuzzing, KeyboardInterrupt, LimitExceeded):
         raise
     except BaseException as e:
         if obs is not None and obs.stopped:
@@ -93,7 +116,7 @@ def hunt(machine: Any, seed: int, hsettings: settings) -> tuple[set[str], list[s
         leaves = _leaves(e)
         return ({x.finding.signature for x in leaves if isinstance(x, FindingError)},
                 [f"{type(x).__name__}: {str(x).splitlines()[0] if str(x) else ''}"
-                 for x in leaves if not isinstance(x, FindingError)])
+                 for x in leaves if not isinstance(x, FindingError | Unsatisfiable)])
     return set(), []
 
 
@@ -127,7 +150,9 @@ def minimise(program: Program, signature: str, impl: str = "both", check: bool =
 @dataclass
 class WorkerSpec:
     """What one worker runs: config keys fixed, the implementation, invariants or not, its
-    seed and time (seconds from its own start; ``None``: until stopped or ``max_runs``)."""
+    seed and time (seconds from its own start; ``None``: until stopped or ``max_runs``), and
+    its limits: ``step_count`` ops per program, ``program_seconds`` per program, ``max_rss``
+    MiB for the process (``worker_main`` enforces it)."""
 
     index: int
     seed: int
@@ -142,14 +167,20 @@ class WorkerSpec:
     max_findings: int | None = None
     shrink_seconds: float = SHRINK_SECONDS
     minimise_seconds: float = MINIMISE_SECONDS
+    program_seconds: float | None = None
+    max_rss: int | None = None
 
 
 def run_worker(spec: WorkerSpec, emit: Callable[[Message], None],
                known_updates: Callable[[], list[str]] | None = None,
-               stop_requested: Callable[[], bool] | None = None) -> None:
+               stop_requested: Callable[[], bool] | None = None,
+               gate: Gate | None = None) -> None:
     """Hypothesis runs until the time is up; every message goes through ``emit``:
     ``("progress", index, programs, steps)``, ``("finding", index, payload)``,
-    ``("warning", index, text)`` and finally ``("done", index, programs, steps)``."""
+    ``("warning", index, text)``, ``("limit", index, kind, text)`` for a program dropped at a
+    resource limit, ``("restart", index, reason)`` when this worker ends early and wants a
+    fresh process, and finally ``("done", index, programs, steps)``.  ``gate``: the one the
+    process's memory limit raises through, if any."""
     start = time.monotonic()
     obs = Observer(
         deadline=None if spec.time_limit is None else start + spec.time_limit,
@@ -157,7 +188,11 @@ def run_worker(spec: WorkerSpec, emit: Callable[[Message], None],
         shrink_budget=spec.shrink_seconds,
         stop_requested=stop_requested,
         on_progress=lambda o: emit(("progress", spec.index, o.programs, o.steps)),
+        gate=gate or Gate(),
     )
+    timer = ProgramTimer(spec.program_seconds, gate=obs.gate) if spec.program_seconds else None
+    if timer is not None:
+        obs.on_program_start = timer.start
     machine = make_machine(spec.overrides, spec.impl, spec.check, obs)
     hsettings = fuzz_settings(spec.max_examples, spec.step_count)
     sent = 0
@@ -172,14 +207,28 @@ def run_worker(spec: WorkerSpec, emit: Callable[[Message], None],
                 obs.known.update(known_updates())
             interrupted = False
             reported: set[str] = set()
+            limits_before = len(obs.limit_hits)
             try:
                 reported, problems = hunt(machine, run_seed(spec.seed, run), hsettings)
                 for text in problems:
                     emit(("warning", spec.index, text))
             except StopFuzzing:
                 interrupted = True
+            except LimitExceeded as e:  # met outside a step: the run ends, the worker goes on
+                obs.limit_hits.append(e)
+                obs.memory_exhausted = obs.memory_exhausted or e.kind == "memory"
+            finally:
+                if timer is not None:
+                    timer.stop()
+            if obs.gate.pending is not None and obs.gate.pending.kind == "memory":
+                obs.limit_hits.append(obs.gate.pending)  # held: no step came after it
+                obs.memory_exhausted = True
+                obs.gate.pending = None
+            limited = len(obs.limit_hits) > limits_before
+            for hit in obs.limit_hits[limits_before:]:
+                emit(("limit", spec.index, hit.kind, str(hit)))
             requested = stop_requested is not None and stop_requested()
-            if not interrupted:
+            if not interrupted and not limited:
                 # what Hypothesis shrunk; the other signatures met on the way stay
                 # unknown, to be found (and shrunk) by a later run
                 sigs = obs.pending & reported
@@ -187,20 +236,30 @@ def run_worker(spec: WorkerSpec, emit: Callable[[Message], None],
                 # out of shrinking time: the smallest failure, which Hypothesis was shrinking
                 sigs = {min(obs.pending, key=lambda sig: program_size(obs.best[sig][1]))}
             else:
-                sigs = set(obs.pending)  # stopped: everything found so far
+                sigs = set(obs.pending)  # stopped, or a limit: everything found so far
             budget_end = time.monotonic() + spec.minimise_seconds
-            for sig in sorted(sigs):
-                finding, program = obs.best[sig]
-                budget = 0.0 if requested else max(0.0, budget_end - time.monotonic())
-                emit(("finding", spec.index, _payload(spec, run, finding, program, budget)))
-                obs.known.add(sig)
-                sent += 1
+            # every finding goes out before a limit signal may end the worker (delta
+            # debugging has its own deadline, and an allocation over the limit still fails)
+            with limit_signals_blocked():
+                for sig in sorted(sigs):
+                    finding, program = obs.best[sig]
+                    budget = 0.0 if requested or obs.memory_exhausted else max(
+                        0.0, budget_end - time.monotonic())
+                    emit(("finding", spec.index,
+                          _payload(spec, run, finding, program, budget)))
+                    obs.known.add(sig)
+                    sent += 1
             cut = obs.shrink_cut
             obs.new_run()
             run += 1
+            if obs.memory_exhausted:
+                emit(("restart", spec.index, "memory limit"))
+                break
             if interrupted and not cut:
                 break
     finally:
+        if timer is not None:
+            timer.close()
         emit(("done", spec.index, obs.programs, obs.steps))
 
 
@@ -210,13 +269,19 @@ def _payload(spec: WorkerSpec, run: int, finding: Finding, program: Program,
     up to ``budget`` seconds of delta debugging (none: stopped by Ctrl-C)."""
     shrunk = "hypothesis"
     if budget > 0:
-        smaller = minimise(program, finding.signature, spec.impl, spec.check, budget)
+        try:
+            smaller = minimise(program, finding.signature, spec.impl, spec.check, budget)
+        except LimitExceeded:
+            smaller, shrunk = program, "hypothesis (ddmin hit a resource limit)"
         if len(smaller.ops) < len(program.ops):
             shrunk = "hypothesis+ddmin"
         program = smaller
     else:
         shrunk = "hypothesis (interrupted)"
-    replay = run_program(program, spec.impl, check=spec.check).finding
+    try:
+        replay = run_program(program, spec.impl, check=spec.check).finding
+    except LimitExceeded:
+        replay = None
     first_line = finding.message.splitlines()[0] if finding.message else ""
     meta = {
         "signature": finding.signature,
@@ -242,18 +307,52 @@ def _payload(spec: WorkerSpec, run: int, finding: Finding, program: Program,
     }
 
 
-def worker_main(spec: WorkerSpec, out: Any, inbox: Any, stop: Any) -> None:
-    """Process entry point: the parent owns Ctrl-C (it sets ``stop``)."""
+def worker_main(spec: WorkerSpec, conn: Any, parent_pid: int) -> None:
+    """Process entry point.  ``conn`` is this worker's own pipe to the parent (messages out;
+    ``("known", signature)`` and ``("stop",)`` in).  The parent owns Ctrl-C and SIGTERM (it
+    tells the workers to stop); a worker whose parent is gone stops by itself."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # see launch
+    stop = [False]
+    known: list[str] = []
+
+    def pump() -> None:
+        try:
+            while conn.poll():
+                msg = conn.recv()
+                if msg[0] == "stop":
+                    stop[0] = True
+                elif msg[0] == "known":
+                    known.append(msg[1])
+        except (EOFError, OSError):
+            stop[0] = True  # the parent is gone
 
     def updates() -> list[str]:
-        got: list[str] = []
-        with contextlib.suppress(queue.Empty):
-            while True:
-                got.append(inbox.get_nowait())
+        pump()
+        got = known[:]
+        known.clear()
         return got
 
-    run_worker(spec, out.put, updates, stop.is_set)
+    def stop_requested() -> bool:
+        pump()
+        return stop[0] or os.getppid() != parent_pid
+
+    def emit(msg: Message) -> None:
+        try:
+            with limit_signals_blocked():  # never half a message
+                conn.send(msg)
+        except OSError:
+            stop[0] = True
+
+    IMPL_FACTORIES[spec.impl]()  # imported before the limit: numpy's reservations
+    gate = Gate()
+    try:
+        with memory_limit(spec.max_rss, gate):
+            run_worker(spec, emit, updates, stop_requested, gate)
+    except LimitExceeded as e:  # between two runs: what was found is sent already
+        emit(("limit", spec.index, e.kind, str(e)))
+        emit(("restart", spec.index, f"{e.kind} limit"))
 
 
 # --------------------------------------------------------------------------------------
@@ -299,6 +398,9 @@ class Campaign:
     check: bool = True
     err: TextIO = field(default_factory=lambda: sys.stderr)
     out: TextIO = field(default_factory=lambda: sys.stdout)
+    max_ops: int = STEPS_PER_PROGRAM
+    program_seconds: float | None = None
+    max_rss: int | None = None
 
 
 def grace_for(time_limit: float) -> float:
@@ -306,122 +408,314 @@ def grace_for(time_limit: float) -> float:
     return min(60.0, max(10.0, time_limit / 2))
 
 
-def run_campaign(c: Campaign) -> int:
-    """The whole campaign; returns the exit status (0 nothing, 1 findings, 130 Ctrl-C)."""
-    import multiprocessing
+def worker_seed(seed: int, index: int, start: int, workers: int) -> int:
+    """The seed of slot ``index``'s worker at its start number ``start`` (0 first; a slot
+    starts again after its worker died or hit its memory limit): ``seed + index + start *
+    workers``, so no two workers of a campaign share a seed."""
+    return seed + index + start * workers
 
-    ctx = multiprocessing.get_context("spawn")
-    out_q = ctx.Queue()
-    stop = ctx.Event()
-    grace = grace_for(c.time_limit)
-    seeds = [c.seed + i for i in range(c.workers)]
-    inboxes = [ctx.Queue() for _ in range(c.workers)]
-    procs = []
-    cfg = Config.from_json(c.overrides)
-    print(f"pudthp fuzz: engine {ENGINE}, {c.workers} worker(s), {c.time_limit:g} s, "
-          f"seed {c.seed} (worker seeds {seeds[0]}..{seeds[-1]}), config "
-          f"{_config_text(cfg, c.overrides)}, impl {c.impl}, findings -> {c.findings_dir}",
-          file=c.err, flush=True)
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # children start ignoring Ctrl-C
-    try:
-        for i in range(c.workers):
-            spec = WorkerSpec(i, seeds[i], dict(c.overrides), c.impl, c.check, c.time_limit,
-                              grace)
-            p = ctx.Process(target=worker_main, args=(spec, out_q, inboxes[i], stop),
-                            name=f"pudthp-fuzz-{i}", daemon=True)
+
+@dataclass
+class _Slot:
+    """One worker slot of the parent: the process running in it now and what it said."""
+
+    index: int
+    proc: Any = None
+    conn: Any = None
+    starts: int = 0
+    seed: int = 0
+    done: bool = False  # the current process sent "done"
+    restart: str | None = None  # ... asked for a fresh process, and why
+    counts: tuple[int, int] = (0, 0)  # programs and steps of the current process
+    base: tuple[int, int] = (0, 0)  # ... of the earlier ones
+    finished: bool = False  # no process runs or will run in this slot
+    restarts: list[str] = field(default_factory=list)
+
+    def total(self) -> tuple[int, int]:
+        return self.base[0] + self.counts[0], self.base[1] + self.counts[1]
+
+
+@dataclass
+class _Unwritten:
+    payload: dict[str, Any]
+    reason: str
+
+
+class _Parent:
+    """The campaign's parent process: worker slots, findings, signals."""
+
+    def __init__(self, c: Campaign) -> None:
+        import multiprocessing
+
+        self.c = c
+        self.ctx = multiprocessing.get_context("spawn")
+        self.grace = grace_for(c.time_limit)
+        self.start = time.monotonic()
+        self.deadline = self.start + c.time_limit
+        self.hard_stop = self.deadline + self.grace + HARD_STOP_SECONDS
+        self.slots = [_Slot(i) for i in range(c.workers)]
+        self.written: list[tuple[str, dict[str, Any]]] = []
+        self.existing: list[tuple[str, dict[str, Any]]] = []
+        self.unwritten: list[_Unwritten] = []
+        self.signatures: set[str] = set()
+        self.warnings: list[str] = []
+        self.limits: dict[str, int] = {}
+        self.signals: list[int] = []
+        self.stopping = False
+        self.next_retry = 0.0
+        self.tty = c.err.isatty()
+
+    # -- workers -------------------------------------------------------------------------
+
+    def launch(self, s: _Slot) -> None:
+        remaining = self.deadline - time.monotonic()
+        s.seed = worker_seed(self.c.seed, s.index, s.starts, self.c.workers)
+        s.starts += 1
+        s.base = s.total()
+        s.counts = (0, 0)
+        s.done = False
+        s.restart = None
+        spec = WorkerSpec(s.index, s.seed, dict(self.c.overrides), self.c.impl, self.c.check,
+                          remaining, self.grace, step_count=self.c.max_ops,
+                          program_seconds=self.c.program_seconds, max_rss=self.c.max_rss)
+        parent_end, child_end = self.ctx.Pipe(duplex=True)
+        p = self.ctx.Process(target=worker_main, args=(spec, child_end, os.getpid()),
+                             name=f"pudthp-fuzz-{s.index}", daemon=True)
+        # the child starts with Ctrl-C and SIGTERM held back until it ignores them; here
+        # they wait until the child is started, so none is lost
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
             p.start()
-            procs.append(p)
-    finally:
-        signal.signal(signal.SIGINT, old)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        child_end.close()  # the worker's end is the worker's only: its death closes the pipe
+        s.proc, s.conn = p, parent_end
 
-    start = time.monotonic()
-    hard_stop = start + c.time_limit + grace + HARD_STOP_SECONDS
-    counts = [(0, 0)] * c.workers
-    done: set[int] = set()
-    written: list[tuple[str, dict[str, Any]]] = []
-    existing: list[tuple[str, dict[str, Any]]] = []
-    signatures: set[str] = set()
-    warnings: list[str] = []
-    interrupted = False
-    tty = c.err.isatty()
-    every = 1.0 if tty else 10.0
-    last_print = start
-    last_steps = 0
-    last_t = start
+    def send(self, s: _Slot, msg: tuple[Any, ...]) -> None:
+        if s.conn is not None:
+            with contextlib.suppress(OSError):
+                s.conn.send(msg)
 
-    def handle(msg: Message) -> None:
-        kind, index = msg[0], msg[1]
+    def read(self, s: _Slot) -> None:
+        """Every message waiting on ``s``'s pipe; a closed or broken pipe is closed."""
+        while s.conn is not None:
+            try:
+                if not s.conn.poll():
+                    return
+                msg = s.conn.recv()
+            except (EOFError, OSError):
+                s.conn.close()
+                s.conn = None
+                return
+            except Exception as e:  # cut short mid-message: nothing after it can be trusted
+                self.warnings.append(f"worker {s.index}: unreadable message ({e}); stopped")
+                s.conn.close()
+                s.conn = None
+                with contextlib.suppress(OSError):
+                    s.proc.kill()
+                return
+            self.handle(s, msg)
+
+    def reap(self, s: _Slot) -> None:
+        """Slot ``s``'s process has exited: start another in its place when it died early
+        or asked for a fresh one, while time is left."""
+        self.read(s)
+        s.proc.join(timeout=5)
+        if s.conn is not None:
+            s.conn.close()
+            s.conn = None
+        code = s.proc.exitcode
+        why = s.restart
+        if why is None and not s.done:
+            why = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
+                   else f"died (exit status {code})")
+        left = self.deadline - time.monotonic()
+        if why is not None and not self.stopping and left >= 1:
+            if len(s.restarts) >= MAX_RESTARTS:
+                self.warnings.append(f"worker {s.index}: {why}; not restarted again (it was "
+                                     f"restarted {len(s.restarts)} times)")
+                s.finished = True
+                return
+            s.restarts.append(why)
+            self.line(f"worker {s.index} {why}; restarted with seed "
+                      f"{worker_seed(self.c.seed, s.index, s.starts, self.c.workers)} for "
+                      f"the remaining {left:.0f} s")
+            self.launch(s)
+            return
+        if why is not None and not s.done:
+            s.restarts.append(f"{why} (not restarted: the campaign was ending)")
+        s.finished = True
+
+    # -- messages and findings -----------------------------------------------------------
+
+    def handle(self, s: _Slot, msg: Message) -> None:
+        kind = msg[0]
         if kind in ("progress", "done"):
-            counts[index] = (msg[2], msg[3])
+            s.counts = (msg[2], msg[3])
             if kind == "done":
-                done.add(index)
+                s.done = True
         elif kind == "warning":
-            warnings.append(f"worker {index}: {msg[2]}")
+            self.warnings.append(f"worker {s.index}: {msg[2]}")
+        elif kind == "limit":
+            self.limits[msg[2]] = self.limits.get(msg[2], 0) + 1
+            if sum(self.limits.values()) <= 5:
+                self.line(f"worker {s.index}: {msg[3]}")
+        elif kind == "restart":
+            s.restart = msg[2]
         elif kind == "finding":
             payload = msg[2]
             sig = payload["signature"]
-            if sig in signatures:
+            if sig in self.signatures:
                 return
-            signatures.add(sig)
-            for j, box in enumerate(inboxes):
-                if j != index:
-                    box.put(sig)
-            try:
-                path, new = archive(c.findings_dir, payload["signature"], payload["program"])
-            except OSError as e:
-                warnings.append(f"cannot write {finding_path(c.findings_dir, sig)}: {e}")
-                return
-            (written if new else existing).append((path, payload))
-            _clear(c.err, tty)
-            state = "new" if new else "already archived"
-            print(f"pudthp fuzz: finding ({state}) {sig}: {payload['ops']} ops -> {path}",
-                  file=c.err, flush=True)
+            self.signatures.add(sig)
+            for other in self.slots:
+                if other is not s:
+                    self.send(other, ("known", sig))
+            self.write(payload)
 
-    while len(done) < c.workers:
+    def write(self, payload: dict[str, Any]) -> bool:
+        """Archive one finding; on failure keep it for a retry.  True when on disk."""
+        sig = payload["signature"]
+
+        def replaced(path: str, problem: str) -> None:
+            self.warnings.append(f"{path}: {problem}; rewritten with {sig}")
+            self.line(f"{path}: {problem}; rewriting it")
+
         try:
-            try:
-                handle(out_q.get(timeout=0.2))
-            except queue.Empty:
-                if all(not p.is_alive() for p in procs):
-                    break
+            path, new = archive(self.c.findings_dir, sig, payload["program"], replaced)
+        except OSError as e:
+            reason = e.strerror or str(e)
+            if not any(u.payload is payload for u in self.unwritten):
+                self.unwritten.append(_Unwritten(payload, reason))
+            self.line(f"cannot write a finding to {self.c.findings_dir}: {reason}; "
+                      f"{len(self.unwritten)} finding(s) kept in memory, trying again every "
+                      f"{RETRY_SECONDS:g} s")
+            self.next_retry = time.monotonic() + RETRY_SECONDS
+            return False
+        (self.written if new else self.existing).append((path, payload))
+        state = "new" if new else "already archived"
+        self.line(f"finding ({state}) {sig}: {payload['ops']} ops -> {path}")
+        return True
+
+    def retry(self, force: bool = False) -> None:
+        if not self.unwritten or (not force and time.monotonic() < self.next_retry):
+            return
+        waiting, self.unwritten = self.unwritten, []
+        for i, u in enumerate(waiting):
+            if not self.write(u.payload):
+                self.unwritten = waiting[i:]
+                return
+
+    def line(self, text: str) -> None:
+        _clear(self.c.err, self.tty)
+        print(f"pudthp fuzz: {text}", file=self.c.err, flush=True)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        from multiprocessing.connection import wait
+
+        every = 1.0 if self.tty else 10.0
+        last_print = last_t = self.start
+        last_steps = 0
+        while True:
+            live = [s for s in self.slots if not s.finished]
+            if not live:
+                break
+            handles = [h for s in live for h in (s.conn, s.proc.sentinel) if h is not None]
+            ready = wait(handles, timeout=0.2)
+            for s in live:
+                if s.conn is not None and s.conn in ready:
+                    self.read(s)
+            for s in live:
+                if s.proc.sentinel in ready or not s.proc.is_alive():
+                    self.reap(s)
+            if self.signals and not self.stopping:
+                self.stop_all()
+            if len(self.signals) >= 2:  # a second signal: do not wait any longer
+                break
+            self.retry()
             now = time.monotonic()
             if now - last_print >= every:
-                programs = sum(n for n, _ in counts)
-                steps = sum(s for _, s in counts)
+                programs = sum(s.total()[0] for s in self.slots)
+                steps = sum(s.total()[1] for s in self.slots)
                 rate = (steps - last_steps) / max(now - last_t, 1e-9)
                 last_steps, last_t, last_print = steps, now, now
-                line = (f"[{now - start:6.1f}s] programs {programs}  steps {steps}  "
-                        f"{rate:,.0f} steps/s  findings {len(signatures)}")
-                if interrupted:
+                line = (f"[{now - self.start:6.1f}s] programs {programs}  steps {steps}  "
+                        f"{rate:,.0f} steps/s  findings {len(self.signatures)}")
+                if self.signals:
                     line += "  (stopping)"
-                if tty:
-                    print("\r" + line, end="", file=c.err, flush=True)
+                if self.tty:
+                    print("\r" + line, end="", file=self.c.err, flush=True)
                 else:
-                    print(line, file=c.err, flush=True)
-            if now > hard_stop:
-                stop.set()
-                if now > hard_stop + 10:
+                    print(line, file=self.c.err, flush=True)
+            if now > self.deadline:
+                self.stopping = True  # no restarts after the deadline
+            if now > self.hard_stop:
+                self.stop_all()
+                if now > self.hard_stop + 10:
                     break
-        except KeyboardInterrupt:
-            if interrupted:  # a second Ctrl-C: do not wait any longer
+
+    def stop_all(self) -> None:
+        self.stopping = True
+        for s in self.slots:
+            self.send(s, ("stop",))
+
+    def finish(self) -> None:
+        """Kill what still runs, read what it sent, write what is left (trying a few times,
+        a second apart, before leaving it to the summary)."""
+        for s in self.slots:
+            if s.proc is None:
+                continue
+            if s.proc.is_alive():
+                s.proc.join(timeout=1)
+            if s.proc.is_alive():
+                s.proc.kill()
+            s.proc.join(timeout=5)
+            self.read(s)
+            if not s.finished:
+                self.stopping = True
+                self.reap(s)
+        for attempt in range(3):
+            if attempt:
+                time.sleep(min(RETRY_SECONDS, 1.0))
+            self.retry(force=True)
+            if not self.unwritten:
                 break
-            interrupted = True
-            stop.set()
-    # anything still queued (a worker's last findings) is written before leaving
-    with contextlib.suppress(queue.Empty, OSError, ValueError):
-        while True:
-            handle(out_q.get(timeout=0.5))
-    for p in procs:
-        p.join(timeout=5)
-        if p.is_alive():
-            p.terminate()
-            p.join(timeout=5)
-    elapsed = time.monotonic() - start
-    _clear(c.err, tty)
-    _summary(c, elapsed, counts, written, existing, warnings, interrupted)
-    if interrupted:
-        return 130
-    return 1 if signatures else 0
+
+
+def run_campaign(c: Campaign) -> int:
+    """The whole campaign; returns the exit status (0 nothing, 1 findings, 130 Ctrl-C, 143
+    SIGTERM)."""
+    parent = _Parent(c)
+    cfg = Config.from_json(c.overrides)
+    seeds = [worker_seed(c.seed, i, 0, c.workers) for i in range(c.workers)]
+    stale = remove_stale_temporaries(c.findings_dir)
+    print(f"pudthp fuzz: engine {ENGINE}, {c.workers} worker(s), {c.time_limit:g} s, "
+          f"seed {c.seed} (worker seeds {seeds[0]}..{seeds[-1]}), config "
+          f"{_config_text(cfg, c.overrides)}, impl {c.impl}, findings -> {c.findings_dir}"
+          + (f" ({stale} temporary file(s) of a killed campaign removed)" if stale else ""),
+          file=c.err, flush=True)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        parent.signals.append(signum)
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for s in parent.slots:
+            parent.launch(s)
+        parent.run()
+        parent.finish()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    elapsed = time.monotonic() - parent.start
+    _clear(c.err, parent.tty)
+    first = parent.signals[0] if parent.signals else None
+    _summary(c, parent, elapsed, first)
+    if first is not None:
+        return 128 + first  # 130 Ctrl-C, 143 SIGTERM
+    return 1 if parent.signatures else 0
 
 
 def _clear(err: TextIO, tty: bool) -> None:
@@ -435,23 +729,38 @@ def _config_text(cfg: Config, overrides: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(overrides.items())) + " (rest drawn)"
 
 
-def _summary(c: Campaign, elapsed: float, counts: list[tuple[int, int]],
-             written: list[tuple[str, dict[str, Any]]],
-             existing: list[tuple[str, dict[str, Any]]], warnings: list[str],
-             interrupted: bool) -> None:
-    programs = sum(n for n, _ in counts)
-    steps = sum(s for _, s in counts)
+def _summary(c: Campaign, parent: _Parent, elapsed: float, signum: int | None) -> None:
+    programs = sum(s.total()[0] for s in parent.slots)
+    steps = sum(s.total()[1] for s in parent.slots)
     rate = steps / elapsed if elapsed > 0 else 0.0
-    head = "interrupted" if interrupted else "done"
+    written, existing = parent.written, parent.existing
+    head = "done"
+    if signum is not None:
+        head = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
+    distinct = len(written) + len(existing) + len(parent.unwritten)
     print(f"pudthp fuzz: {head} after {elapsed:.1f} s: {programs} programs, {steps} steps "
           f"({rate:,.0f} steps/s over {c.workers} worker(s)), "
-          f"{len(written) + len(existing)} distinct finding(s), {len(written)} new",
+          f"{distinct} distinct finding(s), {len(written)} new",
           file=c.out, flush=True)
     for path, payload in written:
         print(f"  new       {path}  {payload['signature']} ({payload['ops']} ops)", file=c.out)
     for path, payload in existing:
         print(f"  archived  {path}  {payload['signature']} ({payload['ops']} ops; file kept)",
               file=c.out)
-    for text in warnings:
+    for u in parent.unwritten:
+        p = u.payload
+        print(f"  UNWRITTEN {p['signature']} ({p['ops']} ops): {c.findings_dir}: {u.reason}; "
+              "the program follows", file=c.out)
+        for text in p["program"].splitlines():
+            print(f"    {text}", file=c.out)
+    restarts = [(s.index, r) for s in parent.slots for r in s.restarts]
+    if restarts:
+        print(f"  restarts  {len(restarts)}: "
+              + "; ".join(f"worker {i} {r}" for i, r in restarts), file=c.out)
+    if parent.limits:
+        print(f"  limits    {sum(parent.limits.values())} program(s) dropped at a resource "
+              "limit, not findings: " + ", ".join(f"{k} {n}" for k, n in
+                                                  sorted(parent.limits.items())), file=c.out)
+    for text in parent.warnings:
         print(f"  warning   {text}", file=c.out)
     c.out.flush()

@@ -30,13 +30,14 @@ on by default since Hypothesis 4.x), so long runs of a few ops are common.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
-from hypothesis import event, target
+from hypothesis import event, reject, target
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -48,6 +49,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from harness.limits import Gate, LimitExceeded, memory_error
 from harness.lockstep import Lockstep
 from harness.program import config_delta, dump_program
 from harness.runner import Stepper
@@ -145,6 +147,14 @@ class Observer:
     at once when ``stop_requested()`` says so; and when Hypothesis has been shrinking for
     ``shrink_budget`` seconds (``shrink_cut``: long stateful failures shrink slowly, a delta
     debugging pass over the ops finishes the job faster).
+
+    Resource limits are never findings: a test case that hits one (``LimitExceeded``, or a
+    ``MemoryError``) is dropped, its model freed, and noted in ``limit_hits``; it is rejected
+    (Hypothesis moves on), except after a memory limit, which stops the run
+    (``memory_exhausted``: the worker ends and the campaign starts a fresh process).
+    ``on_program_start`` is called as each test case starts (a campaign arms its time cap);
+    steps run inside ``gate`` (``harness.limits.Gate``), the only place a campaign's limit
+    signals are raised.
     """
 
     known: set[str] = field(default_factory=set)
@@ -162,6 +172,17 @@ class Observer:
     shrink_cut: bool = False  # ... because of the shrink budget
     first_pending_at: float = 0.0
     _last_progress: float = 0.0
+    on_program_start: Callable[[], None] | None = None
+    gate: Gate = field(default_factory=Gate)
+    limit_hits: list[LimitExceeded] = field(default_factory=list)
+    memory_exhausted: bool = False
+
+    def program_started(self) -> None:
+        pending = self.gate.pending
+        if pending is not None and pending.kind == "time":
+            self.gate.pending = None  # the time cap of the case before
+        if self.on_program_start is not None:
+            self.on_program_start()
 
     def new_run(self) -> None:
         """Forget the pending findings and the stop flags (they were dealt with)."""
@@ -356,6 +377,8 @@ class PudthpMachine(RuleBasedStateMachine):
         self.cfg = Config.from_json(cfg)
         self.g = self.cfg.geom
         self.region = min(self.g.space, 4 * self.g.pud_nr)
+        if self.OBSERVER is not None:
+            self.OBSERVER.program_started()
         self.stepper = Stepper(self.cfg, self.IMPL, check=self.CHECK)
         if self.stepper.finding is not None:
             self._found(self.stepper.finding)
@@ -437,7 +460,11 @@ class PudthpMachine(RuleBasedStateMachine):
                 self.idle = True
                 raise
         stepper = self.stepper
-        result = stepper.step(op)
+        try:
+            with obs.gate.open() if obs is not None else contextlib.nullcontext():
+                result = stepper.step(op)
+        except (LimitExceeded, MemoryError) as e:
+            self._limit(e if isinstance(e, LimitExceeded) else memory_error())
         if stepper.model is not None:
             for k, v in model_features(stepper.model).items():
                 if v > self.peak[k]:
@@ -445,6 +472,19 @@ class PudthpMachine(RuleBasedStateMachine):
         if stepper.finding is not None:
             self._found(stepper.finding)
         return result
+
+    def _limit(self, e: LimitExceeded) -> NoReturn:
+        """This case hit a resource limit: not a finding (``Observer``)."""
+        self.idle = True
+        self.stepper = None  # the model goes
+        obs = self.OBSERVER
+        if obs is None:
+            raise e
+        obs.limit_hits.append(e)
+        if e.kind == "memory":
+            obs.memory_exhausted = obs.stopped = True
+            raise StopFuzzing from None
+        reject()
 
     def _found(self, finding: Finding) -> None:
         assert self.stepper is not None

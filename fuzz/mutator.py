@@ -42,7 +42,9 @@ class Hunt:
     spells them) and the policy for the rest (module docstring).  Raises ConfigError for a
     bad key or value."""
 
-    def __init__(self, fixed: dict[str, Any] | None = None) -> None:
+    def __init__(self, fixed: dict[str, Any] | None = None, max_ops: int | None = None
+                 ) -> None:
+        self.max_ops = max_ops  # a longer program is cut to its first max_ops ops
         self.fixed: dict[str, Any] = dict(fixed or {})
         pinned = Config.from_json(self.fixed)
         self.pinned: dict[str, Any] = {k: getattr(pinned, k) for k in self.fixed}
@@ -56,8 +58,11 @@ class Hunt:
         return replace(cfg, **changes) if changes else cfg
 
     def program(self, data: bytes) -> Program:
-        """The program the target runs for ``data``."""
-        return decode(data, adjust=self.adjust)
+        """The program the target runs for ``data`` (its first ``max_ops`` ops)."""
+        program = decode(data, adjust=self.adjust)
+        if self.max_ops is not None and len(program.ops) > self.max_ops:
+            return Program(program.config, program.ops[: self.max_ops], program.meta)
+        return program
 
 
 def mutate(

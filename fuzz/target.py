@@ -23,10 +23,17 @@ the reference 4x its speed, and their branches say little about what the model d
 ``pudthp_fast`` is numpy, whose work happens in C; it is instrumented only with
 ``--instrument-fast``.
 
+Limits: a program is cut to ``--max-ops`` ops (``Hunt``); one that runs out of memory
+(``harness.limits``) is skipped with a ``pudthp: limit`` line, never raised as a finding;
+libFuzzer's ``-timeout`` and ``-rss_limit_mb`` end the process on a program over the
+campaign's time or memory cap, which the campaign counts as a limit, not a finding.  With
+``--parent-pid`` the process dies with the campaign (``PR_SET_PDEATHSIG``).
+
 Usage (the campaign runs it; by hand for debugging)::
 
     python -m fuzz.target [--impl=ref|both] [--config-json=JSON] [--known=FILE]
-        [--instrument-fast] [libFuzzer flags and corpus directories]
+        [--max-ops=N] [--parent-pid=PID] [--instrument-fast]
+        [libFuzzer flags and corpus directories]
 """
 
 from __future__ import annotations
@@ -52,14 +59,15 @@ with atheris.instrument_imports(
              *(["pudthp_fast"] if _INSTRUMENT_FAST else [])],
     exclude=list(UNINSTRUMENTED),
 ):
+    import fuzz.encoding  # noqa: F401
     import pudthp_ref.model  # noqa: F401
-    from fuzz.encoding import decode
     from harness.runner import run_program
 
     if _INSTRUMENT_FAST:
         import pudthp_fast.model  # noqa: F401
 
 from fuzz.mutator import Hunt, crossover, mutate  # noqa: E402 -- after the instrumented imports
+from harness.limits import LimitExceeded  # noqa: E402
 
 STATUS_SECONDS = 1.0  # how often the target prints its execution count
 KNOWN_POLL_SECONDS = 0.5
@@ -109,8 +117,13 @@ class Target:
             print(f"pudthp: execs {self.execs}", file=sys.stderr, flush=True)
         if now >= self.next_poll:
             self.reload_known(now)
-        program = decode(data, adjust=self.hunt.adjust)
-        finding = run_program(program, self.impl).finding
+        program = self.hunt.program(data)
+        try:
+            finding = run_program(program, self.impl).finding
+        except LimitExceeded as e:  # not a finding: skip the input
+            print(f"pudthp: limit {e.kind}: {e} ({len(program.ops)} ops)", file=sys.stderr,
+                  flush=True)
+            return
         if finding is None:
             return
         if finding.signature in self.known:
@@ -138,7 +151,7 @@ class Target:
 
 def parse_args(argv: list[str]) -> tuple[Target, list[str]]:
     """The target's own ``--name=value`` options out of ``argv``; the rest is libFuzzer's."""
-    impl, fixed, known = "both", {}, None
+    impl, fixed, known, max_ops = "both", {}, None, None
     rest = [argv[0]]
     for arg in argv[1:]:
         name, _, value = arg.partition("=")
@@ -148,9 +161,28 @@ def parse_args(argv: list[str]) -> tuple[Target, list[str]]:
             fixed = json.loads(value)
         elif name == "--known":
             known = value
+        elif name == "--max-ops":
+            max_ops = int(value)
+        elif name == "--parent-pid":
+            die_with_parent(int(value))
         elif name != "--instrument-fast":
             rest.append(arg)
-    return Target(impl, Hunt(fixed), known), rest
+    return Target(impl, Hunt(fixed, max_ops), known), rest
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """Be killed when the campaign process ``parent`` dies (at once if it is gone already):
+    a killed campaign leaves no worker running on."""
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(0)
 
 
 def main() -> None:

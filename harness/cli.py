@@ -1,8 +1,9 @@
 """The ``pudthp`` command line (FORMAT.md section 4).
 
-Exit status: 0 no finding, 1 a finding, 2 bad input or usage, 4 this machine cannot run the
-command (the kselftest skip code: ``conform`` without root, PMD THP or what a program needs,
-``fuzz --engine atheris`` without atheris), 130 interrupted.  Bad input of any kind is one
+Exit status: 0 no finding, 1 a finding, 2 bad input or usage (a memory or time limit hit
+included: never a finding), 4 this machine cannot run the command (the kselftest skip code:
+``conform`` without root, PMD THP or what a program needs, ``fuzz --engine atheris`` without
+atheris), 130 interrupted, 143 terminated (SIGTERM, campaigns).  Bad input of any kind is one
 line on stderr starting with ``pudthp: error:``, never a traceback.  The models are imported
 only when a command needs one.
 """
@@ -12,12 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from typing import Any, NoReturn
 
+from harness.limits import LimitExceeded, default_max_rss_mb, memory_error, memory_limit, time_limit
 from harness.program import ProgramError, dump_program, load_program_file
-from harness.runner import IMPL_NAMES, UsageError, run_program
+from harness.runner import IMPL_FACTORIES, IMPL_NAMES, UsageError, run_program
 from pudthp_ref.spec import Op, Program, Result, op_str
+
+RUN_MAX_SECONDS = 600.0
+PROGRAM_MAX_SECONDS = 60.0
 
 
 class _UsageExit(Exception):
@@ -52,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--report", metavar="FILE", help="write the pudthp-report/1 JSON here")
     run.add_argument("--quiet", action="store_true", help="no per-op lines, only the summary")
+    run.add_argument("--max-rss", metavar="MIB", type=_nonnegative_int, default=None,
+                     help="stop (exit 2, not a finding) once the process uses more memory "
+                     "(default: half of this machine's memory; 0: no limit)")
+    run.add_argument("--max-time", metavar="SECONDS", type=_nonnegative_float,
+                     default=RUN_MAX_SECONDS,
+                     help=f"stop (exit 2, not a finding) after this long (default "
+                     f"{RUN_MAX_SECONDS:g}; 0: no limit)")
 
     _add_fuzz(sub)
     _add_shrink(sub)
@@ -113,6 +124,9 @@ def _add_conform(sub: argparse._SubParsersAction[_Parser]) -> None:
     conform.add_argument("--save-dir", metavar="DIR",
                          help="write each disagreeing random program here")
     conform.add_argument("--quiet", action="store_true", help="no per-op lines")
+    conform.add_argument("--restore", action="store_true",
+                         help="only put back the kernel settings a killed run left changed "
+                         "(a run does this first anyway); exit 0 restored or nothing to do")
     conform.add_argument("--ignore", metavar="OBSERVABLE", action="append", default=[],
                          help="pass over an observable class, e.g. vmstat.thp_zero_page_alloc, "
                          "vmas (compared joined), page.kind, rss (repeatable)")
@@ -167,9 +181,11 @@ def _add_fuzz(sub: Any) -> None:
         description="Run the Hypothesis state machine (every op of FORMAT.md, ref and fast "
         "compared after every op, invariants and the oracle checked) in parallel worker "
         "processes for a fixed time. Each distinct finding (by signature) is shrunk and "
-        "written once to the findings directory as a program with metadata; files already "
-        "there are never touched. Exit 0 nothing found, 1 findings, 2 bad usage, 130 "
-        "interrupted (Ctrl-C stops cleanly, writing what was found).",
+        "written once to the findings directory as a program with metadata (atomically; "
+        "valid files already there are never touched). A program that hits a resource "
+        "limit is dropped, never a finding. Exit 0 nothing found, 1 findings, 2 bad usage "
+        "or a findings directory that cannot be written, 130 interrupted (Ctrl-C) or 143 "
+        "terminated (SIGTERM): both stop cleanly, writing what was found.",
         allow_abbrev=False,
     )
     fuzz.add_argument("--engine", choices=("hypothesis", "atheris"), default="hypothesis",
@@ -193,6 +209,16 @@ def _add_fuzz(sub: Any) -> None:
     fuzz.add_argument("--corpus", metavar="DIR", default="corpus/atheris",
                       help="atheris: libFuzzer's corpus, kept between campaigns "
                       "(default corpus/atheris)")
+    fuzz.add_argument("--max-rss", metavar="MIB", type=_nonnegative_int, default=None,
+                      help="memory limit of each worker process; a program that hits it is "
+                      "dropped, never a finding (default: half of this machine's memory "
+                      "shared among the workers; 0: no limit)")
+    fuzz.add_argument("--max-ops", metavar="N", type=_positive_int, default=None,
+                      help="ops per program (default: 50 with hypothesis, 200 with atheris)")
+    fuzz.add_argument("--max-program-time", metavar="SECONDS", type=_positive_float,
+                      default=PROGRAM_MAX_SECONDS,
+                      help="a program running longer is dropped, never a finding (default "
+                      f"{PROGRAM_MAX_SECONDS:g})")
 
 
 def _config_value(text: str) -> Any:
@@ -226,6 +252,8 @@ def _cmd_fuzz(args: argparse.Namespace) -> int:
     import os
     import random
 
+    from fuzz.archive import writable_problem  # lazy: the one allowed edge up to fuzz
+
     overrides = _overrides(args.config, "fuzz")
     if isinstance(overrides, str):
         return _error(overrides)
@@ -233,16 +261,21 @@ def _cmd_fuzz(args: argparse.Namespace) -> int:
         os.makedirs(args.findings, exist_ok=True)
     except OSError as e:
         return _error(f"--findings {args.findings}: {e.strerror or e}")
-    if not os.access(args.findings, os.W_OK):
-        return _error(f"--findings {args.findings}: not writable")
+    problem = writable_problem(args.findings)
+    if problem is not None:
+        return _error(f"--findings {args.findings}: cannot write a finding there: {problem}")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
     workers = args.workers or os.cpu_count() or 1
+    if args.max_rss is None:
+        args.max_rss = default_max_rss_mb(workers)
     if args.engine == "atheris":
         return _cmd_fuzz_atheris(args, overrides, seed, workers)
-    from fuzz.engine_hypothesis import Campaign, run_campaign  # lazy: Hypothesis
+    from fuzz.engine_hypothesis import STEPS_PER_PROGRAM, Campaign, run_campaign  # lazy
 
     return run_campaign(Campaign(args.time, workers, overrides, args.findings, seed,
-                                 impl=args.impl))
+                                 impl=args.impl, max_ops=args.max_ops or STEPS_PER_PROGRAM,
+                                 program_seconds=args.max_program_time,
+                                 max_rss=args.max_rss or None))
 
 
 def _cmd_fuzz_atheris(args: argparse.Namespace, overrides: dict[str, Any], seed: int,
@@ -258,12 +291,17 @@ def _cmd_fuzz_atheris(args: argparse.Namespace, overrides: dict[str, Any], seed:
         os.makedirs(args.corpus, exist_ok=True)
     except OSError as e:
         return _error(f"--corpus {args.corpus}: {e.strerror or e}")
-    if not os.access(args.corpus, os.W_OK):
-        return _error(f"--corpus {args.corpus}: not writable")
-    from fuzz.engine_atheris import AtherisCampaign, run_atheris_campaign  # lazy: atheris
+    from fuzz.archive import writable_problem
 
-    return run_atheris_campaign(AtherisCampaign(args.time, workers, overrides, args.findings,
-                                                args.corpus, seed, impl=args.impl))
+    problem = writable_problem(args.corpus)
+    if problem is not None:
+        return _error(f"--corpus {args.corpus}: cannot write there: {problem}")
+    from fuzz.engine_atheris import MAX_OPS, AtherisCampaign, run_atheris_campaign  # lazy
+
+    return run_atheris_campaign(AtherisCampaign(
+        args.time, workers, overrides, args.findings, args.corpus, seed, impl=args.impl,
+        max_ops=args.max_ops or MAX_OPS, program_seconds=args.max_program_time,
+        max_rss=args.max_rss or None))
 
 
 def _add_shrink(sub: Any) -> None:
@@ -434,6 +472,16 @@ def _port(text: str) -> int:
     return value
 
 
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0")
+    return value
+
+
 def _nonnegative_int(text: str) -> int:
     try:
         value = int(text)
@@ -495,8 +543,10 @@ def _main(argv: list[str]) -> int:
         if args.command == "report":
             return _cmd_report(args)
         return _cmd_run(args)
-    except (ProgramError, UsageError) as e:
+    except (ProgramError, UsageError, LimitExceeded) as e:
         return _error(str(e))
+    except MemoryError:
+        return _error(str(memory_error()))
 
 
 def _cmd_corpus_minimize(args: argparse.Namespace) -> int:
@@ -602,6 +652,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_conform(args: argparse.Namespace) -> int:
+    if args.restore:
+        if args.program is not None or args.random is not None:
+            return _error("conform --restore takes no PROGRAM or --random")
+        from harness.conform.live import cmd_restore
+
+        return cmd_restore()
     if (args.program is None) == (args.random is None):
         return _error("conform takes PROGRAM or --random N (see 'pudthp conform --help')")
     from fuzz.gen import random_pmd_program  # lazy, as the live-kernel code below
@@ -623,12 +679,23 @@ def _error(message: str) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     program = load_program_file(args.program)
     width = max(3, len(str(len(program.ops) - 1)))
+    done = [0]  # ops that returned
 
     def show(i: int, op: Op, result: Result) -> None:
-        print(f"{i:>{width}} {op_str(op)} -> {result}", flush=True)
+        done[0] = i + 1
+        if not args.quiet:
+            print(f"{i:>{width}} {op_str(op)} -> {result}", flush=True)
 
-    on_step: Callable[[int, Op, Result], None] | None = None if args.quiet else show
-    report = run_program(program, args.impl, on_step=on_step)
+    max_rss = default_max_rss_mb() if args.max_rss is None else args.max_rss
+    IMPL_FACTORIES[args.impl]()  # imported before the limit: numpy's reservations are not the run's
+    try:
+        with memory_limit(max_rss), time_limit(args.max_time, "the run (--max-time)"):
+            report = run_program(program, args.impl, on_step=show)
+    except (LimitExceeded, MemoryError) as e:
+        limit = e if isinstance(e, LimitExceeded) else memory_error()
+        i = done[0]
+        where = f"op {i} ({op_str(program.ops[i])})" if i < len(program.ops) else "the end"
+        return _error(f"{args.program}: {limit} (in {where}, after {i} ops)")
 
     finding = report.finding
     if finding is None:

@@ -100,10 +100,14 @@ class Lockstep:
         f: Result | None = None
         try:
             r = self.ref.apply(op)
+        except MemoryError:
+            raise  # out of memory says nothing about either side: not a divergence
         except Exception as e:
             ref_error = e
         try:
             f = self.fast.apply(op)
+        except MemoryError:
+            raise
         except Exception as e:
             fast_error = e
         if ref_error is not None or fast_error is not None:

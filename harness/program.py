@@ -4,13 +4,21 @@ Validation is strict and complete before anything runs: every problem becomes on
 ``ProgramError`` whose ``str()`` is a single line naming the file, the op index (and kind) and
 the field.  What a program *means* is not checked here: an address outside the address space,
 an mm id that never existed or a node the config does not have are legal programs whose ops
-return an errno at run time.
+return an errno at run time.  What is checked is that every number fits FORMAT.md's 64-bit
+ranges (``spec.FIELD_MAX``), and before any parsing that the input is a regular file of at
+most ``MAX_PROGRAM_BYTES`` whose JSON nests at most ``MAX_JSON_DEPTH`` deep, so no input can
+make loading take unbounded time, memory or recursion.
 """
 
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
+import math
+import os
+import re
+import stat
 from dataclasses import fields
 from typing import Any, cast
 
@@ -19,6 +27,11 @@ from pudthp_ref.spec import Config, ConfigError, Op, Program, PudThpError
 
 TOP_LEVEL_KEYS: tuple[str, ...] = ("format", "config", "ops", "meta")
 REQUIRED_TOP_LEVEL_KEYS: tuple[str, ...] = ("format", "config", "ops")
+# Limits checked on the raw input, before the JSON parser runs: a program file of 8 MiB holds
+# about 100,000 ops; FORMAT.md's own structures nest 3 deep (program, ops, op), ``meta``
+# a little deeper.
+MAX_PROGRAM_BYTES = 8 << 20
+MAX_JSON_DEPTH = 64
 
 
 class ProgramError(PudThpError):
@@ -92,12 +105,33 @@ def _reject_constant(name: str) -> Any:
 
 
 def load_program_file(path: str) -> Program:
-    """Read and validate a program file; raises ProgramError (one line) for any problem."""
+    """Read and validate a program file; raises ProgramError (one line) for any problem.
+
+    Only a regular file is read (a FIFO, a device or a directory is refused before a byte is
+    read: opening does not wait for a FIFO's writer), and at most ``MAX_PROGRAM_BYTES``.
+    """
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
         raise ProgramError(path, None, None, f"cannot read: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ProgramError(
+                path, None, None, f"cannot read: not a regular file ({_file_type(st.st_mode)})"
+            )
+        if st.st_size > MAX_PROGRAM_BYTES:
+            raise ProgramError(path, None, None, _too_big(st.st_size))
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_PROGRAM_BYTES + 1)
+    except OSError as e:
+        raise ProgramError(path, None, None, f"cannot read: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_PROGRAM_BYTES:  # it grew after fstat
+        raise ProgramError(path, None, None, _too_big(len(data)))
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ProgramError(
             path, None, None, f"cannot read: not UTF-8 text (byte {e.start})"
@@ -105,8 +139,29 @@ def load_program_file(path: str) -> Program:
     return parse_program_text(text, path)
 
 
+def _file_type(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a file"
+
+
+def _too_big(size: int) -> str:
+    return (f"too large: {size} bytes, over the limit of {MAX_PROGRAM_BYTES} bytes "
+            f"({MAX_PROGRAM_BYTES >> 20} MiB) for a program file")
+
+
 def parse_program_text(text: str, source: str) -> Program:
-    """Parse JSON text and validate it as a program; ``source`` names it in errors."""
+    """Parse JSON text and validate it as a program; ``source`` names it in errors.
+
+    The size and the nesting depth are checked on the raw text first, so the parser never
+    sees an input that would take unbounded memory or recursion.
+    """
+    if len(text) > MAX_PROGRAM_BYTES:
+        raise ProgramError(source, None, None, _too_big(len(text.encode("utf-8", "replace"))))
+    _check_depth(text, source)
     try:
         raw = json.loads(text, object_pairs_hook=_object_pairs, parse_constant=_reject_constant)
     except json.JSONDecodeError as e:
@@ -116,8 +171,50 @@ def parse_program_text(text: str, source: str) -> Program:
     except RecursionError:
         raise ProgramError(source, None, None, "invalid JSON: nested too deeply") from None
     except ValueError as e:  # _BadConstant, or an integer literal with too many digits
-        raise ProgramError(source, None, None, f"invalid JSON: {e}") from None
+        raise ProgramError(source, None, None, f"invalid JSON: {_one_line(str(e))}") from None
     return parse_program(raw, source)
+
+
+# A JSON string, or the rest of the text after an opening quote that is never closed: it
+# always matches once begun (a trailing backslash included) and never backtracks, so a scan
+# is linear whatever the text.
+_JSON_STRING = re.compile(r'"[^"\\]*+(?:\\(?:[\s\S]|\Z)[^"\\]*+)*+(?:"|\Z)')
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+_STRING_OR_BRACKET = re.compile(r'"|[\[\]{}]')
+_BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def _check_depth(text: str, source: str) -> None:
+    """Raise ProgramError when brackets outside strings nest deeper than MAX_JSON_DEPTH.
+
+    Strings are cut out, then everything but brackets, then empty ``[]`` pairs and then
+    empty ``{}`` pairs (each pass lowers the depth by at most one), with C-level scans: a
+    few tenths of a second for the largest file.  Only an input that may be over the limit
+    is walked in Python, to say where it goes over.
+    """
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return
+    brackets = _NOT_BRACKETS.sub("", _JSON_STRING.sub("", text))
+    brackets = brackets.replace("[]", "").replace("{}", "")
+    steps = map(_BRACKET_STEP.__getitem__, brackets)
+    if max(itertools.accumulate(steps), default=0) <= MAX_JSON_DEPTH - 2:
+        return
+    depth, pos = 0, 0
+    while (m := _STRING_OR_BRACKET.search(text, pos)) is not None:
+        if m.group() == '"':
+            string = _JSON_STRING.match(text, m.start())
+            assert string is not None  # the pattern matches from any opening quote
+            pos = string.end()
+            continue
+        depth += _BRACKET_STEP[m.group()]
+        pos = m.end()
+        if depth > MAX_JSON_DEPTH:
+            line = text.count("\n", 0, m.start()) + 1
+            col = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
+            raise ProgramError(
+                source, None, None, f"JSON nested more than {MAX_JSON_DEPTH} deep at line "
+                f"{line} column {col} (the limit for a program file)"
+            )
 
 
 def parse_program(raw: Any, source: str) -> Program:
@@ -157,7 +254,7 @@ def parse_program(raw: Any, source: str) -> Program:
             raise ProgramError(
                 source, None, "meta", f"must be an object, got {_json_type(raw['meta'])}"
             )
-        meta = cast(dict[str, Any], _plain(raw["meta"]))
+        meta = cast(dict[str, Any], _plain(raw["meta"], source, "meta"))
     return Program(config=config, ops=ops, meta=meta)
 
 
@@ -216,15 +313,15 @@ def _parse_op(raw: Any, index: int, source: str) -> Op:
 def _field_problem(field_kind: str, value: Any) -> str | None:
     """What is wrong with ``value`` for a field of this kind, or None."""
     is_int = isinstance(value, int) and not isinstance(value, bool)
-    if field_kind in ("index", "addr"):
-        if not is_int or value < 0:
-            return f"must be an integer >= 0, got {_got(value)}"
-    elif field_kind in ("length", "id"):
-        if not is_int or value < 1:
-            return f"must be an integer >= 1, got {_got(value)}"
-    elif field_kind == "value":
-        if not is_int or not 0 <= value <= spec.MAX_VALUE:
-            return f"must be an integer from 0 to 2**64-1, got {_got(value)}"
+    if field_kind in spec.FIELD_MAX:
+        low = 1 if field_kind in ("length", "id") else 0
+        high = spec.FIELD_MAX[field_kind]
+        if field_kind == "value" or (is_int and value > high):
+            if not is_int or not low <= value <= high:
+                return (f"must be an integer from {low} to {_bound(high)}{_unit(field_kind)}, "
+                        f"got {_got(value)}")
+        elif not is_int or value < low:
+            return f"must be an integer >= {low}, got {_got(value)}"
     elif field_kind in spec.FIELD_CHOICES:
         choices = spec.FIELD_CHOICES[field_kind]
         if not isinstance(value, str) or value not in choices:
@@ -232,6 +329,19 @@ def _field_problem(field_kind: str, value: Any) -> str | None:
     else:  # a field kind added to spec.FIELD_KINDS that this loader does not know yet
         raise AssertionError(f"no validation rule for field kind {field_kind!r}")
     return None
+
+
+def _unit(field_kind: str) -> str:
+    if field_kind in ("addr", "length"):
+        return " (pages of 4 KiB: a 64-bit byte address or size)"
+    return ""
+
+
+def _bound(n: int) -> str:
+    """``2**64-1`` for a bound that is a power of two minus one, else the number."""
+    if n & (n + 1) == 0 and n > 1024:
+        return f"2**{n.bit_length()}-1"
+    return str(n)
 
 
 def _check_duplicates(
@@ -244,13 +354,34 @@ def _check_duplicates(
         )
 
 
-def _plain(value: Any) -> Any:
-    """Plain dicts and lists all the way down (no ``_JsonObject`` in a Program)."""
+def _plain(value: Any, source: str, where: str, depth: int = 0) -> Any:
+    """Plain dicts and lists all the way down (no ``_JsonObject`` in a Program), checked to
+    be writable again: no non-finite number (``1e999`` parses as infinity, which JSON cannot
+    spell) and no string that is not Unicode text (a lone surrogate escape)."""
+    if depth > MAX_JSON_DEPTH:
+        raise ProgramError(source, None, where, f"nested more than {MAX_JSON_DEPTH} deep")
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            _check_text(k, source, where)
+            out[k] = _plain(v, source, f"{where}.{k}", depth + 1)
+        return out
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [_plain(v, source, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ProgramError(source, None, where, "number out of range (not a finite number)")
+    if isinstance(value, str):
+        _check_text(value, source, where)
     return value
+
+
+def _check_text(text: str, source: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProgramError(
+            source, None, where, "string is not Unicode text (a lone surrogate escape)"
+        ) from None
 
 
 def _json_type(value: Any) -> str:

@@ -3,7 +3,10 @@
 ``run_program`` never lets an exception of the model escape: ``ModelBug``,
 ``InvariantViolation``, an oracle mismatch and any other crash each end the run with a
 ``Finding`` whose signature names the kind, the op kind and the check, never an id or an
-address, so the same bug found twice is recognised as one (MODEL.md section 7).
+address, so the same bug found twice is recognised as one (MODEL.md section 7).  The one
+exception is running out of a resource: a ``MemoryError`` is raised as
+``harness.limits.LimitExceeded`` (as the memory and time limits themselves are), never a
+finding, since the state it leaves half done says nothing about the model.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from harness.limits import memory_error
 from harness.lockstep import Lockstep
 from harness.oracle import Oracle
 from pudthp_ref.spec import (
@@ -260,7 +264,10 @@ def locate_violation(program: Program, constructor: Callable[[Config], Impl],
 
 def _exception_finding(e: Exception, index: int, kind: str) -> Finding:
     """What an exception out of an implementation means: a broken invariant, detected model
-    corruption (ModelBug), or a crash of the model itself."""
+    corruption (ModelBug), or a crash of the model itself; out of memory is no finding
+    (raises LimitExceeded)."""
+    if isinstance(e, MemoryError):
+        raise memory_error() from None
     if isinstance(e, InvariantViolation):
         return Finding("invariant", index, f"invariant:{kind}:{e.invariant}", str(e))
     if isinstance(e, ModelBug):
@@ -282,7 +289,10 @@ def _model_bug_finding(e: ModelBug, index: int, kind: str) -> Finding:
 
 
 def _crash_finding(e: Exception, index: int, kind: str) -> Finding:
-    """Any other exception inside the model: a finding with the innermost frame in it."""
+    """Any other exception inside the model: a finding with the innermost frame in it;
+    out of memory is no finding (raises LimitExceeded)."""
+    if isinstance(e, MemoryError):
+        raise memory_error() from None
     frames = traceback.extract_tb(e.__traceback__)
     where = ""
     if frames:

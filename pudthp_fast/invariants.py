@@ -19,7 +19,7 @@ reference's order:
   and per-mm accounting.
 
 Any exception other than ``InvariantViolation`` met on a malformed state is reported as
-``state.malformed``.
+``state.malformed`` (but ``MemoryError``: running out of memory is no state).
 """
 
 from __future__ import annotations
@@ -86,6 +86,8 @@ def check_invariants(st: FastState) -> None:
         _check(st)
     except InvariantViolation:
         raise
+    except MemoryError:
+        raise  # out of memory is no malformed state
     except Exception as e:
         raise InvariantViolation("state.malformed", f"checker met {type(e).__name__}: {e}") from e
 

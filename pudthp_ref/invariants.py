@@ -22,7 +22,7 @@ Nothing the model keeps as a counter is trusted: everything is recomputed from t
 tables of the alive mms and compared.  ``check_invariants`` raises ``InvariantViolation`` on
 the first broken invariant; its ``invariant`` is a short stable dotted name (no ids), the
 message carries the ids and values.  Any other exception met while reading a malformed state
-is reported as ``state.malformed``.
+is reported as ``state.malformed`` (but ``MemoryError``: running out of memory is no state).
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ def check_invariants(st: MmState) -> None:
         _check(st)
     except InvariantViolation:
         raise
+    except MemoryError:
+        raise  # out of memory is no malformed state
     except Exception as e:
         raise InvariantViolation("state.malformed", f"checker met {type(e).__name__}: {e}") from e
 

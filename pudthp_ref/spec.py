@@ -392,6 +392,21 @@ FIELD_CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+# The largest value of each integer field kind: FORMAT.md's numbers are 64-bit quantities.
+# Addresses and lengths count 4 KiB pages, so a page number or a length is at most what a
+# 64-bit byte address or size holds (below 2**52).  An address past the geometry's address
+# space is still a legal program: its op answers EINVAL, ENOMEM, EFAULT or SIGSEGV, as the
+# kernel does past TASK_SIZE.
+MAX_PAGES = (1 << 52) - 1
+FIELD_MAX: dict[str, int] = {
+    "index": MAX_VALUE,
+    "addr": MAX_PAGES,
+    "length": MAX_PAGES,
+    "id": MAX_VALUE,
+    "value": MAX_VALUE,
+}
+
+
 def op_fields(kind: str) -> tuple[str, ...]:
     """The field names of an op kind, in FORMAT.md order."""
     return tuple(f.name for f in fields(OP_TYPES[kind]))

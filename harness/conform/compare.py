@@ -479,6 +479,12 @@ class Session:
         self._signals = live.signals_raise()
         self._signals.__enter__()
         try:
+            # what a killed run left changed is put back before anything is saved
+            pid, restored = live.restore_recorded()
+            if pid is not None:
+                print(f"pudthp: restored what a killed conformance run (pid {pid}) left: "
+                      + (", ".join(restored) or "nothing had changed"), file=sys.stderr)
+            self.settings.record = live.SettingsRecord()
             # The controller itself never gets a THP, so the servers it forks inherit none.
             self.thp_disable_was = k.prctl(k.PR_GET_THP_DISABLE)
             k.prctl(k.PR_SET_THP_DISABLE, 1)
@@ -527,7 +533,7 @@ class Session:
         return out
 
     def _run_with_swap(self, program: Program, on_step: StepHook | None) -> ConformRun:
-        swap = live.Settings()
+        swap = live.Settings(record=self.settings.record)
         try:
             live.setup_swap(swap, program.config.swap_capacity)
             return run_once(program, self.tools, on_step, self.ignore)

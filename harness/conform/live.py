@@ -18,7 +18,14 @@ before it reports ready, ignores SIGINT (the controller owns Ctrl-C) and reaps i
 
 **Settings.**  Every knob a run writes is read first and written back at the end, whatever
 ends the run (``Settings`` as a context manager, with SIGTERM/SIGHUP turned into an
-exception while it is active).
+exception while it is active).  A run killed outright (SIGKILL, a crash of the machine's
+OOM killer) cannot restore anything, so every change is first written to an on-disk record
+(``SettingsRecord``, ``RECORD_PATH`` on /run, a tmpfs: a reboot resets the kernel and the
+record together): the original value of each knob, and each device step to undo (swapoff,
+zram reset, debugfs unmount), synced to disk before the change is made.  A run that ends
+normally removes its entries; the next ``pudthp conform`` (or ``pudthp conform --restore``)
+finds what a killed run left and restores it first (``restore_recorded``), so the kernel's
+own values, never the test values, are what it saves.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import ctypes
 import errno
 import fcntl
 import gc
+import json
 import os
 import pickle
 import signal
@@ -47,6 +55,8 @@ WINDOW_BASE = 0x1000_0000_0000  # 16 TiB: 1 GiB aligned, far below mmap_base (~1
 MAX_MSG = 1 << 16
 SERVER_TIMEOUT_S = 120.0
 LOCK_PATH = "/run/lock/pudthp-conform.lock"
+RECORD_PATH = "/run/pudthp/conform-settings.json"
+RECORD_FORMAT = "pudthp-conform-settings/1"
 
 # io_uring (include/uapi/linux/io_uring.h): registering a fixed buffer pins its pages with
 # pin_user_pages_fast(FOLL_WRITE | FOLL_LONGTERM) (io_uring/rsrc.c io_pin_pages)
@@ -64,27 +74,86 @@ class Interrupted(Exception):
     """SIGTERM or SIGHUP arrived while a run had the kernel's settings changed."""
 
 
+class SettingsRecord:
+    """The on-disk record of what conformance runs of this process changed and not yet put
+    back: a list of entries, oldest first, each ``{"set": PATH, "old": VALUE}`` (a knob and
+    its original value) or ``{"undo": [ACTION, ARG]}`` (``ACTIONS``: a device step to undo).
+    Every change rewrites the file (a temporary file synced and renamed) before it returns,
+    so the record is on disk before the change it describes is made; with no entry left
+    the file is removed."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path or RECORD_PATH
+        self.entries: list[dict[str, Any]] = []
+
+    def add(self, entry: dict[str, Any]) -> None:
+        self.entries.append(entry)
+        self._write()
+
+    def drop(self, entries: list[dict[str, Any]]) -> None:
+        gone = {id(e) for e in entries}
+        self.entries = [e for e in self.entries if id(e) not in gone]
+        self._write()
+
+    def _write(self) -> None:
+        directory = os.path.dirname(self.path) or "."
+        if not self.entries:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            return
+        os.makedirs(directory, exist_ok=True)
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        data = json.dumps({"format": RECORD_FORMAT, "pid": os.getpid(),
+                           "entries": self.entries})
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(data + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 @dataclass
 class Settings:
     """Knobs written for a run, each with the value it had before.
 
     ``set(path, value)`` saves the old value the first time a path is written; ``restore()``
     writes them back in reverse order and collects (rather than raises) what fails, so one
-    stubborn file does not keep the others changed.
+    stubborn file does not keep the others changed.  With a ``record`` each original value,
+    and each device step announced with ``intend``, is on disk before the change is made,
+    and leaves the record once restored.
     """
 
     saved: list[tuple[str, str]] = field(default_factory=list)
     undo: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    record: SettingsRecord | None = None
+    recorded: list[dict[str, Any]] = field(default_factory=list)
 
     def set(self, path: str, value: str) -> None:
         if not any(p == path for p, _ in self.saved):
             old = k.selected(k.read_text(path))
             self.saved.append((path, old))
+            self._record({"set": path, "old": old})
         try:
             k.write_text(path, value)
         except OSError as e:
             raise KernelError(f"cannot set {path} to {value!r}: {e.strerror or e}") from None
+
+    def intend(self, action: str, arg: str) -> None:
+        """Record, before doing it, a device step that ``ACTIONS[action](arg)`` undoes, for
+        a later run to undo should this one be killed (in this run ``on_restore`` does)."""
+        assert action in ACTIONS
+        self._record({"undo": [action, arg]})
+
+    def _record(self, entry: dict[str, Any]) -> None:
+        if self.record is not None:
+            self.record.add(entry)
+            self.recorded.append(entry)
 
     def on_restore(self, what: str, fn: Callable[[], None]) -> None:
         self.undo.append((what, fn))
@@ -102,7 +171,110 @@ class Settings:
             except OSError as e:
                 self.problems.append(f"restore {path}={old!r}: {e.strerror or e}")
         self.saved.clear()
+        if self.record is not None and not self.problems:
+            self.record.drop(self.recorded)  # else kept: the next run tries again
+            self.recorded.clear()
         return self.problems
+
+
+def _swapoff_if_on(device: str) -> str | None:
+    if device not in active_swaps():
+        return None
+    _run(["swapoff", device])
+    return f"swapoff {device}"
+
+
+def _zram_reset_if_set(name: str) -> str | None:
+    dev = f"/sys/block/{name}"
+    if not os.path.isdir(dev) or k.read_text(f"{dev}/disksize").strip() == "0":
+        return None
+    k.write_text(f"{dev}/reset", "1")
+    return f"reset /dev/{name}"
+
+
+def _umount_if_mounted(path: str) -> str | None:
+    if not os.path.ismount(path):
+        return None
+    _run(["umount", path])
+    return f"umount {path}"
+
+
+# How a later run undoes a recorded device step: each checks first whether there is
+# anything to undo (a run killed just before the step never made it) and says what it did.
+ACTIONS: dict[str, Callable[[str], str | None]] = {
+    "swapoff": _swapoff_if_on,
+    "zram_reset": _zram_reset_if_set,
+    "umount": _umount_if_mounted,
+}
+
+
+def restore_recorded(path: str | None = None) -> tuple[int | None, list[str]]:
+    """Put back what a killed run recorded in ``path``, newest change first: (the killed
+    run's pid or None when there was no record, what was done).  Raises KernelError naming
+    what could not be put back (the record is kept, with just that, for another try).
+    Call with the run lock held."""
+    path = path or RECORD_PATH
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return None, []
+    except (OSError, ValueError) as e:
+        raise KernelError(f"{path}: unreadable record of changed settings ({e}); "
+                          "check the THP knobs by hand, then delete it") from None
+    if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT:
+        raise KernelError(f"{path}: not a {RECORD_FORMAT} record; check the THP knobs by "
+                          "hand, then delete it")
+    entries = data.get("entries")
+    pid = data.get("pid")
+    done: list[str] = []
+    left: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for entry in reversed(entries if isinstance(entries, list) else []):
+        try:
+            if isinstance(entry, dict) and "set" in entry:
+                knob, old = str(entry["set"]), str(entry["old"])
+                now = k.selected(k.read_text(knob))
+                if now != old:
+                    k.write_text(knob, old)
+                    done.append(f"{knob} {now} -> {old}")
+            elif isinstance(entry, dict) and "undo" in entry:
+                action, arg = entry["undo"]
+                what = ACTIONS[action](arg)
+                if what is not None:
+                    done.append(what)
+            else:
+                problems.append(f"unknown entry {entry!r}")
+        except (OSError, KernelError, KeyError, ValueError, TypeError) as e:
+            problems.append(f"{entry!r}: {getattr(e, 'strerror', None) or e}")
+            left.insert(0, entry)
+    record = SettingsRecord(path)
+    record.entries = left
+    record._write()
+    if problems:
+        raise KernelError(f"could not restore what the killed run (pid {pid}) changed: "
+                          + "; ".join(problems) + (f" (restored: {', '.join(done)})"
+                                                   if done else ""))
+    return (pid if isinstance(pid, int) else 0), done
+
+
+def cmd_restore(path: str | None = None) -> int:
+    """``pudthp conform --restore``: restore what a killed run left, under the run lock;
+    exit 0 (restored, or nothing to restore) or 4 (this machine would not let it: not root,
+    a setting the kernel refused; the command line's cannot-run status)."""
+    path = path or RECORD_PATH
+    try:
+        with run_lock():
+            pid, done = restore_recorded(path)
+    except (KernelError, OSError) as e:
+        print(f"pudthp: cannot restore: {' '.join(str(e).split())}")
+        return 4
+    if pid is None:
+        print(f"nothing to restore: no record of changed settings ({path})")
+    else:
+        print(f"restored what a killed conformance run (pid {pid}) left: "
+              + (", ".join(done) if done else "nothing had changed"))
+    return 0
 
 
 @contextlib.contextmanager
@@ -225,6 +397,7 @@ def split_huge_pages_usable(s: Settings) -> str | None:
     which forbids every debugfs write whatever the file's mode.
     """
     if not os.path.exists(k.SPLIT_HUGE_PAGES):
+        s.intend("umount", k.DEBUGFS)
         r = subprocess.run(
             ["mount", "-t", "debugfs", "none", k.DEBUGFS], capture_output=True, text=True,
             check=False,
@@ -273,9 +446,11 @@ def setup_swap(s: Settings, pages: int) -> None:
         raise KernelError("no zram device for a synchronous swap device (CONFIG_ZRAM)")
     if k.read_text(f"{dev}/disksize").strip() != "0":
         raise KernelError(f"/dev/{ZRAM} is in use")
+    s.intend("zram_reset", ZRAM)
     k.write_text(f"{dev}/disksize", str((pages + 1) * PAGE_SIZE))
     s.on_restore(f"reset /dev/{ZRAM}", lambda: k.write_text(f"{dev}/reset", "1"))
     _run(["mkswap", f"/dev/{ZRAM}"])
+    s.intend("swapoff", f"/dev/{ZRAM}")
     _run(["swapon", f"/dev/{ZRAM}"])
     s.on_restore(f"swapoff /dev/{ZRAM}", lambda: _run(["swapoff", f"/dev/{ZRAM}"]))
 
