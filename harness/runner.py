@@ -214,6 +214,8 @@ class Stepper:
                 side, "incremental_checks", False):
             try:
                 side.check_invariants(full=True)
+            except MemoryError:
+                raise memory_error() from None
             except Exception as e:
                 self.finding = locate_violation(self.program(), self.constructor, e)
         snapshot: dict[str, Any] | None

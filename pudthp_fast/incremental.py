@@ -258,8 +258,10 @@ def _cleared(st: FastState, inc: IncState) -> bool:
         p.run(entry_phase, folio_phase)
     except Suspect:
         return False
-    except (IndexError, ValueError, TypeError, OverflowError, KeyError):
-        return False  # a malformed state: the full checker names it
+    except MemoryError:
+        raise  # out of memory is no malformed state
+    except Exception:
+        return False  # a malformed state met on the way: the full checker names it
     return True
 
 
