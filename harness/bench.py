@@ -1,9 +1,10 @@
 """``pudthp bench``: fixed workloads on both implementations in one run.
 
 Each (workload, implementation) runs in a fresh Python process, so the figures are whole
-processes: wall time from start to exit (imports, model creation, every op and check), and
-within it the time in ``apply`` and the time in ``check_invariants``, and peak RSS.  The
-speed-up is reference time over fast time, taken side by side in the same run.
+processes from start to exit (imports, model creation, every op and check): wall time and
+CPU time (user + system; on a machine shared with other work the steadier of the two), and
+within it the CPU time in ``apply`` and in ``check_invariants``, and peak RSS.  The
+speed-ups are reference over fast, taken side by side in the same run.
 
 Invariant checks (``check``): ``every-op`` checks after every op as ``pudthp run`` does
 (the fast side incrementally, plus its whole-state pass at the end of each program),
@@ -160,7 +161,7 @@ def worker(programs: list[tuple[Config, list[Op]]], impl: str, check: str = "non
     else:
         from pudthp_fast.model import FastModel as Model  # type: ignore[assignment]
     n = 0
-    clock = time.perf_counter
+    clock = time.process_time
     apply_s = check_s = 0.0
     for cfg, ops in programs:
         m = Model(cfg)
@@ -189,6 +190,7 @@ class Figure:
     impl: str
     check: str
     wall: float
+    cpu: float
     apply: float
     check_seconds: float
     ops: int
@@ -215,16 +217,19 @@ def run_one(workload: str, programs_file: str, impl: str, check: str = "none",
     """One workload on one implementation in a fresh process that reads the programs from
     ``programs_file`` (the same file for both sides)."""
     env = _worker_env(pycache) if pycache else {**os.environ}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-m", "harness.bench", "--worker", programs_file, impl, check],
         capture_output=True, text=True, check=False, env=env,
     )
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if out.returncode != 0:
         raise RuntimeError(f"{workload}/{impl} failed:\n{out.stderr[-2000:]}")
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    return Figure(workload, impl, check, wall, r["apply_seconds"], r["check_seconds"],
+    return Figure(workload, impl, check, wall, cpu, r["apply_seconds"], r["check_seconds"],
                   int(r["ops"]), r["peak_mib"])
 
 
@@ -252,20 +257,21 @@ def run_bench(workloads: dict[str, Workload], json_out: str | None = None,
 
 def format_table(figures: list[Figure]) -> str:
     by = {(f.workload, f.check, f.impl): f for f in figures}
-    head = (f"{'workload':<18} {'checks':<8} {'ops':>6} {'ref s':>8} {'fast s':>8} "
-            f"{'speed-up':>9} {'ref apply':>9} {'fast apply':>10} {'ref check':>9} "
-            f"{'fast check':>10} {'ref MiB':>8} {'fast MiB':>8}")
+    head = (f"{'workload':<17} {'checks':<8} {'ops':>5} {'ref s':>7} {'fast s':>7} "
+            f"{'wall x':>7} {'ref cpu':>7} {'fast cpu':>8} {'cpu x':>6} {'ref apply':>9} "
+            f"{'fast apply':>10} {'ref check':>9} {'fast check':>10} {'ref MiB':>7} "
+            f"{'fast MiB':>8}")
     lines = [head, "-" * len(head)]
     for w, c in dict.fromkeys((f.workload, f.check) for f in figures):
         r, f = by[(w, c, "ref")], by[(w, c, "fast")]
         lines.append(
-            f"{w:<18} {c:<8} {r.ops:>6} {r.wall:>8.2f} {f.wall:>8.2f} "
-            f"{r.wall / f.wall:>8.1f}x {r.apply:>9.2f} {f.apply:>10.2f} "
-            f"{r.check_seconds:>9.2f} {f.check_seconds:>10.2f} {r.peak_mib:>8.0f} "
-            f"{f.peak_mib:>8.0f}"
+            f"{w:<17} {c:<8} {r.ops:>5} {r.wall:>7.2f} {f.wall:>7.2f} "
+            f"{r.wall / f.wall:>6.1f}x {r.cpu:>7.2f} {f.cpu:>8.2f} {r.cpu / f.cpu:>5.1f}x "
+            f"{r.apply:>9.2f} {f.apply:>10.2f} {r.check_seconds:>9.2f} "
+            f"{f.check_seconds:>10.2f} {r.peak_mib:>7.0f} {f.peak_mib:>8.0f}"
         )
-    lines.append("ref s / fast s: whole processes (start to exit); apply and check: seconds "
-                 "inside them")
+    lines.append("whole processes (start to exit): wall seconds and CPU seconds (user + "
+                 "system) with their ref/fast speed-ups; apply and check: CPU seconds inside")
     return "\n".join(lines)
 
 
