@@ -57,6 +57,20 @@ def pt_alloc_many(st: FastState, mm: FastMm, level: int, n: int) -> Arr:
 
 def pt_free_many(st: FastState, mm: FastMm, tids: Arr) -> None:
     """pt_free() of each table, in order."""
+    if tids.size <= 16:  # a few: in Python, to the same effect
+        ids = tids.tolist()
+        twice = [t for t in ids if ids.count(t) > 1]
+        if twice:
+            tid = min(twice)
+            raise ModelBug("pt_free.double_free", f"page table {tid} freed twice", pt=tid)
+        for t in ids:
+            if st.t_state[t] == ST_FREE:
+                raise ModelBug("pt_free.double_free", f"page table {t} freed twice", pt=t)
+        for t in ids:
+            st.t_state[t] = ST_FREE
+            st.release_row(t)
+        mm.pgtables_bytes -= len(ids) * PAGE_TABLE_BYTES
+        return
     seen, times = np.unique(tids, return_counts=True)
     if np.count_nonzero(times > 1):
         tid = int(seen[times > 1][0])
