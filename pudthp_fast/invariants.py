@@ -292,7 +292,7 @@ class _Walk:
         self.leaf_mm = empty
         # present PTEs: folio, page of the pool (in walk order, so grouped by mm: the PTE
         # tables' mms and how many present PTEs each holds give each PTE's mm)
-        self.pte_fid = empty
+        self.pte_fid: Arr = np.zeros(0, np.int32)
         self.pte_gp = empty
         self.pte_row_mm = empty
         self.pte_row_end = empty
@@ -699,7 +699,7 @@ class _Walk:
         def at(i: int) -> int:
             return i if full else int(pidx[i])
 
-        fc = np.minimum(fid.view(np.uint32), c.nf).astype(I64)  # negative ids: no folio
+        fc = np.minimum(fid.view(np.uint32), c.nf)  # negative ids wrap past: no folio
         cls = self.fclass[fc]
         if _any(cls):
             for rank, code, name, what in (
@@ -749,7 +749,7 @@ class _Walk:
                     "anon_exclusive.writable",
                     f"{vpn_of(at(i))}: writable, page {page[i]} of folio {fid[i]} not exclusive",
                 )
-        self.pte_fid = fid.astype(I64, copy=False)
+        self.pte_fid = fid  # int32, a view of the rows' ids where every entry is present
         self.pte_gp = gp
         per_row = present.reshape(rows.size, P).sum(axis=1)
         self.pte_row_mm = m
