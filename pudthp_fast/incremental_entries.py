@@ -678,6 +678,8 @@ class VectorEntries:
                 else:
                     bump(inc.ptes, f, sign)
                 for m, fm, gpm in groups_mm:
+                    if not fm.size:  # (rows of this mm with no present PTE)
+                        continue
                     if one:
                         inc.per_mm[m, f0] += sign * fm.size
                     elif len(groups_mm) > 1 or fmax - fmin > 4 * f.size:
