@@ -88,8 +88,8 @@ def _add_bench(sub: Any) -> None:
         "bench",
         help="time fixed workloads on ref and fast side by side; print speed-ups",
         description="Run each workload on the reference and the fast implementation, each "
-        "in a fresh process, and print whole-process times, the ref/fast speed-up, the "
-        "seconds in apply and in invariant checks, and peak memory.",
+        "in a fresh process, and print whole-process wall and CPU times with their ref/fast "
+        "speed-ups, the CPU seconds in apply and in invariant checks, and peak memory.",
         allow_abbrev=False,
     )
     bench.add_argument("--workload", action="append", choices=sorted(_bench_workloads()),
