@@ -21,7 +21,8 @@ for that one page to debugfs ``split_huge_pages`` (result: ``EINVAL`` when no TH
 page, else 0 when ``split`` of hugepages-2048kB counted it, else ``EBUSY``);
 ``shrink_deferred`` is ``drop_caches`` 2 (result: how many of the program's THPs were split,
 seen in its own pages), and its model side does what that trigger does (``model_drop_slab``:
-the shrinker pass repeated as ``drop_slab()`` repeats it, and the huge zero folio's shrinker);
+the shrinker pass repeated as ``drop_slab()`` repeats it, and the huge zero folio's shrinker;
+``ModelSide`` steps the model so, for this command and for ``pudthp export-c``);
 ``pin`` registers the page as an io_uring fixed buffer
 (``pin_user_pages_fast(FOLL_WRITE | FOLL_LONGTERM)``), ``unpin`` unregisters it.
 ``migrate`` (one NUMA node), ``fail_alloc`` (no fault injection) and, under kernel lockdown,
@@ -30,6 +31,7 @@ the shrinker pass repeated as ``drop_slab()`` repeats it, and the huge zero foli
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -48,11 +50,13 @@ from harness.conform.observe import (
     compare,
     compare_counters,
     deltas,
+    huge_zero_view,
     model_counters,
     project_snapshot,
 )
 from harness.program import ProgramError, dump_program, load_program_file, program_to_json
 from pudthp_ref import spec
+from pudthp_ref.pgtable import entry_json
 from pudthp_ref.spec import Config, Op, Program, Result
 
 if TYPE_CHECKING:
@@ -300,43 +304,34 @@ def run_once(program: Program, tools: live.RunTools, on_step: StepHook | None = 
     can also be other processes' doing and only marks the run ``suspect`` (``Session.run``
     reruns the program to tell).
     """
-    from pudthp_ref.model import RefModel
-
     run = ConformRun()
-    model = RefModel(program.config)
-    snap = model.snapshot()
     # An empty deferred split queue, and no huge zero folio left over, unless a process
     # outside the run holds it: then the kernel will not allocate it for the program, and
-    # the model is told it exists (held for the whole run, by ``EXTERNAL_HOLDER``).
-    held_elsewhere = live.huge_zero_folio_held_elsewhere()
-    holders: set[int] = set()
+    # the model is told it exists (``ModelSide``).
+    held_elsewhere = bool(live.huge_zero_folio_held_elsewhere())
+    side = ModelSide(program, held_elsewhere)
     if held_elsewhere:
-        model.st.huge_zero_allocated = True
-        holders.add(EXTERNAL_HOLDER)
         run.noise.append("a process outside the run held the huge zero folio at the start: "
                          "the model was told it exists")
     kside = KernelSide(program, tools.frames)
     try:
         kside.ex.start()
         kside.last = kside.observe()
-        d = compare(-1, canonical(kside.last), canonical(project_snapshot(snap)), ignore)
+        assert side.projected is not None
+        d = compare(-1, canonical(kside.last), canonical(side.projected), ignore)
         if d is not None:
             run.items.append(d)
             return run
-        m_after = model_counters(snap)
         for i, op in enumerate(program.ops):
-            m_before = m_after
+            m_before = side.counters
             tools.drain()  # no folio reference left in a per-CPU batch (LruDrain)
             k_before = live.read_counters()
             kres = kside.apply(op)
             k_after = live.read_counters()
             kd = deltas(k_before, k_after)
-            mres = model.apply(op)
-            if isinstance(op, spec.ShrinkDeferred):
-                mres = model_drop_slab(model, mres, m_before, kd, holders)
-            snap = model.snapshot()
-            projected = project_snapshot(snap)
-            holders = huge_zero_holders(holders, projected)
+            mres = side.step(op, kd)
+            projected = side.projected
+            assert projected is not None
             run.kernel_results.append(kres)
             run.model_results.append(mres)
             if on_step is not None:
@@ -353,14 +348,88 @@ def run_once(program: Program, tools: live.RunTools, on_step: StepHook | None = 
             if d is not None:
                 run.items.append(d)
                 return run
-            m_after = model_counters(snap)
-            for d, definite in compare_counters(i, kd, deltas(m_before, m_after), ignore):
+            for d, definite in compare_counters(i, kd, deltas(m_before, side.counters),
+                                                ignore):
                 run.items.append(d)
                 if definite:
                     return run
         return run
     finally:
         kside.close()
+
+
+class ModelSide:
+    """The reference model as a conformance run steps it next to the kernel: ``run_once``
+    here, and ``pudthp export-c`` (``harness.conform.export_c``), which steps it the same
+    way to write a C file's expectations.
+
+    ``held_elsewhere``: a process outside the run holds the huge zero folio at the run's
+    start (``live.huge_zero_folio_held_elsewhere``): the model is told the folio exists, and
+    it stays held for the whole run (``EXTERNAL_HOLDER`` in ``holders``).  ``step`` runs one
+    op; ``shrink_deferred`` is followed by ``model_drop_slab``, which reads from the
+    kernel's counter deltas over the op how many shrinker passes ``drop_caches`` made.
+    After each op: ``counters`` (``model_counters``), ``holders`` (``huge_zero_holders``)
+    and ``projected`` (``project_snapshot``), unless ``project`` is False: a PUD folio's
+    pages are too many to snapshot and project op by op, and ``huge_zero_view`` of the page
+    tables alone gives the part of the projection the holders are read from.
+    """
+
+    def __init__(self, program: Program, held_elsewhere: bool, project: bool = True) -> None:
+        from pudthp_ref.model import RefModel
+
+        self.model = RefModel(program.config)
+        self.project = project
+        self.holders: set[int] = set()
+        if held_elsewhere:
+            self.model.st.huge_zero_allocated = True
+            self.holders.add(EXTERNAL_HOLDER)
+        self.projected: Observation | None = None
+        self._look()
+
+    def _look(self) -> None:
+        if self.project:
+            snap = self.model.snapshot()
+            self.counters = model_counters(snap)
+            self.projected = project_snapshot(snap)
+            self._seen = self.projected
+        else:
+            self.counters = model_counters(self.model.summary())
+            self._seen = huge_zero_view(page_tables_snapshot(self.model))
+
+    def step(self, op: Op, kernel: dict[str, int]) -> Result:
+        """One op on the model; ``kernel``: the kernel's counter deltas over the same op
+        (``vmstat.X``, ``mthp.X``)."""
+        before = self.counters
+        result = self.model.apply(op)
+        if isinstance(op, spec.ShrinkDeferred):
+            result = model_drop_slab(self.model, result, before, kernel, self.holders)
+        self._look()
+        self.holders = huge_zero_holders(self.holders, self._seen)
+        return result
+
+    def clone(self) -> ModelSide:
+        """An independent copy, to step the same op under other kernel counts."""
+        other = copy.copy(self)
+        other.model = copy.deepcopy(self.model)
+        other.holders = set(self.holders)
+        return other
+
+
+def page_tables_snapshot(model: RefModel) -> dict[str, Any]:
+    """The model's snapshot (FORMAT.md section 3) cut down to what ``huge_zero_view`` reads:
+    the geometry, the mms, and the PUD and PMD tables.  The whole snapshot spells out every
+    page of every folio, a fifth of a second for one PUD folio at x86_64 geometry: too much
+    for every op of a PUD program."""
+    st = model.st
+    return {
+        "geometry": st.geom.P,
+        "mms": [{"id": mm.id, "alive": mm.alive,
+                 "pud_table": mm.pud_table if mm.alive else None} for mm in st.mms],
+        "pagetables": [{"id": t.id, "level": t.level,
+                        "entries": [[i, entry_json(e)] for i, e in enumerate(t.entries)
+                                    if e is not None]}
+                       for _, t in sorted(st.tables.items()) if t.level in ("pud", "pmd")],
+    }
 
 
 def model_drop_slab(model: RefModel, first: Result, before: dict[str, int],

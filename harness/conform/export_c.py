@@ -9,12 +9,23 @@ every op (``harness.conform.observe``: VMAs, smaps ``Rss``/``AnonHugePages``/``S
 ``PAGEMAP_SCAN`` and pagemap bits, kpageflags/kpagecount, first words, the deltas of
 ``/proc/vmstat`` and ``hugepages-2048kB/stats``) and the same rules for global counters
 (a counter the kernel counted less often than the model is the program's; any difference
-counts only when a run from scratch repeats it).  Known disagreements
-(``compare.KNOWN``) are reported as ``# known:`` and do not fail.
+counts only when a run from scratch repeats it).  Known disagreements (``compare.KNOWN``)
+are reported as ``# known:`` and do not fail; one that rests on a machine fact
+(``Known.needs``) only when the C file's check after its runs finds the fact, as
+``compare.machine_facts`` does for ``pudthp conform``.
 
-What the model expects is computed here, at export time, by running ``pudthp_ref`` on the
-program, and written into the C text: one commented block per op naming the op and what
-the model expects after it, with the per-page expectations as run-length tables.
+What the model expects is computed here, at export time, by stepping ``pudthp_ref`` through
+the program exactly as conform's ``run_once`` steps it (``compare.ModelSide``), and
+written into the C text: one commented block per op naming the op and what the model
+expects after it, with the per-page expectations as run-length tables.  Two things only the
+kernel shows are decided in C by conform's own rules, from what the model says for each
+case: whether a process outside the run holds the huge zero folio at a run's start (the
+model is stepped both ways; the C file probes as ``live.huge_zero_folio_held_elsewhere``
+does and picks the counters of that case), and how many passes of the deferred split
+shrinker ``drop_caches`` made (the model's ``shrink_deferred`` is also stepped as if the
+kernel had counted two and three passes' failed splits, ``model_drop_slab``; the C file
+reads the count off the kernel's failed splits, ``shrinker_passes``, and adds what each
+further pass adds).
 
 A *PUD program* (``pud_enabled`` set to anything but ``never`` in the file) needs PUD THP:
 its C file skips (exit 4) on a kernel without ``hugepages-1048576kB``.  On a kernel with it,
@@ -34,12 +45,21 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 from harness.conform import live
-from harness.conform.compare import KNOWN, UNSUPPORTED_OPS, X86_64_P, known_reason, raw_config_keys
+from harness.conform.compare import (
+    HUGE_ZERO_HELD_ELSEWHERE,
+    KNOWN,
+    UNSUPPORTED_OPS,
+    X86_64_P,
+    ModelSide,
+    known_kind,
+    raw_config_keys,
+)
 from harness.conform.observe import (
     GLOBAL_STATE,
     MTHP_COMPARED,
@@ -49,7 +69,6 @@ from harness.conform.observe import (
     PageObs,
     canonical,
     model_counters,
-    project_snapshot,
 )
 from harness.program import ProgramError, dump_program, load_program_file
 from pudthp_ref import spec
@@ -148,13 +167,28 @@ class Counter:
     noise: bool
 
 
+Deltas = tuple[tuple[str, int], ...]  # (counter, delta), non-zero ones, in counter order
+
+
+@dataclass(frozen=True, slots=True)
+class KnownHere:
+    """A disagreement of ``compare.KNOWN`` that applies at an op: the observable class, the
+    README's reason, and the machine fact it needs (``Known.needs``; None: it needs none)."""
+
+    cls: str
+    reason: str
+    needs: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
     op: Op
     result: Result
     mms: tuple[MmExpect, ...]  # the live mms after the op, by id
-    counters: tuple[tuple[str, int], ...]  # the model's non-zero deltas, in counter order
-    known: tuple[tuple[str, str], ...]  # (observable class, reason) known to disagree here
+    counters: Deltas  # the model's deltas when nothing outside the run holds the huge zero folio
+    counters_held: Deltas | None  # ... when a process outside it does at the start (None: same)
+    per_pass: Deltas  # shrink_deferred: what each further pass of the shrinker adds
+    known: tuple[KnownHere, ...]  # known to disagree here
 
 
 @dataclass(frozen=True)
@@ -262,15 +296,23 @@ def _model_counters(stats: dict[str, Any], pud: bool) -> dict[str, int]:
 
 KNOWN_CLASSES: tuple[str, ...] = tuple(dict.fromkeys(c for k in KNOWN.values()
                                                      for c in k.classes))
+# Every machine fact a KNOWN entry needs, and the C file's name of the check that tells it
+FACTS: frozenset[str] = frozenset(k.needs for k in KNOWN.values() if k.needs is not None)
+FACT_ENUM: dict[str, str] = {HUGE_ZERO_HELD_ELSEWHERE: "FACT_HUGE_ZERO_HELD_ELSEWHERE"}
+FACT_TEXT: dict[str, str] = {
+    HUGE_ZERO_HELD_ELSEWHERE: "another process holding the huge zero folio"}
 
 
-def known_here(i: int, program: Program) -> tuple[tuple[str, str], ...]:
-    """The observable classes ``compare.known_reason`` explains at op ``i``, with why."""
+def known_here(i: int, program: Program) -> tuple[KnownHere, ...]:
+    """The observable classes ``compare.known_kind`` explains at op ``i``: first those it
+    explains with no machine fact, then those it would explain with the facts the harness
+    checks (the C file checks the fact after its runs, as ``pudthp conform`` does)."""
     out = []
     for cls in KNOWN_CLASSES:
-        reason = known_reason(Disagreement(i, cls, None, None), program)
-        if reason is not None:
-            out.append((cls, reason))
+        d = Disagreement(i, cls, None, None)
+        name = known_kind(d, program) or known_kind(d, program, FACTS)
+        if name is not None:
+            out.append(KnownHere(cls, KNOWN[name].reason, KNOWN[name].needs))
     return tuple(out)
 
 
@@ -287,32 +329,106 @@ def _pud_mm_expects(summary: dict[str, Any]) -> tuple[MmExpect, ...]:
                  for m in summary["mms"] if m[1])
 
 
-def expectations(program: Program, pud: bool) -> tuple[list[Step], int]:
-    """Run the reference model on ``program``: per op its result, the live mms it shows
-    and the deltas of the global counters; and how many mms the program creates."""
-    from pudthp_ref.model import RefModel
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """What the model shows after one op stepped by ``ModelSide``."""
 
-    model = RefModel(program.config)
-    counters = counter_table(pud)
-    compared = [c.name for c in counters if not c.noise]
-    before = _model_counters(model.summary()["stats"], pud)
-    steps: list[Step] = []
+    result: Result
+    mms: tuple[MmExpect, ...]
+    counters: dict[str, int]  # absolute values
+    holders: frozenset[int]
+    huge_zero: bool
+
+
+def _step(side: ModelSide, i: int, op: Op, kernel: dict[str, int], pud: bool) -> _Seen:
+    try:
+        result = side.step(op, kernel)
+    except PudThpError as e:
+        raise ExportError(f"op {i} ({op.KIND}): the reference model reports "
+                          f"{' '.join(str(e).split())}: no expectation to export") from None
+    if pud:
+        mms = _pud_mm_expects(side.model.summary())
+    else:
+        assert side.projected is not None
+        mms = _mm_expects(canonical(side.projected).mms)
+    return _Seen(result, mms, _model_counters(side.model.summary()["stats"], pud),
+                 frozenset(side.holders), side.model.st.huge_zero_allocated)
+
+
+def _deltas(compared: list[str], before: dict[str, int], after: dict[str, int]) -> Deltas:
+    return tuple((n, after[n] - before[n]) for n in compared if after[n] != before[n])
+
+
+FAILED = "mthp.split_failed"  # the counter model_drop_slab reads the shrinker's passes from
+
+
+def _per_pass(pre: ModelSide, i: int, op: Op, pud: bool, compared: list[str],
+              before: dict[str, int], one: _Seen) -> Deltas:
+    """What each further pass of the deferred split shrinker adds to ``shrink_deferred``
+    (op ``i``; ``pre`` the model before it, ``one`` the op with the model's one pass).
+
+    ``drop_caches`` makes as many passes as the machine's shrinkers keep freeing objects,
+    which only the kernel shows: ``model_drop_slab`` repeats the model's pass as often as
+    the kernel's failed splits say.  Here the op is stepped as if the kernel had counted the
+    failures of two and of three passes; the C file applies the difference per pass to the
+    count it sees.  That needs every further pass to be alike and to change nothing but
+    counters, which is checked.
+    """
+    failed = one.counters[FAILED] - before[FAILED]
+    if failed <= 0:
+        return ()  # nothing failed: further passes change nothing (shrinker_passes is 1)
+    seen = [one]
+    for n in (2, 3):
+        side = pre.clone()
+        seen.append(_step(side, i, op, {FAILED: n * failed}, pud))
+    per = _deltas(compared, seen[0].counters, seen[1].counters)
+    same_state = all((s.result, s.mms, s.holders, s.huge_zero)
+                     == (one.result, one.mms, one.holders, one.huge_zero) for s in seen)
+    if not same_state or _deltas(compared, seen[1].counters, seen[2].counters) != per:
+        raise ExportError(f"op {i} (shrink_deferred): in the model, a further pass of the "
+                          "deferred split shrinker changes more than counters, or not the "
+                          "same each time; the C file cannot express the kernel's passes")
+    return per
+
+
+def _model_line(program: Program, pud: bool, held_elsewhere: bool
+                ) -> tuple[list[tuple[_Seen, Deltas, Deltas]], int]:
+    """The model stepped through the program as ``pudthp conform`` steps it (``ModelSide``,
+    one shrinker pass per ``shrink_deferred``), with or without a process outside the run
+    holding the huge zero folio at the start: per op what it shows, its counter deltas and
+    what a further shrinker pass adds; and how many mms the program creates."""
+    side = ModelSide(program, held_elsewhere, project=not pud)
+    compared = [c.name for c in counter_table(pud) if not c.noise]
+    before = _model_counters(side.model.summary()["stats"], pud)
+    out: list[tuple[_Seen, Deltas, Deltas]] = []
     for i, op in enumerate(program.ops):
-        try:
-            result = model.apply(op)
-        except PudThpError as e:
-            raise ExportError(f"op {i} ({op.KIND}): the reference model reports "
-                              f"{' '.join(str(e).split())}: no expectation to export") from None
-        summary = model.summary()
-        after = _model_counters(summary["stats"], pud)
-        deltas = tuple((n, after[n] - before[n]) for n in compared if after[n] != before[n])
-        before = after
-        if pud:
-            mms = _pud_mm_expects(summary)
-        else:
-            mms = _mm_expects(canonical(project_snapshot(model.snapshot())).mms)
-        steps.append(Step(op, result, mms, deltas, known_here(i, program)))
-    return steps, len(model.summary()["mms"])
+        pre = side.clone() if isinstance(op, spec.ShrinkDeferred) else None
+        seen = _step(side, i, op, {}, pud)
+        per = _per_pass(pre, i, op, pud, compared, before, seen) if pre is not None else ()
+        out.append((seen, _deltas(compared, before, seen.counters), per))
+        before = seen.counters
+    return out, len(side.model.summary()["mms"])
+
+
+def expectations(program: Program, pud: bool) -> tuple[list[Step], int]:
+    """Run the reference model on ``program`` as ``pudthp conform`` runs it: per op its
+    result, the live mms it shows, the deltas of the global counters (with and without a
+    process outside the run holding the huge zero folio at the start, which only the C
+    file can tell), what each further shrinker pass adds, and the known disagreements that
+    apply; and how many mms the program creates."""
+    free, nmms = _model_line(program, pud, False)
+    held, _ = _model_line(program, pud, True)
+    steps: list[Step] = []
+    for i, (op, (a, counters, per), (b, counters_held, per_held)) in enumerate(
+            zip(program.ops, free, held, strict=True)):
+        if (a.result, a.mms, per) != (b.result, b.mms, per_held):
+            raise ExportError(f"op {i} ({op.KIND}): the model shows more than counters "
+                              "change with the huge zero folio held elsewhere; the C file "
+                              "cannot express it")
+        steps.append(Step(op, a.result, a.mms, counters,
+                          None if counters_held == counters else counters_held, per,
+                          known_here(i, program)))
+    return steps, nmms
 
 
 def build(program: Program, pud: bool, name: str) -> Reproducer:
@@ -531,10 +647,12 @@ def _program_text(rep: Reproducer) -> str:
                    f"{int(c.global_state)}, {int(c.noise)} }},")
     out.append("};")
     out.append("")
-    reasons = list(dict.fromkeys(r for s in rep.steps for _, r in s.known))
+    reasons = list(dict.fromkeys(k.reason for s in rep.steps for k in s.known))
     out.append("/* Known disagreements (pudthp's harness/conform/compare.py KNOWN): reported "
                "as")
-    out.append(" * `# known:`, never failing. */")
+    out.append(" * `# known:`, never failing (one that needs a machine fact only when the "
+               "check")
+    out.append(" * after the runs finds it). */")
     out.append("static const char *const known_reasons[] = {")
     for r in reasons:
         out.append(f"\t{c_string(r)},")
@@ -547,8 +665,14 @@ def _program_text(rep: Reproducer) -> str:
     for i, s in enumerate(rep.steps):
         out.extend(_step_block(rep, i, s, names, reasons))
         step_lines.append(f"\t{{ {c_string(spec.op_str(s.op))}, {_op_fields(s.op, cfg.nodes)},")
+        extra = ""
+        if s.counters_held is not None:
+            extra += (f"\n\t  .counters_held = op{i}_counters_held, "
+                      f".ncounters_held = {len(s.counters_held)},")
+        if s.per_pass:
+            extra += f"\n\t  .per_pass = op{i}_per_pass, .nper_pass = {len(s.per_pass)},"
         step_lines.append(f"\t  .result = {c_string(str(s.result))}, "
-                          f"EXPECT(op{i}) }},")
+                          f"EXPECT(op{i}),{extra} }},")
     out.append("static const struct step steps[] = {")
     out.extend(step_lines)
     if not rep.steps:
@@ -575,12 +699,19 @@ def _step_block(rep: Reproducer, i: int, s: Step, names: dict[MmExpect, str],
                 out.append(f" *   ... {len(m.runs) - len(shown)} more runs in the table")
     if not s.mms:
         out.append(" * No process is left.")
-    if s.counters:
-        out.append(" * Counters: " + ", ".join(f"{n} {d:+d}" for n, d in s.counters) + ".")
-    else:
-        out.append(" * Counters: none moves.")
+    text = [f"Counters: {_deltas_text(s.counters)}."]
+    if s.counters_held is not None:
+        text.append("If a process outside the run holds the huge zero folio at the start "
+                    f"(the model told it exists): {_deltas_text(s.counters_held)}.")
+    if s.per_pass:
+        text.append("Each further pass of the deferred split shrinker that drop_caches makes "
+                    f"adds {_deltas_text(s.per_pass)} (the model's pass repeated).")
     if s.known:
-        out.append(" * Known to disagree here: " + ", ".join(c for c, _ in s.known) + ".")
+        text.append("Known to disagree here: " + ", ".join(
+            k.cls + ("" if k.needs is None else f" (only if the check after the runs finds "
+                     f"{FACT_TEXT[k.needs]})") for k in s.known) + ".")
+    for t in text:
+        out.extend(" * " + line for line in textwrap.wrap(t, 86, break_on_hyphens=False))
     out.append(" */")
     prefixes = [_mm_tables(rep, i, m, names, out) for m in s.mms]
     out.append(f"static const struct mm_expect op{i}_mms[] = {{")
@@ -592,23 +723,36 @@ def _step_block(rep: Reproducer, i: int, s: Step, names: dict[MmExpect, str],
     if not s.mms:
         out.append("\t{ -1, NULL, 0, 0, 0, 0, NULL, 0 },  /* none */")
     out.append("};")
-    out.append(f"static const struct counter_delta op{i}_counters[] = {{")
-    for n, d in s.counters:
-        out.append(f"\t{{ {c_string(n)}, {d} }},")
-    if not s.counters:
-        out.append("\t{ NULL, 0 },  /* none */")
-    out.append("};")
+    _deltas_table(f"op{i}_counters", s.counters, out)
+    if s.counters_held is not None:
+        _deltas_table(f"op{i}_counters_held", s.counters_held, out)
+    if s.per_pass:
+        _deltas_table(f"op{i}_per_pass", s.per_pass, out)
     out.append(f"static const struct known_here op{i}_known[] = {{")
-    for cls, reason in s.known:
-        out.append(f"\t{{ {c_string(cls)}, {reasons.index(reason)} }},")
+    for k in s.known:
+        fact = "FACT_NONE" if k.needs is None else FACT_ENUM[k.needs]
+        out.append(f"\t{{ {c_string(k.cls)}, {reasons.index(k.reason)}, {fact} }},")
     if not s.known:
-        out.append("\t{ NULL, 0 },  /* none */")
+        out.append("\t{ NULL, 0, FACT_NONE },  /* none */")
     out.append("};")
     out.append(f"#define op{i}_nmms {len(s.mms)}")
     out.append(f"#define op{i}_ncounters {len(s.counters)}")
     out.append(f"#define op{i}_nknown {len(s.known)}")
     out.append("")
     return out
+
+
+def _deltas_text(deltas: Deltas) -> str:
+    return ", ".join(f"{n} {d:+d}" for n, d in deltas) if deltas else "none moves"
+
+
+def _deltas_table(name: str, deltas: Deltas, out: list[str]) -> None:
+    out.append(f"static const struct counter_delta {name}[] = {{")
+    for n, d in deltas:
+        out.append(f"\t{{ {c_string(n)}, {d} }},")
+    if not deltas:
+        out.append("\t{ NULL, 0 },  /* none */")
+    out.append("};")
 
 
 # --------------------------------------------------------------------------------------

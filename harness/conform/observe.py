@@ -299,3 +299,28 @@ def _model_page(P: int, tables: dict[int, dict[int, list[Any]]], pud: dict[int, 
     if te[0] == "swap":
         return PageObs("swap", slot=int(te[1]))
     raise ValueError(f"unknown PTE {te!r}")
+
+
+def huge_zero_view(snap: dict[str, Any]) -> Observation:
+    """The huge zero PMDs of ``project_snapshot(snap)`` and nothing else: per live mm, the
+    first page of every PMD range mapped by a huge zero PMD (no VMAs, counters or other
+    pages).  Read off the page tables, without projecting every page: enough to tell which
+    mms map the huge zero folio where a full projection would cost too much (a PUD program
+    at x86_64 geometry has 262144 pages per PUD range)."""
+    P = int(snap["geometry"])
+    tables: dict[int, dict[int, list[Any]]] = {
+        t["id"]: {i: e for i, e in t["entries"]} for t in snap["pagetables"]
+    }
+    mms: dict[int, MmObs] = {}
+    for m in snap["mms"]:
+        if not m["alive"]:
+            continue
+        pages: list[tuple[int, PageObs]] = []
+        for pi, pe in sorted(tables[m["pud_table"]].items()):
+            if pe[0] == "leaf":
+                continue
+            for mi, me in sorted(tables[pe[1]].items()):
+                if me[0] == "zero":
+                    pages.append(((pi * P + mi) * P, PageObs("hzero", content=0)))
+        mms[int(m["id"])] = MmObs([], 0, 0, 0, pages)
+    return Observation(mms)
