@@ -18,6 +18,7 @@ from pudthp_fast.state import (
     NULL,
     POISON1,
     POISON2,
+    SMALL,
     ST_DEPOSITED,
     ST_FREE,
     ST_LIVE,
@@ -274,3 +275,42 @@ def pmd_range(g: Geometry, start: int, end: int) -> Iterator[tuple[int, int, int
         nxt = min(end, addr - addr % g.pmd_nr + g.pmd_nr)
         yield (addr // g.pmd_nr) % g.P, addr, nxt
         addr = nxt
+
+
+def check_child(st: FastState, tid: int, idx: int, child: int, level: int) -> None:
+    """table_at()'s check of a table entry's child, for one entry known to be a table."""
+    if child <= 0 or child >= st.next_pt or st.t_level[child] != level or (
+            st.t_state[child] != ST_LIVE):
+        raise ModelBug("walk.bad_table", f"entry {idx} of table {tid} is no live table")
+
+
+def pte_segments(st: FastState, pmd: int, addr: int, nxt: int
+                 ) -> list[tuple[int, int, int]] | None:
+    """``pte_tables_only()`` as PTE ranges (table, lo, hi) inside ``[addr, nxt)``; in
+    Python for a few entries."""
+    g = st.geom
+    m0, m1 = pmd_entries(g, addr, nxt)
+    if m1 - m0 > SMALL:
+        found = pte_tables_only(st, pmd, addr, nxt)
+        if found is None:
+            return None
+        idx, ptes = found
+        lo, hi = pte_bounds(g, idx, addr, nxt)
+        return list(zip(ptes.tolist(), lo.tolist(), hi.tolist(), strict=True))
+    r = st.row(pmd)
+    K = st.e_kind[r, m0:m1].tolist()
+    if any(k != NONE and k != TABLE for k in K):
+        return None
+    ids = st.e_id[r, m0:m1].tolist()
+    P, pmd_nr = g.P, g.pmd_nr
+    first = addr - addr % g.pud_nr
+    kids = [(m0 + j, ids[j]) for j, k in enumerate(K) if k == TABLE]
+    for mi, child in kids:
+        check_child(st, pmd, mi, child, LV_PTE)
+    out = []
+    for mi, child in kids:
+        base = first + mi * pmd_nr
+        a = max(base, addr)
+        b = min(base + pmd_nr, nxt)
+        out.append((child, a % P, a % P + (b - a)))
+    return out

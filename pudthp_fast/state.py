@@ -47,6 +47,10 @@ LV_PUD, LV_PMD, LV_PTE = 0, 1, 2
 LEVEL_NAMES = LEVELS  # by LV_* index
 ST_FREE, ST_LIVE, ST_DEPOSITED = 0, 1, 2
 
+SMALL = 48
+"""Up to this many entries a PTE-range operation runs as a Python loop: numpy's fixed cost
+per call would dominate (small geometry)."""
+
 I8 = np.int8
 I32 = np.int32
 I64 = np.int64

@@ -13,10 +13,10 @@ from pudthp_fast.huge_memory import (
     split_huge_pmd_locked,
     split_huge_pud_locked,
 )
-from pudthp_fast.memory import free_pgtables, zap_page_range
 from pudthp_fast.pgtable import pmd_range, pt_free, pud_range, table_at
 from pudthp_fast.reclaim import madvise_pageout
 from pudthp_fast.state import LEAF, LV_PMD, LV_PTE, PTE, ZERO, FastMm, FastState, FastVma, W
+from pudthp_fast.zap import free_pgtables, zap_page_range
 from pudthp_ref.spec import EINVAL, ENOMEM, ModelBug, Result
 
 
