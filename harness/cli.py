@@ -88,12 +88,16 @@ def _add_bench(sub: Any) -> None:
         "bench",
         help="time fixed workloads on ref and fast side by side; print speed-ups",
         description="Run each workload on the reference and the fast implementation, each "
-        "in a fresh process, and print whole-process times, the ref/fast speed-up, ops per "
-        "second and peak memory.",
+        "in a fresh process, and print whole-process wall and CPU times with their ref/fast "
+        "speed-ups, the CPU seconds in apply and in invariant checks, and peak memory.",
         allow_abbrev=False,
     )
     bench.add_argument("--workload", action="append", choices=sorted(_bench_workloads()),
                        help="run only this workload (repeatable; default: all)")
+    bench.add_argument("--check", action="append", choices=("every-op", "end", "none"),
+                       help="invariant checks after every op (as pudthp run does; the "
+                       "default), once at the end of each program, or none (repeatable: "
+                       "one row per mode)")
     bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
 
 
@@ -158,9 +162,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     every = _bench_workloads()
     workloads = {name: every[name] for name in (args.workload or every)}
-    print(f"pudthp bench: {len(workloads)} workloads x ref, fast (one process each)")
+    checks = tuple(dict.fromkeys(args.check or ["every-op"]))
+    print(f"pudthp bench: {len(workloads)} workloads x ref, fast x checks "
+          f"{', '.join(checks)} (one process each)")
     try:
-        run_bench(workloads, args.json, progress=lambda line: print(line, flush=True))
+        run_bench(workloads, args.json, progress=lambda line: print(line, flush=True),
+                  checks=checks)
     except RuntimeError as e:
         return _error(str(e).splitlines()[0])
     return 0

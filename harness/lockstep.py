@@ -128,9 +128,11 @@ class Lockstep:
         assert r is not None
         return r
 
-    def check_invariants(self) -> None:
+    incremental_checks = True  # the fast side's
+
+    def check_invariants(self, full: bool = False) -> None:
         self.ref.check_invariants()
-        self.fast.check_invariants()
+        self.fast.check_invariants(full=full)
 
     def summary(self) -> dict[str, Any]:
         return self.ref.summary()

@@ -201,10 +201,23 @@ class Stepper:
         return Program(self.cfg, tuple(self.ops))
 
     def finish(self) -> RunReport:
-        """The report: the final snapshot and, for ``both``, the final snapshot comparison."""
+        """The report: the final snapshot and, for ``both``, the final snapshot comparison.
+
+        An implementation that checks invariants incrementally (the fast one) gets a whole
+        pass first: a write its dirty tracking missed is found here, and located at the
+        first op whose state breaks the invariant."""
         model = self.model
         if model is None:
             return RunReport(self.impl, self.results, self.finding, None)
+        side = model.fast if isinstance(model, Lockstep) else model
+        if self.check and self.finding is None and self.ops and getattr(
+                side, "incremental_checks", False):
+            try:
+                side.check_invariants(full=True)
+            except MemoryError:
+                raise memory_error() from None
+            except Exception as e:
+                self.finding = locate_violation(self.program(), self.constructor, e)
         snapshot: dict[str, Any] | None
         try:
             if isinstance(model, Lockstep) and self.finding is None:
@@ -233,6 +246,22 @@ def locate_divergence(program: Program, constructor: Callable[[Config], Impl]) -
         if d is not None:
             return _exception_finding(d, i, op.KIND)
     raise AssertionError("the final snapshots differ but no op's snapshots did on replay")
+
+
+def locate_violation(program: Program, constructor: Callable[[Config], Impl],
+                     error: Exception) -> Finding:
+    """The whole-state check at the end failed (``error``) where the per-op incremental ones
+    passed: replay with a whole-state check after every op and report the first that fails
+    (the last op, should the replay not fail)."""
+    model = constructor(program.config)
+    for i, op in enumerate(program.ops):
+        try:
+            model.apply(op)
+            model.check_invariants(full=True)
+        except Exception as e:
+            return _exception_finding(e, i, op.KIND)
+    last = len(program.ops) - 1
+    return _exception_finding(error, last, program.ops[last].KIND)
 
 
 def _exception_finding(e: Exception, index: int, kind: str) -> Finding:

@@ -161,6 +161,7 @@ def huge_wp_reuse(st: FastState, fid: int) -> bool:
     if st.p_exclusive[b]:
         return True
     if st.f_ref[fid] == 1:
+        st.f_touch[fid] = True
         st.p_exclusive[b] = True
         return True
     return False
@@ -199,6 +200,7 @@ def split_huge_pud_locked(st: FastState, mm: FastMm, pud: int, pi: int) -> None:
     fid = int(st.e_id[st.row(pud), pi])
     bits = int(st.e_bits[st.row(pud), pi])
     count_vm_event(st, "thp_split_pud")
+    st.f_touch[fid] = True
     if bits & D:
         st.f_dirty[fid] = True
     b = int(st.f_base[fid])
@@ -236,6 +238,7 @@ def split_huge_pmd_locked(st: FastState, mm: FastMm, pmd: int, mi: int) -> None:
         raise ModelBug("split_pmd.not_leaf", f"PMD entry {mi} of table {pmd}")
     fid = int(st.e_id[st.row(pmd), mi])
     bits = int(st.e_bits[st.row(pmd), mi])
+    st.f_touch[fid] = True
     if bits & D:
         st.f_dirty[fid] = True
     nr = int(st.f_nr[fid])
@@ -277,6 +280,7 @@ def copy_huge_pud(st: FastState, dst: FastMm, src: FastMm, dpud: int, spud: int,
     nr = int(st.f_nr[fid])
     pmd = pt_alloc(st, dst, LV_PMD)
     ptes = pt_alloc_many(st, dst, LV_PTE, st.P)
+    st.f_touch[fid] = True
     st.f_ref[fid] += 1
     if not folio_try_dup_anon_rmap(st, fid, 0, nr, dst, src, PUD_LEVEL):
         folio_put(st, fid)
@@ -303,6 +307,7 @@ def copy_huge_pmd(st: FastState, dst: FastMm, src: FastMm, dpmd: int, spmd: int,
         set_entry(st, dpmd, mi, ZERO)
         return True
     fid = int(st.e_id[st.row(spmd), mi])
+    st.f_touch[fid] = True
     st.f_ref[fid] += 1
     if not folio_try_dup_anon_rmap(st, fid, 0, int(st.f_nr[fid]), dst, src, PMD_LEVEL):
         folio_put(st, fid)

@@ -65,7 +65,6 @@ I64 = np.int64
 # ((mm * space + vpn) * 8 + sub) * _R + rank.
 _SUB_PUD_TABLE, _SUB_PUD, _SUB_PMD, _SUB_PTE, _SUB_PMD_DEPOSIT, _SUB_PUD_STACK = 0, 1, 2, 3, 5, 6
 _R = 64  # check ranks per position
-_I64_MAX = int(np.iinfo(I64).max)
 _any = np.count_nonzero  # the cheapest "is any set" on small arrays
 
 
@@ -291,10 +290,12 @@ class _Walk:
         # valid THP leaves (PUD and PMD level): folio, mm
         self.leaf_fid = empty
         self.leaf_mm = empty
-        # present PTEs: folio, page of the pool, mm (mm only filled with >= 2 mms walked)
-        self.pte_fid = empty
+        # present PTEs: folio, page of the pool (in walk order, so grouped by mm: the PTE
+        # tables' mms and how many present PTEs each holds give each PTE's mm)
+        self.pte_fid: Arr = np.zeros(0, np.int32)
         self.pte_gp = empty
-        self.pte_mm = empty
+        self.pte_row_mm = empty
+        self.pte_row_end = empty
         self.swap_slots = empty
         # VMAs of all alive mms as one sorted list of global pages mm * space + vpn, with a
         # dummy first VMA that contains nothing, so a lookup index is never negative
@@ -322,6 +323,23 @@ class _Walk:
         self.vstart = np.array(starts, I64)
         self.vend = np.array(ends, I64)
         self.vrw = np.array(rw, bool)
+
+    def pte_mm(self, pos: Arr) -> Arr:
+        """The mm of the present PTEs at positions ``pos`` of ``pte_fid`` / ``pte_gp``."""
+        return self.pte_row_mm[np.searchsorted(self.pte_row_end, pos, side="right")]
+
+    def pte_mm_segments(self) -> list[tuple[int, int, int]]:
+        """(mm, first, end) of each mm's run of present PTEs (the walk goes mm by mm)."""
+        out: list[tuple[int, int, int]] = []
+        m, end = self.pte_row_mm, self.pte_row_end
+        if not m.size:
+            return out
+        cuts = (m[1:] != m[:-1]).nonzero()[0]
+        first = 0
+        for k in [*cuts.tolist(), m.size - 1]:
+            out.append((int(m[k]), first, int(end[k])))
+            first = int(end[k])
+        return out
 
     def vma(self, gv: Arr) -> tuple[Arr, Arr]:
         """The VMA index holding each global page, and whether there is one."""
@@ -681,7 +699,7 @@ class _Walk:
         def at(i: int) -> int:
             return i if full else int(pidx[i])
 
-        fc = np.minimum(fid.view(np.uint64), c.nf).astype(I64)  # negative ids: no folio
+        fc = np.minimum(fid.view(np.uint32), c.nf)  # negative ids wrap past: no folio
         cls = self.fclass[fc]
         if _any(cls):
             for rank, code, name, what in (
@@ -731,16 +749,16 @@ class _Walk:
                     "anon_exclusive.writable",
                     f"{vpn_of(at(i))}: writable, page {page[i]} of folio {fid[i]} not exclusive",
                 )
-        self.pte_fid = fid.astype(I64, copy=False)
+        self.pte_fid = fid  # int32, a view of the rows' ids where every entry is present
         self.pte_gp = gp
         per_row = present.reshape(rows.size, P).sum(axis=1)
-        if self.mms_walked >= 2:
-            self.pte_mm = np.repeat(m, per_row)
+        self.pte_row_mm = m
+        self.pte_row_end = np.cumsum(per_row)
         self.rss_anon += np.bincount(m, weights=per_row, minlength=c.nmm).astype(I64)
         is_swap = kinds == SWAP
         if _any(is_swap):
             si = _nz(is_swap)
-            self.swap_slots = st.e_id[er].reshape(-1)[si]
+            self.swap_slots = st.e_id[er].reshape(-1)[si].astype(I64)
             self.rss_swap += np.bincount(m[si // P], minlength=c.nmm)
 
     # ----------------------------------------------------------------------------------
@@ -1049,14 +1067,25 @@ def _check_folios(st: FastState, c: _Ctx, w: _Walk, npins: Arr) -> None:
         hi = np.minimum(np.maximum(st.f_base[:nf] + nr, lo), npool)
         mismatch = mapcount != cnt_page - 1
         bad_pages = _range_counts(mismatch, lo, hi) if _any(mismatch) else np.zeros(nf, I64)
-        # pages mapped by >= 2 mms (only possible with >= 2 mms walked)
+        # exclusive pages mapped by PTEs of >= 2 mms (only possible with >= 2 mms walked;
+        # only exclusive pages are ever asked about): over the PTEs that map one
         multi: Arr | None = None
+        xpos = np.zeros(0, I64)
         if w.mms_walked >= 2 and w.pte_gp.size:
-            mn = np.full(npool, _I64_MAX, I64)
-            mx = np.full(npool, -1, I64)
-            np.minimum.at(mn, w.pte_gp, w.pte_mm)
-            np.maximum.at(mx, w.pte_gp, w.pte_mm)
-            multi = (cnt_page > 0) & (mn != mx)
+            xpos = exclusive[w.pte_gp].nonzero()[0]
+            multi = np.zeros(npool, bool)
+            if xpos.size:
+                gp = w.pte_gp[xpos]
+                mmx = w.pte_mm(xpos)
+                srt = np.lexsort((mmx, gp))
+                g_sorted = gp[srt]
+                m_sorted = mmx[srt]
+                first = np.ones(g_sorted.size, bool)
+                first[1:] = g_sorted[1:] != g_sorted[:-1]
+                starts = first.nonzero()[0]
+                lo_mm = m_sorted[starts]
+                hi_mm = m_sorted[np.append(starts[1:], g_sorted.size) - 1]
+                multi[g_sorted[starts[lo_mm != hi_mm]]] = True
         e = _Earliest()
         fids = np.arange(nf, dtype=I64)
         queued = np.zeros(nf, bool)
@@ -1076,7 +1105,7 @@ def _check_folios(st: FastState, c: _Ctx, w: _Walk, npins: Arr) -> None:
             else:
                 n_excl = np.zeros(large.size, I64)
             _check_large(st, c, w, e, large, leaves, ptes, total, bad_pages, pages_mapped,
-                         n_excl, npins, multi)
+                         n_excl, npins, multi, xpos)
         # the deferred split queue, after each live folio's own checks
         partial = st.f_partial[:nf]
         deferred = st.f_deferred[:nf]
@@ -1252,6 +1281,7 @@ def _check_large(
     n_excl: Arr,
     npins_all: Arr,
     multi: Arr | None,
+    xpos: Arr,
 ) -> None:
     """PMD- and PUD-order folios (rows ``large``): mapcounts, refcount, mm-id slots (I5),
     PageAnonExclusive (I8)."""
@@ -1271,16 +1301,17 @@ def _check_large(
     swapcache = st.f_swapcache[large]
     mmid = st.f_mmid[large]
     mmc = st.f_mmc[large]
-    # mappings per (folio, mm): leaves and PTEs
+    # mappings per (folio, mm): leaves, and each mm's run of PTEs counted per folio
     if w.mms_walked >= 2:
         compact = np.full(c.nf, -1, I64)
         compact[large] = np.arange(L, dtype=I64)
         lf = compact[w.leaf_fid]
-        pf = compact[w.pte_fid]
         lsel = lf >= 0
-        psel = pf >= 0
-        keys = np.concatenate((lf[lsel] * nmm + w.leaf_mm[lsel], pf[psel] * nmm + w.pte_mm[psel]))
-        per_mm = np.bincount(keys, minlength=L * nmm).reshape(L, nmm)
+        per_mm = np.zeros((L, nmm), I64)
+        np.add.at(per_mm, (lf[lsel], w.leaf_mm[lsel]), np.ones(int(np.count_nonzero(lsel)),
+                                                                   I64))
+        for mm_id, a, b in w.pte_mm_segments():
+            per_mm[:, mm_id] += np.bincount(w.pte_fid[a:b], minlength=c.nf)[large]
     else:
         per_mm = np.zeros((L, max(nmm, 1)), I64)
         walked = [mm.id for mm in st.mms if mm.alive]
@@ -1374,20 +1405,19 @@ def _check_large(
     # I8: no exclusive page reachable from two mms or two entire mappings
     excl_mapped = mapped & (n_excl > 0)
     bad_excl = np.zeros(L, bool)
-    if multi is not None and w.pte_gp.size:
+    if multi is not None and xpos.size:
+        # over the PTEs that map an exclusive page
         compact = np.full(c.nf, -1, I64)
         compact[large] = np.arange(L, dtype=I64)
-        pf = compact[w.pte_fid]
+        pf = compact[w.pte_fid[xpos]]
         sel = _nz(pf >= 0)
-        gp = w.pte_gp[sel]
+        gp = w.pte_gp[xpos[sel]]
         pfs = pf[sel]
         # the mm of the one leaf (when there is exactly one)
         lf = compact[w.leaf_fid]
         lsel = lf >= 0
         leaf_mm = np.bincount(lf[lsel], weights=w.leaf_mm[lsel], minlength=L).astype(I64)
-        bad_e = st.p_exclusive[gp] & (
-            multi[gp] | ((leaves[pfs] >= 1) & (w.pte_mm[sel] != leaf_mm[pfs]))
-        )
+        bad_e = multi[gp] | ((leaves[pfs] >= 1) & (w.pte_mm(xpos[sel]) != leaf_mm[pfs]))
         bad_excl = np.bincount(pfs[bad_e], minlength=L) > 0
     checks += [
         (

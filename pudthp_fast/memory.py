@@ -1,8 +1,7 @@
-"""Fast faults, COW, fork copy and zap (mm/memory.c), vectorised over PTE ranges.
+"""Fast faults, COW and fork copy (mm/memory.c), vectorised over PTE ranges.
 
-Zap and fork copy handle a PTE range as arrays: order-0 folios in bulk, large folios per
-run of consecutive pages (folio_pte_batch) so that __folio_remove_rmap sees exactly the
-batches the kernel makes.
+Fork copy handles a PTE range as arrays, and as a Python loop below ``SMALL`` entries
+(small geometry).  The zap side of mm/memory.c is ``pudthp_fast.zap``.
 """
 
 from __future__ import annotations
@@ -18,43 +17,32 @@ from pudthp_fast.huge_memory import (
     install_table,
     set_entries,
     set_entry,
-    split_huge_pmd_locked,
-    split_huge_pud_locked,
     thp_vma_allowable_order,
     thp_vma_suitable_order,
     wp_huge_pud,
-    zap_huge_pmd,
-    zap_huge_pud,
 )
 from pudthp_fast.pgtable import (
+    check_child,
     pmd_entries,
     pmd_range,
     pt_alloc,
     pt_alloc_many,
-    pt_free,
-    pt_free_many,
     pte_bounds,
     pte_tables_only,
     pud_range,
     range_mask,
     table_at,
-    table_entries,
     tables_at,
 )
 from pudthp_fast.rmap import (
     PTE_LEVEL,
     add_large_mapcount,
     count_vm_event,
-    deferred_split_folio,
     folio_add_new_anon_rmap,
     folio_alloc,
     folio_put,
     folio_remove_rmap,
     folio_try_dup_anon_rmap,
-    free_folio,
-    free_folios_bulk,
-    mod_node,
-    sub_large_mapcount_seq,
 )
 from pudthp_fast.state import (
     LEAF,
@@ -62,6 +50,7 @@ from pudthp_fast.state import (
     LV_PTE,
     NONE,
     PTE,
+    SMALL,
     SWAP,
     TABLE,
     ZERO,
@@ -71,8 +60,9 @@ from pudthp_fast.state import (
     FastVma,
     W,
     Y,
+    add_at,
 )
-from pudthp_ref.spec import ENTIRELY_MAPPED, ModelBug
+from pudthp_ref.spec import GUP_PIN_COUNTING_BIAS, ModelBug
 
 
 class FaultOOM(Exception):
@@ -228,6 +218,7 @@ def do_wp_page(st: FastState, mm: FastMm, vma: FastVma, pte: int, ti: int) -> No
         fid = int(st.e_id[st.row(pte), ti])
         p = int(st.f_base[fid]) + int(st.e_page[st.row(pte), ti])
         if st.p_exclusive[p] or wp_can_reuse_anon_folio(st, fid):
+            st.f_touch[fid] = True
             st.p_exclusive[p] = True
             r_pte = st.wrow(pte)
             st.e_bits[r_pte, ti] |= W | D | Y
@@ -284,12 +275,33 @@ def copy_page_range(st: FastState, dst: FastMm, src: FastMm, vma: FastVma) -> No
             if st.e_kind[st.row(dpmd), mi] == NONE:
                 install_table(st, dpmd, mi, pt_alloc(st, dst, LV_PTE), a - a % g.pmd_nr)
             dpte = table_at(st, dpmd, mi, LV_PTE)
-            if src.has_pinned:  # a pinned page may need copying now: page by page
-                for ti in range(a % g.P, a % g.P + (b - a)):
+            lo, hi = a % g.P, a % g.P + (b - a)
+            if src.has_pinned and must_copy(st, spte, lo, hi):
+                # a pinned exclusive page is copied now: page by page, in order (an
+                # allocation that fails leaves the PTEs after it untouched)
+                copy_pte_segments(st, dst, segs)
+                segs = []
+                for ti in range(lo, hi):
                     copy_one_pte(st, dst, src, vma, dpte, spte, ti)
             else:
-                segs.append((dpte, spte, a % g.P, a % g.P + (b - a)))
+                segs.append((dpte, spte, lo, hi))
         copy_pte_segments(st, dst, segs)
+
+
+def must_copy(st: FastState, spte: int, lo: int, hi: int) -> bool:
+    """Whether a PTE in ``[lo, hi)`` of ``spte`` maps an exclusive page of a folio that may
+    be pinned (copy_present_page() instead of sharing the page)."""
+    r = st.row(spte)
+    if r == 0:
+        return False
+    present = (st.e_kind[r, lo:hi] == PTE).nonzero()[0]
+    if not present.size:
+        return False
+    fids = st.e_id[r, lo:hi][present]
+    pages = st.f_base[fids] + st.e_page[r, lo:hi][present]
+    pinned = np.where(st.f_order[fids] > 0, st.f_pin[fids] > 0,
+                      st.f_ref[fids] >= GUP_PIN_COUNTING_BIAS)
+    return bool(np.count_nonzero(pinned & st.p_exclusive[pages]))
 
 
 def copy_pte_tables(st: FastState, dst: FastMm, spmd: int, dpmd: int, addr: int, nxt: int
@@ -298,6 +310,9 @@ def copy_pte_tables(st: FastState, dst: FastMm, spmd: int, dpmd: int, addr: int,
     entry there is none or a PTE table (False, nothing done, if not): the
     child's missing PTE tables are allocated in entry order, then all PTEs are copied."""
     g = st.geom
+    m0, m1 = pmd_entries(g, addr, nxt)
+    if m1 - m0 <= SMALL:
+        return copy_pte_tables_small(st, dst, spmd, dpmd, addr, nxt, m0, m1)
     found = pte_tables_only(st, spmd, addr, nxt)
     if found is None:
         return False
@@ -317,6 +332,43 @@ def copy_pte_tables(st: FastState, dst: FastMm, spmd: int, dpmd: int, addr: int,
     return True
 
 
+def copy_pte_tables_small(st: FastState, dst: FastMm, spmd: int, dpmd: int, addr: int,
+                          nxt: int, m0: int, m1: int) -> bool:
+    """``copy_pte_tables`` over the PMD entries ``[m0, m1)``, in Python."""
+    g = st.geom
+    r = st.row(spmd)
+    K = st.e_kind[r, m0:m1].tolist()
+    if any(k != NONE and k != TABLE for k in K):
+        return False
+    ids = st.e_id[r, m0:m1].tolist()
+    kids = [(m0 + j, ids[j]) for j, k in enumerate(K) if k == TABLE]
+    for mi, child in kids:
+        check_child(st, spmd, mi, child, LV_PTE)
+    if not kids:
+        return True
+    drow = st.wrow(dpmd)  # on its own line: a new row may move the arrays
+    need = [mi for mi, _ in kids if st.e_kind[drow, mi] == NONE]
+    first = addr - addr % g.pud_nr
+    if need:
+        tids = pt_alloc_many(st, dst, LV_PTE, len(need))
+        idx = np.array(need, np.int64)
+        set_entries(st, dpmd, idx, TABLE, tids)
+        st.t_addr[tids] = first + idx * g.pmd_nr
+    drow = st.row(dpmd)
+    segs = []
+    for mi, schild in kids:
+        if st.e_kind[drow, mi] != TABLE:
+            raise ModelBug("walk.bad_table", f"entry {mi} of table {dpmd} is no live table")
+        dchild = int(st.e_id[drow, mi])
+        check_child(st, dpmd, mi, dchild, LV_PTE)
+        base = first + mi * g.pmd_nr
+        a = max(base, addr)
+        b = min(base + g.pmd_nr, nxt)
+        segs.append((dchild, schild, a % g.P, a % g.P + (b - a)))
+    copy_pte_segments(st, dst, segs)
+    return True
+
+
 def copy_pte_segments(st: FastState, dst: FastMm, segs: list[tuple[int, int, int, int]]
                       ) -> None:
     """copy_present_ptes() / copy_nonpresent_pte() over PTE ranges (dst, src, lo, hi) of a
@@ -324,6 +376,9 @@ def copy_pte_segments(st: FastState, dst: FastMm, segs: list[tuple[int, int, int
     tables are taken as 2-D rows; a source row may be row 0 (a table with no entries, maybe
     more than once): nothing is copied from it and nothing in it changes."""
     if not segs:
+        return
+    if sum(b - a for _, _, a, b in segs) <= 4 * SMALL:
+        copy_pte_segments_small(st, dst, segs)
         return
     dtabs = np.array([d for d, _, _, _ in segs], np.int64)
     srows = np.array([st.row(s_) for _, s_, _, _ in segs], np.int64)
@@ -337,30 +392,33 @@ def copy_pte_segments(st: FastState, dst: FastMm, segs: list[tuple[int, int, int
     pages_in = st.e_page[srows]
     present = kind == PTE
     swap = kind == SWAP
-    if swap.any():
-        np.add.at(st.s_count, ids[swap], 1)
+    if np.count_nonzero(swap):
+        add_at(st.s_count, ids[swap], 1)
         dst.rss_swap += int(np.count_nonzero(swap))
-    if present.any():
+    if np.count_nonzero(present):
         fids = ids[present]
         pages = st.f_base[fids] + pages_in[present].astype(np.int64)
-        np.add.at(st.f_ref, fids, 1)
+        st.f_touch[fids] = True
+        add_at(st.f_ref, fids, 1)
         st.p_exclusive[pages] = False
-        np.add.at(st.p_mapcount, pages, 1)
+        add_at(st.p_mapcount, pages, 1)
         large = st.f_order[fids] > 0
-        if large.any():
+        if np.count_nonzero(large):
             uniq, counts = np.unique(fids[large], return_counts=True)
             for fid, n in zip(uniq.tolist(), counts.tolist(), strict=True):
                 add_large_mapcount(st, fid, n, dst)
         dst.rss_anon += int(fids.size)
     copied = present | swap | (kind == ZERO)
     keep = copied.any(axis=1)  # a child table that gets nothing takes no row
-    if not keep.all():
-        dtabs, srows = dtabs[keep], srows[keep]
+    stabs = np.array([s_ for _, s_, _, _ in segs], np.int64)
+    if np.count_nonzero(keep) != keep.size:
+        dtabs, srows, stabs = dtabs[keep], srows[keep], stabs[keep]
         kind, ids, pages_in = kind[keep], ids[keep], pages_in[keep]
         present, copied = present[keep], copied[keep]
     if not dtabs.size:
         return
     drows = st.wrows(dtabs)  # before the arrays are read again: a new row may move them
+    st.t_touch[stabs] = True
     bits = st.e_bits[srows]
     st.e_bits[srows] = np.where(present, bits & ~np.uint8(W), bits)  # parent read-only
     child = bits & ~np.uint8(Y | W)  # the child's PTEs old and read-only
@@ -368,6 +426,56 @@ def copy_pte_segments(st: FastState, dst: FastMm, segs: list[tuple[int, int, int
     st.e_id[drows] = np.where(copied, ids, st.e_id[drows])
     st.e_page[drows] = np.where(copied, pages_in, st.e_page[drows])
     st.e_bits[drows] = np.where(present, child, np.where(copied, 0, st.e_bits[drows]))
+
+
+def copy_pte_segments_small(st: FastState, dst: FastMm,
+                            segs: list[tuple[int, int, int, int]]) -> None:
+    """``copy_pte_segments`` for a few PTEs, in Python, to the same effect."""
+    copies: list[tuple[int, int, int, list[int], list[int], list[int], list[int]]] = []
+    for d, s_, lo, hi in segs:
+        r = st.row(s_)
+        if r == 0:
+            continue
+        K = st.e_kind[r, lo:hi].tolist()
+        if not any(k in (PTE, SWAP, ZERO) for k in K):
+            continue
+        copies.append((d, s_, lo, K, st.e_id[r, lo:hi].tolist(), st.e_page[r, lo:hi].tolist(),
+                       st.e_bits[r, lo:hi].tolist()))
+    if not copies:
+        return
+    large: dict[int, int] = {}
+    for _d, _s, _lo, K, I_, G, _B in copies:
+        for k, ident, page in zip(K, I_, G, strict=True):
+            if k == SWAP:
+                st.s_count[ident] += 1
+                dst.rss_swap += 1
+            elif k == PTE:
+                p = int(st.f_base[ident]) + page
+                st.f_touch[ident] = True
+                st.f_ref[ident] += 1
+                st.p_exclusive[p] = False
+                st.p_mapcount[p] += 1
+                if st.f_order[ident] > 0:
+                    large[ident] = large.get(ident, 0) + 1
+                dst.rss_anon += 1
+    for fid in sorted(large):
+        add_large_mapcount(st, fid, large[fid], dst)
+    drows = [st.wrow(d) for d, _, _, _, _, _, _ in copies]  # new rows may move the arrays
+    for (_d, s_, lo, K, I_, G, B), dr in zip(copies, drows, strict=True):
+        sr = st.row(s_)
+        st.t_touch[s_] = True
+        for j, k in enumerate(K):
+            i = lo + j
+            if k == PTE:
+                st.e_bits[sr, i] = B[j] & ~W  # parent read-only
+                st.e_bits[dr, i] = B[j] & ~(Y | W)  # the child's PTE old and read-only
+            elif k in (SWAP, ZERO):
+                st.e_bits[dr, i] = 0
+            else:
+                continue
+            st.e_kind[dr, i] = k
+            st.e_id[dr, i] = I_[j]
+            st.e_page[dr, i] = G[j]
 
 
 def copy_one_pte(st: FastState, dst: FastMm, src: FastMm, vma: FastVma, dpte: int, spte: int,
@@ -386,6 +494,7 @@ def copy_one_pte(st: FastState, dst: FastMm, src: FastMm, vma: FastVma, dpte: in
         return
     fid = int(st.e_id[st.row(spte), ti])
     page = int(st.e_page[st.row(spte), ti])
+    st.f_touch[fid] = True
     st.f_ref[fid] += 1
     if folio_try_dup_anon_rmap(st, fid, page, 1, dst, src, PTE_LEVEL):
         dst.rss_anon += 1
@@ -402,203 +511,3 @@ def copy_one_pte(st: FastState, dst: FastMm, src: FastMm, vma: FastVma, dpte: in
     folio_add_new_anon_rmap(st, new, dst)
     dst.rss_anon += 1
     set_entry(st, dpte, ti, PTE, new, 0, (W if vma.prot == "rw" else 0) | D | Y)
-
-
-# --------------------------------------------------------------------------------------
-# zap
-# --------------------------------------------------------------------------------------
-
-
-def zap_page_range(st: FastState, mm: FastMm, start: int, end: int, reclaim_pt: bool = False
-                   ) -> None:
-    """unmap_page_range(): the PTE tables under one PMD table are zapped as one batch
-    (flushed before any huge-leaf zap or split, so effects keep the kernel's order).
-
-    ``reclaim_pt`` (MADV_DONTNEED, CONFIG_PT_RECLAIM): a PTE table whose whole PMD range
-    is zapped is freed once empty (try_to_free_pte()).
-    """
-    g = st.geom
-    pud = mm.pud_table
-    for pi, addr, nxt in pud_range(g, start, end):
-        k = st.e_kind[st.row(pud), pi]
-        if k == NONE:
-            continue
-        if k == LEAF:
-            if nxt - addr == g.pud_nr:
-                zap_huge_pud(st, mm, pud, pi)
-                continue
-            split_huge_pud_locked(st, mm, pud, pi)
-        pmd = table_at(st, pud, pi, LV_PMD)
-        found = pte_tables_only(st, pmd, addr, nxt)
-        if found is not None:  # PTE tables only: all at once
-            idx, ptes = found
-            lo, hi = pte_bounds(g, idx, addr, nxt)
-            segs = list(zip(ptes.tolist(), lo.tolist(), hi.tolist(), strict=True))
-            zap_pte_segments(st, mm, segs)
-            if reclaim_pt:
-                reclaim_pte_tables(st, mm, pmd, segs)
-            continue
-        segs = []
-        for mi, a, b in pmd_range(g, addr, nxt):
-            k = st.e_kind[st.row(pmd), mi]
-            if k == NONE:
-                continue
-            if k in (LEAF, ZERO):
-                zap_pte_segments(st, mm, segs)
-                if reclaim_pt:
-                    reclaim_pte_tables(st, mm, pmd, segs)
-                segs = []
-                if b - a == g.pmd_nr:
-                    zap_huge_pmd(st, mm, pmd, mi)
-                    continue
-                split_huge_pmd_locked(st, mm, pmd, mi)
-            segs.append((table_at(st, pmd, mi, LV_PTE), a % g.P, a % g.P + (b - a)))
-        zap_pte_segments(st, mm, segs)
-        if reclaim_pt:
-            reclaim_pte_tables(st, mm, pmd, segs)
-
-
-def reclaim_pte_tables(st: FastState, mm: FastMm, pmd: int,
-                       segs: list[tuple[int, int, int]]) -> None:
-    """try_to_free_pte(): each fully zapped PTE table, now empty, leaves its PMD entry."""
-    ptes = np.array([t for t, lo, hi in segs if hi - lo == st.P], np.int64)
-    if not ptes.size:
-        return
-    ptes = ptes[~st.e_kind[st.t_row[ptes]].any(axis=1)]  # row 0 (no entries) is all none
-    if ptes.size:
-        set_entries(st, pmd, (st.t_addr[ptes] // st.P) % st.P, NONE)
-        pt_free_many(st, mm, ptes)
-
-
-def zap_pte_segments(st: FastState, mm: FastMm, segs: list[tuple[int, int, int]]) -> None:
-    """zap_pte_range() over several PTE ranges, in order, at once.
-
-    Order-0 folios go in bulk.  For a large folio, the kernel removes one batch
-    (folio_pte_batch: consecutive pages within one PTE table) at a time; its sequence of
-    batches is folded: counters by cumulative sums, the mm-id slots by
-    sub_large_mapcount_seq, and the partial-mapping flag raised at the first batch that
-    unmaps a page while others stay mapped (no entire mapping).  Newly queued folios are
-    appended in the order their flags were raised.
-    """
-    if not segs:
-        return
-    P = st.P
-    rows = np.array([st.row(t) for t, _, _ in segs], np.int64)
-    lo = np.array([a for _, a, _ in segs], np.int64)
-    hi = np.array([b for _, _, b in segs], np.int64)
-    kind2 = st.e_kind[rows]
-    mask = range_mask(P, lo, hi)
-    if mask is None:
-        kind = kind2.reshape(-1)
-        ids = st.e_id[rows].reshape(-1)
-        pages = st.e_page[rows].reshape(-1).astype(np.int64)
-        cleared = np.zeros_like(kind2)
-    else:  # row-major order keeps the segments and their PTEs in order
-        kind = kind2[mask]
-        ids = st.e_id[rows][mask]
-        pages = st.e_page[rows][mask].astype(np.int64)
-        cleared = np.where(mask, np.zeros_like(kind2), kind2)
-    seg = np.repeat(np.arange(len(segs)), hi - lo)
-    real = rows != 0  # row 0 (a table with no entries) is never written
-    st.e_kind[rows[real]] = cleared[real]
-    swap = kind == SWAP
-    if swap.any():
-        slots = ids[swap]
-        mm.rss_swap -= int(slots.size)
-        np.subtract.at(st.s_count, slots, 1)
-        st.s_used -= int(np.count_nonzero(st.s_count[np.unique(slots)] == 0))
-    present = kind == PTE
-    if not present.any():
-        return
-    mm.rss_anon -= int(np.count_nonzero(present))
-    # e_id is a slot number for swap entries: look folio orders up for present PTEs only
-    small = present.copy()
-    small[present] = st.f_order[ids[present]] == 0
-    if small.any():
-        fids = ids[small]
-        bases = st.f_base[fids]
-        st.p_mapcount[bases] -= 1
-        mod_node(st, "nr_anon_mapped", -int(np.count_nonzero(st.p_mapcount[bases] == -1)))
-        np.subtract.at(st.f_ref, fids, 1)
-        free_folios_bulk(st, fids[st.f_ref[fids] == 0])
-    idx = np.flatnonzero(present & ~small)
-    if idx.size:
-        zap_large_batches(st, mm, ids[idx], pages[idx], seg[idx], idx)
-
-
-def zap_large_batches(st: FastState, mm: FastMm, lid: np.ndarray, lpg: np.ndarray,
-                      lseg: np.ndarray, pos: np.ndarray) -> None:
-    """The large-folio PTEs of a zap, in order, folded per folio (see zap_pte_segments)."""
-    starts = np.ones(lid.size, bool)
-    starts[1:] = ((pos[1:] != pos[:-1] + 1) | (lseg[1:] != lseg[:-1])
-                  | (lid[1:] != lid[:-1]) | (lpg[1:] != lpg[:-1] + 1))
-    run_start = np.flatnonzero(starts)
-    run_fid = lid[run_start]
-    triggers: list[tuple[int, int]] = []  # (run number, folio) where a flag was raised
-    freed: list[int] = []
-    run_len = np.diff(np.append(run_start, lid.size))
-    order = np.argsort(run_fid, kind="stable")
-    bounds = np.flatnonzero(np.diff(run_fid[order])) + 1
-    for group in np.split(order, bounds):
-        fid = int(run_fid[group[0]])
-        b = int(st.f_base[fid])
-        lens = run_len[group].astype(np.int64)
-        offsets = np.cumsum(lens) - lens  # of each run within the folio's members
-        members = np.arange(int(lens.sum())) + np.repeat(run_start[group] - offsets, lens)
-        pool = b + lpg[members]
-        before = st.p_mapcount[pool].copy()
-        if (before < 0).any():
-            raise ModelBug("rmap.mapcount_underflow", f"folio {fid}")
-        st.p_mapcount[pool] = before - 1
-        last_per_run = np.add.reduceat((before == 0).astype(np.int64), offsets)
-        sub_large_mapcount_seq(st, fid, lens, mm)
-        npm0 = int(st.f_npm[fid])
-        total_last = int(last_per_run.sum())
-        st.f_npm[fid] = npm0 - total_last
-        if npm0 < ENTIRELY_MAPPED and total_last:
-            mod_node(st, "nr_anon_mapped", -total_last)
-            first = int(np.argmax(last_per_run > 0))  # the runs before it unmapped none
-            if npm0 - int(last_per_run[first]) != 0 and not st.f_partial[fid]:
-                triggers.append((int(group[first]), fid))
-        st.f_ref[fid] -= int(lens.sum())
-        if st.f_ref[fid] < 0:
-            raise ModelBug("folio_put.underflow", f"folio {fid} refcount below zero")
-        if st.f_ref[fid] == 0:
-            freed.append(fid)
-    for _, fid in sorted(triggers):
-        deferred_split_folio(st, fid, True)
-    for fid in freed:
-        free_folio(st, fid)
-
-
-def range_mapped(mm: FastMm, start: int, end: int) -> bool:
-    return any(v.start < end and start < v.end for v in mm.vmas)
-
-
-def free_pgtables(st: FastState, mm: FastMm, start: int, end: int) -> None:
-    g = st.geom
-    pud = mm.pud_table
-    for pi, addr, nxt in pud_range(g, start, end):
-        if st.e_kind[st.row(pud), pi] != TABLE:
-            continue
-        pmd = table_at(st, pud, pi, LV_PMD)
-        base = pi * g.pud_nr
-        idx = table_entries(st, pmd, *pmd_entries(g, addr, nxt))
-        # a PTE table goes once no VMA intersects its PMD range
-        lo = base + idx * g.pmd_nr
-        mapped = np.zeros(idx.size, bool)
-        for v in mm.vmas:
-            mapped |= (lo < v.end) & (v.start < lo + g.pmd_nr)
-        idx = idx[~mapped]
-        if idx.size:
-            ptes = tables_at(st, pmd, idx, LV_PTE)
-            used = st.e_kind[st.t_row[ptes]].any(axis=1)  # row 0 (no entries) is all none
-            if used.any():
-                raise ModelBug("free_pgtables.not_empty", f"PTE table {ptes[used.argmax()]}")
-            set_entries(st, pmd, idx, NONE)
-            pt_free_many(st, mm, ptes)
-        if not range_mapped(mm, base, base + g.pud_nr):
-            if st.e_kind[st.row(pmd)].any() or st.t_w16[pmd] != 0:
-                raise ModelBug("free_pgtables.not_empty", f"PMD table {pmd}")
-            set_entry(st, pud, pi, NONE)
-            pt_free(st, mm, pmd)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pudthp_fast.incremental import check_invariants_incremental
 from pudthp_fast.invariants import check_invariants
 from pudthp_fast.memory import FaultOOM, copy_page_range, follow_page, handle_mm_fault
 from pudthp_fast.pgtable import pt_alloc
@@ -32,6 +33,7 @@ class FastModel:
     """The vectorised numpy implementation of MODEL.md."""
 
     name = "fast"
+    incremental_checks = True
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -44,8 +46,13 @@ class FastModel:
     def snapshot(self) -> dict[str, Any]:
         return take_snapshot(self.st)
 
-    def check_invariants(self) -> None:
-        check_invariants(self.st)
+    def check_invariants(self, full: bool = False) -> None:
+        """MODEL.md section 6.  Incremental (the cost follows what changed since the last
+        check, ``pudthp_fast.incremental``) unless ``full``: a whole pass over the state."""
+        if full:
+            check_invariants(self.st)
+        else:
+            check_invariants_incremental(self.st)
 
     def summary(self) -> dict[str, Any]:
         st = self.st
@@ -172,6 +179,7 @@ def sys_pin(st: FastState, mm: FastMm, vpn: int) -> Result:
         return EFAULT
     fid, page = where
     mm.has_pinned = True
+    st.f_touch[fid] = True
     if st.f_order[fid] > 0:
         st.f_ref[fid] += 1
         st.f_pin[fid] += 1
@@ -188,6 +196,7 @@ def sys_unpin(st: FastState, pin: int) -> Result:
     if rec is None:
         return EINVAL
     fid = rec[0]
+    st.f_touch[fid] = True
     if st.f_order[fid] > 0:
         st.f_pin[fid] -= 1
         folio_put(st, fid, 1)

@@ -55,6 +55,7 @@ from pudthp_fast.state import (
     FastMm,
     FastState,
     W,
+    add_at,
 )
 from pudthp_ref.spec import EBUSY, EINVAL, ENTIRELY_MAPPED, ModelBug, Result
 
@@ -73,7 +74,8 @@ class Hit:
 
 
 def folio_ptes(st: FastState, table: int, fid: int) -> np.ndarray:
-    return np.flatnonzero((st.e_kind[st.row(table)] == PTE) & (st.e_id[st.row(table)] == fid))
+    r = st.row(table)
+    return ((st.e_kind[r] == PTE) & (st.e_id[r] == fid)).nonzero()[0]
 
 
 def page_vma_mapped_walk(st: FastState, fid: int) -> Iterator[Hit]:
@@ -82,7 +84,7 @@ def page_vma_mapped_walk(st: FastState, fid: int) -> Iterator[Hit]:
             continue
         pud = mm.pud_table
         kinds = st.e_kind[st.row(pud)]
-        cand = np.flatnonzero(((kinds == LEAF) & (st.e_id[st.row(pud)] == fid)) | (kinds == TABLE))
+        cand = (((kinds == LEAF) & (st.e_id[st.row(pud)] == fid)) | (kinds == TABLE)).nonzero()[0]
         for pi in cand.tolist():
             if st.e_kind[st.row(pud), pi] == LEAF:
                 split_huge_pud_locked(st, mm, pud, pi)
@@ -91,11 +93,11 @@ def page_vma_mapped_walk(st: FastState, fid: int) -> Iterator[Hit]:
             leaf = (k == LEAF) & (st.e_id[st.row(pmd)] == fid)
             tab = k == TABLE
             has = np.zeros(st.P, bool)
-            if tab.any():
+            if np.count_nonzero(tab):
                 kids = st.e_id[st.row(pmd)][tab]
                 kr = st.t_row[kids]
                 has[tab] = ((st.e_kind[kr] == PTE) & (st.e_id[kr] == fid)).any(axis=1)
-            for mi in np.flatnonzero(leaf | has).tolist():
+            for mi in (leaf | has).nonzero()[0].tolist():
                 if st.e_kind[st.row(pmd), mi] == LEAF:
                     yield Hit(mm, pmd, "pmd", mi)
                 if st.e_kind[st.row(pmd), mi] == TABLE:
@@ -115,7 +117,7 @@ def remove_ptes_singly(st: FastState, fid: int, pages: np.ndarray, mm: FastMm) -
     sub_large_mapcount_seq(st, fid, np.ones(n, np.int64), mm)
     mc = st.p_mapcount[b + pages]
     mc -= 1
-    if (mc < -1).any():
+    if np.count_nonzero(mc < -1):
         raise ModelBug("rmap.mapcount_underflow", f"folio {fid}")
     st.p_mapcount[b + pages] = mc
     last = int(np.count_nonzero(mc == -1))
@@ -155,6 +157,7 @@ def try_to_migrate_ptes(st: FastState, fid: int, hit: Hit) -> Migration:
     pages = st.e_page[st.row(t), idx].astype(np.int64)
     bits = st.e_bits[st.row(t), idx].copy()
     b = int(st.f_base[fid])
+    st.f_touch[fid] = True
     exclusive = st.p_exclusive[b + pages] | ((bits & W) != 0)
     st.p_exclusive[b + pages] = False
     if (bits & D).any():
@@ -170,6 +173,7 @@ def set_pmd_migration_entry(st: FastState, fid: int, hit: Hit) -> Migration:
     t, mi = hit.table, hit.index
     bits = int(st.e_bits[st.row(t), mi])
     b = int(st.f_base[fid])
+    st.f_touch[fid] = True
     exclusive = bool(st.p_exclusive[b]) or bool(bits & W)
     st.p_exclusive[b] = False
     if bits & D:
@@ -195,6 +199,7 @@ def split_huge_pmd_freeze(st: FastState, fid: int, hit: Hit) -> Migration:
 
 def remove_migration_entries(st: FastState, m: Migration, fid: int) -> None:
     """remove_migration_ptes()/pmd() onto ``fid`` (same page numbers)."""
+    st.f_touch[fid] = True
     if m.level == PMD_LEVEL:
         st.f_ref[fid] += 1
         set_entry(st, m.table, m.index, LEAF, fid, 0, int(m.bits[0]))
@@ -291,7 +296,7 @@ def split_unmapped_folio(st: FastState, fid: int) -> int:
     """The head keeps ``fid``; tails become folios ``first..first+nr-2`` over the same
     pool pages.  Returns the first new id."""
     b, nr = int(st.f_base[fid]), int(st.f_nr[fid])
-    if (st.p_mapcount[b : b + nr] != -1).any() or st.f_large[fid] != -1:
+    if np.count_nonzero(st.p_mapcount[b : b + nr] != -1) or st.f_large[fid] != -1:
         raise ModelBug("split.still_mapped", f"folio {fid} mapped after unmap_folio()")
     order = int(st.f_order[fid])
     count_mthp_stat(st, order, "nr_anon", -1)
@@ -300,6 +305,8 @@ def split_unmapped_folio(st: FastState, fid: int) -> int:
         count_vm_event(st, "thp_split_page")
     first = st.new_folio_rows(nr - 1)
     tails = slice(first, first + nr - 1)
+    st.f_touch[fid] = True
+    st.f_touch[tails] = True
     st.f_order[tails] = 0
     st.f_node[tails] = st.f_node[fid]
     st.f_nr[tails] = 1
@@ -323,11 +330,11 @@ def remap_page(st: FastState, head: int, first_new: int, migration: list[Migrati
     for m in migration:
         pool = b + m.pages
         zero = st.p_data[pool] == 0
-        if zero.any():
+        if np.count_nonzero(zero):
             set_entries(st, m.table, m.indices[zero], ZERO)
             m.mm.rss_anon -= int(np.count_nonzero(zero))
         keep = ~zero
-        if not keep.any():
+        if not np.count_nonzero(keep):
             continue
         pages = m.pages[keep]
         fids = np.where(pages == 0, head, first_new + pages - 1)
@@ -337,10 +344,11 @@ def remap_page(st: FastState, head: int, first_new: int, migration: list[Migrati
         st.e_id[r_m_table, idx] = fids
         st.e_page[r_m_table, idx] = 0
         st.e_bits[r_m_table, idx] = m.bits[keep]
-        np.add.at(st.f_ref, fids, 1)
+        st.f_touch[fids] = True
+        add_at(st.f_ref, fids, 1)
         kp = pool[keep]
         before = st.p_mapcount[kp].copy()
-        np.add.at(st.p_mapcount, kp, 1)
+        add_at(st.p_mapcount, kp, 1)
         mod_node(st, "nr_anon_mapped", int(np.count_nonzero(before == -1)))
         st.p_exclusive[kp[m.exclusive[keep]]] = True
 
@@ -352,6 +360,7 @@ def deferred_split_scan(st: FastState) -> int:
             if split_folio_to_list(st, fid) is not None:
                 split += 1
         else:
+            st.f_touch[fid] = True
             st.deferred.remove(fid)
             st.f_deferred[fid] = False
     return split
@@ -443,7 +452,7 @@ def pageout_pte_range(st: FastState, pte: int, lo: int, hi: int, isolated: dict[
             run = (st.e_kind[st.row(pte), ti:hi] == PTE) & (st.e_id[st.row(pte), ti:hi] == fid) & (
                 st.e_page[st.row(pte), ti:hi] == page + np.arange(m)
             )
-            bad = np.flatnonzero(~run)
+            bad = (~run).nonzero()[0]
             nr = int(bad[0]) if bad.size else m
             if nr < nr_pages:
                 shared = folio_maybe_mapped_shared(st, fid)
@@ -508,12 +517,13 @@ def shrink_folio(st: FastState, fid: int) -> list[int]:
         if not slot:
             return tails
     nr = int(st.f_nr[fid])
+    st.f_touch[fid] = True
     st.f_swapcache[fid] = True
     st.f_ref[fid] += nr
     try_to_unmap(st, fid, slot)
     order = int(st.f_order[fid])
     b = int(st.f_base[fid])
-    if not st.p_data[b : b + nr].any():  # zero-filled: the swap zeromap, no IO
+    if not np.count_nonzero(st.p_data[b : b + nr]):  # zero-filled: the swap zeromap, no IO
         st.s_zero[slot : slot + nr] = st.s_count[slot : slot + nr] > 0
     else:
         if order >= st.geom.pmd_order:
@@ -535,9 +545,10 @@ def try_to_unmap(st: FastState, fid: int, slot: int) -> None:
         assert hit.indices is not None
         t, idx = hit.table, hit.indices
         pages = st.e_page[st.row(t), idx].astype(np.int64)
-        if (st.e_bits[st.row(t), idx] & D).any():
+        st.f_touch[fid] = True
+        if np.count_nonzero(st.e_bits[st.row(t), idx] & D):
             st.f_dirty[fid] = True
-        np.add.at(st.s_count, slot + pages, 1)
+        add_at(st.s_count, slot + pages, 1)
         st.p_exclusive[int(st.f_base[fid]) + pages] = False
         hit.mm.rss_anon -= idx.size
         hit.mm.rss_swap += idx.size
@@ -656,6 +667,7 @@ def move_folio(st: FastState, src: int, dst: int) -> None:
     nr = int(st.f_nr[src])
     sb, db = int(st.f_base[src]), int(st.f_base[dst])
     st.p_data[db : db + nr] = st.p_data[sb : sb + nr]
+    st.f_touch[dst] = True
     st.f_dirty[dst] = st.f_dirty[src]
     for m in migration:
         remove_migration_entries(st, m, dst)

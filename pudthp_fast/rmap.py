@@ -49,6 +49,7 @@ def folio_alloc(st: FastState, order: int, node: int = 0) -> int:
     nr = 1 << order
     fid = st.new_folio_rows(1)
     base = st.new_pages(nr)
+    st.f_touch[fid] = True
     st.f_order[fid] = order
     st.f_node[fid] = node
     st.f_nr[fid] = nr
@@ -59,6 +60,7 @@ def folio_alloc(st: FastState, order: int, node: int = 0) -> int:
 
 
 def folio_put(st: FastState, fid: int, refs: int = 1) -> None:
+    st.f_touch[fid] = True
     st.f_ref[fid] -= refs
     r = int(st.f_ref[fid])
     if r < 0:
@@ -69,18 +71,19 @@ def folio_put(st: FastState, fid: int, refs: int = 1) -> None:
 
 def free_folio(st: FastState, fid: int) -> None:
     """__folio_put(): unqueue, nr_anon, free-time checks."""
+    st.f_touch[fid] = True
     folio_unqueue_deferred_split(st, fid)
     order = int(st.f_order[fid])
     if order > 0:
         count_mthp_stat(st, order, "nr_anon", -1)
     b, n = int(st.f_base[fid]), int(st.f_nr[fid])
     if (
-        (st.p_mapcount[b : b + n] != -1).any()
+        np.count_nonzero(st.p_mapcount[b : b + n] != -1)
         or st.f_entire[fid] != -1
         or st.f_large[fid] != -1
         or st.f_npm[fid] != 0
         or st.f_pin[fid] != 0
-        or (st.f_mmc[fid] != -1).any()
+        or np.count_nonzero(st.f_mmc[fid] != -1)
     ):
         raise ModelBug("free.still_mapped", f"folio {fid} freed while mapped or pinned")
     st.f_live[fid] = False
@@ -93,14 +96,16 @@ def free_folios_bulk(st: FastState, fids: np.ndarray) -> None:
     """free_folio() for many order-0 folios at once (none is queued or pinned)."""
     if fids.size == 0:
         return
+    st.f_touch[fids] = True
     bases = st.f_base[fids]
-    if (st.p_mapcount[bases] != -1).any() or (st.f_pin[fids] != 0).any():
+    if np.count_nonzero(st.p_mapcount[bases] != -1) or np.count_nonzero(st.f_pin[fids]):
         raise ModelBug("free.still_mapped", "order-0 folio freed while mapped or pinned")
     st.f_live[fids] = False
     st.p_exclusive[bases] = False
 
 
 def deferred_split_folio(st: FastState, fid: int, partially_mapped: bool) -> None:
+    st.f_touch[fid] = True
     order = int(st.f_order[fid])
     if order <= 1:
         return
@@ -123,6 +128,7 @@ def deferred_split_folio(st: FastState, fid: int, partially_mapped: bool) -> Non
 
 
 def folio_unqueue_deferred_split(st: FastState, fid: int) -> None:
+    st.f_touch[fid] = True
     if st.f_deferred[fid]:
         st.deferred.remove(fid)
         st.f_deferred[fid] = False
@@ -138,6 +144,7 @@ def folio_unqueue_deferred_split(st: FastState, fid: int) -> None:
 
 def add_large_mapcount(st: FastState, fid: int, diff: int, mm: FastMm) -> None:
     """folio_add_return_large_mapcount()."""
+    st.f_touch[fid] = True
     new_val = int(st.f_large[fid]) + diff
     st.f_large[fid] = new_val
     ids, cnt = st.f_mmid[fid], st.f_mmc[fid]
@@ -159,6 +166,7 @@ def add_large_mapcount(st: FastState, fid: int, diff: int, mm: FastMm) -> None:
 
 def sub_large_mapcount(st: FastState, fid: int, diff: int, mm: FastMm) -> None:
     """folio_sub_return_large_mapcount()."""
+    st.f_touch[fid] = True
     new_val = int(st.f_large[fid]) - diff
     st.f_large[fid] = new_val
     ids, cnt = st.f_mmid[fid], st.f_mmc[fid]
@@ -181,6 +189,7 @@ def sub_large_mapcount(st: FastState, fid: int, diff: int, mm: FastMm) -> None:
 
 
 def folio_add_new_anon_rmap(st: FastState, fid: int, mm: FastMm, exclusive: bool = True) -> None:
+    st.f_touch[fid] = True
     order = int(st.f_order[fid])
     b = int(st.f_base[fid])
     if order == 0:
@@ -205,6 +214,7 @@ def folio_add_new_anon_rmap(st: FastState, fid: int, mm: FastMm, exclusive: bool
 def folio_add_rmap(st: FastState, fid: int, first: int, n: int, mm: FastMm, level: str,
                    exclusive: bool = False) -> None:
     """__folio_add_rmap() (+ RMAP_EXCLUSIVE marking, __folio_add_anon_rmap())."""
+    st.f_touch[fid] = True
     b = int(st.f_base[fid])
     order = int(st.f_order[fid])
     if level == PTE_LEVEL:
@@ -240,6 +250,7 @@ def folio_add_rmap(st: FastState, fid: int, first: int, n: int, mm: FastMm, leve
 def folio_remove_rmap(st: FastState, fid: int, first: int, n: int, mm: FastMm, level: str
                       ) -> None:
     """__folio_remove_rmap(): counters, stats, deferred queueing of a partial mapping."""
+    st.f_touch[fid] = True
     b = int(st.f_base[fid])
     nr = 0
     partially_mapped = False
@@ -289,11 +300,12 @@ def folio_maybe_dma_pinned(st: FastState, fid: int) -> bool:
 
 def folio_try_dup_anon_rmap(st: FastState, fid: int, first: int, n: int, dst: FastMm,
                             src: FastMm, level: str) -> bool:
+    st.f_touch[fid] = True
     maybe_pinned = src.has_pinned and folio_maybe_dma_pinned(st, fid)
     b = int(st.f_base[fid])
     if level == PTE_LEVEL:
         ex = st.p_exclusive[b + first : b + first + n]
-        if maybe_pinned and ex.any():
+        if maybe_pinned and np.count_nonzero(ex):
             return False
         ex[:] = False
         st.p_mapcount[b + first : b + first + n] += 1
@@ -316,6 +328,7 @@ def sub_large_mapcount_seq(st: FastState, fid: int, diffs: np.ndarray, mm: FastM
     that call on (or from the first, for an untracked mm) each call clears SHARED if a slot
     count equals the new raw total.
     """
+    st.f_touch[fid] = True
     L = int(st.f_large[fid])
     sums = np.cumsum(diffs)
     st.f_large[fid] = L - int(sums[-1])
@@ -333,5 +346,5 @@ def sub_large_mapcount_seq(st: FastState, fid: int, diffs: np.ndarray, mm: FastM
             ids[i] = 0
             break
     new_vals = L - sums[j0:]
-    if np.isin(new_vals, [int(cnt[0]), int(cnt[1])]).any():
+    if np.count_nonzero((new_vals == int(cnt[0])) | (new_vals == int(cnt[1]))):
         st.f_shared[fid] = False

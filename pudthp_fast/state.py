@@ -1,8 +1,11 @@
 """State of the fast model as struct-of-arrays: page tables, folios, the page pool, swap.
 
 Every table, folio and swap slot is a row of numpy arrays indexed by its id (row 0 unused,
-ids start at 1, as in the reference).  Arrays grow by doubling.  Per-page folio state lives
-in one page pool: a folio owns ``[f_base, f_base + f_nr)`` of ``p_mapcount``,
+ids start at 1, as in the reference).  Arrays grow in chunks: what is needed, rounded up to
+half the current size (a quarter for the page pool) or a geometry-sized minimum (a PUD
+folio's pages for the pool, a PUD split's tables for the entry rows), never by doubling
+the pool for one page.  Per-page
+folio state lives in one page pool: a folio owns ``[f_base, f_base + f_nr)`` of ``p_mapcount``,
 ``p_exclusive`` and ``p_data``, so splitting a folio hands its tail pages to the new folios
 without copying.
 
@@ -16,6 +19,12 @@ Entry encoding (``e_kind`` per row and index):
     PMD or zero-page PTE), 4 present PTE (``e_id`` = folio, ``e_page`` = page in folio),
     5 swap PTE (``e_id`` = slot).  ``e_bits``: 1 write, 2 dirty, 4 young.
 Raw ptdesc words ``t_w8`` / ``t_w16``: 0 NULL, a table id, or ``POISON1`` / ``POISON2``.
+
+Dirty tracking for the incremental invariant checker (``pudthp_fast.incremental``): every
+write to a table (its entries, words, state, level or owner) sets ``t_touch[id]`` (``wrow``,
+``wrows``, ``release_row(s)`` and ``touch_t``/``touch_ts`` at the other write sites), every
+write to a folio's fields or its pages' ``_mapcount``/AnonExclusive sets ``f_touch[id]``
+(``touch_f``/``touch_fs``).  The checker consumes the marks; ``inc`` holds its aggregates.
 """
 
 from __future__ import annotations
@@ -38,6 +47,10 @@ LV_PUD, LV_PMD, LV_PTE = 0, 1, 2
 LEVEL_NAMES = LEVELS  # by LV_* index
 ST_FREE, ST_LIVE, ST_DEPOSITED = 0, 1, 2
 
+SMALL = 48
+"""Up to this many entries a PTE-range operation runs as a Python loop: numpy's fixed cost
+per call would dominate (small geometry)."""
+
 I8 = np.int8
 I32 = np.int32
 I64 = np.int64
@@ -46,17 +59,46 @@ U64 = np.uint64
 Arr = npt.NDArray[Any]
 
 
-def grow(a: Arr, need: int, fill: int | bool = 0) -> Arr:
-    """``a`` with at least ``need`` rows, doubling (amortised growth), new rows ``fill``."""
+def grow(a: Arr, need: int, fill: int | bool = 0, chunk: int = 64, part: int = 2) -> Arr:
+    """``a`` with at least ``need`` rows, new rows ``fill``: ``need`` rounded up to a chunk
+    of ``max(chunk, rows // part)`` (amortised growth, at most ``1 / part`` unused)."""
     n = a.shape[0]
     if need <= n:
         return a
-    new_n = max(need, 2 * n)
+    step = max(chunk, n // part)
+    new_n = -(-need // step) * step
     shape = (new_n, *a.shape[1:])
     # np.zeros takes memory the kernel hands out already zeroed: only the copy touches it
     out = np.zeros(shape, a.dtype) if fill == 0 else np.full(shape, fill, dtype=a.dtype)
     out[:n] = a
     return out
+
+
+def unique(a: Arr) -> Arr:
+    """The sorted distinct values of a 1-D array: ``np.unique`` without its first-call
+    import of ``numpy.ma`` (tens of milliseconds of every process that calls it)."""
+    s = np.sort(a)
+    if s.size <= 1:
+        return s
+    keep = np.empty(s.size, bool)
+    keep[0] = True
+    np.not_equal(s[1:], s[:-1], out=keep[1:])
+    return s[keep]
+
+
+def add_at(a: Arr, idx: Arr, delta: int) -> None:
+    """``np.add.at(a, idx, delta)``: ``a[i] += delta`` for every ``i`` of ``idx``, repeats
+    counted; by counts over the range of ``idx`` when it is dense (``np.add.at`` with a
+    scalar is slow on millions of indices)."""
+    n = idx.size
+    if not n:
+        return
+    if n > 64:
+        lo, hi = int(idx.min()), int(idx.max()) + 1
+        if hi - lo <= 4 * n:
+            a[lo:hi] += (delta * np.bincount(idx - lo, minlength=hi - lo)).astype(a.dtype)
+            return
+    np.add.at(a, idx, np.full(n, delta, a.dtype))
 
 
 @dataclass(slots=True)
@@ -94,11 +136,13 @@ class FastState:
         self.geom: Geometry = cfg.geom
         P = self.geom.P
         self.P = P
-        # First capacities sized by geometry (one PUD folio, its deposit twice), so that a
-        # 1 GiB geometry does not double its way up from a few pages; growth doubles.
+        # First capacities sized by geometry (one PUD folio, its deposit twice); growth is
+        # by chunks of at least a PUD split's tables and a PUD folio's pages.
         tables = rows = 2 * P + 16
         folios = 64
         pages = 2 * self.geom.pud_nr
+        self.row_chunk = P + 16
+        self.page_chunk = self.geom.pud_nr
         # page tables, row = id
         self.t_level = np.zeros(tables, I8)
         self.t_mm = np.zeros(tables, I32)
@@ -107,8 +151,10 @@ class FastState:
         self.t_w16 = np.zeros(tables, I64)
         self.t_addr = np.zeros(tables, I64)  # first page a live table maps (for rmap walks)
         self.t_row = np.zeros(tables, I64)  # the table's entry row, 0 = none yet
+        self.t_rowl: list[int] = [0] * tables  # the same as a list, for scalar lookups
+        self.t_touch = np.zeros(tables, bool)  # written since the last incremental check
         self.e_kind = np.zeros((rows, P), I8)
-        self.e_id = np.zeros((rows, P), I64)
+        self.e_id = np.zeros((rows, P), I32)
         self.e_page = np.zeros((rows, P), I32)
         self.e_bits = np.zeros((rows, P), U8)
         self.next_pt = 1
@@ -132,9 +178,10 @@ class FastState:
         self.f_partial = np.zeros(folios, bool)
         self.f_deferred = np.zeros(folios, bool)
         self.f_live = np.zeros(folios, bool)
+        self.f_touch = np.zeros(folios, bool)  # written since the last incremental check
         self.next_folio = 1
         # the page pool
-        self.p_mapcount = np.full(pages, -1, I64)
+        self.p_mapcount = np.full(pages, -1, I32)
         self.p_exclusive = np.zeros(pages, bool)
         self.p_data = np.zeros(pages, U64)
         self.next_page = 0
@@ -153,6 +200,10 @@ class FastState:
         self.fail_alloc: dict[str, int] = {"pud": 0, "pmd": 0, "base": 0}
         self.huge_zero_allocated = False
         self.stats: dict[str, Any] = empty_stats()
+        # the incremental checker's aggregates, built by its first check, and how its
+        # checks went (cleared alone, or handed to the full checker)
+        self.inc: Any = None
+        self.checks: dict[str, int] = {"incremental": 0, "fallback": 0}
 
     # ---------------------------------------------------------------------------------
     # allocation of rows
@@ -174,33 +225,57 @@ class FastState:
             self.t_w16 = grow(self.t_w16, need)
             self.t_addr = grow(self.t_addr, need)
             self.t_row = grow(self.t_row, need)
+            self.t_rowl.extend([0] * (self.t_row.shape[0] - len(self.t_rowl)))
+            self.t_touch = grow(self.t_touch, need, False)
         return tid
 
     def row(self, t: int) -> int:
         """The entry row of table ``t`` for reading (0, all none, if it has none)."""
-        return int(self.t_row[t])
+        return self.t_rowl[t]
 
     def wrow(self, t: int) -> int:
-        """The entry row of table ``t`` for writing, taken on first use."""
-        r = int(self.t_row[t])
+        """The entry row of table ``t`` for writing, taken on first use; marks ``t``."""
+        self.t_touch[t] = True
+        r = self.t_rowl[t]
         if r == 0:
             r = self.free_rows.pop() if self.free_rows else self._new_rows(1)
             self.t_row[t] = r
+            self.t_rowl[t] = r
         return r
 
     def wrows(self, ts: Arr) -> Arr:
         """``wrow`` for an array of tables."""
-        return np.array([self.wrow(int(t)) for t in ts], dtype=I64)
+        rows = self.t_row[ts]
+        missing = (rows == 0).nonzero()[0]
+        if missing.size:
+            for k in missing.tolist():
+                rows[k] = self.wrow(int(ts[k]))
+        self.t_touch[ts] = True
+        return rows
+
+    def touch_t(self, t: int) -> None:
+        """Table ``t`` was written (words, state, level, owner) outside ``wrow``."""
+        self.t_touch[t] = True
+
+    def touch_ts(self, ts: Arr) -> None:
+        self.t_touch[ts] = True
+
+    def touch_f(self, f: int) -> None:
+        """Folio ``f``'s fields or its pages' mapcounts / AnonExclusive were written."""
+        self.f_touch[f] = True
+
+    def touch_fs(self, fs: Arr) -> None:
+        self.f_touch[fs] = True
 
     def _new_rows(self, n: int) -> int:
         first = self.next_row
         self.next_row += n
         if self.next_row > self.e_kind.shape[0]:
-            need = self.next_row
-            self.e_kind = grow(self.e_kind, need)
-            self.e_id = grow(self.e_id, need)
-            self.e_page = grow(self.e_page, need)
-            self.e_bits = grow(self.e_bits, need)
+            need, c = self.next_row, self.row_chunk
+            self.e_kind = grow(self.e_kind, need, 0, c)
+            self.e_id = grow(self.e_id, need, 0, c)
+            self.e_page = grow(self.e_page, need, 0, c)
+            self.e_bits = grow(self.e_bits, need, 0, c)
         return first
 
     def release_rows(self, ts: Arr) -> None:
@@ -214,10 +289,15 @@ class FastState:
             self.e_bits[rows] = 0
             self.free_rows.extend(rows.tolist())
         self.t_row[ts] = 0
+        rowl = self.t_rowl
+        for t in np.asarray(ts).tolist():
+            rowl[t] = 0
+        self.t_touch[ts] = True
 
     def release_row(self, t: int) -> None:
         """A freed table gives its row back, cleared."""
-        r = int(self.t_row[t])
+        self.t_touch[t] = True
+        r = self.t_rowl[t]
         if r:
             self.e_kind[r] = 0
             self.e_id[r] = 0
@@ -225,6 +305,7 @@ class FastState:
             self.e_bits[r] = 0
             self.free_rows.append(r)
             self.t_row[t] = 0
+            self.t_rowl[t] = 0
 
     def new_folio_rows(self, count: int) -> int:
         """Reserve ``count`` consecutive folio ids; returns the first."""
@@ -249,6 +330,7 @@ class FastState:
             self.f_partial = grow(self.f_partial, need, False)
             self.f_deferred = grow(self.f_deferred, need, False)
             self.f_live = grow(self.f_live, need, False)
+            self.f_touch = grow(self.f_touch, need, False)
         return first
 
     def new_pages(self, n: int) -> int:
@@ -256,10 +338,10 @@ class FastState:
         base = self.next_page
         self.next_page += n
         if self.next_page > self.p_mapcount.shape[0]:
-            need = self.next_page
-            self.p_mapcount = grow(self.p_mapcount, need, -1)
-            self.p_exclusive = grow(self.p_exclusive, need, False)
-            self.p_data = grow(self.p_data, need)
+            need, c = self.next_page, self.page_chunk
+            self.p_mapcount = grow(self.p_mapcount, need, -1, c, 4)
+            self.p_exclusive = grow(self.p_exclusive, need, False, c, 4)
+            self.p_data = grow(self.p_data, need, 0, c, 4)
         return base
 
     def new_slots(self, n: int) -> int:

@@ -13,10 +13,10 @@ from pudthp_fast.huge_memory import (
     split_huge_pmd_locked,
     split_huge_pud_locked,
 )
-from pudthp_fast.memory import free_pgtables, zap_page_range
 from pudthp_fast.pgtable import pmd_range, pt_free, pud_range, table_at
 from pudthp_fast.reclaim import madvise_pageout
 from pudthp_fast.state import LEAF, LV_PMD, LV_PTE, PTE, ZERO, FastMm, FastState, FastVma, W
+from pudthp_fast.zap import free_pgtables, zap_page_range
 from pudthp_ref.spec import EINVAL, ENOMEM, ModelBug, Result
 
 
@@ -100,7 +100,7 @@ def exit_mmap(st: FastState, mm: FastMm) -> None:
     mm.vmas = []
     free_pgtables(st, mm, 0, st.geom.space)
     pud = mm.pud_table
-    if st.t_w16[pud] != 0 or st.e_kind[st.row(pud)].any():
+    if st.t_w16[pud] != 0 or np.count_nonzero(st.e_kind[st.row(pud)]):
         raise ModelBug("check_mm.pud_table", f"mm {mm.id}: PUD table not empty at exit")
     pt_free(st, mm, pud)
     mm.alive = False
@@ -163,7 +163,7 @@ def change_protection(st: FastState, mm: FastMm, start: int, end: int, prot: str
             pte = table_at(st, pmd, mi, LV_PTE)
             lo, hi = a % g.P, a % g.P + (b - a)
             present = st.e_kind[st.row(pte), lo:hi] == PTE
-            if not present.any():
+            if not np.count_nonzero(present):
                 continue
             bits = st.e_bits[st.row(pte), lo:hi]
             if prot == "rw":

@@ -38,7 +38,8 @@ class RefModel:
     def snapshot(self) -> dict[str, Any]:
         return take_snapshot(self.st)
 
-    def check_invariants(self) -> None:
+    def check_invariants(self, full: bool = False) -> None:
+        """MODEL.md section 6; every check is a whole pass (``full`` changes nothing)."""
         check_invariants(self.st)
 
     def summary(self) -> dict[str, Any]:

@@ -575,7 +575,9 @@ class Impl(Protocol):
     """What the harness needs from an implementation (``pudthp_ref``, ``pudthp_fast``).
 
     ``apply`` runs one op and returns its result; it raises ``ModelBug`` when the model
-    meets corruption.  ``check_invariants`` raises ``InvariantViolation``.
+    meets corruption.  ``check_invariants`` raises ``InvariantViolation``; ``full`` asks for
+    a pass over the whole state where an implementation checks incrementally (its class
+    then sets ``incremental_checks``), and changes nothing where every check is whole.
     """
 
     name: str
@@ -584,7 +586,7 @@ class Impl(Protocol):
 
     def snapshot(self) -> dict[str, Any]: ...
 
-    def check_invariants(self) -> None: ...
+    def check_invariants(self, full: bool = False) -> None: ...
 
     def summary(self) -> dict[str, Any]:
         """A small part of the state both implementations compute without touching pages

@@ -16,14 +16,22 @@ def test_bench_prints_a_row_per_workload_and_writes_json(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out_json = tmp_path / "bench.json"
-    assert main(["bench", "--workload", "pud_fault_storm", "--json", str(out_json)]) == 0
+    assert main(["bench", "--workload", "pud_fault_storm", "--check", "every-op", "--check",
+                 "none", "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
-    row = next(line for line in out.splitlines() if line.startswith("pud_fault_storm"))
-    assert row.split()[1] == "17"  # mmap + 8 x (write, read): 17 ops
-    assert row.split()[4].endswith("x")  # the ref/fast speed-up column
+    rows = [line.split() for line in out.splitlines() if line.startswith("pud_fault_storm")]
+    assert [r[1] for r in rows] == ["every-op", "none"]  # one row per check mode
+    for r in rows:
+        assert r[2] == "17"  # mmap + 8 x (write, read): 17 ops
+        assert r[5].endswith("x")  # the ref/fast speed-ups: wall, then CPU
+        assert r[8].endswith("x")
     figures = json.loads(out_json.read_text())
-    assert {(f["workload"], f["impl"]) for f in figures} == {
-        ("pud_fault_storm", "ref"), ("pud_fault_storm", "fast")}
+    assert {(f["workload"], f["check"], f["impl"]) for f in figures} == {
+        ("pud_fault_storm", c, i) for c in ("every-op", "none") for i in ("ref", "fast")}
+    # apply and check times inside each process, checks only where asked for
+    for f in figures:
+        assert 0 < f["apply"] < f["cpu"]
+        assert (f["check_seconds"] > 0) == (f["check"] == "every-op")
 
 
 def test_every_workload_is_deterministic_and_runs_on_both() -> None:
@@ -32,3 +40,7 @@ def test_every_workload_is_deterministic_and_runs_on_both() -> None:
         # (the x86_64 splits are covered by --impl both tests, too slow here twice)
         assert make() == make()
         assert worker(make(), "ref")["ops"] == worker(make(), "fast")["ops"]
+    for name in ("split_heavy", "split_mix", "split_and_migrate", "fork_many_puds"):
+        assert WORKLOADS[name]() == WORKLOADS[name]()
+    # the split-heavy program: 22 ops
+    assert len(WORKLOADS["split_heavy"]()[0][1]) == 22
