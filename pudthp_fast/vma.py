@@ -165,9 +165,12 @@ def change_protection(st: FastState, mm: FastMm, start: int, end: int, prot: str
             present = st.e_kind[st.row(pte), lo:hi] == PTE
             if not np.count_nonzero(present):
                 continue
-            bits = st.e_bits[st.row(pte), lo:hi]
+            row = st.row(pte)
+            bits = st.e_bits[row, lo:hi]
             if prot == "rw":
-                pages = st.f_base[st.e_id[st.row(pte), lo:hi]] + st.e_page[st.row(pte), lo:hi]
+                # e_id of a swap PTE is a swap slot, not a folio: look up present PTEs only
+                ids = np.where(present, st.e_id[row, lo:hi], 0)
+                pages = st.f_base[ids] + st.e_page[row, lo:hi]
                 write = present & st.p_exclusive[np.where(present, pages, 0)]
             else:
                 write = np.zeros_like(present)
