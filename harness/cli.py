@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from harness.program import ProgramError, dump_program, load_program_file
-from harness.runner import IMPL_NAMES, UsageError, run_program
+from harness.runner import CHECK_MODES, IMPL_NAMES, UsageError, run_program
 from pudthp_ref.spec import Op, Program, Result, op_str
 
 
@@ -50,13 +50,68 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--report", metavar="FILE", help="write the pudthp-report/1 JSON here")
     run.add_argument("--quiet", action="store_true", help="no per-op lines, only the summary")
+    run.add_argument("--check", choices=CHECK_MODES, default="end",
+                     help="with --impl both, when the fast side checks its own invariants: at "
+                     "the end of the program and at a divergence (end, the default: the "
+                     "comparison with the reference, which checks after every op, covers "
+                     "the ops between) or after every op (every-op)")
 
     _add_fuzz(sub)
+    _add_coverage(sub)
     _add_shrink(sub)
     _add_corpus(sub)
     _add_conform(sub)
     _add_bench(sub)
     return parser
+
+
+def _add_coverage(sub: Any) -> None:
+    cov = sub.add_parser(
+        "coverage",
+        help="run programs and print which model-state features they hit and how often",
+        description="Run each program (files, or every *.json of a directory) and count the "
+        "model-state features of the catalogue (COVERAGE.md) that its ops hit in the "
+        "reference model: hits, programs hitting each feature, and the features never hit. "
+        "Exit 0, or 2 for bad input.",
+        allow_abbrev=False,
+    )
+    cov.add_argument("paths", metavar="PROGRAM|DIR", nargs="+",
+                     help="pudthp-program/1 JSON files or directories of them")
+    cov.add_argument("--impl", choices=("ref", "both"), default="ref",
+                     help="run on the reference alone (default) or on both in lockstep")
+
+
+def _cmd_coverage(args: argparse.Namespace) -> int:
+    import glob
+    import os
+
+    from harness.coverage import Coverage, Tally
+
+    files: list[str] = []
+    for path in args.paths:
+        if os.path.isdir(path):
+            files += sorted(glob.glob(os.path.join(path, "*.json")))
+        elif os.path.exists(path):
+            files.append(path)
+        else:
+            return _error(f"{path}: no such file or directory")
+    if not files:
+        return _error(f"no *.json programs in {' '.join(args.paths)}")
+    programs = [(f, load_program_file(f)) for f in files]
+    tally = Tally()
+    findings = 0
+    for _, program in programs:
+        cov = Coverage()
+        report = run_program(program, args.impl, coverage=cov)
+        findings += report.finding is not None
+        tally.add_program(cov.hits, cov.ops)
+        tally.unclassified += cov.unclassified
+    title = f"pudthp coverage ({len(files)} file(s), --impl {args.impl})"
+    print(tally.table(title), end="")
+    if findings:
+        print(f"({findings} program(s) ended early on a finding; their later ops were not "
+              f"run)")
+    return 0
 
 
 def _bench_workloads() -> dict[str, Any]:
@@ -407,6 +462,8 @@ def _main(argv: list[str]) -> int:
             return _cmd_shrink(args)
         if args.command == "corpus":
             return _cmd_corpus(args)
+        if args.command == "coverage":
+            return _cmd_coverage(args)
         return _cmd_run(args)
     except (ProgramError, UsageError) as e:
         return _error(str(e))
@@ -435,7 +492,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"{i:>{width}} {op_str(op)} -> {result}", flush=True)
 
     on_step: Callable[[int, Op, Result], None] | None = None if args.quiet else show
-    report = run_program(program, args.impl, on_step=on_step)
+    report = run_program(program, args.impl, check_mode=args.check, on_step=on_step)
 
     finding = report.finding
     if finding is None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, cast
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, cast
 
 from harness.lockstep import Lockstep
 from harness.oracle import Oracle
@@ -30,7 +30,14 @@ from pudthp_ref.spec import (
     Result,
 )
 
+if TYPE_CHECKING:
+    from harness.coverage import Coverage
+
 IMPL_NAMES: tuple[str, ...] = ("ref", "fast", "both")
+# When the fast side of ``both`` checks its invariants (the reference and ``fast`` alone
+# always check after every op): at the end of a program and where a divergence is found,
+# or after every op (harness/lockstep.py says why the first loses nothing).
+CHECK_MODES: tuple[str, ...] = ("end", "every-op")
 
 # op_index of a finding raised while creating the model, before any op ran
 BEFORE_FIRST_OP = -1
@@ -108,17 +115,24 @@ def run_program(
     impl: str = "ref",
     *,
     check: bool = True,
+    check_mode: str = "end",
     on_step: Callable[[int, Op, Result], None] | None = None,
+    coverage: Coverage | None = None,
 ) -> RunReport:
     """Run ``program`` on a fresh ``impl`` and report its results and first finding.
 
     Per op: ``apply``, then (if ``check``) ``check_invariants``, then the oracle (always: it is
-    cheap and its state must follow every op).  ``on_step(i, op, result)`` is called once the
-    op returned, before its checks.  The results include the op of an invariant or oracle
-    finding but not an op whose ``apply`` raised.  A model that cannot even be created gives a
-    finding at op index -1.  Raises UsageError only for an unavailable implementation.
+    cheap and its state must follow every op).  Under ``both`` the fast side checks its
+    invariants after every op only with ``check_mode`` ``every-op``; with ``end`` (the
+    default) at the end of the program and where a divergence is found.  ``on_step(i, op,
+    result)`` is called once the op returned, before its checks; ``coverage`` counts the
+    model-state features of each op (``harness.coverage``; it needs the reference).  The
+    results include the op of an invariant or oracle finding but not an op whose ``apply``
+    raised.  A model that cannot even be created gives a finding at op index -1.  Raises
+    UsageError only for an unavailable implementation or check mode.
     """
-    stepper = Stepper(program.config, impl, check=check, on_step=on_step)
+    stepper = Stepper(program.config, impl, check=check, check_mode=check_mode,
+                      on_step=on_step, coverage=coverage)
     for op in program.ops:
         if stepper.finding is not None:
             break
@@ -140,12 +154,19 @@ class Stepper:
         impl: str = "ref",
         *,
         check: bool = True,
+        check_mode: str = "end",
         on_step: Callable[[int, Op, Result], None] | None = None,
+        coverage: Coverage | None = None,
     ) -> None:
+        if check_mode not in CHECK_MODES:
+            raise UsageError(f"unknown check mode {check_mode!r} (choose from "
+                             f"{', '.join(CHECK_MODES)})")
         self.cfg = cfg
         self.impl = impl
         self.check = check
+        self.check_mode = check_mode
         self.on_step = on_step
+        self.coverage = coverage
         self.constructor = _constructor(impl)
         self.ops: list[Op] = []
         self.results: list[Result] = []
@@ -155,6 +176,8 @@ class Stepper:
             self.model = self.constructor(cfg)
         except Exception as e:
             self.finding = _crash_finding(e, BEFORE_FIRST_OP, "init")
+        if isinstance(self.model, Lockstep):
+            self.model.fast_every_op = check_mode == "every-op"
         self.oracle = Oracle(cfg.geometry)
 
     def step(self, op: Op) -> Result | None:
@@ -164,10 +187,12 @@ class Stepper:
         i = len(self.ops)
         self.ops.append(op)
         model = self.model
+        coverage = self.coverage
+        token = coverage.before(model, op) if coverage is not None else None
         try:
             result = model.apply(op)
         except Exception as e:
-            self.finding = _exception_finding(e, i, op.KIND)
+            self.finding = self._with_fast_verdict(_exception_finding(e, i, op.KIND))
             return None
         if isinstance(result, bool) or not isinstance(result, int | str):
             self.finding = Finding(
@@ -178,6 +203,8 @@ class Stepper:
             )
             return None
         self.results.append(result)
+        if coverage is not None:
+            coverage.after(model, op, result, token)
         if self.on_step is not None:
             self.on_step(i, op, result)
         if self.check:
@@ -196,6 +223,19 @@ class Stepper:
         """The ops stepped so far as a program."""
         return Program(self.cfg, tuple(self.ops))
 
+    def _fast_deferred(self) -> bool:
+        """Whether the fast side of ``both`` has not been checking after every op."""
+        return (self.check and isinstance(self.model, Lockstep)
+                and not self.model.fast_every_op)
+
+    def _with_fast_verdict(self, finding: Finding) -> Finding:
+        """A divergence, with what the fast side's own checker says of its state there (it
+        has not been run after every op)."""
+        if finding.kind != "divergence" or not self._fast_deferred():
+            return finding
+        assert isinstance(self.model, Lockstep)
+        return _add_fast_verdict(finding, self.model)
+
     def finish(self) -> RunReport:
         """The report: the final snapshot and, for ``both``, the final snapshot comparison."""
         model = self.model
@@ -206,7 +246,10 @@ class Stepper:
             if isinstance(model, Lockstep) and self.finding is None:
                 snapshot, d = model.compare_snapshots()
                 if d is not None:
-                    self.finding = locate_divergence(self.program(), self.constructor)
+                    self.finding = locate_divergence(self.program(), self.constructor,
+                                                     fast_verdict=self._fast_deferred())
+                elif self._fast_deferred():
+                    self.finding = self._check_fast_at_end(model)
             elif isinstance(model, Lockstep):
                 snapshot = model.ref.snapshot()
             else:
@@ -217,18 +260,57 @@ class Stepper:
                 self.finding = _crash_finding(e, len(self.ops) - 1, "snapshot")
         return RunReport(self.impl, self.results, self.finding, snapshot)
 
+    def _check_fast_at_end(self, model: Lockstep) -> Finding | None:
+        """The fast side's invariants at the end of a program whose states agreed
+        throughout; a violation is located by replay to the first op that breaks it."""
+        try:
+            model.fast.check_invariants()
+        except Exception:
+            return locate_fast_violation(self.program(), self.constructor)
+        return None
 
-def locate_divergence(program: Program, constructor: Callable[[Config], Impl]) -> Finding:
+
+def locate_divergence(program: Program, constructor: Callable[[Config], Impl], *,
+                      fast_verdict: bool = False) -> Finding:
     """The per-op digests agreed but the final snapshots do not: replay with a full snapshot
-    comparison after every op and report the first op whose states differ."""
+    comparison after every op and report the first op whose states differ (with
+    ``fast_verdict``, and what the fast side's checker says of its state there)."""
     model = constructor(program.config)
     assert isinstance(model, Lockstep)
     for i, op in enumerate(program.ops):
         model.apply(op)
         _, d = model.compare_snapshots()
         if d is not None:
-            return _exception_finding(d, i, op.KIND)
+            finding = _exception_finding(d, i, op.KIND)
+            return _add_fast_verdict(finding, model) if fast_verdict else finding
     raise AssertionError("the final snapshots differ but no op's snapshots did on replay")
+
+
+def locate_fast_violation(program: Program, constructor: Callable[[Config], Impl]
+                          ) -> Finding:
+    """The fast side's invariants fail at the end of ``program``: replay it checking them
+    after every op (``--check every-op``) and report the first op that breaks one."""
+    model = constructor(program.config)
+    assert isinstance(model, Lockstep)
+    model.fast_every_op = True
+    for i, op in enumerate(program.ops):
+        try:
+            model.apply(op)
+            model.check_invariants()
+        except Exception as e:
+            return _exception_finding(e, i, op.KIND)
+    raise AssertionError("the fast side's invariants fail at the end but after no op on "
+                         "replay")
+
+
+def _add_fast_verdict(finding: Finding, model: Lockstep) -> Finding:
+    try:
+        model.fast.check_invariants()
+        verdict = "the fast side's own invariants hold here"
+    except Exception as e:
+        verdict = f"the fast side's own invariants fail here: {type(e).__name__}: {e}"
+    detail = f"{finding.detail}\n{verdict}" if finding.detail else verdict
+    return replace(finding, detail=detail)
 
 
 def _exception_finding(e: Exception, index: int, kind: str) -> Finding:
