@@ -20,7 +20,10 @@ so, and it counts as found (exit 1) without being written again.
 
 Progress (on stderr, about once a second on a terminal, else every few seconds): total
 executions and executions per second over all workers, coverage and features (libFuzzer's
-``cov:`` and ``ft:``), corpus size on disk, distinct findings.  Exit 0 nothing found, 1
+``cov:`` and ``ft:``), corpus size on disk, distinct findings.  The summary adds the ops run
+and ops per second, and the model-state coverage table of every program the targets ran
+(``harness.coverage``, reported by each target on stderr), also written to ``--findings`` as
+``coverage-<time>-atheris-seed<N>.txt``.  Exit 0 nothing found, 1
 anything found, 2 no worker could run the target, 130 interrupted (Ctrl-C: workers stop,
 artifacts already written are still decoded, shrunk and archived).
 """
@@ -47,9 +50,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from fuzz.archive import archive, archived_signatures
+from fuzz.archive import archive, archived_signatures, write_coverage
 from fuzz.encoding import EncodeError, encode
 from fuzz.mutator import Hunt
+from harness.coverage import Tally
 from harness.program import ProgramError, dump_program, load_program_file
 from harness.runner import run_program
 from harness.shrink import NoFinding, ShrinkResult, shrink
@@ -65,6 +69,8 @@ STOP_GRACE = 10.0  # after the deadline, workers get this long before SIGINT, th
 
 _STATUS = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)/")
 _EXECS = re.compile(r"^pudthp: execs (\d+)")
+_OPS = re.compile(r"^pudthp: execs \d+ ops (\d+)")
+_FEATURES = re.compile(r"^pudthp: features (\{.*\})$")
 _KNOWN = re.compile(r"^pudthp: known finding (\S+)")
 _FINAL = re.compile(r"^stat::number_of_executed_units: (\d+)")
 
@@ -101,9 +107,23 @@ class _Worker:
     starts: int = 0
     finished: bool = False
     failed: bool = False  # exited with an error before fuzzing: the target cannot run
+    ops_done: int = 0  # ops run by earlier processes in this slot
+    ops: int = 0  # by the current one
+    tally_done: Tally = field(default_factory=Tally)  # features of earlier processes
+    tally: Tally | None = None  # of the current one, as it last said
 
     def total_execs(self) -> int:
         return self.execs_done + self.execs
+
+    def total_ops(self) -> int:
+        return self.ops_done + self.ops
+
+    def total_tally(self) -> Tally:
+        t = Tally()
+        t.merge(self.tally_done)
+        if self.tally is not None:
+            t.merge(self.tally)
+        return t
 
 
 @dataclass
@@ -173,6 +193,11 @@ class _Run:
         w.starts += 1
         w.execs_done += w.execs
         w.execs = 0
+        w.ops_done += w.ops
+        w.ops = 0
+        if w.tally is not None:
+            w.tally_done.merge(w.tally)
+            w.tally = None
         argv = [
             sys.executable, "-m", "fuzz.target",
             f"--impl={self.c.impl}",
@@ -201,6 +226,12 @@ class _Run:
             w.log.append(line)
             if len(w.log) > 200:
                 del w.log[:100]
+            if m := _FEATURES.match(line):
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    w.tally = Tally.from_json(json.loads(m.group(1)))
+                continue
+            if m := _OPS.match(line):
+                w.ops = max(w.ops, int(m.group(1)))
             if m := _EXECS.match(line):
                 w.execs = max(w.execs, int(m.group(1)))
             elif m := _STATUS.match(line):
@@ -363,10 +394,13 @@ class _Run:
         out = self.c.out
         execs = sum(w.total_execs() for w in self.slots)
         rate = execs / elapsed if elapsed > 0 else 0.0
+        ops = sum(w.total_ops() for w in self.slots)
+        op_rate = ops / elapsed if elapsed > 0 else 0.0
         new = [f for f in self.found if f.new]
         head = "interrupted" if interrupted else "done"
         print(f"pudthp fuzz: {head} after {elapsed:.1f} s: {execs:,} execs ({rate:,.0f} execs/s "
-              f"over {len(self.slots)} worker(s)), coverage {max(w.cov for w in self.slots)}, "
+              f"over {len(self.slots)} worker(s)), {ops:,} ops ({op_rate:,.0f} ops/s), "
+              f"coverage {max(w.cov for w in self.slots)}, "
               f"corpus {self.corpus_size()} (was {corpus_before}), "
               f"{len(self.distinct())} distinct finding(s), {len(new)} new", file=out)
         for f in self.found:
@@ -377,7 +411,25 @@ class _Run:
             print(f"  known     {where}  {sig} (hit again; file kept)", file=out)
         for text in self.warnings:
             print(f"  warning   {text}", file=out)
+        self.coverage_report()
         out.flush()
+
+    def coverage_report(self) -> None:
+        """The model-state coverage table of every program the targets ran: printed, and
+        written with the findings."""
+        out = self.c.out
+        tally = Tally()
+        for w in self.slots:
+            tally.merge(w.total_tally())
+        text = tally.table(f"pudthp fuzz: model-state coverage ({ENGINE})")
+        print(text, end="", file=out)
+        try:
+            path = write_coverage(self.c.findings_dir, ENGINE, self.c.seed, text)
+        except OSError as e:
+            print(f"  warning   cannot write the coverage table to {self.c.findings_dir}: {e}",
+                  file=out)
+        else:
+            print(f"coverage table -> {path}", file=out)
 
 
 def _version(dist: str) -> str:
