@@ -403,21 +403,23 @@ class PudthpMachine(RuleBasedStateMachine):
         return 0
 
     @initialize(target=ranges, cfg=st.runner().flatmap(lambda m: m.CONFIGS),
-                premap=st.integers(0, 2))
+                premap=st.integers(0, 3))
     def setup(self, cfg: dict[str, Any], premap: int) -> Any:
         """The config of this case; with ``premap`` 1 an mmap of the whole working region,
-        with 2 also MADV_HUGEPAGE over it (THPs where the sizes say ``madvise``)."""
+        with 2 also MADV_HUGEPAGE over it (THPs where the sizes say ``madvise``), with 3 an
+        mmap of it from three PMDs into its first PUD (a VMA starting mid-PUD)."""
         self.cfg = Config.from_json(cfg)
         self.g = self.cfg.geom
         self.region = min(self.g.space, 4 * self.g.pud_nr)
         self.stepper = Stepper(self.cfg, self.IMPL, check=self.CHECK, coverage=self.coverage)
         if self.stepper.finding is not None:
             self._found(self.stepper.finding)
-        if premap and self._run(spec.Mmap(0, 0, self.region, "rw")) == 0:
+        start = 3 * self.g.pmd_nr if premap == 3 else 0
+        if premap and self._run(spec.Mmap(0, start, self.region - start, "rw")) == 0:
             if premap == 2:
                 self._run(spec.Madvise(0, 0, self.region, "hugepage"))
-            self.mapped.append((0, self.region))
-            return (0, self.region)
+            self.mapped.append((start, self.region - start))
+            return (start, self.region - start)
         return multiple()
 
     # ---- address, length and range resolution -----------------------------------------
@@ -432,8 +434,8 @@ class PudthpMachine(RuleBasedStateMachine):
         if kind == "mapped" and self.mapped:
             s, n = self.mapped[-1 - index % len(self.mapped)]
             return s + (index // len(self.mapped)) % n
-        if kind == "written" and self.written:
-            return max(0, self.written[-1 - index % len(self.written)] + delta)
+        if kind == "written" and self.written:  # one of the four newest
+            return max(0, self.written[-1 - index % min(4, len(self.written))] + delta)
         if kind in ("page", "mapped", "written"):
             return index % self.region
         if kind == "space":
@@ -604,6 +606,24 @@ class PudthpMachine(RuleBasedStateMachine):
             return child
         return multiple()
 
+    @rule(mm=mms, at=places, keep=st.integers(1, 3), value=values, fork_first=st.booleans())
+    def leave_few(self, mm: int, at: int, keep: int, value: int, fork_first: bool) -> None:
+        """An munmap of all but the first ``keep`` pages of a PMD range (a THP there is
+        left mapped ``keep`` times, and queued as partially mapped), then a write to the
+        last page left; with ``fork_first`` after a fork whose child exits at once, so the
+        write meets a read-only, not exclusive page of a large folio mapped one to three
+        times, all in this mm (``__wp_can_reuse_large_anon_folio``)."""
+        addr = self.addr(at)
+        base = addr - addr % self.g.pmd_nr
+        if fork_first and len(self.live) < MAX_MMS:
+            child = self._run(spec.Fork(mm))
+            if isinstance(child, int):
+                self._run(spec.Exit(child))
+        if self._run(spec.Munmap(mm, base + keep, self.g.pmd_nr - keep)) == 0:
+            for page in range(base, base + keep):
+                self._wrote(page)
+            self._run(spec.Write(mm, base + keep - 1, value_of(value)))
+
     @precondition(lambda self: len(self.live) < MAX_MMS)
     @rule(mm=mms)
     def fork_exit(self, mm: int) -> None:
@@ -614,15 +634,22 @@ class PudthpMachine(RuleBasedStateMachine):
             self._run(spec.Exit(child))
 
     @precondition(lambda self: len(self.live) < MAX_MMS)
-    @rule(target=mms, mm=mms, r=ranges, how=cuts, what=st.integers(0, len(AFTER_FORK_OPS) - 1))
-    def after_fork(self, mm: int, r: Range, how: int, what: int) -> Any:
+    @rule(target=mms, mm=mms, r=ranges, how=cuts, what=st.integers(0, len(AFTER_FORK_OPS) - 1),
+          around_write=st.booleans())
+    def after_fork(self, mm: int, r: Range, how: int, what: int, around_write: bool) -> Any:
         """A fork, then one range op on the same range in the child and in the parent:
-        reclaim, migration, unmapping or protection meeting folios both map."""
+        reclaim, migration, unmapping or protection meeting folios both map (with
+        ``around_write``, on the PMD range of a page written lately)."""
         child = self._run(spec.Fork(mm))
         if not isinstance(child, int):
             return multiple()
         self.live.add(child)
-        start, n = self.cut(r, how)
+        if around_write and self.written:
+            at = self.written[-1]
+            start, n = at - at % self.g.pmd_nr, self.g.pmd_nr
+        else:
+            start, n = self.cut(r, how)
+            at = start
         kind = AFTER_FORK_OPS[what]
         for m in (child, mm):
             if kind == "pageout" or kind == "dontneed":
@@ -635,7 +662,7 @@ class PudthpMachine(RuleBasedStateMachine):
                 self._run(spec.Mprotect(m, start, n, "r"))
                 self._run(spec.Mprotect(m, start, n, "rw"))
             else:
-                self._run(spec.Write(m, start, 1 + m))
+                self._run(spec.Write(m, at, 1 + m))
         return child
 
     @precondition(lambda self: len(self.live) > 1)
