@@ -29,13 +29,16 @@ fresh range.  Each such argument is one integer (one Hypothesis choice), decoded
 
 Besides one rule per FORMAT.md op, a few rules run the short sequences that reach kernel
 paths random single ops rarely line up for (``write_run``: consecutive pages faulted one
-after another; ``fork_exit``: a fork whose child exits at once, leaving write-protected,
-not exclusive pages mapped by the parent alone; ``after_fork``: a fork, then the same range
-op (pageout, migrate, munmap, mprotect, dontneed or a write) in the child and the parent;
-``protect_toggle``: mprotect read-only and back; ``pageout`` a second time as its own rule),
-and ``shrink_deferred`` and ``fail_alloc`` share one rule.  The config of a test case is
-drawn from the correct designs, with PMD-only and PTE-only programs a third and a sixth of
-the time and swap on in six of seven.
+after another; ``fork_exit``: a fork whose child exits at once, leaving write-protected, not
+exclusive pages mapped by the parent alone; ``after_fork``: a fork, then the same range op
+(pageout, migrate, munmap, an mprotect toggle, dontneed or a write) in the child and the
+parent; ``leave_few``: an munmap of all but one to three pages of a PMD range and a write to
+what is left, maybe after a fork and exit; ``protect_toggle``: mprotect read-only and back;
+``pageout`` a second time as its own rule), and ``shrink_deferred`` and ``fail_alloc`` share
+one rule.  The config of a test case is drawn from the correct designs, with PMD-only and
+PTE-only programs a third and a sixth of the time and swap on in six of seven; the working
+region is mapped at the start (whole, whole with MADV_HUGEPAGE, or from three PMDs into its
+first PUD) in three cases of four.
 
 Every op's model-state features (``harness.coverage``) are counted into ``TALLY`` at the
 end of each test case, which also tells Hypothesis (``event``, ``target``) how many and how
