@@ -33,12 +33,12 @@ after another; ``fork_exit``: a fork whose child exits at once, leaving write-pr
 exclusive pages mapped by the parent alone; ``after_fork``: a fork, then the same range op
 (pageout, migrate, munmap, an mprotect toggle, dontneed or a write) in the child and the
 parent; ``leave_few``: an munmap of all but one to three pages of a PMD range and a write to
-what is left, maybe after a fork and exit; ``protect_toggle``: mprotect read-only and back;
-``pageout`` a second time as its own rule), and ``shrink_deferred`` and ``fail_alloc`` share
-one rule.  The config of a test case is drawn from the correct designs, with PMD-only and
-PTE-only programs a third and a sixth of the time and swap on in six of seven; the working
-region is mapped at the start (whole, whole with MADV_HUGEPAGE, or from three PMDs into its
-first PUD) in three cases of four.
+what is left, maybe after a fork and exit and a pin of another page left;
+``protect_toggle``: mprotect read-only and back; ``pageout`` a second time as its own rule),
+and ``shrink_deferred`` and ``fail_alloc`` share one rule. The config of a test case is
+drawn from the correct designs, with PMD-only and PTE-only programs a third and a sixth of
+the time and swap on in six of seven; the working region is mapped at the start (whole,
+whole with MADV_HUGEPAGE, or from three PMDs into its first PUD) in three cases of four.
 
 Every op's model-state features (``harness.coverage``) are counted into ``TALLY`` at the
 end of each test case, which also tells Hypothesis (``event``, ``target``) how many and how
@@ -609,13 +609,17 @@ class PudthpMachine(RuleBasedStateMachine):
             return child
         return multiple()
 
-    @rule(mm=mms, at=places, keep=st.integers(1, 3), value=values, fork_first=st.booleans())
-    def leave_few(self, mm: int, at: int, keep: int, value: int, fork_first: bool) -> None:
+    @rule(mm=mms, at=places, keep=st.integers(1, 3), value=values, fork_first=st.booleans(),
+          pin_first=st.booleans())
+    def leave_few(self, mm: int, at: int, keep: int, value: int, fork_first: bool,
+                  pin_first: bool) -> None:
         """An munmap of all but the first ``keep`` pages of a PMD range (a THP there is
         left mapped ``keep`` times, and queued as partially mapped), then a write to the
         last page left; with ``fork_first`` after a fork whose child exits at once, so the
         write meets a read-only, not exclusive page of a large folio mapped one to three
-        times, all in this mm (``__wp_can_reuse_large_anon_folio``)."""
+        times, all in this mm (``__wp_can_reuse_large_anon_folio``); with ``pin_first``
+        the first page left is pinned before that write (a reference that is no mapping:
+        no reuse)."""
         addr = self.addr(at)
         base = addr - addr % self.g.pmd_nr
         if fork_first and len(self.live) < MAX_MMS:
@@ -625,6 +629,8 @@ class PudthpMachine(RuleBasedStateMachine):
         if self._run(spec.Munmap(mm, base + keep, self.g.pmd_nr - keep)) == 0:
             for page in range(base, base + keep):
                 self._wrote(page)
+            if pin_first:
+                self._run(spec.Pin(mm, base))
             self._run(spec.Write(mm, base + keep - 1, value_of(value)))
 
     @precondition(lambda self: len(self.live) < MAX_MMS)

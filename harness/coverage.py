@@ -561,7 +561,7 @@ class _AccessPre:
 
 @dataclass(slots=True)
 class _RangePre:
-    """A range op's walk, the leaves its VMA split points would split, and VMA count."""
+    """A range op's walk and the leaves its VMA split points would split first."""
 
     r: _Range
     edges: list[str | None]
