@@ -185,8 +185,10 @@ def _add_fuzz(sub: Any) -> None:
         "compared after every op, invariants and the oracle checked) in parallel worker "
         "processes for a fixed time. Each distinct finding (by signature) is shrunk and "
         "written once to the findings directory as a program with metadata; files already "
-        "there are never touched. Exit 0 nothing found, 1 findings, 2 bad usage, 130 "
-        "interrupted (Ctrl-C stops cleanly, writing what was found).",
+        "there are never touched. At the end the model-state coverage table (see 'pudthp "
+        "coverage') is printed and written next to the findings. Exit 0 nothing found, 1 "
+        "findings, 2 bad usage, 130 interrupted (Ctrl-C stops cleanly, writing what was "
+        "found).",
         allow_abbrev=False,
     )
     fuzz.add_argument("--engine", choices=("hypothesis", "atheris"), default="hypothesis",
