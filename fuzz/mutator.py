@@ -17,7 +17,9 @@ An insert is sometimes one of a few short patterns (``PATTERNS``, at most four o
 reach kernel paths single random ops rarely line up for: a write and then pageout or migrate
 of the PMD or PUD range around it, a fork followed by the same range op in the child and the
 parent, a fork whose child exits at once, writes to consecutive pages, a read-only/read-write
-mprotect toggle, an munmap that leaves one to three pages of a THP mapped.  A config edit
+mprotect toggle, an munmap that leaves one to three pages of a THP mapped (after a write, or
+after a fork and exit), a pin followed by a split, fork, pageout, migrate or munmap, a failed
+allocation followed by a fault, migrate or fork.  A config edit
 is sometimes a jump to PMD THPs only or to no THPs at all.  A
 fraction of calls still use libFuzzer's own byte mutations (``atheris.Mutate``), which
 reach what the op-level edits cannot (e.g. values compared against by the model).
@@ -43,7 +45,7 @@ BYTE_LEVEL_SHARE = 0.2  # of mutate() calls handed to libFuzzer's byte mutator
 EDITS: tuple[str, ...] = ("insert", "delete", "duplicate", "swap", "tweak", "tweak", "config")
 PATTERN_SHARE = 0.4  # of inserts that insert a pattern
 PATTERNS: tuple[str, ...] = ("write_reclaim", "fork_both", "fork_exit", "write_run",
-                             "toggle", "leave_few")
+                             "toggle", "leave_few", "pinned", "fail_alloc")
 PROFILE_SHARE = 0.25  # of config edits that jump to PMD THPs only or to no THPs
 PROFILES: tuple[dict[str, Any], ...] = (
     {"thp_enabled": "always", "pmd_enabled": "inherit", "pud_enabled": "never"},
@@ -186,10 +188,24 @@ def _pattern(gen: ProgramGenerator, ops: list[Op], rng: random.Random) -> list[O
     if kind == "toggle":
         return [spec.Mprotect(mm, base, unit, "r"), spec.Mprotect(mm, base, unit, "rw"),
                 spec.Write(mm, a, value)]
-    keep = rng.randint(1, 3)  # leave_few
+    if kind == "pinned":
+        then: Op = rng.choice((spec.SplitFolio(mm, a), spec.Fork(mm),
+                               spec.Madvise(mm, base, unit, "pageout"),
+                               spec.Migrate(mm, base, unit, 1), spec.Munmap(mm, base, unit)))
+        return [spec.Pin(mm, a), then]
+    if kind == "fail_alloc":
+        order = rng.choice(spec.ALLOC_ORDERS)
+        then = rng.choice((spec.Write(mm, a, value), spec.Migrate(mm, base, unit, 1),
+                           spec.Fork(mm)))
+        return [spec.FailAlloc(order, 1), then]
+    keep = rng.randint(1, 3)  # leave_few: first a write, or a fork whose child exits
     pmd = a - a % g.pmd_nr
-    return [spec.Write(mm, a, value), spec.Munmap(mm, pmd + keep, g.pmd_nr - keep),
-            spec.Write(mm, pmd + rng.randrange(keep), value + 1)]
+    first: list[Op] = [spec.Write(mm, a, value)]
+    if rng.random() < 0.5:
+        gen.next_mm += 1
+        first = [spec.Fork(mm), spec.Exit(child)]
+    return [*first, spec.Munmap(mm, pmd + keep, g.pmd_nr - keep),
+            spec.Write(mm, pmd + keep - 1, value + 1)]
 
 
 def _tweak(op: Op, gen: ProgramGenerator, rng: random.Random) -> Op:
