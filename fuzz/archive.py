@@ -1,5 +1,5 @@
 """The findings archive both engines write: one program JSON per signature, named by a short
-hash of the signature.
+hash of the signature; and each campaign's model-state coverage table.
 
 Every write is atomic and durable: the text goes to a temporary file in the same directory
 (a hidden ``.NAME.PID.XXXX.tmp``, never a ``*.json``), is flushed to the disk (fsync), and is
@@ -25,6 +25,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from harness.program import ProgramError, load_program_file
 
@@ -188,3 +189,15 @@ def archived_signatures(directory: str) -> dict[str, str]:
         if isinstance(sig, str):
             out.setdefault(sig, path)
     return out
+
+
+def write_coverage(directory: str, engine: str, seed: int, text: str) -> str:
+    """Write a campaign's model-state coverage table next to its findings, as
+    ``coverage-<UTC time>-<engine>-seed<seed>.txt`` (a name no program file has, so the
+    corpus tools pass it by); written as a finding is (a temporary file on disk, then
+    renamed), so the file is whole or absent.  Returns its path."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    name = f"coverage-{stamp}-{engine}-seed{seed}.txt"
+    path = os.path.join(directory, name)
+    os.replace(_write_temporary(directory, name, text), path)
+    return path

@@ -20,10 +20,13 @@ so, and it counts as found (exit 1) without being written again.
 
 Progress (on stderr, about once a second on a terminal, else every few seconds): total
 executions and executions per second over all workers, coverage and features (libFuzzer's
-``cov:`` and ``ft:``), corpus size on disk, distinct findings.  Exit 0 nothing found, 1
-anything found, 4 no worker could run the target (cannot run here), 130 interrupted
-(Ctrl-C) or 143 terminated (SIGTERM): workers stop, artifacts already written are still
-decoded and archived (not shrunk).
+``cov:`` and ``ft:``), corpus size on disk, distinct findings.  The summary adds the ops run
+and ops per second, and the model-state coverage table of every program the targets ran
+(``harness.coverage``, reported by each target on stderr), also written to ``--findings`` as
+``coverage-<time>-atheris-seed<N>.txt``.  Exit 0 nothing found, 1 anything found, 4 no
+worker could run the target (cannot run here), 130 interrupted (Ctrl-C) or 143 terminated
+(SIGTERM): workers stop, artifacts already written are still decoded and archived (not
+shrunk).
 
 Faults.  The campaign's own files (the known signatures, libFuzzer's artifacts, a record of
 the campaign's settings) live in a hidden directory of the findings directory,
@@ -63,9 +66,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from fuzz.archive import archive, archived_signatures, remove_stale_temporaries
+from fuzz.archive import archive, archived_signatures, remove_stale_temporaries, write_coverage
 from fuzz.encoding import EncodeError, encode
 from fuzz.mutator import Hunt
+from harness.coverage import Tally
 from harness.limits import LimitExceeded
 from harness.program import ProgramError, dump_program, load_program_file
 from harness.runner import run_program
@@ -86,6 +90,8 @@ RUN_DIR_PREFIX = ".pudthp-atheris-"
 
 _STATUS = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)/")
 _EXECS = re.compile(r"^pudthp: execs (\d+)")
+_OPS = re.compile(r"^pudthp: execs \d+ ops (\d+)")
+_FEATURES = re.compile(r"^pudthp: features (\{.*\})$")
 _KNOWN = re.compile(r"^pudthp: known finding (\S+)")
 _FINAL = re.compile(r"^stat::number_of_executed_units: (\d+)")
 _LIMIT = re.compile(r"^pudthp: limit (\w+): (.*)")
@@ -134,9 +140,23 @@ class _Worker:
     finished: bool = False
     failed: bool = False  # exited with an error before fuzzing: the target cannot run
     deaths: list[str] = field(default_factory=list)  # why it was restarted, not a finding
+    ops_done: int = 0  # ops run by earlier processes in this slot
+    ops: int = 0  # by the current one
+    tally_done: Tally = field(default_factory=Tally)  # features of earlier processes
+    tally: Tally | None = None  # of the current one, as it last said
 
     def total_execs(self) -> int:
         return self.execs_done + self.execs
+
+    def total_ops(self) -> int:
+        return self.ops_done + self.ops
+
+    def total_tally(self) -> Tally:
+        t = Tally()
+        t.merge(self.tally_done)
+        if self.tally is not None:
+            t.merge(self.tally)
+        return t
 
 
 @dataclass
@@ -272,6 +292,11 @@ class _Run:
         w.starts += 1
         w.execs_done += w.execs
         w.execs = 0
+        w.ops_done += w.ops
+        w.ops = 0
+        if w.tally is not None:
+            w.tally_done.merge(w.tally)
+            w.tally = None
         w.inited = False
         timeout = max(1, math.ceil(self.c.program_seconds or INPUT_TIMEOUT))
         argv = [
@@ -306,6 +331,12 @@ class _Run:
             w.log.append(line)
             if len(w.log) > 200:
                 del w.log[:100]
+            if m := _FEATURES.match(line):
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    w.tally = Tally.from_json(json.loads(m.group(1)))
+                continue
+            if m := _OPS.match(line):
+                w.ops = max(w.ops, int(m.group(1)))
             if m := _EXECS.match(line):
                 w.execs = max(w.execs, int(m.group(1)))
             elif m := _STATUS.match(line):
@@ -547,13 +578,16 @@ class _Run:
         out = self.c.out
         execs = sum(w.total_execs() for w in self.slots)
         rate = execs / elapsed if elapsed > 0 else 0.0
+        ops = sum(w.total_ops() for w in self.slots)
+        op_rate = ops / elapsed if elapsed > 0 else 0.0
         new = [f for f in self.found if f.new]
         head = "done"
         if signum is not None:
             head = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
         distinct = len(self.distinct() | {u[0] for u in self.unwritten})
         print(f"pudthp fuzz: {head} after {elapsed:.1f} s: {execs:,} execs ({rate:,.0f} execs/s "
-              f"over {len(self.slots)} worker(s)), coverage {max(w.cov for w in self.slots)}, "
+              f"over {len(self.slots)} worker(s)), {ops:,} ops ({op_rate:,.0f} ops/s), "
+              f"coverage {max(w.cov for w in self.slots)}, "
               f"corpus {self.corpus_size()} (was {corpus_before}), "
               f"{distinct} distinct finding(s), {len(new)} new", file=out)
         for f in self.found:
@@ -577,7 +611,25 @@ class _Run:
                   + (" ..." if len(self.limits) > 5 else ""), file=out)
         for text in self.warnings:
             print(f"  warning   {text}", file=out)
+        self.coverage_report()
         out.flush()
+
+    def coverage_report(self) -> None:
+        """The model-state coverage table of every program the targets ran: printed, and
+        written with the findings."""
+        out = self.c.out
+        tally = Tally()
+        for w in self.slots:
+            tally.merge(w.total_tally())
+        text = tally.table(f"pudthp fuzz: model-state coverage ({ENGINE})")
+        print(text, end="", file=out)
+        try:
+            path = write_coverage(self.c.findings_dir, ENGINE, self.c.seed, text)
+        except OSError as e:
+            print(f"  warning   cannot write the coverage table to {self.c.findings_dir}: {e}",
+                  file=out)
+        else:
+            print(f"coverage table -> {path}", file=out)
 
 
 def _version(dist: str) -> str:

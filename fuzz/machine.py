@@ -1,11 +1,13 @@
-"""The Hypothesis stateful engine: ``PudthpMachine``, one rule per FORMAT.md op kind.
+"""The Hypothesis stateful engine: ``PudthpMachine``, a rule per FORMAT.md op kind and a few
+for short op sequences.
 
-Each rule builds one op and runs it through ``harness.runner.Stepper``, the per-op half of
-``run_program``: ``apply`` on the implementation (``both``: ``Lockstep``, which compares the
-results and a cheap summary of ref and fast after every op), ``check_invariants()`` when
-``check``, and the oracle.  ``teardown`` does ``run_program``'s end-of-program step: the full
-snapshot comparison, locating a difference only it shows by replay.  So a program that fails
-here fails the same way under ``pudthp run --impl both``.
+Each rule builds its ops and runs each through ``harness.runner.Stepper``, the per-op half
+of ``run_program``: ``apply`` on the implementation (``both``: ``Lockstep``, which compares
+the results and a cheap summary of ref and fast after every op), ``check_invariants()`` when
+``check`` (under ``both`` the reference's; the fast side's at the end), and the oracle.
+``teardown`` does ``run_program``'s end-of-program step: the full snapshot comparison,
+locating a difference only it shows by replay, and the fast side's own check. So a program
+that fails here fails the same way under ``pudthp run --impl both``.
 
 A finding is raised as a ``FindingError``: one subclass per finding kind, and below it one
 class per signature, so Hypothesis (which tells bugs apart by exception type and raising
@@ -16,12 +18,31 @@ Data flows through three bundles: ``mms`` (live mm ids; ``exit`` consumes one), 
 (``(start, npages)`` ranges an mmap mapped; ``munmap`` consumes one and puts back what is
 left of it) and ``pins`` (pin ids; ``unpin`` consumes one).  Addresses are drawn as
 geometry-free "places" (a PUD or PMD boundary with one page either side, any page of the
-working region, a page of a range an mmap mapped, any page of the address space, just
-beyond it) and resolved against the
-geometry drawn for the test case; lengths likewise (whole PUDs or PMDs +- 1 page, a few pages,
-up to the next PUD boundary).  Range ops cut their range from a mapped one: the whole region,
-its head or tail, a piece inside it, a piece straddling a PMD or PUD boundary inside it, or
-a fresh range.
+working region, a page of a range an mmap mapped, a page written lately, any page of the
+address space, just beyond it) and resolved against the geometry drawn for the test case;
+lengths likewise (whole PUDs or PMDs +- 1 page, 1 to 16 pages, up to the next PUD boundary).
+Range ops cut their range from a mapped one: the whole region, its head or tail, a piece
+inside it, a piece straddling a PMD or PUD boundary inside it, the PMD or PUD range around a
+page written lately (so reclaim and migration meet written THPs wholly in range), that PMD
+range but its first one to three pages (a THP left mapped once, twice or three times), or a
+fresh range.  Each such argument is one integer (one Hypothesis choice), decoded here.
+
+Besides one rule per FORMAT.md op, a few rules run the short sequences that reach kernel
+paths random single ops rarely line up for (``write_run``: consecutive pages faulted one
+after another; ``fork_exit``: a fork whose child exits at once, leaving write-protected, not
+exclusive pages mapped by the parent alone; ``after_fork``: a fork, then the same range op
+(pageout, migrate, munmap, an mprotect toggle, dontneed or a write) in the child and the
+parent; ``leave_few``: an munmap of all but one to three pages of a PMD range and a write to
+what is left, maybe after a fork and exit and a pin of another page left;
+``protect_toggle``: mprotect read-only and back; ``pageout`` a second time as its own rule),
+and ``shrink_deferred`` and ``fail_alloc`` share one rule. The config of a test case is
+drawn from the correct designs, with PMD-only and PTE-only programs a third and a sixth of
+the time and swap on in six of seven; the working region is mapped at the start (whole,
+whole with MADV_HUGEPAGE, or from three PMDs into its first PUD) in three cases of four.
+
+Every op's model-state features (``harness.coverage``) are counted into ``TALLY`` at the
+end of each test case, which also tells Hypothesis (``event``, ``target``) how many and how
+rare they were.
 
 Swarm testing is Hypothesis' own: every test case draws a random subset of the rules to
 enable (``RuleStrategy.enabled_rules_strategy``, a ``FeatureStrategy`` over the rule names,
@@ -49,8 +70,8 @@ from hypothesis.stateful import (
     rule,
 )
 
+from harness.coverage import Coverage, Tally
 from harness.limits import Gate, LimitExceeded, memory_error
-from harness.lockstep import Lockstep
 from harness.program import config_delta, dump_program
 from harness.runner import Stepper
 from pudthp_ref import spec
@@ -142,6 +163,7 @@ class Observer:
 
     ``known`` signatures were reported already: a test case that hits one goes idle (its
     remaining steps do nothing) instead of failing, so Hypothesis looks for something new.
+    ``tally`` adds up the model-state features (``harness.coverage``) of every program.
     ``tick`` raises StopFuzzing once ``deadline`` (a ``time.monotonic()`` value) has passed,
     except that a run still shrinking a finding (``pending``) gets ``grace`` seconds more;
     at once when ``stop_requested()`` says so; and when Hypothesis has been shrinking for
@@ -166,6 +188,7 @@ class Observer:
     progress_every: float = 0.5
     best: dict[str, tuple[Finding, Program]] = field(default_factory=dict)
     pending: set[str] = field(default_factory=set)
+    tally: Tally = field(default_factory=Tally)
     programs: int = 0
     steps: int = 0
     stopped: bool = False  # tick raised StopFuzzing (Hypothesis may report it as flaky)
@@ -235,19 +258,73 @@ def program_size(program: Program) -> tuple[int, int]:
 # Strategies
 # --------------------------------------------------------------------------------------
 
+# Every argument that picks a place, a length or a cut is one integer, decoded by the
+# machine (``place``, ``length``, ``cut``): one choice per argument keeps Hypothesis' own
+# work per step small, and 0 decodes to the simplest alternative, which is where the
+# shrinker goes.
+#
 # Geometry-free "places": (kind, index, delta); resolved by PudthpMachine.addr ("mapped":
-# a page of a range an earlier mmap mapped, so faults are common).  The first
-# alternative of each sampled_from is what the shrinker moves towards.
-PLACE_KINDS = ("pud", "pmd", "mapped", "pud", "pmd", "mapped", "page", "space", "beyond")
-places = st.tuples(st.sampled_from(PLACE_KINDS), st.integers(0, 4095),
-                   st.sampled_from((0, -1, 1)))
-# (kind, count, delta); resolved by PudthpMachine.length
+# a page of a range an earlier mmap mapped, so faults are common; "written": a page written
+# lately, or one next to it).
+PLACE_KINDS = ("pud", "pmd", "mapped", "written", "pud", "pmd", "mapped", "written", "page",
+               "space", "beyond")
+DELTAS = (0, -1, 1)
+PLACE_INDEXES = 4096
+N_PLACES = len(PLACE_KINDS) * len(DELTAS) * PLACE_INDEXES
+# (kind, count, delta); resolved by PudthpMachine.length ("pages": 1 to 16 pages, so a
+# PMD range can be cut down to two or three pages)
 LENGTH_KINDS = ("pud", "pmd", "pages", "to_pud")
-lengths = st.tuples(st.sampled_from(LENGTH_KINDS), st.integers(1, 3),
-                    st.sampled_from((0, -1, 1)))
-CUT_KINDS = ("whole", "head", "tail", "inner", "straddle_pmd", "straddle_pud", "fresh")
-cuts = st.tuples(st.sampled_from(CUT_KINDS), places, lengths)
-values = st.one_of(st.integers(1, 1000), st.just(0))  # zero-filled pages never swap out
+LENGTH_COUNTS = 16
+N_LENGTHS = len(LENGTH_KINDS) * len(DELTAS) * LENGTH_COUNTS
+# How a range op cuts its range out of a mapped one: the whole of it, its head or tail, a
+# piece inside it, a piece straddling a PMD or PUD boundary inside it; or the PMD or PUD
+# range around a page written lately (so pageout and migrate meet written THPs, wholly in
+# range), a few pages from such a page, that PMD range but its first one to three pages (a
+# THP left mapped 1, 2 or 3 times), or a fresh range anywhere.
+CUT_KINDS = ("whole", "head", "tail", "inner", "written_pmd", "written_pud", "straddle_pmd",
+             "straddle_pud", "written_page", "written_pmd_but", "fresh")
+N_CUTS = len(CUT_KINDS) * N_PLACES * N_LENGTHS
+places = st.integers(0, N_PLACES - 1)
+lengths = st.integers(0, N_LENGTHS - 1)
+cuts = st.integers(0, N_CUTS - 1)
+# 1..1000 or 0, half and half (zero-filled pages swap out to the zeromap and split to the
+# zero page); shrinks to 1
+values = st.integers(0, 1999)
+RUN_PAGES = 8  # write_run: up to this many consecutive pages
+MIGRATE_NODES = (1, 0, 2)
+# after_fork: the range op applied in the child, then in the parent
+AFTER_FORK_OPS = ("pageout", "migrate", "munmap", "mprotect", "dontneed", "write")
+
+Place = tuple[str, int, int]
+Size = tuple[str, int, int]
+
+
+def place(v: int) -> Place:
+    """The place an integer of ``places`` stands for: (kind, index, delta)."""
+    v, k = divmod(v, len(PLACE_KINDS))
+    index, dl = divmod(v, len(DELTAS))
+    return PLACE_KINDS[k], index % PLACE_INDEXES, DELTAS[dl]
+
+
+def length_of(v: int) -> Size:
+    """The length an integer of ``lengths`` stands for: (kind, count, delta)."""
+    v, k = divmod(v, len(LENGTH_KINDS))
+    count, dl = divmod(v, len(DELTAS))
+    kind = LENGTH_KINDS[k]
+    count = count % LENGTH_COUNTS + 1
+    return kind, count if kind == "pages" else (count - 1) % 3 + 1, DELTAS[dl]
+
+
+def cut_of(v: int) -> tuple[str, Place, Size]:
+    """The cut an integer of ``cuts`` stands for: (kind, place, length)."""
+    v, k = divmod(v, len(CUT_KINDS))
+    size, at = divmod(v, N_PLACES)
+    return CUT_KINDS[k], place(at), length_of(size % N_LENGTHS)
+
+
+def value_of(v: int) -> int:
+    return v + 1 if v < 1000 else 0
+
 
 # Correct designs only; the first value of each is the default (MODEL.md section 3).
 DRAWN_CHOICES: dict[str, tuple[Any, ...]] = {
@@ -260,8 +337,15 @@ DRAWN_CHOICES: dict[str, tuple[Any, ...]] = {
     "pud_read_fault": ("alloc", "fallback"),
     "pud_wp_reuse": (True, True, False),
     "shrink_underused": (True, True, False),
-    "nodes": (2, 2, 1),
-    "swap_pages": ("default", "default", "none", "one_pud"),
+    "nodes": (2, 2, 2, 1),
+    "swap_pages": ("default", "default", "default", "one_pud", "one_pmd", "half_pmd", "none"),
+}
+# A program's THP sizes: every key drawn as above, or PMD THPs only (the PMD-level paths get
+# the whole program), or none at all (PTE level only).
+PROFILES = ("drawn", "drawn", "drawn", "pmd_only", "pmd_only", "pte_only")
+PROFILE_KEYS: dict[str, dict[str, Any]] = {
+    "pmd_only": {"thp_enabled": "always", "pmd_enabled": "inherit", "pud_enabled": "never"},
+    "pte_only": {"thp_enabled": "never", "pmd_enabled": "inherit", "pud_enabled": "inherit"},
 }
 
 
@@ -274,59 +358,22 @@ def configs(overrides: dict[str, Any] | None = None) -> st.SearchStrategy[dict[s
 
     @st.composite
     def draw_config(draw: st.DrawFn) -> dict[str, Any]:
+        profile = PROFILE_KEYS.get(draw(st.sampled_from(PROFILES)), {})
         values: dict[str, Any] = {}
         for key, choices in DRAWN_CHOICES.items():
-            values[key] = (getattr(fixed, key) if key in keys
-                           else draw(st.sampled_from(choices)))
+            if key in keys:
+                values[key] = getattr(fixed, key)
+            elif key in profile:
+                values[key] = profile[key]
+            else:
+                values[key] = draw(st.sampled_from(choices))
         if "swap_pages" not in keys:
             p = values["geometry"]
-            values["swap_pages"] = {"default": -1, "none": 0, "one_pud": p * p}[
-                values["swap_pages"]]
+            values["swap_pages"] = {"default": -1, "none": 0, "one_pud": p * p,
+                                    "one_pmd": p, "half_pmd": p // 2}[values["swap_pages"]]
         return config_delta(Config(**values))
 
     return draw_config()
-
-
-# --------------------------------------------------------------------------------------
-# Model-state features for event() and target()
-# --------------------------------------------------------------------------------------
-
-FEATURES = ("pud_leaves", "pud_splits", "deposited_tables", "partially_mapped", "swap_used")
-
-
-def model_features(model: Any) -> dict[str, int]:
-    """Cheap features of the reference state (``ref``, or the ref side of ``both``): PUD THPs
-    alive, PUD splits so far, deposited page tables, partially mapped THPs, swap slots used.
-    For another implementation, what its ``summary()`` gives (no deposit count)."""
-    ref = model.ref if isinstance(model, Lockstep) else model
-    st_ = getattr(ref, "st", None)
-    tables = getattr(st_, "tables", None)
-    if st_ is not None and isinstance(tables, dict):
-        stats = st_.stats
-        deposited = sum(1 for t in tables.values() if t.state == "deposited")
-        swap_used = len(st_.swap)
-    else:
-        summary = model.summary()
-        stats = summary["stats"]
-        deposited = 0
-        swap_used = int(summary["swap_used"])
-    mthp = stats["mthp"]
-    return {  # the node counters count pages, like NR_ANON_THPS
-        "pud_leaves": int(stats["node"]["nr_anon_pud_thps"]) // model.cfg.geom.pud_nr,
-        "pud_splits": int(stats["vmstat"]["thp_split_pud"]),
-        "deposited_tables": deposited,
-        "partially_mapped": int(mthp["pud"]["nr_anon_partially_mapped"]
-                                + mthp["pmd"]["nr_anon_partially_mapped"]),
-        "swap_used": swap_used,
-    }
-
-
-def _bucket(n: int) -> str:
-    if n <= 2:
-        return str(n)
-    if n <= 8:
-        return "3-8"
-    return "9+"
 
 
 # --------------------------------------------------------------------------------------
@@ -337,12 +384,18 @@ MAX_MMS = 4
 Range = tuple[int, int]
 
 
+def _bucket(n: int) -> str:
+    low = n - n % 5
+    return f"{low}-{low + 4}"
+
+
 class PudthpMachine(RuleBasedStateMachine):
     """Programs of every FORMAT.md op, run through ``Stepper`` (see the module docstring).
 
     Class attributes, set by ``make_machine``: ``CONFIG_OVERRIDES`` (config keys fixed for
     every test case, FORMAT.md spelling), ``IMPL`` (``both``, ``ref`` or ``fast``), ``CHECK``
-    (``check_invariants()`` after every op), ``OBSERVER`` (a fuzz campaign's hooks).
+    (``check_invariants()`` after every op), ``OBSERVER`` (a fuzz campaign's hooks),
+    ``TALLY`` (the model-state features of every program run, the observer's if any).
     """
 
     CONFIG_OVERRIDES: ClassVar[dict[str, Any]] = {}
@@ -350,6 +403,7 @@ class PudthpMachine(RuleBasedStateMachine):
     IMPL: ClassVar[str] = "both"
     CHECK: ClassVar[bool] = True
     OBSERVER: ClassVar[Observer | None] = None
+    TALLY: ClassVar[Tally] = Tally()
 
     mms: Bundle[int] = Bundle("mms")
     ranges: Bundle[Range] = Bundle("ranges")
@@ -358,10 +412,12 @@ class PudthpMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.stepper: Stepper | None = None
+        self.coverage = Coverage()
         self.live: set[int] = {0}
         self.idle = False  # a known finding or a stop ended this case: rules do nothing
-        self.peak: dict[str, int] = dict.fromkeys(FEATURES, 0)
         self.mapped: list[Range] = []  # ranges mmap mapped, newest last (for "mapped" places)
+        # pages written lately, and pages a cut left mapped on purpose ("written" places)
+        self.written: list[int] = []
 
     # ---- setup -------------------------------------------------------------------------
 
@@ -371,26 +427,31 @@ class PudthpMachine(RuleBasedStateMachine):
         return 0
 
     @initialize(target=ranges, cfg=st.runner().flatmap(lambda m: m.CONFIGS),
-                premap=st.booleans())
-    def setup(self, cfg: dict[str, Any], premap: bool) -> Any:
-        """The config of this case; with ``premap`` an mmap of the whole working region."""
+                premap=st.integers(0, 3))
+    def setup(self, cfg: dict[str, Any], premap: int) -> Any:
+        """The config of this case; with ``premap`` 1 an mmap of the whole working region,
+        with 2 also MADV_HUGEPAGE over it (THPs where the sizes say ``madvise``), with 3 an
+        mmap of it from three PMDs into its first PUD (a VMA starting mid-PUD)."""
         self.cfg = Config.from_json(cfg)
         self.g = self.cfg.geom
         self.region = min(self.g.space, 4 * self.g.pud_nr)
         if self.OBSERVER is not None:
             self.OBSERVER.program_started()
-        self.stepper = Stepper(self.cfg, self.IMPL, check=self.CHECK)
+        self.stepper = Stepper(self.cfg, self.IMPL, check=self.CHECK, coverage=self.coverage)
         if self.stepper.finding is not None:
             self._found(self.stepper.finding)
-        if premap and self._run(spec.Mmap(0, 0, self.region, "rw")) == 0:
-            self.mapped.append((0, self.region))
-            return (0, self.region)
+        start = 3 * self.g.pmd_nr if premap == 3 else 0
+        if premap and self._run(spec.Mmap(0, start, self.region - start, "rw")) == 0:
+            if premap == 2:
+                self._run(spec.Madvise(0, 0, self.region, "hugepage"))
+            self.mapped.append((start, self.region - start))
+            return (start, self.region - start)
         return multiple()
 
     # ---- address, length and range resolution -----------------------------------------
 
-    def addr(self, place: tuple[str, int, int]) -> int:
-        kind, index, delta = place
+    def addr(self, at: int | Place) -> int:
+        kind, index, delta = place(at) if isinstance(at, int) else at
         g = self.g
         if kind == "pud":
             return max(0, index % (self.region // g.pud_nr) * g.pud_nr + delta)
@@ -399,14 +460,16 @@ class PudthpMachine(RuleBasedStateMachine):
         if kind == "mapped" and self.mapped:
             s, n = self.mapped[-1 - index % len(self.mapped)]
             return s + (index // len(self.mapped)) % n
-        if kind in ("page", "mapped"):
+        if kind == "written" and self.written:  # one of the four newest
+            return max(0, self.written[-1 - index % min(4, len(self.written))] + delta)
+        if kind in ("page", "mapped", "written"):
             return index % self.region
         if kind == "space":
             return index % g.space
         return g.space + index % 4  # beyond the address space
 
-    def length(self, start: int, size: tuple[str, int, int]) -> int:
-        kind, count, delta = size
+    def length(self, start: int, size: int | Size) -> int:
+        kind, count, delta = length_of(size) if isinstance(size, int) else size
         g = self.g
         if kind == "pud":
             n = count * g.pud_nr + delta
@@ -418,31 +481,45 @@ class PudthpMachine(RuleBasedStateMachine):
             n = g.pud_nr - start % g.pud_nr + delta
         return max(1, n)
 
-    def cut(self, r: Range, how: tuple[str, tuple[str, int, int], tuple[str, int, int]]
-            ) -> Range:
-        """A range cut from the mapped range ``r``, or a fresh one."""
-        kind, place, size = how
+    def cut(self, r: Range, how: int | tuple[str, Place, Size]) -> Range:
+        """A range cut from the mapped range ``r``, around a page written lately, or a
+        fresh one."""
+        kind, at, size = cut_of(how) if isinstance(how, int) else how
         s, n = r
         e = s + n
         if kind == "whole":
             return r
         if kind == "fresh":
-            start = self.addr(place)
+            start = self.addr(at)
             return start, self.length(start, size)
+        if kind.startswith("written"):
+            if not self.written:
+                return r
+            w = self.written[-1 - at[1] % len(self.written)]
+            if kind == "written_page":
+                return w, self.length(w, size)
+            if kind == "written_pmd_but":
+                keep = (size[1] - 1) % 3 + 1
+                base = w - w % self.g.pmd_nr
+                for page in range(base, base + keep):
+                    self._wrote(page)  # the pages left mapped are where to write next
+                return base + keep, self.g.pmd_nr - keep
+            unit = self.g.pmd_nr if kind == "written_pmd" else self.g.pud_nr
+            return w - w % unit, unit
         k = min(n, self.length(s, size))
         if kind == "head":
             return s, k
         if kind == "tail":
             return e - k, k
         if kind == "inner":
-            start = s + place[1] % n
+            start = s + at[1] % n
             return start, max(1, min(k, e - start))
         unit = self.g.pmd_nr if kind == "straddle_pmd" else self.g.pud_nr
         bounds = range((s // unit + 1) * unit, e, unit)  # boundaries strictly inside r
         if not bounds:
             return r
-        b = bounds[place[1] % len(bounds)]
-        reach = size[1]  # 1..3 pages either side
+        b = bounds[at[1] % len(bounds)]
+        reach = (size[1] - 1) % 3 + 1  # 1..3 pages either side
         lo, hi = max(s, b - reach), min(e, b + reach)
         return lo, hi - lo
 
@@ -465,10 +542,6 @@ class PudthpMachine(RuleBasedStateMachine):
                 result = stepper.step(op)
         except (LimitExceeded, MemoryError) as e:
             self._limit(e if isinstance(e, LimitExceeded) else memory_error())
-        if stepper.model is not None:
-            for k, v in model_features(stepper.model).items():
-                if v > self.peak[k]:
-                    self.peak[k] = v
         if stepper.finding is not None:
             self._found(stepper.finding)
         return result
@@ -498,12 +571,14 @@ class PudthpMachine(RuleBasedStateMachine):
         self.idle = True
         raise finding_error(finding, program)
 
+    def _wrote(self, addr: int) -> None:
+        self.written = [*self.written[-7:], addr]
+
     # ---- one rule per FORMAT.md op -----------------------------------------------------
 
     @rule(target=ranges, mm=mms, at=places, size=lengths,
           prot=st.sampled_from(("rw", "rw", "r", "none")))
-    def mmap(self, mm: int, at: tuple[str, int, int], size: tuple[str, int, int], prot: str
-             ) -> Any:
+    def mmap(self, mm: int, at: int, size: int, prot: str) -> Any:
         start = self.addr(at)
         n = self.length(start, size)
         if self._run(spec.Mmap(mm, start, n, prot)) == 0:
@@ -512,7 +587,7 @@ class PudthpMachine(RuleBasedStateMachine):
         return multiple()
 
     @rule(target=ranges, mm=mms, r=consumes(ranges), how=cuts)
-    def munmap(self, mm: int, r: Range, how: Any) -> Any:
+    def munmap(self, mm: int, r: Range, how: int) -> Any:
         start, n = self.cut(r, how)
         if self._run(spec.Munmap(mm, start, n)) != 0:
             return multiple(r)
@@ -521,22 +596,49 @@ class PudthpMachine(RuleBasedStateMachine):
         return multiple(*left)
 
     @rule(mm=mms, r=ranges, how=cuts, prot=st.sampled_from(spec.PROTS))
-    def mprotect(self, mm: int, r: Range, how: Any, prot: str) -> None:
+    def mprotect(self, mm: int, r: Range, how: int, prot: str) -> None:
         start, n = self.cut(r, how)
         self._run(spec.Mprotect(mm, start, n, prot))
 
+    @rule(mm=mms, r=ranges, how=cuts)
+    def protect_toggle(self, mm: int, r: Range, how: int) -> None:
+        """mprotect read-only and back to rw (a W^X toggle): PMD leaves and PTEs of
+        exclusive pages become writable again, PUD leaves stay read-only."""
+        start, n = self.cut(r, how)
+        self._run(spec.Mprotect(mm, start, n, "r"))
+        self._run(spec.Mprotect(mm, start, n, "rw"))
+
     @rule(mm=mms, r=ranges, how=cuts, advice=st.sampled_from(spec.ADVICES))
-    def madvise(self, mm: int, r: Range, how: Any, advice: str) -> None:
+    def madvise(self, mm: int, r: Range, how: int, advice: str) -> None:
         start, n = self.cut(r, how)
         self._run(spec.Madvise(mm, start, n, advice))
 
+    @rule(mm=mms, r=ranges, how=cuts)
+    def pageout(self, mm: int, r: Range, how: int) -> None:
+        """MADV_PAGEOUT once more, as its own rule: reclaim is where swap, splits and the
+        shared-folio rules meet."""
+        start, n = self.cut(r, how)
+        self._run(spec.Madvise(mm, start, n, "pageout"))
+
     @rule(mm=mms, at=places)
-    def read(self, mm: int, at: tuple[str, int, int]) -> None:
+    def read(self, mm: int, at: int) -> None:
         self._run(spec.Read(mm, self.addr(at)))
 
     @rule(mm=mms, at=places, value=values)
-    def write(self, mm: int, at: tuple[str, int, int], value: int) -> None:
-        self._run(spec.Write(mm, self.addr(at), value))
+    def write(self, mm: int, at: int, value: int) -> None:
+        addr = self.addr(at)
+        if self._run(spec.Write(mm, addr, value_of(value))) == 0:
+            self._wrote(addr)
+
+    @rule(mm=mms, at=places, pages=st.integers(2, RUN_PAGES), value=values)
+    def write_run(self, mm: int, at: int, pages: int, value: int) -> None:
+        """Writes to consecutive pages (a fault on each: pages of one large folio COWed or
+        reused one after another), up to the first that fails."""
+        addr = self.addr(at)
+        for i in range(pages):
+            if self._run(spec.Write(mm, addr + i, value_of(value) + i)) != 0:
+                break
+            self._wrote(addr + i)
 
     @precondition(lambda self: len(self.live) < MAX_MMS)
     @rule(target=mms, mm=mms)
@@ -547,6 +649,71 @@ class PudthpMachine(RuleBasedStateMachine):
             return child
         return multiple()
 
+    @rule(mm=mms, at=places, keep=st.integers(1, 3), value=values, fork_first=st.booleans(),
+          pin_first=st.booleans())
+    def leave_few(self, mm: int, at: int, keep: int, value: int, fork_first: bool,
+                  pin_first: bool) -> None:
+        """An munmap of all but the first ``keep`` pages of a PMD range (a THP there is
+        left mapped ``keep`` times, and queued as partially mapped), then a write to the
+        last page left; with ``fork_first`` after a fork whose child exits at once, so the
+        write meets a read-only, not exclusive page of a large folio mapped one to three
+        times, all in this mm (``__wp_can_reuse_large_anon_folio``); with ``pin_first``
+        the first page left is pinned before that write (a reference that is no mapping:
+        no reuse)."""
+        addr = self.addr(at)
+        base = addr - addr % self.g.pmd_nr
+        if fork_first and len(self.live) < MAX_MMS:
+            child = self._run(spec.Fork(mm))
+            if isinstance(child, int):
+                self._run(spec.Exit(child))
+        if self._run(spec.Munmap(mm, base + keep, self.g.pmd_nr - keep)) == 0:
+            for page in range(base, base + keep):
+                self._wrote(page)
+            if pin_first:
+                self._run(spec.Pin(mm, base))
+            self._run(spec.Write(mm, base + keep - 1, value_of(value)))
+
+    @precondition(lambda self: len(self.live) < MAX_MMS)
+    @rule(mm=mms)
+    def fork_exit(self, mm: int) -> None:
+        """A fork whose child exits at once (fork and exec): the parent's pages stay
+        write-protected and lose AnonExclusive, while only the parent maps them."""
+        child = self._run(spec.Fork(mm))
+        if isinstance(child, int):
+            self._run(spec.Exit(child))
+
+    @precondition(lambda self: len(self.live) < MAX_MMS)
+    @rule(target=mms, mm=mms, r=ranges, how=cuts, what=st.integers(0, len(AFTER_FORK_OPS) - 1),
+          around_write=st.booleans())
+    def after_fork(self, mm: int, r: Range, how: int, what: int, around_write: bool) -> Any:
+        """A fork, then one range op on the same range in the child and in the parent:
+        reclaim, migration, unmapping or protection meeting folios both map (with
+        ``around_write``, on the PMD range of a page written lately)."""
+        child = self._run(spec.Fork(mm))
+        if not isinstance(child, int):
+            return multiple()
+        self.live.add(child)
+        if around_write and self.written:
+            at = self.written[-1]
+            start, n = at - at % self.g.pmd_nr, self.g.pmd_nr
+        else:
+            start, n = self.cut(r, how)
+            at = start
+        kind = AFTER_FORK_OPS[what]
+        for m in (child, mm):
+            if kind == "pageout" or kind == "dontneed":
+                self._run(spec.Madvise(m, start, n, kind))
+            elif kind == "migrate":
+                self._run(spec.Migrate(m, start, n, 1))
+            elif kind == "munmap":
+                self._run(spec.Munmap(m, start, n))
+            elif kind == "mprotect":
+                self._run(spec.Mprotect(m, start, n, "r"))
+                self._run(spec.Mprotect(m, start, n, "rw"))
+            else:
+                self._run(spec.Write(m, at, 1 + m))
+        return child
+
     @precondition(lambda self: len(self.live) > 1)
     @rule(mm=consumes(mms))
     def exit(self, mm: int) -> None:
@@ -554,20 +721,18 @@ class PudthpMachine(RuleBasedStateMachine):
         self._run(spec.Exit(mm))
 
     @rule(mm=mms, at=places)
-    def split_folio(self, mm: int, at: tuple[str, int, int]) -> None:
+    def split_folio(self, mm: int, at: int) -> None:
         self._run(spec.SplitFolio(mm, self.addr(at)))
 
-    @rule()
-    def shrink_deferred(self) -> None:
-        self._run(spec.ShrinkDeferred())
 
     @rule(mm=mms, r=ranges, how=cuts, node=st.integers(0, 2))
-    def migrate(self, mm: int, r: Range, how: Any, node: int) -> None:
+    def migrate(self, mm: int, r: Range, how: int, node: int) -> None:
         start, n = self.cut(r, how)
-        self._run(spec.Migrate(mm, start, n, node))
+        # node 1 first: every folio starts on node 0; then 0 and one past the last
+        self._run(spec.Migrate(mm, start, n, MIGRATE_NODES[node]))
 
     @rule(target=pins, mm=mms, at=places)
-    def pin(self, mm: int, at: tuple[str, int, int]) -> Any:
+    def pin(self, mm: int, at: int) -> Any:
         pin = self._run(spec.Pin(mm, self.addr(at)))
         return pin if isinstance(pin, int) else multiple()
 
@@ -575,9 +740,15 @@ class PudthpMachine(RuleBasedStateMachine):
     def unpin(self, pin: int) -> None:
         self._run(spec.Unpin(pin))
 
-    @rule(order=st.sampled_from(spec.ALLOC_ORDERS), count=st.integers(0, 2))
-    def fail_alloc(self, order: str, count: int) -> None:
-        self._run(spec.FailAlloc(order, count))
+    @rule(event=st.integers(0, 2 * len(spec.ALLOC_ORDERS) - 1))
+    def shrink_deferred_or_fail_alloc(self, event: int) -> None:
+        """The two ops that name no memory, as one rule (each would otherwise take a
+        rule's share of the steps): the deferred split shrinker (half the time), or the
+        next allocation of an order failing."""
+        if event < len(spec.ALLOC_ORDERS):
+            self._run(spec.ShrinkDeferred())
+            return
+        self._run(spec.FailAlloc(spec.ALLOC_ORDERS[event - len(spec.ALLOC_ORDERS)], 1))
 
     # ---- end of a test case ------------------------------------------------------------
 
@@ -588,22 +759,27 @@ class PudthpMachine(RuleBasedStateMachine):
         obs = self.OBSERVER
         if obs is not None:
             obs.programs += 1
-        peak = self.peak
-        event(f"PUD THPs alive (max): {_bucket(peak['pud_leaves'])}")
-        event(f"PUD splits: {_bucket(peak['pud_splits'])}")
-        event(f"deposited page tables (max): {_bucket(peak['deposited_tables'])}")
-        event("partially mapped THPs: " + ("yes" if peak["partially_mapped"] else "no"))
-        event("swap in use: " + ("yes" if peak["swap_used"] else "no"))
-        target(float(peak["pud_leaves"]), label="PUD THPs alive (max)")
-        target(float(peak["pud_splits"]), label="PUD splits")
-        target(float(peak["deposited_tables"]), label="deposited page tables (max)")
-        target(float(peak["partially_mapped"]), label="partially mapped THPs (max)")
-        target(float(peak["swap_used"]), label="swap slots in use (max)")
+        self._count_features()
         if self.idle or stepper.finding is not None or stepper.model is None:
             return
         report = stepper.finish()  # the final snapshot comparison of run_program
         if report.finding is not None:
             self._found(report.finding)
+
+
+    def _count_features(self) -> None:
+        """Add this program's model-state features to the tally; ``event`` how many it
+        hit, and ``target`` how rare they were: the sum, over the features hit, of
+        1 / (1 + programs that hit it before).  (The campaign does not run Hypothesis'
+        target phase, see ``fuzz.engine_hypothesis``; pytest profiles that do hill-climb
+        on this.)"""
+        tally, cov = self.TALLY, self.coverage
+        seen = tally.programs_hit
+        hit = [i for i, n in enumerate(cov.hits) if n]
+        event(f"model-state features hit: {_bucket(len(hit))}")
+        target(sum(1.0 / (1 + seen[i]) for i in hit), label="rare model-state features")
+        tally.add_program(cov.hits, cov.ops)
+        tally.unclassified += cov.unclassified
 
 
 def make_machine(
@@ -625,6 +801,7 @@ def make_machine(
             "IMPL": impl,
             "CHECK": check,
             "OBSERVER": observer,
+            "TALLY": observer.tally if observer is not None else Tally(),
             "__module__": __name__,
         },
     )

@@ -12,7 +12,15 @@ exactly what crashed.
 ``mutate`` is libFuzzer's custom mutator: it decodes the input as the target would, makes
 one op-level edit (insert a new op, delete, duplicate or swap ops, tweak one field of one op,
 or change one config key that is not fixed) and encodes the result, so a mutation changes
-one thing a person would name instead of re-interpreting every op after a flipped byte.  A
+one thing a person would name instead of re-interpreting every op after a flipped byte.
+An insert is sometimes one of a few short patterns (``PATTERNS``, at most four ops) that
+reach kernel paths single random ops rarely line up for: a write and then pageout or migrate
+of the PMD or PUD range around it, a fork followed by the same range op in the child and the
+parent, a fork whose child exits at once, writes to consecutive pages, a read-only/read-write
+mprotect toggle, an munmap that leaves one to three pages of a THP mapped (after a write, or
+after a fork and exit), a pin followed by a split, fork, pageout, migrate or munmap, a failed
+allocation followed by a fault, migrate or fork.  A config edit
+is sometimes a jump to PMD THPs only or to no THPs at all.  A
 fraction of calls still use libFuzzer's own byte mutations (``atheris.Mutate``), which
 reach what the op-level edits cannot (e.g. values compared against by the model).
 ``crossover`` splices the ops of two inputs.  Both are plain functions of their seed.
@@ -35,6 +43,14 @@ from pudthp_ref.spec import CONFIG_BOOLS, CONFIG_CHOICES, Config, Op, Program
 HUNT_GEOMETRIES: tuple[int, ...] = (4, 8)
 BYTE_LEVEL_SHARE = 0.2  # of mutate() calls handed to libFuzzer's byte mutator
 EDITS: tuple[str, ...] = ("insert", "delete", "duplicate", "swap", "tweak", "tweak", "config")
+PATTERN_SHARE = 0.4  # of inserts that insert a pattern
+PATTERNS: tuple[str, ...] = ("write_reclaim", "fork_both", "fork_exit", "write_run",
+                             "toggle", "leave_few", "pinned", "fail_alloc")
+PROFILE_SHARE = 0.25  # of config edits that jump to PMD THPs only or to no THPs
+PROFILES: tuple[dict[str, Any], ...] = (
+    {"thp_enabled": "always", "pmd_enabled": "inherit", "pud_enabled": "never"},
+    {"thp_enabled": "never", "pmd_enabled": "inherit", "pud_enabled": "inherit"},
+)
 
 
 class Hunt:
@@ -80,7 +96,10 @@ def mutate(
     cfg, ops = program.config, list(program.ops)
     gen = _generator(cfg, ops, rng)
     edit = rng.choice(EDITS) if ops else "insert"
-    if edit == "insert":
+    if edit == "insert" and rng.random() < PATTERN_SHARE:
+        i = rng.randint(0, len(ops))
+        ops[i:i] = _pattern(gen, ops, rng)
+    elif edit == "insert":
         for _ in range(rng.choice((1, 1, 1, 2, 4))):
             ops.insert(rng.randint(0, len(ops)), gen.op())
     elif edit == "delete":
@@ -135,6 +154,65 @@ def _generator(cfg: Config, ops: list[Op], rng: random.Random) -> ProgramGenerat
     return gen
 
 
+def _pattern(gen: ProgramGenerator, ops: list[Op], rng: random.Random) -> list[Op]:
+    """One of ``PATTERNS`` (module docstring), around a page the program writes already
+    (or a fresh place) of an mm it uses."""
+    g = gen.g
+    written = [op for op in ops if isinstance(op, spec.Write)]
+    if written and rng.random() < 0.7:
+        w = rng.choice(written)
+        mm, a = w.mm, w.addr
+    else:
+        mm, a = gen.mm(), gen.addr()
+    unit = rng.choice((g.pmd_nr, g.pmd_nr, g.pud_nr))
+    base = a - a % unit
+    value = rng.randint(1, 1000)
+    kind = rng.choice(PATTERNS)
+    if kind == "write_reclaim":
+        last: Op = (spec.Madvise(mm, base, unit, "pageout") if rng.random() < 0.5
+                    else spec.Migrate(mm, base, unit, 1))
+        return [spec.Write(mm, a, value), last]
+    child = gen.next_mm
+    if kind in ("fork_both", "fork_exit"):
+        gen.next_mm += 1
+        if kind == "fork_exit":
+            return [spec.Fork(mm), spec.Exit(child)]
+        both: list[Op] = [spec.Madvise(m, base, unit, "pageout") for m in (child, mm)]
+        other = rng.choice(("migrate", "munmap", "mprotect", "write"))
+        if other == "migrate":
+            both = [spec.Migrate(m, base, unit, 1) for m in (child, mm)]
+        elif other == "munmap":
+            both = [spec.Munmap(m, base, unit) for m in (child, mm)]
+        elif other == "mprotect":
+            both = [spec.Mprotect(m, base, unit, "r") for m in (child, mm)]
+        elif other == "write":
+            both = [spec.Write(m, a, value + m) for m in (child, mm)]
+        return [spec.Fork(mm), *both]
+    if kind == "write_run":
+        return [spec.Write(mm, min(a + i, g.space - 1), value + i) for i in range(4)]
+    if kind == "toggle":
+        return [spec.Mprotect(mm, base, unit, "r"), spec.Mprotect(mm, base, unit, "rw"),
+                spec.Write(mm, a, value)]
+    if kind == "pinned":
+        then: Op = rng.choice((spec.SplitFolio(mm, a), spec.Fork(mm),
+                               spec.Madvise(mm, base, unit, "pageout"),
+                               spec.Migrate(mm, base, unit, 1), spec.Munmap(mm, base, unit)))
+        return [spec.Pin(mm, a), then]
+    if kind == "fail_alloc":
+        order = rng.choice(spec.ALLOC_ORDERS)
+        then = rng.choice((spec.Write(mm, a, value), spec.Migrate(mm, base, unit, 1),
+                           spec.Fork(mm)))
+        return [spec.FailAlloc(order, 1), then]
+    keep = rng.randint(1, 3)  # leave_few: first a write, or a fork whose child exits
+    pmd = a - a % g.pmd_nr
+    first: list[Op] = [spec.Write(mm, a, value)]
+    if rng.random() < 0.5:
+        gen.next_mm += 1
+        first = [spec.Fork(mm), spec.Exit(child)]
+    return [*first, spec.Munmap(mm, pmd + keep, g.pmd_nr - keep),
+            spec.Write(mm, pmd + keep - 1, value + 1)]
+
+
 def _tweak(op: Op, gen: ProgramGenerator, rng: random.Random) -> Op:
     """``op`` with one field changed: to a fresh value of its kind or a step from the old."""
     names = [f.name for f in fields(op)]
@@ -171,6 +249,10 @@ def _tweak_config(hunt: Hunt, cfg: Config, rng: random.Random) -> Config:
             if k not in hunt.fixed]
     if not keys:
         return cfg
+    if rng.random() < PROFILE_SHARE:
+        profile = rng.choice(PROFILES)
+        return hunt.adjust(replace(cfg, **{k: v for k, v in profile.items()
+                                           if k not in hunt.fixed}))
     key = rng.choice(keys)
     value: Any
     if key in CONFIG_CHOICES:

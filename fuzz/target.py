@@ -16,12 +16,21 @@ What it filters out: inputs are never rejected (the decoder is total), but
 - unless fixed with ``--config``, the known-bad ``list_head`` deposit design and the slow
   geometries (``Hunt``): a campaign on the correct designs at tiny and small geometry.
 
-Coverage: ``pudthp_ref``, ``harness`` and the decoder ``fuzz.encoding`` are imported under
-``atheris.instrument_imports`` so their branches guide the search, except the checkers
-(``UNINSTRUMENTED``): they walk the whole state after every op, so instrumented they cost
-the reference 4x its speed, and their branches say little about what the model did.
+Coverage: ``pudthp_ref`` is imported under ``atheris.instrument_imports`` so its branches
+guide the search, except its checkers, snapshot and vocabulary (``UNINSTRUMENTED``): they walk
+the whole state after every op, so instrumented they cost the reference 4x its speed, and
+their branches say little about what the model did.  The harness and the decoder are not
+instrumented: their branches tell apart finding kinds and byte encodings, not what the
+model did, and tracing their comparisons cost a quarter of the target's time.
 ``pudthp_fast`` is numpy, whose work happens in C; it is instrumented only with
-``--instrument-fast``.
+``--instrument-fast``.  On top of the branches, every model-state feature of the catalogue
+(``harness.coverage``) has a counter of its own (``atheris._reserve_counter``), bumped once
+per hit of the feature by the program, up to ``FEATURE_COUNT_CAP``: libFuzzer keeps an input
+that hits a feature no input hit before, or hits one more often than any did (its counts go
+in buckets 1, 2, 3, 4-7, 8-15, 16+), whatever branches it took.  Every second, and at once
+when a feature is hit for the first time, the target prints ``pudthp: execs N ops M`` and
+``pudthp: features JSON`` (the ``harness.coverage.Tally`` of every program it ran) for the
+campaign's table.
 
 Limits: a program is cut to ``--max-ops`` ops (``Hunt``); one that runs out of memory
 (``harness.limits``) is skipped with a ``pudthp: limit`` line, never raised as a finding;
@@ -50,24 +59,25 @@ UNINSTRUMENTED: tuple[str, ...] = (
     "pudthp_ref.invariants",
     "pudthp_ref.snapshot",
     "pudthp_ref.spec",
-    "harness.lockstep",
 )
+FEATURE_COUNT_CAP = 16
 # Instrumentation happens at import: these must be the first imports of the packages in
 # this process (the runner imports the implementations lazily, so import them here).
 with atheris.instrument_imports(
-    include=["pudthp_ref", "harness", "fuzz.encoding",
-             *(["pudthp_fast"] if _INSTRUMENT_FAST else [])],
+    include=["pudthp_ref", *(["pudthp_fast"] if _INSTRUMENT_FAST else [])],
     exclude=list(UNINSTRUMENTED),
 ):
     import fuzz.encoding  # noqa: F401
     import pudthp_ref.model  # noqa: F401
-    from harness.runner import run_program
 
     if _INSTRUMENT_FAST:
         import pudthp_fast.model  # noqa: F401
 
-from fuzz.mutator import Hunt, crossover, mutate  # noqa: E402 -- after the instrumented imports
+# after the instrumented imports
+from fuzz.mutator import Hunt, crossover, mutate  # noqa: E402
+from harness.coverage import N_FEATURES, Coverage, Tally  # noqa: E402
 from harness.limits import LimitExceeded  # noqa: E402
+from harness.runner import run_program  # noqa: E402
 
 STATUS_SECONDS = 1.0  # how often the target prints its execution count
 KNOWN_POLL_SECONDS = 0.5
@@ -94,6 +104,32 @@ class Target:
         self.execs = 0
         self.next_status = time.monotonic() + STATUS_SECONDS
         self.next_poll = 0.0
+        self.coverage = Coverage()
+        self.tally = Tally()
+        self.counters = [atheris._reserve_counter() for _ in range(N_FEATURES)]
+
+    def status(self) -> None:
+        """The execution and op counts and the feature tally, for the campaign."""
+        print(f"pudthp: execs {self.execs} ops {self.tally.ops}", file=sys.stderr)
+        print(f"pudthp: features {json.dumps(self.tally.to_json(), separators=(',', ':'))}",
+              file=sys.stderr, flush=True)
+
+    def count_features(self) -> None:
+        """This program's features: into the tally, and to libFuzzer as counters."""
+        cov = self.coverage
+        tally = self.tally
+        new = False
+        trace = atheris._trace_branch
+        for i, n in enumerate(cov.hits):
+            if n:
+                new = new or not tally.hits[i]
+                for _ in range(min(n, FEATURE_COUNT_CAP)):
+                    trace(self.counters[i])
+        tally.add_program(cov.hits, cov.ops)
+        tally.unclassified += cov.unclassified
+        cov.unclassified = 0
+        if new:
+            self.status()
 
     def reload_known(self, now: float) -> None:
         self.next_poll = now + KNOWN_POLL_SECONDS
@@ -114,16 +150,18 @@ class Target:
         self.execs += 1
         if now >= self.next_status:
             self.next_status = now + STATUS_SECONDS
-            print(f"pudthp: execs {self.execs}", file=sys.stderr, flush=True)
+            self.status()
         if now >= self.next_poll:
             self.reload_known(now)
         program = self.hunt.program(data)
+        self.coverage.reset()
         try:
-            finding = run_program(program, self.impl).finding
+            finding = run_program(program, self.impl, coverage=self.coverage).finding
         except LimitExceeded as e:  # not a finding: skip the input
             print(f"pudthp: limit {e.kind}: {e} ({len(program.ops)} ops)", file=sys.stderr,
                   flush=True)
             return
+        self.count_features()
         if finding is None:
             return
         if finding.signature in self.known:
@@ -132,6 +170,7 @@ class Target:
                 print(f"pudthp: known finding {finding.signature}", file=sys.stderr, flush=True)
             return
         first = finding.message.splitlines()[0] if finding.message else ""
+        self.status()  # libFuzzer exits on the finding: the campaign gets the last counts
         raise PudthpFinding(finding.signature, finding.kind, finding.op_index, first)
 
     def mutate(self, data: bytes, max_size: int, seed: int) -> bytes:

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from harness.limits import LimitExceeded, default_max_rss_mb, memory_error, memory_limit, time_limit
 from harness.program import ProgramError, dump_program, load_program_file
-from harness.runner import IMPL_FACTORIES, IMPL_NAMES, UsageError, run_program
+from harness.runner import CHECK_MODES, IMPL_FACTORIES, IMPL_NAMES, UsageError, run_program
 from pudthp_ref.spec import Op, Program, Result, op_str
 
 RUN_MAX_SECONDS = 600.0
@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--report", metavar="FILE", help="write the pudthp-report/1 JSON here")
     run.add_argument("--quiet", action="store_true", help="no per-op lines, only the summary")
+    run.add_argument("--check", choices=CHECK_MODES, default="end",
+                     help="with --impl both, when the fast side checks its own invariants: at "
+                     "the end of the program and at a divergence (end, the default: the "
+                     "comparison with the reference, which checks after every op, covers "
+                     "the ops between) or after every op (every-op)")
     run.add_argument("--max-rss", metavar="MIB", type=_nonnegative_int, default=None,
                      help="stop (exit 2, not a finding) once the process uses more memory "
                      "(default: half of this machine's memory; 0: no limit)")
@@ -65,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                      f"{RUN_MAX_SECONDS:g}; 0: no limit)")
 
     _add_fuzz(sub)
+    _add_coverage(sub)
     _add_shrink(sub)
     _add_corpus(sub)
     _add_conform(sub)
@@ -73,6 +79,55 @@ def build_parser() -> argparse.ArgumentParser:
     _add_hub(sub)
     _add_report(sub)
     return parser
+
+
+def _add_coverage(sub: Any) -> None:
+    cov = sub.add_parser(
+        "coverage",
+        help="run programs and print which model-state features they hit and how often",
+        description="Run each program (files, or every *.json of a directory) and count the "
+        "model-state features of the catalogue (COVERAGE.md) that its ops hit in the "
+        "reference model: hits, programs hitting each feature, and the features never hit. "
+        "Exit 0, or 2 for bad input.",
+        allow_abbrev=False,
+    )
+    cov.add_argument("paths", metavar="PROGRAM|DIR", nargs="+",
+                     help="pudthp-program/1 JSON files or directories of them")
+    cov.add_argument("--impl", choices=("ref", "both"), default="ref",
+                     help="run on the reference alone (default) or on both in lockstep")
+
+
+def _cmd_coverage(args: argparse.Namespace) -> int:
+    import glob
+    import os
+
+    from harness.coverage import Coverage, Tally
+
+    files: list[str] = []
+    for path in args.paths:
+        if os.path.isdir(path):
+            files += sorted(glob.glob(os.path.join(path, "*.json")))
+        elif os.path.exists(path):
+            files.append(path)
+        else:
+            return _error(f"{path}: no such file or directory")
+    if not files:
+        return _error(f"no *.json programs in {' '.join(args.paths)}")
+    programs = [(f, load_program_file(f)) for f in files]
+    tally = Tally()
+    findings = 0
+    for _, program in programs:
+        cov = Coverage()
+        report = run_program(program, args.impl, coverage=cov)
+        findings += report.finding is not None
+        tally.add_program(cov.hits, cov.ops)
+        tally.unclassified += cov.unclassified
+    title = f"pudthp coverage ({len(files)} file(s), --impl {args.impl})"
+    print(tally.table(title), end="")
+    if findings:
+        print(f"({findings} program(s) ended early on a finding; their later ops were not "
+              f"run)")
+    return 0
 
 
 def _bench_workloads() -> dict[str, Any]:
@@ -183,9 +238,11 @@ def _add_fuzz(sub: Any) -> None:
         "processes for a fixed time. Each distinct finding (by signature) is shrunk and "
         "written once to the findings directory as a program with metadata (atomically; "
         "valid files already there are never touched). A program that hits a resource "
-        "limit is dropped, never a finding. Exit 0 nothing found, 1 findings, 2 bad usage "
-        "or a findings directory that cannot be written, 130 interrupted (Ctrl-C) or 143 "
-        "terminated (SIGTERM): both stop cleanly, writing what was found.",
+        "limit is dropped, never a finding. At the end the model-state coverage table (see "
+        "'pudthp coverage') is printed and written next to the findings. Exit 0 nothing "
+        "found, 1 findings, 2 bad usage or a findings directory that cannot be written, 130 "
+        "interrupted (Ctrl-C) or 143 terminated (SIGTERM): both stop cleanly, writing what "
+        "was found.",
         allow_abbrev=False,
     )
     fuzz.add_argument("--engine", choices=("hypothesis", "atheris"), default="hypothesis",
@@ -542,6 +599,8 @@ def _main(argv: list[str]) -> int:
             return _cmd_hub(args)
         if args.command == "report":
             return _cmd_report(args)
+        if args.command == "coverage":
+            return _cmd_coverage(args)
         return _cmd_run(args)
     except (ProgramError, UsageError, LimitExceeded) as e:
         return _error(str(e))
@@ -690,7 +749,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     IMPL_FACTORIES[args.impl]()  # imported before the limit: numpy's reservations are not the run's
     try:
         with memory_limit(max_rss), time_limit(args.max_time, "the run (--max-time)"):
-            report = run_program(program, args.impl, on_step=show)
+            report = run_program(program, args.impl, check_mode=args.check, on_step=show)
     except (LimitExceeded, MemoryError) as e:
         limit = e if isinstance(e, LimitExceeded) else memory_error()
         i = done[0]

@@ -14,8 +14,8 @@ from __future__ import annotations
 import importlib
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, cast
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, cast
 
 from harness.limits import memory_error
 from harness.lockstep import Lockstep
@@ -34,7 +34,14 @@ from pudthp_ref.spec import (
     Result,
 )
 
+if TYPE_CHECKING:
+    from harness.coverage import Coverage
+
 IMPL_NAMES: tuple[str, ...] = ("ref", "fast", "both")
+# When the fast side of ``both`` checks its invariants (the reference and ``fast`` alone
+# always check after every op): at the end of a program and where a divergence is found,
+# or after every op (harness/lockstep.py says why the first loses nothing).
+CHECK_MODES: tuple[str, ...] = ("end", "every-op")
 
 # op_index of a finding raised while creating the model, before any op ran
 BEFORE_FIRST_OP = -1
@@ -112,17 +119,24 @@ def run_program(
     impl: str = "ref",
     *,
     check: bool = True,
+    check_mode: str = "end",
     on_step: Callable[[int, Op, Result], None] | None = None,
+    coverage: Coverage | None = None,
 ) -> RunReport:
     """Run ``program`` on a fresh ``impl`` and report its results and first finding.
 
     Per op: ``apply``, then (if ``check``) ``check_invariants``, then the oracle (always: it is
-    cheap and its state must follow every op).  ``on_step(i, op, result)`` is called once the
-    op returned, before its checks.  The results include the op of an invariant or oracle
-    finding but not an op whose ``apply`` raised.  A model that cannot even be created gives a
-    finding at op index -1.  Raises UsageError only for an unavailable implementation.
+    cheap and its state must follow every op).  Under ``both`` the fast side checks its
+    invariants after every op only with ``check_mode`` ``every-op``; with ``end`` (the
+    default) at the end of the program and where a divergence is found.  ``on_step(i, op,
+    result)`` is called once the op returned, before its checks; ``coverage`` counts the
+    model-state features of each op (``harness.coverage``; it needs the reference).  The
+    results include the op of an invariant or oracle finding but not an op whose ``apply``
+    raised.  A model that cannot even be created gives a finding at op index -1.  Raises
+    UsageError only for an unavailable implementation or check mode.
     """
-    stepper = Stepper(program.config, impl, check=check, on_step=on_step)
+    stepper = Stepper(program.config, impl, check=check, check_mode=check_mode,
+                      on_step=on_step, coverage=coverage)
     for op in program.ops:
         if stepper.finding is not None:
             break
@@ -144,12 +158,19 @@ class Stepper:
         impl: str = "ref",
         *,
         check: bool = True,
+        check_mode: str = "end",
         on_step: Callable[[int, Op, Result], None] | None = None,
+        coverage: Coverage | None = None,
     ) -> None:
+        if check_mode not in CHECK_MODES:
+            raise UsageError(f"unknown check mode {check_mode!r} (choose from "
+                             f"{', '.join(CHECK_MODES)})")
         self.cfg = cfg
         self.impl = impl
         self.check = check
+        self.check_mode = check_mode
         self.on_step = on_step
+        self.coverage = coverage
         self.constructor = _constructor(impl)
         self.ops: list[Op] = []
         self.results: list[Result] = []
@@ -159,6 +180,8 @@ class Stepper:
             self.model = self.constructor(cfg)
         except Exception as e:
             self.finding = _crash_finding(e, BEFORE_FIRST_OP, "init")
+        if isinstance(self.model, Lockstep):
+            self.model.fast_every_op = check_mode == "every-op"
         self.oracle = Oracle(cfg.geometry)
 
     def step(self, op: Op) -> Result | None:
@@ -168,10 +191,12 @@ class Stepper:
         i = len(self.ops)
         self.ops.append(op)
         model = self.model
+        coverage = self.coverage
+        token = coverage.before(model, op) if coverage is not None else None
         try:
             result = model.apply(op)
         except Exception as e:
-            self.finding = _exception_finding(e, i, op.KIND)
+            self.finding = self._with_fast_verdict(_exception_finding(e, i, op.KIND))
             return None
         if isinstance(result, bool) or not isinstance(result, int | str):
             self.finding = Finding(
@@ -182,6 +207,8 @@ class Stepper:
             )
             return None
         self.results.append(result)
+        if coverage is not None:
+            coverage.after(model, op, result, token)
         if self.on_step is not None:
             self.on_step(i, op, result)
         if self.check:
@@ -200,30 +227,35 @@ class Stepper:
         """The ops stepped so far as a program."""
         return Program(self.cfg, tuple(self.ops))
 
-    def finish(self) -> RunReport:
-        """The report: the final snapshot and, for ``both``, the final snapshot comparison.
+    def _fast_deferred(self) -> bool:
+        """Whether the fast side of ``both`` has not been checking after every op."""
+        return (self.check and isinstance(self.model, Lockstep)
+                and not self.model.fast_every_op)
 
-        An implementation that checks invariants incrementally (the fast one) gets a whole
-        pass first: a write its dirty tracking missed is found here, and located at the
-        first op whose state breaks the invariant."""
+    def _with_fast_verdict(self, finding: Finding) -> Finding:
+        """A divergence, with what the fast side's own checker says of its state there (it
+        has not been run after every op)."""
+        if finding.kind != "divergence" or not self._fast_deferred():
+            return finding
+        assert isinstance(self.model, Lockstep)
+        return _add_fast_verdict(finding, self.model)
+
+    def finish(self) -> RunReport:
+        """The report: the final snapshot and, for ``both``, the final snapshot comparison
+        (a difference only it shows is located by replay), then the whole-state check of a
+        side whose per-op checks were incremental or, under ``both``, deferred (the fast
+        one): a write its dirty tracking missed, or a violation of its own bookkeeping that
+        no snapshot shows, is found here and located at the first op that breaks it."""
         model = self.model
         if model is None:
             return RunReport(self.impl, self.results, self.finding, None)
-        side = model.fast if isinstance(model, Lockstep) else model
-        if self.check and self.finding is None and self.ops and getattr(
-                side, "incremental_checks", False):
-            try:
-                side.check_invariants(full=True)
-            except MemoryError:
-                raise memory_error() from None
-            except Exception as e:
-                self.finding = locate_violation(self.program(), self.constructor, e)
         snapshot: dict[str, Any] | None
         try:
             if isinstance(model, Lockstep) and self.finding is None:
                 snapshot, d = model.compare_snapshots()
                 if d is not None:
-                    self.finding = locate_divergence(self.program(), self.constructor)
+                    self.finding = locate_divergence(self.program(), self.constructor,
+                                                     fast_verdict=self._fast_deferred())
             elif isinstance(model, Lockstep):
                 snapshot = model.ref.snapshot()
             else:
@@ -232,27 +264,45 @@ class Stepper:
             snapshot = None
             if self.finding is None:
                 self.finding = _crash_finding(e, len(self.ops) - 1, "snapshot")
+        if self.finding is None:
+            self.finding = self._check_whole_state_at_end(model)
         return RunReport(self.impl, self.results, self.finding, snapshot)
 
+    def _check_whole_state_at_end(self, model: Impl) -> Finding | None:
+        side = model.fast if isinstance(model, Lockstep) else model
+        if not (self.check and self.ops and getattr(side, "incremental_checks", False)):
+            return None
+        try:
+            side.check_invariants(full=True)
+        except MemoryError:
+            raise memory_error() from None
+        except Exception as e:
+            return locate_violation(self.program(), self.constructor, e)
+        return None
 
-def locate_divergence(program: Program, constructor: Callable[[Config], Impl]) -> Finding:
+
+def locate_divergence(program: Program, constructor: Callable[[Config], Impl], *,
+                      fast_verdict: bool = False) -> Finding:
     """The per-op digests agreed but the final snapshots do not: replay with a full snapshot
-    comparison after every op and report the first op whose states differ."""
+    comparison after every op and report the first op whose states differ (with
+    ``fast_verdict``, and what the fast side's checker says of its state there)."""
     model = constructor(program.config)
     assert isinstance(model, Lockstep)
     for i, op in enumerate(program.ops):
         model.apply(op)
         _, d = model.compare_snapshots()
         if d is not None:
-            return _exception_finding(d, i, op.KIND)
+            finding = _exception_finding(d, i, op.KIND)
+            return _add_fast_verdict(finding, model) if fast_verdict else finding
     raise AssertionError("the final snapshots differ but no op's snapshots did on replay")
 
 
 def locate_violation(program: Program, constructor: Callable[[Config], Impl],
                      error: Exception) -> Finding:
-    """The whole-state check at the end failed (``error``) where the per-op incremental ones
-    passed: replay with a whole-state check after every op and report the first that fails
-    (the last op, should the replay not fail)."""
+    """The whole-state check at the end failed (``error``) where the per-op checks passed
+    (incremental, or under ``both`` deferred for the fast side): replay with a whole-state
+    check of every side after every op and report the first that fails (the last op, should
+    the replay not fail)."""
     model = constructor(program.config)
     for i, op in enumerate(program.ops):
         try:
@@ -262,6 +312,16 @@ def locate_violation(program: Program, constructor: Callable[[Config], Impl],
             return _exception_finding(e, i, op.KIND)
     last = len(program.ops) - 1
     return _exception_finding(error, last, program.ops[last].KIND)
+
+
+def _add_fast_verdict(finding: Finding, model: Lockstep) -> Finding:
+    try:
+        model.fast.check_invariants(full=True)
+        verdict = "the fast side's own invariants hold here"
+    except Exception as e:
+        verdict = f"the fast side's own invariants fail here: {type(e).__name__}: {e}"
+    detail = f"{finding.detail}\n{verdict}" if finding.detail else verdict
+    return replace(finding, detail=detail)
 
 
 def _exception_finding(e: Exception, index: int, kind: str) -> Finding:

@@ -7,7 +7,8 @@ anything:
 1. delta debugging over ops (ddmin-style chunk deletion): delete chunks of half the program,
    then a quarter, ... down to single ops, last chunk first, cutting every candidate after
    the op its finding is at (later ops never run).  A 10,000-op program with a three-op bug
-   is down to a few dozen ops after a handful of runs per halving;
+   is down to a few dozen ops after a handful of runs per halving.  Then each fork is
+   tried away with its child's ops, the later mm ids renumbered;
 2. simplification of what is left: fewer mms (every reference to an mm renumbered to a
    smaller one), a smaller geometry (addresses mapped digit by digit: PUD, PMD and page
    index each clamped, so "one page below a PUD boundary" stays that), default config
@@ -108,9 +109,26 @@ class _Shrinker:
                 else:
                     hi = lo
             if chunk == 1 and not removed:
-                return ops
+                fewer = self.fewer_forks(cfg, ops)
+                if fewer == ops:
+                    return ops
+                ops = fewer
             if chunk > 1:
                 chunk //= 2
+
+    def fewer_forks(self, cfg: Config, ops: tuple[Op, ...]) -> tuple[Op, ...]:
+        """Each fork, last first, removed with its child: the child's ops go and every later
+        reference to a higher mm id moves down by one, as the ids would be handed out
+        without it (ddmin alone cannot drop a fork whose later siblings are used: their
+        ids would change)."""
+        i = len(ops) - 1
+        while i >= 0:
+            cand = _without_fork(ops, i)
+            kept = None if cand is None else self.test(cfg, cand)
+            if kept is not None:
+                ops = kept
+            i = min(i, len(ops)) - 1
+        return ops
 
     # -- phase 2 -------------------------------------------------------------------------
 
@@ -188,6 +206,38 @@ class _Shrinker:
                         break
             i += 1
         return cfg, ops
+
+
+def _without_fork(ops: tuple[Op, ...], i: int) -> tuple[Op, ...] | None:
+    """``ops`` without the fork at ``i``, its child and the child's descendants, their ops
+    dropped and every other mm id renumbered as the ids would be handed out without them
+    (in order, the first at 0, one per fork of a live mm); None if ``ops[i]`` is no fork of
+    a live mm."""
+    if not isinstance(ops[i], spec.Fork):
+        return None
+    alive, next_id = {0}, 1
+    gone: set[int] = set()
+    for k, op in enumerate(ops):
+        if isinstance(op, spec.Fork) and op.mm in alive:
+            if k == i or op.mm in gone:
+                gone.add(next_id)
+            alive.add(next_id)
+            next_id += 1
+        elif isinstance(op, spec.Exit):
+            alive.discard(op.mm)
+    if not gone:
+        return None
+    out: list[Op] = list(ops[:i])
+    for op in ops[i + 1:]:
+        mm = getattr(op, "mm", None)
+        if mm in gone:
+            continue
+        if isinstance(mm, int):
+            below = sum(1 for g in gone if g < mm)
+            out.append(_with(op, mm=mm - below) if below else op)
+        else:
+            out.append(op)
+    return tuple(out)
 
 
 def _with(op: Op, **changes: Any) -> Op:

@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from fuzz.gen import ProgramGenerator, random_config
 from harness.program import dump_program
 from harness.runner import run_program
 from pudthp_fast.model import FastModel
-from pudthp_ref.spec import Config, Mmap, Program, Write
+from pudthp_ref.model import RefModel
+from pudthp_ref.spec import Config, Fork, InvariantViolation, Mmap, Program, Read, Write
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,3 +119,89 @@ def test_divergence_tells_equal_values_of_different_types_apart() -> None:
     assert (d.ref, d.fast) == (1, True)
     d = divergence({"x": 1, "y": 2}, {"y": 2, "x": 1}, "summary")  # key order alone: equal
     assert d is None
+
+
+# --------------------------------------------------------------------------------------
+# When the fast side checks its own invariants under --impl both (harness/lockstep.py)
+# --------------------------------------------------------------------------------------
+
+CHECKED = (Mmap(0, 0, 64, "rw"), Write(0, 3, 1), Read(0, 3), Fork(0), Write(1, 3, 2))
+
+
+def count_checks(monkeypatch: pytest.MonkeyPatch, cls: type, fail_after: int | None = None
+                 ) -> list[int]:
+    """Count ``cls.check_invariants`` calls by the number of ops applied when each ran (a
+    whole-state check, ``full=True``, as a negative number); with ``fail_after``, raise once
+    the instance has applied that many ops (a broken state only its own checker sees)."""
+    calls: list[int] = []
+    real_apply, real_check = cls.apply, cls.check_invariants
+
+    def apply(self: Any, op: Any) -> Any:
+        self._applied = getattr(self, "_applied", 0) + 1
+        return real_apply(self, op)
+
+    def check(self: Any, full: bool = False) -> None:
+        applied = getattr(self, "_applied", 0)
+        calls.append(-applied if full else applied)
+        if fail_after is not None and self._applied >= fail_after:
+            raise InvariantViolation("planted", f"broken since op {fail_after - 1}")
+        real_check(self, full=full) if cls is FastModel else real_check(self)
+
+    monkeypatch.setattr(cls, "apply", apply)
+    monkeypatch.setattr(cls, "check_invariants", check)
+    return calls
+
+
+def test_both_checks_the_fast_side_at_the_end_by_default(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    fast = count_checks(monkeypatch, FastModel)
+    ref = count_checks(monkeypatch, RefModel)
+    report = run_program(Program(Config(), CHECKED), "both")
+    assert report.finding is None
+    assert ref == [1, 2, 3, 4, 5]  # the reference after every op
+    assert fast == [-5]  # the fast side once, whole-state, after the last op
+    fast.clear()
+    assert run_program(Program(Config(), CHECKED), "both", check_mode="every-op").finding is None
+    # incrementally after every op, then its whole-state pass at the end
+    assert fast == [1, 2, 3, 4, 5, -5]
+
+
+def test_a_fast_violation_seen_at_the_end_is_located_to_its_first_op(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    count_checks(monkeypatch, FastModel, fail_after=3)  # broken from op 2 on
+    end = run_program(Program(Config(), CHECKED), "both").finding
+    every = run_program(Program(Config(), CHECKED), "both", check_mode="every-op").finding
+    assert end is not None
+    assert every is not None
+    assert (end.kind, end.op_index, end.signature) == ("invariant", 2, "invariant:read:planted")
+    assert (every.op_index, every.signature) == (end.op_index, end.signature)
+
+
+def test_a_divergence_says_what_the_fast_checker_finds_there(monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    real = FastModel.apply
+
+    def wrong_read(self: FastModel, op: Any) -> Any:
+        r = real(self, op)
+        return r + 1 if isinstance(op, Read) else r
+
+    monkeypatch.setattr(FastModel, "apply", wrong_read)
+    finding = run_program(Program(Config(), CHECKED), "both").finding
+    assert finding is not None
+    assert (finding.signature, finding.op_index) == ("divergence:read:result", 2)
+    assert "the fast side's own invariants hold here" in finding.detail
+
+
+def test_pudthp_run_check_modes(tmp_path: Path) -> None:
+    path = tmp_path / "p.json"
+    path.write_text(dump_program(Program(Config(), CHECKED)))
+    for mode in ("end", "every-op"):
+        out = subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--impl",
+                              "both", "--check", mode, "--quiet"],
+                             capture_output=True, text=True, cwd=ROOT, check=False)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == "ok: 5 ops, no finding\n"
+    out = subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--check", "some"],
+                         capture_output=True, text=True, cwd=ROOT, check=False)
+    assert out.returncode == 2
+    assert out.stderr.startswith("pudthp: error: argument --check")

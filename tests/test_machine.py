@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -212,7 +213,7 @@ def test_fuzz_finds_list_head_once_and_never_overwrites(tmp_path: Path) -> None:
     out = fuzz(tmp_path, "--time", "4", "--workers", "1", "--seed", "7",
                "--config", "deposit=list_head")
     assert out.returncode == 1, out.stdout + out.stderr
-    files = sorted(tmp_path.iterdir())
+    files = sorted(tmp_path.glob("*.json"))
     assert files, out.stdout + out.stderr
     for f in files:
         data = json.loads(f.read_text())
@@ -229,15 +230,24 @@ def test_fuzz_finds_list_head_once_and_never_overwrites(tmp_path: Path) -> None:
                  "--config", "deposit=list_head")
     assert again.returncode == 1
     assert "archived" in again.stdout
-    assert {f.name: f.read_text() for f in tmp_path.iterdir()} == before
+    assert {f.name: f.read_text() for f in tmp_path.glob("*.json")} == before
 
 
 def test_fuzz_correct_designs_find_nothing(tmp_path: Path) -> None:
     out = fuzz(tmp_path, "--time", "3", "--workers", "2", "--seed", "1")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.glob("*.json")) == []
     assert "0 distinct finding(s)" in out.stdout
     assert "worker seeds 1..2" in out.stderr
+    # the model-state coverage table: printed, and written next to the findings
+    (table,) = tmp_path.glob("coverage-*-hypothesis-seed1.txt")
+    assert "model-state coverage (hypothesis)" in out.stdout
+    head = table.read_text().splitlines()[0]
+    assert head in out.stdout
+    m = re.search(r"\): (\d+) programs, \d+ ops; (\d+)/(\d+) features hit", head)
+    assert m, head
+    assert int(m.group(1)) > 0
+    assert 0 < int(m.group(2)) <= int(m.group(3))
 
 
 def test_fuzz_ctrl_c_stops_cleanly_with_findings_written(tmp_path: Path) -> None:
@@ -261,7 +271,7 @@ def test_fuzz_ctrl_c_stops_cleanly_with_findings_written(tmp_path: Path) -> None
     assert proc.returncode == 130, out + err
     assert "Traceback" not in err + out
     assert "interrupted after" in out
-    written = sorted(tmp_path.iterdir())
+    written = sorted(tmp_path.glob("*.json"))
     assert written
     for f in written:
         assert json.loads(f.read_text())["meta"]["engine"] == "hypothesis"

@@ -22,19 +22,28 @@ import numpy as np
 import pytest
 
 import pudthp_fast.huge_memory as fast_hm
+import pudthp_fast.memory as fast_memory
+import pudthp_fast.reclaim as fast_reclaim
 import pudthp_fast.rmap as fast_rmap
-from fuzz.engine_hypothesis import WorkerSpec, finding_program, fuzz_inline
+from fuzz.engine_hypothesis import (
+    SHRINK_SECONDS,
+    STEPS_PER_PROGRAM,
+    WorkerSpec,
+    finding_program,
+    fuzz_inline,
+)
 from harness.runner import run_program
-from pudthp_fast.state import LEAF, NONE
+from pudthp_fast.state import LEAF, NONE, TABLE
 
 LIMIT = 120.0  # seconds; a search that needs longer has failed
 
 
 def hunt(overrides: dict[str, Any], *, check: bool, seed: int = 0,
-         time_limit: float = LIMIT) -> dict[str, Any]:
+         time_limit: float = LIMIT, steps: int = STEPS_PER_PROGRAM,
+         shrink_seconds: float = SHRINK_SECONDS) -> dict[str, Any]:
     """The first finding of a one-worker search, shrunk; fails the test if none."""
     spec = WorkerSpec(0, seed, overrides, "both", check, time_limit=time_limit, grace=30.0,
-                      max_findings=1)
+                      max_findings=1, step_count=steps, shrink_seconds=shrink_seconds)
     found = fuzz_inline(spec)
     assert found, f"nothing found in {time_limit:g} s"
     return found[0]
@@ -150,7 +159,113 @@ def test_planted_split_without_folio_ref_add(monkeypatch: pytest.MonkeyPatch) ->
 
 
 # --------------------------------------------------------------------------------------
-# (c) the correct designs: a bounded search finds nothing
+# (c) planted bugs in paths the generator reaches on purpose (harness/coverage.py features
+#     migrate:pmd_leaf:moved, pageout:pmd_leaf:swapped_whole, wp_fault:large:mapcount=2,
+#     fork:copy_pte_range:mid_pud_vma with zap:whole_pmd_range:child_pte_table, and
+#     fault:swapin:slot_shared); PMD-level paths hunted with PUD THPs off, PTE-level ones
+#     with THPs off, as the generator draws a third and a sixth of its programs anyway
+# --------------------------------------------------------------------------------------
+
+PMD_ONLY = {"pud_enabled": "never"}
+PTE_ONLY = {"thp_enabled": "never", "pud_enabled": "never"}
+# Programs of 50 steps: each of these paths needs a handful of rules in a row, and shorter
+# programs come round faster (these searches take seconds to tens of seconds); Hypothesis
+# gets a few seconds to shrink, delta debugging does the rest.
+QUICK_SHRINK = 3.0
+
+
+def test_planted_migrate_pmd_leaf_extra_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    # remove_migration_pmd takes two references on the new folio instead of one
+    real = fast_reclaim.remove_migration_entries
+
+    def leaky(st: Any, m: Any, fid: int) -> None:
+        real(st, m, fid)
+        if m.level == fast_rmap.PMD_LEVEL:
+            st.f_ref[fid] += 1
+
+    plant(monkeypatch, real, leaky)
+    payload = hunt(PMD_ONLY, check=False, steps=50, shrink_seconds=QUICK_SHRINK)
+    assert_divergence(payload, 6)
+    assert program_has(payload, "migrate")
+
+
+def test_planted_pmd_thp_swapout_uncounted(monkeypatch: pytest.MonkeyPatch) -> None:
+    # shrink_folio_list forgets count_vm_event(THP_SWPOUT) for a THP swapped out whole
+    real = fast_reclaim.shrink_folio
+
+    def forgetful(st: Any, fid: int) -> list[int]:
+        vm = st.stats["vmstat"]
+        before = vm["thp_swpout"]
+        tails: list[int] = real(st, fid)
+        if vm["thp_swpout"] > before:
+            vm["thp_swpout"] = before
+        return tails
+
+    plant(monkeypatch, real, forgetful)
+    payload = hunt(PMD_ONLY, check=False, steps=50, shrink_seconds=QUICK_SHRINK)
+    assert_divergence(payload, 6)
+    assert "thp_swpout" in payload["signature"]
+
+
+def test_planted_no_reuse_of_a_large_folio_mapped_twice(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    # __wp_can_reuse_large_anon_folio refuses a folio mapped twice (mapcount <= 2, not 1)
+    real = fast_memory.wp_can_reuse_anon_folio
+
+    def picky(st: Any, fid: int) -> bool:
+        if st.f_order[fid] > 0 and int(st.f_large[fid]) + 1 == 2:
+            return False
+        return bool(real(st, fid))
+
+    plant(monkeypatch, real, picky)
+    payload = hunt(PMD_ONLY, check=False, steps=50, shrink_seconds=QUICK_SHRINK)
+    assert_divergence(payload, 8)
+    assert program_has(payload, "fork")
+
+
+def test_planted_child_pte_table_address_of_a_mid_pud_vma(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    # copy_pte_range gives the child's new PTE tables addresses counted from the VMA's start
+    # instead of its PUD's: wrong only for a VMA starting inside a PUD range, and seen only
+    # when the child frees such a table after zapping its whole PMD range
+    real = fast_memory.copy_pte_tables
+
+    def misplaced(st: Any, dst: Any, spmd: int, dpmd: int, addr: int, nxt: int) -> bool:
+        before = st.e_kind[st.row(dpmd)] == TABLE
+        done = bool(real(st, dst, spmd, dpmd, addr, nxt))
+        new = np.flatnonzero((st.e_kind[st.row(dpmd)] == TABLE) & ~before)
+        st.t_addr[st.e_id[st.row(dpmd), new].astype(np.int64)] += addr % st.geom.pud_nr
+        return done
+
+    plant(monkeypatch, real, misplaced)
+    payload = hunt(PTE_ONLY, check=False, steps=50, shrink_seconds=QUICK_SHRINK)
+    assert_divergence(payload, 8)
+    assert program_has(payload, "fork")
+
+
+def test_planted_shared_swap_slot_freed_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    # swap_free releases a slot when its count drops to one, not zero: a swap-in of a slot
+    # that a forked mm also names frees it under the other
+    real = fast_memory.swap_free
+
+    def early(st: Any, slot: int) -> None:
+        real(st, slot)
+        if st.s_count[slot] == 1:
+            st.s_used -= 1
+            st.s_zero[slot] = False
+
+    plant(monkeypatch, real, early)
+    payload = hunt(PTE_ONLY, check=False, steps=50, shrink_seconds=QUICK_SHRINK)
+    assert_divergence(payload, 8)
+    assert program_has(payload, "fork")
+
+
+def program_has(payload: dict[str, Any], kind: str) -> bool:
+    return kind in {op.KIND for op in finding_program(payload).ops}
+
+
+# --------------------------------------------------------------------------------------
+# (d) the correct designs: a bounded search finds nothing
 # --------------------------------------------------------------------------------------
 
 

@@ -168,3 +168,31 @@ def test_cli_shrink_exit_status_1_without_finding_and_2_on_bad_input(
     assert err.startswith("pudthp: error: ")
     assert len(err.splitlines()) == 1
     assert main(["shrink", str(bad), "--impl", "nope"]) == 2
+
+
+def test_a_fork_goes_with_its_child_and_later_ids_move_down() -> None:
+    from harness.shrink import _without_fork
+
+    F, X, W = spec.Fork, spec.Exit, spec.Write
+    ops: tuple[Op, ...] = (
+        spec.Mmap(0, 0, 64, "rw"),
+        F(0),  # -> mm 1
+        F(0),  # -> mm 2
+        X(1),
+        F(1),  # mm 1 has exited: ESRCH, no id handed out
+        F(2),  # -> mm 3, a child of mm 2
+        F(0),  # -> mm 4
+        W(2, 5, 1),
+        W(3, 6, 1),
+        W(4, 7, 1),
+    )
+    # Dropping the fork at 2 drops mm 2 and its child mm 3 (made at index 5) with all
+    # their ops; mm 4 is then the third id handed out: mm 2.
+    assert _without_fork(ops, 2) == (ops[0], F(0), X(1), F(1), F(0), W(2, 7, 1))
+    # Dropping the first fork drops mm 1 (its exit and the failed fork of it go too); mm 2,
+    # 3 and 4 become 1, 2 and 3.
+    assert _without_fork(ops, 1) == (ops[0], F(0), F(1), F(0), W(1, 5, 1), W(2, 6, 1),
+                                     W(3, 7, 1))
+    # a fork of an exited mm made no child, and a non-fork is no candidate
+    assert _without_fork(ops, 4) is None
+    assert _without_fork(ops, 7) is None
