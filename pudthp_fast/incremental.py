@@ -63,6 +63,7 @@ from pudthp_fast.state import (
     ZERO,
     Arr,
     FastState,
+    grow,
 )
 from pudthp_ref.spec import PAGE_TABLE_BYTES
 
@@ -87,16 +88,6 @@ class Suspect(Exception):
 def need(ok: object) -> None:
     if not ok:
         raise Suspect
-
-
-def _grown(a: Arr, n: int, fill: int | bool = 0) -> Arr:
-    """``a`` with at least ``n`` rows along axis 0 (new rows ``fill``), by half at least."""
-    if a.shape[0] >= n:
-        return a
-    shape = (max(n, a.shape[0] + a.shape[0] // 2), *a.shape[1:])
-    out = np.zeros(shape, a.dtype) if not fill else np.full(shape, fill, a.dtype)
-    out[: a.shape[0]] = a
-    return out
 
 
 class IncState:
@@ -167,32 +158,32 @@ class IncState:
         """Grow every array to the state's current capacities."""
         nt = st.t_state.shape[0]
         if self.m_state.shape[0] < nt:
-            self.m_state = _grown(self.m_state, nt)
-            self.m_level = _grown(self.m_level, nt)
-            self.m_mm = _grown(self.m_mm, nt)
-            self.m_row = _grown(self.m_row, nt)
-            self.named = _grown(self.named, nt)
-            self.parent = _grown(self.parent, nt, -1)
-            self.m_w16 = _grown(self.m_w16, nt)
-            self.chain_cnt = _grown(self.chain_cnt, nt)
-            self.unit_of = _grown(self.unit_of, nt)
+            self.m_state = grow(self.m_state, nt)
+            self.m_level = grow(self.m_level, nt)
+            self.m_mm = grow(self.m_mm, nt)
+            self.m_row = grow(self.m_row, nt)
+            self.named = grow(self.named, nt)
+            self.parent = grow(self.parent, nt, -1)
+            self.m_w16 = grow(self.m_w16, nt)
+            self.chain_cnt = grow(self.chain_cnt, nt)
+            self.unit_of = grow(self.unit_of, nt)
         nr = st.e_kind.shape[0]
         if self.me_kind.shape[0] < nr:
-            self.me_kind = _grown(self.me_kind, nr)
-            self.me_id = _grown(self.me_id, nr)
-            self.me_page = _grown(self.me_page, nr)
-            self.me_bits = _grown(self.me_bits, nr)
+            self.me_kind = grow(self.me_kind, nr)
+            self.me_id = grow(self.me_id, nr)
+            self.me_page = grow(self.me_page, nr)
+            self.me_bits = grow(self.me_bits, nr)
         nf = st.f_live.shape[0]
         if self.mf_live.shape[0] < nf:
-            self.mf_live = _grown(self.mf_live, nf, False)
-            self.mf_nr = _grown(self.mf_nr, nf)
-            self.mf_base = _grown(self.mf_base, nf)
-            self.mf_order = _grown(self.mf_order, nf)
-            self.leaves = _grown(self.leaves, nf)
-            self.ptes = _grown(self.ptes, nf)
-            self.leaf_mm = _grown(self.leaf_mm, nf)
-            self.wleaf = _grown(self.wleaf, nf)
-            self.contrib = _grown(self.contrib, nf)
+            self.mf_live = grow(self.mf_live, nf, False)
+            self.mf_nr = grow(self.mf_nr, nf)
+            self.mf_base = grow(self.mf_base, nf)
+            self.mf_order = grow(self.mf_order, nf)
+            self.leaves = grow(self.leaves, nf)
+            self.ptes = grow(self.ptes, nf)
+            self.leaf_mm = grow(self.leaf_mm, nf)
+            self.wleaf = grow(self.wleaf, nf)
+            self.contrib = grow(self.contrib, nf)
         nmm = len(st.mms)
         if self.per_mm.shape[0] < nmm or self.per_mm.shape[1] < nf:
             out = np.zeros((max(nmm, self.per_mm.shape[0]), max(nf, self.per_mm.shape[1])),
@@ -200,18 +191,18 @@ class IncState:
             out[: self.per_mm.shape[0], : self.per_mm.shape[1]] = self.per_mm
             self.per_mm = out
         if self.rss_anon.shape[0] < nmm:
-            self.rss_anon = _grown(self.rss_anon, nmm)
-            self.rss_swap = _grown(self.rss_swap, nmm)
-            self.ntables = _grown(self.ntables, nmm)
+            self.rss_anon = grow(self.rss_anon, nmm)
+            self.rss_swap = grow(self.rss_swap, nmm)
+            self.ntables = grow(self.ntables, nmm)
         npool = st.p_mapcount.shape[0]
         if self.emc.shape[0] < npool:
-            self.emc = _grown(self.emc, npool, -1)
-            self.msum = _grown(self.msum, npool)
-            self.msq = _grown(self.msq, npool)
-            self.wcnt = _grown(self.wcnt, npool)
+            self.emc = grow(self.emc, npool, -1)
+            self.msum = grow(self.msum, npool)
+            self.msq = grow(self.msq, npool)
+            self.wcnt = grow(self.wcnt, npool)
         ns = st.s_count.shape[0]
         if self.srefs.shape[0] < ns:
-            self.srefs = _grown(self.srefs, ns)
+            self.srefs = grow(self.srefs, ns)
 
 
 def check_invariants_incremental(st: FastState) -> bool:
