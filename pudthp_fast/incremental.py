@@ -31,11 +31,12 @@ What it keeps (``IncState``), exact for the state as of the last check:
 
 A check then looks only at: the changed entries (and every entry of a table whose address
 range a VMA change touched), the tables whose naming or chain changed, the deposit chains
-(walked again whole) that hold a changed table, the folios that were marked or that a
-changed entry names (their pages scanned whole), and the small things (mms, pins, the
-queue, swap, stats) whole.  Under the two conditions nothing else can have changed a
-verdict.  The entry and folio phases (``incremental_entries``, ``incremental_folios``) run
-as Python loops over a few dozen items and as numpy over arrays beyond that.
+that hold a changed table (walked again whole, with the full checker's walk,
+``pudthp_fast.chains``), the folios that were marked or that a changed entry names (their
+pages scanned whole), and the small things (mms, pins, the queue, swap, stats) whole.
+Under the two conditions nothing else can have changed a verdict.  The entry and folio
+phases (``incremental_entries``, ``incremental_folios``) run as Python loops over a few
+dozen items and as numpy over arrays beyond that.
 
 ``FastModel.check_invariants(full=True)`` runs the full checker (the harness does at the end
 of every program), so a write that forgot its mark is still caught, at the latest there.
@@ -49,19 +50,20 @@ from typing import Any
 
 import numpy as np
 
+from pudthp_fast.chains import ChainBroken, DepositChains
 from pudthp_fast.state import (
     LEAF,
     LV_PMD,
     LV_PTE,
     LV_PUD,
     NONE,
-    NULL,
     ST_DEPOSITED,
     ST_FREE,
     ST_LIVE,
     ZERO,
     Arr,
     FastState,
+    grow,
 )
 from pudthp_ref.spec import PAGE_TABLE_BYTES
 
@@ -86,16 +88,6 @@ class Suspect(Exception):
 def need(ok: object) -> None:
     if not ok:
         raise Suspect
-
-
-def _grown(a: Arr, n: int, fill: int | bool = 0) -> Arr:
-    """``a`` with at least ``n`` rows along axis 0 (new rows ``fill``), by half at least."""
-    if a.shape[0] >= n:
-        return a
-    shape = (max(n, a.shape[0] + a.shape[0] // 2), *a.shape[1:])
-    out = np.zeros(shape, a.dtype) if not fill else np.full(shape, fill, a.dtype)
-    out[: a.shape[0]] = a
-    return out
 
 
 class IncState:
@@ -166,32 +158,32 @@ class IncState:
         """Grow every array to the state's current capacities."""
         nt = st.t_state.shape[0]
         if self.m_state.shape[0] < nt:
-            self.m_state = _grown(self.m_state, nt)
-            self.m_level = _grown(self.m_level, nt)
-            self.m_mm = _grown(self.m_mm, nt)
-            self.m_row = _grown(self.m_row, nt)
-            self.named = _grown(self.named, nt)
-            self.parent = _grown(self.parent, nt, -1)
-            self.m_w16 = _grown(self.m_w16, nt)
-            self.chain_cnt = _grown(self.chain_cnt, nt)
-            self.unit_of = _grown(self.unit_of, nt)
+            self.m_state = grow(self.m_state, nt)
+            self.m_level = grow(self.m_level, nt)
+            self.m_mm = grow(self.m_mm, nt)
+            self.m_row = grow(self.m_row, nt)
+            self.named = grow(self.named, nt)
+            self.parent = grow(self.parent, nt, -1)
+            self.m_w16 = grow(self.m_w16, nt)
+            self.chain_cnt = grow(self.chain_cnt, nt)
+            self.unit_of = grow(self.unit_of, nt)
         nr = st.e_kind.shape[0]
         if self.me_kind.shape[0] < nr:
-            self.me_kind = _grown(self.me_kind, nr)
-            self.me_id = _grown(self.me_id, nr)
-            self.me_page = _grown(self.me_page, nr)
-            self.me_bits = _grown(self.me_bits, nr)
+            self.me_kind = grow(self.me_kind, nr)
+            self.me_id = grow(self.me_id, nr)
+            self.me_page = grow(self.me_page, nr)
+            self.me_bits = grow(self.me_bits, nr)
         nf = st.f_live.shape[0]
         if self.mf_live.shape[0] < nf:
-            self.mf_live = _grown(self.mf_live, nf, False)
-            self.mf_nr = _grown(self.mf_nr, nf)
-            self.mf_base = _grown(self.mf_base, nf)
-            self.mf_order = _grown(self.mf_order, nf)
-            self.leaves = _grown(self.leaves, nf)
-            self.ptes = _grown(self.ptes, nf)
-            self.leaf_mm = _grown(self.leaf_mm, nf)
-            self.wleaf = _grown(self.wleaf, nf)
-            self.contrib = _grown(self.contrib, nf)
+            self.mf_live = grow(self.mf_live, nf, False)
+            self.mf_nr = grow(self.mf_nr, nf)
+            self.mf_base = grow(self.mf_base, nf)
+            self.mf_order = grow(self.mf_order, nf)
+            self.leaves = grow(self.leaves, nf)
+            self.ptes = grow(self.ptes, nf)
+            self.leaf_mm = grow(self.leaf_mm, nf)
+            self.wleaf = grow(self.wleaf, nf)
+            self.contrib = grow(self.contrib, nf)
         nmm = len(st.mms)
         if self.per_mm.shape[0] < nmm or self.per_mm.shape[1] < nf:
             out = np.zeros((max(nmm, self.per_mm.shape[0]), max(nf, self.per_mm.shape[1])),
@@ -199,18 +191,18 @@ class IncState:
             out[: self.per_mm.shape[0], : self.per_mm.shape[1]] = self.per_mm
             self.per_mm = out
         if self.rss_anon.shape[0] < nmm:
-            self.rss_anon = _grown(self.rss_anon, nmm)
-            self.rss_swap = _grown(self.rss_swap, nmm)
-            self.ntables = _grown(self.ntables, nmm)
+            self.rss_anon = grow(self.rss_anon, nmm)
+            self.rss_swap = grow(self.rss_swap, nmm)
+            self.ntables = grow(self.ntables, nmm)
         npool = st.p_mapcount.shape[0]
         if self.emc.shape[0] < npool:
-            self.emc = _grown(self.emc, npool, -1)
-            self.msum = _grown(self.msum, npool)
-            self.msq = _grown(self.msq, npool)
-            self.wcnt = _grown(self.wcnt, npool)
+            self.emc = grow(self.emc, npool, -1)
+            self.msum = grow(self.msum, npool)
+            self.msq = grow(self.msq, npool)
+            self.wcnt = grow(self.wcnt, npool)
         ns = st.s_count.shape[0]
         if self.srefs.shape[0] < ns:
-            self.srefs = _grown(self.srefs, ns)
+            self.srefs = grow(self.srefs, ns)
 
 
 def check_invariants_incremental(st: FastState) -> bool:
@@ -755,95 +747,35 @@ def _vma_changes(old: tuple[tuple[int, int, str], ...], new: tuple[tuple[int, in
     return out
 
 
-class ChainWalker:
-    """The deposit chains word by word, as the full checker walks them, over Python lists
-    of the raw words; a broken chain is a ``Suspect``."""
+class ChainWalker(DepositChains):
+    """The deposit chains as the full checker walks them (``pudthp_fast.chains``); what is
+    the incremental checker's own: a unit's huge entries counted from its row, the nodes
+    checked empty in one pass at the end, and a broken chain a ``Suspect``."""
 
     def __init__(self, st: FastState, npt: int) -> None:
+        super().__init__(st, npt)
         self.st = st
-        self.P = st.P
-        self.npt = npt
-        self.w8 = st.t_w8[:npt].tolist()
-        self.w16 = st.t_w16[:npt].tolist()
-        self.level = st.t_level[:npt].tolist()
-        self.state = st.t_state[:npt].tolist()
-        self.mm = st.t_mm[:npt].tolist()
-        self.list_head = st.cfg.deposit == "list_head"
-        self.nodes: list[int] = []
-
-    def ring(self, root_word: int, level: int, mm: int) -> list[int]:
-        """A sentinel-less circular list: next = w8, prev = w16, root = newest; every node a
-        deposited table of ``level`` and ``mm`` (NULL, poison and freed tables are not
-        (0, npt) or not deposited)."""
-        if root_word == NULL:
-            return []
-        npt = self.npt
-        state, lv, mms, w8, w16 = self.state, self.level, self.mm, self.w8, self.w16
-        root = root_word
-        if not (0 < root < npt and state[root] == ST_DEPOSITED and lv[root] == level
-                and mms[root] == mm):
-            raise Suspect
-        nodes = [root]
-        ids = {root}
-        t = root
-        while True:
-            n = w8[t]
-            if not (0 < n < npt and state[n] == ST_DEPOSITED and lv[n] == level
-                    and mms[n] == mm and w16[n] == t):
-                raise Suspect
-            if n == root:
-                return nodes
-            if n in ids:
-                raise Suspect
-            ids.add(n)
-            nodes.append(n)
-            t = n
-
-    def stack(self, root_word: int, level: int, mm: int) -> list[int]:
-        """The RFC's singly linked stack: next = w8, NULL-terminated (lru_next, llist)."""
-        npt = self.npt
-        state, lv, mms, w8 = self.state, self.level, self.mm, self.w8
-        nodes: list[int] = []
-        ids: set[int] = set()
-        t = root_word
-        while t != NULL:
-            if not (0 < t < npt and state[t] == ST_DEPOSITED and lv[t] == level
-                    and mms[t] == mm) or t in ids:
-                raise Suspect
-            ids.add(t)
-            nodes.append(t)
-            t = w8[t]
-        return nodes
 
     def unit(self, u: int, level: int, mm: int) -> list[int]:
         """The nodes of table ``u``'s chain (its PMD ring, or its PUD stack with the rings of
         its PMD tables), checked against the huge entries of ``u``."""
         kinds = self.st.e_kind[int(self.st.t_row[u])]
-        if level == LV_PMD:
-            huge = int(np.count_nonzero((kinds == LEAF) | (kinds == ZERO)))
-            ring = self.ring(self.w16[u], LV_PTE, mm)
-            need(len(ring) == huge)
-            self.nodes.extend(ring)
-            return ring
-        leaves = int(np.count_nonzero(kinds == LEAF))
-        walk = self.ring if self.list_head else self.stack
-        stack = walk(self.w16[u], LV_PMD, mm)
-        need(len(stack) == leaves)
-        out = list(stack)
-        for t in stack:
-            ring = self.ring(self.w16[t], LV_PTE, mm)
-            need(len(ring) == self.P)
-            out.extend(ring)
-        need(len(set(out)) == len(out))
-        self.nodes.extend(out)
-        return out
+        first = len(self.reached)
+        try:
+            if level == LV_PMD:
+                self.pmd_unit(u, mm, int(np.count_nonzero((kinds == LEAF) | (kinds == ZERO))))
+            else:
+                self.pud_unit(u, mm, int(np.count_nonzero(kinds == LEAF)))
+        except ChainBroken:
+            raise Suspect from None
+        return self.reached[first:]
 
     def check_empty(self) -> None:
         """Deposited tables hold no entries."""
-        if not self.nodes:
+        if not self.reached:
             return
         st = self.st
-        rows = st.t_row[np.array(self.nodes, I64)]
+        rows = st.t_row[np.array(self.reached, I64)]
         rows = rows[rows != 0]
         if rows.size:
             need(not np.count_nonzero(st.e_kind[rows] != NONE))

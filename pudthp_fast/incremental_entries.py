@@ -33,6 +33,7 @@ from pudthp_fast.state import (
     ZERO,
     Arr,
     W,
+    add_at,
     unique,
 )
 
@@ -661,7 +662,7 @@ class VectorEntries:
                 gp = (int(base[f0]) if one else base[f]) + g.G[present]
                 w = (g.B[present] & W) != 0
                 if np.count_nonzero(w):
-                    bump(inc.wcnt, gp[w], sign)
+                    add_at(inc.wcnt, gp[w], sign)
                 # per mm: its mappings of each folio, its PTEs on each page
                 mms = g.mm
                 if mms.min() == mms.max():
@@ -676,14 +677,14 @@ class VectorEntries:
                     inc.ptes[fmin : fmax + 1] += d
                     inc.per_mm[groups_mm[0][0], fmin : fmax + 1] += d.astype(I32)
                 else:
-                    bump(inc.ptes, f, sign)
+                    add_at(inc.ptes, f, sign)
                 for m, fm, gpm in groups_mm:
                     if not fm.size:  # (rows of this mm with no present PTE)
                         continue
                     if one:
                         inc.per_mm[m, f0] += sign * fm.size
                     elif len(groups_mm) > 1 or fmax - fmin > 4 * f.size:
-                        bump(inc.per_mm[m], fm, sign)
+                        add_at(inc.per_mm[m], fm, sign)
                     lo, d = counts(gpm)
                     hi = lo + d.size
                     inc.emc[lo:hi] += sign * d
@@ -696,7 +697,7 @@ class VectorEntries:
                 p.swap_changed = True
                 slot = g.I[swap].astype(I64)
                 inr = (slot >= 0) & (slot < inc.srefs.shape[0])
-                bump(inc.srefs, slot[inr], sign)
+                add_at(inc.srefs, slot[inr], sign)
                 inc.srefs_far += sign * int(np.count_nonzero(~inr))
                 np.add.at(inc.rss_swap, g.mm, sign * per_row.astype(I64))
 
@@ -713,8 +714,8 @@ class VectorEntries:
             if np.count_nonzero(pte):
                 gp = st.f_base[g.I[pte]] + g.G[pte]
                 w = (g.B[pte] & W) != 0
-                bump(inc.wcnt, gp[w], 1)
-                bump(inc.wcnt, gp[~w], -1)
+                add_at(inc.wcnt, gp[w], 1)
+                add_at(inc.wcnt, gp[~w], -1)
 
 
 def _check_upper(p: Pass, up: tuple[Arr, Arr, Arr, Arr, Arr, Arr, Arr, Arr]) -> None:
@@ -763,19 +764,6 @@ def counts(idx: Arr) -> tuple[int, Arr]:
     return lo, np.bincount(idx - lo)
 
 
-def bump(a: Arr, idx: Arr, sign: int) -> None:
-    """``a[i] += sign`` for every ``i`` in ``idx`` (repeats counted): by counts over the
-    range of ``idx`` when it is dense, else by ``np.add.at``."""
-    n = idx.size
-    if not n:
-        return
-    if n > 64:
-        lo, hi = int(idx.min()), int(idx.max()) + 1
-        if hi - lo <= 4 * n:
-            d = np.bincount(idx - lo, minlength=hi - lo)
-            a[lo:hi] += (sign * d).astype(a.dtype, copy=False)
-            return
-    np.add.at(a, idx, np.full(n, sign, a.dtype))
 
 
 def _check_ptes(p: Pass, g: Group) -> None:

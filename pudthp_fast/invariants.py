@@ -14,7 +14,8 @@ reference's order:
 - the page-table walk: (mm, virtual page, level, check rank), with the deposit chains of a
   PMD table after everything mapped below it and the PUD stack after the whole mm, exactly
   where the reference walks them; the chains themselves are walked word by word in Python
-  (they are short next to the pages), like the reference does;
+  (they are short next to the pages), like the reference does (``pudthp_fast.chains``,
+  the walk the incremental checker uses too);
 - then reachability, pins, the deferred queue, the folios (folio id, then check rank), swap
   and per-mm accounting.
 
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from pudthp_fast.chains import ChainBroken, DepositChains, level_name, state_name
 from pudthp_fast.state import (
     LEAF,
     LV_PMD,
@@ -36,8 +38,6 @@ from pudthp_fast.state import (
     LV_PUD,
     NONE,
     NULL,
-    POISON1,
-    POISON2,
     PTE,
     ST_DEPOSITED,
     ST_FREE,
@@ -58,7 +58,6 @@ from pudthp_ref.spec import (
     InvariantViolation,
 )
 
-_STATE_NAMES = {ST_FREE: "freed", ST_LIVE: "live", ST_DEPOSITED: "deposited"}
 I64 = np.int64
 
 # Position of a check inside the reference's walk of one mm: the order key of an entry is
@@ -209,7 +208,7 @@ def _check_shapes(st: FastState, c: _Ctx) -> None:
             ids,
             3,
             "dead_mm.tables",
-            lambda i: f"{_state_name(state[i])} {_level_name(level[i])} table {ids[i]} owned "
+            lambda i: f"{state_name(state[i])} {level_name(level[i])} table {ids[i]} owned "
             f"by dead mm {tmm[i]}",
         )
         e.throw()
@@ -250,27 +249,9 @@ def _check_shapes(st: FastState, c: _Ctx) -> None:
         e.throw()
 
 
-def _state_name(s: Any) -> str:
-    return _STATE_NAMES.get(int(s), str(s))
-
-
-def _level_name(lv: Any) -> str:
-    i = int(lv)
-    return LEVELS[i] if 0 <= i < 3 else str(i)
-
-
 # --------------------------------------------------------------------------------------
 # The page-table walk
 # --------------------------------------------------------------------------------------
-
-
-class _ChainBroken(Exception):
-    """A deposit chain broke at a word: ``(name, message)``."""
-
-    def __init__(self, name: str, message: str) -> None:
-        super().__init__(name, message)
-        self.name = name
-        self.message = message
 
 
 class _Walk:
@@ -370,7 +351,7 @@ class _Walk:
                 e.offer(
                     tkey + 1,
                     "pgtable.wrong_level",
-                    f"mm {m} PUD table {pud} is a {_level_name(t_level[pud])} table",
+                    f"mm {m} PUD table {pud} is a {level_name(t_level[pud])} table",
                 )
             elif t_mm[pud] != m:
                 e.offer(
@@ -382,7 +363,7 @@ class _Walk:
                 e.offer(
                     tkey + 3,
                     "pgtable.state",
-                    f"mm {m} PUD table {pud} is {_state_name(t_state[pud])}",
+                    f"mm {m} PUD table {pud} is {state_name(t_state[pud])}",
                 )
             elif self.claimed[pud]:
                 e.offer(
@@ -440,7 +421,7 @@ class _Walk:
             e.offer(
                 key_of(j) * _R,
                 "pgtable.bad_entry",
-                f"mm {m[j // P]} {_level_name(level).upper()} table {rows[j // P]} entry "
+                f"mm {m[j // P]} {level_name(level).upper()} table {rows[j // P]} entry "
                 f"{j % P} is of kind {kinds[j]}",
             )
         ids = st.e_id[er].reshape(-1)
@@ -473,7 +454,7 @@ class _Walk:
                 st.e_bits[er].reshape(-1)[sel],
                 kinds[sel] == ZERO,
                 m[srow],
-                _level_name(level),
+                level_name(level),
             )
         return lower, lower_m, lower_vb, huge_per_row
 
@@ -543,7 +524,7 @@ class _Walk:
             key,
             1,
             "pgtable.wrong_level",
-            lambda i: f"mm {m[i]} {what} names {_level_name(lv[i])} table {cc[i]}, "
+            lambda i: f"mm {m[i]} {what} names {level_name(lv[i])} table {cc[i]}, "
             f"expected {want}",
         )
         wrong_mm = tmm != m
@@ -560,7 +541,7 @@ class _Walk:
             key,
             3,
             "pgtable.state",
-            lambda i: f"mm {m[i]} {what} names {_state_name(state[i])} table {cc[i]}",
+            lambda i: f"mm {m[i]} {what} names {state_name(state[i])} table {cc[i]}",
         )
 
     def huge(
@@ -799,7 +780,13 @@ class _Walk:
         ):
             units.append(((mm * space + space - 1) * 8 + _SUB_PUD_STACK, 1, tid, mm, n))
         units.sort()
-        ch = _Chains(st, c, self)
+        # whether a deposited table has any entry (a chain node is always deposited): checked
+        # as each node is reached, where the reference checks it
+        npt = c.npt
+        dep = _nz(st.t_state[:npt] == ST_DEPOSITED)
+        nonempty = np.zeros(npt, bool)
+        nonempty[dep] = st.e_kind[st.t_row[dep]].any(axis=1)
+        ch = DepositChains(st, npt, nonempty.tolist(), self.claimed)
         for key, kind, tid, mm, expected in units:
             if e.key is not None and key * _R > e.key:
                 break
@@ -808,158 +795,14 @@ class _Walk:
                     ch.pmd_unit(tid, mm, expected)
                 else:
                     ch.pud_unit(tid, mm, expected)
-            except _ChainBroken as b:
+            except ChainBroken as b:
                 e.offer(key * _R, b.name, b.message)
                 break
-        for t, mm in ch.claims:
-            self.claimed[t] = True
-            self.nr_tables[mm] += 1
-
-
-class _Chains:
-    """pgtable_trans_huge_deposit()'s rings and the RFC's PUD stack, over Python lists of the
-    raw words (_walk_ring / _walk_stack / _pmd_deposits of the reference)."""
-
-    def __init__(self, st: FastState, c: _Ctx, w: _Walk) -> None:
-        npt = c.npt
-        self.P = c.P
-        self.npt = npt
-        self.w8 = st.t_w8[:npt].tolist()
-        self.w16 = st.t_w16[:npt].tolist()
-        self.level = st.t_level[:npt].tolist()
-        self.state = st.t_state[:npt].tolist()
-        self.mm = st.t_mm[:npt].tolist()
-        self.list_head = st.cfg.deposit == "list_head"
-        # whether a deposited table has any entry (a chain node is always deposited)
-        dep = _nz(st.t_state[:npt] == ST_DEPOSITED)
-        nonempty = np.zeros(npt, bool)
-        nonempty[dep] = st.e_kind[st.t_row[dep]].any(axis=1)
-        self.nonempty = nonempty.tolist()
-        self.claimed_live = w.claimed  # tables claimed by entries (never deposited ones)
-        self.seen: set[int] = set()
-        self.claims: list[tuple[int, int]] = []
-
-    def deref(self, word: int, name: str, where: str) -> int:
-        if word == NULL:
-            raise _ChainBroken(f"{name}.null", f"{where}: NULL where a page table is expected")
-        if word in (POISON1, POISON2):
-            poison = "LIST_POISON1" if word == POISON1 else "LIST_POISON2"
-            raise _ChainBroken(f"{name}.poison", f"{where}: {poison}")
-        if word < 0:
-            raise _ChainBroken(f"{name}.bad_word", f"{where}: word {word}")
-        if word >= self.npt or self.state[word] == ST_FREE:
-            raise _ChainBroken(
-                f"{name}.use_after_free", f"{where}: word {word} names a freed table"
-            )
-        return word
-
-    def node(self, t: int, name: str, level: int, mm: int, where: str) -> None:
-        if self.level[t] != level:
-            raise _ChainBroken(
-                f"{name}.wrong_level",
-                f"{where}: {_level_name(self.level[t])} table {t}, expected "
-                f"{LEVELS[level]}",
-            )
-        if self.state[t] != ST_DEPOSITED:
-            raise _ChainBroken(
-                f"{name}.state",
-                f"{where}: table {t} is {_state_name(self.state[t])}, not deposited",
-            )
-        if self.mm[t] != mm:
-            raise _ChainBroken(f"{name}.wrong_mm", f"{where}: table {t} belongs to mm {self.mm[t]}")
-
-    def ring(self, root_word: int, name: str, level: int, mm: int, where: str) -> list[int]:
-        """A sentinel-less circular list: next = w8, prev = w16, root = newest."""
-        if root_word == NULL:
-            return []
-        root = self.deref(root_word, name, f"{where} root")
-        self.node(root, name, level, mm, f"{where} root")
-        nodes = [root]
-        ids = {root}
-        t = root
-        w8, w16 = self.w8, self.w16
-        while True:
-            here = f"{where} next of {t}"
-            n = self.deref(w8[t], name, here)
-            self.node(n, name, level, mm, here)
-            if n != root and n in ids:
-                raise _ChainBroken(f"{name}.cycle", f"{here}: table {n} revisited before the root")
-            if w16[n] != t:
-                raise _ChainBroken(f"{name}.prev", f"{here}: table {n} has prev {w16[n]}, not {t}")
-            if n == root:
-                return nodes
-            ids.add(n)
-            nodes.append(n)
-            t = n
-
-    def stack(self, root_word: int, name: str, level: int, mm: int, where: str) -> list[int]:
-        """The RFC's singly linked stack: next = w8, NULL-terminated (lru_next and llist)."""
-        nodes: list[int] = []
-        ids: set[int] = set()
-        word = root_word
-        here = f"{where} root"
-        while word != NULL:
-            t = self.deref(word, name, here)
-            if t in ids:
-                raise _ChainBroken(f"{name}.cycle", f"{here}: table {t} revisited")
-            self.node(t, name, level, mm, here)
-            ids.add(t)
-            nodes.append(t)
-            here = f"{where} next of {t}"
-            word = self.w8[t]
-        return nodes
-
-    def claim(self, t: int, mm: int, where: str) -> None:
-        if t in self.seen or self.claimed_live[t]:
-            raise _ChainBroken(
-                "pgtable.double_reference",
-                f"{_level_name(self.level[t])} table {t} reached as {where} and before",
-            )
-        self.seen.add(t)
-        self.claims.append((t, mm))
-
-    def pmd_deposits(self, pmd: int, mm: int) -> int:
-        where = f"mm {mm} PMD table {pmd} deposit"
-        ring = self.ring(self.w16[pmd], "deposit.pmd_ring", LV_PTE, mm, where)
-        for t in ring:
-            self.claim(t, mm, f"{where} ring")
-            if self.nonempty[t]:
-                raise _ChainBroken(
-                    "deposit.pmd_ring.pte_not_empty", f"{where}: table {t} has entries"
-                )
-        return len(ring)
-
-    def pmd_unit(self, pmd: int, mm: int, huge: int) -> None:
-        n = self.pmd_deposits(pmd, mm)
-        if n != huge:
-            raise _ChainBroken(
-                "deposit.pmd_ring.count",
-                f"mm {mm} PMD table {pmd}: {n} PTE tables deposited for {huge} huge PMDs",
-            )
-
-    def pud_unit(self, pud: int, mm: int, pud_leaves: int) -> None:
-        where = f"mm {mm} PUD table {pud} stack"
-        name = "deposit.pud_stack"
-        walk = self.ring if self.list_head else self.stack
-        stack = walk(self.w16[pud], name, LV_PMD, mm, where)
-        if len(stack) != pud_leaves:
-            raise _ChainBroken(
-                "deposit.pud_stack.count",
-                f"{where}: {len(stack)} PMD tables deposited for {pud_leaves} PUD leaves",
-            )
-        for t in stack:
-            self.claim(t, mm, where)
-        for t in stack:
-            if self.nonempty[t]:
-                raise _ChainBroken(
-                    "deposit.pud_stack.pmd_not_empty", f"{where}: table {t} has entries"
-                )
-            n = self.pmd_deposits(t, mm)
-            if n != self.P:
-                raise _ChainBroken(
-                    "deposit.pud_stack.pte_count",
-                    f"{where}: PMD table {t} holds {n} PTE tables, not {self.P}",
-                )
+        if ch.reached:
+            # a node is reached only as a table of its unit's mm (DepositChains.node)
+            reached = np.array(ch.reached, I64)
+            self.claimed[reached] = True
+            self.nr_tables += np.bincount(st.t_mm[reached], minlength=c.nmm)
 
 
 def _check_reachability(st: FastState, c: _Ctx, w: _Walk) -> None:
@@ -972,7 +815,7 @@ def _check_reachability(st: FastState, c: _Ctx, w: _Walk) -> None:
         t = int(leak.argmax()) + 1
         raise _fail(
             "pgtable.leak",
-            f"{_state_name(st.t_state[t])} {_level_name(st.t_level[t])} table {t} of mm "
+            f"{state_name(st.t_state[t])} {level_name(st.t_level[t])} table {t} of mm "
             f"{st.t_mm[t]} reached by no entry or chain",
         )
 

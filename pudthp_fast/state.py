@@ -96,7 +96,8 @@ def add_at(a: Arr, idx: Arr, delta: int) -> None:
     if n > 64:
         lo, hi = int(idx.min()), int(idx.max()) + 1
         if hi - lo <= 4 * n:
-            a[lo:hi] += (delta * np.bincount(idx - lo, minlength=hi - lo)).astype(a.dtype)
+            d = np.bincount(idx - lo, minlength=hi - lo)
+            a[lo:hi] += (delta * d).astype(a.dtype, copy=False)
             return
     np.add.at(a, idx, np.full(n, delta, a.dtype))
 

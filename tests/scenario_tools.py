@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import make_model
 
+from harness.runner import make_impl
 from pudthp_ref.spec import (
     ENTIRELY_MAPPED,
     MTHP_KEYS,
@@ -17,6 +19,8 @@ from pudthp_ref.spec import (
     PROGRAM_FORMAT,
     VMSTAT_KEYS,
     Config,
+    Impl,
+    Op,
 )
 
 SEEDS = Path(__file__).resolve().parent.parent / "corpus" / "seeds"
@@ -50,6 +54,17 @@ def run(impl: str, name: str, at: set[int]) -> tuple[list[Any], dict[int, dict[s
             snaps[i] = model.snapshot()
     assert set(snaps) == at, "a requested snapshot index is past the end of the program"
     return results, snaps
+
+
+def run_ops(impl: str, cfg: Config, ops: Sequence[Op]) -> tuple[Impl, list[Any]]:
+    """Apply ``ops`` to a fresh ``impl`` (``ref``, ``fast``, or ``both`` in lockstep) and
+    check its invariants after each: the model and the results."""
+    m = make_impl(impl, cfg)
+    results = []
+    for op in ops:
+        results.append(m.apply(op))
+        m.check_invariants()
+    return m, results
 
 
 def mm(snap: dict[str, Any], mm_id: int) -> dict[str, Any]:

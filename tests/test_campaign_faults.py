@@ -281,6 +281,18 @@ def workers_of(pid: int, marker: str, n: int, seconds: float = 60) -> set[int]:
     raise AssertionError(f"only {len(found)} of {n} workers of {pid} seen")
 
 
+def assert_stopped_by_sigterm(proc: subprocess.Popen[str], workers: set[int],
+                              seconds: float) -> str:
+    """A campaign sent SIGTERM stops within ``seconds``: exit 143, its summary line, no
+    traceback, and its workers gone 10 seconds later; returns what it printed."""
+    out, err = proc.communicate(timeout=seconds)
+    assert proc.returncode == 143, out + err
+    assert "Traceback" not in out + err
+    assert "terminated (SIGTERM) after" in out
+    assert not wait_gone(workers, 10)
+    return out
+
+
 HYPOTHESIS_WORKER = "spawn_main"
 
 
@@ -295,11 +307,7 @@ def test_sigterm_stops_the_workers_and_prints_the_summary(tmp_path: Path,
         os.killpg(proc.pid, signal.SIGTERM)
     else:
         proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=90)
-    assert proc.returncode == 143, out + err
-    assert "Traceback" not in out + err
-    assert "terminated (SIGTERM) after" in out
-    assert not wait_gone(workers, 10)
+    out = assert_stopped_by_sigterm(proc, workers, 90)
     found = check_findings(tmp_path)
     assert found
     for name in found.values():
@@ -467,11 +475,7 @@ def test_atheris_sigterm_is_a_clean_stop(tmp_path: Path) -> None:
     workers = workers_of(proc.pid, ATHERIS_WORKER, 1)
     wait_for(proc, "execs/s")
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, out + err
-    assert "Traceback" not in out + err
-    assert "terminated (SIGTERM) after" in out
-    assert not wait_gone(workers, 10)
+    assert_stopped_by_sigterm(proc, workers, 60)
     assert check_findings(tmp_path / "findings") == {}
     assert len(list((tmp_path / "corpus").iterdir())) > 0  # the corpus stays to resume
 

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -740,21 +738,14 @@ def knobs() -> dict[str, str]:
 @contextlib.contextmanager
 def held_lock() -> Iterator[int]:
     """The conformance lock, as a descriptor a reproducer started by the test inherits
-    (``flock LOCK ./repro`` hands it on the same way)."""
-    fd = os.open(live.LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    pytest.skip(f"another run held {live.LOCK_PATH} for 10 minutes")
-                time.sleep(0.05)
+    (``flock LOCK ./repro`` hands it on the same way); the test skips when another run
+    holds it for ten minutes."""
+    with contextlib.ExitStack() as stack:
+        try:
+            fd = stack.enter_context(live.run_lock())
+        except k.KernelError as e:
+            pytest.skip(str(e))
         yield fd
-    finally:
-        os.close(fd)
 
 
 @pytest.mark.slow

@@ -196,23 +196,28 @@ def x86_program(tmp_path: Path, name: str, ops: list[dict[str, Any]]) -> str:
     return str(path)
 
 
+def run_stopped(path: str, *limit: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    """``pudthp run PATH --quiet`` with a limit, in a fresh interpreter, which the limit
+    stops: exit 2 and one line.  Returns the process and the seconds it took."""
+    start = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "harness", "run", path, "--quiet", *limit],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+    return r, time.monotonic() - start
+
+
 @pytest.mark.slow
 def test_max_rss_stops_a_program_of_many_pud_faults(tmp_path: Path) -> None:
     # 512 PUD faults at x86_64: 512 folios of 262,144 pages, gigabytes in the reference.
     pud = 512 * 512
     ops = [{"op": "mmap", "mm": 0, "start": 0, "npages": 512 * pud, "prot": "rw"}]
     ops += [{"op": "write", "mm": 0, "addr": i * pud, "value": 1} for i in range(512)]
-    path = x86_program(tmp_path, "faults.json", ops)
-    start = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "harness", "run", path, "--quiet",
-                        "--max-rss", "300"], capture_output=True, text=True, timeout=120,
-                       cwd=ROOT)
-    assert r.returncode == 2, r.stdout + r.stderr
-    assert len(r.stderr.splitlines()) == 1, r.stderr
+    r, seconds = run_stopped(x86_program(tmp_path, "faults.json", ops), "--max-rss", "300")
     assert "memory limit reached" in r.stderr
     assert "not a finding" in r.stderr
     assert "FINDING" not in r.stdout
-    assert time.monotonic() - start < 60
+    assert seconds < 60
 
 
 @pytest.mark.slow
@@ -220,15 +225,9 @@ def test_max_time_stops_a_program_of_many_forks(tmp_path: Path) -> None:
     ops = [{"op": "mmap", "mm": 0, "start": 0, "npages": 512 * 512, "prot": "rw"},
            {"op": "write", "mm": 0, "addr": 0, "value": 1}]
     ops += [{"op": "fork", "mm": 0}] * 300
-    path = x86_program(tmp_path, "forks.json", ops)
-    start = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "harness", "run", path, "--quiet",
-                        "--max-time", "1"], capture_output=True, text=True, timeout=120,
-                       cwd=ROOT)
-    assert r.returncode == 2, r.stdout + r.stderr
-    assert len(r.stderr.splitlines()) == 1, r.stderr
+    r, seconds = run_stopped(x86_program(tmp_path, "forks.json", ops), "--max-time", "1")
     assert "time limit reached" in r.stderr
-    assert time.monotonic() - start < 30
+    assert seconds < 30
 
 
 @pytest.mark.parametrize("kind", ["oom", "timeout"])

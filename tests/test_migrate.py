@@ -29,15 +29,22 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from scenario_tools import check, expect_stats, folio, folio_ids, mm, pmd_entry, pte_entry
+from scenario_tools import (
+    check,
+    expect_stats,
+    folio,
+    folio_ids,
+    mm,
+    pmd_entry,
+    pte_entry,
+    run_ops,
+)
 
-from harness.runner import make_impl
 from pudthp_ref.spec import (
     ENTIRELY_MAPPED,
     SIGSEGV,
     Config,
     FailAlloc,
-    Impl,
     Madvise,
     Migrate,
     Mmap,
@@ -54,15 +61,6 @@ def impl3(request: pytest.FixtureRequest) -> str:
     """The reference, the fast twin, and both in lockstep (results and summaries compared
     after every op, snapshots at the end)."""
     return str(request.param)
-
-
-def run(impl: str, cfg: Config, ops: list[Op]) -> tuple[Impl, list[Any]]:
-    m = make_impl(impl, cfg)
-    results = []
-    for op in ops:
-        results.append(m.apply(op))
-        m.check_invariants()
-    return m, results
 
 
 def order0(node: int, value: int) -> dict[str, Any]:
@@ -96,7 +94,7 @@ def test_partially_mapped_pud_folio_is_split_and_every_piece_migrates(impl3: str
         Read(0, 65),
         Read(0, 100),
     ]
-    m, results = run(impl3, Config(geometry=8), ops)
+    m, results = run_ops(impl3, Config(geometry=8), ops)
     assert results == [0, 0, 0, 0, 0, 7, 9, 0, SIGSEGV]
     s = m.snapshot()
     # munmap [96, 104): the PUD leaf is partly inside, so it is split straight to PTEs
@@ -155,7 +153,7 @@ def test_failed_allocation_split_counts_a_failure_and_the_pieces_move_first(impl
         Read(0, 16),
         Read(0, 9),
     ]
-    m, results = run(impl3, cfg, ops)
+    m, results = run_ops(impl3, cfg, ops)
     assert results == [0, 0, 0, 0, 0, 0, 5, 6, 4, 0]
     s = m.snapshot()
     # The walk queues folios 1 and 2 (PMD leaves) in address order.  A PMD folio is
@@ -218,7 +216,7 @@ def test_pinned_partially_mapped_folio_fails_its_split_on_every_pass(impl3: str)
         Migrate(0, 8, 8, 1),
         Read(0, 8),
     ]
-    m, results = run(impl3, cfg, ops)
+    m, results = run_ops(impl3, cfg, ops)
     assert results == [0, 0, 0, 1, 0, 5]
     s = m.snapshot()
     # MADV_DONTNEED [12, 16): the PMD is split (thp_split_pmd 1, PG_dirty), PTEs 12..15

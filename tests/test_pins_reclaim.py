@@ -6,16 +6,12 @@ PUD index 1, so the first write there faults a PUD THP (folio id 1).
 
 from __future__ import annotations
 
-from typing import Any
-
-from conftest import make_model
-from scenario_tools import folio
+from scenario_tools import folio, run_ops
 
 from pudthp_ref.spec import (
     EBUSY,
     Config,
     Fork,
-    Impl,
     Madvise,
     Migrate,
     Mmap,
@@ -29,15 +25,6 @@ from pudthp_ref.spec import (
 )
 
 
-def run(impl: str, cfg: Config, ops: list[Op]) -> tuple[Impl, list[Any]]:
-    m = make_model(impl, cfg)
-    results = []
-    for op in ops:
-        results.append(m.apply(op))
-        m.check_invariants()
-    return m, results
-
-
 def test_pinned_pud_thp_across_fork_copies_the_pinned_page(impl: str) -> None:
     ops: list[Op] = [
         Mmap(0, 16, 16, "rw"),
@@ -49,7 +36,7 @@ def test_pinned_pud_thp_across_fork_copies_the_pinned_page(impl: str) -> None:
         Read(1, 19),
         Read(1, 16),
     ]
-    m, results = run(impl, Config(geometry=4), ops)
+    m, results = run_ops(impl, Config(geometry=4), ops)
     # fork: copy_huge_pud -> folio_try_dup_anon_rmap: head AnonExclusive and the folio may
     # be pinned (MMF_HAS_PINNED, pincount 1) -> -EBUSY: the parent's PUD is split
     # (thp_split_pud 1) and every page is copied at PTE level. After the split all 16
@@ -82,7 +69,7 @@ def test_split_fails_while_pinned_and_succeeds_after_unpin(impl: str) -> None:
         Unpin(1),
         SplitFolio(0, 17),
     ]
-    m, results = run(impl, Config(geometry=4), ops)
+    m, results = run_ops(impl, Config(geometry=4), ops)
     assert results == [0, 0, 1, EBUSY, 0, 0]
     s = m.snapshot()["stats"]
     # The failed attempt: split_failed for the PUD order, mappings untouched (no
@@ -109,7 +96,7 @@ def test_migration_of_a_pinned_folio_leaves_it_in_place(impl: str) -> None:
         Migrate(0, 16, 16, 1),
         Read(0, 20),
     ]
-    m, results = run(impl, Config(geometry=4), ops)
+    m, results = run_ops(impl, Config(geometry=4), ops)
     assert results == [0, 0, 1, 0, 9]
     snap = m.snapshot()
     # The walk splits the PUD (no PUD migration entry): thp_split_pud 1. The folio is
@@ -122,7 +109,7 @@ def test_migration_of_a_pinned_folio_leaves_it_in_place(impl: str) -> None:
 
 
 def test_migration_moves_the_folio_whole(impl: str) -> None:
-    m, results = run(impl, Config(geometry=4), [Mmap(0, 16, 16, "rw"), Write(0, 20, 9),
+    m, results = run_ops(impl, Config(geometry=4), [Mmap(0, 16, 16, "rw"), Write(0, 20, 9),
                                           Migrate(0, 16, 16, 1), Read(0, 20)])
     assert results == [0, 0, 0, 9]
     snap = m.snapshot()
@@ -139,7 +126,7 @@ def test_migration_moves_the_folio_whole(impl: str) -> None:
 def test_pageout_with_swap_disabled_changes_nothing(impl: str) -> None:
     cfg = Config(geometry=4, swap_pages=0)
     ops: list[Op] = [Mmap(0, 16, 16, "rw"), Write(0, 16, 1)]
-    m, _ = run(impl, cfg, ops)
+    m, _ = run_ops(impl, cfg, ops)
     before = m.snapshot()
     assert m.apply(Madvise(0, 16, 16, "pageout")) == 0
     m.check_invariants()
@@ -155,7 +142,7 @@ def test_pageout_of_a_pmd_thp_swaps_it_whole_and_swaps_back_in(impl: str) -> Non
         Read(0, 16),
         Read(0, 17),
     ]
-    m, results = run(impl, cfg, ops)
+    m, results = run_ops(impl, cfg, ops)
     assert results == [0, 0, 0, 4, 0]
     s = m.snapshot()
     v = s["stats"]["vmstat"]
@@ -170,7 +157,7 @@ def test_pageout_of_a_pmd_thp_swaps_it_whole_and_swaps_back_in(impl: str) -> Non
 
 def test_migration_carries_the_dirty_bit_of_the_ptes_to_the_new_folio(impl: str) -> None:
     cfg = Config(geometry=4, pud_enabled="never", pmd_enabled="never")
-    m, results = run(impl, cfg, [Mmap(0, 16, 16, "rw"), Write(0, 18, 6), Migrate(0, 18, 1, 1)])
+    m, results = run_ops(impl, cfg, [Mmap(0, 16, 16, "rw"), Write(0, 18, 6), Migrate(0, 18, 1, 1)])
     assert results == [0, 0, 0]
     # do_anonymous_page() maps the written order-0 folio 1 dirty (pte_mkdirty); PG_dirty
     # is not set on the folio. try_to_migrate_one() calls folio_mark_dirty() for a dirty
@@ -196,7 +183,7 @@ def test_first_fault_reuses_the_neighbours_anon_vma_so_mprotect_merges(impl: str
         #            forked: reuses A
         Mprotect(0, 4, 4, "rw"),  # now prot and flags equal and both anon_vma A: merge
     ]
-    m, results = run(impl, cfg, ops)
+    m, results = run_ops(impl, cfg, ops)
     assert results == [0, 0, 0, 0, 0]
     assert m.snapshot()["mms"][0]["vmas"] == [[0, 8, "rw", []]]
 
@@ -210,7 +197,7 @@ def test_a_forked_vma_does_not_merge_with_one_without_anon_vma(impl: str) -> Non
         Mmap(1, 4, 4, "rw"),  # no anon_vma; its neighbour had uncowed parents:
         #                       is_mergeable_anon_vma() refuses (vma_had_uncowed_parents)
     ]
-    m, results = run(impl, cfg, ops)
+    m, results = run_ops(impl, cfg, ops)
     assert results == [0, 0, 1, 0]
     assert m.snapshot()["mms"][1]["vmas"] == [[0, 4, "rw", []], [4, 8, "rw", []]]
 
@@ -223,7 +210,7 @@ def test_dontneed_over_a_whole_pmd_range_frees_the_emptied_pte_table(impl: str) 
         Madvise(0, 0, 4, "dontneed"),  # zap covers the whole PMD range [0,4)
         Madvise(0, 4, 2, "dontneed"),  # partial range: nothing to reclaim (no table)
     ]
-    m, results = run(impl, cfg, ops)
+    m, results = run_ops(impl, cfg, ops)
     assert results == [0, 0, 0, 0]
     # PUD table + PMD table stay: 2 * 4096.  Before the dontneed it was 3 * 4096; the
     # emptied PTE table was freed (zap_pte_range -> try_to_free_pte, CONFIG_PT_RECLAIM).
@@ -238,7 +225,7 @@ def test_a_zero_filled_thp_goes_to_the_swap_zeromap_without_io(impl: str) -> Non
         Madvise(0, 16, 4, "pageout"),
         Read(0, 17),
     ]
-    m, results = run(impl, cfg, ops)
+    m, results = run_ops(impl, cfg, ops)
     assert results == [0, 0, 0, 0]
     v = m.snapshot()["stats"]["vmstat"]
     # reclaimed whole into 4 slots, but swap_writeout() sees a zero-filled folio and

@@ -294,9 +294,11 @@ def signals_raise() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def run_lock(timeout_s: float = 600.0) -> Iterator[None]:
+def run_lock(timeout_s: float = 600.0) -> Iterator[int]:
     """One conformance run at a time on this machine: the settings and the global counters
-    are machine-wide (pytest-xdist runs tests in parallel)."""
+    are machine-wide (pytest-xdist runs tests in parallel).  Yields the locked descriptor:
+    a process started with it in ``pass_fds`` holds the lock too, as under ``flock LOCK
+    CMD``; ``KernelError`` when another run holds it for ``timeout_s`` seconds."""
     os.makedirs(os.path.dirname(LOCK_PATH), exist_ok=True)
     fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -309,7 +311,7 @@ def run_lock(timeout_s: float = 600.0) -> Iterator[None]:
                 if time.monotonic() > deadline:
                     raise KernelError(f"another conformance run holds {LOCK_PATH}") from None
                 time.sleep(0.05)
-        yield
+        yield fd
     finally:
         os.close(fd)
 
