@@ -157,8 +157,12 @@ def serve(o: ServeOptions, out: TextIO = sys.stdout) -> int:
         except OSError as e:
             raise ServeError(f"cannot run {binary}: {e.strerror or e}") from None
         assert proc.stdin is not None
-        proc.stdin.write(server_config(o, directory).encode())
-        proc.stdin.close()
+        # A server that rejects its configuration may exit before reading all of it;
+        # the broken pipe is then reported by _wait_ready with the server's own words.
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write(server_config(o, directory).encode())
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
         _wait_ready(proc, o, log, log_start)
         mode = "" if o.password is None else ", password required"
         print(f"pudthp hub: serving {public_url(o, port)}", file=out)

@@ -167,3 +167,20 @@ def test_a_server_that_exits_at_once_is_reported(tmp_path: Path) -> None:
         serve(ServeOptions(port=0, dir=str(tmp_path / "d"), redis_server=str(fake)))
     assert "exited with status 1: FATAL CONFIG FILE ERROR: Bad directive" in str(e.value)
     assert time.monotonic() - t < 10
+
+
+def test_a_server_that_exits_before_reading_its_configuration_is_reported(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A configuration larger than a pipe's buffer makes the write block until the server
+    # reads it; this server exits without reading, so the write always meets a broken pipe
+    # (the race the short configuration only sometimes loses).
+    import fuzz.hub_server as hub_server
+    real = hub_server.server_config
+    monkeypatch.setattr(hub_server, "server_config",
+                        lambda o, d: real(o, d) + "# padding\n" * 200_000)
+    fake = tmp_path / "redis-server"
+    fake.write_text("#!/bin/sh\necho 'FATAL CONFIG FILE ERROR: Bad directive' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    with pytest.raises(ServeError) as e:
+        serve(ServeOptions(port=0, dir=str(tmp_path / "d"), redis_server=str(fake)))
+    assert "exited with status 1: FATAL CONFIG FILE ERROR: Bad directive" in str(e.value)
