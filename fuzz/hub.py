@@ -217,6 +217,8 @@ class _Join:
     overrides: dict[str, Any]
     code: str
     seeds: tuple[int, int] | None = None
+    ends: float | None = None  # when the campaign means to end (seconds since the epoch)
+    finished: float | None = None  # when it did
 
 
 @dataclass
@@ -238,6 +240,7 @@ class Hub:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.r = client
         self.label = label
+        self.url: str | None = None  # as given to ``connect``, password included
         self.machine = machine or default_machine_id()
         self.campaign = campaign
         self.say = say or _say_stderr
@@ -264,6 +267,7 @@ class Hub:
         address = parse_hub_url(url)
         hub = cls(redis_client(address), label=address.url(), machine=machine,
                   campaign=campaign, say=say, retry_seconds=retry_seconds)
+        hub.url = url
         hub.check()
         return hub
 
@@ -411,7 +415,8 @@ class Hub:
 
     def _record_machine(self, j: _Join) -> None:
         entry = {"engine": j.engine, "overrides": j.overrides, "joined": _now(),
-                 "seeds": list(j.seeds) if j.seeds else None}
+                 "seeds": list(j.seeds) if j.seeds else None, "ends": j.ends,
+                 "finished": j.finished}
         self.r.hset(self.key("machines"), self.machine, json.dumps(entry, sort_keys=True))
 
     def seed_block(self, size: int = SEED_BLOCK, fallback: int | None = None) -> int | None:
@@ -434,8 +439,21 @@ class Hub:
             self._call(lambda: self._record_machine(joined), None)
         return start
 
+    def announce(self, *, ends: float | None = None, finished: float | None = None) -> None:
+        """Record in this machine's entry when its campaign means to end and when it did
+        (seconds since the epoch), so the others can wait for it at their end."""
+        if self.joined is None:
+            return
+        joined = self.joined
+        if ends is not None:
+            joined.ends = ends
+        if finished is not None:
+            joined.finished = finished
+        self._call(lambda: self._record_machine(joined), None)
+
     def machines(self) -> dict[str, dict[str, Any]]:
-        """machine -> what it joined with (engine, overrides, joined, seeds)."""
+        """machine -> what it joined with (engine, overrides, joined, seeds, ends,
+        finished)."""
         empty: dict[Any, Any] = {}
         raw = self._call(lambda: self.r.hgetall(self.key("machines")), empty)
         return {_text(k): json.loads(v) for k, v in raw.items()}

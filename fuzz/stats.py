@@ -59,9 +59,10 @@ class Sample:
 
 
 class StatsWriter:
-    """Appends one line per ``write``; the file is opened once and flushed per line."""
+    """Appends one line per ``write``; the file is opened once and flushed per line.  With
+    ``path`` None it writes no file and only builds the records (a hub's stats stream)."""
 
-    def __init__(self, path: str, machine: str, engine: str, unit: str | None = None,
+    def __init__(self, path: str | None, machine: str, engine: str, unit: str | None = None,
                  clock: Any = time.time) -> None:
         self.path = path
         self.machine = machine
@@ -74,8 +75,10 @@ class StatsWriter:
         self.last_time = self.start
         self.last_count = 0
         self.hit: set[str] = set()
-        _drop_cut_line(path)
-        self.f: TextIO = open(path, "a", encoding="utf-8")  # noqa: SIM115 -- kept open
+        self.f: TextIO | None = None
+        if path is not None:
+            _drop_cut_line(path)
+            self.f = open(path, "a", encoding="utf-8")  # noqa: SIM115 -- kept open
 
     def record(self, s: Sample, now: float | None = None) -> dict[str, Any]:
         """The line for sample ``s`` (and remember it as the previous one)."""
@@ -110,12 +113,18 @@ class StatsWriter:
     def write(self, s: Sample, now: float | None = None) -> dict[str, Any]:
         """Append the line for ``s`` and flush it; returns the record written."""
         line = self.record(s, now)
-        self.f.write(json.dumps(line, sort_keys=True) + "\n")
-        self.f.flush()
+        self.append(line)
         return line
 
+    def append(self, line: Mapping[str, Any]) -> None:
+        """Append a record built by ``record`` to the file (if any) and flush it."""
+        if self.f is not None:
+            self.f.write(json.dumps(line, sort_keys=True) + "\n")
+            self.f.flush()
+
     def close(self) -> None:
-        self.f.close()
+        if self.f is not None:
+            self.f.close()
 
     def __enter__(self) -> StatsWriter:
         return self
