@@ -28,6 +28,11 @@ worker could run the target (cannot run here), 130 interrupted (Ctrl-C) or 143 t
 (SIGTERM): workers stop, artifacts already written are still decoded and archived (not
 shrunk).
 
+With ``--hub`` or ``--stats`` the parent also holds a ``fuzz.link.CampaignLink``: findings
+and corpus inputs go to and come from other machines (inputs they add land in the corpus
+directory, where ``-reload`` takes them in; signatures they found join the known ones), and
+a stats record is written every few seconds.
+
 Faults.  The campaign's own files (the known signatures, libFuzzer's artifacts, a record of
 the campaign's settings) live in a hidden directory of the findings directory,
 ``.pudthp-atheris-PID-XXXX``, locked while the campaign runs.  An artifact is deleted only
@@ -68,7 +73,9 @@ from typing import Any, TextIO
 
 from fuzz.archive import archive, archived_signatures, remove_stale_temporaries, write_coverage
 from fuzz.encoding import EncodeError, encode
+from fuzz.link import CampaignLink, features
 from fuzz.mutator import Hunt
+from fuzz.stats import Sample
 from harness.coverage import Tally
 from harness.limits import LimitExceeded
 from harness.program import ProgramError, dump_program, load_program_file
@@ -114,6 +121,7 @@ class AtherisCampaign:
     max_ops: int = MAX_OPS
     program_seconds: float | None = None
     max_rss: int | None = None
+    link: CampaignLink | None = None  # the hub and the stats file, if any
 
     def record(self) -> dict[str, Any]:
         """What a later campaign needs to decode this one's artifacts the same way."""
@@ -529,6 +537,8 @@ class _Run:
         self.unwritten = [u for u in self.unwritten if u[0] != sig]
         self.signatures.add(sig)
         self.found.append(_Found(path, sig, len(program.ops), new))
+        if self.c.link is not None:
+            self.c.link.archived(sig, path)
         self.write_known_quietly()
         state = "new" if new else "already archived"
         self.progress_clear()
@@ -554,6 +564,38 @@ class _Run:
 
     def distinct(self) -> set[str]:
         return self.signatures | self.known_hits
+
+    def tally(self) -> Tally:
+        """The model-state features of every program the targets ran so far."""
+        tally = Tally()
+        for w in self.slots:
+            tally.merge(w.total_tally())
+        return tally
+
+    def sample(self) -> Sample:
+        execs = sum(w.total_execs() for w in self.slots)
+        inited = any(w.inited for w in self.slots)
+        return Sample(programs=execs, count=execs, findings=len(self.distinct()),
+                      corpus=self.corpus_size(),
+                      cov=max(w.cov for w in self.slots) if inited else None,
+                      ft=max(w.ft for w in self.slots) if inited else None,
+                      features=features(self.tally()))
+
+    def sync(self, link: CampaignLink, now: float) -> None:
+        """Offer the hub what the targets met again, take what other machines found into
+        the known signatures."""
+        for sig in self.known_hits:
+            if sig in self.archived:
+                link.archived(sig, self.archived[sig])
+        self.known_from(link, link.tick(self.sample, now))
+
+    def known_from(self, link: CampaignLink, sigs: list[str]) -> None:
+        if not sigs:
+            return
+        where = dict(link.pulled)
+        for sig in sigs:
+            self.archived.setdefault(sig, where.get(sig, ""))
+        self.write_known_quietly()
 
     def corpus_size(self) -> int:
         try:
@@ -611,6 +653,9 @@ class _Run:
                   + (" ..." if len(self.limits) > 5 else ""), file=out)
         for text in self.warnings:
             print(f"  warning   {text}", file=out)
+        if self.c.link is not None:
+            for text in self.c.link.summary_lines():
+                print(text, file=out)
         self.coverage_report()
         out.flush()
 
@@ -618,10 +663,7 @@ class _Run:
         """The model-state coverage table of every program the targets ran: printed, and
         written with the findings."""
         out = self.c.out
-        tally = Tally()
-        for w in self.slots:
-            tally.merge(w.total_tally())
-        text = tally.table(f"pudthp fuzz: model-state coverage ({ENGINE})")
+        text = self.tally().table(f"pudthp fuzz: model-state coverage ({ENGINE})")
         print(text, end="", file=out)
         try:
             path = write_coverage(self.c.findings_dir, ENGINE, self.c.seed, text)
@@ -730,6 +772,8 @@ def _campaign(c: AtherisCampaign, signals: list[int]) -> int:
                 if all(w.finished for w in run.slots):
                     break
                 run.retry()
+                if c.link is not None:
+                    run.sync(c.link, now)
                 if now > run.deadline + STOP_GRACE:
                     for w in run.slots:
                         _signal(w, signal.SIGINT if now < run.deadline + 2 * STOP_GRACE
@@ -762,6 +806,11 @@ def _campaign(c: AtherisCampaign, signals: list[int]) -> int:
                 if not w.finished:
                     run.reap(w)
         run.retry(force=True)
+        if c.link is not None:
+            for sig in run.known_hits:
+                if sig in run.archived:
+                    c.link.archived(sig, run.archived[sig])
+            run.known_from(c.link, c.link.finish(run.sample()))
         run.progress_clear()
         run.summary(time.monotonic() - run.start, corpus_before,
                     signals[0] if signals else None)

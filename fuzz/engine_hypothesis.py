@@ -1,8 +1,18 @@
 """``pudthp fuzz --engine hypothesis``: the stateful machine as a time-boxed campaign.
 
 Each worker is a process with its own seed.  It runs ``PudthpMachine`` under Hypothesis in a
-loop, one run per derived seed (``EXAMPLES_PER_RUN`` programs, no database: the archive in
-our own format is the record), until its time is up.  The machine reports every failing
+loop, one run per derived seed (``EXAMPLES_PER_RUN`` programs), until its time is up.
+
+Hypothesis keeps the failing test cases it shrinks in an example database (``example_db``:
+``corpus/hypothesis/`` by default, with ``--hub`` that directory and the hub's Redis
+together, ``fuzz.hub.example_database``), under a key per machine config, impl and
+invariants setting (``database_digest``).  A worker's first run replays what is there
+first, and so does each run after one whose replay found something, so a campaign starts
+by running again every failure the campaigns before it saved, one per run; then it only
+generates.  A replayed case whose signature is already known goes idle like any other
+(``fuzz.machine.Observer``), and Hypothesis would delete it as no longer failing: the
+worker's database keeps it (``KeepKnown``), so a signature another machine archived does
+not erase this machine's example of it.  The machine reports every failing
 program to the worker's ``Observer``, which keeps the smallest per signature, so whatever
 Hypothesis' shrinker reached is kept even when a run is cut short.  When a run ends the
 worker gives each new signature a small delta-debugging pass over its ops (same signature,
@@ -19,6 +29,11 @@ to stop (they ignore both signals themselves, so a signal to the whole process g
 handled once, by the parent); they send what they have (without the extra pass) and the
 parent writes it before returning 130 (SIGINT) or 143 (SIGTERM).
 
+With ``--hub`` or ``--stats`` the parent also holds a ``fuzz.link.CampaignLink``:
+findings go to and come from other machines (signatures they found are sent to the workers
+as known; a worker that meets one says so, and it counts as found here), and a stats record
+is written every few seconds from the workers' progress and coverage messages.
+
 Faults: each worker talks to the parent over its own pipe, so a worker killed at any moment
 (SIGKILL, the OOM killer) corrupts nothing shared; the parent sees its pipe close, starts a
 fresh worker in the slot with the next seed (``worker_seed``) for the remaining time and
@@ -33,23 +48,29 @@ unwritten at the end is printed in full in the summary.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import random
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import hypothesis
 from hypothesis import HealthCheck, Phase, Verbosity, settings
+from hypothesis.database import ExampleDatabase
 from hypothesis.errors import Unsatisfiable
 from hypothesis.stateful import run_state_machine_as_test
 
 from fuzz.archive import archive, remove_stale_temporaries, write_coverage
+from fuzz.hub import DEFAULT_CAMPAIGN, example_database
+from fuzz.link import CampaignLink, features
 from fuzz.machine import FindingError, Observer, StopFuzzing, make_machine, program_size
+from fuzz.stats import Sample
 from harness.coverage import Tally
 from harness.limits import (
     Gate,
@@ -68,6 +89,7 @@ EXAMPLES_PER_RUN = 2000
 STEPS_PER_PROGRAM = 100
 SHRINK_SECONDS = 20.0  # Hypothesis' share of shrinking one finding
 MINIMISE_SECONDS = 20.0  # then delta debugging's, for all the findings of one run
+COVERAGE_SECONDS = 5.0  # how often a worker sends its model-state coverage so far
 HARD_STOP_SECONDS = 30.0  # after the grace period, workers still running are terminated
 RETRY_SECONDS = 5.0  # how often findings that could not be written are tried again
 MAX_RESTARTS = 20  # per worker slot: a slot whose workers keep dying is given up
@@ -76,12 +98,14 @@ Message = tuple[Any, ...]
 
 
 def fuzz_settings(max_examples: int = EXAMPLES_PER_RUN,
-                  step_count: int = STEPS_PER_PROGRAM) -> settings:
-    """Hypothesis settings for a campaign run: no database, no deadline, no explain phase
-    (seconds per failure), quiet (the parent reports).  One bug per run: Hypothesis stops
-    generating at the first failure and shrinks the smallest one, slipping to any other
-    signature with a smaller program (one planted bug shows under dozens of signatures;
-    shrinking each would take minutes).
+                  step_count: int = STEPS_PER_PROGRAM,
+                  database: ExampleDatabase | None = None, reuse: bool = False) -> settings:
+    """Hypothesis settings for a campaign run: ``database`` (none by default; the campaign
+    gives the worker's ``example_db``), its failures replayed first if ``reuse``, no
+    deadline, no explain phase (seconds per failure), quiet (the parent reports).  One bug
+    per run: Hypothesis stops generating at the first failure and shrinks the smallest one,
+    slipping to any other signature with a smaller program (one planted bug shows under
+    dozens of signatures; shrinking each would take minutes).
 
     No target phase: with a budget of this size Hypothesis spends up to half of a run
     hill-climbing the best program of each ``target()`` label, one choice at a time, and a
@@ -93,9 +117,10 @@ def fuzz_settings(max_examples: int = EXAMPLES_PER_RUN,
         max_examples=max_examples,
         stateful_step_count=step_count,
         deadline=None,
-        database=None,
+        database=database,
         derandomize=False,
-        phases=(Phase.generate, Phase.shrink),
+        phases=(Phase.reuse, Phase.generate, Phase.shrink) if reuse and database is not None
+        else (Phase.generate, Phase.shrink),
         report_multiple_bugs=False,
         suppress_health_check=list(HealthCheck),
         verbosity=Verbosity.quiet,
@@ -157,6 +182,47 @@ def minimise(program: Program, signature: str, impl: str = "both", check: bool =
 # --------------------------------------------------------------------------------------
 
 
+def database_digest(overrides: dict[str, Any], impl: str, check: bool) -> bytes:
+    """What tells the example database's keys apart beyond the machine's source: a case
+    saved under one config (or impl, or invariants setting) replays as something else under
+    another, and Hypothesis would delete it as no longer failing."""
+    key = json.dumps({"overrides": overrides, "impl": impl, "check": check}, sort_keys=True)
+    return hashlib.sha256(key.encode()).digest()
+
+
+class KeepKnown(ExampleDatabase):
+    """An example database that does not delete a case while the case just run went idle on
+    a known signature (``Observer.idle_known``): Hypothesis deletes every replayed case that
+    did not fail, but this one still fails, only with a finding already archived."""
+
+    def __init__(self, inner: ExampleDatabase, obs: Observer) -> None:
+        super().__init__()
+        self.inner = inner
+        self.obs = obs
+
+    def __repr__(self) -> str:
+        return f"KeepKnown({self.inner!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, KeepKnown) and self.inner == other.inner
+
+    def __hash__(self) -> int:
+        return hash(("KeepKnown", id(self.inner)))
+
+    def fetch(self, key: bytes) -> Iterable[bytes]:
+        return self.inner.fetch(key)
+
+    def save(self, key: bytes, value: bytes) -> None:
+        self.inner.save(key, value)
+
+    def delete(self, key: bytes, value: bytes) -> None:
+        if not self.obs.idle_known:
+            self.inner.delete(key, value)
+
+    def move(self, src: bytes, dest: bytes, value: bytes) -> None:
+        self.inner.move(src, dest, value)  # shrinking's downgrade of a failing case
+
+
 @dataclass
 class WorkerSpec:
     """What one worker runs: config keys fixed, the implementation, invariants or not, its
@@ -179,6 +245,10 @@ class WorkerSpec:
     minimise_seconds: float = MINIMISE_SECONDS
     program_seconds: float | None = None
     max_rss: int | None = None
+    example_db: str | None = None  # the local example database directory (None: none)
+    hub: str | None = None  # ... and the hub's, shared with other machines
+    hub_campaign: str = DEFAULT_CAMPAIGN
+    known: tuple[str, ...] = ()  # signatures archived already (by this campaign or others)
 
 
 def run_worker(spec: WorkerSpec, emit: Callable[[Message], None],
@@ -189,23 +259,45 @@ def run_worker(spec: WorkerSpec, emit: Callable[[Message], None],
     ``("progress", index, programs, steps)``, ``("finding", index, payload)``,
     ``("warning", index, text)``, ``("limit", index, kind, text)`` for a program dropped at a
     resource limit, ``("restart", index, reason)`` when this worker ends early and wants a
-    fresh process, and at the end ``("coverage", index, tally JSON)`` (the model-state
-    features of every program, ``harness.coverage.Tally``) and ``("done", index, programs,
-    steps)``.  ``gate``: the one the process's memory limit raises through, if any."""
+    fresh process, ``("known", index, signature)`` the first time a program meets a
+    signature of ``spec.known`` (it went idle there), ``("note", index, text)`` for the
+    user (the example database on the hub cannot be reached), ``("coverage", index, tally
+    JSON)`` every ``COVERAGE_SECONDS`` and at the end (the model-state features of every
+    program so far, ``harness.coverage.Tally``)
+    and last ``("done", index, programs, steps)``.  ``gate``: the one the process's memory
+    limit raises through, if any."""
     start = time.monotonic()
+    coverage_at = [start + COVERAGE_SECONDS]
+
+    def progress(o: Observer) -> None:
+        emit(("progress", spec.index, o.programs, o.steps))
+        now = time.monotonic()
+        if now >= coverage_at[0]:
+            coverage_at[0] = now + COVERAGE_SECONDS
+            emit(("coverage", spec.index, o.tally.to_json()))
+
     obs = Observer(
+        known=set(spec.known),
         deadline=None if spec.time_limit is None else start + spec.time_limit,
         grace=spec.grace,
         shrink_budget=spec.shrink_seconds,
         stop_requested=stop_requested,
-        on_progress=lambda o: emit(("progress", spec.index, o.programs, o.steps)),
+        on_progress=progress,
         gate=gate or Gate(),
     )
     timer = ProgramTimer(spec.program_seconds, gate=obs.gate) if spec.program_seconds else None
     if timer is not None:
         obs.on_program_start = timer.start
     machine = make_machine(spec.overrides, spec.impl, spec.check, obs)
-    hsettings = fuzz_settings(spec.max_examples, spec.step_count)
+    database: ExampleDatabase | None = None
+    if spec.example_db is not None:
+        database = KeepKnown(example_database(
+            spec.hub, spec.example_db, campaign=spec.hub_campaign,
+            say=lambda text: emit(("note", spec.index, text.removeprefix("pudthp: ")))), obs)
+        machine._hypothesis_internal_add_digest = database_digest(
+            spec.overrides, spec.impl, spec.check)
+    reuse = database is not None
+    told: set[str] = set()  # known signatures met again, said to the parent
     sent = 0
     run = 0
     try:
@@ -219,6 +311,7 @@ def run_worker(spec: WorkerSpec, emit: Callable[[Message], None],
             interrupted = False
             reported: set[str] = set()
             limits_before = len(obs.limit_hits)
+            hsettings = fuzz_settings(spec.max_examples, spec.step_count, database, reuse)
             try:
                 reported, problems = hunt(machine, run_seed(spec.seed, run), hsettings)
                 for text in problems:
@@ -260,7 +353,11 @@ def run_worker(spec: WorkerSpec, emit: Callable[[Message], None],
                           _payload(spec, run, finding, program, budget)))
                     obs.known.add(sig)
                     sent += 1
+            for sig in sorted(obs.known_hits - told):
+                emit(("known", spec.index, sig))
+                told.add(sig)
             cut = obs.shrink_cut
+            reuse = reuse and bool(reported)  # replay again while replays find something
             obs.new_run()
             run += 1
             if obs.memory_exhausted:
@@ -389,8 +486,6 @@ def fuzz_inline(spec: WorkerSpec) -> list[dict[str, Any]]:
 
 def finding_program(payload: dict[str, Any]) -> Program:
     """The program of a finding payload, parsed back (FORMAT.md)."""
-    import json
-
     return parse_program(json.loads(payload["program"]), "<finding>")
 
 
@@ -413,6 +508,8 @@ class Campaign:
     max_ops: int = STEPS_PER_PROGRAM
     program_seconds: float | None = None
     max_rss: int | None = None
+    example_db: str | None = None  # the example database directory (None: no database)
+    link: CampaignLink | None = None  # the hub and the stats file, if any
 
 
 def grace_for(time_limit: float) -> float:
@@ -442,6 +539,8 @@ class _Slot:
     base: tuple[int, int] = (0, 0)  # ... of the earlier ones
     finished: bool = False  # no process runs or will run in this slot
     restarts: list[str] = field(default_factory=list)
+    tally: Tally | None = None  # features of the current process, as it last sent them
+    tally_done: Tally = field(default_factory=Tally)  # ... of the earlier ones
 
     def total(self) -> tuple[int, int]:
         return self.base[0] + self.counts[0], self.base[1] + self.counts[1]
@@ -472,7 +571,8 @@ class _Parent:
         self.signatures: set[str] = set()
         self.warnings: list[str] = []
         self.limits: dict[str, int] = {}
-        self.tally = Tally()  # the model-state features of every program, from the workers
+        self.hub_known: set[str] = set()  # signatures other machines found
+        self.known_hits: set[str] = set()  # ... that this campaign's programs met too
         self.signals: list[int] = []
         self.stopping = False
         self.next_retry = 0.0
@@ -488,9 +588,17 @@ class _Parent:
         s.counts = (0, 0)
         s.done = False
         s.restart = None
+        if s.tally is not None:
+            s.tally_done.merge(s.tally)
+            s.tally = None
+        hub = self.c.link.hub if self.c.link is not None else None
         spec = WorkerSpec(s.index, s.seed, dict(self.c.overrides), self.c.impl, self.c.check,
                           remaining, self.grace, step_count=self.c.max_ops,
-                          program_seconds=self.c.program_seconds, max_rss=self.c.max_rss)
+                          program_seconds=self.c.program_seconds, max_rss=self.c.max_rss,
+                          example_db=self.c.example_db,
+                          hub=hub.url if hub is not None else None,
+                          hub_campaign=hub.campaign if hub is not None else DEFAULT_CAMPAIGN,
+                          known=tuple(sorted(self.signatures | self.hub_known)))
         parent_end, child_end = self.ctx.Pipe(duplex=True)
         p = self.ctx.Process(target=worker_main, args=(spec, child_end, os.getpid()),
                              name=f"pudthp-fuzz-{s.index}", daemon=True)
@@ -563,8 +671,14 @@ class _Parent:
 
     def handle(self, s: _Slot, msg: Message) -> None:
         kind = msg[0]
-        if kind == "coverage":
-            self.tally.merge(Tally.from_json(msg[2]))
+        if kind == "coverage":  # what the process ran so far
+            s.tally = Tally.from_json(msg[2])
+            return
+        if kind == "note":
+            self.line(f"worker {s.index}: {msg[2]}")
+            return
+        if kind == "known":  # met a signature another machine archived
+            self.known_hits.add(msg[2])
             return
         if kind in ("progress", "done"):
             s.counts = (msg[2], msg[3])
@@ -609,6 +723,8 @@ class _Parent:
             self.next_retry = time.monotonic() + RETRY_SECONDS
             return False
         (self.written if new else self.existing).append((path, payload))
+        if self.c.link is not None:
+            self.c.link.archived(sig, path)
         state = "new" if new else "already archived"
         self.line(f"finding ({state}) {sig}: {payload['ops']} ops -> {path}")
         return True
@@ -624,7 +740,33 @@ class _Parent:
 
     def line(self, text: str) -> None:
         _clear(self.c.err, self.tty)
-        print(f"pudthp fuzz: {text}", file=self.c.err, flush=True)
+        print(f"pudthp fuzz: {text.removeprefix('pudthp: ')}", file=self.c.err, flush=True)
+
+    # -- the hub and the stats -----------------------------------------------------------
+
+    def tally(self) -> Tally:
+        """The model-state features of every program the workers ran so far."""
+        t = Tally()
+        for s in self.slots:
+            t.merge(s.tally_done)
+            if s.tally is not None:
+                t.merge(s.tally)
+        return t
+
+    def sample(self) -> Sample:
+        return Sample(programs=sum(s.total()[0] for s in self.slots),
+                      count=sum(s.total()[1] for s in self.slots),
+                      findings=len(self.signatures | self.known_hits),
+                      features=features(self.tally()))
+
+    def from_hub(self, sigs: list[str]) -> None:
+        """Signatures another machine archived: the workers stop shrinking them."""
+        for sig in sigs:
+            if sig in self.signatures or sig in self.hub_known:
+                continue
+            self.hub_known.add(sig)
+            for s in self.slots:
+                self.send(s, ("known", sig))
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -652,6 +794,8 @@ class _Parent:
                 break
             self.retry()
             now = time.monotonic()
+            if self.c.link is not None:
+                self.from_hub(self.c.link.tick(self.sample, now))
             if now - last_print >= every:
                 programs = sum(s.total()[0] for s in self.slots)
                 steps = sum(s.total()[1] for s in self.slots)
@@ -728,11 +872,13 @@ def run_campaign(c: Campaign) -> int:
     elapsed = time.monotonic() - parent.start
     _clear(c.err, parent.tty)
     first = parent.signals[0] if parent.signals else None
+    if c.link is not None:
+        parent.from_hub(c.link.finish(parent.sample()))
     _summary(c, parent, elapsed, first)
-    _coverage_report(c, parent.tally, ENGINE)
+    _coverage_report(c, parent.tally(), ENGINE)
     if first is not None:
         return 128 + first  # 130 Ctrl-C, 143 SIGTERM
-    return 1 if parent.signatures else 0
+    return 1 if parent.signatures or parent.known_hits else 0
 
 
 def _coverage_report(c: Campaign, tally: Tally, engine: str) -> None:
@@ -768,7 +914,8 @@ def _summary(c: Campaign, parent: _Parent, elapsed: float, signum: int | None) -
     head = "done"
     if signum is not None:
         head = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
-    distinct = len(written) + len(existing) + len(parent.unwritten)
+    known_only = sorted(parent.known_hits - parent.signatures)
+    distinct = len(written) + len(existing) + len(parent.unwritten) + len(known_only)
     print(f"pudthp fuzz: {head} after {elapsed:.1f} s: {programs} programs, {steps} steps "
           f"({rate:,.0f} steps/s over {c.workers} worker(s)), "
           f"{distinct} distinct finding(s), {len(written)} new",
@@ -778,6 +925,10 @@ def _summary(c: Campaign, parent: _Parent, elapsed: float, signum: int | None) -
     for path, payload in existing:
         print(f"  archived  {path}  {payload['signature']} ({payload['ops']} ops; file kept)",
               file=c.out)
+    where = dict(c.link.pulled) if c.link is not None else {}
+    for sig in known_only:
+        print(f"  known     {where.get(sig, '(from the hub)')}  {sig} (archived by another "
+              "machine; hit again)", file=c.out)
     for u in parent.unwritten:
         p = u.payload
         print(f"  UNWRITTEN {p['signature']} ({p['ops']} ops): {c.findings_dir}: {u.reason}; "
@@ -794,4 +945,7 @@ def _summary(c: Campaign, parent: _Parent, elapsed: float, signum: int | None) -
                                                   sorted(parent.limits.items())), file=c.out)
     for text in parent.warnings:
         print(f"  warning   {text}", file=c.out)
+    if c.link is not None:
+        for text in c.link.summary_lines():
+            print(text, file=c.out)
     c.out.flush()

@@ -199,6 +199,8 @@ class Observer:
     gate: Gate = field(default_factory=Gate)
     limit_hits: list[LimitExceeded] = field(default_factory=list)
     memory_exhausted: bool = False
+    idle_known: bool = False  # the current test case went idle on a known signature
+    known_hits: set[str] = field(default_factory=set)  # known signatures met again
 
     def program_started(self) -> None:
         pending = self.gate.pending
@@ -415,6 +417,8 @@ class PudthpMachine(RuleBasedStateMachine):
         self.coverage = Coverage()
         self.live: set[int] = {0}
         self.idle = False  # a known finding or a stop ended this case: rules do nothing
+        if self.OBSERVER is not None:
+            self.OBSERVER.idle_known = False
         self.mapped: list[Range] = []  # ranges mmap mapped, newest last (for "mapped" places)
         # pages written lately, and pages a cut left mapped on purpose ("written" places)
         self.written: list[int] = []
@@ -565,7 +569,8 @@ class PudthpMachine(RuleBasedStateMachine):
         obs = self.OBSERVER
         if obs is not None:
             if finding.signature in obs.known:
-                self.idle = True
+                self.idle = obs.idle_known = True
+                obs.known_hits.add(finding.signature)
                 return
             obs.record(finding, program)
         self.idle = True

