@@ -326,18 +326,13 @@ def _overrides(items: list[str], command: str) -> dict[str, Any] | str:
 def _cmd_fuzz(args: argparse.Namespace) -> int:
     import os
 
-    from fuzz.archive import writable_problem  # lazy: the one allowed edge up to fuzz
 
     overrides = _overrides(args.config, "fuzz")
     if isinstance(overrides, str):
         return _error(overrides)
-    try:
-        os.makedirs(args.findings, exist_ok=True)
-    except OSError as e:
-        return _error(f"--findings {args.findings}: {e.strerror or e}")
-    problem = writable_problem(args.findings)
+    problem = _dir_problem("--findings", args.findings, "write a finding there")
     if problem is not None:
-        return _error(f"--findings {args.findings}: cannot write a finding there: {problem}")
+        return _error(problem)
     workers = args.workers or os.cpu_count() or 1
     if args.max_rss is None:
         args.max_rss = default_max_rss_mb(workers)
@@ -347,13 +342,9 @@ def _cmd_fuzz(args: argparse.Namespace) -> int:
 
     example_db = None if args.no_example_db else args.example_db
     if example_db is not None:
-        try:
-            os.makedirs(example_db, exist_ok=True)
-        except OSError as e:
-            return _error(f"--example-db {example_db}: {e.strerror or e}")
-        problem = writable_problem(example_db)
+        problem = _dir_problem("--example-db", example_db)
         if problem is not None:
-            return _error(f"--example-db {example_db}: cannot write there: {problem}")
+            return _error(problem)
     opened = _open_link(args, "hypothesis", overrides, None)
     if isinstance(opened, str):
         return _error(opened)
@@ -363,6 +354,21 @@ def _cmd_fuzz(args: argparse.Namespace) -> int:
                                  program_seconds=args.max_program_time,
                                  max_rss=args.max_rss or None, example_db=example_db,
                                  link=link))
+
+
+def _dir_problem(flag: str, path: str, purpose: str = "write there") -> str | None:
+    """Make directory ``path`` (given by ``flag``) if it is missing; the one-line problem
+    if that fails or it cannot be written (a test file, so a full disk counts too)."""
+    import os
+
+    from fuzz.archive import writable_problem  # lazy: the one allowed edge up to fuzz
+
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        return f"{flag} {path}: {e.strerror or e}"
+    problem = writable_problem(path)
+    return None if problem is None else f"{flag} {path}: cannot {purpose}: {problem}"
 
 
 def _open_link(args: argparse.Namespace, engine: str, overrides: dict[str, Any],
@@ -392,21 +398,14 @@ def _open_link(args: argparse.Namespace, engine: str, overrides: dict[str, Any],
 def _cmd_fuzz_atheris(args: argparse.Namespace, overrides: dict[str, Any],
                       workers: int) -> int:
     import importlib.util
-    import os
 
     if importlib.util.find_spec("atheris") is None:
         print("pudthp: cannot run here: --engine atheris: the atheris package is not "
               "installed", file=sys.stderr)
         return EXIT_CANNOT_RUN
-    try:
-        os.makedirs(args.corpus, exist_ok=True)
-    except OSError as e:
-        return _error(f"--corpus {args.corpus}: {e.strerror or e}")
-    from fuzz.archive import writable_problem
-
-    problem = writable_problem(args.corpus)
+    problem = _dir_problem("--corpus", args.corpus)
     if problem is not None:
-        return _error(f"--corpus {args.corpus}: cannot write there: {problem}")
+        return _error(problem)
     from fuzz.engine_atheris import MAX_OPS, AtherisCampaign, run_atheris_campaign  # lazy
 
     opened = _open_link(args, "atheris", overrides, args.corpus)
@@ -752,18 +751,13 @@ def _cmd_hub(args: argparse.Namespace) -> int:
 
 def _cmd_hub_pull(args: argparse.Namespace) -> int:
     import json
-    import os
 
-    from fuzz.archive import archived_signatures, writable_problem
+    from fuzz.archive import archived_signatures
     from fuzz.hub import Hub, HubError
 
-    try:
-        os.makedirs(args.findings, exist_ok=True)
-    except OSError as e:
-        return _error(f"--findings {args.findings}: {e.strerror or e}")
-    problem = writable_problem(args.findings)
+    problem = _dir_problem("--findings", args.findings)
     if problem is not None:
-        return _error(f"--findings {args.findings}: cannot write there: {problem}")
+        return _error(problem)
     said: list[str] = []
     try:
         hub = Hub.connect(args.url, campaign=args.campaign, machine="pull", say=said.append)
