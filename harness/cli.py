@@ -340,15 +340,17 @@ def _cmd_fuzz(args: argparse.Namespace) -> int:
         return _cmd_fuzz_atheris(args, overrides, workers)
     from fuzz.engine_hypothesis import STEPS_PER_PROGRAM, Campaign, run_campaign  # lazy
 
+    opened = _open_link(args, "hypothesis", overrides, None)  # bad --hub, --stats first
+    if isinstance(opened, str):
+        return _error(opened)
+    link, seed = opened
     example_db = None if args.no_example_db else args.example_db
     if example_db is not None:
         problem = _dir_problem("--example-db", example_db)
         if problem is not None:
+            if link is not None:
+                link.close()
             return _error(problem)
-    opened = _open_link(args, "hypothesis", overrides, None)
-    if isinstance(opened, str):
-        return _error(opened)
-    link, seed = opened
     return run_campaign(Campaign(args.time, workers, overrides, args.findings, seed,
                                  impl=args.impl, max_ops=args.max_ops or STEPS_PER_PROGRAM,
                                  program_seconds=args.max_program_time,
