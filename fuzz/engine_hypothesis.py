@@ -848,6 +848,9 @@ def run_campaign(c: Campaign) -> int:
     """The whole campaign; returns the exit status (0 nothing, 1 findings, 130 Ctrl-C, 143
     SIGTERM)."""
     parent = _Parent(c)
+    if c.link is not None and c.link.hub is not None:
+        # what any machine archived: the workers start knowing it (they go idle on it)
+        parent.hub_known = c.link.hub.signatures()
     cfg = Config.from_json(c.overrides)
     seeds = [worker_seed(c.seed, i, 0, c.workers) for i in range(c.workers)]
     stale = remove_stale_temporaries(c.findings_dir)

@@ -106,6 +106,18 @@ def test_two_campaigns_share_findings_example_database_and_stats(tmp_path: Path)
         report = cli("report", str(ci / "stats.jsonl"), "--out", str(ci / "report"))
         assert report.returncode == 0, report.stderr
         assert (ci / "report" / "index.html").exists()
+        # a third machine joining later starts knowing every signature: its programs go
+        # idle on them (counted as met again), nothing is shrunk or archived anew
+        c = subprocess.run(
+            [sys.executable, "-m", "harness", "fuzz", "--hub", url, "--workers", "1",
+             "--config", "deposit=list_head", "--time", "5", "--machine", "C", "--findings",
+             str(tmp_path / "C" / "findings"), "--example-db", str(tmp_path / "C" / "db")],
+            capture_output=True, text=True, timeout=120)
+        assert c.returncode == 1, c.stdout + c.stderr
+        assert "finding (new)" not in c.stderr
+        assert re.search(r"^  known .*\(archived by another machine; hit again\)$",
+                         c.stdout, re.M), c.stdout
+        assert set(findings(tmp_path, "C")) == set(fa)
     finally:
         stop(proc)
 
