@@ -620,6 +620,12 @@ def _positive_int(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``pudthp`` console script; returns the exit status."""
+    import os
+
+    # Nothing here calls BLAS; numpy's OpenBLAS would start a thread per core at import
+    # (CPU spent before any work, and in every worker of a campaign).  Before numpy is
+    # imported, and inherited by every process the command starts; a user's setting wins.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         return _main(sys.argv[1:] if argv is None else argv)
     except KeyboardInterrupt:
