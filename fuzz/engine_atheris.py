@@ -806,13 +806,15 @@ def _campaign(c: AtherisCampaign, signals: list[int]) -> int:
                 if not w.finished:
                     run.reap(w)
         run.retry(force=True)
+        ended = time.monotonic()  # the rate leaves out the wait for other machines
         if c.link is not None:
             for sig in run.known_hits:
                 if sig in run.archived:
                     c.link.archived(sig, run.archived[sig])
-            run.known_from(c.link, c.link.finish(run.sample()))
+            with contextlib.suppress(KeyboardInterrupt):  # a signal: on to the summary
+                run.known_from(c.link, c.link.finish(run.sample(), stop=lambda: bool(signals)))
         run.progress_clear()
-        run.summary(time.monotonic() - run.start, corpus_before,
+        run.summary(ended - run.start, corpus_before,
                     signals[0] if signals else None)
         run.close()
     if signals:

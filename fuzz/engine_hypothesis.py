@@ -191,9 +191,12 @@ def database_digest(overrides: dict[str, Any], impl: str, check: bool) -> bytes:
 
 
 class KeepKnown(ExampleDatabase):
-    """An example database that does not delete a case while the case just run went idle on
-    a known signature (``Observer.idle_known``): Hypothesis deletes every replayed case that
-    did not fail, but this one still fails, only with a finding already archived."""
+    """An example database that does not delete a case while the case just run has no
+    verdict of its own (``Observer.inconclusive``: it went idle on a known signature, or
+    stopped at a resource limit on a busy machine): Hypothesis deletes every replayed case
+    that did not fail, but this one may well still fail.  Nor does it keep Hypothesis'
+    pareto front of ``target()`` scores, which only a target phase (off in campaigns)
+    uses: one write per improvement, to the hub too, in the middle of generating."""
 
     def __init__(self, inner: ExampleDatabase, obs: Observer) -> None:
         super().__init__()
@@ -213,10 +216,11 @@ class KeepKnown(ExampleDatabase):
         return self.inner.fetch(key)
 
     def save(self, key: bytes, value: bytes) -> None:
-        self.inner.save(key, value)
+        if not key.endswith(b".pareto"):
+            self.inner.save(key, value)
 
     def delete(self, key: bytes, value: bytes) -> None:
-        if not self.obs.idle_known:
+        if not self.obs.inconclusive:
             self.inner.delete(key, value)
 
     def move(self, src: bytes, dest: bytes, value: bytes) -> None:
@@ -863,20 +867,22 @@ def run_campaign(c: Campaign) -> int:
     def on_signal(signum: int, frame: Any) -> None:
         parent.signals.append(signum)
 
+    ended: float | None = None
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         for s in parent.slots:
             parent.launch(s)
         parent.run()
         parent.finish()
+        ended = time.monotonic()  # the rate leaves out the wait for other machines
+        if c.link is not None:  # with our handlers: a signal ends the wait for peers
+            parent.from_hub(c.link.finish(parent.sample(), stop=lambda: bool(parent.signals)))
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-    elapsed = time.monotonic() - parent.start
+    elapsed = (ended if ended is not None else time.monotonic()) - parent.start
     _clear(c.err, parent.tty)
     first = parent.signals[0] if parent.signals else None
-    if c.link is not None:
-        parent.from_hub(c.link.finish(parent.sample()))
     _summary(c, parent, elapsed, first)
     _coverage_report(c, parent.tally(), ENGINE)
     if first is not None:

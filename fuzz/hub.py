@@ -76,8 +76,9 @@ STATS_MAXLEN = 1_000_000  # entries kept in the stream (approximately)
 PULL_BATCH = 500
 
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
+    # every error reply too: a hub whose disk is full answers MISCONF, one out of memory
+    # OOM, a replica READONLY; for a campaign they all mean "not now, try again later"
+    redis.exceptions.RedisError,
     OSError,
 )
 
@@ -257,6 +258,8 @@ class Hub:
         self.record: CampaignRecord | None = None
         self.corpora: dict[str, _Corpus] = {}
         self.known: set[str] = set()  # signatures seen on the hub or pushed
+        self.bad: set[str] = set()  # hub findings found unusable (said once, not fetched)
+        self.write_problems: dict[str, str] = {}  # directory -> why copying in failed
 
     @classmethod
     def connect(cls, url: str, *, machine: str | None = None,
@@ -456,7 +459,13 @@ class Hub:
         finished)."""
         empty: dict[Any, Any] = {}
         raw = self._call(lambda: self.r.hgetall(self.key("machines")), empty)
-        return {_text(k): json.loads(v) for k, v in raw.items()}
+        out: dict[str, dict[str, Any]] = {}
+        for k, v in raw.items():
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                entry = json.loads(v)
+                if isinstance(entry, dict):
+                    out[_text(k)] = entry
+        return out
 
     # -- findings --------------------------------------------------------------------------
 
@@ -531,9 +540,12 @@ class Hub:
         """Copy into ``directory`` every hub finding whose signature is neither in
         ``have`` nor already archived there under ``fuzz.archive``'s name; never
         overwrites a file.  A hub entry that is not a valid program, or whose signature is
-        not its key's, is said and skipped.  Returns the paths written."""
+        not its key's, is said and skipped.  A directory that cannot be written is said
+        (once until it can) and the rest left for the next call.  Returns the paths
+        written."""
         sigs = sorted(s for s in self.signatures()
-                      if s not in have and not os.path.exists(finding_path(directory, s)))
+                      if s not in have and s not in self.bad
+                      and not os.path.exists(finding_path(directory, s)))
         written: list[str] = []
         for sig in sigs:
             text = self.finding(sig)
@@ -541,12 +553,18 @@ class Hub:
                 continue
             problem = _check_finding(sig, text)
             if problem is not None:
+                self.bad.add(sig)
                 self.say(f"pudthp: hub finding {sig}: {problem}; not copied")
                 continue
-            os.makedirs(directory, exist_ok=True)
-            path, new = archive(directory, sig, text)
+            try:
+                os.makedirs(directory, exist_ok=True)
+                path, new = archive(directory, sig, text)
+            except OSError as e:  # a full disk: the rest next time
+                self._cannot_write(directory, e)
+                return written
             if new:
                 written.append(path)
+        self.write_problems.pop(directory, None)
         return written
 
     # -- the atheris corpus ----------------------------------------------------------------
@@ -600,12 +618,14 @@ class Hub:
 
         def fetch() -> list[tuple[str, bytes]]:
             got: list[tuple[str, bytes]] = []
+            offset = state.offset  # kept only when every batch came: none is skipped
             while True:
                 hashes = [_text(h) for h in self.r.lrange(
-                    self.key("corpus_log"), state.offset, state.offset + PULL_BATCH - 1)]
+                    self.key("corpus_log"), offset, offset + PULL_BATCH - 1)]
                 if not hashes:
+                    state.offset = offset
                     return got
-                state.offset += len(hashes)
+                offset += len(hashes)
                 want = sorted({h for h in hashes if h not in state.hashes})
                 if want:
                     datas: list[Any] = self.r.hmget(self.key("corpus"), want)
@@ -613,14 +633,29 @@ class Hub:
 
         written = 0
         nothing: list[tuple[str, bytes]] = []
+        before = state.offset
         for h, data in self._call(fetch, nothing):
-            state.hashes.add(h)
             if hashlib.sha1(data).hexdigest() != h:
+                state.hashes.add(h)
                 continue
-            if _write_new(directory, h, data):
-                written += 1
+            try:
+                new = _write_new(directory, h, data)
+            except OSError as e:  # a full disk: read the log again next time
+                state.offset = before
+                self._cannot_write(directory, e)
+                return written
+            state.hashes.add(h)
+            written += new
             state.seen[h] = h
+        self.write_problems.pop(directory, None)
         return written
+
+    def _cannot_write(self, directory: str, e: OSError) -> None:
+        """Say why ``directory`` cannot take what the hub has: once, until it can."""
+        problem = f"{directory}: {e.strerror or e}"
+        if self.write_problems.get(directory) != problem:
+            self.say(f"pudthp: cannot copy from the hub to {problem}; trying again later")
+        self.write_problems[directory] = problem
 
     # -- statistics ------------------------------------------------------------------------
 
@@ -653,7 +688,13 @@ class Hub:
         """Every record of the hub's stats stream, oldest first."""
         nothing: list[Any] = []
         entries: list[Any] = self._call(lambda: self.r.xrange(self.key("stats")) or [], nothing)
-        return [json.loads(_text(fields[b"json"])) for _, fields in entries]
+        out: list[dict[str, Any]] = []
+        for _, fields in entries:  # an entry that is not a record is passed over
+            with contextlib.suppress(KeyError, ValueError, UnicodeDecodeError):
+                record = json.loads(_text(fields[b"json"]))
+                if isinstance(record, dict):
+                    out.append(record)
+        return out
 
 
 # --------------------------------------------------------------------------------------
@@ -701,7 +742,9 @@ def _files(directory: str) -> Iterable[str]:
 
 def _write_new(directory: str, name: str, data: bytes) -> bool:
     """Write ``directory/name`` unless it exists, via a temporary file beside the
-    directory (else in it, with a leading dot) renamed into place."""
+    directory (else in it, with a leading dot) linked into place, so the name never shows
+    a part of the file.  Raises OSError (a full disk, a read-only directory) with nothing
+    left under the name."""
     target = os.path.join(directory, name)
     if os.path.exists(target):
         return False
@@ -714,12 +757,14 @@ def _write_new(directory: str, name: str, data: bytes) -> bool:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.link(tmp, target)  # fails if the name appeared meanwhile: never overwrite
-    except FileExistsError:
-        return False
-    except OSError:
-        with open(target, "xb") as f:
-            f.write(data)
+        try:
+            os.link(tmp, target)  # fails if the name appeared meanwhile: never overwrite
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here (or across to the directory): rename
+            if os.path.exists(target):
+                return False
+            os.replace(tmp, target)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -201,24 +201,26 @@ class CampaignLink:
 
     # -- the end ---------------------------------------------------------------------------
 
-    def finish(self, s: Sample) -> list[str]:
+    def finish(self, s: Sample, stop: Callable[[], bool] = lambda: False) -> list[str]:
         """The last stats record and exchange; returns signatures copied in by it.  Before
-        the last pull it waits (``wait_for_peers``) for the machines meant to end about
-        when this one does, so campaigns that end together end with the same findings."""
+        the last pull it waits (``wait_for_peers``, until ``stop()``: a campaign stopped by
+        a signal does not wait) for the machines meant to end about when this one does, so
+        campaigns that end together end with the same findings."""
         new: list[str] = []
         if self.hub is not None:
             new = self.exchange()
             self.hub.announce(finished=self.clock())
-            if self.wait_for_peers():
-                new += self.exchange()
+            self.wait_for_peers(stop)
+            new += self.exchange()  # what a peer pushed as it ended, waited for or not
         self.record(s)
         self.close()
         return new
 
-    def wait_for_peers(self) -> bool:
+    def wait_for_peers(self, stop: Callable[[], bool] = lambda: False) -> bool:
         """Wait while another machine of the campaign that meant to end within
-        ``LINGER_SECONDS`` of this one has not said it finished (at most that long, and
-        never for a machine the hub cannot be asked about); True if any was waited for."""
+        ``LINGER_SECONDS`` of this one has not said it finished (at most that long, never
+        for a machine the hub cannot be asked about, and not once ``stop()``); True if
+        any was waited for."""
         hub = self.hub
         if hub is None:
             return False
@@ -231,7 +233,7 @@ class CampaignLink:
                 if m != hub.machine and isinstance(v.get("ends"), int | float)
                 and v.get("finished") is None and abs(v["ends"] - self.ends) <= LINGER_SECONDS
                 and now < v["ends"] + LINGER_SECONDS)
-            if not peers or now - start >= LINGER_SECONDS or not hub.up:
+            if not peers or now - start >= LINGER_SECONDS or not hub.up or stop():
                 return waited
             if not waited:
                 self.say(f"waiting up to {LINGER_SECONDS:g} s for {', '.join(peers)} to end "

@@ -199,7 +199,9 @@ class Observer:
     gate: Gate = field(default_factory=Gate)
     limit_hits: list[LimitExceeded] = field(default_factory=list)
     memory_exhausted: bool = False
-    idle_known: bool = False  # the current test case went idle on a known signature
+    # the current test case has no verdict of its own: it went idle on a known signature
+    # or stopped at a resource limit
+    inconclusive: bool = False
     known_hits: set[str] = field(default_factory=set)  # known signatures met again
 
     def program_started(self) -> None:
@@ -418,7 +420,7 @@ class PudthpMachine(RuleBasedStateMachine):
         self.live: set[int] = {0}
         self.idle = False  # a known finding or a stop ended this case: rules do nothing
         if self.OBSERVER is not None:
-            self.OBSERVER.idle_known = False
+            self.OBSERVER.inconclusive = False
         self.mapped: list[Range] = []  # ranges mmap mapped, newest last (for "mapped" places)
         # pages written lately, and pages a cut left mapped on purpose ("written" places)
         self.written: list[int] = []
@@ -558,6 +560,7 @@ class PudthpMachine(RuleBasedStateMachine):
         if obs is None:
             raise e
         obs.limit_hits.append(e)
+        obs.inconclusive = True
         if e.kind == "memory":
             obs.memory_exhausted = obs.stopped = True
             raise StopFuzzing from None
@@ -569,7 +572,7 @@ class PudthpMachine(RuleBasedStateMachine):
         obs = self.OBSERVER
         if obs is not None:
             if finding.signature in obs.known:
-                self.idle = obs.idle_known = True
+                self.idle = obs.inconclusive = True
                 obs.known_hits.add(finding.signature)
                 return
             obs.record(finding, program)

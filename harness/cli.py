@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from harness.limits import LimitExceeded, default_max_rss_mb, memory_error, memory_limit, time_limit
@@ -276,7 +277,7 @@ def _add_fuzz(sub: Any) -> None:
                       default=PROGRAM_MAX_SECONDS,
                       help="a program running longer is dropped, never a finding (default "
                       f"{PROGRAM_MAX_SECONDS:g})")
-    fuzz.add_argument("--example-db", metavar="DIR", default="corpus/hypothesis",
+    fuzz.add_argument("--example-db", metavar="DIR", default=None,
                       help="hypothesis: the example database, whose saved failures a "
                       "campaign replays first (default corpus/hypothesis)")
     fuzz.add_argument("--no-example-db", action="store_true",
@@ -323,10 +324,15 @@ def _overrides(items: list[str], command: str) -> dict[str, Any] | str:
     return overrides
 
 
+DEFAULT_EXAMPLE_DB = "corpus/hypothesis"
+
+
 def _cmd_fuzz(args: argparse.Namespace) -> int:
     import os
 
-
+    args.example_db_given = args.example_db is not None
+    if args.example_db is None:
+        args.example_db = DEFAULT_EXAMPLE_DB
     overrides = _overrides(args.config, "fuzz")
     if isinstance(overrides, str):
         return _error(overrides)
@@ -340,21 +346,33 @@ def _cmd_fuzz(args: argparse.Namespace) -> int:
         return _cmd_fuzz_atheris(args, overrides, workers)
     from fuzz.engine_hypothesis import STEPS_PER_PROGRAM, Campaign, run_campaign  # lazy
 
-    opened = _open_link(args, "hypothesis", overrides, None)  # bad --hub, --stats first
+    example_db: list[str | None] = [None]
+
+    def open_example_db() -> str | None:
+        """The example database directory, made; a problem only when it was asked for: the
+        default one that cannot be made (a read-only working directory) is done without."""
+        if args.no_example_db:
+            return None
+        problem = _dir_problem("--example-db", args.example_db)
+        if problem is None:
+            example_db[0] = args.example_db
+        elif args.example_db_given:
+            return problem
+        else:
+            print(f"pudthp fuzz: no example database ({problem}); nothing is replayed or "
+                  "saved", file=sys.stderr)
+        return None
+
+    # a bad --hub or --stats is said before the directory is made, and the directory
+    # before the hub is joined
+    opened = _open_link(args, "hypothesis", overrides, None, open_example_db)
     if isinstance(opened, str):
         return _error(opened)
     link, seed = opened
-    example_db = None if args.no_example_db else args.example_db
-    if example_db is not None:
-        problem = _dir_problem("--example-db", example_db)
-        if problem is not None:
-            if link is not None:
-                link.close()
-            return _error(problem)
     return run_campaign(Campaign(args.time, workers, overrides, args.findings, seed,
                                  impl=args.impl, max_ops=args.max_ops or STEPS_PER_PROGRAM,
                                  program_seconds=args.max_program_time,
-                                 max_rss=args.max_rss or None, example_db=example_db,
+                                 max_rss=args.max_rss or None, example_db=example_db[0],
                                  link=link))
 
 
@@ -374,15 +392,20 @@ def _dir_problem(flag: str, path: str, purpose: str = "write there") -> str | No
 
 
 def _open_link(args: argparse.Namespace, engine: str, overrides: dict[str, Any],
-               corpus: str | None) -> tuple[Any, int] | str:
+               corpus: str | None, check: Callable[[], str | None] = lambda: None
+               ) -> tuple[Any, int] | str:
     """The campaign's link to the hub and the stats file (None without either) and its
-    seed; or the one-line problem."""
+    seed; or the one-line problem.  ``check`` runs once the link is open and before it
+    joins the hub's campaign (a problem it returns is this function's)."""
     import random
 
     from fuzz.link import CampaignLink, LinkError, LinkOptions
 
     fallback = random.SystemRandom().randrange(1 << 32)
     if args.hub is None and args.stats is None:
+        problem = check()
+        if problem is not None:
+            return problem
         return None, args.seed if args.seed is not None else fallback
 
     def say(text: str) -> None:
@@ -391,6 +414,10 @@ def _open_link(args: argparse.Namespace, engine: str, overrides: dict[str, Any],
     try:
         link = CampaignLink.open(LinkOptions(args.hub, args.stats, args.campaign,
                                              args.machine), engine, args.findings, corpus, say)
+        problem = check()
+        if problem is not None:
+            link.close()
+            return problem
         seed = link.start(engine, overrides, args.seed, fallback, args.time)
     except LinkError as e:
         return str(e)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fuzz.engine_hypothesis import WorkerSpec, fuzz_inline
+from fuzz.engine_hypothesis import WorkerSpec, fuzz_inline, run_worker
 
 LIST_HEAD = {"deposit": "list_head"}
 
@@ -68,8 +68,11 @@ def test_a_replayed_case_of_a_known_signature_stays_in_the_database(tmp_path: Pa
     # The signature is known (another machine archived it): the replay goes idle instead
     # of failing, nothing is reported, and the saved case is still there afterwards.
     # (A budget of a few programs: Hypothesis ends a run at its budget, before it deletes.)
-    quiet = fuzz_inline(WorkerSpec(0, 5, LIST_HEAD, time_limit=None, max_runs=1,
-                                   max_examples=10, known=(str(first["signature"]),),
-                                   example_db=str(db)))
-    assert all(p["signature"] != first["signature"] for p in quiet)
+    messages: list[tuple[object, ...]] = []
+    run_worker(WorkerSpec(0, 5, LIST_HEAD, time_limit=None, max_runs=1, max_examples=10,
+                          known=(str(first["signature"]),), example_db=str(db)),
+               messages.append)
+    assert ("known", 0, first["signature"]) in messages  # a case went idle on it
+    assert all(m[2]["signature"] != first["signature"]  # type: ignore[index]
+               for m in messages if m[0] == "finding")
     assert saved <= db_files(db)

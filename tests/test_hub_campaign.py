@@ -114,7 +114,8 @@ def test_two_campaigns_share_findings_example_database_and_stats(tmp_path: Path)
              str(tmp_path / "C" / "findings"), "--example-db", str(tmp_path / "C" / "db")],
             capture_output=True, text=True, timeout=120)
         assert c.returncode == 1, c.stdout + c.stderr
-        assert "finding (new)" not in c.stderr
+        new_in_c = re.findall(r"finding \(new\) (\S+):", c.stderr)
+        assert not set(new_in_c) & set(fa)  # nothing the hub had is archived anew
         assert re.search(r"^  known .*\(archived by another machine; hit again\)$",
                          c.stdout, re.M), c.stdout
         assert set(findings(tmp_path, "C")) == set(fa)
@@ -166,9 +167,16 @@ def test_two_atheris_campaigns_cross_their_corpus(tmp_path: Path) -> None:
 def test_a_hub_stopped_mid_campaign_loses_no_local_finding(tmp_path: Path) -> None:
     proc, url = start(tmp_path / "hub")
     campaign = fuzz(url, tmp_path, "A")
-    time.sleep(3)
+    assert campaign.stderr is not None
+    head = ""
+    while "engine hypothesis" not in head:  # the campaign has joined and is running
+        line = campaign.stderr.readline()
+        assert line, "the campaign ended before it started"
+        head += line
+    time.sleep(1)
     stop(proc)  # the hub goes away while the campaign runs
     out, err = finish(campaign)
+    err = head + err
     said = [line for line in err.splitlines() if re.search(r": hub \S+ unreachable", line)]
     assert len(said) == 1, err  # said once, in one line
     listed = re.findall(r"^  (?:new|archived) +(\S+)  (\S+) ", out, re.M)

@@ -259,3 +259,81 @@ def test_a_peer_that_never_ends_is_waited_for_a_bounded_time_and_old_ones_not_at
     t[0] += 10.0
     a.finish(Sample(0, 0, 0))
     assert slept[0] == pytest.approx(LINGER_SECONDS, abs=1.0)  # for stuck only, bounded
+
+
+def test_a_findings_directory_that_cannot_be_written_is_said_once_and_tried_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fuzz.hub
+
+    server = fakeredis.FakeServer()
+    said: list[str] = []
+    a = make_link(server, tmp_path, "a")
+    b = make_link(server, tmp_path, "b", said)
+    a.start("hypothesis", {}, None, 1)
+    b.start("hypothesis", {}, None, 1)
+    found(a, "sig:a", 3)
+    a.exchange()
+    real = fuzz.hub.archive
+
+    def full(*args: Any, **kw: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fuzz.hub, "archive", full)  # b's disk is full
+    assert b.exchange() == []
+    assert b.exchange() == []
+    assert [line for line in said if "cannot copy" in line] == [
+        f"pudthp: cannot copy from the hub to {b.findings_dir}: No space left on device; "
+        "trying again later"]  # once, however often it is tried
+    monkeypatch.setattr(fuzz.hub, "archive", real)  # space again
+    assert b.exchange() == ["sig:a"]
+
+
+def test_a_corpus_input_that_cannot_be_written_is_pulled_again_later(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fuzz.hub
+
+    server = fakeredis.FakeServer()
+    a = make_link(server, tmp_path, "a")
+    b = make_link(server, tmp_path, "b")
+    assert a.corpus_dir is not None
+    assert b.corpus_dir is not None
+    Path(a.corpus_dir, "x").write_bytes(b"input of a")
+    a.start("atheris", {}, None, 1)
+    real = fuzz.hub._write_new
+
+    def full(*args: Any) -> bool:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fuzz.hub, "_write_new", full)
+    b.start("atheris", {}, None, 1)
+    assert os.listdir(b.corpus_dir) == []
+    monkeypatch.setattr(fuzz.hub, "_write_new", real)
+    b.exchange()
+    assert [Path(b.corpus_dir, n).read_bytes() for n in os.listdir(b.corpus_dir)] == [
+        b"input of a"]
+
+
+def test_an_error_reply_of_the_hub_is_an_outage_not_a_crash(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    import redis
+
+    server = fakeredis.FakeServer()
+    said: list[str] = []
+    clock = Clock()
+    link = make_link(server, tmp_path, "a", said, clock, stats=True)
+    link.start("hypothesis", {}, None, 1)
+    assert link.hub is not None
+
+    def misconf(*args: Any, **kw: Any) -> Any:  # what a hub with a full disk answers
+        raise redis.exceptions.ResponseError("MISCONF Redis is configured to save RDB "
+                                             "snapshots, but it's currently unable to persist")
+
+    monkeypatch.setattr(link.hub.r, "xadd", misconf)
+    link.tick(lambda: Sample(1, 10, 0), now=0.0)
+    assert sum("unreachable (MISCONF" in line for line in said) == 1
+    assert link.hub.pending() == 1  # queued, not lost
+    monkeypatch.undo()
+    clock.t += 10
+    link.tick(lambda: Sample(2, 20, 0), now=10.0)
+    assert [r["count"] for r in link.hub.read_stats()] == [10, 20]

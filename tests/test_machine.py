@@ -280,3 +280,23 @@ def test_fuzz_ctrl_c_stops_cleanly_with_findings_written(tmp_path: Path) -> None
     for f in written:
         assert json.loads(f.read_text())["meta"]["engine"] == "hypothesis"
         assert f.name in out
+
+
+def test_fuzz_in_a_directory_it_cannot_write_runs_without_the_default_example_database(
+        tmp_path: Path) -> None:
+    # /proc takes no new directory, even from root: the default corpus/hypothesis cannot be
+    # made there; the campaign says so in one line and runs without replays
+    run = subprocess.run([*PUDTHP, "fuzz", "--findings", str(tmp_path / "f"), "--time", "1",
+                          "--workers", "1"], capture_output=True, text=True, cwd="/proc",
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    notes = [line for line in run.stderr.splitlines() if "no example database" in line]
+    assert len(notes) == 1
+    assert notes[0].startswith("pudthp fuzz: no example database (--example-db "
+                               "corpus/hypothesis: ")
+    # asked for by name, the same directory is an error
+    named = subprocess.run([*PUDTHP, "fuzz", "--findings", str(tmp_path / "f"), "--time",
+                            "1", "--example-db", "/proc/x"], capture_output=True, text=True,
+                           timeout=120)
+    assert named.returncode == 2
+    assert named.stderr.startswith("pudthp: error: --example-db /proc/x: ")
