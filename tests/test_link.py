@@ -127,14 +127,20 @@ def test_findings_go_both_ways_and_the_hub_keeps_the_shorter(tmp_path: Path) -> 
     assert not b.to_push
 
 
-def test_the_atheris_corpus_crosses_by_content(tmp_path: Path) -> None:
+def corpus_pair(tmp_path: Path) -> tuple[CampaignLink, CampaignLink, str, str]:
+    """Two machines' links on one fake hub, with their corpus directories."""
     server = fakeredis.FakeServer()
     a = make_link(server, tmp_path, "a")
     b = make_link(server, tmp_path, "b")
     assert a.corpus_dir is not None
     assert b.corpus_dir is not None
-    Path(a.corpus_dir, "0123").write_bytes(b"input of a")
-    Path(b.corpus_dir, "4567").write_bytes(b"input of b")
+    return a, b, a.corpus_dir, b.corpus_dir
+
+
+def test_the_atheris_corpus_crosses_by_content(tmp_path: Path) -> None:
+    a, b, corpus_a, corpus_b = corpus_pair(tmp_path)
+    Path(corpus_a, "0123").write_bytes(b"input of a")
+    Path(corpus_b, "4567").write_bytes(b"input of b")
     a.start("atheris", {}, None, 1)
     b.start("atheris", {}, None, 1)  # pushes b's input, pulls a's
     a.exchange()  # pulls b's
@@ -142,8 +148,8 @@ def test_the_atheris_corpus_crosses_by_content(tmp_path: Path) -> None:
     def contents(d: str) -> set[bytes]:
         return {Path(d, n).read_bytes() for n in os.listdir(d)}
 
-    assert contents(a.corpus_dir) == contents(b.corpus_dir) == {b"input of a", b"input of b"}
-    assert hashlib.sha1(b"input of b").hexdigest() in os.listdir(a.corpus_dir)
+    assert contents(corpus_a) == contents(corpus_b) == {b"input of a", b"input of b"}
+    assert hashlib.sha1(b"input of b").hexdigest() in os.listdir(corpus_a)
     assert (a.corpus_out, a.corpus_in, b.corpus_out, b.corpus_in) == (1, 1, 1, 1)
 
 
@@ -292,12 +298,8 @@ def test_a_corpus_input_that_cannot_be_written_is_pulled_again_later(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import fuzz.hub
 
-    server = fakeredis.FakeServer()
-    a = make_link(server, tmp_path, "a")
-    b = make_link(server, tmp_path, "b")
-    assert a.corpus_dir is not None
-    assert b.corpus_dir is not None
-    Path(a.corpus_dir, "x").write_bytes(b"input of a")
+    a, b, corpus_a, corpus_b = corpus_pair(tmp_path)
+    Path(corpus_a, "x").write_bytes(b"input of a")
     a.start("atheris", {}, None, 1)
     real = fuzz.hub._write_new
 
@@ -306,11 +308,10 @@ def test_a_corpus_input_that_cannot_be_written_is_pulled_again_later(
 
     monkeypatch.setattr(fuzz.hub, "_write_new", full)
     b.start("atheris", {}, None, 1)
-    assert os.listdir(b.corpus_dir) == []
+    assert os.listdir(corpus_b) == []
     monkeypatch.setattr(fuzz.hub, "_write_new", real)
     b.exchange()
-    assert [Path(b.corpus_dir, n).read_bytes() for n in os.listdir(b.corpus_dir)] == [
-        b"input of a"]
+    assert [Path(corpus_b, n).read_bytes() for n in os.listdir(corpus_b)] == [b"input of a"]
 
 
 def test_an_error_reply_of_the_hub_is_an_outage_not_a_crash(tmp_path: Path,
