@@ -297,7 +297,7 @@ def run_worker(spec: WorkerSpec, emit: Callable[[Message], None],
     if spec.example_db is not None:
         database = KeepKnown(example_database(
             spec.hub, spec.example_db, campaign=spec.hub_campaign,
-            say=lambda text: emit(("note", spec.index, text.removeprefix("pudthp: ")))), obs)
+            say=lambda text: emit(("note", spec.index, text))), obs)
         machine._hypothesis_internal_add_digest = database_digest(
             spec.overrides, spec.impl, spec.check)
     reuse = database is not None
@@ -744,7 +744,7 @@ class _Parent:
 
     def line(self, text: str) -> None:
         _clear(self.c.err, self.tty)
-        print(f"pudthp fuzz: {text.removeprefix('pudthp: ')}", file=self.c.err, flush=True)
+        print(f"pudthp fuzz: {text}", file=self.c.err, flush=True)
 
     # -- the hub and the stats -----------------------------------------------------------
 

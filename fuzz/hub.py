@@ -183,7 +183,8 @@ def _now() -> str:
 
 
 def _say_stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    """The default ``say``: the client's lines are bare, the caller names the program."""
+    print(f"pudthp: {line}", file=sys.stderr, flush=True)
 
 
 def redis_client(address: HubAddress) -> redis.Redis:
@@ -291,7 +292,7 @@ class Hub:
 
     def _lost(self, e: BaseException) -> None:
         if self.up:
-            self.say(f"pudthp: hub {self.label} unreachable ({_first_line(e)}); carrying on "
+            self.say(f"hub {self.label} unreachable ({_first_line(e)}); carrying on "
                      f"locally, retrying every {self.retry_seconds:g} s")
         self.up = False
         self.retry_at = self.clock() + self.retry_seconds
@@ -317,14 +318,14 @@ class Hub:
         except CONNECTION_ERRORS:
             return False
         self.up = True
-        self.say(f"pudthp: hub {self.label} reachable again; {pushed} queued item(s) pushed")
+        self.say(f"hub {self.label} reachable again; {pushed} queued item(s) pushed")
         return True
 
     def _refuse(self, message: str) -> None:
         self.refused = message
         self.queue.clear()  # the local archive and --stats file keep it all
         self.stats_queue.clear()
-        self.say(f"pudthp: {message}; carrying on locally without the hub")
+        self.say(f"{message}; carrying on locally without the hub")
 
     def _call(self, fn: Callable[[], T], default: T) -> T:
         if not self._ready():
@@ -554,7 +555,7 @@ class Hub:
             problem = _check_finding(sig, text)
             if problem is not None:
                 self.bad.add(sig)
-                self.say(f"pudthp: hub finding {sig}: {problem}; not copied")
+                self.say(f"hub finding {sig}: {problem}; not copied")
                 continue
             try:
                 os.makedirs(directory, exist_ok=True)
@@ -654,7 +655,7 @@ class Hub:
         """Say why ``directory`` cannot take what the hub has: once, until it can."""
         problem = f"{directory}: {e.strerror or e}"
         if self.write_problems.get(directory) != problem:
-            self.say(f"pudthp: cannot copy from the hub to {problem}; trying again later")
+            self.say(f"cannot copy from the hub to {problem}; trying again later")
         self.write_problems[directory] = problem
 
     # -- statistics ------------------------------------------------------------------------
@@ -676,7 +677,7 @@ class Hub:
             self.stats_queue.popleft()
             self.stats_dropped += 1
             if self.stats_dropped == 1:
-                self.say(f"pudthp: hub unreachable for {MAX_QUEUED_STATS} stats records; "
+                self.say(f"hub unreachable for {MAX_QUEUED_STATS} stats records; "
                          f"the oldest queued are dropped (the local --stats file has them)")
         self.stats_queue.append(line)
         return "queued"
@@ -818,7 +819,7 @@ class TolerantDatabase(ExampleDatabase):
             result = fn()
         except CONNECTION_ERRORS as e:
             if self.up:
-                self.say(f"pudthp: example database {self.label} unreachable "
+                self.say(f"example database {self.label} unreachable "
                          f"({_first_line(e)}); using the local one only until it is back")
             self.up = False
             self.retry_at = self.clock() + self.retry_seconds

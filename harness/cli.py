@@ -409,7 +409,7 @@ def _open_link(args: argparse.Namespace, engine: str, overrides: dict[str, Any],
         return None, args.seed if args.seed is not None else fallback
 
     def say(text: str) -> None:
-        print(f"pudthp fuzz: {text.removeprefix('pudthp: ')}", file=sys.stderr, flush=True)
+        print(f"pudthp fuzz: {text}", file=sys.stderr, flush=True)
 
     try:
         link = CampaignLink.open(LinkOptions(args.hub, args.stats, args.campaign,
@@ -799,7 +799,7 @@ def _cmd_hub_pull(args: argparse.Namespace) -> int:
     except HubError as e:
         return _error(str(e))
     if not hub.up:
-        print(f"pudthp: cannot run here: {said[0].removeprefix('pudthp: ').split(';')[0]}",
+        print(f"pudthp: cannot run here: {said[0].split(';')[0]}",
               file=sys.stderr)
         return EXIT_CANNOT_RUN
     had = archived_signatures(args.findings)
@@ -809,7 +809,7 @@ def _cmd_hub_pull(args: argparse.Namespace) -> int:
         return _error(f"--findings {args.findings}: {e.strerror or e}")
     on_hub = hub.signatures()
     for line in said:
-        print(line, file=sys.stderr)
+        print(f"pudthp: {line}", file=sys.stderr)
     if not hub.up:
         print("pudthp: cannot run here: the hub went away while copying", file=sys.stderr)
         return EXIT_CANNOT_RUN

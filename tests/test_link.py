@@ -288,7 +288,7 @@ def test_a_findings_directory_that_cannot_be_written_is_said_once_and_tried_agai
     assert b.exchange() == []
     assert b.exchange() == []
     assert [line for line in said if "cannot copy" in line] == [
-        f"pudthp: cannot copy from the hub to {b.findings_dir}: No space left on device; "
+        f"cannot copy from the hub to {b.findings_dir}: No space left on device; "
         "trying again later"]  # once, however often it is tried
     monkeypatch.setattr(fuzz.hub, "archive", real)  # space again
     assert b.exchange() == ["sig:a"]
