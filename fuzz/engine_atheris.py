@@ -160,11 +160,7 @@ class _Worker:
         return self.ops_done + self.ops
 
     def total_tally(self) -> Tally:
-        t = Tally()
-        t.merge(self.tally_done)
-        if self.tally is not None:
-            t.merge(self.tally)
-        return t
+        return Tally.total((self.tally_done, self.tally))
 
 
 @dataclass
@@ -264,6 +260,7 @@ class _Run:
         self.known_file = os.path.join(self.tmp, "known.txt")
         self.archived = archived_signatures(c.findings_dir)
         self.known_hits: set[str] = set()
+        self.offered: set[str] = set()  # known hits offered to the hub
         self.found: list[_Found] = []
         self.signatures: set[str] = set()
         self.warnings: list[str] = []
@@ -567,10 +564,7 @@ class _Run:
 
     def tally(self) -> Tally:
         """The model-state features of every program the targets ran so far."""
-        tally = Tally()
-        for w in self.slots:
-            tally.merge(w.total_tally())
-        return tally
+        return Tally.total(w.total_tally() for w in self.slots)
 
     def sample(self) -> Sample:
         execs = sum(w.total_execs() for w in self.slots)
@@ -581,12 +575,18 @@ class _Run:
                       ft=max(w.ft for w in self.slots) if inited else None,
                       features=features(self.tally()))
 
+    def offer_known(self, link: CampaignLink) -> None:
+        """Offer the hub the archived findings the targets met again, each once."""
+        # a copy made in one step: the reader threads add to known_hits meanwhile
+        for sig in sorted(self.known_hits - self.offered):
+            self.offered.add(sig)
+            if sig in self.archived:
+                link.archived(sig, self.archived[sig])
+
     def sync(self, link: CampaignLink, now: float) -> None:
         """Offer the hub what the targets met again, take what other machines found into
         the known signatures."""
-        for sig in self.known_hits:
-            if sig in self.archived:
-                link.archived(sig, self.archived[sig])
+        self.offer_known(link)
         self.known_from(link, link.tick(self.sample, now))
 
     def known_from(self, link: CampaignLink, sigs: list[str]) -> None:
@@ -808,9 +808,7 @@ def _campaign(c: AtherisCampaign, signals: list[int]) -> int:
         run.retry(force=True)
         ended = time.monotonic()  # the rate leaves out the wait for other machines
         if c.link is not None:
-            for sig in run.known_hits:
-                if sig in run.archived:
-                    c.link.archived(sig, run.archived[sig])
+            run.offer_known(c.link)
             with contextlib.suppress(KeyboardInterrupt):  # a signal: on to the summary
                 run.known_from(c.link, c.link.finish(run.sample(), stop=lambda: bool(signals)))
         run.progress_clear()
