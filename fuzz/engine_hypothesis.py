@@ -750,12 +750,7 @@ class _Parent:
 
     def tally(self) -> Tally:
         """The model-state features of every program the workers ran so far."""
-        t = Tally()
-        for s in self.slots:
-            t.merge(s.tally_done)
-            if s.tally is not None:
-                t.merge(s.tally)
-        return t
+        return Tally.total(t for s in self.slots for t in (s.tally_done, s.tally))
 
     def sample(self) -> Sample:
         return Sample(programs=sum(s.total()[0] for s in self.slots),

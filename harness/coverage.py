@@ -23,6 +23,7 @@ here); what is read of the reference state, and what each op will meet, is
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -533,6 +534,15 @@ class Tally:
         self.programs += other.programs
         self.ops += other.ops
         self.unclassified += other.unclassified
+
+    @classmethod
+    def total(cls, tallies: Iterable[Tally | None]) -> Tally:
+        """The sum of ``tallies`` (a None, a process that said nothing yet, adds nothing)."""
+        t = cls()
+        for other in tallies:
+            if other is not None:
+                t.merge(other)
+        return t
 
     def to_json(self) -> dict[str, Any]:
         return {"hits": list(self.hits), "programs_hit": list(self.programs_hit),
