@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from typing import Any, NoReturn
 
 from harness.limits import LimitExceeded, default_max_rss_mb, memory_error, memory_limit, time_limit
@@ -346,34 +345,38 @@ def _cmd_fuzz(args: argparse.Namespace) -> int:
         return _cmd_fuzz_atheris(args, overrides, workers)
     from fuzz.engine_hypothesis import STEPS_PER_PROGRAM, Campaign, run_campaign  # lazy
 
-    example_db: list[str | None] = [None]
+    link = _open_link(args, "hypothesis", None)  # a bad --hub or --stats is said first,
+    if isinstance(link, str):
+        return _error(link)
+    example_db, problem = _example_db(args)  # then the directory is made,
+    if problem is None:
+        seed = _start_link(link, args, "hypothesis", overrides)  # then the hub joined
+        if isinstance(seed, int):
+            return run_campaign(Campaign(
+                args.time, workers, overrides, args.findings, seed, impl=args.impl,
+                max_ops=args.max_ops or STEPS_PER_PROGRAM,
+                program_seconds=args.max_program_time, max_rss=args.max_rss or None,
+                example_db=example_db, link=link))
+        problem = seed
+    if link is not None:
+        link.close()
+    return _error(problem)
 
-    def open_example_db() -> str | None:
-        """The example database directory, made; a problem only when it was asked for: the
-        default one that cannot be made (a read-only working directory) is done without."""
-        if args.no_example_db:
-            return None
-        problem = _dir_problem("--example-db", args.example_db)
-        if problem is None:
-            example_db[0] = args.example_db
-        elif args.example_db_given:
-            return problem
-        else:
-            print(f"pudthp fuzz: no example database ({problem}); nothing is replayed or "
-                  "saved", file=sys.stderr)
-        return None
 
-    # a bad --hub or --stats is said before the directory is made, and the directory
-    # before the hub is joined
-    opened = _open_link(args, "hypothesis", overrides, None, open_example_db)
-    if isinstance(opened, str):
-        return _error(opened)
-    link, seed = opened
-    return run_campaign(Campaign(args.time, workers, overrides, args.findings, seed,
-                                 impl=args.impl, max_ops=args.max_ops or STEPS_PER_PROGRAM,
-                                 program_seconds=args.max_program_time,
-                                 max_rss=args.max_rss or None, example_db=example_db[0],
-                                 link=link))
+def _example_db(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The example database directory, made (None: none), or the one-line problem.  The
+    default one that cannot be made (a read-only working directory) is done without,
+    said; one asked for by name is a problem."""
+    if args.no_example_db:
+        return None, None
+    problem = _dir_problem("--example-db", args.example_db)
+    if problem is None:
+        return args.example_db, None
+    if args.example_db_given:
+        return None, problem
+    print(f"pudthp fuzz: no example database ({problem}); nothing is replayed or saved",
+          file=sys.stderr)
+    return None, None
 
 
 def _dir_problem(flag: str, path: str, purpose: str = "write there") -> str | None:
@@ -391,37 +394,39 @@ def _dir_problem(flag: str, path: str, purpose: str = "write there") -> str | No
     return None if problem is None else f"{flag} {path}: cannot {purpose}: {problem}"
 
 
-def _open_link(args: argparse.Namespace, engine: str, overrides: dict[str, Any],
-               corpus: str | None, check: Callable[[], str | None] = lambda: None
-               ) -> tuple[Any, int] | str:
-    """The campaign's link to the hub and the stats file (None without either) and its
-    seed; or the one-line problem.  ``check`` runs once the link is open and before it
-    joins the hub's campaign (a problem it returns is this function's)."""
-    import random
-
-    from fuzz.link import CampaignLink, LinkError, LinkOptions
-
-    fallback = random.SystemRandom().randrange(1 << 32)
+def _open_link(args: argparse.Namespace, engine: str, corpus: str | None) -> Any:
+    """The campaign's ``fuzz.link.CampaignLink`` to the hub and the stats file (None
+    without either), not yet joined to the hub's campaign; or the one-line problem (a
+    str).  Typed ``Any``: this module names nothing of ``fuzz`` at module level."""
     if args.hub is None and args.stats is None:
-        problem = check()
-        if problem is not None:
-            return problem
-        return None, args.seed if args.seed is not None else fallback
+        return None
+    from fuzz.link import CampaignLink, LinkError, LinkOptions  # lazy: the allowed edge
 
     def say(text: str) -> None:
         print(f"pudthp fuzz: {text}", file=sys.stderr, flush=True)
 
     try:
-        link = CampaignLink.open(LinkOptions(args.hub, args.stats, args.campaign,
+        return CampaignLink.open(LinkOptions(args.hub, args.stats, args.campaign,
                                              args.machine), engine, args.findings, corpus, say)
-        problem = check()
-        if problem is not None:
-            link.close()
-            return problem
-        seed = link.start(engine, overrides, args.seed, fallback, args.time)
     except LinkError as e:
         return str(e)
-    return link, seed
+
+
+def _start_link(link: Any, args: argparse.Namespace, engine: str,
+                overrides: dict[str, Any]) -> int | str:
+    """The campaign's seed (--seed, a block of the hub's, or a random one), the hub's
+    campaign joined; or the one-line problem (a hub running other code)."""
+    import random
+
+    from fuzz.link import LinkError
+
+    fallback = random.SystemRandom().randrange(1 << 32)
+    if link is None:
+        return args.seed if args.seed is not None else fallback
+    try:
+        return link.start(engine, overrides, args.seed, fallback, args.time)
+    except LinkError as e:
+        return str(e)
 
 
 def _cmd_fuzz_atheris(args: argparse.Namespace, overrides: dict[str, Any],
@@ -437,10 +442,12 @@ def _cmd_fuzz_atheris(args: argparse.Namespace, overrides: dict[str, Any],
         return _error(problem)
     from fuzz.engine_atheris import MAX_OPS, AtherisCampaign, run_atheris_campaign  # lazy
 
-    opened = _open_link(args, "atheris", overrides, args.corpus)
-    if isinstance(opened, str):
-        return _error(opened)
-    link, seed = opened
+    link = _open_link(args, "atheris", args.corpus)
+    if isinstance(link, str):
+        return _error(link)
+    seed = _start_link(link, args, "atheris", overrides)
+    if isinstance(seed, str):
+        return _error(seed)
     return run_atheris_campaign(AtherisCampaign(
         args.time, workers, overrides, args.findings, args.corpus, seed, impl=args.impl,
         max_ops=args.max_ops or MAX_OPS, program_seconds=args.max_program_time,
