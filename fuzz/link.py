@@ -60,8 +60,7 @@ class CampaignLink:
     corpus_dir: str | None
     say: Callable[[str], None]
     hub: Hub | None = None
-    stats: StatsWriter | None = None  # builds the records; writes --stats if given
-    stats_file: str | None = None
+    stats: StatsWriter | None = None  # builds the records; writes --stats (its path) if given
     pushed: set[str] = field(default_factory=set)  # signatures offered to the hub
     local: set[str] = field(default_factory=set)  # signatures archived locally
     to_push: dict[str, str] = field(default_factory=dict)  # signature -> archived file
@@ -90,7 +89,6 @@ class CampaignLink:
                 if o.stats is not None:
                     Path(o.stats).parent.mkdir(parents=True, exist_ok=True)
                 link.stats = StatsWriter(o.stats, machine, engine)
-                link.stats_file = o.stats
             except OSError as e:
                 link.close()
                 raise LinkError(f"--stats {o.stats}: {e.strerror or e}") from None
@@ -192,7 +190,7 @@ class CampaignLink:
         try:
             self.stats.append(line)
         except OSError as e:
-            self.say(f"--stats {self.stats_file}: cannot write ({e.strerror or e}); the "
+            self.say(f"--stats {self.stats.path}: cannot write ({e.strerror or e}); the "
                      "file gets no more records")
             self.stats.close()
             self.stats.f = None

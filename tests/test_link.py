@@ -48,8 +48,7 @@ def make_link(server: fakeredis.FakeServer, root: Path, machine: str,
     corpus.mkdir()
     writer = StatsWriter(str(root / machine / "stats.jsonl") if stats else None, machine,
                          "atheris")
-    return CampaignLink(str(findings), str(corpus), sink.append, hub=hub, stats=writer,
-                        stats_file=writer.path)
+    return CampaignLink(str(findings), str(corpus), sink.append, hub=hub, stats=writer)
 
 
 def found(link: CampaignLink, signature: str, nops: int) -> str:
@@ -168,8 +167,9 @@ def test_stats_records_go_to_the_file_and_the_hub_stream_every_interval(
     for now in (0.0, 1.0, 4.9, 5.0, 9.9, 10.0):  # a record at 0, 5 and 10 s
         link.tick(sample, now=now)
     link.finish(sample())
-    assert link.stats_file is not None
-    lines = read_stats(link.stats_file)
+    assert link.stats is not None
+    assert link.stats.path is not None
+    lines = read_stats(link.stats.path)
     assert [r["count"] for r in lines] == [100, 200, 300, 400]
     assert lines[0]["features_new"] == ["fault:pud:alloc"]
     assert lines[1]["features_new"] == []
@@ -188,8 +188,9 @@ def test_a_hub_lost_mid_campaign_loses_nothing_and_catches_up(tmp_path: Path) ->
     link.tick(lambda: Sample(1, 10, 1), now=0.0)
     link.tick(lambda: Sample(2, 20, 1), now=10.0)
     assert Path(path).exists()  # the local archive is written whatever the hub does
-    assert link.stats_file is not None
-    assert [r["count"] for r in read_stats(link.stats_file)] == [10, 20]
+    assert link.stats is not None
+    assert link.stats.path is not None
+    assert [r["count"] for r in read_stats(link.stats.path)] == [10, 20]
     assert sum("unreachable" in line for line in said) == 1  # said once
     server.connected = True
     clock.t += 10  # the client's retry time
