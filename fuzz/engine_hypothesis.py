@@ -575,7 +575,10 @@ class _Parent:
         self.signatures: set[str] = set()
         self.warnings: list[str] = []
         self.limits: dict[str, int] = {}
-        self.hub_known: set[str] = set()  # signatures other machines found
+        # signatures other machines found: the workers start knowing what is on the hub
+        # (they go idle on it) and are told what comes later
+        hub = c.link.hub if c.link is not None else None
+        self.hub_known: set[str] = hub.signatures() if hub is not None else set()
         self.known_hits: set[str] = set()  # ... that this campaign's programs met too
         self.signals: list[int] = []
         self.stopping = False
@@ -847,9 +850,6 @@ def run_campaign(c: Campaign) -> int:
     """The whole campaign; returns the exit status (0 nothing, 1 findings, 130 Ctrl-C, 143
     SIGTERM)."""
     parent = _Parent(c)
-    if c.link is not None and c.link.hub is not None:
-        # what any machine archived: the workers start knowing it (they go idle on it)
-        parent.hub_known = c.link.hub.signatures()
     cfg = Config.from_json(c.overrides)
     seeds = [worker_seed(c.seed, i, 0, c.workers) for i in range(c.workers)]
     stale = remove_stale_temporaries(c.findings_dir)
