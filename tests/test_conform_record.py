@@ -224,6 +224,13 @@ def test_a_sigkilled_conform_is_restored_swap_device_included(tmp_path: Path) ->
     os.killpg(proc.pid, signal.SIGKILL)  # the controller and its mm processes
     proc.communicate(timeout=60)
     with live.run_lock():
+        if not os.path.exists(live.RECORD_PATH):
+            # Another conformance run (a test on another xdist worker) took the lock the
+            # kill freed before this test could, and repaired the machine first, as every
+            # run does: the killed run's changes are gone all the same.
+            assert knob_values() == before
+            assert zram_state() == (False, "0")
+            return
         changed = knob_values()
         assert changed != before, "the kill came before any knob was set"
         assert changed[f"{THP}/defrag"] == "always"
