@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pudthp_fast.heap import tune_heap
 from pudthp_fast.incremental import check_invariants_incremental
 from pudthp_fast.invariants import check_invariants
 from pudthp_fast.memory import FaultOOM, copy_page_range, follow_page, handle_mm_fault
@@ -36,6 +37,7 @@ class FastModel:
     incremental_checks = True
 
     def __init__(self, cfg: Config) -> None:
+        tune_heap()
         self.cfg = cfg
         self.st = FastState(cfg)
         mm_alloc(self.st)
