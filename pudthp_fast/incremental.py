@@ -155,35 +155,36 @@ class IncState:
         self.sizes: tuple[int, ...] = ()  # the state's capacities at the last fit()
 
     def fit(self, st: FastState) -> None:
-        """Grow every array to the state's current capacities."""
+        """Grow every array to the state's current capacities, copying only what the state
+        has used so far (every row written here is one of those)."""
         nt = st.t_state.shape[0]
         if self.m_state.shape[0] < nt:
-            self.m_state = grow(self.m_state, nt)
-            self.m_level = grow(self.m_level, nt)
-            self.m_mm = grow(self.m_mm, nt)
-            self.m_row = grow(self.m_row, nt)
-            self.named = grow(self.named, nt)
-            self.parent = grow(self.parent, nt, -1)
-            self.m_w16 = grow(self.m_w16, nt)
-            self.chain_cnt = grow(self.chain_cnt, nt)
-            self.unit_of = grow(self.unit_of, nt)
+            self.m_state = grow(self.m_state, nt, used=st.next_pt)
+            self.m_level = grow(self.m_level, nt, used=st.next_pt)
+            self.m_mm = grow(self.m_mm, nt, used=st.next_pt)
+            self.m_row = grow(self.m_row, nt, used=st.next_pt)
+            self.named = grow(self.named, nt, used=st.next_pt)
+            self.parent = grow(self.parent, nt, -1, used=st.next_pt)
+            self.m_w16 = grow(self.m_w16, nt, used=st.next_pt)
+            self.chain_cnt = grow(self.chain_cnt, nt, used=st.next_pt)
+            self.unit_of = grow(self.unit_of, nt, used=st.next_pt)
         nr = st.e_kind.shape[0]
         if self.me_kind.shape[0] < nr:
-            self.me_kind = grow(self.me_kind, nr)
-            self.me_id = grow(self.me_id, nr)
-            self.me_page = grow(self.me_page, nr)
-            self.me_bits = grow(self.me_bits, nr)
+            self.me_kind = grow(self.me_kind, nr, used=st.next_row)
+            self.me_id = grow(self.me_id, nr, used=st.next_row)
+            self.me_page = grow(self.me_page, nr, used=st.next_row)
+            self.me_bits = grow(self.me_bits, nr, used=st.next_row)
         nf = st.f_live.shape[0]
         if self.mf_live.shape[0] < nf:
-            self.mf_live = grow(self.mf_live, nf, False)
-            self.mf_nr = grow(self.mf_nr, nf)
-            self.mf_base = grow(self.mf_base, nf)
-            self.mf_order = grow(self.mf_order, nf)
-            self.leaves = grow(self.leaves, nf)
-            self.ptes = grow(self.ptes, nf)
-            self.leaf_mm = grow(self.leaf_mm, nf)
-            self.wleaf = grow(self.wleaf, nf)
-            self.contrib = grow(self.contrib, nf)
+            self.mf_live = grow(self.mf_live, nf, False, used=st.next_folio)
+            self.mf_nr = grow(self.mf_nr, nf, used=st.next_folio)
+            self.mf_base = grow(self.mf_base, nf, used=st.next_folio)
+            self.mf_order = grow(self.mf_order, nf, used=st.next_folio)
+            self.leaves = grow(self.leaves, nf, used=st.next_folio)
+            self.ptes = grow(self.ptes, nf, used=st.next_folio)
+            self.leaf_mm = grow(self.leaf_mm, nf, used=st.next_folio)
+            self.wleaf = grow(self.wleaf, nf, used=st.next_folio)
+            self.contrib = grow(self.contrib, nf, used=st.next_folio)
         nmm = len(st.mms)
         if self.per_mm.shape[0] < nmm or self.per_mm.shape[1] < nf:
             out = np.zeros((max(nmm, self.per_mm.shape[0]), max(nf, self.per_mm.shape[1])),
@@ -196,10 +197,10 @@ class IncState:
             self.ntables = grow(self.ntables, nmm)
         npool = st.p_mapcount.shape[0]
         if self.emc.shape[0] < npool:
-            self.emc = grow(self.emc, npool, -1)
-            self.msum = grow(self.msum, npool)
-            self.msq = grow(self.msq, npool)
-            self.wcnt = grow(self.wcnt, npool)
+            self.emc = grow(self.emc, npool, -1, used=st.next_page)
+            self.msum = grow(self.msum, npool, used=st.next_page)
+            self.msq = grow(self.msq, npool, used=st.next_page)
+            self.wcnt = grow(self.wcnt, npool, used=st.next_page)
         ns = st.s_count.shape[0]
         if self.srefs.shape[0] < ns:
             self.srefs = grow(self.srefs, ns)

@@ -59,9 +59,12 @@ U64 = np.uint64
 Arr = npt.NDArray[Any]
 
 
-def grow(a: Arr, need: int, fill: int | bool = 0, chunk: int = 64, part: int = 2) -> Arr:
+def grow(a: Arr, need: int, fill: int | bool = 0, chunk: int = 64, part: int = 2,
+         used: int | None = None) -> Arr:
     """``a`` with at least ``need`` rows, new rows ``fill``: ``need`` rounded up to a chunk
-    of ``max(chunk, rows // part)`` (amortised growth, at most ``1 / part`` unused)."""
+    of ``max(chunk, rows // part)`` (amortised growth, at most ``1 / part`` unused).
+    ``used``: the rows ever written, every later one still ``fill``; only those are copied,
+    so the unused capacity stays memory the kernel has not handed out yet."""
     n = a.shape[0]
     if need <= n:
         return a
@@ -70,7 +73,8 @@ def grow(a: Arr, need: int, fill: int | bool = 0, chunk: int = 64, part: int = 2
     shape = (new_n, *a.shape[1:])
     # np.zeros takes memory the kernel hands out already zeroed: only the copy touches it
     out = np.zeros(shape, a.dtype) if fill == 0 else np.full(shape, fill, dtype=a.dtype)
-    out[:n] = a
+    k = n if used is None else min(n, used)
+    out[:k] = a[:k]
     return out
 
 
@@ -218,16 +222,16 @@ class FastState:
         tid = self.next_pt
         self.next_pt += n
         if self.next_pt > self.t_level.shape[0]:
-            need = self.next_pt
-            self.t_level = grow(self.t_level, need)
-            self.t_mm = grow(self.t_mm, need)
-            self.t_state = grow(self.t_state, need)
-            self.t_w8 = grow(self.t_w8, need)
-            self.t_w16 = grow(self.t_w16, need)
-            self.t_addr = grow(self.t_addr, need)
-            self.t_row = grow(self.t_row, need)
+            need, u = self.next_pt, tid
+            self.t_level = grow(self.t_level, need, used=u)
+            self.t_mm = grow(self.t_mm, need, used=u)
+            self.t_state = grow(self.t_state, need, used=u)
+            self.t_w8 = grow(self.t_w8, need, used=u)
+            self.t_w16 = grow(self.t_w16, need, used=u)
+            self.t_addr = grow(self.t_addr, need, used=u)
+            self.t_row = grow(self.t_row, need, used=u)
             self.t_rowl.extend([0] * (self.t_row.shape[0] - len(self.t_rowl)))
-            self.t_touch = grow(self.t_touch, need, False)
+            self.t_touch = grow(self.t_touch, need, False, used=u)
         return tid
 
     def row(self, t: int) -> int:
@@ -273,10 +277,10 @@ class FastState:
         self.next_row += n
         if self.next_row > self.e_kind.shape[0]:
             need, c = self.next_row, self.row_chunk
-            self.e_kind = grow(self.e_kind, need, 0, c)
-            self.e_id = grow(self.e_id, need, 0, c)
-            self.e_page = grow(self.e_page, need, 0, c)
-            self.e_bits = grow(self.e_bits, need, 0, c)
+            self.e_kind = grow(self.e_kind, need, 0, c, used=first)
+            self.e_id = grow(self.e_id, need, 0, c, used=first)
+            self.e_page = grow(self.e_page, need, 0, c, used=first)
+            self.e_bits = grow(self.e_bits, need, 0, c, used=first)
         return first
 
     def release_rows(self, ts: Arr) -> None:
@@ -314,24 +318,24 @@ class FastState:
         self.next_folio += count
         need = self.next_folio
         if need > self.f_order.shape[0]:
-            self.f_order = grow(self.f_order, need)
-            self.f_node = grow(self.f_node, need)
-            self.f_nr = grow(self.f_nr, need)
-            self.f_base = grow(self.f_base, need)
-            self.f_ref = grow(self.f_ref, need)
-            self.f_pin = grow(self.f_pin, need)
-            self.f_entire = grow(self.f_entire, need, -1)
-            self.f_large = grow(self.f_large, need, -1)
-            self.f_npm = grow(self.f_npm, need)
-            self.f_mmid = grow(self.f_mmid, need)
-            self.f_mmc = grow(self.f_mmc, need, -1)
-            self.f_shared = grow(self.f_shared, need, False)
-            self.f_dirty = grow(self.f_dirty, need, False)
-            self.f_swapcache = grow(self.f_swapcache, need, False)
-            self.f_partial = grow(self.f_partial, need, False)
-            self.f_deferred = grow(self.f_deferred, need, False)
-            self.f_live = grow(self.f_live, need, False)
-            self.f_touch = grow(self.f_touch, need, False)
+            self.f_order = grow(self.f_order, need, used=first)
+            self.f_node = grow(self.f_node, need, used=first)
+            self.f_nr = grow(self.f_nr, need, used=first)
+            self.f_base = grow(self.f_base, need, used=first)
+            self.f_ref = grow(self.f_ref, need, used=first)
+            self.f_pin = grow(self.f_pin, need, used=first)
+            self.f_entire = grow(self.f_entire, need, -1, used=first)
+            self.f_large = grow(self.f_large, need, -1, used=first)
+            self.f_npm = grow(self.f_npm, need, used=first)
+            self.f_mmid = grow(self.f_mmid, need, used=first)
+            self.f_mmc = grow(self.f_mmc, need, -1, used=first)
+            self.f_shared = grow(self.f_shared, need, False, used=first)
+            self.f_dirty = grow(self.f_dirty, need, False, used=first)
+            self.f_swapcache = grow(self.f_swapcache, need, False, used=first)
+            self.f_partial = grow(self.f_partial, need, False, used=first)
+            self.f_deferred = grow(self.f_deferred, need, False, used=first)
+            self.f_live = grow(self.f_live, need, False, used=first)
+            self.f_touch = grow(self.f_touch, need, False, used=first)
         return first
 
     def new_pages(self, n: int) -> int:
@@ -340,9 +344,9 @@ class FastState:
         self.next_page += n
         if self.next_page > self.p_mapcount.shape[0]:
             need, c = self.next_page, self.page_chunk
-            self.p_mapcount = grow(self.p_mapcount, need, -1, c, 4)
-            self.p_exclusive = grow(self.p_exclusive, need, False, c, 4)
-            self.p_data = grow(self.p_data, need, 0, c, 4)
+            self.p_mapcount = grow(self.p_mapcount, need, -1, c, 4, used=base)
+            self.p_exclusive = grow(self.p_exclusive, need, False, c, 4, used=base)
+            self.p_data = grow(self.p_data, need, 0, c, 4, used=base)
         return base
 
     def new_slots(self, n: int) -> int:
