@@ -5,7 +5,8 @@
 - ``harness`` (programs, runner, lockstep, oracle, shrink, corpus, bench, CLI, conformance)
   never imports ``fuzz`` at module level, and only the command line imports it at all,
   inside its command functions: the one allowed edge upward;
-- every module says in its first docstring line what it owns.
+- every module says in its first docstring line what it owns, and the README layout row
+  of its directory names it.
 """
 
 from __future__ import annotations
@@ -92,3 +93,27 @@ def test_every_module_says_what_it_owns(package: str) -> None:
         doc = ast.get_docstring(ast.parse(path.read_text()))
         assert doc, f"{path.relative_to(ROOT)} has no docstring"
         assert doc.strip(), f"{path.relative_to(ROOT)} has an empty docstring"
+
+
+def layout_rows() -> dict[str, str]:
+    """README "Layout": the row of each directory, by its path."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, str] = {}
+    for line in section.splitlines():
+        cells = line.split(" | ")
+        if line.startswith("| `") and len(cells) >= 2:
+            rows[cells[0].strip("| `").rstrip("/")] = cells[1]
+    return rows
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_the_readme_layout_names_every_module(package: str) -> None:
+    rows = layout_rows()
+    for path in modules(package):
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        directory = str(path.parent.relative_to(ROOT))
+        assert directory in rows, f"README layout has no row for {directory}/"
+        assert f"`{path.name}`" in rows[directory], (
+            f"README layout row {directory}/ does not name {path.name}")
