@@ -35,7 +35,8 @@ from fuzz.engine_hypothesis import (
 from harness.runner import run_program
 from pudthp_fast.state import LEAF, NONE, TABLE
 
-LIMIT = 120.0  # seconds; a search that needs longer has failed
+LIMIT = 300.0  # seconds; a search that needs longer has failed (alone the slowest takes
+# under a minute, but under the whole suite on 2 cores one took 101 s)
 
 
 def hunt(overrides: dict[str, Any], *, check: bool, seed: int = 0,
@@ -257,8 +258,8 @@ def test_planted_shared_swap_slot_freed_early(monkeypatch: pytest.MonkeyPatch) -
     plant(monkeypatch, real, early)
     # The path takes four ops in order (a write, its pageout, a fork, a swap-in in one mm).
     # Searches with seeds 0-4 found it after 95, 11, 24, 23 and 40 s on one slow core:
-    # seed 2, the median, keeps the test short and leaves LIMIT room for a slower machine
-    # (seed 0, the tail, came within a quarter of it).
+    # seed 2, the median, keeps the suite short (seed 0, the tail, would take minutes under
+    # the whole suite's load).
     payload = hunt(PTE_ONLY, check=False, seed=2, steps=50, shrink_seconds=QUICK_SHRINK)
     assert_divergence(payload, 8)
     assert program_has(payload, "fork")
