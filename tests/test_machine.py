@@ -213,11 +213,15 @@ def fuzz(tmp: Path, *args: str, timeout: float = 120) -> subprocess.CompletedPro
                           capture_output=True, text=True, cwd=ROOT, timeout=timeout)
 
 
+LIST_HEAD_SEARCH = ("--time", "5", "--workers", "1", "--seed", "7", "--config",
+                    "deposit=list_head", "--config", "pud_enabled=always")
+
+
 def test_fuzz_finds_list_head_once_and_never_overwrites(tmp_path: Path) -> None:
-    # Alone this search finds the bug well within 4 s; once, under the whole suite's load,
-    # a 4 s search met no PUD fault at all (24 programs), so it has ten.
-    out = fuzz(tmp_path, "--time", "10", "--workers", "1", "--seed", "7",
-               "--config", "deposit=list_head")
+    # PUD THPs always on: with them drawn per program, a 4 s search under the whole
+    # suite's load once ran 24 programs without a PUD fault; this way the first write
+    # fault meets the corruption, on a machine however loaded.
+    out = fuzz(tmp_path, *LIST_HEAD_SEARCH)
     assert out.returncode == 1, out.stdout + out.stderr
     files = sorted(tmp_path.glob("*.json"))
     assert files, out.stdout + out.stderr
@@ -232,8 +236,7 @@ def test_fuzz_finds_list_head_once_and_never_overwrites(tmp_path: Path) -> None:
         assert len(data["ops"]) <= 4
         assert meta["replays"] is True
     before = {f.name: f.read_text() for f in files}
-    again = fuzz(tmp_path, "--time", "10", "--workers", "1", "--seed", "7",
-                 "--config", "deposit=list_head")
+    again = fuzz(tmp_path, *LIST_HEAD_SEARCH)
     assert again.returncode == 1
     assert "archived" in again.stdout
     assert {f.name: f.read_text() for f in tmp_path.glob("*.json")} == before
