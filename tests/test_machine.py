@@ -9,6 +9,7 @@ They are split by geometry and deposit design so ``pytest -n auto`` spreads them
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, Phase, seed, settings
@@ -158,6 +160,34 @@ def test_a_stopped_worker_sends_what_it_has(monkeypatch: pytest.MonkeyPatch) -> 
         meta = json.loads(payload["program"])["meta"]
         assert meta["shrunk"] == "hypothesis (interrupted)"
         assert meta["replays"] is True
+
+
+def seeded_run(seed_: int) -> tuple[Any, ...]:
+    """What a short seeded run of the correct designs did: its step count and features."""
+    messages: list[Any] = []
+    spec = WorkerSpec(0, seed_, {}, "both", False, time_limit=None, max_runs=1,
+                      max_examples=20, step_count=30)
+    run_worker(spec, messages.append)
+    done = [m for m in messages if m[0] == "done"][-1]
+    coverage = [m for m in messages if m[0] == "coverage"][-1]
+    return done[2], done[3], json.dumps(coverage[2], sort_keys=True)
+
+
+def test_a_seed_names_its_programs_whatever_modules_are_loaded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Hypothesis draws some values from the literal constants of local modules, re-read as
+    # modules are imported: a module imported between two runs (or part-way through one)
+    # must not change what a seed generates.
+    before = seeded_run(11)
+    (tmp_path / "pudthp_scratch_constants.py").write_text(
+        '"""Constants Hypothesis would find."""\n'
+        # within the machine's range of written values (0-1999), few of them in its sources
+        + "VALUES = [" + ", ".join(str(1001 + 2 * i) for i in range(400)) + "]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "pudthp_scratch_constants", raising=False)
+    importlib.import_module("pudthp_scratch_constants")
+    after = seeded_run(11)
+    assert after == before
 
 
 # --------------------------------------------------------------------------------------
