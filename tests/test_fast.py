@@ -3,6 +3,7 @@ agrees with the reference op for op (``--impl both``)."""
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -205,3 +206,17 @@ def test_pudthp_run_check_modes(tmp_path: Path) -> None:
                          capture_output=True, text=True, cwd=ROOT, check=False)
     assert out.returncode == 2
     assert out.stderr.startswith("pudthp: error: argument --check")
+
+
+@pytest.mark.skipif(not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"),
+                    reason="the heap tuning is glibc's mallopt")
+@pytest.mark.parametrize(("env", "said"), [({}, "True False"),
+                                            ({"PUDTHP_MALLOC": "default"}, "False False")])
+def test_the_heap_is_tuned_once_per_process_unless_told_not_to(env: dict[str, str],
+                                                               said: str) -> None:
+    code = "from pudthp_fast.heap import tune_heap; print(tune_heap(), tune_heap())"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**{k: v for k, v in os.environ.items() if k != "PUDTHP_MALLOC"},
+                            **env}, check=False, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == said
