@@ -64,6 +64,7 @@ from pudthp_fast.state import (
     Arr,
     FastState,
     grow,
+    grow_fields,
 )
 from pudthp_ref.spec import PAGE_TABLE_BYTES
 
@@ -75,6 +76,15 @@ I64 = np.int64
 # mTHP nr_anon (PMD order, PUD order), nr_anon_partially_mapped (PMD, PUD), then
 # NR_ANON_MAPPED, NR_ANON_THPS, NR_ANON_PUD_THPS
 NCONTRIB = 7
+
+# IncState's arrays that follow the state's tables, entry rows, folios and pool pages
+MIRROR_TABLE_FIELDS = ("m_state", "m_level", "m_mm", "m_row", "named", "parent", "m_w16",
+                       "chain_cnt", "unit_of")
+MIRROR_ROW_FIELDS = ("me_kind", "me_id", "me_page", "me_bits")
+MIRROR_FOLIO_FIELDS = ("mf_live", "mf_nr", "mf_base", "mf_order", "leaves", "ptes",
+                       "leaf_mm", "wleaf", "contrib")
+MIRROR_PAGE_FIELDS = ("emc", "msum", "msq", "wcnt")
+MIRROR_FILLS = {"parent": -1, "emc": -1}
 
 DISABLED = "disabled"
 SCALAR_MAX = 48
@@ -157,34 +167,14 @@ class IncState:
     def fit(self, st: FastState) -> None:
         """Grow every array to the state's current capacities, copying only what the state
         has used so far (every row written here is one of those)."""
-        nt = st.t_state.shape[0]
-        if self.m_state.shape[0] < nt:
-            self.m_state = grow(self.m_state, nt, used=st.next_pt)
-            self.m_level = grow(self.m_level, nt, used=st.next_pt)
-            self.m_mm = grow(self.m_mm, nt, used=st.next_pt)
-            self.m_row = grow(self.m_row, nt, used=st.next_pt)
-            self.named = grow(self.named, nt, used=st.next_pt)
-            self.parent = grow(self.parent, nt, -1, used=st.next_pt)
-            self.m_w16 = grow(self.m_w16, nt, used=st.next_pt)
-            self.chain_cnt = grow(self.chain_cnt, nt, used=st.next_pt)
-            self.unit_of = grow(self.unit_of, nt, used=st.next_pt)
-        nr = st.e_kind.shape[0]
-        if self.me_kind.shape[0] < nr:
-            self.me_kind = grow(self.me_kind, nr, used=st.next_row)
-            self.me_id = grow(self.me_id, nr, used=st.next_row)
-            self.me_page = grow(self.me_page, nr, used=st.next_row)
-            self.me_bits = grow(self.me_bits, nr, used=st.next_row)
+        if self.m_state.shape[0] < st.t_state.shape[0]:
+            grow_fields(self, MIRROR_TABLE_FIELDS, st.t_state.shape[0], st.next_pt,
+                        fills=MIRROR_FILLS)
+        if self.me_kind.shape[0] < st.e_kind.shape[0]:
+            grow_fields(self, MIRROR_ROW_FIELDS, st.e_kind.shape[0], st.next_row)
         nf = st.f_live.shape[0]
         if self.mf_live.shape[0] < nf:
-            self.mf_live = grow(self.mf_live, nf, False, used=st.next_folio)
-            self.mf_nr = grow(self.mf_nr, nf, used=st.next_folio)
-            self.mf_base = grow(self.mf_base, nf, used=st.next_folio)
-            self.mf_order = grow(self.mf_order, nf, used=st.next_folio)
-            self.leaves = grow(self.leaves, nf, used=st.next_folio)
-            self.ptes = grow(self.ptes, nf, used=st.next_folio)
-            self.leaf_mm = grow(self.leaf_mm, nf, used=st.next_folio)
-            self.wleaf = grow(self.wleaf, nf, used=st.next_folio)
-            self.contrib = grow(self.contrib, nf, used=st.next_folio)
+            grow_fields(self, MIRROR_FOLIO_FIELDS, nf, st.next_folio)
         nmm = len(st.mms)
         if self.per_mm.shape[0] < nmm or self.per_mm.shape[1] < nf:
             out = np.zeros((max(nmm, self.per_mm.shape[0]), max(nf, self.per_mm.shape[1])),
@@ -195,12 +185,9 @@ class IncState:
             self.rss_anon = grow(self.rss_anon, nmm)
             self.rss_swap = grow(self.rss_swap, nmm)
             self.ntables = grow(self.ntables, nmm)
-        npool = st.p_mapcount.shape[0]
-        if self.emc.shape[0] < npool:
-            self.emc = grow(self.emc, npool, -1, used=st.next_page)
-            self.msum = grow(self.msum, npool, used=st.next_page)
-            self.msq = grow(self.msq, npool, used=st.next_page)
-            self.wcnt = grow(self.wcnt, npool, used=st.next_page)
+        if self.emc.shape[0] < st.p_mapcount.shape[0]:
+            grow_fields(self, MIRROR_PAGE_FIELDS, st.p_mapcount.shape[0], st.next_page,
+                        fills=MIRROR_FILLS)
         ns = st.s_count.shape[0]
         if self.srefs.shape[0] < ns:
             self.srefs = grow(self.srefs, ns)

@@ -59,6 +59,18 @@ U64 = np.uint64
 Arr = npt.NDArray[Any]
 
 
+# The arrays that grow together, by the id they are indexed by, and the fill of those whose
+# new rows are not zero (False for the booleans).
+TABLE_FIELDS = ("t_level", "t_mm", "t_state", "t_w8", "t_w16", "t_addr", "t_row", "t_touch")
+ROW_FIELDS = ("e_kind", "e_id", "e_page", "e_bits")
+FOLIO_FIELDS = ("f_order", "f_node", "f_nr", "f_base", "f_ref", "f_pin", "f_entire",
+                "f_large", "f_npm", "f_mmid", "f_mmc", "f_shared", "f_dirty", "f_swapcache",
+                "f_partial", "f_deferred", "f_live", "f_touch")
+PAGE_FIELDS = ("p_mapcount", "p_exclusive", "p_data")
+SLOT_FIELDS = ("s_count", "s_data", "s_zero")
+FILLS: dict[str, int] = {"f_entire": -1, "f_large": -1, "f_mmc": -1, "p_mapcount": -1}
+
+
 def grow(a: Arr, need: int, fill: int | bool = 0, chunk: int = 64, part: int = 2,
          used: int | None = None) -> Arr:
     """``a`` with at least ``need`` rows, new rows ``fill``: ``need`` rounded up to a chunk
@@ -76,6 +88,15 @@ def grow(a: Arr, need: int, fill: int | bool = 0, chunk: int = 64, part: int = 2
     k = n if used is None else min(n, used)
     out[:k] = a[:k]
     return out
+
+
+def grow_fields(obj: Any, names: tuple[str, ...], need: int, used: int, chunk: int = 64,
+                part: int = 2, fills: dict[str, int] = FILLS) -> None:
+    """``grow`` every array attribute ``names`` of ``obj`` alike; new rows take their fill
+    from ``fills`` (the fields whose "none" is -1), else zero."""
+    for name in names:
+        setattr(obj, name, grow(getattr(obj, name), need, fills.get(name, 0), chunk, part,
+                                used))
 
 
 def unique(a: Arr) -> Arr:
@@ -222,16 +243,8 @@ class FastState:
         tid = self.next_pt
         self.next_pt += n
         if self.next_pt > self.t_level.shape[0]:
-            need, u = self.next_pt, tid
-            self.t_level = grow(self.t_level, need, used=u)
-            self.t_mm = grow(self.t_mm, need, used=u)
-            self.t_state = grow(self.t_state, need, used=u)
-            self.t_w8 = grow(self.t_w8, need, used=u)
-            self.t_w16 = grow(self.t_w16, need, used=u)
-            self.t_addr = grow(self.t_addr, need, used=u)
-            self.t_row = grow(self.t_row, need, used=u)
+            grow_fields(self, TABLE_FIELDS, self.next_pt, tid)
             self.t_rowl.extend([0] * (self.t_row.shape[0] - len(self.t_rowl)))
-            self.t_touch = grow(self.t_touch, need, False, used=u)
         return tid
 
     def row(self, t: int) -> int:
@@ -276,11 +289,7 @@ class FastState:
         first = self.next_row
         self.next_row += n
         if self.next_row > self.e_kind.shape[0]:
-            need, c = self.next_row, self.row_chunk
-            self.e_kind = grow(self.e_kind, need, 0, c, used=first)
-            self.e_id = grow(self.e_id, need, 0, c, used=first)
-            self.e_page = grow(self.e_page, need, 0, c, used=first)
-            self.e_bits = grow(self.e_bits, need, 0, c, used=first)
+            grow_fields(self, ROW_FIELDS, self.next_row, first, self.row_chunk)
         return first
 
     def release_rows(self, ts: Arr) -> None:
@@ -316,26 +325,8 @@ class FastState:
         """Reserve ``count`` consecutive folio ids; returns the first."""
         first = self.next_folio
         self.next_folio += count
-        need = self.next_folio
-        if need > self.f_order.shape[0]:
-            self.f_order = grow(self.f_order, need, used=first)
-            self.f_node = grow(self.f_node, need, used=first)
-            self.f_nr = grow(self.f_nr, need, used=first)
-            self.f_base = grow(self.f_base, need, used=first)
-            self.f_ref = grow(self.f_ref, need, used=first)
-            self.f_pin = grow(self.f_pin, need, used=first)
-            self.f_entire = grow(self.f_entire, need, -1, used=first)
-            self.f_large = grow(self.f_large, need, -1, used=first)
-            self.f_npm = grow(self.f_npm, need, used=first)
-            self.f_mmid = grow(self.f_mmid, need, used=first)
-            self.f_mmc = grow(self.f_mmc, need, -1, used=first)
-            self.f_shared = grow(self.f_shared, need, False, used=first)
-            self.f_dirty = grow(self.f_dirty, need, False, used=first)
-            self.f_swapcache = grow(self.f_swapcache, need, False, used=first)
-            self.f_partial = grow(self.f_partial, need, False, used=first)
-            self.f_deferred = grow(self.f_deferred, need, False, used=first)
-            self.f_live = grow(self.f_live, need, False, used=first)
-            self.f_touch = grow(self.f_touch, need, False, used=first)
+        if self.next_folio > self.f_order.shape[0]:
+            grow_fields(self, FOLIO_FIELDS, self.next_folio, first)
         return first
 
     def new_pages(self, n: int) -> int:
@@ -343,17 +334,12 @@ class FastState:
         base = self.next_page
         self.next_page += n
         if self.next_page > self.p_mapcount.shape[0]:
-            need, c = self.next_page, self.page_chunk
-            self.p_mapcount = grow(self.p_mapcount, need, -1, c, 4, used=base)
-            self.p_exclusive = grow(self.p_exclusive, need, False, c, 4, used=base)
-            self.p_data = grow(self.p_data, need, 0, c, 4, used=base)
+            grow_fields(self, PAGE_FIELDS, self.next_page, base, self.page_chunk, 4)
         return base
 
     def new_slots(self, n: int) -> int:
         base = self.next_slot
         self.next_slot += n
         if self.next_slot > self.s_count.shape[0]:
-            self.s_count = grow(self.s_count, self.next_slot)
-            self.s_data = grow(self.s_data, self.next_slot)
-            self.s_zero = grow(self.s_zero, self.next_slot, False)
+            grow_fields(self, SLOT_FIELDS, self.next_slot, base)
         return base
