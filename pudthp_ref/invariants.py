@@ -44,6 +44,9 @@ from pudthp_ref.mm_types import (
 from pudthp_ref.spec import (
     ENTIRELY_MAPPED,
     GUP_PIN_COUNTING_BIAS,
+    LEVEL_PMD,
+    LEVEL_PTE,
+    LEVEL_PUD,
     LEVELS,
     LIST_POISON1,
     LIST_POISON2,
@@ -305,7 +308,7 @@ def _walk_stack(
 def _pmd_deposits(w: _Walk, pmd: PtDesc, mm: int) -> int:
     """Walk the PTE tables deposited in a PMD table (root = its pmd_huge_pte, w16)."""
     where = f"mm {mm} PMD table {pmd.id} deposit"
-    ring = _walk_ring(w, pmd.w16, "deposit.pmd_ring", "pte", mm, where)
+    ring = _walk_ring(w, pmd.w16, "deposit.pmd_ring", LEVEL_PTE, mm, where)
     P = w.st.geom.P
     for t in ring:
         _claim(w, t, f"{where} ring")
@@ -341,7 +344,7 @@ def _acc(w: _Walk, fid: int) -> _FolioAcc:
 def _leaf(w: _Walk, mm: int, e: Entry, vbase: int, level: str) -> None:
     """A PUD or PMD huge leaf (a THP, not the huge zero PMD)."""
     g = w.st.geom
-    npages, order = (g.pud_nr, g.pud_order) if level == "pud" else (g.pmd_nr, g.pmd_order)
+    npages, order = (g.pud_nr, g.pud_order) if level == LEVEL_PUD else (g.pmd_nr, g.pmd_order)
     where = f"mm {mm} {level.upper()} leaf at vpn {vbase}"
     vma = _leaf_vma(w, vbase, npages, where)
     f = _folio(w, e[1], where)
@@ -383,7 +386,7 @@ def _walk_mm(w: _Walk, mm: MmStruct) -> None:
     pud = st.tables.get(mm.pud_table) if type(mm.pud_table) is int else None
     if pud is None or pud.state == PT_FREED:
         raise _fail("pgtable.use_after_free", f"mm {m} PUD table {mm.pud_table!r} not live")
-    if pud.level != "pud":
+    if pud.level != LEVEL_PUD:
         raise _fail("pgtable.wrong_level", f"mm {m} PUD table {pud.id} is a {pud.level} table")
     if pud.mm != m:
         raise _fail("pgtable.wrong_mm", f"mm {m} PUD table {pud.id} belongs to mm {pud.mm}")
@@ -397,19 +400,19 @@ def _walk_mm(w: _Walk, mm: MmStruct) -> None:
         k = e[0]
         vbase = i * P * P
         if k == "table":
-            pmd = _live_child(w, e, "pmd", m, f"mm {m} PUD entry {i}")
+            pmd = _live_child(w, e, LEVEL_PMD, m, f"mm {m} PUD entry {i}")
             _walk_pmd(w, m, pmd, vbase)
         elif k == "leaf":
-            _leaf(w, m, e, vbase, "pud")
+            _leaf(w, m, e, vbase, LEVEL_PUD)
             pud_leaves += 1
         else:
             raise _fail("pgtable.bad_entry", f"mm {m} PUD entry {i} is {e!r}")
     where = f"mm {m} PUD table {pud.id} stack"
     name = "deposit.pud_stack"
     if st.cfg.deposit == "list_head":
-        stack = _walk_ring(w, pud.w16, name, "pmd", m, where)
+        stack = _walk_ring(w, pud.w16, name, LEVEL_PMD, m, where)
     else:
-        stack = _walk_stack(w, pud.w16, name, "pmd", m, where)
+        stack = _walk_stack(w, pud.w16, name, LEVEL_PMD, m, where)
     if len(stack) != pud_leaves:
         raise _fail(
             "deposit.pud_stack.count",
@@ -437,10 +440,10 @@ def _walk_pmd(w: _Walk, m: int, pmd: PtDesc, base: int) -> None:
         k = e[0]
         vbase = base + j * P
         if k == "table":
-            pte = _live_child(w, e, "pte", m, f"mm {m} PMD table {pmd.id} entry {j}")
+            pte = _live_child(w, e, LEVEL_PTE, m, f"mm {m} PMD table {pmd.id} entry {j}")
             _walk_pte(w, m, pte, vbase)
         elif k == "leaf":
-            _leaf(w, m, e, vbase, "pmd")
+            _leaf(w, m, e, vbase, LEVEL_PMD)
             huge += 1
         elif k == "zero":
             _leaf_vma(w, vbase, P, f"mm {m} huge zero PMD at vpn {vbase}")

@@ -22,9 +22,11 @@ import numpy as np
 import pytest
 
 import pudthp_fast.huge_memory as fast_hm
+import pudthp_fast.huge_split as fast_split
 import pudthp_fast.memory as fast_memory
-import pudthp_fast.reclaim as fast_reclaim
 import pudthp_fast.rmap as fast_rmap
+import pudthp_fast.swapfile as fast_swap
+import pudthp_fast.vmscan as fast_vmscan
 from fuzz.engine_hypothesis import (
     SHRINK_SECONDS,
     STEPS_PER_PROGRAM,
@@ -34,6 +36,7 @@ from fuzz.engine_hypothesis import (
 )
 from harness.runner import run_program
 from pudthp_fast.state import LEAF, NONE, TABLE
+from pudthp_ref.spec import LEVEL_PMD, LEVEL_PTE
 
 LIMIT = 300.0  # seconds; a search that needs longer has failed (alone the slowest takes
 # under a minute, but under the whole suite on 2 cores one took 101 s)
@@ -91,8 +94,8 @@ def test_list_head_corruption_is_found_and_shrunk() -> None:
 
 
 def test_planted_uncounted_pud_split(monkeypatch: pytest.MonkeyPatch) -> None:
-    # split_huge_pud_locked forgets count_vm_event(THP_SPLIT_PUD)
-    real = fast_hm.split_huge_pud_locked
+    # __split_huge_pud_locked forgets count_vm_event(THP_SPLIT_PUD)
+    real = fast_hm.__split_huge_pud_locked
 
     def forgetful(st: Any, mm: Any, pud: int, pi: int) -> None:
         real(st, mm, pud, pi)
@@ -114,7 +117,7 @@ def test_planted_deposit_not_withdrawn_on_zap(monkeypatch: pytest.MonkeyPatch) -
         fid = int(st.e_id[st.row(pmd), mi])
         fast_hm.set_entry(st, pmd, mi, NONE)
         if kind == LEAF:
-            fast_rmap.folio_remove_rmap(st, fid, 0, int(st.f_nr[fid]), mm, fast_rmap.PMD_LEVEL)
+            fast_rmap.folio_remove_rmap(st, fid, 0, int(st.f_nr[fid]), mm, LEVEL_PMD)
             mm.rss_anon -= int(st.f_nr[fid])
             fast_rmap.folio_put(st, fid)
 
@@ -129,7 +132,7 @@ def test_planted_anon_exclusive_kept_on_fork(monkeypatch: pytest.MonkeyPatch) ->
     def sticky(st: Any, fid: int, first: int, n: int, dst: Any, src: Any, level: str
                ) -> bool:
         b = int(st.f_base[fid])
-        lo, hi = (b + first, b + first + n) if level == fast_rmap.PTE_LEVEL else (b, b + 1)
+        lo, hi = (b + first, b + first + n) if level == LEVEL_PTE else (b, b + 1)
         before = np.array(st.p_exclusive[lo:hi])
         ok = bool(real(st, fid, first, n, dst, src, level))
         if ok:
@@ -142,7 +145,7 @@ def test_planted_anon_exclusive_kept_on_fork(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_planted_split_without_folio_ref_add(monkeypatch: pytest.MonkeyPatch) -> None:
     # __split_huge_pud_locked / __split_huge_pmd_locked forget folio_ref_add(folio, nr - 1)
-    real_pud, real_pmd = fast_hm.split_huge_pud_locked, fast_hm.split_huge_pmd_locked
+    real_pud, real_pmd = fast_hm.__split_huge_pud_locked, fast_hm.__split_huge_pmd_locked
 
     def unref(real: Callable[..., None]) -> Callable[..., None]:
         def split(st: Any, mm: Any, table: int, i: int) -> None:
@@ -177,11 +180,11 @@ QUICK_SHRINK = 3.0
 
 def test_planted_migrate_pmd_leaf_extra_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     # remove_migration_pmd takes two references on the new folio instead of one
-    real = fast_reclaim.remove_migration_entries
+    real = fast_split.remove_migration_entry
 
     def leaky(st: Any, m: Any, fid: int) -> None:
         real(st, m, fid)
-        if m.level == fast_rmap.PMD_LEVEL:
+        if m.level == LEVEL_PMD:
             st.f_ref[fid] += 1
 
     plant(monkeypatch, real, leaky)
@@ -192,7 +195,7 @@ def test_planted_migrate_pmd_leaf_extra_reference(monkeypatch: pytest.MonkeyPatc
 
 def test_planted_pmd_thp_swapout_uncounted(monkeypatch: pytest.MonkeyPatch) -> None:
     # shrink_folio_list forgets count_vm_event(THP_SWPOUT) for a THP swapped out whole
-    real = fast_reclaim.shrink_folio
+    real = fast_vmscan.shrink_folio
 
     def forgetful(st: Any, fid: int) -> list[int]:
         vm = st.stats["vmstat"]
@@ -229,7 +232,7 @@ def test_planted_child_pte_table_address_of_a_mid_pud_vma(monkeypatch: pytest.Mo
     # copy_pte_range gives the child's new PTE tables addresses counted from the VMA's start
     # instead of its PUD's: wrong only for a VMA starting inside a PUD range, and seen only
     # when the child frees such a table after zapping its whole PMD range
-    real = fast_memory.copy_pte_tables
+    real = fast_memory._copy_pte_tables
 
     def misplaced(st: Any, dst: Any, spmd: int, dpmd: int, addr: int, nxt: int) -> bool:
         before = st.e_kind[st.row(dpmd)] == TABLE
@@ -245,9 +248,9 @@ def test_planted_child_pte_table_address_of_a_mid_pud_vma(monkeypatch: pytest.Mo
 
 
 def test_planted_shared_swap_slot_freed_early(monkeypatch: pytest.MonkeyPatch) -> None:
-    # swap_free releases a slot when its count drops to one, not zero: a swap-in of a slot
+    # free_swap_and_cache releases a slot when its count drops to one, not zero: a swap-in of a slot
     # that a forked mm also names frees it under the other
-    real = fast_memory.swap_free
+    real = fast_swap.free_swap_and_cache
 
     def early(st: Any, slot: int) -> None:
         real(st, slot)
