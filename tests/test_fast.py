@@ -18,7 +18,16 @@ from harness.program import dump_program
 from harness.runner import run_program
 from pudthp_fast.model import FastModel
 from pudthp_ref.model import RefModel
-from pudthp_ref.spec import Config, Fork, InvariantViolation, Mmap, Program, Read, Write
+from pudthp_ref.spec import (
+    Config,
+    Fork,
+    InvariantViolation,
+    Mmap,
+    ModelBug,
+    Program,
+    Read,
+    Write,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -166,6 +175,85 @@ def test_the_fast_side_checks_at_the_end_by_default(monkeypatch: pytest.MonkeyPa
     assert run_program(Program(Config(), CHECKED), impl, check_mode="every-op").finding is None
     assert fast == [1, 2, 3, 4, 5]
     assert ref == ([1, 2, 3, 4, 5] if impl == "both" else [])
+
+
+def _hidden_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plant: a read of page 64 also clears AnonExclusive of the page of folio 2 (mapped
+    writable at page 96), which nothing in that op's results or summary shows."""
+    import pudthp_fast.model as fast_model
+
+    real = fast_model.access
+
+    def access(st: Any, mm: Any, vpn: int, value: int | None) -> Any:
+        out = real(st, mm, vpn, value)
+        if value is None and vpn == 64:
+            st.p_exclusive[int(st.f_base[2])] = False
+        return out
+
+    monkeypatch.setattr(fast_model, "access", access)
+
+
+# small geometry, THPs off: two order-0 folios from the two writes (folio 1 at vpn 64,
+# folio 2 at vpn 96), each mapped by a writable PTE, so each page must stay AnonExclusive
+HIDDEN = Program(
+    Config(geometry=8, thp_enabled="never", pmd_enabled="never", pud_enabled="never"),
+    (Mmap(0, 64, 64, "rw"), Write(0, 64, 1), Write(0, 96, 2), Read(0, 64), Read(0, 96)),
+)
+
+
+def test_the_check_at_the_end_finds_a_broken_state_and_its_op(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _hidden_write(monkeypatch)
+    report = run_program(HIDDEN, "fast")
+    assert report.finding is not None
+    assert report.finding.kind == "invariant"
+    # op 3, the read of page 64, is the first after which the state is broken
+    assert report.finding.op_index == 3
+    assert report.finding.signature == "invariant:read:anon_exclusive.writable"
+    # Under both, AnonExclusive is in the snapshot: the final comparison sees it first and
+    # locates it at the same op, with the fast checker's verdict there.
+    report = run_program(HIDDEN, "both")
+    assert report.finding is not None
+    assert report.finding.op_index == 3
+    assert report.finding.signature.startswith("divergence:read:snapshot.folios[].anon_excl")
+    assert "own invariants fail here: InvariantViolation: anon_exclusive.writable" in (
+        report.finding.detail)
+
+
+def test_a_fast_crash_after_a_broken_state_is_reported_where_the_state_broke(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # --impl fast checks at the end, but a model bug before the end stops the run there: a
+    # replay with checks after every op names the op that broke the state first, as the
+    # reference's checks after every op do under both.
+    _hidden_write(monkeypatch)
+    real = FastModel.apply
+
+    def crash_on_last(self: FastModel, op: Any) -> Any:
+        if isinstance(op, Read) and op.addr == 96:
+            raise ModelBug("planted.crash", "the last read")
+        return real(self, op)
+
+    monkeypatch.setattr(FastModel, "apply", crash_on_last)
+    report = run_program(HIDDEN, "fast")
+    assert report.finding is not None
+    assert (report.finding.signature, report.finding.op_index) == (
+        "invariant:read:anon_exclusive.writable", 3)
+    # with checks after every op, the same
+    finding = run_program(HIDDEN, "fast", check_mode="every-op").finding
+    assert finding is not None
+    assert (finding.signature, finding.op_index) == (report.finding.signature, 3)
+
+
+def test_the_fast_checker_reads_its_own_bookkeeping() -> None:
+    # What no snapshot shows: a table's entry row past the arrays is a malformed state.
+    m = FastModel(Config())
+    m.apply(Mmap(0, 0, 64, "rw"))
+    m.apply(Write(0, 3, 1))
+    m.check_invariants()
+    m.st.t_row[m.st.mms[0].pud_table] = 10**6
+    with pytest.raises(InvariantViolation) as exc:
+        m.check_invariants()
+    assert exc.value.invariant == "state.malformed"
 
 
 @pytest.mark.parametrize("impl", ["both", "fast"])
