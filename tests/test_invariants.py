@@ -521,7 +521,7 @@ def test_words_no_page_table_can_hold(word: Any) -> None:
     s = base()
     tab(s, PUD_DEP_PTES[2])["w8"] = word
     assert verdict(load(s, "ref")) == "deposit.pmd_ring.bad_word"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="is not a page-table id"):
         load(s, "fast")
 
 
