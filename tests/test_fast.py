@@ -334,7 +334,12 @@ def test_the_command_tunes_the_heap_where_it_runs_the_fast_side(
     import harness.cli as cli
 
     calls: list[int] = []
-    monkeypatch.setattr(cli, "tune_heap", lambda: calls.append(1) or True)
+
+    def tune() -> bool:
+        calls.append(1)
+        return True
+
+    monkeypatch.setattr(cli, "tune_heap", tune)
     path = tmp_path / "p.json"
     path.write_text(dump_program(Program(Config(), CHECKED)))
     assert cli.main([str(path) if a == "P" else a for a in argv] + (

@@ -553,17 +553,35 @@ def test_table_reached_twice() -> None:
     assert violation(s) == "pgtable.double_reference"
 
 
-def _edit(fn: Callable[[Snap], None]) -> Snap:
+def _edit(fn: Callable[[Snap], object]) -> Snap:
     s = base()
     fn(s)
     return s
+
+
+def _table_of_another_mm(s: Snap) -> None:
+    s["mms"].append({"id": 1, "alive": True, "vmas": [], "rss_anon": 0, "rss_swap": 0,
+                     "pgtables_bytes": 2 * PAGE_TABLE_BYTES, "pud_table": 50,
+                     "has_pinned": False})
+    add(s, table(50, "pud", mm=1), table(51, "pte", mm=1))
+    put(s, PMD, 2, ["table", 51])
+
+
+def _order0_queued(s: Snap) -> None:
+    s["deferred"].append(F_SMALL)
+    fol(s, F_SMALL)["flags"] = ["deferred"]
+
+
+def _partially_mapped_not_queued(s: Snap) -> None:
+    fol(s, F_PMD)["flags"] = ["partially_mapped"]
+    s["stats"]["mthp"]["pmd"]["nr_anon_partially_mapped"] = 1
 
 
 # (what, the defect as an edit of the base state, the invariant both checkers name).  Each
 # edit breaks one rule; the name is the first check of the reference's order that sees it
 # (the walk by mm, address and level, then reachability, pins, the queue, the folios by id,
 # swap, per-mm accounting), and the fast checker must agree.
-DEFECTS: list[tuple[str, Callable[[Snap], None], str]] = [
+DEFECTS: list[tuple[str, Callable[[Snap], object], str]] = [
     ("mm id out of place", lambda s: s["mms"][0].update(id=3), "mm.id"),
     ("VMA with no such prot", lambda s: s["mms"][0]["vmas"][0].__setitem__(2, "x"), "vma.prot"),
     ("overlapping VMAs", lambda s: s["mms"][0].update(vmas=[[0, 32, "rw", []],
@@ -583,12 +601,7 @@ DEFECTS: list[tuple[str, Callable[[Snap], None], str]] = [
      "pgtable.use_after_free"),
     ("PMD entry names a deposited table", lambda s: put(s, PMD, 2, ["table", PMD_DEP_PTE]),
      "pgtable.state"),
-    ("PMD entry names a table of another mm", lambda s: (
-        s["mms"].append({"id": 1, "alive": True, "vmas": [], "rss_anon": 0, "rss_swap": 0,
-                         "pgtables_bytes": 2 * PAGE_TABLE_BYTES, "pud_table": 50,
-                         "has_pinned": False}),
-        add(s, table(50, "pud", mm=1), table(51, "pte", mm=1)),
-        put(s, PMD, 2, ["table", 51])), "pgtable.wrong_mm"),
+    ("PMD entry names a table of another mm", _table_of_another_mm, "pgtable.wrong_mm"),
     ("PTE where no VMA is", lambda s: s["mms"][0]["vmas"][0].__setitem__(1, 21),
      "geometry.outside_vma"),
     ("writable PTE in a read-only VMA",
@@ -616,7 +629,7 @@ DEFECTS: list[tuple[str, Callable[[Snap], None], str]] = [
 
 
 @pytest.mark.parametrize(("what", "edit", "name"), DEFECTS, ids=[d[0] for d in DEFECTS])
-def test_page_table_defect(what: str, edit: Callable[[Snap], None], name: str) -> None:
+def test_page_table_defect(what: str, edit: Callable[[Snap], object], name: str) -> None:
     assert violation(_edit(edit)) == name
 
 
@@ -624,7 +637,7 @@ def test_page_table_defect(what: str, edit: Callable[[Snap], None], name: str) -
 # Planted defects: folios, pins, the queue, swap, accounting
 # --------------------------------------------------------------------------------------
 
-FOLIO_DEFECTS: list[tuple[str, Callable[[Snap], None], str]] = [
+FOLIO_DEFECTS: list[tuple[str, Callable[[Snap], object], str | None]] = [
     ("a folio of order 3 at P=4", lambda s: s["folios"].append(
         {**small(10, refcount=0, mapcount=-1), "order": 3, "mapcount": [[-1, 8]],
          "anon_exclusive": [[False, 8]], "data": [[0, 8]]}), "folio.order"),
@@ -669,15 +682,11 @@ FOLIO_DEFECTS: list[tuple[str, Callable[[Snap], None], str]] = [
      lambda s: s["pins"].append({"id": 1, "folio": F_SMALL, "page": 0}), "refcount"),
     ("queue holds a folio twice", lambda s: s["deferred"].append(F_PUD), "deferred.duplicate"),
     ("queue holds an unknown folio", lambda s: s["deferred"].append(99), "deferred.missing"),
-    ("queue holds an order-0 folio", lambda s: (s["deferred"].append(F_SMALL),
-                                                fol(s, F_SMALL).update(flags=["deferred"])),
-     "deferred.order"),
+    ("queue holds an order-0 folio", _order0_queued, "deferred.order"),
     ("queued, flag clear", lambda s: fol(s, F_PUD).update(flags=[]), "deferred.flag_mismatch"),
     ("flagged, not queued", lambda s: fol(s, F_PMD).update(flags=["deferred"]),
      "deferred.flag_mismatch"),
-    ("partially mapped, not queued", lambda s: (
-        fol(s, F_PMD).update(flags=["partially_mapped"]),
-        s["stats"]["mthp"]["pmd"].update(nr_anon_partially_mapped=1)),
+    ("partially mapped, not queued", _partially_mapped_not_queued,
      "deferred.partially_mapped_not_queued"),
     ("swap PTE names a free slot", lambda s: put(s, PTE, 3, ["swap", 5]),
      "swap.missing_slot"),
@@ -701,7 +710,7 @@ FOLIO_DEFECTS: list[tuple[str, Callable[[Snap], None], str]] = [
 
 @pytest.mark.parametrize(("what", "edit", "name"), FOLIO_DEFECTS,
                          ids=[d[0] for d in FOLIO_DEFECTS])
-def test_folio_defect(what: str, edit: Callable[[Snap], None], name: str | None) -> None:
+def test_folio_defect(what: str, edit: Callable[[Snap], object], name: str | None) -> None:
     s = _edit(edit)
     if name is None:
         # SHARED may stay set after the other mm went (it is re-evaluated only when a slot

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import pudthp_fast.folio as fast_folio
 import pudthp_fast.huge_memory as fast_hm
 import pudthp_fast.huge_split as fast_split
 import pudthp_fast.memory as fast_memory
@@ -119,7 +120,7 @@ def test_planted_deposit_not_withdrawn_on_zap(monkeypatch: pytest.MonkeyPatch) -
         if kind == LEAF:
             fast_rmap.folio_remove_rmap(st, fid, 0, int(st.f_nr[fid]), mm, LEVEL_PMD)
             mm.rss_anon -= int(st.f_nr[fid])
-            fast_rmap.folio_put(st, fid)
+            fast_folio.folio_put(st, fid)
 
     plant(monkeypatch, real, leaky)
     assert_divergence(hunt({}, check=False), 6)
