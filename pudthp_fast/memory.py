@@ -12,10 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from pudthp_fast.folio import (
-    deferred_split_folio,
     folio_alloc,
     folio_put,
-    free_folio,
     free_folios_bulk,
 )
 from pudthp_fast.huge_memory import (
@@ -338,21 +336,36 @@ def _copy_pte_tables(st: FastState, dst: FastMm, spmd: int, dpmd: int, addr: int
     idx, ssegs = found
     if not idx:
         return True
-    drow = st.wrow(dpmd)  # on its own line: a new row may move the arrays
-    ia = np.array(idx, np.int64)
-    need = [mi for mi in idx if st.e_kind[drow, mi] == NONE] if python else (
-        ia[st.e_kind[drow, ia] == NONE])
-    if len(need):
-        tids = pt_alloc_many(st, dst, LEVEL_PTE, len(need))
-        na = np.asarray(need, np.int64)
-        set_entries(st, dpmd, na, TABLE, tids)
-        st.t_addr[tids] = addr - addr % g.pud_nr + na * g.pmd_nr
-    if python:
-        dkids = [table_of(st, dpmd, mi, LEVEL_PTE) for mi in idx]
-    else:
-        dkids = tables_at(st, dpmd, ia, LEVEL_PTE).tolist()
+    child = _child_pte_tables_loop if python else _child_pte_tables_arrays
+    dkids = child(st, dst, dpmd, idx, addr - addr % g.pud_nr)
     copy_pte_range(st, dst, [(d, s, lo, hi) for d, (s, lo, hi) in zip(dkids, ssegs, strict=True)])
     return True
+
+
+def _child_pte_tables_loop(st: FastState, dst: FastMm, dpmd: int, idx: list[int], first: int
+                           ) -> list[int]:
+    """The child's PTE tables under PMD entries ``idx`` of ``dpmd`` (the PUD range from page
+    ``first``): the missing ones allocated in entry order (pte_alloc()), in Python."""
+    drow = st.wrow(dpmd)  # on its own line: a new row may move the arrays
+    need = [mi for mi in idx if st.e_kind[drow, mi] == NONE]
+    if need:
+        tids = pt_alloc_many(st, dst, LEVEL_PTE, len(need))
+        for mi, t in zip(need, tids.tolist(), strict=True):
+            install_table(st, dpmd, mi, t, first + mi * st.geom.pmd_nr)
+    return [table_of(st, dpmd, mi, LEVEL_PTE) for mi in idx]
+
+
+def _child_pte_tables_arrays(st: FastState, dst: FastMm, dpmd: int, idx: list[int],
+                             first: int) -> list[int]:
+    """``_child_pte_tables_loop`` over arrays."""
+    drow = st.wrow(dpmd)  # on its own line: a new row may move the arrays
+    ia = np.array(idx, np.int64)
+    need = ia[st.e_kind[drow, ia] == NONE]
+    if need.size:
+        tids = pt_alloc_many(st, dst, LEVEL_PTE, int(need.size))
+        set_entries(st, dpmd, need, TABLE, tids)
+        st.t_addr[tids] = first + need * st.geom.pmd_nr
+    return tables_at(st, dpmd, ia, LEVEL_PTE).tolist()
 
 
 def _must_copy(st: FastState, spte: int, lo: int, hi: int) -> bool:
@@ -381,7 +394,12 @@ def copy_pte_range(st: FastState, dst: FastMm, segs: list[CopySegment]) -> None:
     paths = st.paths
     if paths.python("copy_pte_range", sum(b - a for _, _, a, b in segs) <= 4 * paths.small):
         _copy_pte_range_loop(st, dst, segs)
-        return
+    else:
+        _copy_pte_range_arrays(st, dst, segs)
+
+
+def _copy_pte_range_arrays(st: FastState, dst: FastMm, segs: list[CopySegment]) -> None:
+    """``copy_pte_range`` over arrays: the tables as 2-D rows, masked to their ranges."""
     dtabs = np.array([d for d, _, _, _ in segs], np.int64)
     srows = np.array([st.row(s_) for _, s_, _, _ in segs], np.int64)
     lo = np.array([a for _, _, a, _ in segs], np.int64)
@@ -582,8 +600,7 @@ def zap_pte_range(st: FastState, mm: FastMm, segs: list[Segment]) -> None:
     """zap_pte_range() over several PTE ranges, in order, at once.
 
     Order-0 folios go in bulk; a large folio's PTEs go in the kernel's batches
-    (``_zap_folio_batches``).  Newly queued folios are appended in the order their flags
-    were raised.
+    (``folio_remove_rmap_ptes_batched``).
     """
     if not segs:
         return
@@ -600,7 +617,13 @@ def zap_pte_range(st: FastState, mm: FastMm, segs: list[Segment]) -> None:
         small = n <= paths.small
     if paths.python("zap_pte_range", small):
         _zap_pte_range_loop(st, mm, segs)
-        return
+    else:
+        _zap_pte_range_arrays(st, mm, segs)
+
+
+def _zap_pte_range_arrays(st: FastState, mm: FastMm, segs: list[Segment]) -> None:
+    """``zap_pte_range`` over arrays: the tables as 2-D rows, masked to their ranges, the
+    large folios' batches found by where folio or page stop following on."""
     rows = np.array([st.row(t) for t, _, _ in segs], np.int64)
     lo = np.array([a for _, a, _ in segs], np.int64)
     hi = np.array([b for _, _, b in segs], np.int64)
@@ -646,8 +669,9 @@ def zap_pte_range(st: FastState, mm: FastMm, segs: list[Segment]) -> None:
         starts[1:] = ((idx[1:] != idx[:-1] + 1) | (lseg[1:] != lseg[:-1])
                       | (lid[1:] != lid[:-1]) | (lpg[1:] != lpg[:-1] + 1))
         first = starts.nonzero()[0]
-        _zap_folio_batches(st, mm, lid[first].astype(np.int64), lpg[first].astype(np.int64),
-                           np.diff(np.append(first, idx.size)))
+        folio_remove_rmap_ptes_batched(st, mm, lid[first].astype(np.int64),
+                                       lpg[first].astype(np.int64),
+                                       np.diff(np.append(first, idx.size)))
 
 
 def _zap_pte_range_loop(st: FastState, mm: FastMm, segs: list[Segment]) -> None:
@@ -693,28 +717,7 @@ def _zap_pte_range_loop(st: FastState, mm: FastMm, segs: list[Segment]) -> None:
         free_folios_bulk(st, np.array(dead, np.int64))
     if batches:
         a = np.array(batches, np.int64)
-        _zap_folio_batches(st, mm, a[:, 0], a[:, 1], a[:, 2])
-
-
-def _zap_folio_batches(st: FastState, mm: FastMm, fids: Arr, firsts: Arr, lens: Arr) -> None:
-    """The large-folio PTEs of a zap as batches (folio, first page, length) in PTE order:
-    each folio's folio_remove_rmap_ptes() and folio_put_refs() (nothing else touches it in
-    between), then the partial-mapping flags in the order they were raised, then frees."""
-    order = np.argsort(fids, kind="stable")
-    bounds = np.diff(fids[order]).nonzero()[0] + 1
-    flagged: list[tuple[int, int]] = []  # (batch, folio) where a flag was raised
-    freed: list[int] = []
-    for group in np.split(order, bounds):
-        fid = int(fids[group[0]])
-        k, gone = folio_remove_rmap_ptes_batched(st, fid, firsts[group], lens[group], mm)
-        if k >= 0:
-            flagged.append((int(group[k]), fid))
-        if gone:
-            freed.append(fid)
-    for _, fid in sorted(flagged):
-        deferred_split_folio(st, fid, True)
-    for fid in freed:
-        free_folio(st, fid)
+        folio_remove_rmap_ptes_batched(st, mm, a[:, 0], a[:, 1], a[:, 2])
 
 
 # --------------------------------------------------------------------------------------
@@ -731,7 +734,7 @@ def free_pgtables(st: FastState, mm: FastMm, start: int, end: int) -> None:
     any part of their range (the floor/ceiling rule of free_pgd_range)."""
     g = st.geom
     pud = mm.pud_table
-    pud_nr, pmd_nr = g.pud_nr, g.pmd_nr
+    pud_nr = g.pud_nr
     paths = st.paths
     for pi, addr, nxt in pud_range(g, start, end):
         if st.e_kind[st.row(pud), pi] != TABLE:
@@ -739,21 +742,10 @@ def free_pgtables(st: FastState, mm: FastMm, start: int, end: int) -> None:
         pmd = table_of(st, pud, pi, LEVEL_PMD)
         base = pi * pud_nr
         m0, m1 = pmd_entries(g, addr, nxt)
-        r = st.row(pmd)
         # a PTE table goes once no VMA intersects its PMD range
-        if paths.python("free_pgtables", m1 - m0 <= paths.small):
-            K = st.e_kind[r, m0:m1].tolist()
-            vmas = [(v.start, v.end) for v in mm.vmas]
-            idx = np.array([m0 + j for j, k in enumerate(K) if k == TABLE and not any(
-                vs < base + (m0 + j + 1) * pmd_nr and base + (m0 + j) * pmd_nr < ve
-                for vs, ve in vmas)], np.int64)
-        else:
-            idx = m0 + (st.e_kind[r, m0:m1] == TABLE).nonzero()[0]
-            los = base + idx * pmd_nr
-            mapped = np.zeros(idx.size, bool)
-            for v in mm.vmas:
-                mapped |= (los < v.end) & (v.start < los + pmd_nr)
-            idx = idx[~mapped]
+        uncovered = _uncovered_loop if paths.python(
+            "free_pgtables", m1 - m0 <= paths.small) else _uncovered_arrays
+        idx = uncovered(st, mm, st.row(pmd), m0, m1, base)
         if idx.size:
             ptes = tables_at(st, pmd, idx, LEVEL_PTE)
             used = st.e_kind[st.t_row[ptes]].any(axis=1)  # row 0 (no entries) is all none
@@ -766,3 +758,25 @@ def free_pgtables(st: FastState, mm: FastMm, start: int, end: int) -> None:
                 raise ModelBug("free_pgtables.not_empty", f"PMD table {pmd}")
             set_entry(st, pud, pi, NONE)
             pt_free(st, mm, pmd)
+
+
+def _uncovered_loop(st: FastState, mm: FastMm, r: int, m0: int, m1: int, base: int) -> Arr:
+    """The PMD entries of ``[m0, m1)`` (entry row ``r``, the PUD range from page ``base``)
+    that name a PTE table no VMA intersects the PMD range of, in Python."""
+    pmd_nr = st.geom.pmd_nr
+    vmas = [(v.start, v.end) for v in mm.vmas]
+    return np.array([mi for mi, k in enumerate(st.e_kind[r, m0:m1].tolist(), m0)
+                     if k == TABLE and not any(vs < base + (mi + 1) * pmd_nr
+                                               and base + mi * pmd_nr < ve for vs, ve in vmas)],
+                    np.int64)
+
+
+def _uncovered_arrays(st: FastState, mm: FastMm, r: int, m0: int, m1: int, base: int) -> Arr:
+    """``_uncovered_loop`` over arrays."""
+    pmd_nr = st.geom.pmd_nr
+    idx = m0 + (st.e_kind[r, m0:m1] == TABLE).nonzero()[0]
+    los = base + idx * pmd_nr
+    mapped = np.zeros(idx.size, bool)
+    for v in mm.vmas:
+        mapped |= (los < v.end) & (v.start < los + pmd_nr)
+    return idx[~mapped]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pudthp_fast.folio import deferred_split_folio
+from pudthp_fast.folio import deferred_split_folio, free_folio
 from pudthp_fast.state import Arr, FastMm, FastState
 from pudthp_fast.vmstat import count_mthp_stat, mod_node_page_state
 from pudthp_ref.spec import (
@@ -236,13 +236,34 @@ def folio_remove_rmap_ptes_singly(st: FastState, fid: int, pages: Arr, mm: FastM
                 deferred_split_folio(st, fid, True)
 
 
-def folio_remove_rmap_ptes_batched(st: FastState, fid: int, first_pages: Arr, lens: Arr,
-                                   mm: FastMm) -> tuple[int, bool]:
-    """folio_remove_rmap_ptes() for each batch (``lens[k]`` consecutive pages from
-    ``first_pages[k]``, the batches of one zap in order; nothing else changes the folio in
-    between), then folio_put_refs() of them all.  Returns the first batch that flags the
-    folio partially mapped (-1: none) and whether the last reference went; the caller
-    queues and frees in the kernel's order."""
+def folio_remove_rmap_ptes_batched(st: FastState, mm: FastMm, fids: Arr, firsts: Arr,
+                                   lens: Arr) -> None:
+    """folio_remove_rmap_ptes() and folio_put_refs() for each batch of a zap's large-folio
+    PTEs: (folio, first page, length), in PTE order.  Nothing else touches a folio between
+    its batches, so each folio's are folded at once: counters by sums, the mm-id slots by
+    the sequence of subtractions, the partial-mapping flag raised at the first batch that
+    unmaps a page while others stay mapped.  Flags are then raised in the order of those
+    batches, and folios whose last reference went are freed."""
+    order = np.argsort(fids, kind="stable")
+    bounds = np.diff(fids[order]).nonzero()[0] + 1
+    flagged: list[tuple[int, int]] = []  # (batch, folio) where a flag was raised
+    freed: list[int] = []
+    for group in np.split(order, bounds):
+        fid = int(fids[group[0]])
+        k = _remove_batches(st, fid, firsts[group], lens[group], mm)
+        if k >= 0:
+            flagged.append((int(group[k]), fid))
+        if st.f_ref[fid] == 0:
+            freed.append(fid)
+    for _, fid in sorted(flagged):
+        deferred_split_folio(st, fid, True)
+    for fid in freed:
+        free_folio(st, fid)
+
+
+def _remove_batches(st: FastState, fid: int, first_pages: Arr, lens: Arr, mm: FastMm) -> int:
+    """One folio's batches, in order: the first batch that flags it partially mapped, or
+    -1."""
     b = int(st.f_base[fid])
     total = int(lens.sum())
     offsets = np.cumsum(lens) - lens  # of each batch among the folio's pages
@@ -274,7 +295,7 @@ def folio_remove_rmap_ptes_batched(st: FastState, fid: int, first_pages: Arr, le
     st.f_ref[fid] -= total
     if st.f_ref[fid] < 0:
         raise ModelBug("folio_put.underflow", f"folio {fid} refcount below zero")
-    return flagged, bool(st.f_ref[fid] == 0)
+    return flagged
 
 
 # --------------------------------------------------------------------------------------
