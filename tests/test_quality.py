@@ -8,7 +8,9 @@ finds each bug is the differential comparison (results and summaries after every
 full snapshots at the end of a program), not the fast side's own invariants.
 
 Each search is one worker in this process (``fuzz_inline``, so the monkeypatches apply) with
-a fixed seed; the time limits are a safety net, the searches take seconds.
+a fixed seed; the time limits are a safety net, the searches take seconds.  The bugs planted
+in the fast side's numpy variants (e) are hunted as a default campaign hunts (invariants on,
+every config key drawn) over a fixed number of programs, with no time limit at all.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from fuzz.engine_hypothesis import (
     fuzz_inline,
 )
 from harness.runner import run_program
-from pudthp_fast.state import LEAF, NONE, TABLE
+from pudthp_fast.state import LEAF, NONE, TABLE, W, set_entries
 from pudthp_ref.spec import LEVEL_PMD, LEVEL_PTE
 
 LIMIT = 300.0  # seconds; a search that needs longer has failed (alone the slowest takes
@@ -279,3 +281,89 @@ def test_correct_designs_find_nothing(deposit: str) -> None:
     spec = WorkerSpec(0, 5, {"deposit": deposit}, "both", True, time_limit=None, max_runs=1,
                       max_examples=60, step_count=50)
     assert fuzz_inline(spec) == []
+
+
+# --------------------------------------------------------------------------------------
+# (e) planted bugs in the numpy variants of the fast side's hot paths, which a program runs
+#     at small geometry only with meta.fast_paths=numpy (pudthp_fast.state.Paths): a
+#     default campaign draws that for some programs, so one finds each, and the finding
+#     records it to replay on
+# --------------------------------------------------------------------------------------
+
+VECTOR_PROGRAMS = 20  # a fixed number of programs of one worker at the default settings
+
+
+def hunt_vector(monkeypatch: pytest.MonkeyPatch, name: str, make_fake: Callable[..., Any]
+                ) -> dict[str, Any]:
+    real = getattr(fast_memory, name)
+    plant(monkeypatch, real, make_fake(real))
+    spec = WorkerSpec(0, 0, {}, "both", True, time_limit=None, max_runs=1,
+                      max_examples=VECTOR_PROGRAMS, max_findings=1,
+                      shrink_seconds=QUICK_SHRINK)
+    found = fuzz_inline(spec)
+    assert found, f"nothing found in {VECTOR_PROGRAMS} programs"
+    payload = found[0]
+    assert payload["kind"] == "divergence", payload["signature"]
+    program = finding_program(payload)
+    assert program.meta["fast_paths"] == "numpy"  # the only way to reach it at P <= 8
+    report = run_program(program, "both")
+    assert report.finding is not None
+    assert report.finding.signature == payload["signature"]
+    return payload
+
+
+def test_planted_fork_copy_leaves_the_parent_writable(monkeypatch: pytest.MonkeyPatch
+                                                      ) -> None:
+    # copy_pte_range over arrays forgets to write-protect the parent's PTEs
+    def fake(real: Callable[..., None]) -> Callable[..., None]:
+        def keeps_parent_writable(st: Any, dst: Any, segs: Any) -> None:
+            before = {s_: st.e_bits[st.row(s_)].copy() for _, s_, _, _ in segs if st.row(s_)}
+            real(st, dst, segs)
+            for s_, bits in before.items():
+                st.e_bits[st.row(s_)] |= bits & W
+        return keeps_parent_writable
+
+    assert program_has(hunt_vector(monkeypatch, "_copy_pte_range_arrays", fake), "fork")
+
+
+def test_planted_zap_keeps_the_rss(monkeypatch: pytest.MonkeyPatch) -> None:
+    # zap_pte_range over arrays forgets MM_ANONPAGES for the present PTEs it clears
+    def fake(real: Callable[..., None]) -> Callable[..., None]:
+        def keeps_rss(st: Any, mm: Any, segs: Any) -> None:
+            before = mm.rss_anon
+            real(st, mm, segs)
+            mm.rss_anon = before
+        return keeps_rss
+
+    hunt_vector(monkeypatch, "_zap_pte_range_arrays", fake)
+
+
+def test_planted_table_freeing_keeps_a_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    # free_pgtables over arrays misses the last PTE table no VMA covers (it leaks)
+    def fake(real: Callable[..., Any]) -> Callable[..., Any]:
+        def keeps_last(st: Any, mm: Any, r: int, m0: int, m1: int, base: int) -> Any:
+            return real(st, mm, r, m0, m1, base)[:-1]
+        return keeps_last
+
+    hunt_vector(monkeypatch, "_uncovered_arrays", fake)
+
+
+def test_planted_pmd_entry_copy_out_of_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    # copy_pmd_range over arrays allocates the child's missing PTE tables, but installs
+    # them in reverse entry order (pte_alloc() goes entry by entry)
+    def fake(real: Callable[..., list[int]]) -> Callable[..., list[int]]:
+        def reversed_ids(st: Any, dst: Any, dpmd: int, idx: list[int], first: int
+                         ) -> list[int]:
+            r = st.row(dpmd)
+            was_none = [mi for mi in idx if st.e_kind[r, mi] == NONE]
+            out = real(st, dst, dpmd, idx, first)
+            if len(was_none) > 1:
+                r = st.row(dpmd)
+                ids = st.e_id[r, was_none][::-1].copy()
+                set_entries(st, dpmd, np.array(was_none), TABLE, ids)
+                st.t_addr[ids] = first + np.array(was_none) * st.geom.pmd_nr
+                out = [int(st.e_id[r, mi]) for mi in idx]
+            return out
+        return reversed_ids
+
+    assert program_has(hunt_vector(monkeypatch, "_child_pte_tables_arrays", fake), "fork")
