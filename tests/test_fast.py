@@ -347,3 +347,14 @@ def test_the_command_tunes_the_heap_where_it_runs_the_fast_side(
     assert calls == ([1] if tuned else [])
     FastModel(Config())
     assert calls == ([1] if tuned else [])
+
+
+def test_the_run_option_names_the_fast_side_s_path_variants() -> None:
+    # harness.runner validates meta.fast_paths without importing the fast side: the same
+    # names, and a bad one is a usage error before anything runs
+    from harness.runner import FAST_PATHS, UsageError
+    from pudthp_fast import state
+
+    assert tuple(state.FAST_PATHS) == FAST_PATHS
+    with pytest.raises(UsageError, match=r"meta\.fast_paths"):
+        run_program(Program(Config(), CHECKED, {"fast_paths": "gpu"}), "both")
