@@ -11,20 +11,13 @@ from pudthp_fast.vmstat import count_mthp_stat, count_vm_event
 from pudthp_ref.spec import ModelBug
 
 
-def alloc_order_name(st: FastState, order: int) -> str:
-    if order == st.geom.pud_order:
-        return "pud"
-    if order == st.geom.pmd_order:
-        return "pmd"
-    return "base"
-
-
 def folio_alloc(st: FastState, order: int, node: int = 0) -> int:
     """folio_alloc(): a new zero-filled folio id, or 0 when fail_alloc refuses.
 
     The id is taken only on success: a failed allocation hands out nothing.
     """
-    which = alloc_order_name(st, order)
+    g = st.geom  # alloc_order_name()
+    which = "pud" if order == g.pud_order else "pmd" if order == g.pmd_order else "base"
     if st.fail_alloc[which] > 0:
         st.fail_alloc[which] -= 1
         return 0

@@ -62,6 +62,7 @@ from pudthp_fast.state import (
     W,
     Y,
     add_at,
+    check_child,
     install_table,
     pmd_entries,
     pte_segments,
@@ -270,6 +271,7 @@ def wp_page_copy(st: FastState, mm: FastMm, vma: FastVma, pte: int, ti: int) -> 
 # --------------------------------------------------------------------------------------
 
 CopySegment = tuple[int, int, int, int]  # child PTE table, parent PTE table, lo, hi
+_NO_ENTRIES = np.zeros(0, np.int64)
 
 
 def copy_page_range(st: FastState, dst: FastMm, src: FastMm, vma: FastVma) -> None:
@@ -352,7 +354,13 @@ def _child_pte_tables_loop(st: FastState, dst: FastMm, dpmd: int, idx: list[int]
         tids = pt_alloc_many(st, dst, LEVEL_PTE, len(need))
         for mi, t in zip(need, tids.tolist(), strict=True):
             install_table(st, dpmd, mi, t, first + mi * st.geom.pmd_nr)
-    return [table_of(st, dpmd, mi, LEVEL_PTE) for mi in idx]
+    drow = st.row(dpmd)
+    kids: list[int] = st.e_id[drow, idx].tolist()
+    for mi, k, child in zip(idx, st.e_kind[drow, idx].tolist(), kids, strict=True):
+        if k != TABLE:
+            raise ModelBug("walk.bad_table", f"entry {mi} of table {dpmd} is no live table")
+        check_child(st, dpmd, mi, child, LEVEL_PTE)
+    return kids
 
 
 def _child_pte_tables_arrays(st: FastState, dst: FastMm, dpmd: int, idx: list[int],
@@ -765,10 +773,10 @@ def _uncovered_loop(st: FastState, mm: FastMm, r: int, m0: int, m1: int, base: i
     that name a PTE table no VMA intersects the PMD range of, in Python."""
     pmd_nr = st.geom.pmd_nr
     vmas = [(v.start, v.end) for v in mm.vmas]
-    return np.array([mi for mi, k in enumerate(st.e_kind[r, m0:m1].tolist(), m0)
-                     if k == TABLE and not any(vs < base + (mi + 1) * pmd_nr
-                                               and base + mi * pmd_nr < ve for vs, ve in vmas)],
-                    np.int64)
+    idx = [mi for mi, k in enumerate(st.e_kind[r, m0:m1].tolist(), m0)
+           if k == TABLE and not any(vs < base + (mi + 1) * pmd_nr and base + mi * pmd_nr < ve
+                                     for vs, ve in vmas)]
+    return np.array(idx, np.int64) if idx else _NO_ENTRIES
 
 
 def _uncovered_arrays(st: FastState, mm: FastMm, r: int, m0: int, m1: int, base: int) -> Arr:

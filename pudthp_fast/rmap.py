@@ -244,15 +244,16 @@ def folio_remove_rmap_ptes_batched(st: FastState, mm: FastMm, fids: Arr, firsts:
     the sequence of subtractions, the partial-mapping flag raised at the first batch that
     unmaps a page while others stay mapped.  Flags are then raised in the order of those
     batches, and folios whose last reference went are freed."""
-    order = np.argsort(fids, kind="stable")
-    bounds = np.diff(fids[order]).nonzero()[0] + 1
+    groups: dict[int, list[int]] = {}  # folio -> its batches, in order
+    for k, fid in enumerate(fids.tolist()):
+        groups.setdefault(fid, []).append(k)
     flagged: list[tuple[int, int]] = []  # (batch, folio) where a flag was raised
     freed: list[int] = []
-    for group in np.split(order, bounds):
-        fid = int(fids[group[0]])
+    for fid in sorted(groups):
+        group = groups[fid]
         k = _remove_batches(st, fid, firsts[group], lens[group], mm)
         if k >= 0:
-            flagged.append((int(group[k]), fid))
+            flagged.append((group[k], fid))
         if st.f_ref[fid] == 0:
             freed.append(fid)
     for _, fid in sorted(flagged):
@@ -267,16 +268,15 @@ def _remove_batches(st: FastState, fid: int, first_pages: Arr, lens: Arr, mm: Fa
     b = int(st.f_base[fid])
     total = int(lens.sum())
     offsets = np.cumsum(lens) - lens  # of each batch among the folio's pages
-    pg = np.repeat(first_pages - offsets, lens) + np.arange(total)
-    p0 = int(pg[0])
-    if int(pg[-1]) - p0 == total - 1 and not np.count_nonzero(np.diff(pg) != 1):
+    p0 = int(first_pages[0])
+    if not np.count_nonzero(first_pages - offsets != p0):  # one run of pages
         mc = st.p_mapcount[b + p0 : b + p0 + total]  # consecutive pages: a view
         if np.count_nonzero(mc < 0):
             raise ModelBug("rmap.mapcount_underflow", f"folio {fid}")
         last_per_batch = np.add.reduceat((mc == 0).astype(np.int64), offsets)
         mc -= 1
     else:
-        pool = b + pg
+        pool = b + np.repeat(first_pages - offsets, lens) + np.arange(total)
         before = st.p_mapcount[pool]
         if np.count_nonzero(before < 0):
             raise ModelBug("rmap.mapcount_underflow", f"folio {fid}")

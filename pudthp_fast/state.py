@@ -59,6 +59,9 @@ HOT_PATHS: tuple[str, ...] = ("copy_pmd_range", "copy_pte_range", "zap_pte_range
 """The paths with two variants, as ``Paths.taken`` names them (``NAME:python``,
 ``NAME:numpy``)."""
 
+_PATH_KEYS = {(p, small): f"{p}:{'python' if small else 'numpy'}"
+              for p in HOT_PATHS for small in (True, False)}
+
 I8 = np.int8
 I32 = np.int32
 I64 = np.int64
@@ -79,8 +82,9 @@ class Paths:
 
     def python(self, path: str, small: bool) -> bool:
         """Count one run of ``path`` and return ``small``: whether it runs its loop."""
-        key = f"{path}:python" if small else f"{path}:numpy"
-        self.taken[key] = self.taken.get(key, 0) + 1
+        key = _PATH_KEYS[path, small]
+        taken = self.taken
+        taken[key] = taken.get(key, 0) + 1
         return small
 
 
@@ -163,7 +167,9 @@ class FastVma:
     forked: bool = False  # the anon_vma chain holds a parent's (anon_vma_fork)
 
     def flags(self) -> list[str]:
-        return ["hugepage"] * self.hugepage + ["nohugepage"] * self.nohugepage
+        if self.hugepage:
+            return ["hugepage", "nohugepage"] if self.nohugepage else ["hugepage"]
+        return ["nohugepage"] if self.nohugepage else []
 
 
 @dataclass(slots=True)
