@@ -397,7 +397,8 @@ class Walk:
             return
         st, c, e = self.st, self.c, self.e
         g = st.geom
-        npages, order = (g.pud_nr, g.pud_order) if level == "pud" else (g.pmd_nr, g.pmd_order)
+        npages, order = ((g.pud_nr, g.pud_order) if level == LEVEL_PUD
+                         else (g.pmd_nr, g.pmd_order))
         up = level.upper()
         vbase = gv - m * c.space
         k, found = self.vma(gv)
