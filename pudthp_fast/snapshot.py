@@ -291,9 +291,8 @@ def _swap(st: FastState) -> list[dict[str, Any]]:
 def take_summary(st: FastState) -> dict[str, Any]:
     """The per-op digest's input: nothing that grows with the number of pages."""
     return {
-        "mms": [  # VMA flags as the two bits: no list to build per VMA and op
-            [mm.id, mm.alive, [[v.start, v.end, v.prot, v.hugepage, v.nohugepage]
-                               for v in mm.vmas],
+        "mms": [
+            [mm.id, mm.alive, [[v.start, v.end, v.prot, v.flags()] for v in mm.vmas],
              mm.rss_anon, mm.rss_swap, mm.pgtables_bytes, mm.has_pinned]
             for mm in st.mms
         ],
