@@ -383,13 +383,8 @@ def dict_keys(node: ast.Dict) -> set[str]:
 def written_meta_keys() -> set[str]:
     """Keys the engines, ``pudthp shrink`` and ``pudthp corpus archive`` put in ``meta``."""
     keys: set[str] = set()
-    for rel in (
-        "fuzz/engine_hypothesis.py",
-        "fuzz/engine_atheris.py",
-        "harness/corpus.py",
-        "harness/cli.py",
-    ):
-        for node in ast.walk(ast.parse(read(ROOT / rel))):
+    for path in [*(ROOT / "harness").rglob("*.py"), *(ROOT / "fuzz").rglob("*.py")]:
+        for node in ast.walk(ast.parse(read(path))):
             if isinstance(node, ast.Dict):
                 lits = dict_keys(node)
                 if {"signature", "engine"} <= lits:
