@@ -271,6 +271,21 @@ def serve(o: ServeOptions, out: TextIO = sys.stdout) -> int:
     log = Path(directory, LOG_NAME)
     log_start = log.stat().st_size if log.exists() else 0
     old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return _run(o, out, binary, log, log_start, given)
+    except (KeyboardInterrupt, _Stop):  # a stop at any moment, the start included
+        print(f"pudthp hub: stopped; data saved in {directory}", file=out, flush=True)
+        return 0
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _run(o: ServeOptions, out: TextIO, binary: str, log: Path, log_start: int,
+         given: bool) -> int:
+    """Start the server, say where it serves, and wait; a stop (``_Stop``, Ctrl-C)
+    raised anywhere here stops the server before it passes on."""
+    directory, password, port = o.dir, o.password or "", o.port
     proc: subprocess.Popen[bytes] | None = None
     try:
         try:
@@ -291,16 +306,9 @@ def serve(o: ServeOptions, out: TextIO = sys.stdout) -> int:
         print(f"  data in {directory} (append-only file; password in "
               f"{os.path.join(directory, PASSWORD_FILE)}), log {log}; Ctrl-C stops it",
               file=out, flush=True)
-        try:
-            rc = proc.wait()
-        except (KeyboardInterrupt, _Stop):
-            _stop(proc)
-            print(f"pudthp hub: stopped; data saved in {directory}", file=out, flush=True)
-            return 0
+        rc = proc.wait()
         raise ServeError(f"redis-server exited with status {rc}: {_why(proc, log, log_start)}")
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
         if proc is not None and proc.poll() is None:
             _stop(proc)
 
