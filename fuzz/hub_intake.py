@@ -80,8 +80,9 @@ class Intake:
             text = self.hub.hub_text(self.hub.r, key)
             if text is None:
                 return None
-            try:
-                machine = hv.machine_name(self.hub.r.hget(key, "machine"))
+            try:  # shown escaped: a hostile name is named as it is
+                machine = hv.text(self.hub.r.hget(key, "machine"), "a machine name",
+                                  hv.MAX_MACHINE * 4) or "(unnamed)"
             except BadValue:
                 machine = "(unnamed)"
             return Candidate(signature, text, machine)

@@ -946,7 +946,7 @@ def _cmd_hub_pull(args: argparse.Namespace) -> int:
         except OSError as e:
             return _error(f"--stats {args.stats}: {e.strerror or e}")
         print(f"  stats     {len(records)} record(s) -> {args.stats}"
-              + (f"; {hub.stats_skipped} entr(y/ies) of the stream were not valid stats "
+              + (f"; {hub.stats_skipped} entries of the stream were not valid stats "
                  "records and were passed over" if hub.stats_skipped else ""))
     hub.close()
     return 0
