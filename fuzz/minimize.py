@@ -283,7 +283,9 @@ def minimize(o: MinimizeOptions, say: Callable[[str], None] | None = None) -> Mi
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     inputs = read_inputs(o.corpus)
     before = inputs.regular
-    skipped = (f"; {inputs.other} not a regular file, passed over" if inputs.other else "")
+    skipped = ("" if not inputs.other else "; 1 entry that is not a regular file passed over"
+               if inputs.other == 1 else
+               f"; {inputs.other} entries that are not regular files passed over")
     if not inputs.files:
         raise MinimizeError(f"{o.corpus}: no inputs to minimize ({inputs.empty} empty "
                             f"file(s){skipped.replace('; ', ', ')})")
