@@ -2,9 +2,9 @@
 
 ``Intake`` is the reading side of ``fuzz.hub.Hub``: it follows the hub's findings log (the
 signature of every program the hub stored, in order) from where it left off, a bounded
-number of entries per call, looks each one up with one pipelined ``HSTRLEN`` per
-``PULL_BATCH`` (so a log of signatures with no program behind them costs little, and
-nothing grows with the size of the hub's signature set, which it never reads), and has
+number of entries per call, asks which have a program behind them with one ``EXISTS`` per
+``PULL_BATCH`` of signatures that have none (so a log of bare signatures costs little,
+and nothing grows with the size of the hub's signature set, which it never reads), and has
 each program it wants replayed (``fuzz.hub_replay``).  A finding that reports its own
 signature is written to the local findings directory (``fuzz.archive``, never over a
 file); one that does not is said once, naming the machine that pushed it, and its
@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Container
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Protocol
 
 from fuzz import hub_values as hv
 from fuzz.archive import archive, finding_path
@@ -178,8 +178,9 @@ class Intake:
 
     def _new_candidates(self, directory: str, have: Container[str]) -> list[Candidate]:
         """The findings of the waiting signatures this machine wants, as many as the
-        replayer can start: first one ``HSTRLEN`` each, pipelined, so a log full of
-        signatures with no program behind them costs a round trip per ``PULL_BATCH``."""
+        replayer can start.  Which signatures have a program behind them is asked in
+        groups (``present``), so a log full of signatures with none costs one command per
+        ``PULL_BATCH`` of them."""
         out: list[Candidate] = []
         running = self.replayer.running()
         while self.waiting and len(out) < max(1, self.replayer.free()):
@@ -187,36 +188,46 @@ class Intake:
             while self.waiting and len(batch) < PULL_BATCH:
                 sig = next(iter(self.waiting))
                 del self.waiting[sig]
-                if (sig not in have and sig not in running
-                        and not os.path.exists(finding_path(directory, sig))):
+                if sig not in have and sig not in running:
                     batch.append(sig)
             if not batch:
                 continue
-
-            def sizes(b: list[str] = batch) -> list[Any]:
-                pipe = self.hub.r.pipeline(transaction=False)
-                for sig in b:
-                    pipe.hstrlen(self.hub.finding_key(sig), "text")
-                return cast(list[Any], pipe.execute())
-
-            nothing: list[Any] = []
-            got = self.hub.call(sizes, nothing)
-            if not got:  # unreachable: read again next time
-                for sig in reversed(batch):
-                    self.waiting[sig] = None
-                    self.waiting.move_to_end(sig, last=False)
+            found = self.hub.call(lambda b=batch: self._present(b), None)  # type: ignore[misc]
+            if found is None:  # unreachable: read again next time
+                self._back(batch)
                 return out
-            present = [sig for sig, n in zip(batch, got, strict=True) if n]
+            present = [sig for sig in found if not os.path.exists(finding_path(directory, sig))]
             for i, sig in enumerate(present):
                 if len(out) >= max(1, self.replayer.free()):
-                    for rest in reversed(present[i:]):
-                        self.waiting[rest] = None
-                        self.waiting.move_to_end(rest, last=False)
+                    self._back(present[i:])
                     break
                 c = self.candidate(sig)
                 if c is not None:
                     out.append(c)
         return out
+
+    def _back(self, sigs: list[str]) -> None:
+        """Put ``sigs`` back at the head of the waiting signatures, in order."""
+        for sig in reversed(sigs):
+            self.waiting[sig] = None
+            self.waiting.move_to_end(sig, last=False)
+
+    def _present(self, sigs: list[str]) -> list[str]:
+        """Those of ``sigs`` (distinct) whose finding key exists, in order: ``EXISTS`` of
+        the whole group, then of halves of groups that hold some but not all (a group of
+        none costs one command whatever its size)."""
+        keys = [self.hub.finding_key(s) for s in sigs]
+        found = [False] * len(sigs)
+        groups = [(0, len(sigs))]
+        while groups:
+            lo, hi = groups.pop()
+            n = int(self.hub.r.exists(*keys[lo:hi]))
+            if n == hi - lo:
+                found[lo:hi] = [True] * (hi - lo)
+            elif n and hi - lo > 1:
+                mid = (lo + hi) // 2
+                groups += [(mid, hi), (lo, mid)]
+        return [s for s, f in zip(sigs, found, strict=True) if f]
 
     def _replayed(self, c: Candidate, problem: str | None, directory: str,
                   written: list[str]) -> None:
