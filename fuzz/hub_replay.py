@@ -9,8 +9,8 @@ program on the hub, this machine runs it, and it must report its own signature:
 - the text is checked as a program file is (``harness.program``: at most 8 MiB, JSON 64
   deep, every field) and its ``meta.signature`` must be the one it was pushed under;
 - it runs in a child process (``python -m fuzz.hub_replay``: ``harness.runner`` under
-  ``harness.limits``' memory and time limits, ``--impl`` from its ``meta.impl``, else
-  ``both`` for a divergence, else ``ref``), in a session of its own (a Ctrl-C on the
+  ``harness.limits``' memory and time limits, on its ``meta.impl``, else on both in
+  lockstep, as ``pudthp corpus replay`` runs a finding), in a session of its own (a Ctrl-C on the
   terminal is not its), killed if this process dies and if it outlives its time limit
   by ``GRACE_SECONDS``;
 - the child prints one JSON line: the signature it found (or null), or the limit it hit.
@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from harness.corpus import impl_for
 from harness.limits import default_max_rss_mb
 from harness.program import ProgramError, parse_program_text
 
@@ -42,7 +43,6 @@ REPLAY_SECONDS = 60.0  # as a campaign's --max-program-time
 GRACE_SECONDS = 10.0
 MAX_OUTPUT = 64 << 10
 _PR_SET_PDEATHSIG = 1
-IMPLS = ("ref", "fast", "both")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,18 +57,6 @@ class Candidate:
     @property
     def digest(self) -> str:
         return hashlib.sha256(self.text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def impl_for(meta: dict[str, Any]) -> str:
-    """The implementation a finding was found with: ``meta.impl``, else both for a
-    divergence (only both shows one), else ref."""
-    impl = meta.get("impl")
-    if isinstance(impl, str) and impl in IMPLS:
-        return impl
-    if meta.get("kind") == "divergence" or str(meta.get("signature", "")).startswith(
-            "divergence:"):
-        return "both"
-    return "ref"
 
 
 def static_problem(c: Candidate) -> str | None:
@@ -119,7 +107,7 @@ class Replayer:
         if problem is not None:
             self.done.append((c, problem))
             return
-        impl = impl_for(json.loads(c.text).get("meta", {}))
+        impl = impl_for(parse_program_text(c.text, "its program"), None)
         if self.tmp is None:
             self.tmp = tempfile.mkdtemp(prefix="pudthp-replay-")
         self.count += 1

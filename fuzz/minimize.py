@@ -62,7 +62,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fuzz.archive import archived_signatures, writable_problem
+from fuzz.archive import archived_signatures, pid_alive, writable_problem
 
 INPUT_TIMEOUT = 300  # seconds one input may take, as in a campaign
 NEW_SUFFIX = ".minimize-new"
@@ -445,20 +445,10 @@ def remove_stale_scratch() -> int:
             if not name.startswith(TMP_PREFIX):
                 continue
             pid = name[len(TMP_PREFIX):].split("-")[0]
-            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
                 shutil.rmtree(os.path.join(base, name), ignore_errors=True)
                 removed += 1
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _pdeathsig() -> None:

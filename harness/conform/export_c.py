@@ -82,6 +82,7 @@ VMSTAT_PUD: tuple[str, ...] = ("thp_fault_alloc_pud", "thp_fault_fallback_pud", 
 
 TEMPLATE = "reproducer.c"
 PROGRAM_MARK = "/* @PUDTHP_PROGRAM@ */\n"
+C_INT_MAX = (1 << 31) - 1  # mm and pin ids are C ints in the reproducer's tables
 
 
 class ExportError(Exception):
@@ -112,19 +113,14 @@ def resolve(program: Program, explicit: dict[str, Any]) -> tuple[Program, bool]:
     return Program(Config(**fields), program.ops, program.meta), pud
 
 
-C_INT_MAX = (1 << 31) - 1  # mm and pin ids are C ints in the reproducer's tables
-
-
 def check_expressible(program: Program, pud: bool) -> None:
-    """Raise ExportError for an op the live kernel has no way to do, or one naming an mm
-    or pin id the C file's ``int`` fields cannot hold (it would name another)."""
+    """Raise ExportError for an op the live kernel (or an id the C file) cannot hold."""
     space = program.config.geom.space
     for i, op in enumerate(program.ops):
-        for name in ("mm", "pin"):
-            value = getattr(op, name, None)
-            if isinstance(value, int) and value > C_INT_MAX:
-                raise ExportError(f"op {i} ({op.KIND}): {name} id {value} is over "
-                                  f"{C_INT_MAX}, more than the C file's int can hold")
+        name = "pin" if isinstance(op, spec.Unpin) else "mm"  # a larger id names another
+        if getattr(op, name, 0) > C_INT_MAX:
+            raise ExportError(f"op {i} ({op.KIND}): {name} id {getattr(op, name)} is over "
+                              f"{C_INT_MAX}, more than the C file's int can hold")
         if isinstance(op, spec.FailAlloc):
             raise ExportError(f"op {i} (fail_alloc): {UNSUPPORTED_OPS['fail_alloc']}")
         if isinstance(op, spec.SplitFolio) and pud:
@@ -465,8 +461,7 @@ FLAG_ENUM = {"hugepage": "VMA_HG", "nohugepage": "VMA_NH"}
 
 
 def c_string(text: str) -> str:
-    """A C string literal of ``text`` (ASCII; anything else escaped in octal, and ``?``
-    as ``\\?`` so no two of them start a trigraph)."""
+    """A C string literal of ``text``: ASCII, the rest in octal, ``?`` as ``\\?`` (trigraphs)."""
     out = []
     for ch in text:
         if ch in "\\\"?":
@@ -479,19 +474,10 @@ def c_string(text: str) -> str:
 
 
 def c_comment(text: str) -> str:
-    """``text`` made safe inside a C block comment: printable ASCII only (anything else as
-    ``\\uXXXX``, as JSON writes it: no line or paragraph separator, bidirectional control
-    or other character a compiler or an editor reads specially), and none of ``*/`` (it
-    would end the comment), ``/*`` (warned about inside one, -Wcomment) or ``??`` (the
-    start of a trigraph, -Wtrigraphs)."""
-    out = []
-    for ch in text:
-        n = ord(ch)
-        if " " <= ch <= "~":
-            out.append(ch)
-        else:
-            out.append(f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}")
-    safe = "".join(out)
+    """``text`` safe in a C block comment: printable ASCII (the rest as ``\\uXXXX``), no
+    ``*/``, ``/*`` (-Wcomment) or ``??`` (-Wtrigraphs)."""
+    safe = "".join(ch if " " <= ch <= "~" else f"\\u{ord(ch):04x}" if ord(ch) < 0x10000
+                   else f"\\U{ord(ch):08x}" for ch in text)
     while "*/" in safe or "/*" in safe or "??" in safe:
         safe = safe.replace("*/", "* /").replace("/*", "/ *").replace("??", "? ?")
     return safe
