@@ -902,9 +902,11 @@ def _cmd_hub(args: argparse.Namespace) -> int:
 
 def _cmd_hub_pull(args: argparse.Namespace) -> int:
     import json
+    import os
 
     from fuzz.archive import archived_signatures
     from fuzz.hub import Hub, HubError
+    from fuzz.hub_replay import Replayer
 
     problem = _dir_problem("--findings", args.findings)
     if problem is None and args.stats is not None:
@@ -913,7 +915,8 @@ def _cmd_hub_pull(args: argparse.Namespace) -> int:
         return _error(problem)
     said: list[str] = []
     try:
-        hub = Hub.connect(args.url, campaign=args.campaign, machine="pull", say=said.append)
+        hub = Hub.connect(args.url, campaign=args.campaign, machine="pull", say=said.append,
+                          replayer=Replayer(parallel=os.cpu_count() or 1))
     except HubError as e:
         return _error(str(e))
     if not hub.up:
