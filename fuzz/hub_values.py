@@ -76,19 +76,19 @@ def _no_constant(name: str) -> Any:
 
 def signature(raw: object, what: str = "a signature") -> str:
     """A finding signature: printable text of at most ``MAX_SIGNATURE`` characters."""
-    s = text(raw, what, MAX_SIGNATURE * 4)
-    if not s or len(s) > MAX_SIGNATURE or not s.isprintable():
-        raise BadValue(f"{what} {escape(s)}: not a signature (printable text of 1 to "
-                       f"{MAX_SIGNATURE} characters)")
-    return s
+    return _printable(raw, what, MAX_SIGNATURE, "a signature")
 
 
 def machine_name(raw: object, what: str = "a machine name") -> str:
     """A machine's name: printable text of at most ``MAX_MACHINE`` characters."""
-    s = text(raw, what, MAX_MACHINE * 4)
-    if not s or len(s) > MAX_MACHINE or not s.isprintable():
-        raise BadValue(f"{what} {escape(s)}: not a machine name (printable text of 1 to "
-                       f"{MAX_MACHINE} characters)")
+    return _printable(raw, what, MAX_MACHINE, "a machine name")
+
+
+def _printable(raw: object, what: str, most: int, kind: str) -> str:
+    s = text(raw, what, most * 4)
+    if not s or len(s) > most or not s.isprintable():
+        raise BadValue(f"{what} {escape(s)}: not {kind} (printable text of 1 to {most} "
+                       "characters)")
     return s
 
 

@@ -25,6 +25,7 @@ from test_export_c import (
     needs_gcc,
     program,
     reproducer,
+    start_until_plan,
 )
 
 from harness.cli import main
@@ -113,13 +114,8 @@ def _long_swap_program() -> spec.Program:
 def _start_and_kill(binary: Path, fd: int) -> tuple[str, int]:
     """Start the reproducer, SIGKILL it once every setting is applied and its swap is on
     (the plan line is printed after that); its output so far and pid."""
-    proc = subprocess.Popen([str(binary)], stdout=subprocess.PIPE, text=True, pass_fds=(fd,))
+    proc, lines = start_until_plan(binary, fd)
     assert proc.stdout is not None
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("1.."):
-            break
     deadline = time.monotonic() + 60
     while "/dev/zram0" not in k.read_text("/proc/swaps") and time.monotonic() < deadline:
         time.sleep(0.01)
