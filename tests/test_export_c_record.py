@@ -153,6 +153,11 @@ def test_a_sigkilled_reproducer_is_repaired_by_the_next_run_and_by_restore(
         assert "/proc/sys/vm/page-cluster" in recorded
         assert ["zram_reset", "zram0"] in steps
         assert ["swapoff", "/dev/zram0"] in steps
+        # a record file a killed writer left half-way (before its rename) goes too
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        stale = Path(f"{live.RECORD_PATH}.{dead.pid}.tmp")
+        stale.write_text("{")
         # the next reproducer puts them back before it changes anything, so what it saves
         # (and restores at its end) is the machine's own
         r = subprocess.run([str(binary)], capture_output=True, text=True, pass_fds=(fd,),
@@ -161,6 +166,7 @@ def test_a_sigkilled_reproducer_is_repaired_by_the_next_run_and_by_restore(
         assert r.returncode in (0, 1), r.stdout
         assert knobs() == before
         assert not os.path.exists(live.RECORD_PATH)
+        assert not stale.exists()
         # killed again: what 'pudthp conform --restore' runs puts everything back
         _start_and_kill(binary, fd)
         assert knobs() != before

@@ -1559,14 +1559,38 @@ static int undo_entry(const struct record_entry *e, struct sbuf *done)
 	return 0;
 }
 
+/* Remove the temporary record files of writers that are gone (killed before the rename) */
+static void remove_stale_records(void)
+{
+	static const char base[] = "conform-settings.json.";
+	DIR *d = opendir(RECORD_DIR);
+	struct dirent *de;
+	char path[320], *end;
+	long pid;
+
+	while (d && (de = readdir(d))) {
+		if (strncmp(de->d_name, base, sizeof(base) - 1))
+			continue;
+		pid = strtol(de->d_name + sizeof(base) - 1, &end, 10);
+		if (pid <= 0 || strcmp(end, ".tmp") || !kill((pid_t)pid, 0) || errno == EPERM)
+			continue;
+		snprintf(path, sizeof(path), RECORD_DIR "/%s", de->d_name);
+		unlink(path);
+	}
+	if (d)
+		closedir(d);
+}
+
 /* Put back what a killed run recorded; -1 (err says what) if anything could not be */
 static int restore_leftover(void)
 {
 	static struct record_entry left[MAX_RECORD * 4];
 	struct sbuf text = { 0 }, done = { 0 };
 	long pid;
-	int r = read_all(RECORD_PATH, &text), n, i;
+	int r, n, i;
 
+	remove_stale_records();
+	r = read_all(RECORD_PATH, &text);
 	if (r == -ENOENT) {
 		sb_free(&text);
 		return 0;
