@@ -129,12 +129,32 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def runtime_imports(path: Path) -> list[str]:
+    """``imports(path)`` but those under ``if TYPE_CHECKING:``: an annotation's import,
+    never run, may point back."""
+    tree = ast.parse(path.read_text())
+    typing_only: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
+            typing_only.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    out: list[str] = []
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out += [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+    return out
+
+
 def import_graph(package: str) -> dict[str, set[str]]:
-    """Module -> the modules of the same package it imports (at module level or lazily)."""
+    """Module -> the modules of the same package it imports when it runs (at module level
+    or lazily)."""
     mods = {module_name(p): p for p in modules(package)}
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for m, path in mods.items():
-        for imp, _ in imports(path):
+        for imp in runtime_imports(path):
             while imp and imp not in mods:
                 imp = imp.rpartition(".")[0]
             if imp and imp not in (m, package):
@@ -174,6 +194,17 @@ def test_no_import_cycle_inside_a_package(package: str) -> None:
 def test_the_cycle_check_sees_a_cycle() -> None:
     assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+    src = ("from typing import TYPE_CHECKING\nimport fuzz.gen\nif TYPE_CHECKING:\n"
+           "    from fuzz.hub import Hub\ndef f():\n    from fuzz import link\n")
+    p = ROOT / "tests" / "_layout_cycle_probe.py"
+    try:
+        p.write_text(src)
+        got = runtime_imports(p)
+    finally:
+        p.unlink()
+    assert "fuzz.gen" in got  # module level
+    assert "fuzz.link" in got  # lazy, but run
+    assert "fuzz.hub" not in got  # for annotations only
 
 
 # The fast side's own machinery, beyond the reference's modules: the struct-of-arrays state
