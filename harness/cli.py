@@ -15,6 +15,7 @@ import json
 import sys
 from typing import Any, NoReturn
 
+from harness.heap import tune_heap
 from harness.limits import LimitExceeded, default_max_rss_mb, memory_error, memory_limit, time_limit
 from harness.program import ProgramError, dump_program, load_program_file
 from harness.runner import CHECK_MODES, IMPL_FACTORIES, IMPL_NAMES, UsageError, run_program
@@ -57,10 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report", metavar="FILE", help="write the pudthp-report/1 JSON here")
     run.add_argument("--quiet", action="store_true", help="no per-op lines, only the summary")
     run.add_argument("--check", choices=CHECK_MODES, default="end",
-                     help="with --impl both, when the fast side checks its own invariants: at "
-                     "the end of the program and at a divergence (end, the default: the "
-                     "comparison with the reference, which checks after every op, covers "
-                     "the ops between) or after every op (every-op)")
+                     help="with --impl fast or both, when the fast side checks its own "
+                     "invariants: at the end of the program and at a divergence, a failure "
+                     "then located by a replay with checks after every op (end, the default; "
+                     "under both, the comparison with the reference, which checks after "
+                     "every op, covers the ops between) or after every op (every-op)")
     run.add_argument("--max-rss", metavar="MIB", type=_mib, default=None,
                      help="stop (exit 2, not a finding) once the process uses more memory "
                      "(default: half of this machine's memory; 0: no limit)")
@@ -790,6 +792,9 @@ def _main(argv: list[str]) -> int:
         return _error(
             f"unrecognized arguments: {' '.join(extra)} (see 'pudthp {args.command} --help')"
         )
+    if args.command not in ("hub", "report", "conform", "export-c", "bench") and getattr(
+            args, "impl", None) != "ref":
+        tune_heap()  # this process and the ones it starts run the fast side
     try:
         if args.command == "conform":
             return _cmd_conform(args)
