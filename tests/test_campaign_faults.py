@@ -36,13 +36,13 @@ from fuzz.archive import (
     writable_problem,
 )
 from fuzz.engine_hypothesis import Campaign, run_campaign
-from harness.cli import main
 from harness.program import dump_program, load_program_file
 from harness.runner import run_program
+from pudthp_cli.main import main
 from pudthp_ref.spec import Config, Mmap, Program, Write
 
 ROOT = Path(__file__).resolve().parents[1]
-PUDTHP = [sys.executable, "-m", "harness"]
+PUDTHP = [sys.executable, "-m", "pudthp_cli"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 

@@ -24,9 +24,9 @@ import pudthp_fast.invariants
 import pudthp_ref.invariants
 import pudthp_ref.model
 from fuzz.engine_hypothesis import WorkerSpec, run_worker
-from harness.cli import main
 from harness.limits import LimitExceeded, memory_limit, time_limit
 from harness.runner import Stepper, run_program
+from pudthp_cli.main import main
 from pudthp_ref.spec import Config, Mmap, Program, Read, Write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,7 +200,7 @@ def run_stopped(path: str, *limit: str) -> tuple[subprocess.CompletedProcess[str
     """``pudthp run PATH --quiet`` with a limit, in a fresh interpreter, which the limit
     stops: exit 2 and one line.  Returns the process and the seconds it took."""
     start = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "harness", "run", path, "--quiet", *limit],
+    r = subprocess.run([sys.executable, "-m", "pudthp_cli", "run", path, "--quiet", *limit],
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 2, r.stdout + r.stderr
     assert len(r.stderr.splitlines()) == 1, r.stderr

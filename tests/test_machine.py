@@ -39,13 +39,13 @@ from fuzz.machine import (
     finding_error,
     make_machine,
 )
-from harness.cli import main
 from harness.program import parse_program
 from harness.runner import Stepper, run_program
+from pudthp_cli.main import main
 from pudthp_ref.spec import Config, ConfigError, Finding, Mmap, Program, Read, Write
 
 ROOT = Path(__file__).resolve().parents[1]
-PUDTHP = [sys.executable, "-m", "harness"]
+PUDTHP = [sys.executable, "-m", "pudthp_cli"]
 
 # --------------------------------------------------------------------------------------
 # The machine as a test (the correct designs must pass)
