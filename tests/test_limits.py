@@ -238,23 +238,31 @@ def test_a_libfuzzer_timeout_or_out_of_memory_is_a_limit_not_a_finding(
     import io
 
     from fuzz.encoding import encode
-    from fuzz.engine_atheris import AtherisCampaign, _Run
+    from fuzz.engine_atheris import AtherisCampaign, AtherisEngine
+    from fuzz.supervisor import Supervisor
 
     out, err = io.StringIO(), io.StringIO()
     c = AtherisCampaign(1.0, 1, {}, str(tmp_path / "findings"), str(tmp_path / "corpus"),
                         err=err, out=out, max_rss=100, program_seconds=5)
     (tmp_path / "findings").mkdir()
-    run = _Run(c)
-    artifact = Path(run.tmp) / f"w0-s9-{kind}-0123abcd"
+    (tmp_path / "corpus").mkdir()
+    engine = AtherisEngine(c)
+    sup = Supervisor(engine, c)
+    engine.open(sup)
+    assert engine.run_dir is not None
+    assert engine.judge is not None
+    artifact = Path(engine.run_dir) / f"w0-s9-{kind}-0123abcd"
     artifact.write_bytes(encode(SMALL))
-    assert run.artifact(str(artifact)) == kind
+    assert engine.judge.artifact(str(artifact)) == kind
     assert not artifact.exists()
-    assert run.found == []
-    assert len(run.limits) == 1
-    assert "a program of 4 ops" in run.limits[0]
-    assert "not a finding" in run.limits[0]
-    assert ("memory cap (100 MiB)" if kind == "oom" else "time cap (5 s)") in run.limits[0]
-    run.close()
+    assert sup.archived == []
+    assert len(sup.limits) == 1
+    assert sup.limits[0].kind == ("memory" if kind == "oom" else "time")
+    text = sup.limits[0].text
+    assert "a program of 4 ops" in text
+    assert "not a finding" in text
+    assert ("memory cap (100 MiB)" if kind == "oom" else "time cap (5 s)") in text
+    engine.close()
     assert list((tmp_path / "findings").iterdir()) == []
 
 
