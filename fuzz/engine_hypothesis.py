@@ -32,16 +32,22 @@ workers as known: a worker that meets one says so, and it counts as found here. 
 over its time cap (``--max-program-time``) or a worker over its memory limit
 (``--max-rss``) is no finding (``harness.limits``): the program is dropped and counted, and
 after a memory limit the worker is restarted.
+
+Memory: Hypothesis keeps, for the length of one run, every test case's choices in its data
+tree and the results of the last ``RESULT_CACHE`` test cases (``bounded_results``); a run
+is ``EXAMPLES_PER_RUN`` programs and nothing of it outlives it, so a worker's resident
+memory is bounded by what one run keeps, however long the campaign.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -88,7 +94,10 @@ from harness.shrink import ddmin_ops
 from pudthp_ref.spec import Config, Finding, Program
 
 ENGINE = "hypothesis"
-EXAMPLES_PER_RUN = 2000
+# Programs per Hypothesis run.  A run keeps every program's choices in its data tree (about
+# 60 KB per program of 100 steps), so this bounds a worker's memory (``RESULT_CACHE``).
+EXAMPLES_PER_RUN = 1000
+RESULT_CACHE = 64  # test-case results Hypothesis keeps per run (its default: 10,000)
 STEPS_PER_PROGRAM = 100
 SHRINK_SECONDS = 20.0  # Hypothesis' share of shrinking one finding
 MINIMISE_SECONDS = 20.0  # then delta debugging's, for all the findings of one run
@@ -278,6 +287,34 @@ def pin_constant_pool() -> None:
         cache.cache.clear()
 
 
+@contextlib.contextmanager
+def bounded_results(size: int = RESULT_CACHE) -> Iterator[None]:
+    """Hypothesis keeping the results of only the last ``size`` test cases of a run.
+
+    A run remembers the result of each test case (its choices, spans and events: about
+    250 KB for a program of 100 steps) for its last 10,000, to answer a repeated choice
+    sequence without running it; over a run of ``EXAMPLES_PER_RUN`` programs that is all of
+    them, and a worker grew to 400 MB and more (7 MB/s).  Generation never repeats a
+    program, and shrinking reuses only its latest few candidates; past them a repeat is run
+    again.  The data tree (each program's choices, which generation needs to draw only new
+    programs) stays whole, bounded by the run's length.  Where Hypothesis has no such cache
+    size, nothing is done."""
+    try:
+        from hypothesis.internal.conjecture import engine
+    except ImportError:  # pragma: no cover - another Hypothesis
+        yield
+        return
+    old = getattr(engine, "CACHE_SIZE", None)
+    if not isinstance(old, int):  # pragma: no cover
+        yield
+        return
+    engine.CACHE_SIZE = size
+    try:
+        yield
+    finally:
+        engine.CACHE_SIZE = old
+
+
 def run_worker(spec: WorkerSpec, emit: Callable[[Message], None],
                known_updates: Callable[[], list[str]] | None = None,
                stop_requested: Callable[[], bool] | None = None,
@@ -293,6 +330,14 @@ def run_worker(spec: WorkerSpec, emit: Callable[[Message], None],
     program so far, ``harness.coverage.Tally``)
     and last ``("done", index, programs, steps)``.  ``gate``: the one the process's memory
     limit raises through, if any."""
+    with bounded_results():
+        _hunt_until_done(spec, emit, known_updates, stop_requested, gate)
+
+
+def _hunt_until_done(spec: WorkerSpec, emit: Callable[[Message], None],
+                     known_updates: Callable[[], list[str]] | None,
+                     stop_requested: Callable[[], bool] | None, gate: Gate | None) -> None:
+    """``run_worker``'s runs, one after another."""
     pin_constant_pool()
     start = time.monotonic()
     coverage_at = [start + COVERAGE_SECONDS]

@@ -9,6 +9,7 @@ They are split by geometry and deposit design so ``pytest -n auto`` spreads them
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -26,6 +27,7 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from fuzz.archive import finding_path
 from fuzz.engine_hypothesis import (
+    RESULT_CACHE,
     WorkerSpec,
     minimise,
     run_worker,
@@ -188,6 +190,52 @@ def test_a_seed_names_its_programs_whatever_modules_are_loaded(
     importlib.import_module("pudthp_scratch_constants")
     after = seeded_run(11)
     assert after == before
+
+
+def live(*classes: type) -> dict[str, int]:
+    """How many objects of each class are alive (after a full collection)."""
+    gc.collect()
+    counts = dict.fromkeys((c.__name__ for c in classes), 0)
+    for o in gc.get_objects():
+        for c in classes:
+            if isinstance(o, c):
+                counts[c.__name__] += 1
+    return counts
+
+
+def test_a_worker_keeps_what_one_run_needs_and_nothing_of_the_runs_before() -> None:
+    # What bounds a campaign worker's memory however long it runs: within a run Hypothesis
+    # keeps at most RESULT_CACHE test-case results (each a whole program's choices: it
+    # kept every one of a run, and a worker grew by megabytes a second), and nothing of a
+    # run (results, its data tree, choice nodes) is alive when the next one starts.  A run
+    # of more programs than RESULT_CACHE, counted every 128 steps.
+    from hypothesis.internal.conjecture.choice import ChoiceNode
+    from hypothesis.internal.conjecture.data import ConjectureResult
+    from hypothesis.internal.conjecture.datatree import TreeNode
+
+    at_start: list[dict[str, int]] = []
+    most = [0]
+    polls = [0]
+
+    def run_starts() -> list[str]:
+        at_start.append(live(ConjectureResult, TreeNode, ChoiceNode))
+        return []
+
+    def poll() -> bool:  # the worker asks every 64 steps whether to stop
+        polls[0] += 1
+        if polls[0] % 2 == 0:
+            most[0] = max(most[0], live(ConjectureResult)["ConjectureResult"])
+        return False
+
+    examples = RESULT_CACHE + 30
+    messages: list[Any] = []
+    run_worker(WorkerSpec(0, 5, time_limit=None, max_runs=2, max_examples=examples,
+                          step_count=10), messages.append, run_starts, poll)
+    done = [m for m in messages if m[0] == "done"][-1]
+    assert done[2] >= 2 * examples  # the runs ran their programs
+    assert 0 < most[0] <= RESULT_CACHE
+    assert len(at_start) == 2
+    assert at_start[1] == {"ConjectureResult": 0, "TreeNode": 0, "ChoiceNode": 0}
 
 
 # --------------------------------------------------------------------------------------
