@@ -18,7 +18,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from fuzz.archive import writable_problem
 from pudthp_ref.spec import Config, ConfigError
 
 
@@ -58,6 +57,8 @@ PORT = Number(int, 0, high=65535, noun="a port number", bounds="(0-65535)")
 def writable_dir(flag: str, path: str, purpose: str = "write there") -> str | None:
     """Make directory ``path`` (given by ``flag``) if it is missing; the one-line problem
     if that fails or it cannot be written (a test file, so a full disk counts too)."""
+    from fuzz.archive import writable_problem  # its hashing and temporary files: not run's
+
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fuzz.gen import random_pmd_program
 from pudthp_cli.argtypes import COUNT
 from pudthp_cli.exits import error
 
@@ -71,6 +70,7 @@ def command(args: argparse.Namespace) -> int:
         return cmd_restore()
     if (args.program is None) == (args.random is None):
         return error("conform takes PROGRAM or --random N (see 'pudthp conform --help')")
+    from fuzz.gen import random_pmd_program
     from harness.conform.compare import cmd_conform
 
     return cmd_conform(args.program, args.report, args.random, args.seed, args.ops,

@@ -8,7 +8,6 @@ import importlib.util
 import sys
 from typing import Any
 
-from harness import corpus
 from harness.runner import IMPL_NAMES
 from pudthp_cli.argtypes import overrides
 from pudthp_cli.exits import EXIT_INTERRUPTED, error
@@ -79,6 +78,8 @@ def add(sub: Any) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
+    from harness import corpus  # its hashing and copying: this command's cost
+
     if args.corpus_command is None:
         return error("corpus needs a subcommand: list, replay, merge, archive or minimize "
                      "(see 'pudthp corpus --help')")

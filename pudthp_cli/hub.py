@@ -8,7 +8,6 @@ import json
 import sys
 from typing import Any
 
-from fuzz.archive import archived_signatures
 from pudthp_cli.argtypes import PORT, writable_dir
 from pudthp_cli.exits import EXIT_CANNOT_RUN, error
 
@@ -73,6 +72,7 @@ def command(args: argparse.Namespace) -> int:
 
 
 def pull(args: argparse.Namespace) -> int:
+    from fuzz.archive import archived_signatures
     from fuzz.hub import Hub, HubError  # redis: this command's cost
 
     problem = writable_dir("--findings", args.findings)

@@ -9,7 +9,6 @@ from typing import Any
 
 from harness.program import dump_program, load_program_file
 from harness.runner import IMPL_NAMES
-from harness.shrink import NoFinding, shrink
 from pudthp_cli.exits import error
 from pudthp_ref.spec import Program
 
@@ -35,6 +34,8 @@ def add(sub: Any) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
+    from harness.shrink import NoFinding, shrink  # this command's cost only
+
     program = load_program_file(args.program)
     if args.out is not None and os.path.exists(args.out):
         return error(f"--out {args.out}: exists; not overwritten")
