@@ -1,7 +1,7 @@
 """``pudthp fuzz --engine hypothesis``: the stateful machine as a time-boxed campaign.
 
 Each worker is a process with its own seed.  It runs ``PudthpMachine`` under Hypothesis in a
-loop, one run per derived seed (``EXAMPLES_PER_RUN`` programs), until its time is up.
+loop, one run per derived seed (``examples_per_run`` programs), until its time is up.
 
 Hypothesis keeps the failing test cases it shrinks in an example database (``example_db``:
 ``corpus/hypothesis/`` by default, with ``--hub`` that directory and the hub's Redis
@@ -33,21 +33,20 @@ over its time cap (``--max-program-time``) or a worker over its memory limit
 (``--max-rss``) is no finding (``harness.limits``): the program is dropped and counted, and
 after a memory limit the worker is restarted.
 
-Memory: Hypothesis keeps, for the length of one run, every test case's choices in its data
-tree and the results of the last ``RESULT_CACHE`` test cases (``bounded_results``); a run
-is ``EXAMPLES_PER_RUN`` programs and nothing of it outlives it, so a worker's resident
-memory is bounded by what one run keeps, however long the campaign.
+Memory: Hypothesis keeps every test case of a run, its result and its choices in the data
+tree, until the run ends, and nothing of it after; so a run is as many programs as
+``RUN_STEPS`` steps make (``examples_per_run``), and a worker's resident memory is bounded
+by what one run keeps, however long the campaign.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import random
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -94,10 +93,12 @@ from harness.shrink import ddmin_ops
 from pudthp_ref.spec import Config, Finding, Program
 
 ENGINE = "hypothesis"
-# Programs per Hypothesis run.  A run keeps every program's choices in its data tree (about
-# 60 KB per program of 100 steps), so this bounds a worker's memory (``RESULT_CACHE``).
-EXAMPLES_PER_RUN = 1000
-RESULT_CACHE = 64  # test-case results Hypothesis keeps per run (its default: 10,000)
+# Hypothesis keeps every test case of a run until the run ends: its result (about 2 KB per
+# step of the program) and its choices in the data tree (about 0.6 KB per step).  Runs of
+# 2,000 programs of 100 steps grew a worker by 4-7 MB/s to 700 MB and more; runs of
+# RUN_STEPS steps keep it about 80 MB above its base.
+RUN_STEPS = 30_000
+EXAMPLES_PER_RUN = 2000  # ... and at most this many programs, however short
 STEPS_PER_PROGRAM = 100
 SHRINK_SECONDS = 20.0  # Hypothesis' share of shrinking one finding
 MINIMISE_SECONDS = 20.0  # then delta debugging's, for all the findings of one run
@@ -250,7 +251,7 @@ class WorkerSpec:
     time_limit: float | None = 60.0
     grace: float = 30.0
     max_runs: int | None = None
-    max_examples: int = EXAMPLES_PER_RUN
+    max_examples: int | None = None  # programs per run (None: ``examples_per_run``)
     step_count: int = STEPS_PER_PROGRAM
     max_findings: int | None = None
     shrink_seconds: float = SHRINK_SECONDS
@@ -287,32 +288,9 @@ def pin_constant_pool() -> None:
         cache.cache.clear()
 
 
-@contextlib.contextmanager
-def bounded_results(size: int = RESULT_CACHE) -> Iterator[None]:
-    """Hypothesis keeping the results of only the last ``size`` test cases of a run.
-
-    A run remembers the result of each test case (its choices, spans and events: about
-    250 KB for a program of 100 steps) for its last 10,000, to answer a repeated choice
-    sequence without running it; over a run of ``EXAMPLES_PER_RUN`` programs that is all of
-    them, and a worker grew to 400 MB and more (7 MB/s).  Generation never repeats a
-    program, and shrinking reuses only its latest few candidates; past them a repeat is run
-    again.  The data tree (each program's choices, which generation needs to draw only new
-    programs) stays whole, bounded by the run's length.  Where Hypothesis has no such cache
-    size, nothing is done."""
-    try:
-        from hypothesis.internal.conjecture import engine
-    except ImportError:  # pragma: no cover - another Hypothesis
-        yield
-        return
-    old = getattr(engine, "CACHE_SIZE", None)
-    if not isinstance(old, int):  # pragma: no cover
-        yield
-        return
-    engine.CACHE_SIZE = size
-    try:
-        yield
-    finally:
-        engine.CACHE_SIZE = old
+def examples_per_run(step_count: int) -> int:
+    """Programs per Hypothesis run for programs of up to ``step_count`` steps."""
+    return max(1, min(EXAMPLES_PER_RUN, RUN_STEPS // max(1, step_count)))
 
 
 def run_worker(spec: WorkerSpec, emit: Callable[[Message], None],
@@ -330,14 +308,6 @@ def run_worker(spec: WorkerSpec, emit: Callable[[Message], None],
     program so far, ``harness.coverage.Tally``)
     and last ``("done", index, programs, steps)``.  ``gate``: the one the process's memory
     limit raises through, if any."""
-    with bounded_results():
-        _hunt_until_done(spec, emit, known_updates, stop_requested, gate)
-
-
-def _hunt_until_done(spec: WorkerSpec, emit: Callable[[Message], None],
-                     known_updates: Callable[[], list[str]] | None,
-                     stop_requested: Callable[[], bool] | None, gate: Gate | None) -> None:
-    """``run_worker``'s runs, one after another."""
     pin_constant_pool()
     start = time.monotonic()
     coverage_at = [start + COVERAGE_SECONDS]
@@ -370,6 +340,7 @@ def _hunt_until_done(spec: WorkerSpec, emit: Callable[[Message], None],
         machine._hypothesis_internal_add_digest = database_digest(
             spec.overrides, spec.impl, spec.check)
     reuse = database is not None
+    examples = spec.max_examples or examples_per_run(spec.step_count)
     told: set[str] = set()  # known signatures met again, said to the parent
     sent = 0
     run = 0
@@ -384,7 +355,7 @@ def _hunt_until_done(spec: WorkerSpec, emit: Callable[[Message], None],
             interrupted = False
             reported: set[str] = set()
             limits_before = len(obs.limit_hits)
-            hsettings = fuzz_settings(spec.max_examples, spec.step_count, database, reuse)
+            hsettings = fuzz_settings(examples, spec.step_count, database, reuse)
             try:
                 reported, problems = hunt(machine, run_seed(spec.seed, run), hsettings)
                 for text in problems:

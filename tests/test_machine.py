@@ -27,8 +27,8 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from fuzz.archive import finding_path
 from fuzz.engine_hypothesis import (
-    RESULT_CACHE,
     WorkerSpec,
+    examples_per_run,
     minimise,
     run_worker,
 )
@@ -203,16 +203,24 @@ def live(*classes: type) -> dict[str, int]:
     return counts
 
 
-def test_a_worker_keeps_what_one_run_needs_and_nothing_of_the_runs_before() -> None:
-    # What bounds a campaign worker's memory however long it runs: within a run Hypothesis
-    # keeps at most RESULT_CACHE test-case results (each a whole program's choices: it
-    # kept every one of a run, and a worker grew by megabytes a second), and nothing of a
-    # run (results, its data tree, choice nodes) is alive when the next one starts.  A run
-    # of more programs than RESULT_CACHE, counted every 128 steps.
+def test_a_worker_keeps_one_run_of_programs_and_nothing_of_the_runs_before(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # What bounds a campaign worker's memory however long it runs: Hypothesis keeps every
+    # test case of a run (its result: a whole program's choices) until the run ends, so a
+    # run is RUN_STEPS steps of programs (runs of 2,000 programs of 100 steps grew a worker
+    # by megabytes a second), and nothing of a run (results, its data tree, choice nodes)
+    # is alive when the next one starts.  Here runs of 200 steps: 20 programs of 10 steps;
+    # the results alive are counted every 128 steps, and the worker is stopped should they
+    # pass three runs' worth.
     from hypothesis.internal.conjecture.choice import ChoiceNode
     from hypothesis.internal.conjecture.data import ConjectureResult
     from hypothesis.internal.conjecture.datatree import TreeNode
 
+    import fuzz.engine_hypothesis
+
+    monkeypatch.setattr(fuzz.engine_hypothesis, "RUN_STEPS", 200)
+    per_run = examples_per_run(10)
+    assert per_run == 20
     at_start: list[dict[str, int]] = []
     most = [0]
     polls = [0]
@@ -225,17 +233,17 @@ def test_a_worker_keeps_what_one_run_needs_and_nothing_of_the_runs_before() -> N
         polls[0] += 1
         if polls[0] % 2 == 0:
             most[0] = max(most[0], live(ConjectureResult)["ConjectureResult"])
-        return False
+        return most[0] > 3 * per_run
 
-    examples = RESULT_CACHE + 30
     messages: list[Any] = []
-    run_worker(WorkerSpec(0, 5, time_limit=None, max_runs=2, max_examples=examples,
-                          step_count=10), messages.append, run_starts, poll)
+    run_worker(WorkerSpec(0, 5, time_limit=None, max_runs=3, step_count=10),
+               messages.append, run_starts, poll)
     done = [m for m in messages if m[0] == "done"][-1]
-    assert done[2] >= 2 * examples  # the runs ran their programs
-    assert 0 < most[0] <= RESULT_CACHE
-    assert len(at_start) == 2
-    assert at_start[1] == {"ConjectureResult": 0, "TreeNode": 0, "ChoiceNode": 0}
+    assert done[2] >= 3 * per_run  # three whole runs
+    # a run's results: its programs and the few it ran twice (a mutation that met one)
+    assert 0 < most[0] <= per_run * 3 // 2
+    assert len(at_start) == 3
+    assert at_start[1:] == [{"ConjectureResult": 0, "TreeNode": 0, "ChoiceNode": 0}] * 2
 
 
 # --------------------------------------------------------------------------------------
