@@ -10,7 +10,8 @@ It only knows how to start a worker in a slot and what the worker says:
   before any worker starts and either returns holding everything or raises holding
   nothing; ``close`` runs once the workers are gone, on every way out: the deadline, Ctrl-C,
   SIGTERM, an error.  A signal during ``open`` ends the campaign there (``open`` is
-  interrupted, and gives back what it took).
+  interrupted, and gives back what it took); ``open`` raising ``CannotRun`` (another
+  campaign holds the machine, a privilege is missing) ends it as "cannot run here", exit 4.
 - ``start(slot, remaining)``: a ``Worker`` in the slot (a process the supervisor waits on,
   drains of ``Event`` values, asks to stop and kills), with its seed ``slot.seed``;
 - ``exited(slot, status)``: what the worker's end means (``Exit``): findings it left behind
@@ -59,6 +60,11 @@ RETRY_SECONDS = 5.0  # how often findings that could not be written are tried ag
 KILL_SECONDS = 10.0  # after the workers were asked to stop, how long before they are killed
 LIMIT_LINES = 5  # programs dropped at a limit said as they happen; the rest only counted
 WAIT_SECONDS = 0.2  # the longest the loop sleeps between two looks at the workers
+EXIT_CANNOT_RUN = 4  # the kselftest skip code, as the command line's
+
+class CannotRun(Exception):
+    """``Engine.open``: this machine cannot run the campaign now; ``str()`` says why."""
+
 
 # --------------------------------------------------------------------------------------
 # What a worker says (its engine turns its messages into these)
@@ -326,15 +332,19 @@ class Supervisor:
         try:
             stale = remove_stale_temporaries(self.c.findings_dir)
             opened = False
-            with contextlib.suppress(KeyboardInterrupt), self.interruptible():
-                self.engine.open(self)
-                opened = True
+            try:
+                with contextlib.suppress(KeyboardInterrupt), self.interruptible():
+                    self.engine.open(self)
+                    opened = True
+            except CannotRun as e:
+                print(f"pudthp: cannot run here: {e}", file=self.c.err)
+                return EXIT_CANNOT_RUN
             if opened:
                 try:
-                    self.tell_hub_known()
                     self.say_plain(self.engine.banner() + (
                         f" ({stale} temporary file(s) of a killed campaign removed)"
                         if stale else ""))
+                    self.tell_hub_known()
                     if not self.signals:
                         for s in self.slots:
                             self.launch(s)
@@ -359,7 +369,7 @@ class Supervisor:
         if self.slots and all(s.failed for s in self.slots):
             print(f"pudthp: cannot run here: {self.engine.cannot_run()} (see the warnings)",
                   file=self.c.err)
-            return 4  # the kselftest skip code, as the command line's EXIT_CANNOT_RUN
+            return EXIT_CANNOT_RUN
         return 1 if self.distinct() or self.unwritten else 0
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:

@@ -4,8 +4,8 @@ the engine opens, an error of the engine itself), what the engine opened is clos
 and no worker is left running; a signature is archived once however many workers report
 it; a worker that dies is started again with the slot's next seed, at most
 ``MAX_RESTARTS`` times; the engine's slow work in the campaign's process is cut short by a
-signal and done again with the campaign stopping; a campaign none of whose workers could
-run cannot run here (exit 4).  The real engines under real faults: test_campaign_faults.
+signal and done again with the campaign stopping; a campaign whose engine cannot have the
+machine, or none of whose workers could run, cannot run here (exit 4).  The real engines under real faults: test_campaign_faults.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import pytest
 
 from fuzz.supervisor import (
     MAX_RESTARTS,
+    CannotRun,
     Done,
     Event,
     Exit,
@@ -269,6 +270,20 @@ def test_no_worker_that_could_run_is_cannot_run_here(tmp_path: Path) -> None:
     assert code == 4
     assert "pudthp: cannot run here: no worker could run the script" in text(c.err)
     assert "warning   worker 1 exited with status 1 before fuzzing" in text(c.out)
+
+
+def test_an_engine_that_cannot_have_the_machine_cannot_run_here(tmp_path: Path) -> None:
+    class Held(Engine):
+        def open(self, sup: Supervisor) -> None:  # another campaign holds the machine
+            raise CannotRun("another conformance run holds /run/lock/pudthp-conform.lock")
+
+    engine = Held(lambda s: Scripted([Done()]))
+    code, c = campaign(tmp_path, engine)
+    assert code == 4
+    assert text(c.err).splitlines() == [
+        "pudthp: cannot run here: another conformance run holds "
+        "/run/lock/pudthp-conform.lock"]
+    assert (engine.closed, engine.started, text(c.out)) == (0, [], "")
 
 
 @pytest.fixture(autouse=True)
