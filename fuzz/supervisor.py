@@ -47,6 +47,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait
 from types import FrameType
 from typing import Any, Protocol, TextIO
 
@@ -315,7 +316,6 @@ class Supervisor:
         self.signals: list[int] = []
         self.stopping = False  # nothing is started again
         self.asked = False  # the workers were asked to stop
-        self.killed = False
         self.next_retry = 0.0
         self.tty = c.err.isatty()
         self._interruptible = False
@@ -337,6 +337,8 @@ class Supervisor:
                     self.engine.open(self)
                     opened = True
             except CannotRun as e:
+                if self.c.link is not None:
+                    self.c.link.close()
                 print(f"pudthp: cannot run here: {e}", file=self.c.err)
                 return EXIT_CANNOT_RUN
             if opened:
@@ -405,8 +407,6 @@ class Supervisor:
         s.worker = self.engine.start(s, remaining)
 
     def loop(self) -> None:
-        from multiprocessing.connection import wait
-
         every = 1.0 if self.tty else min(10.0, max(2.0, self.c.time_limit / 5))
         last_print = last_t = self.start
         last_count = 0
