@@ -61,7 +61,8 @@ RETRY_SECONDS = 5.0  # how often findings that could not be written are tried ag
 KILL_SECONDS = 10.0  # after the workers were asked to stop, how long before they are killed
 LIMIT_LINES = 5  # programs dropped at a limit said as they happen; the rest only counted
 WAIT_SECONDS = 0.2  # the longest the loop sleeps between two looks at the workers
-EXIT_CANNOT_RUN = 4  # the kselftest skip code, as the command line's
+EXIT_USAGE = 2  # the command line's statuses: nothing was tested
+EXIT_CANNOT_RUN = 4  # the kselftest skip code
 
 class CannotRun(Exception):
     """``Engine.open``: this machine cannot run the campaign now; ``str()`` says why."""
@@ -324,8 +325,8 @@ class Supervisor:
 
     def run(self) -> int:
         """Open the engine, run the workers until the end, close the engine; print the
-        summary and the coverage table; the exit status (0 nothing found, 1 findings, 4
-        no worker could run, 130 Ctrl-C, 143 SIGTERM)."""
+        summary and the coverage table; the exit status (0 nothing found, 1 findings, 2 no
+        program ran to its end, 4 no worker could run, 130 Ctrl-C, 143 SIGTERM)."""
         old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT,
                                                                      signal.SIGTERM)}
         ended: float | None = None
@@ -372,7 +373,15 @@ class Supervisor:
             print(f"pudthp: cannot run here: {self.engine.cannot_run()} (see the warnings)",
                   file=self.c.err)
             return EXIT_CANNOT_RUN
-        return 1 if self.distinct() or self.unwritten else 0
+        if self.distinct() or self.unwritten:
+            return 1
+        programs, _ = self.totals()
+        if programs <= len(self.limits):  # nothing was tested: never "no finding"
+            print(f"pudthp: error: no program ran to its end ({programs} started, "
+                  f"{len(self.limits)} stopped at a resource limit): nothing was tested; "
+                  "raise --max-rss or --max-program-time", file=self.c.err)
+            return EXIT_USAGE
+        return 0
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signals.append(signum)
@@ -596,10 +605,10 @@ class Supervisor:
     # -- the hub and the stats -----------------------------------------------------------
 
     def tell_hub_known(self) -> None:
-        """What the hub holds is known from the start: the workers go idle on it."""
-        hub = self.c.link.hub if self.c.link is not None else None
-        if hub is not None:
-            self.hear(sorted(hub.signatures()))
+        """What other machines found, replayed here, is known from the start: the workers
+        go idle on it (a signature the hub only names is not known)."""
+        if self.c.link is not None:
+            self.hear(sorted(self.c.link.verified()))
 
     def hear(self, sigs: list[str]) -> None:
         """Signatures other machines found: known, and told to the workers."""

@@ -7,6 +7,7 @@ import argparse
 from collections.abc import Iterator
 from typing import Any
 
+from pudthp_cli.argtypes import output_file
 from pudthp_cli.exits import error
 
 
@@ -57,6 +58,10 @@ def add(sub: Any) -> None:
 def command(args: argparse.Namespace) -> int:
     from harness.bench import run_bench
 
+    if args.json is not None:
+        problem = output_file("--json", args.json)
+        if problem is not None:
+            return error(problem)
     every = workloads()
     chosen = {name: every[name] for name in (args.workload or every)}
     checks = tuple(dict.fromkeys(args.check or ["every-op"]))
@@ -67,4 +72,6 @@ def command(args: argparse.Namespace) -> int:
                   checks=checks)
     except RuntimeError as e:
         return error(str(e).splitlines()[0])
+    except OSError as e:
+        return error(f"--json {args.json}: {e.strerror or e}")
     return 0

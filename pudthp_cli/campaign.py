@@ -12,7 +12,17 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from harness.limits import default_max_rss_mb
-from pudthp_cli.argtypes import COUNT, NATURAL, SECONDS, overrides, writable_dir
+from pudthp_cli.argtypes import (
+    COUNT,
+    MIB,
+    NATURAL,
+    PROGRAM_SECONDS,
+    SECONDS,
+    memory_floor,
+    output_file,
+    overrides,
+    writable_dir,
+)
 from pudthp_cli.exits import cannot_run, error
 
 if TYPE_CHECKING:  # at run time imported by the commands that need it (redis)
@@ -61,13 +71,13 @@ def add(sub: Any) -> None:
     fuzz.add_argument("--corpus", metavar="DIR", default="corpus/atheris",
                       help="atheris: libFuzzer's corpus, kept between campaigns "
                       "(default corpus/atheris)")
-    fuzz.add_argument("--max-rss", metavar="MIB", type=NATURAL, default=None,
+    fuzz.add_argument("--max-rss", metavar="MIB", type=MIB, default=None,
                       help="memory limit of each worker process; a program that hits it is "
                       "dropped, never a finding (default: half of this machine's memory "
                       "shared among the workers; 0: no limit)")
     fuzz.add_argument("--max-ops", metavar="N", type=COUNT, default=None,
                       help="ops per program (default: 50 with hypothesis, 200 with atheris)")
-    fuzz.add_argument("--max-program-time", metavar="SECONDS", type=SECONDS,
+    fuzz.add_argument("--max-program-time", metavar="SECONDS", type=PROGRAM_SECONDS,
                       default=PROGRAM_MAX_SECONDS,
                       help="a program running longer is dropped, never a finding (default "
                       f"{PROGRAM_MAX_SECONDS:g})")
@@ -96,10 +106,15 @@ def command(args: argparse.Namespace) -> int:
     if isinstance(fixed, str):
         return error(fixed)
     problem = writable_dir("--findings", args.findings, "write a finding there")
+    if problem is None and args.stats is not None:
+        problem = output_file("--stats", args.stats, make_parent=True)
     if problem is not None:
         return error(problem)
     workers = args.workers or os.cpu_count() or 1
     max_rss = default_max_rss_mb(workers) if args.max_rss is None else args.max_rss
+    problem = memory_floor(max_rss, args.impl)
+    if problem is not None:
+        return error(problem)
     if args.engine == "atheris":
         return atheris(args, fixed, workers, max_rss)
     # the engine (Hypothesis) and the link (redis): this command's cost only

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pudthp_cli.argtypes import COUNT
+from pudthp_cli.argtypes import COUNT, output_file
 from pudthp_cli.exits import error
 
 
@@ -70,6 +70,10 @@ def command(args: argparse.Namespace) -> int:
         return cmd_restore()
     if (args.program is None) == (args.random is None):
         return error("conform takes PROGRAM or --random N (see 'pudthp conform --help')")
+    if args.report is not None:
+        problem = output_file("--report", args.report)
+        if problem is not None:
+            return error(problem)
     from fuzz.gen import random_pmd_program
     from harness.conform.compare import cmd_conform
 
@@ -81,4 +85,8 @@ def command(args: argparse.Namespace) -> int:
 def export_c(args: argparse.Namespace) -> int:
     from harness.conform.export_c import cmd_export_c  # the model's C tables: its cost only
 
+    if args.output is not None:
+        problem = output_file("-o", args.output)
+        if problem is not None:
+            return error(problem)
     return cmd_export_c(args.program, args.output)

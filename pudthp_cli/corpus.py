@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from harness.runner import IMPL_NAMES
-from pudthp_cli.argtypes import overrides
+from pudthp_cli.argtypes import overrides, writable_dir
 from pudthp_cli.exits import EXIT_INTERRUPTED, error
 
 
@@ -84,11 +84,16 @@ def command(args: argparse.Namespace) -> int:
         return error("corpus needs a subcommand: list, replay, merge, archive or minimize "
                      "(see 'pudthp corpus --help')")
     if args.corpus_command == "archive":
+        problem = writable_dir("--to", args.to, "archive there")
+        if problem is not None:
+            return error(problem)
         return corpus.cmd_archive(args.finding, args.note, args.to, args.expect, args.impl)
     if args.corpus_command == "minimize":
         return minimize(args)
     dirs = list(args.dirs) or ([] if args.corpus_command == "merge" else corpus.default_dirs())
     problem = corpus.check_dirs(dirs)
+    if problem is None and args.corpus_command == "merge":
+        problem = writable_dir("OUT", args.out, "merge into it")
     if problem is not None:
         return error(problem)
     if args.corpus_command == "list":

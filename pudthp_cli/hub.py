@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
-from pudthp_cli.argtypes import PORT, writable_dir
+from pudthp_cli.argtypes import PORT, output_file, writable_dir
 from pudthp_cli.exits import EXIT_CANNOT_RUN, error
+
+PULL_WAIT_SECONDS = 24 * 3600.0  # each replay is bounded on its own (fuzz.hub_replay)
 
 
 def add(sub: Any) -> None:
@@ -74,13 +77,17 @@ def command(args: argparse.Namespace) -> int:
 def pull(args: argparse.Namespace) -> int:
     from fuzz.archive import archived_signatures
     from fuzz.hub import Hub, HubError  # redis: this command's cost
+    from fuzz.hub_replay import Replayer
 
     problem = writable_dir("--findings", args.findings)
+    if problem is None and args.stats is not None:
+        problem = output_file("--stats", args.stats)
     if problem is not None:
         return error(problem)
     said: list[str] = []
     try:
-        hub = Hub.connect(args.url, campaign=args.campaign, machine="pull", say=said.append)
+        hub = Hub.connect(args.url, campaign=args.campaign, machine="pull", say=said.append,
+                          replayer=Replayer(parallel=os.cpu_count() or 1))
     except HubError as e:
         return error(str(e))
     if not hub.up:
@@ -89,18 +96,20 @@ def pull(args: argparse.Namespace) -> int:
         return EXIT_CANNOT_RUN
     had = archived_signatures(args.findings)
     try:
-        written = hub.pull_findings(args.findings, had)
+        written = hub.pull_findings(args.findings, had, wait=PULL_WAIT_SECONDS)
     except OSError as e:
         return error(f"--findings {args.findings}: {e.strerror or e}")
-    on_hub = hub.signatures()
+    named = hub.signature_count()
     for line in said:
         print(f"pudthp: {line}", file=sys.stderr)
     if not hub.up:
         print("pudthp: cannot run here: the hub went away while copying", file=sys.stderr)
         return EXIT_CANNOT_RUN
-    print(f"pudthp hub pull: {len(on_hub)} signature(s) on {hub.label} campaign "
-          f"{args.campaign!r}: {len(written)} copied to {args.findings}, "
-          f"{len(on_hub & set(had))} already there")
+    rejected = len({sig for sig, _ in hub.intake.rejected})
+    print(f"pudthp hub pull: {hub.label} campaign {args.campaign!r}: {len(written)} copied "
+          f"to {args.findings} (each replayed here first), {len(had)} already there"
+          + (f", {rejected} not reproducing (ignored)" if rejected else "")
+          + f"; the hub names {named} signature(s)")
     for path in written:
         print(f"  new       {path}")
     if args.stats is not None:
@@ -110,6 +119,8 @@ def pull(args: argparse.Namespace) -> int:
                 f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
         except OSError as e:
             return error(f"--stats {args.stats}: {e.strerror or e}")
-        print(f"  stats     {len(records)} record(s) -> {args.stats}")
+        print(f"  stats     {len(records)} record(s) -> {args.stats}"
+              + (f"; {hub.stats_skipped} entries of the stream were not valid stats "
+                 "records and were passed over" if hub.stats_skipped else ""))
     hub.close()
     return 0

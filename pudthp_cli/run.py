@@ -8,8 +8,8 @@ from typing import Any
 
 from harness.limits import LimitExceeded, default_max_rss_mb, memory_error, memory_limit, time_limit
 from harness.program import load_program_file
-from harness.runner import CHECK_MODES, IMPL_FACTORIES, IMPL_NAMES, run_program
-from pudthp_cli.argtypes import LIMIT_SECONDS, NATURAL
+from harness.runner import CHECK_MODES, IMPL_NAMES, run_program
+from pudthp_cli.argtypes import LIMIT_SECONDS, MIB, memory_floor, output_file
 from pudthp_cli.exits import error
 from pudthp_ref.spec import Op, Result, op_str
 
@@ -38,7 +38,7 @@ def add(sub: Any) -> None:
                      "the end of the program and at a divergence (end, the default: the "
                      "comparison with the reference, which checks after every op, covers "
                      "the ops between) or after every op (every-op)")
-    run.add_argument("--max-rss", metavar="MIB", type=NATURAL, default=None,
+    run.add_argument("--max-rss", metavar="MIB", type=MIB, default=None,
                      help="stop (exit 2, not a finding) once the process uses more memory "
                      "(default: half of this machine's memory; 0: no limit)")
     run.add_argument("--max-time", metavar="SECONDS", type=LIMIT_SECONDS,
@@ -48,6 +48,10 @@ def add(sub: Any) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
+    if args.report is not None:
+        problem = output_file("--report", args.report)
+        if problem is not None:
+            return error(problem)
     program = load_program_file(args.program)
     width = max(3, len(str(len(program.ops) - 1)))
     done = [0]  # ops that returned
@@ -58,7 +62,9 @@ def command(args: argparse.Namespace) -> int:
             print(f"{i:>{width}} {op_str(op)} -> {result}", flush=True)
 
     max_rss = default_max_rss_mb() if args.max_rss is None else args.max_rss
-    IMPL_FACTORIES[args.impl]()  # imported before the limit: numpy's reservations are not the run's
+    problem = memory_floor(max_rss, args.impl)  # imports the models before the limit
+    if problem is not None:
+        return error(problem)
     try:
         with memory_limit(max_rss), time_limit(args.max_time, "the run (--max-time)"):
             report = run_program(program, args.impl, check_mode=args.check, on_step=show)
@@ -80,7 +86,7 @@ def command(args: argparse.Namespace) -> int:
         for line in finding.message.splitlines():
             print(f"  {line}")
 
-    if args.report:
+    if args.report is not None:
         try:
             text = json.dumps(report.to_json())
         except (TypeError, ValueError) as e:

@@ -9,6 +9,7 @@ from typing import Any
 
 from harness.program import dump_program, load_program_file
 from harness.runner import IMPL_NAMES
+from pudthp_cli.argtypes import output_file
 from pudthp_cli.exits import error
 from pudthp_ref.spec import Program
 
@@ -39,6 +40,10 @@ def command(args: argparse.Namespace) -> int:
     program = load_program_file(args.program)
     if args.out is not None and os.path.exists(args.out):
         return error(f"--out {args.out}: exists; not overwritten")
+    if args.out is not None:
+        problem = output_file("--out", args.out)
+        if problem is not None:
+            return error(problem)
     impl = args.impl or judge_for(program.meta)
     try:
         result = shrink(program, impl)

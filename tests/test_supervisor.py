@@ -5,7 +5,8 @@ and no worker is left running; a signature is archived once however many workers
 it; a worker that dies is started again with the slot's next seed, at most
 ``MAX_RESTARTS`` times; the engine's slow work in the campaign's process is cut short by a
 signal and done again with the campaign stopping; a campaign whose engine cannot have the
-machine, or none of whose workers could run, cannot run here (exit 4).  The real engines under real faults: test_campaign_faults.
+machine, or none of whose workers could run, cannot run here (exit 4).  The real engines
+under real faults: test_campaign_faults.
 """
 
 from __future__ import annotations
