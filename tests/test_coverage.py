@@ -489,7 +489,7 @@ def test_pudthp_coverage_prints_the_table_for_files_and_directories(tmp_path: Pa
     d = tmp_path / "dir"
     d.mkdir()
     (d / "b.json").write_text(dump_program(program(PUD, [*THP_WRITE, U(0, 64)])))
-    out = subprocess.run([sys.executable, "-m", "harness", "coverage", str(a), str(d)],
+    out = subprocess.run([sys.executable, "-m", "pudthp_cli", "coverage", str(a), str(d)],
                          capture_output=True, text=True, cwd=ROOT, check=False)
     assert out.returncode == 0, out.stderr
     head = out.stdout.splitlines()[0]
@@ -509,7 +509,7 @@ def test_pudthp_coverage_bad_input_is_one_line(tmp_path: Path) -> None:
     for args in ([str(bad)], [str(tmp_path / "missing.json")], [str(tmp_path)]):
         if args == [str(tmp_path)]:
             bad.unlink()
-        out = subprocess.run([sys.executable, "-m", "harness", "coverage", *args],
+        out = subprocess.run([sys.executable, "-m", "pudthp_cli", "coverage", *args],
                              capture_output=True, text=True, cwd=ROOT, check=False)
         assert out.returncode == 2, out
         assert out.stderr.startswith("pudthp: error: ")

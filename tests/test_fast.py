@@ -289,12 +289,12 @@ def test_pudthp_run_check_modes(tmp_path: Path) -> None:
     path = tmp_path / "p.json"
     path.write_text(dump_program(Program(Config(), CHECKED)))
     for mode in ("end", "every-op"):
-        out = subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--impl",
+        out = subprocess.run([sys.executable, "-m", "pudthp_cli", "run", str(path), "--impl",
                               "both", "--check", mode, "--quiet"],
                              capture_output=True, text=True, cwd=ROOT, check=False)
         assert out.returncode == 0, out.stderr
         assert out.stdout == "ok: 5 ops, no finding\n"
-    out = subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--check", "some"],
+    out = subprocess.run([sys.executable, "-m", "pudthp_cli", "run", str(path), "--check", "some"],
                          capture_output=True, text=True, cwd=ROOT, check=False)
     assert out.returncode == 2
     assert out.stderr.startswith("pudthp: error: argument --check")
@@ -331,7 +331,7 @@ def test_the_heap_is_tuned_once_per_process_and_for_its_children(env: dict[str, 
 def test_the_command_tunes_the_heap_where_it_runs_the_fast_side(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, argv: list[str], tuned: bool) -> None:
     # the command's entry tunes the heap, never a model: constructing one leaves it alone
-    import harness.cli as cli
+    import pudthp_cli.main as cli
 
     calls: list[int] = []
 

@@ -1,10 +1,12 @@
-"""The package layout and its import directions (README "Layout"):
+"""The package layout and its import directions (README "Layout"), lazy imports included:
 
 - ``pudthp_ref`` imports nothing of the project outside itself;
 - ``pudthp_fast`` imports of the project only ``pudthp_ref.spec``, the shared vocabulary;
-- ``harness`` (programs, runner, lockstep, oracle, shrink, corpus, bench, CLI, conformance)
-  never imports ``fuzz`` at module level, and only the command line imports it at all,
-  inside its command functions: the one allowed edge upward;
+- ``harness`` (programs, runner, lockstep, oracle, shrink, corpus, bench, conformance)
+  imports the models, never ``fuzz`` or the command line;
+- ``fuzz`` imports the harness and the models, never the command line;
+- ``pudthp_cli``, the command line, is the top floor: the one package that imports all the
+  others, and none imports it;
 - every module says in its first docstring line what it owns, and the README layout row
   of its directory names it.
 """
@@ -17,7 +19,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("pudthp_ref", "pudthp_fast", "harness", "fuzz")
+PACKAGES = ("pudthp_ref", "pudthp_fast", "harness", "fuzz", "pudthp_cli")
+# what each package may import of the project (itself always)
+MAY_IMPORT = {
+    "pudthp_ref": set(),
+    "pudthp_fast": {"pudthp_ref"},  # and of it only the vocabulary (below)
+    "harness": {"pudthp_ref", "pudthp_fast"},
+    "fuzz": {"harness", "pudthp_ref", "pudthp_fast"},
+    "pudthp_cli": {"harness", "fuzz", "pudthp_ref", "pudthp_fast"},
+}
 
 
 def modules(package: str) -> list[Path]:
@@ -64,13 +74,21 @@ def test_the_fast_side_imports_only_the_shared_vocabulary() -> None:
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
 
 
-def test_harness_imports_fuzz_only_lazily_and_only_in_the_command_line() -> None:
-    for path in modules("harness"):
-        up = [(m, top) for m, top in imports(path) if project(m) == "fuzz"]
-        rel = path.relative_to(ROOT).as_posix()
-        assert not any(top for _, top in up), f"{rel} imports fuzz at module level: {up}"
-        if rel != "harness/cli.py":
-            assert not up, f"{rel} imports {sorted(m for m, _ in up)}"
+@pytest.mark.parametrize("package", PACKAGES)
+def test_each_package_imports_only_the_floors_below_it(package: str) -> None:
+    # lazily or not: an import inside a function is an edge all the same
+    allowed = MAY_IMPORT[package] | {package}
+    for path in modules(package):
+        bad = {m for m, _ in imports(path) if project(m) not in (None, *allowed)}
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_only_the_command_line_imports_everything() -> None:
+    everything = set(PACKAGES) - {"pudthp_cli"}
+    assert [p for p, below in MAY_IMPORT.items() if below >= everything] == ["pudthp_cli"]
+    # ... and it is where the floors meet: it does import the harness and the fuzzers
+    used = {project(m) for path in modules("pudthp_cli") for m, _ in imports(path)}
+    assert {"harness", "fuzz"} <= used
 
 
 def test_the_import_check_sees_what_it_must() -> None:
