@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -348,7 +350,14 @@ def _live_problem() -> str | None:
 
 
 LIVE_PROBLEM = _live_problem()
-live_only = pytest.mark.skipif(LIVE_PROBLEM is not None, reason=str(LIVE_PROBLEM))
+TestFn = TypeVar("TestFn", bound=Callable[..., object])
+
+
+def live_only(test: TestFn) -> TestFn:
+    """A test of the live kernel: marked ``live`` (``-m "not live"`` leaves it out) and
+    skipped, with the reason, where this machine cannot run it."""
+    skip = pytest.mark.skipif(LIVE_PROBLEM is not None, reason=str(LIVE_PROBLEM))
+    return pytest.mark.live(skip(test))  # type: ignore[no-any-return]
 
 
 def conform_run(p: Program, ignore: frozenset[str] = IGNORE) -> conform.ConformRun:

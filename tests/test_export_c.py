@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import UNMARKED
 from test_conform import MINIMAL, PMD_SEEDS, _hold_huge_zero_folio, live_only
 
 from harness.conform import compare as conform
@@ -447,6 +448,7 @@ def build_binary(text: str, where: Path, name: str) -> Path:
 
 
 def run_binary(binary: Path, **kw: object) -> Ktap:
+    assert os.environ.get("PUDTHP_TEST_LIVE"), f"a reproducer run {UNMARKED}"
     r = subprocess.run([str(binary)], capture_output=True, text=True, check=False,
                        timeout=RUN_TIMEOUT_S, **kw)  # type: ignore[call-overload]
     out = Ktap(r.returncode, r.stdout + r.stderr)
@@ -508,6 +510,7 @@ def test_conformance_minimal_program_reproducer_passes(name: str, tmp_path: Path
 
 
 @pytest.mark.slow
+@pytest.mark.live  # the reproducer runs as root and reads the machine's THP settings
 @needs_gcc
 def test_pud_program_builds_and_skips_without_pud_thp(tmp_path: Path) -> None:
     raw = json.loads((SEEDS / "pud_basic_alloc_x86_64.json").read_text())
@@ -738,6 +741,7 @@ def knobs() -> dict[str, str]:
 def start_until_plan(binary: Path, fd: int) -> tuple[subprocess.Popen[str], list[str]]:
     """Start a reproducer holding the lock ``fd``; its output up to the plan line, which
     it prints once every setting is applied."""
+    assert os.environ.get("PUDTHP_TEST_LIVE"), f"a reproducer run {UNMARKED}"
     proc = subprocess.Popen([str(binary)], stdout=subprocess.PIPE, text=True, pass_fds=(fd,))
     assert proc.stdout is not None
     lines = []
