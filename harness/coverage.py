@@ -10,7 +10,7 @@ vmstat and mTHP counters over the op).  Nothing in the reference is instrumented
 catalogue reads the same whatever implementation runs beside it, and a given program always
 hits the same features the same number of times.  The exception is the ``fast:`` section:
 which variant of each hot path the fast side ran, as it counts them itself
-(``pudthp_fast.state.Paths.taken``), hit under ``both`` only.  ``COVERAGE.md`` explains
+(``pudthp_fast.state.Paths.taken``), hit under ``both`` only.  ``docs/coverage.md`` explains
 every feature in kernel terms (``tests/test_coverage.py`` keeps it and ``CATALOGUE`` equal).
 
 ``Coverage`` is what ``harness.runner.Stepper`` calls around each op (``before`` and
