@@ -76,7 +76,7 @@ def add(sub: Any) -> None:
                       "dropped, never a finding (default: half of this machine's memory "
                       "shared among the workers; 0: no limit)")
     fuzz.add_argument("--max-ops", metavar="N", type=COUNT, default=None,
-                      help="ops per program (default: 50 with hypothesis, 200 with atheris)")
+                      help="ops per program (default: 100 with hypothesis, 200 with atheris)")
     fuzz.add_argument("--max-program-time", metavar="SECONDS", type=PROGRAM_SECONDS,
                       default=PROGRAM_MAX_SECONDS,
                       help="a program running longer is dropped, never a finding (default "

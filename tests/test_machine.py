@@ -342,6 +342,38 @@ def test_fuzz_atheris_without_the_package_cannot_run_here(
                            "is not installed")
 
 
+def test_corpus_minimize_without_atheris_cannot_run_here_either(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # the same machine fact as above, the same status: 4, never 2 (the input is fine)
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "atheris" else real(name, *a))
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a").write_bytes(b"\x01\x00")
+    code = main(["corpus", "minimize", str(tmp_path / "corpus")])
+    err = capsys.readouterr().err
+    assert code == 4
+    assert err.strip() == ("pudthp: cannot run here: corpus minimize: the atheris package "
+                           "is not installed")
+
+
+def test_the_max_ops_defaults_said_are_the_engines_own(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from fuzz.engine_atheris import MAX_OPS
+    from fuzz.engine_hypothesis import STEPS_PER_PROGRAM
+
+    assert main(["fuzz", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert (f"default: {STEPS_PER_PROGRAM} with hypothesis, {MAX_OPS} with atheris"
+            in text)
+    doc = (ROOT / "docs" / "format.md").read_text()
+    assert (f"| `--max-ops N` | {STEPS_PER_PROGRAM} steps per program with hypothesis, "
+            f"{MAX_OPS} ops with atheris |") in doc
+
+
 def fuzz(tmp: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     # no example database: the repository's would carry cases from test to test
     return subprocess.run([*PUDTHP, "fuzz", "--no-example-db", "--findings", str(tmp), *args],
