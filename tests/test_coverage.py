@@ -2,7 +2,7 @@
 ``pudthp coverage``.
 
 Every feature of the catalogue has a program here that reaches it: the op named must hit the
-feature.  Each case says why, from the kernel's rules (MODEL.md, the RFC and mainline
+feature.  Each case says why, from the kernel's rules (docs/model.md, the RFC and mainline
 ``mm/``), at small geometry (P = 8: a PMD maps 8 pages, a PUD 64), so the expected features
 come from those rules, not from running the code; a few cases also say what the op must
 not hit.  The catalogue itself is checked against ``docs/coverage.md``, word for word.

@@ -33,7 +33,7 @@ FIRST_WITHDRAW = {
 
 @pytest.mark.parametrize("path", programs("list_head_*.json"), ids=os.path.basename)
 def test_list_head_is_caught_by_the_invariants(impl: str, path: str) -> None:
-    # Fault order (MODEL.md 4): the PMD table is pushed on the PUD stack first. list_head's
+    # Fault order (docs/model.md 5.3): the PMD table is pushed on the PUD stack first. list_head's
     # push is INIT_LIST_HEAD(&pmd->lru), which sets w16 (= pmd_huge_pte) to the PMD table
     # itself, so the PTE deposits that follow link into a ring containing a PMD table.
     # check_invariants() sees it right after the first PUD fault, op 1 in every program.
