@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -165,10 +166,20 @@ def test_the_replay_step_runs_as_written(checkout: Path) -> None:
     missing = has_options("corpus", "replay", "--junit")
     if missing:
         pytest.skip(f"pudthp corpus replay has no {' '.join(missing)} yet; the step needs it")
-    from hub_tools import real_finding, start, stop
+    from hub_tools import start, stop
     from test_hub_trust import plant_finding
 
     from fuzz.hub_address import parse_hub_url, redis_client
+    from harness.program import dump_program, load_program_file
+    from harness.runner import run_program
+
+    # a fuzz machine's finding: the rejected list_head design, filed under the signature it
+    # reports (computed here, as the machine that found it did)
+    program = load_program_file(str(ROOT / "corpus" / "known_bad" / "list_head_two_puds.json"))
+    finding = run_program(program, "both").finding
+    assert finding is not None
+    signature = finding.signature
+    text = dump_program(replace(program, meta={"signature": signature, "machine": "lab-1"}))
 
     script = workflow_steps()["Replay the hub's findings"]
     proc, url = start(checkout.parent / "hub")
@@ -177,7 +188,6 @@ def test_the_replay_step_runs_as_written(checkout: Path) -> None:
         assert r.returncode == 0, r.stderr
         assert not (checkout / "replay.xml").exists()
         client = redis_client(parse_hub_url(url))
-        signature, text = real_finding("write", 2)
         plant_finding(client, signature, text, machine="lab-1")
         client.close()
         r = run_step(script, checkout, PUDTHP_HUB=url)
