@@ -326,26 +326,15 @@ def test_fuzz_bad_usage_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path
     assert needle in lines[0]
 
 
-def test_fuzz_atheris_without_the_package_cannot_run_here(
-        capsys: pytest.CaptureFixture[str], tmp_path: Path,
+# A machine without atheris: the commands that need it exit 4 (cannot run here, the
+# kselftest skip code), never 2: the input is fine, the machine lacks a package.
+@pytest.mark.parametrize(("argv", "what"), [
+    (["fuzz", "--engine", "atheris", "--findings", "{tmp}/f"], "--engine atheris"),
+    (["corpus", "minimize", "{tmp}/corpus"], "corpus minimize"),
+], ids=["fuzz", "minimize"])
+def test_without_atheris_its_commands_cannot_run_here(
+        argv: list[str], what: str, capsys: pytest.CaptureFixture[str], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    # a machine without atheris: exit 4 (cannot run here, the kselftest skip code), not 2
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "atheris" else real(name, *a))
-    code = main(["fuzz", "--engine", "atheris", "--findings", str(tmp_path / "f")])
-    err = capsys.readouterr().err
-    assert code == 4
-    assert err.strip() == ("pudthp: cannot run here: --engine atheris: the atheris package "
-                           "is not installed")
-
-
-def test_corpus_minimize_without_atheris_cannot_run_here_either(
-        capsys: pytest.CaptureFixture[str], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    # the same machine fact as above, the same status: 4, never 2 (the input is fine)
     import importlib.util
 
     real = importlib.util.find_spec
@@ -353,11 +342,10 @@ def test_corpus_minimize_without_atheris_cannot_run_here_either(
                         lambda name, *a: None if name == "atheris" else real(name, *a))
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "a").write_bytes(b"\x01\x00")
-    code = main(["corpus", "minimize", str(tmp_path / "corpus")])
+    code = main([a.format(tmp=tmp_path) for a in argv])
     err = capsys.readouterr().err
     assert code == 4
-    assert err.strip() == ("pudthp: cannot run here: corpus minimize: the atheris package "
-                           "is not installed")
+    assert err.strip() == f"pudthp: cannot run here: {what}: the atheris package is not installed"
 
 
 def test_the_max_ops_defaults_said_are_the_engines_own(
