@@ -1,4 +1,5 @@
-"""``pudthp run`` end to end on the reference model, with the shared canary programs."""
+"""``pudthp run`` end to end on the reference model, with the canary programs of
+``corpus/known_bad/``."""
 
 from __future__ import annotations
 

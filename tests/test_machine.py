@@ -346,6 +346,11 @@ def test_without_atheris_its_commands_cannot_run_here(
     err = capsys.readouterr().err
     assert code == 4
     assert err.strip() == f"pudthp: cannot run here: {what}: the atheris package is not installed"
+    # ... as docs/format.md's table of exit statuses says
+    command = " ".join(argv[:2]) if argv[0] == "corpus" else argv[0]
+    (row,) = [line for line in (ROOT / "docs" / "format.md").read_text().splitlines()
+              if line.startswith(f"| `{command}` |")]
+    assert "atheris not installed" in row.split(" | ")[-1]
 
 
 def test_the_max_ops_defaults_said_are_the_engines_own(
