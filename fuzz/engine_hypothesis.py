@@ -497,7 +497,7 @@ def fuzz_inline(spec: WorkerSpec) -> list[dict[str, Any]]:
 
 
 def finding_program(payload: dict[str, Any]) -> Program:
-    """The program of a finding payload, parsed back (FORMAT.md)."""
+    """The program of a finding payload, parsed back (docs/format.md "Programs")."""
     return parse_program(json.loads(payload["program"]), "<finding>")
 
 

@@ -1,4 +1,4 @@
-"""The Hypothesis stateful engine: ``PudthpMachine``, a rule per FORMAT.md op kind and a few
+"""The Hypothesis stateful engine: ``PudthpMachine``, a rule per op kind (docs/format.md) and a few
 for short op sequences.
 
 Each rule builds its ops and runs each through ``harness.runner.Stepper``, the per-op half
@@ -12,7 +12,7 @@ that fails here fails the same way under ``pudthp run --impl both``.
 A finding is raised as a ``FindingError``: one subclass per finding kind, and below it one
 class per signature, so Hypothesis (which tells bugs apart by exception type and raising
 line) shrinks every distinct signature on its own and never trades one for another.  The
-message carries the program so far as FORMAT.md JSON, ready for ``pudthp run``.
+message carries the program so far as program JSON, ready for ``pudthp run``.
 
 Data flows through three bundles: ``mms`` (live mm ids; ``exit`` consumes one), ``ranges``
 (``(start, npages)`` ranges an mmap mapped; ``munmap`` consumes one and puts back what is
@@ -27,7 +27,7 @@ page written lately (so reclaim and migration meet written THPs wholly in range)
 range but its first one to three pages (a THP left mapped once, twice or three times), or a
 fresh range.  Each such argument is one integer (one Hypothesis choice), decoded here.
 
-Besides one rule per FORMAT.md op, a few rules run the short sequences that reach kernel
+Besides one rule per op of docs/format.md, a few rules run the short sequences that reach kernel
 paths random single ops rarely line up for (``write_run``: consecutive pages faulted one
 after another; ``fork_exit``: a fork whose child exits at once, leaving write-protected, not
 exclusive pages mapped by the parent alone; ``after_fork``: a fork, then the same range op
@@ -343,7 +343,7 @@ def value_of(v: int) -> int:
 # default first: the one shrinking goes to.
 FAST_PATH_DRAWS: tuple[str, ...] = ("default", "numpy", "default", "python")
 
-# Correct designs only; the first value of each is the default (MODEL.md section 3).
+# Correct designs only; the first value of each is the default (docs/model.md section 4).
 DRAWN_CHOICES: dict[str, tuple[Any, ...]] = {
     "geometry": (8, 4),
     "thp_enabled": ("always", "always", "madvise", "never"),
@@ -367,7 +367,7 @@ PROFILE_KEYS: dict[str, dict[str, Any]] = {
 
 
 def configs(overrides: dict[str, Any] | None = None) -> st.SearchStrategy[dict[str, Any]]:
-    """Program ``config`` objects (FORMAT.md spelling, only the keys that differ from the
+    """Program ``config`` objects (docs/format.md spelling, only the keys that differ from the
     defaults) of the correct designs, with the keys of ``overrides`` fixed.  Raises
     ``ConfigError`` for a bad override (``Config.from_json`` validates)."""
     fixed = Config.from_json(dict(overrides or {}))
@@ -431,10 +431,10 @@ class RuleChoice(RuleStrategy):
 
 
 class PudthpMachine(RuleBasedStateMachine):
-    """Programs of every FORMAT.md op, run through ``Stepper`` (see the module docstring).
+    """Programs of every op of docs/format.md, run through ``Stepper`` (see the module docstring).
 
     Class attributes, set by ``make_machine``: ``CONFIG_OVERRIDES`` (config keys fixed for
-    every test case, FORMAT.md spelling), ``IMPL`` (``both``, ``ref`` or ``fast``), ``CHECK``
+    every test case, docs/format.md spelling), ``IMPL`` (``both``, ``ref`` or ``fast``), ``CHECK``
     (``check_invariants()`` after every op), ``OBSERVER`` (a fuzz campaign's hooks),
     ``TALLY`` (the model-state features of every program run, the observer's if any).
     """
@@ -467,7 +467,7 @@ class PudthpMachine(RuleBasedStateMachine):
 
     @initialize(target=mms)
     def first_mm(self) -> int:
-        """mm 0 exists from the start (FORMAT.md)."""
+        """mm 0 exists from the start (docs/model.md section 3.1)."""
         return 0
 
     @initialize(target=ranges, cfg=st.runner().flatmap(lambda m: m.CONFIGS),
@@ -623,7 +623,7 @@ class PudthpMachine(RuleBasedStateMachine):
     def _wrote(self, addr: int) -> None:
         self.written = [*self.written[-7:], addr]
 
-    # ---- one rule per FORMAT.md op -----------------------------------------------------
+    # ---- one rule per op of docs/format.md --------------------------------------------
 
     @rule(target=ranges, mm=mms, at=places, size=lengths,
           prot=st.sampled_from(("rw", "rw", "r", "none")))

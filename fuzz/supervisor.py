@@ -94,7 +94,8 @@ class Features:
 
 @dataclass(frozen=True, slots=True)
 class Found:
-    """A finding for the archive: the program JSON (FORMAT.md, with its ``meta``).
+    """A finding for the archive: the program JSON with its ``meta`` (docs/format.md "Archived
+    findings").
     ``kept_note`` is said after it in the summary if it could never be written;
     ``on_written`` runs once it is on disk (the engine drops its own copy)."""
 

@@ -10,7 +10,7 @@ fixed, moved there by ``archive`` with a note: must pass).  The expectation of a
    ``meta.signature`` if there is one;
 2. else ``meta.signature``: that signature;
 3. else by directory: in ``known_bad`` a program of a known-bad design (deposit
-   ``list_head``) must find and its twins pass (the copies of the shared canaries carry no
+   ``list_head``) must find and its twins pass (the canary programs there carry no
    ``meta.expect``); anywhere else no finding.
 
 ``replay`` runs each program (``--impl``, else ``meta.impl``, else both: ref and fast in

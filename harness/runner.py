@@ -3,7 +3,7 @@
 ``run_program`` never lets an exception of the model escape: ``ModelBug``,
 ``InvariantViolation``, an oracle mismatch and any other crash each end the run with a
 ``Finding`` whose signature names the kind, the op kind and the check, never an id or an
-address, so the same bug found twice is recognised as one (MODEL.md section 7).  The one
+address, so the same bug found twice is recognised as one (docs/model.md section 13).  The one
 exception is running out of a resource: a ``MemoryError`` is raised as
 ``harness.limits.LimitExceeded`` (as the memory and time limits themselves are), never a
 finding, since the state it leaves half done says nothing about the model.
@@ -59,7 +59,7 @@ class UsageError(PudThpError):
 
 @dataclass
 class RunReport:
-    """What ``pudthp run --report`` writes (FORMAT.md section 2)."""
+    """What ``pudthp run --report`` writes (docs/format.md "Run report")."""
 
     impl: str
     results: list[Result]

@@ -37,7 +37,7 @@ def add(sub: Any) -> None:
         "fuzz",
         help="the fuzzing campaign: random programs on ref and fast in lockstep; exit 0 "
         "nothing found, 1 findings, 2 bad usage",
-        description="Run the Hypothesis state machine (every op of FORMAT.md, ref and fast "
+        description="Run the Hypothesis state machine (every op of docs/format.md, ref and fast "
         "compared after every op, invariants and the oracle checked) in parallel worker "
         "processes for a fixed time. Each distinct finding (by signature) is shrunk and "
         "written once to the findings directory as a program with metadata (atomically; "
@@ -59,7 +59,7 @@ def add(sub: Any) -> None:
                       help="worker processes, each with its own seed (default: all cores)")
     fuzz.add_argument("--config", metavar="KEY=VALUE", action="append", default=[],
                       help="fix a config key for every program, e.g. deposit=list_head "
-                      "(repeatable; keys and values of MODEL.md section 3; the rest is "
+                      "(repeatable; keys and values of docs/model.md section 4; the rest is "
                       "drawn per program from the correct designs)")
     fuzz.add_argument("--findings", metavar="DIR", default="corpus/findings",
                       help="where findings are written (default corpus/findings)")
@@ -76,7 +76,7 @@ def add(sub: Any) -> None:
                       "dropped, never a finding (default: half of this machine's memory "
                       "shared among the workers; 0: no limit)")
     fuzz.add_argument("--max-ops", metavar="N", type=COUNT, default=None,
-                      help="ops per program (default: 50 with hypothesis, 200 with atheris)")
+                      help="ops per program (default: 100 with hypothesis, 200 with atheris)")
     fuzz.add_argument("--max-program-time", metavar="SECONDS", type=PROGRAM_SECONDS,
                       default=PROGRAM_MAX_SECONDS,
                       help="a program running longer is dropped, never a finding (default "

@@ -41,7 +41,7 @@ def add(sub: Any) -> None:
                          help="pass over an observable class, e.g. vmstat.thp_zero_page_alloc, "
                          "vmas (compared joined), page.kind, rss (repeatable)")
     conform.add_argument("--strict", action="store_true",
-                         help="exit 1 on any disagreement, a known one (README.md) too")
+                         help="exit 1 on any disagreement, a known one (docs/conform.md) too")
 
     export = sub.add_parser(
         "export-c",

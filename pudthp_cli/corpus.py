@@ -10,7 +10,7 @@ from typing import Any
 
 from harness.runner import IMPL_NAMES
 from pudthp_cli.argtypes import overrides, writable_dir
-from pudthp_cli.exits import EXIT_INTERRUPTED, error
+from pudthp_cli.exits import EXIT_INTERRUPTED, cannot_run, error
 
 
 def add(sub: Any) -> None:
@@ -108,7 +108,7 @@ def minimize(args: argparse.Namespace) -> int:
     if isinstance(fixed, str):
         return error(fixed)
     if importlib.util.find_spec("atheris") is None:
-        return error("corpus minimize: the atheris package is not installed")
+        return cannot_run("corpus minimize: the atheris package is not installed")
     from fuzz.minimize import MinimizeError, MinimizeOptions, minimize  # runs libFuzzer
 
     o = MinimizeOptions(args.dir, args.out, args.in_place, fixed, args.impl, args.findings)

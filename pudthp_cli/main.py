@@ -1,4 +1,4 @@
-"""The ``pudthp`` command line (FORMAT.md section 4): the parser and the dispatch.
+"""The ``pudthp`` command line (docs/format.md "Command line"): the parser and the dispatch.
 
 Each command group is a module of this package (``run``, ``campaign`` for ``fuzz``,
 ``coverage``, ``shrink``, ``corpus``, ``conform`` with ``export-c``, ``bench``, ``hub``,

@@ -1,7 +1,7 @@
 """``pudthp conform``: the projection of a model snapshot onto what /proc shows (no root
 needed), and conformance with the live kernel (root and PMD THP needed, else skipped).
 
-Expected values of the projection are derived by hand from MODEL.md and the kernel's
+Expected values of the projection are derived by hand from docs/model.md and the kernel's
 definitions (``folio_precise_page_mapcount`` = ``_mapcount + 1`` plus the entire mapcount;
 smaps ``AnonHugePages`` counts pages under PMD leaves), not from running the code.
 
@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -334,7 +336,7 @@ def test_random_programs_use_only_what_the_machine_can_do() -> None:
 # The live kernel (root and PMD THP)
 # --------------------------------------------------------------------------------------
 
-# The global-counter artefacts of conform.KNOWN (explained in README.md, "Checking the model
+# The global-counter artefacts of conform.KNOWN (explained in docs/conform.md, "Checking the model
 # against the live kernel"); the live tests look past them.
 IGNORE = conform.LOOK_PAST
 
@@ -348,7 +350,14 @@ def _live_problem() -> str | None:
 
 
 LIVE_PROBLEM = _live_problem()
-live_only = pytest.mark.skipif(LIVE_PROBLEM is not None, reason=str(LIVE_PROBLEM))
+TestFn = TypeVar("TestFn", bound=Callable[..., object])
+
+
+def live_only(test: TestFn) -> TestFn:
+    """A test of the live kernel: marked ``live`` (``-m "not live"`` leaves it out) and
+    skipped, with the reason, where this machine cannot run it."""
+    skip = pytest.mark.skipif(LIVE_PROBLEM is not None, reason=str(LIVE_PROBLEM))
+    return pytest.mark.live(skip(test))  # type: ignore[no-any-return]
 
 
 def conform_run(p: Program, ignore: frozenset[str] = IGNORE) -> conform.ConformRun:
@@ -475,7 +484,7 @@ def test_pageout_after_the_sharing_child_exits_writes_the_page() -> None:
 @live_only
 def test_bounded_random_run_agrees() -> None:
     """20 seeded random programs, with swap configured (pageout without swap is a known
-    disagreement: MODEL.md 5.9 changes nothing, the kernel splits)."""
+    disagreement: docs/model.md 9.7 changes nothing, the kernel splits)."""
     failures = []
     with conform.Session(IGNORE) as session:
         split = session.split_problem() is None
@@ -495,7 +504,7 @@ def test_bounded_random_run_agrees() -> None:
     assert not failures, "\n".join(failures)
 
 
-# One minimal program per disagreement of README.md, with the observable it shows first.
+# One minimal program per disagreement of docs/conform.md, with the observable it shows first.
 _MAP = {"op": "mmap", "mm": 0, "start": 0, "npages": 512, "prot": "rw"}
 _READ0 = {"op": "read", "mm": 0, "addr": 0}
 MINIMAL: dict[str, tuple[str, dict[str, object], list[dict[str, object]]]] = {
@@ -551,8 +560,8 @@ MINIMAL: dict[str, tuple[str, dict[str, object], list[dict[str, object]]]] = {
 @live_only
 @pytest.mark.parametrize("name", sorted(MINIMAL))
 def test_known_disagreement_shows_as_explained(name: str) -> None:
-    """A README disagreement still open (conform.KNOWN) either shows first on its own
-    observable, recognised as known, or the kernel and the model now agree (then README.md
+    """A disagreement of docs/conform.md still open (conform.KNOWN) either shows first on its own
+    observable, recognised as known, or the kernel and the model now agree (then docs/conform.md
     and KNOWN want updating).  One the model fixed must agree."""
     observable, config, ops = MINIMAL[name]
     p = program(ops, geometry="x86_64", pud_enabled="never", **config)
@@ -635,7 +644,7 @@ def test_every_open_disagreement_has_a_minimal_program() -> None:
 
 
 def test_known_disagreements_are_named_and_others_are_not() -> None:
-    # The README's explanations, chosen by observable class and the op that showed it.
+    # The explanations of docs/conform.md, chosen by observable class and the op that showed it.
     D = Disagreement
 
     p = program([_MAP, {"op": "write", "mm": 0, "addr": 0, "value": 5},

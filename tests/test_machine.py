@@ -326,20 +326,45 @@ def test_fuzz_bad_usage_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path
     assert needle in lines[0]
 
 
-def test_fuzz_atheris_without_the_package_cannot_run_here(
-        capsys: pytest.CaptureFixture[str], tmp_path: Path,
+# A machine without atheris: the commands that need it exit 4 (cannot run here, the
+# kselftest skip code), never 2: the input is fine, the machine lacks a package.
+@pytest.mark.parametrize(("argv", "what"), [
+    (["fuzz", "--engine", "atheris", "--findings", "{tmp}/f"], "--engine atheris"),
+    (["corpus", "minimize", "{tmp}/corpus"], "corpus minimize"),
+], ids=["fuzz", "minimize"])
+def test_without_atheris_its_commands_cannot_run_here(
+        argv: list[str], what: str, capsys: pytest.CaptureFixture[str], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    # a machine without atheris: exit 4 (cannot run here, the kselftest skip code), not 2
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "atheris" else real(name, *a))
-    code = main(["fuzz", "--engine", "atheris", "--findings", str(tmp_path / "f")])
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a").write_bytes(b"\x01\x00")
+    code = main([a.format(tmp=tmp_path) for a in argv])
     err = capsys.readouterr().err
     assert code == 4
-    assert err.strip() == ("pudthp: cannot run here: --engine atheris: the atheris package "
-                           "is not installed")
+    assert err.strip() == f"pudthp: cannot run here: {what}: the atheris package is not installed"
+    # ... as docs/format.md's table of exit statuses says
+    command = " ".join(argv[:2]) if argv[0] == "corpus" else argv[0]
+    (row,) = [line for line in (ROOT / "docs" / "format.md").read_text().splitlines()
+              if line.startswith(f"| `{command}` |")]
+    assert "atheris not installed" in row.split(" | ")[-1]
+
+
+def test_the_max_ops_defaults_said_are_the_engines_own(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from fuzz.engine_atheris import MAX_OPS
+    from fuzz.engine_hypothesis import STEPS_PER_PROGRAM
+
+    assert main(["fuzz", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert (f"default: {STEPS_PER_PROGRAM} with hypothesis, {MAX_OPS} with atheris"
+            in text)
+    doc = (ROOT / "docs" / "format.md").read_text()
+    assert (f"| `--max-ops N` | {STEPS_PER_PROGRAM} steps per program with hypothesis, "
+            f"{MAX_OPS} ops with atheris |") in doc
 
 
 def fuzz(tmp: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
