@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fuzz import hub_values as hv
-from fuzz.hub import Hub
+from fuzz.hub import Hub, HubError
 from fuzz.hub_values import BadValue
 
 MAX_MACHINES_SHOWN = 1000
@@ -120,7 +120,10 @@ class StatusReader:
         hub = self.hub
         status = CampaignStatus(hub.label, hub.campaign, False,
                                 time.time() if now is None else now)
-        if not hub.check():
+        try:
+            if not hub.check():
+                return status
+        except HubError:  # the password changed since: as unreachable, for a live view
             return status
         self._read_stats()
         if not hub.up:
