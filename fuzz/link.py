@@ -94,7 +94,7 @@ class CampaignLink:
             try:
                 if o.stats is not None:
                     Path(o.stats).parent.mkdir(parents=True, exist_ok=True)
-                link.stats = StatsWriter(o.stats, machine, engine)
+                link.stats = StatsWriter(o.stats, machine, engine, campaign=o.campaign)
             except OSError as e:
                 link.close()
                 raise LinkError(f"--stats {o.stats}: {e.strerror or e}") from None
