@@ -208,7 +208,9 @@ def main(argv: list[str]) -> int:
         program = load_program_file(path)
         IMPL_FACTORIES[impl]()
         with memory_limit(int(max_rss)), time_limit(float(seconds), "the replay"):
-            report = run_program(program, impl)
+            # as it was found: a campaign without the invariants records so
+            report = run_program(program, impl,
+                                 check=program.meta.get("invariants") is not False)
     except (LimitExceeded, MemoryError) as e:
         out = {"limit": str(e if isinstance(e, LimitExceeded) else memory_error())}
     except (ProgramError, UsageError) as e:

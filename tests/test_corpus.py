@@ -18,7 +18,7 @@ from pudthp_ref.spec import Config, Program
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE.parent / "corpus"
-SIGNATURE = "invariant:write:deposit.pud_stack.wrong_level"
+SIGNATURE = "invariant:deposit.pud_stack.wrong_level"
 
 PASSING = Program(Config(geometry=4), (spec.Mmap(0, 0, 16, "rw"), spec.Write(0, 0, 1)))
 FAILING = Program(Config(geometry=4, deposit="list_head"), PASSING.ops)
@@ -103,7 +103,7 @@ def test_replay_reports_what_changed(tmp_path: Path, capsys: pytest.CaptureFixtu
     d = tmp_path / "findings"
     write(d / "1_still.json", FAILING, signature=SIGNATURE)
     write(d / "2_fixed.json", PASSING, signature=SIGNATURE)  # "fixed": passes now
-    write(d / "3_other.json", FAILING, signature="invariant:write:something.else")
+    write(d / "3_other.json", FAILING, signature="invariant:something.else")
     write(tmp_path / "seeds" / "4_new.json", FAILING)  # a seed that finds
     write(tmp_path / "seeds" / "5_ok.json", PASSING)
     code, out, _ = run(capsys, "corpus", "replay", str(d), str(tmp_path / "seeds"))

@@ -20,7 +20,7 @@ from typing import Any
 import fakeredis
 import pytest
 import redis
-from hub_tools import FAULT_SIGNATURE, real_finding
+from hub_tools import FAULT_SIGNATURE, WITHDRAW_SIGNATURE, real_finding
 
 from fuzz.archive import finding_path
 from fuzz.engine_hypothesis import Campaign, HypothesisEngine
@@ -32,7 +32,7 @@ from fuzz.supervisor import Supervisor
 from harness.limits import rss_mb
 from harness.runner import run_program
 
-WRITE, READ = FAULT_SIGNATURE.format(op="write"), FAULT_SIGNATURE.format(op="read")
+WRITE, READ = FAULT_SIGNATURE, WITHDRAW_SIGNATURE  # two distinct real findings
 KEY = "pudthp:main:"
 CODE = "c0de" * 16
 
@@ -135,7 +135,7 @@ def test_a_shorter_program_that_does_not_reproduce_is_replaced(tmp_path: Path) -
     plant_finding(peer(server), WRITE, zero_ops(WRITE))
     said: list[str] = []
     a = make_hub(server, "a", said)
-    _, mine = real_finding("write", 3)
+    _, mine = real_finding("fault", 3)
     assert a.push_finding(WRITE, mine) == "kept"  # the 0-op program ranks first ...
     a.pull_findings(str(tmp_path / "a"), have={WRITE})  # ... until it is replayed
     assert a.finding(WRITE) == mine
@@ -168,12 +168,12 @@ def test_hostile_programs_are_replayed_within_time_and_memory_bounds(tmp_path: P
     # the model's page arrays): over any sane memory limit long before its end
     big = [{"op": "mmap", "mm": 0, "start": 0, "npages": 64 << 18, "prot": "rw"}]
     big += [{"op": "write", "mm": 0, "addr": i << 18, "value": i} for i in range(64)]
-    greedy = "invariant:write:greedy"
+    greedy = "invariant:greedy"
     plant_finding(evil, greedy, json.dumps({
         "format": "pudthp-program/1", "config": {"geometry": "x86_64"}, "ops": big,
         "meta": {"signature": greedy}}))
     # and one over the size limit, never even fetched
-    huge = "invariant:write:huge"
+    huge = "invariant:huge"
     plant_finding(evil, huge, "x" * (9 << 20))
     said: list[str] = []
     hub = make_hub(server, "b", said, seconds=5.0, max_rss=300)
@@ -272,7 +272,7 @@ def test_a_hub_restarted_empty_is_repopulated_by_content(tmp_path: Path) -> None
     assert a.corpus_dir is not None
     Path(a.corpus_dir, "in1").write_bytes(b"an input")
     seed_a = a.start("atheris", {}, None, 1)
-    sig, text = real_finding("read", 2)
+    sig, text = real_finding("withdraw", 3)
     path = Path(a.findings_dir, "f.json")
     path.write_text(text)
     a.archived(sig, str(path))
@@ -341,7 +341,7 @@ def test_hub_pull_passes_over_hostile_stats_and_findings(tmp_path: Path) -> None
                       json.dumps(dict(good, machine="x" * 10**6)), json.dumps(good)):
             r.xadd(KEY + "stats", {"json": entry})
         plant_finding(r, WRITE, zero_ops(WRITE), machine="evil")
-        sig, text = real_finding("read", 2)
+        sig, text = real_finding("withdraw", 3)
         plant_finding(r, sig, text, machine="honest")
         r.close()
         out = subprocess.run([sys.executable, "-m", "pudthp_cli", "hub", "pull", url,

@@ -139,10 +139,10 @@ def test_a_failure_prints_as_program_json_that_replays() -> None:
 
 def test_finding_classes_by_kind_and_signature() -> None:
     prog = Program(Config(), ())
-    a = finding_error(Finding("divergence", 0, "divergence:read:result", "m"), prog)
-    b = finding_error(Finding("divergence", 0, "divergence:read:result", "m"), prog)
-    c = finding_error(Finding("divergence", 0, "divergence:write:result", "m"), prog)
-    d = finding_error(Finding("invariant", 0, "invariant:read:x", "m"), prog)
+    a = finding_error(Finding("divergence", 0, "divergence:result", "m"), prog)
+    b = finding_error(Finding("divergence", 0, "divergence:result", "m"), prog)
+    c = finding_error(Finding("divergence", 0, "divergence:exception", "m"), prog)
+    d = finding_error(Finding("invariant", 0, "invariant:x", "m"), prog)
     assert isinstance(a, DivergenceFinding)
     assert isinstance(d, InvariantFinding)
     assert type(a) is type(b)  # one bug for Hypothesis
@@ -348,18 +348,20 @@ def fuzz(tmp: Path, *args: str, timeout: float = 120) -> subprocess.CompletedPro
                           capture_output=True, text=True, cwd=ROOT, timeout=timeout)
 
 
-LIST_HEAD_SEARCH = ("--time", "5", "--workers", "1", "--seed", "7", "--config",
+# a fixed, seeded number of programs (never a few seconds of campaign), PUD THPs always
+# on: the first PUD THP fault meets the corruption
+LIST_HEAD_SEARCH = ("--programs", "40", "--workers", "1", "--seed", "7", "--config",
                     "deposit=list_head", "--config", "pud_enabled=always")
 
 
 def test_fuzz_finds_list_head_once_and_never_overwrites(tmp_path: Path) -> None:
-    # PUD THPs always on: with them drawn per program, a 4 s search under the whole
-    # suite's load once ran 24 programs without a PUD fault; this way the first write
-    # fault meets the corruption, on a machine however loaded.
+    # One bug, one finding: a read, a write or a pin fault may be the first to meet the
+    # broken PUD deposit stack, and every one is the invariant's one signature.
     out = fuzz(tmp_path, *LIST_HEAD_SEARCH)
     assert out.returncode == 1, out.stdout + out.stderr
     files = sorted(tmp_path.glob("*.json"))
-    assert files, out.stdout + out.stderr
+    assert len(files) == 1, out.stdout + out.stderr
+    assert "1 distinct finding(s), 1 new" in out.stdout
     for f in files:
         data = json.loads(f.read_text())
         meta = data["meta"]
@@ -370,6 +372,8 @@ def test_fuzz_finds_list_head_once_and_never_overwrites(tmp_path: Path) -> None:
         assert f.name == Path(finding_path(str(tmp_path), meta["signature"])).name
         assert len(data["ops"]) <= 4
         assert meta["replays"] is True
+        assert meta["signature"] == "invariant:deposit.pud_stack.wrong_level"
+        assert meta["signature_format"] == 2
     before = {f.name: f.read_text() for f in files}
     again = fuzz(tmp_path, *LIST_HEAD_SEARCH)
     assert again.returncode == 1
