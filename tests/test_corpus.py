@@ -111,7 +111,8 @@ def test_replay_reports_what_changed(tmp_path: Path, capsys: pytest.CaptureFixtu
     verdicts = [line.split("  ")[0].strip() for line in out.splitlines()[:-1]]
     assert verdicts == ["still failing", "newly passing", "new finding", "new finding", "pass"]
     assert out.splitlines()[-1] == ("replay: 5 program(s): 1 pass, 1 still failing, "
-                                    "1 newly passing, 2 new finding")
+                                    "1 newly passing, 2 new finding "
+                                    "(1 archived finding(s) open)")
     # nothing changed: exit 0
     for name in ("2_fixed.json", "3_other.json"):
         (d / name).unlink()
