@@ -417,8 +417,12 @@ def run_worker(spec: WorkerSpec, emit: Callable[[Message], None],
                     obs.known.add(sig)
                     sent += 1
             tell_known_hits(obs)
-            generated += (budget_run if obs.programs_at_failure is None
-                          else max(1, obs.programs_at_failure - programs_before))
+            # the programs the run generated (up to its first failure: then it shrinks);
+            # Hypothesis may stop short of its budget (no new choices left), and the next
+            # run, with the next seed, goes on; a run that ran none counts as done
+            ran = (obs.programs if obs.programs_at_failure is None
+                   else obs.programs_at_failure) - programs_before
+            generated += ran if ran > 0 else budget_run
             cut = obs.shrink_cut
             reuse = reuse and bool(reported)  # replay again while replays find something
             obs.new_run()
