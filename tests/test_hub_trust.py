@@ -22,7 +22,7 @@ import pytest
 import redis
 from hub_tools import FAULT_SIGNATURE, WITHDRAW_SIGNATURE, real_finding
 
-from fuzz.archive import finding_path
+from fuzz.archive import archived_signatures, finding_path
 from fuzz.engine_hypothesis import Campaign, HypothesisEngine
 from fuzz.hub import Hub
 from fuzz.hub_replay import Candidate, Replayer
@@ -108,6 +108,25 @@ def test_a_bare_signature_never_suppresses_a_local_finding(tmp_path: Path) -> No
     sup.tell_hub_known()
     assert sup.known == {}
     assert link.exchange() == []
+    clean(said)
+
+
+def test_a_format_1_finding_on_the_hub_is_replayed_and_kept_under_its_format_2_signature(
+        tmp_path: Path) -> None:
+    # pushed by a machine of before signature format 2: its signature and meta.signature
+    # name the op kind (write) where the invariant was first seen broken
+    old = "invariant:write:" + WRITE.removeprefix("invariant:")
+    _, text = real_finding("fault", 2)
+    program = json.loads(text)
+    program["meta"]["signature"] = old
+    plant_finding(peer(server := fakeredis.FakeServer()), old, json.dumps(program) + "\n",
+                  machine="old")
+    said: list[str] = []
+    hub = make_hub(server, "b", said)
+    assert hub.signatures() == {WRITE}
+    target = tmp_path / "findings"
+    (path,) = hub.pull_findings(str(target))
+    assert archived_signatures(str(target)) == {WRITE: path}
     clean(said)
 
 
