@@ -61,8 +61,9 @@ def add(sub: Any) -> None:
     fuzz.add_argument("--programs", metavar="N", type=COUNT, default=None,
                       help="hypothesis: run N generated programs in all, shared among the "
                       "workers, then stop (shrinking's tries not counted; a run that fails "
-                      "counts its programs up to the failing one): with --seed the same "
-                      "programs on every machine, however loaded")
+                      "counts its programs up to the failing one; a few more when "
+                      "Hypothesis discards some): with --seed the same programs on every "
+                      "machine, however loaded")
     fuzz.add_argument("--stop-on-first", action="store_true",
                       help="end the campaign at its first new finding, once it is shrunk and "
                       "archived (exit 1)")
