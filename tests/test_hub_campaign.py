@@ -24,16 +24,19 @@ from fuzz.hub import Hub, parse_hub_url, redis_client
 from fuzz.stats import read_stats
 from harness.program import load_program_file
 
-# a fixed number of programs from the seeds the hub hands out, never a time: with PUD THPs
-# always on, the first PUD THP fault of any seed meets the list_head corruption
-CAMPAIGN = ["--workers", "1", "--config", "deposit=list_head", "--config", "pud_enabled=always",
-            "--programs", "60"]
+# hypothesis: a fixed number of programs from the seeds the hub hands out, never a time:
+# with PUD THPs always on, the first PUD THP fault of any seed meets the list_head
+# corruption; atheris (which runs for a time) crosses corpus inputs, needing no finding
+CAMPAIGN = ["--workers", "1", "--config", "deposit=list_head", "--config", "pud_enabled=always"]
+PROGRAMS = ["--programs", "60"]
+ATHERIS_TIME = ["--time", "10"]
 
 
 def fuzz(url: str, root: Path, machine: str, *extra: str) -> subprocess.Popen[str]:
     d = root / machine
     return subprocess.Popen(
         [sys.executable, "-m", "pudthp_cli", "fuzz", "--hub", url, *CAMPAIGN,
+         *(ATHERIS_TIME if "atheris" in extra else PROGRAMS),
          "--machine", machine, "--findings", str(d / "findings"),
          "--corpus", str(d / "corpus"), "--example-db", str(d / "hypothesis"),
          "--stats", str(d / "stats.jsonl"), *extra],
@@ -173,7 +176,9 @@ def test_two_atheris_campaigns_cross_their_corpus(tmp_path: Path) -> None:
 
 def test_a_hub_stopped_mid_campaign_loses_no_local_finding(tmp_path: Path) -> None:
     proc, url = start(tmp_path / "hub")
-    campaign = fuzz(url, tmp_path, "A")
+    # programs enough to outlast the 10 s it runs (the stats go on to its end); the first
+    # program's PUD THP fault finds, however loaded the machine
+    campaign = fuzz(url, tmp_path, "A", "--programs", "1000000", "--time", "10")
     assert campaign.stderr is not None
     head = ""
     while "engine hypothesis" not in head:  # the campaign has joined and is running
