@@ -274,7 +274,11 @@ class Engine(Protocol):
 
 
 class Options(Protocol):
-    """What the supervisor reads of a campaign's options."""
+    """What the supervisor reads of a campaign's options.  Read where present (an engine's
+    options may leave them out): ``stop_on_first`` (stop the workers once the first new
+    finding is archived), ``quiet`` (nothing on ``err`` but errors; the summary and the
+    coverage headline on ``out``) and ``junit`` (a path for the JUnit XML report, one case
+    per distinct finding)."""
 
     time_limit: float
     workers: int
