@@ -84,6 +84,7 @@ from fuzz.hub_intake import PULL_BATCH, Intake, ReplayerLike
 from fuzz.hub_values import MAX_CORPUS_INPUT, BadValue
 from fuzz.stats import stats_problem
 from harness.program import MAX_PROGRAM_BYTES
+from harness.signature import current
 
 __all__ = [
     "DEFAULT_CAMPAIGN", "DEFAULT_EXAMPLE_DIR", "DEFAULT_PORT", "MAX_CORPUS_INPUT",
@@ -549,7 +550,7 @@ class Hub:
         out = set()
         for s in got:
             with contextlib.suppress(BadValue):
-                out.add(hv.signature(s))
+                out.add(current(hv.signature(s)))  # a format-1 one as today's
         return out
 
     def signature_count(self) -> int:

@@ -38,6 +38,7 @@ from fuzz.hub_values import escape
 from fuzz.stats import INTERVAL_SECONDS, Sample, StatsWriter
 from harness.coverage import NAMES, Tally
 from harness.program import ProgramError, load_program_file
+from harness.signature import of_meta
 
 SYNC_SECONDS = 2.0
 LINGER_SECONDS = 60.0  # at most this long, a campaign waits at its end for its peers
@@ -183,9 +184,12 @@ class CampaignLink:
         new: list[str] = []
         for path in hub.pull_findings(self.findings_dir, self.local, wait):
             try:
-                sig = load_program_file(path).meta["signature"]
-            except (ProgramError, KeyError):
+                pulled = of_meta(load_program_file(path).meta)
+            except ProgramError:
                 continue  # checked by the client before it was written
+            if pulled is None:
+                continue
+            sig = pulled
             new.append(sig)
             self.local.add(sig)
             self.pulled.append((sig, path))

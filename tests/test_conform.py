@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -37,6 +38,7 @@ from harness.conform.observe import (
     project_snapshot,
 )
 from harness.program import load_program_file, parse_program
+from pudthp_cli.conform import conform_cases
 from pudthp_cli.main import main
 from pudthp_ref import spec
 from pudthp_ref.model import RefModel
@@ -690,3 +692,45 @@ def test_a_restore_failure_does_not_hide_the_error_on_its_way_out(
     s.on_restore("a knob", fail)
     with pytest.raises(conform.KernelError, match="could not restore"):
         conform._restore(s, "could not restore")
+
+
+# --------------------------------------------------------------------------------------
+# --junit: read off the JSON report (no kernel needed)
+# --------------------------------------------------------------------------------------
+
+
+def test_junit_cases_of_a_random_report_fail_the_unexplained_only() -> None:
+    disagreement = {"op_index": 3, "observable": "mm0.page[512].kind", "kernel": "pmd",
+                    "model": "pte"}
+    data = {"format": "pudthp-conform-random/1", "seed": 7, "n": 3,
+            "signatures": {"page.kind:fault": [1], "vmstat.thp_zero_page_alloc": [2]},
+            "runs": [{"index": 0, "disagreement": None, "known": None},
+                     {"index": 1, "disagreement": disagreement, "known": None},
+                     {"index": 2, "disagreement": disagreement, "known": "zero_folio"}]}
+    cases = conform_cases(data, strict=False)
+    assert [(c.name, c.failure) for c in cases] == [
+        ("random 7:0", None),
+        ("random 7:1", "DISAGREE page.kind:fault: op 3: mm0.page[512].kind: kernel 'pmd', "
+                       "model 'pte'"),
+        ("random 7:2", None),  # a known disagreement passes without --strict
+    ]
+    strict = conform_cases(data, strict=True)
+    assert strict[2].failure == ("known zero_folio vmstat.thp_zero_page_alloc: op 3: "
+                                 "mm0.page[512].kind: kernel 'pmd', model 'pte'")
+    one = conform_cases({"format": "pudthp-conform-report/1", "program": "p.json",
+                         "disagreement": None, "known": None}, strict=True)
+    assert [(c.name, c.failure) for c in one] == [("p.json", None)]
+
+
+def test_junit_of_a_conform_run_that_could_not_run_is_one_skipped_case(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "junit.xml"
+    code = main(["conform", str(tmp_path / "missing.json"), "--junit", str(report)])
+    assert code == 2
+    assert capsys.readouterr().err.startswith("pudthp: error: ")
+    suite = ET.parse(report).getroot()[0]
+    (case,) = suite.iter("testcase")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("1", "0", "1")
+    skipped = case.find("skipped")
+    assert skipped is not None
+    assert skipped.get("message") == "did not run to its end (exit status 2)"

@@ -41,7 +41,7 @@ def test_list_head_is_caught_by_the_invariants(impl: str, path: str) -> None:
     assert report.finding is not None
     assert report.finding.kind == "invariant"
     assert report.finding.op_index == 1
-    assert report.finding.signature.startswith("invariant:write:deposit.")
+    assert report.finding.signature.startswith("invariant:deposit.")
 
 
 @pytest.mark.parametrize("path", programs("list_head_*.json"), ids=os.path.basename)
