@@ -435,6 +435,9 @@ def run_worker(spec: WorkerSpec, emit: Callable[[Message], None],
     finally:
         if timer is not None:
             timer.close()
+        # the last counts go out as progress: a worker done before its first progress
+        # report (a few programs) must not count as one that ran nothing
+        emit(("progress", spec.index, obs.programs, obs.steps))
         emit(("coverage", spec.index, obs.tally.to_json()))
         emit(("done", spec.index, obs.programs, obs.steps))
 

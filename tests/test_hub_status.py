@@ -43,7 +43,7 @@ def test_machines_their_last_reports_the_union_and_the_findings() -> None:
                        features={"a": 1, "b": 2}), T0 + 10)
     push(b, wb, Sample(50, 500, 0, corpus=3, cov=20, ft=30, features={"b": 1, "c": 1}),
          T0 + 7)
-    signature, text = real_finding("read", 2)
+    signature, text = real_finding("fault", 2)
     assert a.push_finding(signature, text) == "stored"
     viewer = Hub(fakeredis.FakeRedis(server=server), label="redis://fake:6379/0",
                  machine="status", say=lambda _: None)
