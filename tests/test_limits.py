@@ -180,8 +180,9 @@ def test_a_worker_over_its_memory_limit_asks_for_a_fresh_process(
     kinds = [m[0] for m in messages]
     assert "finding" not in kinds
     assert [m[2] for m in messages if m[0] == "limit"] == ["memory"]
-    # it asks for a fresh process, then ends as every worker does: its features, done
-    assert kinds[-3:] == ["restart", "coverage", "done"]
+    # it asks for a fresh process, then ends as every worker does: its last counts, its
+    # features, done
+    assert kinds[-4:] == ["restart", "progress", "coverage", "done"]
 
 
 # --------------------------------------------------------------------------------------
