@@ -89,7 +89,7 @@ from harness.limits import (
 )
 from harness.program import dump_program, parse_program
 from harness.runner import IMPL_FACTORIES, run_program
-from harness.shrink import ddmin_ops
+from harness.shrink import ddmin_ops, run_options
 from pudthp_ref.spec import Config, Finding, Program
 
 ENGINE = "hypothesis"
@@ -451,6 +451,7 @@ def _payload(spec: WorkerSpec, run: int, finding: Finding, program: Program,
         "shrunk": shrunk,
         "replays": replay is not None and replay.signature == finding.signature,
         "hypothesis": hypothesis.__version__,
+        **run_options(program),  # the fast paths it ran on: it replays on them
     }
     return {
         "signature": finding.signature,

@@ -57,6 +57,9 @@ import atheris  # type: ignore[import-untyped]
 _INSTRUMENT_FAST = "--instrument-fast" in sys.argv
 UNINSTRUMENTED: tuple[str, ...] = (
     "pudthp_ref.invariants",
+    "pudthp_ref.invariants_deposit",
+    "pudthp_ref.invariants_folios",
+    "pudthp_ref.invariants_pgtable",
     "pudthp_ref.snapshot",
     "pudthp_ref.spec",
 )

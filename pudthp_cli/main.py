@@ -17,6 +17,7 @@ import os
 import sys
 from typing import NoReturn
 
+from harness.heap import tune_heap
 from harness.limits import LimitExceeded, memory_error
 from harness.program import ProgramError
 from harness.runner import UsageError
@@ -75,6 +76,9 @@ def _main(argv: list[str]) -> int:
         return error(
             f"unrecognized arguments: {' '.join(extra)} (see 'pudthp {args.command} --help')"
         )
+    if args.command not in ("hub", "report", "conform", "export-c", "bench") and getattr(
+            args, "impl", None) != "ref":
+        tune_heap()  # this process and the ones it starts run the fast side
     try:
         status: int = args.handler(args)
     except (ProgramError, UsageError, LimitExceeded) as e:

@@ -34,10 +34,11 @@ def add(sub: Any) -> None:
     run.add_argument("--report", metavar="FILE", help="write the pudthp-report/1 JSON here")
     run.add_argument("--quiet", action="store_true", help="no per-op lines, only the summary")
     run.add_argument("--check", choices=CHECK_MODES, default="end",
-                     help="with --impl both, when the fast side checks its own invariants: at "
-                     "the end of the program and at a divergence (end, the default: the "
-                     "comparison with the reference, which checks after every op, covers "
-                     "the ops between) or after every op (every-op)")
+                     help="with --impl fast or both, when the fast side checks its own "
+                     "invariants: at the end of the program and at a divergence, a failure "
+                     "then located by a replay with checks after every op (end, the default; "
+                     "under both, the comparison with the reference, which checks after "
+                     "every op, covers the ops between) or after every op (every-op)")
     run.add_argument("--max-rss", metavar="MIB", type=MIB, default=None,
                      help="stop (exit 2, not a finding) once the process uses more memory "
                      "(default: half of this machine's memory; 0: no limit)")

@@ -38,6 +38,7 @@ from fuzz.machine import (
     InvariantFinding,
     Observer,
     PudthpMachine,
+    RuleChoice,
     finding_error,
     make_machine,
 )
@@ -67,6 +68,47 @@ def test_machine_agrees_at_pmd_level(pud_read_fault: str) -> None:
     # PUD THPs off: the PMD-level paths (zero PMD, PMD splits) get the whole budget
     run_state_machine_as_test(make_machine({"pud_enabled": "never",
                                             "pud_read_fault": pud_read_fault}))
+
+
+def test_each_step_draws_its_rule_once_among_the_enabled_and_valid(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Hypothesis' own rule choice samples every rule and retries on one its feature flags
+    # disable or whose bundles or preconditions forbid it now: "Retried draw from
+    # sampled_from" on nearly every test case.  RuleChoice draws once among the rules
+    # enabled (swarm testing kept) and valid.
+    from hypothesis.strategies._internal.strategies import SampledFromStrategy
+
+    retried: list[str] = []
+    real_filtered = SampledFromStrategy.do_filtered_draw
+
+    def counting(self: Any, data: Any) -> Any:
+        before = set(data.events)
+        out = real_filtered(self, data)
+        retried.extend(k for k in data.events if k not in before and k.startswith("Retried"))
+        return out
+
+    chosen: list[tuple[Any, list[Any], list[Any]]] = []
+    real_draw = RuleChoice.do_draw
+
+    def record(self: RuleChoice, data: Any) -> Any:
+        valid = [r for r in self.rules if self.is_valid(r)]
+        rule, args = real_draw(self, data)
+        chosen.append((rule, list(self.enabled or []), valid))
+        return rule, args
+
+    monkeypatch.setattr(SampledFromStrategy, "do_filtered_draw", counting)
+    monkeypatch.setattr(RuleChoice, "do_draw", record)
+    run_state_machine_as_test(seed(3)(make_machine({"geometry": "tiny"})), settings=settings(
+        max_examples=20, stateful_step_count=30, deadline=None, database=None,
+        suppress_health_check=list(HealthCheck)))
+    assert len(chosen) > 100
+    assert retried == []
+    for rule, enabled, valid in chosen:
+        assert rule in valid
+        if set(enabled) & set(valid):
+            assert rule in enabled
+    # swarm testing: some test cases ran with rules disabled
+    assert any(len(enabled) < len(valid) for _, enabled, valid in chosen)
 
 
 # --------------------------------------------------------------------------------------
