@@ -40,6 +40,7 @@ bytes; a byte past the end of the data reads as 0, so a truncated op still decod
   - ``id`` (pin): 1 + the same;
   - ``prot``, ``advice``, ``alloc_order``: one byte indexing ``spec.PROTS``,
     ``spec.ADVICES``, ``spec.ALLOC_ORDERS`` modulo their length;
+  - ``advice`` in version 2 also ``collapse`` (the fifth entry), version 1 the first four;
   - ``order`` (split_folio's new order): version 2 only, one byte modulo PUD_ORDER + 1;
     version 1 has no such byte and means order 0.
 
@@ -90,9 +91,12 @@ DEPOSIT: tuple[str, ...] = ("lru_next", "llist", "list_head")
 PUD_READ_FAULT: tuple[str, ...] = ("alloc", "fallback")
 CHOICE_FIELDS: dict[str, tuple[str, ...]] = {
     "prot": ("none", "r", "rw"),
-    "advice": ("hugepage", "nohugepage", "dontneed", "pageout"),
+    "advice": ("hugepage", "nohugepage", "dontneed", "pageout", "collapse"),
     "alloc_order": ("pud", "pmd", "base"),
 }
+# version 1 knew four advices: its inputs keep their meaning
+CHOICE_FIELDS_V1: dict[str, tuple[str, ...]] = {
+    **CHOICE_FIELDS, "advice": CHOICE_FIELDS["advice"][:4]}
 NODES_MOD = 64
 SWAP_MAX = 1 << 40
 VALUE_MOD = 1 << 64
@@ -188,7 +192,7 @@ def decode(
             elif fk == "id":
                 values.append(1 + _small_index(r.varint()))
             else:
-                choices = CHOICE_FIELDS[fk]
+                choices = CHOICE_FIELDS_V1[fk] if version == 1 else CHOICE_FIELDS[fk]
                 values.append(choices[r.byte() % len(choices)])
         ops.append(spec.OP_TYPES[kind](*values))
     return Program(cfg, tuple(ops))
@@ -239,7 +243,9 @@ def _decode_config(r: _Reader, version: int) -> Config:
 def _needs_version_2(program: Program) -> bool:
     cfg = program.config
     return bool(cfg.mthp) or any(getattr(cfg, k) >= 0 for k in spec.MAX_PTES_KEYS) or any(
-        isinstance(op, spec.SplitFolio) and op.order for op in program.ops)
+        (isinstance(op, spec.SplitFolio) and op.order)
+        or (isinstance(op, spec.Madvise) and op.advice not in CHOICE_FIELDS_V1["advice"])
+        for op in program.ops)
 
 
 # --------------------------------------------------------------------------------------

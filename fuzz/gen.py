@@ -29,6 +29,8 @@ DEFAULT_WEIGHTS: dict[str, int] = {
 class ProgramGenerator:
     """Draws programs for one config; ``rng`` is the only source of randomness."""
 
+    ADVICES: tuple[str, ...] = spec.ADVICES
+
     def __init__(
         self, cfg: Config, rng: random.Random, weights: dict[str, int] | None = None
     ) -> None:
@@ -95,7 +97,7 @@ class ProgramGenerator:
             if kind == "mprotect":
                 return spec.Mprotect(self.mm(), start, npages, r.choice(spec.PROTS))
             if kind == "madvise":
-                return spec.Madvise(self.mm(), start, npages, r.choice(spec.ADVICES))
+                return spec.Madvise(self.mm(), start, npages, r.choice(self.ADVICES))
             return spec.Migrate(self.mm(), start, npages, r.randrange(self.cfg.nodes + 1))
         if kind == "read":
             return spec.Read(self.mm(), self.addr())
@@ -179,7 +181,13 @@ RANDOM_WEIGHTS: dict[str, int] = {**DEFAULT_WEIGHTS, "migrate": 0, "fail_alloc":
 
 class PmdProgramGenerator(ProgramGenerator):
     """``ProgramGenerator`` at x86_64 geometry in a region of a few PMDs: addresses biased to
-    PMD boundaries (one page either side), lengths of whole PMDs or a few pages."""
+    PMD boundaries (one page either side), lengths of whole PMDs or a few pages; only what
+    the live comparison runs (no MADV_COLLAPSE, splits to order 0)."""
+
+    ADVICES = tuple(a for a in spec.ADVICES if a != "collapse")
+
+    def split_order(self) -> int:
+        return 0
 
     def __init__(self, cfg: Config, rng: random.Random, region_pmds: int,
                  weights: dict[str, int]) -> None:

@@ -37,8 +37,8 @@ what is left, maybe after a fork and exit and a pin of another page left;
 ``protect_toggle``: mprotect read-only and back; ``pageout`` a second time as its own rule),
 and ``shrink_deferred`` and ``fail_alloc`` share one rule. The config of a test case is
 drawn from the correct designs, with PMD-only and PTE-only programs a third and a sixth of
-the time and swap on in six of seven; P = 16 (two mTHP orders below the PMD order) in a
-quarter of the test cases, each mTHP order's setting and ``max_ptes_none`` drawn per test
+the time and swap on in six of seven; P = 16 (two mTHP orders below the PMD order) in an
+eighth of the test cases, each mTHP order's setting and ``max_ptes_none`` drawn per test
 case, and ``split_folio`` splitting to order 0, an mTHP order, the PMD order or 1; the
 working region is mapped at the start (whole, whole with MADV_HUGEPAGE, or from three PMDs
 into its first PUD) in three cases of four.
@@ -348,7 +348,7 @@ FAST_PATH_DRAWS: tuple[str, ...] = ("default", "numpy", "default", "python")
 
 # Correct designs only; the first value of each is the default (MODEL.md section 3).
 DRAWN_CHOICES: dict[str, tuple[Any, ...]] = {
-    "geometry": (8, 4, 8, 16),
+    "geometry": (8, 4, 8, 8, 4, 8, 8, 16),
     "thp_enabled": ("always", "always", "madvise", "never"),
     "pmd_enabled": ("inherit", "inherit", "always", "madvise", "never"),
     "pud_enabled": ("always", "always", "inherit", "madvise", "never"),
@@ -405,7 +405,8 @@ def configs(overrides: dict[str, Any] | None = None) -> st.SearchStrategy[dict[s
         else:
             drawn = [(o, draw(st.sampled_from(MTHP_DRAWS))) for o in Geometry(p).mthp_orders]
             values["mthp"] = tuple((o, v) for o, v in drawn if v != "never")
-        return config_delta(Config(**values))
+        # a fixed max_ptes_* past a smaller drawn geometry's P - 1 comes down to it
+        return config_delta(Config(**values).with_geometry(p))
 
     return draw_config()
 

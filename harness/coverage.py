@@ -46,6 +46,7 @@ from pudthp_ref import spec
 from pudthp_ref.huge_memory import thp_vma_allowable_orders, thp_vma_suitable_orders
 from pudthp_ref.mm_types import Folio, MmState, MmStruct, PtDesc, Vma
 from pudthp_ref.spec import (
+    EAGAIN,
     EBUSY,
     EFAULT,
     EINVAL,
@@ -174,6 +175,8 @@ def _classify(st: MmState, op: Op, result: Result, pre: Pre, d: Delta, out: list
         _migrate(st, op, result, pre, data.r, d, out)
     elif isinstance(op, spec.Madvise) and op.advice == "pageout":
         _pageout(st, data.r, d, out)
+    elif isinstance(op, spec.Madvise) and op.advice == "collapse":
+        _collapse(result, d, out)
     elif isinstance(op, spec.Madvise) and op.advice != "dontneed":
         _edges(data.edges, d, out)
     elif isinstance(op, spec.Munmap | spec.Mmap | spec.Madvise) and result == 0:
@@ -191,6 +194,22 @@ def _classify(st: MmState, op: Op, result: Result, pre: Pre, d: Delta, out: list
                 any(pte.id not in st.tables for _, _, pte, _, _ in r.pte_tables)
                 or any(pmd.id not in st.tables for pmd in r.pmd_tables)):
             out.append("munmap:frees_page_tables")
+
+
+def _collapse(result: Result, d: Delta, out: list[str]) -> None:
+    """MADV_COLLAPSE (madvise_collapse): what its blocks met."""
+    if d["thp_collapse_alloc"]:
+        out.append("collapse:success")
+        if d["pswpin"]:
+            out.append("collapse:with_swapin")
+        if d["mthp.nr_anon"] < 0 or d["pmd.nr_anon"] < d["thp_collapse_alloc"]:
+            out.append("collapse:large_sources")
+    if d["thp_collapse_alloc_failed"]:
+        out.append("collapse:enomem_alloc")
+    if result == EAGAIN:
+        out.append("collapse:eagain_extra_reference")
+    elif result == EINVAL:
+        out.append("collapse:einval")
 
 
 def _edges(edges: list[str | None], d: Delta, out: list[str]) -> None:

@@ -207,6 +207,19 @@ CATALOGUE: tuple[Feature, ...] = tuple(Feature(n, m) for n, m in (
      "(MPOL_MF_MOVE without MOVE_ALL)"),
     ("migrate:partially_mapped", "a partially mapped, queued large folio was queued for "
      "migration"),
+    # ---- MADV_COLLAPSE ---------------------------------------------------------------
+    ("collapse:success", "MADV_COLLAPSE copied a PMD block into a new PMD THP "
+     "(`collapse_huge_page`, `thp_collapse_alloc`)"),
+    ("collapse:with_swapin", "the collapse swapped pages of the block in first "
+     "(`__collapse_huge_page_swapin`)"),
+    ("collapse:large_sources", "the collapse copied a large folio of the block, an mTHP or a "
+     "PTE-mapped PMD-order folio, into the new one (no in-place collapse)"),
+    ("collapse:enomem_alloc", "the PMD-order allocation of a collapse failed: ENOMEM "
+     "(`thp_collapse_alloc_failed`)"),
+    ("collapse:eagain_extra_reference", "a block held a page with a reference besides its "
+     "mappings (a pin): EAGAIN (`SCAN_PAGE_COUNT`)"),
+    ("collapse:einval", "MADV_COLLAPSE answered EINVAL: VM_NOHUGEPAGE, no anon_vma, no "
+     "aligned block in the VMA, or a block with no page table"),
     # ---- split_folio (debugfs split_huge_pages) --------------------------------------
     ("split_folio:pud_order", "a PUD-order folio was split to order 0 (`split` for the PUD "
      "order)"),

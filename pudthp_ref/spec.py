@@ -294,6 +294,7 @@ ENOMEM = "ENOMEM"
 ESRCH = "ESRCH"
 EBUSY = "EBUSY"
 EFAULT = "EFAULT"
+EAGAIN = "EAGAIN"
 SIGSEGV = "SIGSEGV"
 
 Result = int | str
@@ -303,7 +304,7 @@ Result = int | str
 # --------------------------------------------------------------------------------------
 
 PROTS: tuple[str, ...] = ("none", "r", "rw")
-ADVICES: tuple[str, ...] = ("hugepage", "nohugepage", "dontneed", "pageout")
+ADVICES: tuple[str, ...] = ("hugepage", "nohugepage", "dontneed", "pageout", "collapse")
 ALLOC_ORDERS: tuple[str, ...] = ("pud", "pmd", "base")
 MAX_VALUE = (1 << 64) - 1  # a page's contents are a 64-bit word
 
@@ -618,6 +619,8 @@ VMSTAT_KEYS: tuple[str, ...] = (
     "pswpin",
     "pswpout",
     "thp_underused_split_page",
+    "thp_collapse_alloc",
+    "thp_collapse_alloc_failed",
 )
 MTHP_KEYS: tuple[str, ...] = (
     "anon_fault_alloc",

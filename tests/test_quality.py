@@ -367,3 +367,59 @@ def test_planted_pmd_entry_copy_out_of_order(monkeypatch: pytest.MonkeyPatch) ->
         return reversed_ids
 
     assert program_has(hunt_vector(monkeypatch, "_child_pte_tables_arrays", fake), "fork")
+
+
+# --------------------------------------------------------------------------------------
+# (f) planted bugs in the fast side's mTHP paths (docs/model.md 4.7, 7.6, 8.2, 9.11)
+# --------------------------------------------------------------------------------------
+
+MTHP_ONLY = {"geometry": 16, "pud_enabled": "never", "pmd_enabled": "never",
+             "mthp": {"2": "always", "3": "always"}}
+
+
+def test_planted_mthp_order_past_the_vma_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    # thp_vma_suitable_orders checks only the VMA's start: an mTHP may hang past its end
+    real = fast_hm.thp_vma_suitable_orders
+
+    def start_only(vma: Any, vpn: int, orders: list[int]) -> list[int]:
+        return [o for o in orders if vma.start <= vpn - vpn % (1 << o)]
+
+    plant(monkeypatch, real, start_only)
+    payload = hunt(MTHP_ONLY, check=False, steps=50, shrink_seconds=QUICK_SHRINK)
+    assert_divergence(payload, 8)
+
+
+def test_planted_split_to_an_order_uncounted(monkeypatch: pytest.MonkeyPatch) -> None:
+    # split_unmapped_folio forgets nr_anon of the new order: only a split to an mTHP order
+    # (split_folio with an order) shows it
+    real = fast_split.split_unmapped_folio
+
+    def forgetful(st: Any, fid: int, new_order: int = 0) -> int:
+        first = real(st, fid, new_order)
+        if new_order:
+            fast_split.count_mthp_stat(st, new_order, "nr_anon",
+                                       -(st.next_folio - first + 1))
+        return int(first)
+
+    plant(monkeypatch, real, forgetful)
+    payload = hunt({"geometry": 16, "pud_enabled": "never"}, check=False, steps=50,
+                   shrink_seconds=QUICK_SHRINK)
+    assert_divergence(payload, 8)
+    assert any(getattr(op, "order", 0) for op in finding_program(payload).ops)
+
+
+def test_planted_underused_split_uncounted(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the shrinker splits an underused THP but does not count thp_underused_split_page
+    real = fast_split.deferred_split_scan
+
+    def uncounted(st: Any) -> int:
+        before = st.stats["vmstat"]["thp_underused_split_page"]
+        n = int(real(st))
+        st.stats["vmstat"]["thp_underused_split_page"] = before
+        return n
+
+    plant(monkeypatch, real, uncounted)
+    payload = hunt({"geometry": 8, "pud_enabled": "never", "max_ptes_none": 0}, check=False,
+                   steps=50, shrink_seconds=QUICK_SHRINK)
+    assert_divergence(payload, 8)
+    assert program_has(payload, "shrink_deferred")
