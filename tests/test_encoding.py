@@ -312,3 +312,14 @@ def test_version_2_golden_bytes_carry_mthp_max_ptes_and_the_split_order() -> Non
     assert decode(v1) == Program(Config(geometry=16), (spec.SplitFolio(0, 0, 0),))
     # a program needing nothing of version 2 is written as version 1, bytes unchanged
     assert encode(Program(Config(geometry=16), (spec.SplitFolio(0, 0),)))[0] == 1
+
+
+def test_advice_byte_4_is_collapse_in_version_2_and_hugepage_in_version_1() -> None:
+    # madvise mm 0, start 0, npages 1 page (tag 2, index 1), advice byte 4: version 1 had
+    # four advices (4 % 4 = 0, hugepage), version 2 five (collapse)
+    ops = [3, 0, 0x02, 0, 0x02, 1, 4]
+    assert decode(bytes([1, 0, 0, 0, 0, *ops])).ops == (spec.Madvise(0, 0, 1, "hugepage"),)
+    assert decode(bytes([2, 0, 0, 0, 0, 0, 0, 0, 0, *ops])).ops == (
+        spec.Madvise(0, 0, 1, "collapse"),)
+    # and a program using collapse is written as version 2
+    assert encode(Program(Config(), (spec.Madvise(0, 0, 1, "collapse"),)))[0] == 2

@@ -18,7 +18,7 @@ import pytest
 from scenario_tools import folio, folio_ids, mm, pte_entry, run_ops
 
 from harness.program import ProgramError, parse_program_text
-from pudthp_ref.spec import MTHP_KEYS, Config, ConfigError, Op
+from pudthp_ref.spec import MTHP_KEYS, Config, ConfigError, Op, Program
 
 PT = 4096
 
@@ -309,3 +309,29 @@ def test_config_mthp_and_max_ptes_are_checked_against_the_geometry() -> None:
         Config.from_json({"geometry": 16, "max_ptes_swap": 16})
     with pytest.raises(ProgramError, match="field 'order'"):
         program(NO_HUGE, [{"op": "split_folio", "mm": 0, "addr": 0, "order": "pmd"}])
+
+
+@pytest.mark.parametrize(("config", "op", "needle"), [
+    ({"mthp": {"4": "always"}}, None, "config.mthp"),
+    ({"max_ptes_none": 0}, None, "config.max_ptes_none"),
+    ({}, {"op": "split_folio", "mm": 0, "addr": 0, "order": 4}, "split to order 4"),
+    ({}, {"op": "madvise", "mm": 0, "start": 0, "npages": 512, "advice": "collapse"},
+     "MADV_COLLAPSE"),
+])
+def test_the_live_comparison_refuses_what_it_does_not_set_up(
+        config: dict[str, Any], op: dict[str, Any] | None, needle: str) -> None:
+    # conform and export-c do not write hugepages-<size>kB/enabled, khugepaged's max_ptes_*
+    # or a debugfs split order, nor compare MADV_COLLAPSE: such a program is refused with
+    # the reason instead of compared wrongly
+    from harness.conform.compare import CannotRun, check_ops
+    from harness.conform.export_c import ExportError, check_expressible
+
+    cfg, ops = program({"geometry": "x86_64", "pud_enabled": "never", **config},
+                       [MMAP(0, 512), *([op] if op else [])])
+    p = Program(cfg, tuple(ops))
+    with pytest.raises(CannotRun, match=needle):
+        check_ops(p)
+    with pytest.raises(ExportError, match=needle):
+        check_expressible(p, False)
+    # the defaults spelled out are no gap
+    check_ops(Program(Config.from_json({"geometry": "x86_64", "max_ptes_none": 511}), ()))
