@@ -14,6 +14,10 @@ program whose ``meta.signature`` is that signature.  An empty, truncated or inva
 older version on a full disk, an edit by hand) never masks the signature: it is reported
 (``on_replace``) and replaced, atomically.  A valid file of another signature (two signatures
 with one short hash) is kept, and the finding goes to ``HASH-2.json``.
+
+Signatures are read in the current format (``harness.signature.current``): a file archived
+under a format-1 signature (named by the hash of that) is the archive of its format-2 form,
+so a finding met again is not archived twice under two names.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from harness.program import ProgramError, load_program_file
+from harness.signature import of_meta
 
 PROBE_BYTES = 16384  # what the writability probe writes: more than a typical finding
 
@@ -47,6 +52,10 @@ def archive(directory: str, signature: str, text: str,
     is left under a final name then.
     """
     first = finding_path(directory, signature)
+    if not os.path.exists(first):
+        older = archived_signatures(directory).get(signature)
+        if older is not None:  # under its format-1 name
+            return older, False
     tmp = _write_temporary(directory, os.path.basename(first), text)
     consumed = False
     try:
@@ -96,10 +105,10 @@ def _problem(path: str, signature: str) -> str | None:
         if e.message.startswith("cannot read: No such file"):
             return "missing"
         return f"not a valid program ({e.message})"
-    found = program.meta.get("signature")
+    found = of_meta(program.meta)
     if found == signature:
         return None
-    if isinstance(found, str):
+    if found is not None:
         return f"holds {found}"
     return "no meta.signature"
 
@@ -180,14 +189,15 @@ def writable_problem(directory: str) -> str | None:
 
 
 def archived_signatures(directory: str) -> dict[str, str]:
-    """signature -> file of every program in ``directory`` whose meta has one."""
+    """signature (in the current format) -> file of every program in ``directory`` whose
+    meta has one."""
     out: dict[str, str] = {}
     for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
         try:
-            sig = load_program_file(path).meta.get("signature")
+            sig = of_meta(load_program_file(path).meta)
         except ProgramError:
             continue
-        if isinstance(sig, str):
+        if sig is not None:
             out.setdefault(sig, path)
     return out
 

@@ -25,8 +25,9 @@ bytes; a byte past the end of the data reads as 0, so a truncated op still decod
     for max_ptes_none, max_ptes_swap, max_ptes_shared: 0 is the default, v > 0 gives
     (v - 1) % P.
 
-- then ops until the data ends: one byte for the kind (``OP_KINDS[b % 14]``, FORMAT.md's
-  table order), then the op's fields in FORMAT.md order, each by its kind (spec.FIELD_KINDS):
+- then ops until the data ends: one byte for the kind (``OP_KINDS[b % 14]``, the order of
+  docs/format.md "Ops"), then the op's fields in that table's order, each by its kind
+  (spec.FIELD_KINDS):
 
   - ``addr`` (start, addr): a tag byte t and a varint i: the address is
     ``(i * unit + delta) % space`` with unit = (PUD size, PMD size, 1, 1)[t & 3] and

@@ -91,6 +91,7 @@ from harness.limits import LimitExceeded
 from harness.program import ProgramError, dump_program, load_program_file
 from harness.runner import run_program
 from harness.shrink import NoFinding, ShrinkResult, shrink
+from harness.signature import SIGNATURE_FORMAT
 from pudthp_ref.spec import ConfigError, Finding, Program
 
 ENGINE = "atheris"
@@ -130,6 +131,9 @@ class AtherisCampaign:
     program_seconds: float | None = None
     max_rss: int | None = None
     link: CampaignLink | None = None  # the hub and the stats file, if any
+    stop_on_first: bool = False  # end at the first new finding, once it is archived
+    quiet: bool = False  # no progress on the terminal: the summary only
+    junit: str | None = None  # where the JUnit XML report goes (None: none)
 
     def record(self) -> dict[str, Any]:
         """What a later campaign needs to decode this one's artifacts the same way."""
@@ -411,6 +415,7 @@ class Judge:
              program: Program) -> dict[str, Any]:
         return {
             "signature": sig,
+            "signature_format": SIGNATURE_FORMAT,
             "engine": ENGINE,
             "seed": seed,
             "config": program.config.to_json(),

@@ -133,7 +133,7 @@ class ProgramGenerator:
 
 
 def random_config(rng: random.Random, geometry: int = 8, deposit: str | None = None) -> Config:
-    """A config from the correct designs with the MODEL.md section 3 switches drawn."""
+    """A config from the correct designs with the docs/model.md section 4 switches drawn."""
     return Config(
         geometry=geometry,
         thp_enabled=rng.choice(("always", "always", "madvise", "never")),

@@ -84,6 +84,7 @@ from fuzz.hub_intake import PULL_BATCH, Intake, ReplayerLike
 from fuzz.hub_values import MAX_CORPUS_INPUT, BadValue
 from fuzz.stats import stats_problem
 from harness.program import MAX_PROGRAM_BYTES
+from harness.signature import current
 
 __all__ = [
     "DEFAULT_CAMPAIGN", "DEFAULT_EXAMPLE_DIR", "DEFAULT_PORT", "MAX_CORPUS_INPUT",
@@ -157,6 +158,7 @@ class Hub:
         self.stats_queue: deque[str] = deque()
         self.stats_dropped = 0
         self.stats_skipped = 0  # bad records passed over by the last read_stats
+        self.stats_last: str | None = None  # the last stats entry read_stats read
         self.joined: _Join | None = None
         self.record: CampaignRecord | None = None
         self.epoch: str | None = None  # the hub's data set token, as last seen
@@ -548,7 +550,7 @@ class Hub:
         out = set()
         for s in got:
             with contextlib.suppress(BadValue):
-                out.add(hv.signature(s))
+                out.add(current(hv.signature(s)))  # a format-1 one as today's
         return out
 
     def signature_count(self) -> int:
@@ -609,19 +611,28 @@ class Hub:
     def _xadd(self, line: str) -> None:
         self.r.xadd(self.key("stats"), {"json": line}, maxlen=STATS_MAXLEN, approximate=True)
 
-    def read_stats(self) -> list[dict[str, Any]]:
-        """Every record of the hub's stats stream, oldest first; an entry that is not a
-        valid stats record (``fuzz.stats``) is passed over and counted in
-        ``stats_skipped``."""
+    def read_stats(self, after: str | None = None,
+                   most: int | None = None) -> list[dict[str, Any]]:
+        """The records of the hub's stats stream after the entry ``after`` (all, oldest
+        first, without it), at most ``most`` entries read; each ``campaign`` is this
+        client's.  ``stats_last`` is then the last entry read (to pass as ``after`` next
+        time: the stream is read on from there).  An entry that is not a valid stats record
+        (``fuzz.stats``) is passed over and counted in ``stats_skipped``."""
         self.stats_skipped = 0
         out: list[dict[str, Any]] = []
 
         def read() -> None:
-            start = "-"
+            start = "-" if after is None else "(" + after
+            seen = 0
             while True:
+                batch = PULL_BATCH if most is None else max(0, min(PULL_BATCH, most - seen))
+                if batch == 0:
+                    return
                 entries: list[Any] = cast(Any, self.r.xrange(self.key("stats"), min=start,
-                                                             count=PULL_BATCH)) or []
-                for _, fields in entries:
+                                                             count=batch)) or []
+                seen += len(entries)
+                for entry_id, fields in entries:
+                    self.stats_last = _text(entry_id)
                     try:
                         record = hv.small_json((fields or {}).get(b"json"), "a stats record")
                     except BadValue:
@@ -630,8 +641,9 @@ class Hub:
                     if stats_problem(record) is not None:
                         self.stats_skipped += 1
                         continue
+                    record["campaign"] = self.campaign  # the stream's, whatever it says
                     out.append(record)
-                if len(entries) < PULL_BATCH:
+                if len(entries) < batch:
                     return
                 start = "(" + _text(entries[-1][0])
 

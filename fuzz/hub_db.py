@@ -21,8 +21,8 @@ from hypothesis.database import (
 )
 
 from fuzz.hub_address import parse_hub_url, ping, redis_client
+from fuzz.stats import DEFAULT_CAMPAIGN
 
-DEFAULT_CAMPAIGN = "main"
 DEFAULT_EXAMPLE_DIR = "corpus/hypothesis"
 RETRY_SECONDS = 10.0
 MAX_EXAMPLE_BYTES = 1 << 20

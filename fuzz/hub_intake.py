@@ -24,6 +24,7 @@ from fuzz import hub_values as hv
 from fuzz.archive import archive, finding_path
 from fuzz.hub_replay import Candidate, Replayer
 from fuzz.hub_values import BadValue
+from harness.signature import current
 
 if TYPE_CHECKING:
     from fuzz.hub import Hub
@@ -85,7 +86,8 @@ class Intake:
                                   hv.MAX_MACHINE * 4) or "(unnamed)"
             except BadValue:
                 machine = "(unnamed)"
-            return Candidate(signature, text, machine)
+            # filed under a format-1 signature: known here by today's
+            return Candidate(current(signature), text, machine)
 
         return self.hub.call(get, None)
 

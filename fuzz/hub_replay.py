@@ -38,6 +38,7 @@ from typing import Any
 from harness.corpus import impl_for
 from harness.limits import default_max_rss_mb
 from harness.program import ProgramError, parse_program_text
+from harness.signature import current, of_meta
 
 REPLAY_SECONDS = 60.0  # as a campaign's --max-program-time
 GRACE_SECONDS = 10.0
@@ -66,7 +67,7 @@ def static_problem(c: Candidate) -> str | None:
         program = parse_program_text(c.text, "its program")
     except ProgramError as e:
         return f"not a program ({' '.join(str(e).split())})"
-    if program.meta.get("signature") != c.signature:
+    if of_meta(program.meta) != current(c.signature):
         return "its meta.signature is another"
     return None
 
@@ -165,7 +166,7 @@ class Replayer:
         if "signature" not in result:
             return f"its replay stopped: {result.get('limit') or result.get('error')}"
         found = result["signature"]
-        if found == job.candidate.signature:
+        if found == current(job.candidate.signature):
             return None
         if found is None:
             return "its replay found nothing"
@@ -207,7 +208,9 @@ def main(argv: list[str]) -> int:
         program = load_program_file(path)
         IMPL_FACTORIES[impl]()
         with memory_limit(int(max_rss)), time_limit(float(seconds), "the replay"):
-            report = run_program(program, impl)
+            # as it was found: a campaign without the invariants records so
+            report = run_program(program, impl,
+                                 check=program.meta.get("invariants") is not False)
     except (LimitExceeded, MemoryError) as e:
         out = {"limit": str(e if isinstance(e, LimitExceeded) else memory_error())}
     except (ProgramError, UsageError) as e:

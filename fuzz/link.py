@@ -38,6 +38,7 @@ from fuzz.hub_values import escape
 from fuzz.stats import INTERVAL_SECONDS, Sample, StatsWriter
 from harness.coverage import NAMES, Tally
 from harness.program import ProgramError, load_program_file
+from harness.signature import of_meta
 
 SYNC_SECONDS = 2.0
 LINGER_SECONDS = 60.0  # at most this long, a campaign waits at its end for its peers
@@ -94,7 +95,7 @@ class CampaignLink:
             try:
                 if o.stats is not None:
                     Path(o.stats).parent.mkdir(parents=True, exist_ok=True)
-                link.stats = StatsWriter(o.stats, machine, engine)
+                link.stats = StatsWriter(o.stats, machine, engine, campaign=o.campaign)
             except OSError as e:
                 link.close()
                 raise LinkError(f"--stats {o.stats}: {e.strerror or e}") from None
@@ -183,9 +184,12 @@ class CampaignLink:
         new: list[str] = []
         for path in hub.pull_findings(self.findings_dir, self.local, wait):
             try:
-                sig = load_program_file(path).meta["signature"]
-            except (ProgramError, KeyError):
+                pulled = of_meta(load_program_file(path).meta)
+            except ProgramError:
                 continue  # checked by the client before it was written
+            if pulled is None:
+                continue
+            sig = pulled
             new.append(sig)
             self.local.add(sig)
             self.pulled.append((sig, path))

@@ -3,13 +3,16 @@
 A line (format ``pudthp-stats/1``)::
 
     {"format": "pudthp-stats/1", "time": 1767312000.25, "elapsed": 10.0,
-     "machine": "lab-1:4242", "engine": "atheris", "programs": 5210,
+     "campaign": "main", "machine": "lab-1:4242", "engine": "atheris", "programs": 5210,
      "unit": "execs", "count": 5210, "rate": 512.3,
      "cov": 1480, "ft": 3021,
      "features_hit": 37, "features_digest": "9f2c...", "features_new": ["pud.split", ...],
      "corpus": 211, "findings": 1}
 
-``time`` is seconds since the epoch, ``elapsed`` since the writer started; ``count`` is
+``time`` is seconds since the epoch, ``elapsed`` since the writer started; ``campaign`` the
+campaign's name (``--campaign``; a record without one, written before campaigns were
+named in the stats, is read as of ``DEFAULT_CAMPAIGN``), so two campaigns whose machines
+have the same names stay apart; ``count`` is
 steps (engine hypothesis, ``unit`` ``steps``) or executions (atheris, ``execs``), ``rate``
 its increase per second since the previous line (since the start for the first);
 ``cov``/``ft`` are libFuzzer's coverage and features (null for Hypothesis); the model-state
@@ -37,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 FORMAT = "pudthp-stats/1"
+DEFAULT_CAMPAIGN = "main"  # the hub's default campaign name too
 UNITS = ("steps", "execs")
 INTERVAL_SECONDS = 5.0
 
@@ -63,8 +67,9 @@ class StatsWriter:
     ``path`` None it writes no file and only builds the records (a hub's stats stream)."""
 
     def __init__(self, path: str | None, machine: str, engine: str, unit: str | None = None,
-                 clock: Any = time.time) -> None:
+                 clock: Any = time.time, campaign: str = DEFAULT_CAMPAIGN) -> None:
         self.path = path
+        self.campaign = campaign
         self.machine = machine
         self.engine = engine
         self.unit = unit or ("execs" if engine == "atheris" else "steps")
@@ -93,6 +98,7 @@ class StatsWriter:
             "format": FORMAT,
             "time": round(t, 3),
             "elapsed": round(t - self.start, 3),
+            "campaign": self.campaign,
             "machine": self.machine,
             "engine": self.engine,
             "programs": s.programs,
@@ -271,6 +277,10 @@ def stats_problem(rec: object) -> str | None:
     for key in ("machine", "engine"):
         if not 0 < len(rec[key]) <= MAX_NAME or not rec[key].isprintable():
             return f"field {key!r} is not a printable name of 1 to {MAX_NAME} characters"
+    campaign = rec.get("campaign", DEFAULT_CAMPAIGN)
+    if not isinstance(campaign, str) or not 0 < len(campaign) <= MAX_NAME \
+            or not campaign.isprintable():
+        return f"field 'campaign' is not a printable name of 1 to {MAX_NAME} characters"
     if rec["unit"] not in UNITS:
         return f"field 'unit' is {_short(rec['unit'])}, expected one of {', '.join(UNITS)}"
     new = rec.get("features_new", [])
@@ -278,6 +288,11 @@ def stats_problem(rec: object) -> str | None:
             isinstance(f, str) and 0 < len(f) <= MAX_NAME for f in new):
         return "field 'features_new' is not a list of feature names"
     return None
+
+
+def campaign_of(rec: Mapping[str, Any]) -> str:
+    """The campaign of a checked record (``DEFAULT_CAMPAIGN`` for one that names none)."""
+    return str(rec.get("campaign", DEFAULT_CAMPAIGN))
 
 
 def _short(value: object) -> str:

@@ -54,7 +54,9 @@ from typing import Any, Protocol, TextIO
 from fuzz.archive import archive, remove_stale_temporaries, write_coverage
 from fuzz.link import CampaignLink, features
 from fuzz.stats import Sample
+from harness import junit
 from harness.coverage import Tally
+from harness.junit import Case
 
 MAX_RESTARTS = 20  # per worker slot: a slot whose workers keep dying is given up
 RETRY_SECONDS = 5.0  # how often findings that could not be written are tried again
@@ -94,7 +96,8 @@ class Features:
 
 @dataclass(frozen=True, slots=True)
 class Found:
-    """A finding for the archive: the program JSON (FORMAT.md, with its ``meta``).
+    """A finding for the archive: the program JSON with its ``meta`` (docs/format.md "Archived
+    findings").
     ``kept_note`` is said after it in the summary if it could never be written;
     ``on_written`` runs once it is on disk (the engine drops its own copy)."""
 
@@ -272,7 +275,11 @@ class Engine(Protocol):
 
 
 class Options(Protocol):
-    """What the supervisor reads of a campaign's options."""
+    """What the supervisor reads of a campaign's options.  Read where present (an engine's
+    options may leave them out): ``stop_on_first`` (stop the workers once the first new
+    finding is archived), ``quiet`` (nothing on ``err`` but errors; the summary and the
+    coverage headline on ``out``) and ``junit`` (a path for the JUnit XML report, one case
+    per distinct finding)."""
 
     time_limit: float
     workers: int
@@ -319,6 +326,8 @@ class Supervisor:
         self.asked = False  # the workers were asked to stop
         self.next_retry = 0.0
         self.tty = c.err.isatty()
+        self.quiet = bool(getattr(c, "quiet", False))  # the summary only
+        self.stop_on_first = bool(getattr(c, "stop_on_first", False))
         self._interruptible = False
 
     # -- the whole campaign --------------------------------------------------------------
@@ -362,8 +371,10 @@ class Supervisor:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
         self.clear()
-        self.summary((ended if ended is not None else time.monotonic()) - self.start)
+        elapsed = (ended if ended is not None else time.monotonic()) - self.start
+        self.summary(elapsed)
         self.coverage_report()
+        self.junit_report(elapsed)
         return self.status()
 
     def status(self) -> int:
@@ -591,6 +602,9 @@ class Supervisor:
             self.c.link.archived(sig, path)
         self.say(f"finding ({'new' if new else 'already archived'}) {sig}: {f.ops} ops -> "
                  f"{path}")
+        if new and self.stop_on_first and not self.asked:
+            self.say("stopping at the first new finding (--stop-on-first)")
+            self.stop_all()
         return True
 
     def retry(self, force: bool = False) -> None:
@@ -648,6 +662,18 @@ class Supervisor:
     def distinct(self) -> set[str]:
         return self.signatures | self.known_hits
 
+    def findings_text(self, short: bool = False) -> str:
+        """The findings so far, counted alike in the progress line and the summary: the
+        distinct ones, those new here, and those found before (archived already, here or by
+        another machine through the hub) that were hit again."""
+        again = ({a.finding.signature for a in self.archived if not a.new}
+                 | (self.known_hits - self.signatures))
+        total = len(self.distinct())
+        known = f", {len(again)} known (hit again)" if again else ""
+        if short:
+            return f"{total} ({total - len(again)} new{known})"
+        return f"{total} distinct finding(s), {total - len(again)} new{known}"
+
     def tally(self) -> Tally:
         """The model-state features of every program the workers ran so far."""
         return Tally.total(t for s in self.slots for t in (s.tally_done, s.tally))
@@ -671,14 +697,18 @@ class Supervisor:
         self.say_plain(f"[{time.monotonic() - self.start:6.1f}s] {text}")
 
     def say_plain(self, text: str) -> None:
+        if self.quiet:
+            return
         self.clear()
         print(f"pudthp fuzz: {text}", file=self.c.err, flush=True)
 
     def progress_line(self, now: float, rate: float) -> None:
+        if self.quiet:
+            return
         programs, steps = self.totals()
         running = sum(1 for s in self.slots if not s.finished)
         line = (f"[{now - self.start:6.1f}s] {self.engine.progress(programs, steps, rate)}"
-                f"  findings {len(self.distinct())}  workers {running}/{len(self.slots)}"
+                f"  findings {self.findings_text(short=True)}  workers {running}/{len(self.slots)}"
                 + ("  (stopping)" if self.asked else ""))
         if self.tty:
             print("\r" + line, end="", file=self.c.err, flush=True)
@@ -692,11 +722,10 @@ class Supervisor:
             head = ("interrupted" if self.signals[0] == signal.SIGINT
                     else "terminated (SIGTERM)")
         programs, steps = self.totals()
-        new = [a for a in self.archived if a.new]
         known_only = sorted(self.known_hits - self.signatures)
         print(f"pudthp fuzz: {head} after {elapsed:.1f} s: "
               f"{self.engine.counts(programs, steps, elapsed)}, "
-              f"{len(self.distinct())} distinct finding(s), {len(new)} new", file=out)
+              f"{self.findings_text()}", file=out)
         for a in self.archived:
             f = a.finding
             if a.new:
@@ -734,17 +763,45 @@ class Supervisor:
                 print(text, file=out)
         out.flush()
 
+    def junit_report(self, elapsed: float) -> None:
+        """With ``junit`` (a path): one test case per distinct finding, failed with its one
+        line; a campaign that found nothing is one passing case."""
+        path = getattr(self.c, "junit", None)
+        if path is None:
+            return
+        name = f"pudthp fuzz {self.engine.name}"
+        cases = [Case(a.finding.signature, name, f"{a.finding.signature}: {a.finding.kind}, "
+                      f"{a.finding.ops} ops -> {a.path} ({'new' if a.new else 'archived before'})")
+                 for a in self.archived]
+        cases += [Case(sig, name, f"{sig}: found before, hit again -> "
+                       f"{self.known.get(sig) or '(the hub)'}")
+                  for sig in sorted(self.known_hits - self.signatures)]
+        cases += [Case(u.finding.signature, name, f"{u.finding.signature}: {u.finding.kind}, "
+                       f"{u.finding.ops} ops, not written: {u.reason}") for u in self.unwritten]
+        if not cases:
+            cases = [Case("campaign", name, None, elapsed)]
+        try:
+            junit.write(path, name, cases, elapsed)
+        except OSError as e:
+            print(f"pudthp: error: --junit {path}: {e.strerror or e}", file=self.c.err)
+
     def coverage_report(self) -> None:
-        """Print the campaign's model-state coverage table and write it with the findings."""
+        """Write the campaign's model-state coverage table with the findings, and print its
+        headline and the features never hit (the whole table when it cannot be written;
+        with ``quiet`` the headline alone)."""
         out = self.c.out
         name = self.engine.name
         text = self.tally().table(f"pudthp fuzz: model-state coverage ({name})")
-        print(text, end="", file=out)
+        lines = text.splitlines()
+        never = next(i for i, line in enumerate(lines) if line.startswith("never hit"))
         try:
             path = write_coverage(self.c.findings_dir, name, self.c.seed, text)
         except OSError as e:
+            print(text, end="", file=out)
             print(f"  warning   cannot write the coverage table to {self.c.findings_dir}: {e}",
                   file=out)
         else:
+            brief = lines[:1] if self.quiet else [lines[0], *lines[never:]]
+            print("\n".join(brief), file=out)
             print(f"coverage table -> {path}", file=out)
         out.flush()

@@ -137,7 +137,7 @@ IMPLS = ("ref", "fast")
 
 
 def write_programs(path: str, programs: list[tuple[Config, list[Op]]]) -> None:
-    """The programs of a workload as one JSON list of FORMAT.md programs."""
+    """The programs of a workload as one JSON list of programs (docs/format.md "Programs")."""
     data = [program_to_json(Program(cfg, tuple(ops), {})) for cfg, ops in programs]
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f)

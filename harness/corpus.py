@@ -10,14 +10,17 @@ fixed, moved there by ``archive`` with a note: must pass).  The expectation of a
    ``meta.signature`` if there is one;
 2. else ``meta.signature``: that signature;
 3. else by directory: in ``known_bad`` a program of a known-bad design (deposit
-   ``list_head``) must find and its twins pass (the copies of the shared canaries carry no
+   ``list_head``) must find and its twins pass (the canary programs there carry no
    ``meta.expect``); anywhere else no finding.
 
 ``replay`` runs each program (``--impl``, else ``meta.impl``, else both: ref and fast in
 lockstep, so a program must pass on every implementation) and names what
 changed against that expectation: ``newly passing`` (a finding expected, none now), ``new
 finding`` (none expected, or another signature than expected), ``still failing`` (the
-expected finding) or ``pass``.  Nothing here ever overwrites a file.
+expected finding) or ``pass``.  A finding archived by a campaign (``meta.signature``, no
+``meta.expect``) that is ``still failing`` is open: ``--fail-on-open`` makes that a
+failure too.  A replay of nothing (no directory, or none with a program) is an error, never
+a pass.  Nothing here ever overwrites a file.
 """
 
 from __future__ import annotations
@@ -28,11 +31,14 @@ import hashlib
 import json
 import os
 import sys
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from harness import junit
+from harness.junit import Case
 from harness.program import (
     ProgramError,
     dump_program,
@@ -40,6 +46,7 @@ from harness.program import (
     program_to_json,
 )
 from harness.runner import IMPL_NAMES, run_program
+from harness.signature import of_meta
 from pudthp_ref.spec import Program
 
 DEFAULT_DIRS: tuple[str, ...] = (
@@ -57,6 +64,9 @@ KNOWN_BAD_DEPOSITS: tuple[str, ...] = ("list_head",)
 class Expectation:
     finding: bool
     signature: str | None = None
+    # the finding expected is an archived one still open (``meta.signature`` with no
+    # ``meta.expect``: not a known-bad design or a failure kept on purpose)
+    open: bool = False
 
     def __str__(self) -> str:
         if not self.finding:
@@ -79,12 +89,12 @@ class Entry:
 def expectation(path: str, program: Program) -> Expectation:
     """What ``program`` (read from ``path``) must report (module docstring)."""
     meta = program.meta
-    sig = meta.get("signature") if isinstance(meta.get("signature"), str) else None
+    sig = of_meta(meta)  # a format-1 signature read as today's
     expect = meta.get("expect")
     if expect == "pass":
         return Expectation(False)
     if expect == "finding" or sig is not None:
-        return Expectation(True, sig)
+        return Expectation(True, sig, open=expect != "finding")
     in_known_bad = os.path.basename(os.path.normpath(os.path.dirname(path))) == "known_bad"
     return Expectation(in_known_bad and program.config.deposit in KNOWN_BAD_DEPOSITS)
 
@@ -178,27 +188,71 @@ def replay(dirs: list[str], impl: str | None = None) -> list[Outcome]:
     return [replay_entry(e, impl) for e in load_entries(dirs)]
 
 
-def cmd_replay(dirs: list[str], impl: str | None = None) -> int:
+def replay_problem(dirs: list[str], named: bool) -> str | None:
+    """Why ``dirs`` cannot be replayed (one line), or None: a directory that is not one,
+    one named on the command line (``named``) with no program in it, or no program at all
+    (a replay of nothing must never pass)."""
+    problem = check_dirs(dirs)
+    if problem is not None:
+        return problem
+    if not dirs:
+        return f"no corpus directory here (none of {' '.join(DEFAULT_DIRS)} exists)"
+    empty = [d for d in dirs if not glob.glob(os.path.join(d, "*.json"))]
+    if named and empty:
+        return f"{empty[0]}: no programs (*.json) in it"
+    if len(empty) == len(dirs):
+        return f"no programs (*.json) in {' '.join(dirs)}"
+    return None
+
+
+def cmd_replay(dirs: list[str], impl: str | None = None, *, fail_on_open: bool = False,
+               junit_path: str | None = None) -> int:
     """Run everything; exit 0 when every program reports what it should, 1 when something
-    changed, 2 when a program does not load."""
+    changed (with ``fail_on_open``, also while an archived finding still fails), 2 when a
+    program does not load.  ``junit_path``: a JUnit XML report, one case per program."""
     outcomes = []
+    cases: list[Case] = []
     for entry in load_entries(dirs):
+        start = time.monotonic()
         o = replay_entry(entry, impl)
         outcomes.append(o)
         if o.verdict == "invalid":
-            print(f"{'invalid':14} {entry.path}  {entry.error}")
-            continue
-        line = f"{o.verdict:14} {entry.path}  {o.signature or ''}"
-        if o.verdict in CHANGED:
-            line += f"  (expected {entry.expect})"
-        print(line.rstrip(), flush=True)
+            line = f"{'invalid':14} {entry.path}  {entry.error}"
+        else:
+            line = f"{o.verdict:14} {entry.path}  {o.signature or ''}"
+            if o.verdict in CHANGED:
+                line += f"  (expected {entry.expect})"
+        line = line.rstrip()
+        print(line, flush=True)
+        failed = o.verdict in CHANGED or (fail_on_open and _open(o))
+        cases.append(Case(entry.path, "pudthp corpus replay."
+                          + os.path.basename(os.path.normpath(os.path.dirname(entry.path))),
+                          " ".join(line.split()) if failed else None,
+                          time.monotonic() - start))
     counts = {v: sum(o.verdict == v for o in outcomes)
               for v in ("pass", "still failing", "newly passing", "new finding", "invalid")}
+    still_open = sum(_open(o) for o in outcomes)
     print(f"replay: {len(outcomes)} program(s): "
-          + ", ".join(f"{n} {v}" for v, n in counts.items() if n or v in CHANGED[:2]))
+          + ", ".join(f"{n} {v}" for v, n in counts.items() if n or v in CHANGED[:2])
+          + (f" ({still_open} archived finding(s) open)" if still_open else ""))
+    if junit_path is not None:
+        try:
+            junit.write(junit_path, "pudthp corpus replay", cases,
+                        sum(c.seconds for c in cases))
+        except OSError as e:
+            print(f"pudthp: error: --junit {junit_path}: {e.strerror or e}", file=sys.stderr)
+            return 2
     if counts["invalid"]:
         return 2
-    return 1 if counts["newly passing"] or counts["new finding"] else 0
+    if counts["newly passing"] or counts["new finding"]:
+        return 1
+    return 1 if fail_on_open and still_open else 0
+
+
+def _open(o: Outcome) -> bool:
+    """An archived finding that still fails (module docstring: ``--fail-on-open``)."""
+    return (o.verdict == "still failing" and o.entry.program is not None
+            and o.entry.expect.open)
 
 
 # --------------------------------------------------------------------------------------
@@ -219,8 +273,7 @@ def cmd_merge(out_dir: str, dirs: list[str]) -> int:
     os.makedirs(out_dir, exist_ok=True)
     have = load_entries([out_dir])
     contents = {content_key(e.program) for e in have if e.program is not None}
-    signatures = {e.program.meta["signature"] for e in have
-                  if e.program is not None and isinstance(e.program.meta.get("signature"), str)}
+    signatures = {of_meta(e.program.meta) for e in have if e.program is not None} - {None}
     chosen: dict[str, Entry] = {}  # signature or content key -> entry
     dup_content = dup_sig = invalid = 0
     for e in load_entries(dirs):
@@ -233,8 +286,8 @@ def cmd_merge(out_dir: str, dirs: list[str]) -> int:
             dup_content += 1
             continue
         contents.add(key)
-        sig = e.program.meta.get("signature")
-        if isinstance(sig, str):
+        sig = of_meta(e.program.meta)
+        if sig is not None:
             if sig in signatures:
                 dup_sig += 1
                 continue
@@ -305,12 +358,12 @@ def archive_finding(path: str, note: str, to_dir: str = REGRESSIONS, expect: str
     bug is fixed).  Returns the new path; raises ArchiveError."""
     program = load_program_file(path)
     finding = run_program(program, impl_for(program, impl)).finding
-    sig = program.meta.get("signature")
+    sig = of_meta(program.meta)
     if expect == "pass" and finding is not None:
         raise ArchiveError(
             f"{path}: still reports {finding.signature}; a regression must pass (fix it "
             "first, or use --expect finding to keep it as a known failure)", 1)
-    if expect == "finding" and (finding is None or (isinstance(sig, str)
+    if expect == "finding" and (finding is None or (sig is not None
                                                     and finding.signature != sig)):
         got = "no finding" if finding is None else finding.signature
         raise ArchiveError(f"{path}: expected {sig or 'a finding'}, got {got}", 1)

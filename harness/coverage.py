@@ -10,7 +10,7 @@ vmstat and mTHP counters over the op).  Nothing in the reference is instrumented
 catalogue reads the same whatever implementation runs beside it, and a given program always
 hits the same features the same number of times.  The exception is the ``fast:`` section:
 which variant of each hot path the fast side ran, as it counts them itself
-(``pudthp_fast.state.Paths.taken``), hit under ``both`` only.  ``COVERAGE.md`` explains
+(``pudthp_fast.state.Paths.taken``), hit under ``both`` only.  ``docs/coverage.md`` explains
 every feature in kernel terms (``tests/test_coverage.py`` keeps it and ``CATALOGUE`` equal).
 
 ``Coverage`` is what ``harness.runner.Stepper`` calls around each op (``before`` and
@@ -222,7 +222,7 @@ def _edges(edges: list[str | None], d: Delta, out: list[str]) -> None:
 def _deposit_depths(st: MmState, mm: MmStruct, pmd_tables: list[PtDesc], out: list[str]
                     ) -> None:
     """How deep the deposit chains of ``mm`` now are: its PUD stack holds one PMD table per
-    PUD leaf, a PMD table one PTE table per PMD leaf or huge zero PMD (MODEL.md 4)."""
+    PUD leaf, a PMD table one PTE table per PMD leaf or huge zero PMD (docs/model.md 5.2-5.3)."""
     pud = st.tables[mm.pud_table]
     leaves = sum(1 for e in pud.entries if e is not None and e[0] == "leaf")
     if leaves >= 2:

@@ -1,5 +1,5 @@
 """The model-state coverage catalogue: every feature's name and what it means in kernel
-terms, in the order of the tables.  ``COVERAGE.md`` is this catalogue as a document
+terms, in the order of the tables.  ``docs/coverage.md`` is this catalogue as a document
 (``tests/test_coverage.py`` keeps the two equal word for word); ``harness.coverage`` decides
 and counts the features.
 """

@@ -1,9 +1,9 @@
 """The oracle: a shadow memory that knows what a correct kernel returns on a read.
 
-MODEL.md section 2, "Oracle memory".  It is computed from the program's ops and the results
-the implementation returned, never from page tables, and shares no code with either model:
-per live mm a sorted list of VMAs ``(start, end, prot)`` and the values of the pages written
-since they were mapped (fresh anonymous memory reads 0).
+docs/model.md section 12, "The oracle of reads".  It is computed from the program's ops and
+the results the implementation returned, never from page tables, and shares no code with
+either model: per live mm a sorted list of VMAs ``(start, end, prot)`` and the values of the
+pages written since they were mapped (fresh anonymous memory reads 0).
 
 The interface is one call per op, in program order::
 

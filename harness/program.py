@@ -1,10 +1,10 @@
-"""Loading, validating and writing programs (FORMAT.md section 1).
+"""Loading, validating and writing programs (docs/format.md "Programs").
 
 Validation is strict and complete before anything runs: every problem becomes one
 ``ProgramError`` whose ``str()`` is a single line naming the file, the op index (and kind) and
 the field.  What a program *means* is not checked here: an address outside the address space,
 an mm id that never existed or a node the config does not have are legal programs whose ops
-return an errno at run time.  What is checked is that every number fits FORMAT.md's 64-bit
+return an errno at run time.  What is checked is that every number fits docs/format.md's 64-bit
 ranges (``spec.FIELD_MAX``), and before any parsing that the input is a regular file of at
 most ``MAX_PROGRAM_BYTES`` whose JSON nests at most ``MAX_JSON_DEPTH`` deep, so no input can
 make loading take unbounded time, memory or recursion.
@@ -28,7 +28,7 @@ from pudthp_ref.spec import Config, ConfigError, Op, Program, PudThpError
 TOP_LEVEL_KEYS: tuple[str, ...] = ("format", "config", "ops", "meta")
 REQUIRED_TOP_LEVEL_KEYS: tuple[str, ...] = ("format", "config", "ops")
 # Limits checked on the raw input, before the JSON parser runs: a program file of 8 MiB holds
-# about 100,000 ops; FORMAT.md's own structures nest 3 deep (program, ops, op), ``meta``
+# about 100,000 ops; a program's own structures nest 3 deep (program, ops, op), ``meta``
 # a little deeper.
 MAX_PROGRAM_BYTES = 8 << 20
 MAX_JSON_DEPTH = 64
@@ -453,7 +453,7 @@ def config_delta(cfg: Config) -> dict[str, Any]:
 
 
 def program_to_json(p: Program) -> dict[str, Any]:
-    """The program as a JSON value (FORMAT.md section 1)."""
+    """The program as a JSON value (docs/format.md "Programs")."""
     out: dict[str, Any] = {
         "format": spec.PROGRAM_FORMAT,
         "config": config_delta(p.config),

@@ -2,8 +2,9 @@
 
 ``run_program`` never lets an exception of the model escape: ``ModelBug``,
 ``InvariantViolation``, an oracle mismatch and any other crash each end the run with a
-``Finding`` whose signature names the kind, the op kind and the check, never an id or an
-address, so the same bug found twice is recognised as one (MODEL.md section 7).  The one
+``Finding`` whose signature names the kind and the check (``harness.signature``), never an
+id, an address or, for an invariant or a divergence, the op where it was seen, so the same
+bug found twice is recognised as one (docs/format.md, "Findings and signatures").  The one
 exception is running out of a resource: a ``MemoryError`` is raised as
 ``harness.limits.LimitExceeded`` (as the memory and time limits themselves are), never a
 finding, since the state it leaves half done says nothing about the model.
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
+from harness import signature
 from harness.limits import memory_error
 from harness.lockstep import Lockstep
 from harness.oracle import Oracle
@@ -59,7 +61,7 @@ class UsageError(PudThpError):
 
 @dataclass
 class RunReport:
-    """What ``pudthp run --report`` writes (FORMAT.md section 2)."""
+    """What ``pudthp run --report`` writes (docs/format.md "Run report")."""
 
     impl: str
     results: list[Result]
@@ -388,13 +390,12 @@ def _exception_finding(e: Exception, index: int, kind: str) -> Finding:
     if isinstance(e, MemoryError):
         raise memory_error() from None
     if isinstance(e, InvariantViolation):
-        return Finding("invariant", index, f"invariant:{kind}:{e.invariant}", str(e))
+        # the invariant is the cause; the op after which it was checked is where
+        return Finding("invariant", index, signature.invariant(e.invariant), str(e))
     if isinstance(e, ModelBug):
         return _model_bug_finding(e, index, kind)
     if isinstance(e, Divergence):
-        return Finding(
-            "divergence", index, f"divergence:{kind}:{e.field}", str(e), e.context
-        )
+        return Finding("divergence", index, signature.divergence(e.field), str(e), e.context)
     return _crash_finding(e, index, kind)
 
 

@@ -8,7 +8,7 @@ needs them (``writable_dir``, ``output_file``, ``readable_dir``): checking a dir
 write to makes it, which must not happen for a command that stops on another problem first,
 or for an option a command does without.  A memory limit is also checked against what the
 process takes with the models loaded (``memory_floor``).  Config overrides (``--config
-KEY=VALUE``) are read and validated against MODEL.md section 3 by ``overrides``.
+KEY=VALUE``) are read and validated against docs/model.md section 4 by ``overrides``.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import os
 import random
 import sys
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from harness.limits import default_max_rss_mb
 from pudthp_cli.argtypes import (
     COUNT,
+    MAX_SECONDS,
     MIB,
     NATURAL,
     PROGRAM_SECONDS,
@@ -29,6 +31,7 @@ if TYPE_CHECKING:  # at run time imported by the commands that need it (redis)
     from fuzz.link import CampaignLink
 
 PROGRAM_MAX_SECONDS = 60.0
+DEFAULT_SECONDS = 60.0
 DEFAULT_EXAMPLE_DB = "corpus/hypothesis"
 
 
@@ -37,7 +40,7 @@ def add(sub: Any) -> None:
         "fuzz",
         help="the fuzzing campaign: random programs on ref and fast in lockstep; exit 0 "
         "nothing found, 1 findings, 2 bad usage",
-        description="Run the Hypothesis state machine (every op of FORMAT.md, ref and fast "
+        description="Run the Hypothesis state machine (every op of docs/format.md, ref and fast "
         "compared after every op, invariants and the oracle checked) in parallel worker "
         "processes for a fixed time. Each distinct finding (by signature) is shrunk and "
         "written once to the findings directory as a program with metadata (atomically; "
@@ -53,13 +56,29 @@ def add(sub: Any) -> None:
     fuzz.add_argument("--engine", choices=("hypothesis", "atheris"), default="hypothesis",
                       help="the engine (default hypothesis; atheris: libFuzzer, coverage-guided, "
                       "with a corpus on disk that a later campaign resumes from)")
-    fuzz.add_argument("--time", metavar="SECONDS", type=SECONDS, default=60.0,
-                      help="how long to fuzz (default 60)")
+    fuzz.add_argument("--time", metavar="SECONDS", type=SECONDS, default=None,
+                      help="how long to fuzz (default 60; with --programs, no time limit)")
+    fuzz.add_argument("--programs", metavar="N", type=COUNT, default=None,
+                      help="hypothesis: run N generated programs in all, shared among the "
+                      "workers, then stop (shrinking's tries not counted; a run that fails "
+                      "counts its programs up to the failing one; a few more when "
+                      "Hypothesis discards some): with --seed the same programs on every "
+                      "machine, however loaded")
+    fuzz.add_argument("--stop-on-first", action="store_true",
+                      help="end the campaign at its first new finding, once it is shrunk and "
+                      "archived (exit 1)")
+    fuzz.add_argument("--quiet", action="store_true",
+                      help="no progress on the terminal: the summary and the coverage "
+                      "headline only")
+    fuzz.add_argument("--junit", metavar="FILE", default=None,
+                      help="write a JUnit XML report: one failed test case per distinct "
+                      "finding (its one-line finding as the failure), one passing case when "
+                      "nothing was found")
     fuzz.add_argument("--workers", metavar="N", type=COUNT, default=None,
                       help="worker processes, each with its own seed (default: all cores)")
     fuzz.add_argument("--config", metavar="KEY=VALUE", action="append", default=[],
                       help="fix a config key for every program, e.g. deposit=list_head "
-                      "(repeatable; keys and values of MODEL.md section 3; the rest is "
+                      "(repeatable; keys and values of docs/model.md section 4; the rest is "
                       "drawn per program from the correct designs)")
     fuzz.add_argument("--findings", metavar="DIR", default="corpus/findings",
                       help="where findings are written (default corpus/findings)")
@@ -76,7 +95,7 @@ def add(sub: Any) -> None:
                       "dropped, never a finding (default: half of this machine's memory "
                       "shared among the workers; 0: no limit)")
     fuzz.add_argument("--max-ops", metavar="N", type=COUNT, default=None,
-                      help="ops per program (default: 50 with hypothesis, 200 with atheris)")
+                      help="ops per program (default: 100 with hypothesis, 200 with atheris)")
     fuzz.add_argument("--max-program-time", metavar="SECONDS", type=PROGRAM_SECONDS,
                       default=PROGRAM_MAX_SECONDS,
                       help="a program running longer is dropped, never a finding (default "
@@ -108,9 +127,15 @@ def command(args: argparse.Namespace) -> int:
     problem = writable_dir("--findings", args.findings, "write a finding there")
     if problem is None and args.stats is not None:
         problem = output_file("--stats", args.stats, make_parent=True)
+    if problem is None and args.junit is not None:
+        problem = output_file("--junit", args.junit, make_parent=True)
+    if problem is None and args.programs is not None and args.engine != "hypothesis":
+        problem = "--programs: only with --engine hypothesis (atheris runs for --time)"
     if problem is not None:
         return error(problem)
     workers = args.workers or os.cpu_count() or 1
+    if args.time is None:
+        args.time = math.inf if args.programs is not None else DEFAULT_SECONDS
     max_rss = default_max_rss_mb(workers) if args.max_rss is None else args.max_rss
     problem = memory_floor(max_rss, args.impl)
     if problem is not None:
@@ -131,7 +156,8 @@ def command(args: argparse.Namespace) -> int:
                 args.time, workers, fixed, args.findings, seed, impl=args.impl,
                 max_ops=args.max_ops or STEPS_PER_PROGRAM,
                 program_seconds=args.max_program_time, max_rss=max_rss or None,
-                example_db=example_db, link=link))
+                example_db=example_db, link=link, programs=args.programs,
+                stop_on_first=args.stop_on_first, quiet=args.quiet, junit=args.junit))
         problem = seed
     if link is not None:
         link.close()
@@ -156,7 +182,8 @@ def atheris(args: argparse.Namespace, fixed: dict[str, Any], workers: int,
     return run_atheris_campaign(AtherisCampaign(
         args.time, workers, fixed, args.findings, args.corpus, seed, impl=args.impl,
         max_ops=args.max_ops or MAX_OPS, program_seconds=args.max_program_time,
-        max_rss=max_rss or None, link=link))
+        max_rss=max_rss or None, link=link, stop_on_first=args.stop_on_first,
+        quiet=args.quiet, junit=args.junit))
 
 
 def example_database(args: argparse.Namespace) -> tuple[str | None, str | None]:
@@ -204,6 +231,7 @@ def start_link(link: CampaignLink | None, args: argparse.Namespace, engine: str,
     from fuzz.link import LinkError
 
     try:
-        return link.start(engine, fixed, args.seed, fallback, args.time)
+        # a campaign of --programs has no end time to announce: the longest one there is
+        return link.start(engine, fixed, args.seed, fallback, min(args.time, MAX_SECONDS))
     except LinkError as e:
         return str(e)

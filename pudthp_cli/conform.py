@@ -4,10 +4,16 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import json
+import os
+import tempfile
+from typing import TYPE_CHECKING, Any
 
 from pudthp_cli.argtypes import COUNT, output_file
 from pudthp_cli.exits import error
+
+if TYPE_CHECKING:  # at run time imported by --junit alone
+    from harness.junit import Case
 
 
 def add(sub: Any) -> None:
@@ -41,7 +47,11 @@ def add(sub: Any) -> None:
                          help="pass over an observable class, e.g. vmstat.thp_zero_page_alloc, "
                          "vmas (compared joined), page.kind, rss (repeatable)")
     conform.add_argument("--strict", action="store_true",
-                         help="exit 1 on any disagreement, a known one (README.md) too")
+                         help="exit 1 on any disagreement, a known one (docs/conform.md) too")
+    conform.add_argument("--junit", metavar="FILE", default=None,
+                         help="write a JUnit XML report: one test case per program, failed "
+                         "with its disagreement (a known one too with --strict); skipped "
+                         "when this machine cannot run it")
 
     export = sub.add_parser(
         "export-c",
@@ -70,16 +80,65 @@ def command(args: argparse.Namespace) -> int:
         return cmd_restore()
     if (args.program is None) == (args.random is None):
         return error("conform takes PROGRAM or --random N (see 'pudthp conform --help')")
-    if args.report is not None:
-        problem = output_file("--report", args.report)
+    for flag, path in (("--report", args.report), ("--junit", args.junit)):
+        problem = None if path is None else output_file(flag, path)
         if problem is not None:
             return error(problem)
     from fuzz.gen import random_pmd_program
     from harness.conform.compare import cmd_conform
 
-    return cmd_conform(args.program, args.report, args.random, args.seed, args.ops,
-                       args.save_dir, args.quiet, frozenset(args.ignore), random_pmd_program,
-                       args.strict)
+    if args.junit is None:
+        return cmd_conform(args.program, args.report, args.random, args.seed, args.ops,
+                           args.save_dir, args.quiet, frozenset(args.ignore),
+                           random_pmd_program, args.strict)
+    # the JUnit report is read from the JSON report (a scratch one without --report)
+    with tempfile.TemporaryDirectory(prefix="pudthp-conform-") as scratch:
+        report = args.report or os.path.join(scratch, "report.json")
+        status = cmd_conform(args.program, report, args.random, args.seed, args.ops,
+                             args.save_dir, args.quiet, frozenset(args.ignore),
+                             random_pmd_program, args.strict)
+        try:
+            with open(report, encoding="utf-8") as f:
+                data: dict[str, Any] | None = json.load(f)
+        except (OSError, ValueError):
+            data = None  # it stopped before a report: nothing ran to the end
+    from harness import junit
+    from harness.junit import Case
+
+    name = args.program or f"random programs, seed {args.seed}"
+    cases = (conform_cases(data, args.strict) if data is not None and status in (0, 1)
+             else [Case(name, "pudthp conform", None,
+                        skipped=f"did not run to its end (exit status {status})")])
+    try:
+        junit.write(args.junit, "pudthp conform", cases)
+    except OSError as e:
+        return error(f"--junit {args.junit}: {e.strerror or e}")
+    return status
+
+
+def conform_cases(data: dict[str, Any], strict: bool) -> list[Case]:
+    """One test case per program of a conformance report (``docs/format.md``, Conformance
+    reports): failed by a disagreement no known one explains (by any, with ``strict``)."""
+    if data.get("format") == "pudthp-conform-random/1":
+        sig_of = {i: sig for sig, idx in data.get("signatures", {}).items() for i in idx}
+        return [_case(f"random {data.get('seed')}:{run.get('index')}",
+                      "pudthp conform.random", run, sig_of.get(run.get("index")), strict)
+                for run in data.get("runs", [])]
+    return [_case(str(data.get("program")), "pudthp conform", data, None, strict)]
+
+
+def _case(name: str, classname: str, run: dict[str, Any], sig: str | None,
+          strict: bool) -> Case:
+    from harness.junit import Case
+
+    d = run.get("disagreement")
+    known = run.get("known")
+    if not isinstance(d, dict) or (known is not None and not strict):
+        return Case(name, classname)
+    kind = known.get("kind") if isinstance(known, dict) else known
+    what = f"known {kind}" if kind is not None else "DISAGREE"
+    return Case(name, classname, f"{what} {sig + ': ' if sig else ''}op {d.get('op_index')}: "
+                f"{d.get('observable')}: kernel {d.get('kernel')!r}, model {d.get('model')!r}")
 
 
 def export_c(args: argparse.Namespace) -> int:

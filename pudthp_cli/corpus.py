@@ -9,8 +9,8 @@ import sys
 from typing import Any
 
 from harness.runner import IMPL_NAMES
-from pudthp_cli.argtypes import overrides, writable_dir
-from pudthp_cli.exits import EXIT_INTERRUPTED, error
+from pudthp_cli.argtypes import output_file, overrides, writable_dir
+from pudthp_cli.exits import EXIT_INTERRUPTED, cannot_run, error
 
 
 def add(sub: Any) -> None:
@@ -35,6 +35,12 @@ def add(sub: Any) -> None:
     replay.add_argument("dirs", metavar="DIR", nargs="*", help=dirs_help)
     replay.add_argument("--impl", choices=IMPL_NAMES, default=None,
                         help="run every program on this (default: its meta.impl, else both)")
+    replay.add_argument("--fail-on-open", action="store_true",
+                        help="also exit 1 while an archived finding (a program with "
+                        "meta.signature and no meta.expect) still fails")
+    replay.add_argument("--junit", metavar="FILE", default=None,
+                        help="write a JUnit XML report: one test case per program, failed "
+                        "with its line when it changed (or, with --fail-on-open, is open)")
     merge = csub.add_parser(
         "merge", allow_abbrev=False,
         help="copy several corpus directories into one, deduplicated by content and by "
@@ -91,7 +97,12 @@ def command(args: argparse.Namespace) -> int:
     if args.corpus_command == "minimize":
         return minimize(args)
     dirs = list(args.dirs) or ([] if args.corpus_command == "merge" else corpus.default_dirs())
-    problem = corpus.check_dirs(dirs)
+    if args.corpus_command == "replay":
+        problem = corpus.replay_problem(dirs, named=bool(args.dirs))
+        if problem is None and args.junit is not None:
+            problem = output_file("--junit", args.junit, make_parent=True)
+    else:
+        problem = corpus.check_dirs(dirs)
     if problem is None and args.corpus_command == "merge":
         problem = writable_dir("OUT", args.out, "merge into it")
     if problem is not None:
@@ -99,7 +110,8 @@ def command(args: argparse.Namespace) -> int:
     if args.corpus_command == "list":
         return corpus.cmd_list(dirs)
     if args.corpus_command == "replay":
-        return corpus.cmd_replay(dirs, args.impl)
+        return corpus.cmd_replay(dirs, args.impl, fail_on_open=args.fail_on_open,
+                                 junit_path=args.junit)
     return corpus.cmd_merge(args.out, dirs)
 
 
@@ -108,7 +120,7 @@ def minimize(args: argparse.Namespace) -> int:
     if isinstance(fixed, str):
         return error(fixed)
     if importlib.util.find_spec("atheris") is None:
-        return error("corpus minimize: the atheris package is not installed")
+        return cannot_run("corpus minimize: the atheris package is not installed")
     from fuzz.minimize import MinimizeError, MinimizeOptions, minimize  # runs libFuzzer
 
     o = MinimizeOptions(args.dir, args.out, args.in_place, fixed, args.impl, args.findings)

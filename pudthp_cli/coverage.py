@@ -1,4 +1,4 @@
-"""``pudthp coverage``: the model-state features a set of programs hits (COVERAGE.md)."""
+"""``pudthp coverage``: the model-state features a set of programs hits (docs/coverage.md)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def add(sub: Any) -> None:
         "coverage",
         help="run programs and print which model-state features they hit and how often",
         description="Run each program (files, or every *.json of a directory) and count the "
-        "model-state features of the catalogue (COVERAGE.md) that its ops hit in the "
+        "model-state features of the catalogue (docs/coverage.md) that its ops hit in the "
         "reference model: hits, programs hitting each feature, and the features never hit. "
         "Exit 0, or 2 for bad input.",
         allow_abbrev=False,

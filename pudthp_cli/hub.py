@@ -1,5 +1,6 @@
 """``pudthp hub``: the Redis hub several machines' campaigns share (``fuzz.hub``,
-``fuzz.hub_server``): serve it, or pull its findings and stats."""
+``fuzz.hub_server``): serve it, pull its findings and stats, or show a campaign's status
+(``fuzz.status``)."""
 
 from __future__ import annotations
 
@@ -58,13 +59,29 @@ def add(sub: Any) -> None:
                       help="the campaign's name on the hub (default main)")
     pull.add_argument("--stats", metavar="FILE", default=None,
                       help="also write every stats record of the hub to FILE (JSON lines)")
+    status = hsub.add_parser(
+        "status", allow_abbrev=False,
+        help="what each machine of a campaign is doing: last report, rate, programs, "
+        "features, corpus, findings; exit 0 shown, 2 bad usage, 4 hub unreachable",
+        description="Print the campaign's machines (engine, state, last report time, rate, "
+        "programs, model-state features hit, libFuzzer cov/ft, corpus, findings), the "
+        "features hit by any machine (their union) and the findings the hub names (not "
+        "replayed: 'pudthp hub pull' replays them). Read-only.")
+    status.add_argument("url", metavar="URL", help="redis://[:PASSWORD@]HOST:PORT/DB")
+    status.add_argument("--campaign", metavar="NAME", default="main",
+                        help="the campaign's name on the hub (default main)")
+    status.add_argument("--json", action="store_true",
+                        help="print the status as one JSON object instead of a table")
 
 
 def command(args: argparse.Namespace) -> int:
     if args.hub_command is None:
-        return error("hub needs a subcommand: serve or pull (see 'pudthp hub --help')")
+        return error("hub needs a subcommand: serve, pull or status (see 'pudthp hub "
+                     "--help')")
     if args.hub_command == "pull":
         return pull(args)
+    if args.hub_command == "status":
+        return status(args)
     from fuzz.hub_server import ServeError, ServeOptions, serve  # redis: this command's cost
 
     try:
@@ -123,4 +140,27 @@ def pull(args: argparse.Namespace) -> int:
               + (f"; {hub.stats_skipped} entries of the stream were not valid stats "
                  "records and were passed over" if hub.stats_skipped else ""))
     hub.close()
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    from fuzz.hub import Hub, HubError  # redis: this command's cost
+    from fuzz.status import StatusReader, render_text
+
+    said: list[str] = []
+    try:
+        hub = Hub.connect(args.url, campaign=args.campaign, machine="status",
+                          say=said.append)
+        shown = StatusReader(hub).refresh()
+    except HubError as e:
+        return error(str(e))
+    hub.close()
+    if not shown.reachable:
+        why = said[0].split(";")[0] if said else f"hub {hub.label} unreachable"
+        print(f"pudthp: cannot run here: {why}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    if args.json:
+        print(json.dumps(shown.to_json(), sort_keys=True))
+    else:
+        print("\n".join(render_text(shown)))
     return 0

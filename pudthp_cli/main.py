@@ -1,9 +1,9 @@
-"""The ``pudthp`` command line (FORMAT.md section 4): the parser and the dispatch.
+"""The ``pudthp`` command line (docs/format.md "Command line"): the parser and the dispatch.
 
 Each command group is a module of this package (``run``, ``campaign`` for ``fuzz``,
 ``coverage``, ``shrink``, ``corpus``, ``conform`` with ``export-c``, ``bench``, ``hub``,
-``report``) that adds its parsers (``add``) and names its handler; argument types are in
-``pudthp_cli.argtypes``, exit statuses and the one-line errors in ``pudthp_cli.exits``.
+``report``, ``dashboard``) that adds its parsers (``add``) and names its handler; argument
+types are in ``pudthp_cli.argtypes``, exit statuses and the one-line errors in ``pudthp_cli.exits``.
 Each module imports at its top what ``pudthp run`` loads anyway and the small modules it
 needs; what is slow to import (Hypothesis, atheris, redis, matplotlib, the live-kernel
 code) only the command that needs it imports, so ``pudthp --help`` and ``pudthp run``
@@ -21,11 +21,22 @@ from harness.heap import tune_heap
 from harness.limits import LimitExceeded, memory_error
 from harness.program import ProgramError
 from harness.runner import UsageError
-from pudthp_cli import bench, campaign, conform, corpus, coverage, hub, report, run, shrink
+from pudthp_cli import (
+    bench,
+    campaign,
+    conform,
+    corpus,
+    coverage,
+    dashboard,
+    hub,
+    report,
+    run,
+    shrink,
+)
 from pudthp_cli.exits import EXIT_INTERRUPTED, error
 
 # in the order ``pudthp --help`` lists them
-GROUPS = (run, campaign, coverage, shrink, corpus, conform, bench, hub, report)
+GROUPS = (run, campaign, coverage, shrink, corpus, conform, bench, hub, report, dashboard)
 
 
 class _UsageExit(Exception):
@@ -76,8 +87,8 @@ def _main(argv: list[str]) -> int:
         return error(
             f"unrecognized arguments: {' '.join(extra)} (see 'pudthp {args.command} --help')"
         )
-    if args.command not in ("hub", "report", "conform", "export-c", "bench") and getattr(
-            args, "impl", None) != "ref":
+    if args.command not in ("hub", "report", "dashboard", "conform", "export-c",
+                            "bench") and getattr(args, "impl", None) != "ref":
         tune_heap()  # this process and the ones it starts run the fast side
     try:
         status: int = args.handler(args)

@@ -13,9 +13,11 @@ def add(sub: Any) -> None:
     report = sub.add_parser(
         "report",
         help="PNG plots and an index.html from campaign stats files (pudthp fuzz --stats)",
-        description="Plot rate, coverage, model-state features, corpus size and findings "
-        "over time, one line per machine, and write an index.html with the plots, the "
-        "machines' last figures and the findings table.",
+        description="Plot rate, libFuzzer coverage (cov and ft on separate axes), "
+        "model-state features (with each campaign's union), corpus size and findings over "
+        "time, one line per machine of each campaign, and write an index.html with the "
+        "plots (saying which do not apply), the campaigns, the machines' last figures and "
+        "the findings table; the findings are copied into DIR/findings.",
         allow_abbrev=False,
     )
     report.set_defaults(handler=command)

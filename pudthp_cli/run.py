@@ -1,4 +1,4 @@
-"""``pudthp run``: one program, one line per op, its first finding (FORMAT.md section 2)."""
+"""``pudthp run``: one program, one line per op, its first finding (docs/format.md "Run report")."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def add(sub: Any) -> None:
     run = sub.add_parser(
         "run",
         help="run one program, one line per op; exit 0 no finding, 1 finding, 2 bad input",
-        description="Run one program and report its first finding (FORMAT.md section 2).",
+        description="Run one program and report its first finding (docs/format.md, Run report).",
         allow_abbrev=False,
     )
     run.set_defaults(handler=command)

@@ -9,6 +9,7 @@ from typing import Any
 
 from harness.program import dump_program, load_program_file
 from harness.runner import IMPL_NAMES
+from harness.signature import SIGNATURE_FORMAT
 from pudthp_cli.argtypes import output_file
 from pudthp_cli.exits import error
 from pudthp_ref.spec import Program
@@ -51,7 +52,8 @@ def command(args: argparse.Namespace) -> int:
         print(f"pudthp shrink: {args.program}: {e}", file=sys.stderr)
         return 1
     meta = dict(program.meta)
-    meta.update(signature=result.finding.signature, shrunk_from=result.ops_before)
+    meta.update(signature=result.finding.signature, signature_format=SIGNATURE_FORMAT,
+                shrunk_from=result.ops_before)
     text = dump_program(Program(result.program.config, result.program.ops, meta))
     line = (f"pudthp shrink: {result.ops_before} ops -> {result.ops_after} ops in "
             f"{result.seconds:.2f} s ({result.runs} runs, --impl {impl}): "

@@ -1,4 +1,4 @@
-"""Invariant checker of the fast model: MODEL.md section 6, recomputed over whole arrays.
+"""Invariant checker of the fast model: docs/model.md section 11, recomputed over whole arrays.
 
 The invariants and their names are those of ``pudthp_ref.invariants``; nothing is shared
 with it but the names.  Everything the model keeps as a counter is recomputed from the page
@@ -25,7 +25,7 @@ from pudthp_ref.spec import LEVEL_PTE, PAGE_TABLE_BYTES, PROTS, InvariantViolati
 
 
 def check_invariants(st: FastState) -> None:
-    """Raise ``InvariantViolation`` on the first broken invariant of MODEL.md section 6."""
+    """Raise ``InvariantViolation`` on the first broken invariant of docs/model.md section 11."""
     try:
         _check(st)
     except InvariantViolation:

@@ -1,4 +1,4 @@
-"""The fast checker's page-table walk: MODEL.md section 6 over the tables reachable from
+"""The fast checker's page-table walk: docs/model.md section 11 over the tables reachable from
 the alive mms, as ``pudthp_ref.invariants_pgtable`` walks them, over arrays of entries.
 
 Everything the reference recomputes while it walks (leaves and present PTEs per folio and

@@ -24,7 +24,7 @@ __all__ = ["FastModel"]
 
 
 class FastModel:
-    """The vectorised numpy implementation of MODEL.md.  ``paths`` chooses the variant of
+    """The vectorised numpy implementation of docs/model.md.  ``paths`` chooses the variant of
     its hot paths (``pudthp_fast.state.FAST_PATHS``); every choice gives the same results
     and state."""
 
@@ -54,7 +54,7 @@ class FastModel:
         return take_snapshot(self.st)
 
     def check_invariants(self) -> None:
-        """MODEL.md section 6, over the whole state."""
+        """docs/model.md section 11, over the whole state."""
         check_invariants(self.st)
 
     def summary(self) -> dict[str, Any]:
@@ -71,7 +71,7 @@ def _config_for(snapshot: dict[str, Any], cfg: Config | None) -> Config:
 
 
 def mm_alloc(st: FastState) -> FastMm:
-    """mm_alloc(): the next mm id, with its PUD table allocated at once (MODEL.md 2)."""
+    """mm_alloc(): the next mm id, with its PUD table allocated at once (docs/model.md 3.1)."""
     mm = FastMm(id=len(st.mms), pud_table=0)
     st.mms.append(mm)
     mm.pud_table = pt_alloc(st, mm, LEVEL_PUD)

@@ -1,4 +1,4 @@
-"""The canonical snapshot of FORMAT.md section 3, taken from the fast struct-of-arrays
+"""The canonical snapshot of docs/format.md "Snapshots", taken from the fast struct-of-arrays
 state, and loaded back into one (``load_snapshot``, the inverse of ``take_snapshot``).
 
 This is the one place where the fast model converts to and from plain Python: a snapshot

@@ -1,7 +1,7 @@
 """Huge PUD and PMD mappings: mm/huge_memory.c (plus the RFC's anonymous PUD paths).
 
 Each function is named after the kernel function it models.  The PUD paths follow the PMD
-ones one level up, as the RFC does, with the two-level deposit of MODEL.md section 4 and the
+ones one level up, as the RFC does, with the two-level deposit of docs/model.md 5.2-5.3 and the
 PUD split going straight to PTE level (``__split_huge_pud_locked``).
 """
 
@@ -105,7 +105,7 @@ def do_huge_pud_anonymous_page(st: MmState, mm: MmStruct, vma: Vma, pud_table: P
         count_mthp_stat(st, st.geom.pud_order, "anon_fault_fallback")
         count_vm_event(st, "thp_fault_fallback_pud")
         return False
-    # Fault order (MODEL.md 4): the PMD table goes on the PUD stack first, then its P PTE
+    # Fault order (docs/model.md 5.3): the PMD table goes on the PUD stack first, then its P PTE
     # tables are deposited into it with the PMD-level routine.
     pmd_table = pt_alloc(st, mm, LEVEL_PMD)
     pgtable_trans_huge_pud_deposit(st, pud_table, pmd_table)
@@ -269,7 +269,7 @@ def __split_huge_pmd_locked(st: MmState, mm: MmStruct, pmd_table: PtDesc, mi: in
 def split_huge_at(st: MmState, mm: MmStruct, vpn: int) -> None:
     """vma_adjust_trans_huge() for one boundary: split a PUD or PMD leaf straddling ``vpn``.
 
-    MODEL.md 2: a split point strictly inside a huge mapping splits it first, PUD included.
+    docs/model.md 5.9: a split point strictly inside a huge mapping splits it first, PUD included.
     """
     g = st.geom
     pud_table = st.tables[mm.pud_table]

@@ -1,4 +1,4 @@
-"""Invariant checker: MODEL.md section 6, recomputed from the page tables after every op.
+"""Invariant checker: docs/model.md section 11, recomputed from the page tables after every op.
 
 This is the model's union of the kernel's own consistency checks:
 
@@ -40,7 +40,7 @@ _PT_STATES = (PT_LIVE, PT_DEPOSITED, PT_FREED)
 
 
 def check_invariants(st: MmState) -> None:
-    """Raise ``InvariantViolation`` on the first broken invariant of MODEL.md section 6."""
+    """Raise ``InvariantViolation`` on the first broken invariant of docs/model.md section 11."""
     try:
         _check(st)
     except InvariantViolation:

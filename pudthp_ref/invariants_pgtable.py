@@ -1,4 +1,4 @@
-"""The reference checker's page-table walk: MODEL.md section 6 over the tables reachable
+"""The reference checker's page-table walk: docs/model.md section 11 over the tables reachable
 from the alive mms (``debug_vm_pgtable`` and the page-table walkers' rules).
 
 Entries of the right kind at each level, a table entry naming a live table of the next

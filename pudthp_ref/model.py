@@ -1,5 +1,5 @@
-"""The reference model's front door: ``RefModel.apply(op)`` runs one FORMAT.md op as one
-atomic syscall-level step; ``snapshot()`` gives the canonical state of FORMAT.md section 3,
+"""The reference model's front door: ``RefModel.apply(op)`` runs one op (docs/format.md) as one
+atomic syscall-level step; ``snapshot()`` gives the canonical state of docs/format.md "Snapshots",
 and ``RefModel.from_snapshot()`` a model in such a state."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ __all__ = ["RefModel"]
 
 
 class RefModel:
-    """The pure-Python reference implementation of MODEL.md."""
+    """The pure-Python reference implementation of docs/model.md."""
 
     name = "ref"
 
@@ -65,7 +65,7 @@ class RefModel:
         return take_snapshot(self.st)
 
     def check_invariants(self) -> None:
-        """MODEL.md section 6, over the whole state."""
+        """docs/model.md section 11, over the whole state."""
         check_invariants(self.st)
 
     def summary(self) -> dict[str, Any]:
@@ -73,7 +73,7 @@ class RefModel:
 
 
 def mm_alloc(st: MmState) -> MmStruct:
-    """mm_alloc(): the next mm id, with its PUD table allocated at once (MODEL.md 2)."""
+    """mm_alloc(): the next mm id, with its PUD table allocated at once (docs/model.md 3.1)."""
     mm = MmStruct(id=len(st.mms), pud_table=0)
     st.mms.append(mm)
     mm.pud_table = pt_alloc(st, mm, LEVEL_PUD).id

@@ -1,6 +1,6 @@
 """Reverse-map accounting: mm/rmap.c and include/linux/rmap.h.
 
-The raw, biased counters of MODEL.md section 2 move exactly as ``__folio_add_rmap`` and
+The raw, biased counters of docs/model.md 3.5 move exactly as ``__folio_add_rmap`` and
 ``__folio_remove_rmap`` move them (CONFIG_PAGE_MAPCOUNT=y), including the two mm-id slots
 with their sticky SHARED bit.  The PUD level takes the PMD path one level up; where mainline
 leaves ``nr_pmdmapped`` at 0 for a PUD, the model counts NR_ANON_PUD_THPS instead and flags
@@ -221,7 +221,7 @@ def folio_remove_rmap(st: MmState, folio: Folio, first_page: int, nr_pages: int,
                     nr_pudmapped = folio.nr
                 nr = max(folio.nr - (npm & FOLIO_PAGES_MAPPED), 0)
         # Mainline: nr && nr < nr_pmdmapped, where nr_pmdmapped is 0 for a PUD; the model
-        # applies the PMD rule at the PUD level too (MODEL.md 5.4: "a large folio left
+        # applies the PMD rule at the PUD level too (docs/model.md 6.3: "a large folio left
         # partly mapped is flagged").
         partially_mapped = bool(nr) and nr < folio.nr
     if partially_mapped and not folio.partially_mapped:

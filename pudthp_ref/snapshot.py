@@ -1,4 +1,4 @@
-"""The canonical snapshot of FORMAT.md section 3 (plain JSON values, sorted by id), and
+"""The canonical snapshot of docs/format.md "Snapshots" (plain JSON values, sorted by id), and
 loading one back into a model state (``load_snapshot``, the inverse of ``take_snapshot``)."""
 
 from __future__ import annotations

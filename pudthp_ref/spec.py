@@ -1,8 +1,8 @@
 """Shared vocabulary of pudthp: geometry, config, ops, results, snapshot schema.
 
 This is the one module that both ``pudthp_ref`` and ``pudthp_fast`` import.  It holds names
-and plain data only, no model logic: the contract of ``MODEL.md`` and ``FORMAT.md`` written
-down once so both implementations (and the harness) speak the same words.
+and plain data only, no model logic: the contract of ``docs/model.md`` and ``docs/format.md``
+written down once so both implementations (and the harness) speak the same words.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ REPORT_FORMAT = "pudthp-report/1"
 SNAPSHOT_FORMAT = "pudthp-snapshot/1"
 
 # --------------------------------------------------------------------------------------
-# Geometry (MODEL.md section 1)
+# Geometry (docs/model.md section 2)
 # --------------------------------------------------------------------------------------
 
 GEOMETRIES: dict[str, int] = {"tiny": 4, "small": 8, "x86_64": 512}
@@ -97,7 +97,7 @@ def geometry_p(value: str | int) -> int:
 
 
 # --------------------------------------------------------------------------------------
-# Config (MODEL.md section 3)
+# Config (docs/model.md section 4)
 # --------------------------------------------------------------------------------------
 
 CONFIG_CHOICES: dict[str, tuple[Any, ...]] = {
@@ -286,7 +286,7 @@ def _mthp_from_json(raw: Any, g: Geometry) -> tuple[tuple[int, str], ...]:
 
 
 # --------------------------------------------------------------------------------------
-# Results (FORMAT.md section 1): integers, or errno / signal names as strings
+# Results (docs/format.md "Results"): integers, or errno / signal names as strings
 # --------------------------------------------------------------------------------------
 
 EINVAL = "EINVAL"
@@ -300,7 +300,7 @@ SIGSEGV = "SIGSEGV"
 Result = int | str
 
 # --------------------------------------------------------------------------------------
-# Operations (FORMAT.md section 1): one frozen dataclass per op, repr is a replayable call
+# Operations (docs/format.md "Ops"): one frozen dataclass per op, repr is a replayable call
 # --------------------------------------------------------------------------------------
 
 PROTS: tuple[str, ...] = ("none", "r", "rw")
@@ -484,7 +484,7 @@ FIELD_CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-# The largest value of each integer field kind: FORMAT.md's numbers are 64-bit quantities.
+# The largest value of each integer field kind: docs/format.md's numbers are 64-bit quantities.
 # Addresses and lengths count 4 KiB pages, so a page number or a length is at most what a
 # 64-bit byte address or size holds (below 2**52).  An address past the geometry's address
 # space is still a legal program: its op answers EINVAL, ENOMEM, EFAULT or SIGSEGV, as the
@@ -501,7 +501,7 @@ FIELD_MAX: dict[str, int] = {
 
 
 def op_fields(kind: str) -> tuple[str, ...]:
-    """The field names of an op kind, in FORMAT.md order."""
+    """The field names of an op kind, in docs/format.md order."""
     return tuple(f.name for f in fields(OP_TYPES[kind]))
 
 
@@ -532,7 +532,7 @@ class Program:
 
 
 # --------------------------------------------------------------------------------------
-# Findings (MODEL.md section 7, FORMAT.md section 2)
+# Findings (docs/model.md section 13, docs/format.md "Findings and signatures")
 # --------------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -588,7 +588,7 @@ class Divergence(PudThpError):
 
 
 class InvariantViolation(PudThpError):
-    """``check_invariants()`` found a broken invariant of MODEL.md section 6."""
+    """``check_invariants()`` found a broken invariant of docs/model.md section 11."""
 
     def __init__(self, invariant: str, message: str) -> None:
         super().__init__(f"{invariant}: {message}")
@@ -597,7 +597,7 @@ class InvariantViolation(PudThpError):
 
 
 # --------------------------------------------------------------------------------------
-# Snapshot schema (FORMAT.md section 3)
+# Snapshot schema (docs/format.md "Snapshots")
 # --------------------------------------------------------------------------------------
 
 VMSTAT_KEYS: tuple[str, ...] = (

@@ -47,7 +47,7 @@ def folio_mapcount(folio: Folio) -> int:
 def madvise_pageout(st: MmState, mm: MmStruct, start: int, end: int) -> None:
     """madvise_pageout() over one VMA part: walk, isolate, then reclaim_pages()."""
     if st.cfg.swap_capacity == 0:
-        return  # MODEL.md 5.9: with swap disabled, pageout changes nothing
+        return  # docs/model.md 9.7: with swap disabled, pageout changes nothing
     g = st.geom
     isolated: Isolated = {}
 

@@ -70,24 +70,36 @@ class MetaReplayer:
         pass
 
 
-# Real findings for the hub's tests: the rejected ``list_head`` deposit design breaks the
-# PUD deposit stack at the first PUD THP fault (corpus/known_bad/list_head_two_puds.json:
-# list_add() writes lru.prev, which aliases pmd_huge_pte of the deposited PMD tables), so
-# a fault at page 64 of a VMA covering the small geometry's PUD range [64, 128) is a
-# finding of the op that faulted; ops after it never run, so padding keeps the signature.
-FAULT_SIGNATURE = "invariant:{op}:deposit.pud_stack.wrong_level"
+# Real findings for the hub's tests, two distinct bugs of the rejected ``list_head`` deposit
+# design (corpus/known_bad/list_head_two_puds.json: list_add() writes lru.prev, which
+# aliases pmd_huge_pte of the deposited PMD tables):
+# - ``fault``: the invariants see the PUD deposit stack broken at the first PUD THP fault
+#   (a read or a write of page 64 of a VMA covering the small geometry's PUD range
+#   [64, 128)); ops after it never run, so padding keeps the signature;
+# - ``withdraw``: with the invariants off (``meta.invariants`` false, as a campaign without
+#   them records) the same corruption is met by munmap's zap_huge_pud, whose withdraw of a
+#   deposited PMD table finds a poisoned entry (``ModelBug`` ``withdraw.pmd.poison``); the
+#   reads padding it in between touch the PUD leaf only.
+FAULT_SIGNATURE = "invariant:deposit.pud_stack.wrong_level"
+WITHDRAW_SIGNATURE = "model_bug:munmap:withdraw.pmd.poison"
 
 
-def real_finding(op: str, nops: int, **meta: Any) -> tuple[str, str]:
-    """(signature, program text) of a finding at a PUD fault by ``op`` (read or write),
-    ``nops`` ops long (at least 2)."""
-    signature = FAULT_SIGNATURE.format(op=op)
-    fault: dict[str, Any] = {"op": op, "mm": 0, "addr": 64}
-    if op == "write":
-        fault["value"] = 1
-    ops = [{"op": "mmap", "mm": 0, "start": 64, "npages": 192, "prot": "rw"}, fault]
-    ops += [{"op": "read", "mm": 0, "addr": 65 + i} for i in range(nops - 2)]
+def real_finding(kind: str, nops: int, **meta: Any) -> tuple[str, str]:
+    """(signature, program text) of a finding of ``kind`` (``fault`` or ``withdraw``),
+    ``nops`` ops long (at least 2 for a fault, 3 for a withdraw)."""
+    ops: list[dict[str, Any]] = [
+        {"op": "mmap", "mm": 0, "start": 64, "npages": 192, "prot": "rw"},
+        {"op": "write", "mm": 0, "addr": 64, "value": 1}]
+    if kind == "fault":
+        signature = FAULT_SIGNATURE
+        ops += [{"op": "read", "mm": 0, "addr": 65 + i} for i in range(nops - 2)]
+    else:
+        signature = WITHDRAW_SIGNATURE
+        meta = {"invariants": False, **meta}
+        ops += [{"op": "read", "mm": 0, "addr": 65 + i} for i in range(nops - 3)]
+        ops.append({"op": "munmap", "mm": 0, "start": 64, "npages": 192})
     program = {"format": "pudthp-program/1",
-               "config": {"geometry": "small", "deposit": "list_head"}, "ops": ops,
+               "config": {"geometry": "small", "deposit": "list_head",
+                          "pud_enabled": "always"}, "ops": ops,
                "meta": {"signature": signature, **meta}}
     return signature, json.dumps(program) + "\n"

@@ -45,7 +45,7 @@ GOOD: dict[str, Any] = {
     ],
 }
 
-# One valid op of every kind (FORMAT.md section 1): the base each field case changes.
+# One valid op of every kind (docs/format.md "Ops"): the base each field case changes.
 VALID_OP: dict[str, dict[str, Any]] = {
     "mmap": {"mm": 0, "start": 64, "npages": 64, "prot": "rw"},
     "munmap": {"mm": 0, "start": 64, "npages": 8},
@@ -65,7 +65,7 @@ VALID_OP: dict[str, dict[str, Any]] = {
 
 # Wrong values for each field kind: (name, value).  The ranges are spec.FIELD_MAX's: a
 # page number or length below 2**52 (a 64-bit byte address in 4 KiB pages), ids and counts
-# and contents 64-bit words; the low ends as FORMAT.md says (lengths and pin ids >= 1).
+# and contents 64-bit words; the low ends as docs/format.md says (lengths and pin ids >= 1).
 WRONG_TYPES: list[tuple[str, Any]] = [
     ("bool", True), ("float", 1.5), ("string", "1"), ("null", None), ("list", [1]),
     ("object", {"a": 1}),
@@ -334,7 +334,7 @@ def test_largest_values_in_range_load(tmp_path: Path) -> None:
 
 
 def test_an_address_past_the_space_is_still_a_program(tmp_path: Path) -> None:
-    # MODEL.md section 5: an invalid but well-formed request is a legal program.  At small
+    # docs/model.md section 9: an invalid but well-formed request is a legal program.  At small
     # geometry the space is 8**3 = 512 pages: an mmap at 512 is past it (ENOMEM or EINVAL
     # as the kernel past TASK_SIZE), a read there SIGSEGV.
     raw = with_ops({"op": "mmap", "mm": 0, "start": 512, "npages": 1, "prot": "rw"},

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import math
 import os
 import re
 import signal
@@ -412,8 +413,10 @@ def test_a_full_disk_mid_campaign_keeps_the_findings(tmp_path: Path,
     monkeypatch.setattr(fuzz.supervisor, "archive", archive_)
     monkeypatch.setattr(fuzz.supervisor, "RETRY_SECONDS", 0.5)
     out, err = io.StringIO(), io.StringIO()
-    code = run_campaign(Campaign(4.0, 1, {"deposit": "list_head"}, str(tmp_path), 7,
-                                 err=err, out=out))
+    # a fixed, seeded number of programs, never a time: the first PUD THP fault finds
+    code = run_campaign(Campaign(math.inf, 1, {"deposit": "list_head",
+                                               "pud_enabled": "always"}, str(tmp_path), 7,
+                                 err=err, out=out, programs=40))
     assert code == 1, out.getvalue() + err.getvalue()
     assert "cannot write a finding to" in err.getvalue()
     assert "No space left on device" in err.getvalue()

@@ -1,4 +1,5 @@
-"""``pudthp run`` end to end on the reference model, with the shared canary programs."""
+"""``pudthp run`` end to end on the reference model, with the canary programs of
+``corpus/known_bad/``."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from harness.program import load_program_file
 from harness.runner import run_program
 from pudthp_cli.main import main
 
-# The project's own copies of the shared canaries (../shared/canary/).
+# Canary programs: the rejected list_head design must be a finding, lru_next must pass.
 CANARY = Path(__file__).resolve().parents[1] / "corpus" / "known_bad"
 
 LIST_HEAD = str(CANARY / "list_head_two_puds.json")

@@ -1,7 +1,7 @@
 """``pudthp conform``: the projection of a model snapshot onto what /proc shows (no root
 needed), and conformance with the live kernel (root and PMD THP needed, else skipped).
 
-Expected values of the projection are derived by hand from MODEL.md and the kernel's
+Expected values of the projection are derived by hand from docs/model.md and the kernel's
 definitions (``folio_precise_page_mapcount`` = ``_mapcount + 1`` plus the entire mapcount;
 smaps ``AnonHugePages`` counts pages under PMD leaves), not from running the code.
 
@@ -14,7 +14,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -35,6 +38,7 @@ from harness.conform.observe import (
     project_snapshot,
 )
 from harness.program import load_program_file, parse_program
+from pudthp_cli.conform import conform_cases
 from pudthp_cli.main import main
 from pudthp_ref import spec
 from pudthp_ref.model import RefModel
@@ -334,7 +338,7 @@ def test_random_programs_use_only_what_the_machine_can_do() -> None:
 # The live kernel (root and PMD THP)
 # --------------------------------------------------------------------------------------
 
-# The global-counter artefacts of conform.KNOWN (explained in README.md, "Checking the model
+# The global-counter artefacts of conform.KNOWN (explained in docs/conform.md, "Checking the model
 # against the live kernel"); the live tests look past them.
 IGNORE = conform.LOOK_PAST
 
@@ -348,7 +352,14 @@ def _live_problem() -> str | None:
 
 
 LIVE_PROBLEM = _live_problem()
-live_only = pytest.mark.skipif(LIVE_PROBLEM is not None, reason=str(LIVE_PROBLEM))
+TestFn = TypeVar("TestFn", bound=Callable[..., object])
+
+
+def live_only(test: TestFn) -> TestFn:
+    """A test of the live kernel: marked ``live`` (``-m "not live"`` leaves it out) and
+    skipped, with the reason, where this machine cannot run it."""
+    skip = pytest.mark.skipif(LIVE_PROBLEM is not None, reason=str(LIVE_PROBLEM))
+    return pytest.mark.live(skip(test))  # type: ignore[no-any-return]
 
 
 def conform_run(p: Program, ignore: frozenset[str] = IGNORE) -> conform.ConformRun:
@@ -475,7 +486,7 @@ def test_pageout_after_the_sharing_child_exits_writes_the_page() -> None:
 @live_only
 def test_bounded_random_run_agrees() -> None:
     """20 seeded random programs, with swap configured (pageout without swap is a known
-    disagreement: MODEL.md 5.9 changes nothing, the kernel splits)."""
+    disagreement: docs/model.md 9.7 changes nothing, the kernel splits)."""
     failures = []
     with conform.Session(IGNORE) as session:
         split = session.split_problem() is None
@@ -495,7 +506,7 @@ def test_bounded_random_run_agrees() -> None:
     assert not failures, "\n".join(failures)
 
 
-# One minimal program per disagreement of README.md, with the observable it shows first.
+# One minimal program per disagreement of docs/conform.md, with the observable it shows first.
 _MAP = {"op": "mmap", "mm": 0, "start": 0, "npages": 512, "prot": "rw"}
 _READ0 = {"op": "read", "mm": 0, "addr": 0}
 MINIMAL: dict[str, tuple[str, dict[str, object], list[dict[str, object]]]] = {
@@ -551,8 +562,8 @@ MINIMAL: dict[str, tuple[str, dict[str, object], list[dict[str, object]]]] = {
 @live_only
 @pytest.mark.parametrize("name", sorted(MINIMAL))
 def test_known_disagreement_shows_as_explained(name: str) -> None:
-    """A README disagreement still open (conform.KNOWN) either shows first on its own
-    observable, recognised as known, or the kernel and the model now agree (then README.md
+    """A disagreement of docs/conform.md still open (conform.KNOWN) either shows first on its own
+    observable, recognised as known, or the kernel and the model now agree (then docs/conform.md
     and KNOWN want updating).  One the model fixed must agree."""
     observable, config, ops = MINIMAL[name]
     p = program(ops, geometry="x86_64", pud_enabled="never", **config)
@@ -635,7 +646,7 @@ def test_every_open_disagreement_has_a_minimal_program() -> None:
 
 
 def test_known_disagreements_are_named_and_others_are_not() -> None:
-    # The README's explanations, chosen by observable class and the op that showed it.
+    # The explanations of docs/conform.md, chosen by observable class and the op that showed it.
     D = Disagreement
 
     p = program([_MAP, {"op": "write", "mm": 0, "addr": 0, "value": 5},
@@ -681,3 +692,45 @@ def test_a_restore_failure_does_not_hide_the_error_on_its_way_out(
     s.on_restore("a knob", fail)
     with pytest.raises(conform.KernelError, match="could not restore"):
         conform._restore(s, "could not restore")
+
+
+# --------------------------------------------------------------------------------------
+# --junit: read off the JSON report (no kernel needed)
+# --------------------------------------------------------------------------------------
+
+
+def test_junit_cases_of_a_random_report_fail_the_unexplained_only() -> None:
+    disagreement = {"op_index": 3, "observable": "mm0.page[512].kind", "kernel": "pmd",
+                    "model": "pte"}
+    data = {"format": "pudthp-conform-random/1", "seed": 7, "n": 3,
+            "signatures": {"page.kind:fault": [1], "vmstat.thp_zero_page_alloc": [2]},
+            "runs": [{"index": 0, "disagreement": None, "known": None},
+                     {"index": 1, "disagreement": disagreement, "known": None},
+                     {"index": 2, "disagreement": disagreement, "known": "zero_folio"}]}
+    cases = conform_cases(data, strict=False)
+    assert [(c.name, c.failure) for c in cases] == [
+        ("random 7:0", None),
+        ("random 7:1", "DISAGREE page.kind:fault: op 3: mm0.page[512].kind: kernel 'pmd', "
+                       "model 'pte'"),
+        ("random 7:2", None),  # a known disagreement passes without --strict
+    ]
+    strict = conform_cases(data, strict=True)
+    assert strict[2].failure == ("known zero_folio vmstat.thp_zero_page_alloc: op 3: "
+                                 "mm0.page[512].kind: kernel 'pmd', model 'pte'")
+    one = conform_cases({"format": "pudthp-conform-report/1", "program": "p.json",
+                         "disagreement": None, "known": None}, strict=True)
+    assert [(c.name, c.failure) for c in one] == [("p.json", None)]
+
+
+def test_junit_of_a_conform_run_that_could_not_run_is_one_skipped_case(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "junit.xml"
+    code = main(["conform", str(tmp_path / "missing.json"), "--junit", str(report)])
+    assert code == 2
+    assert capsys.readouterr().err.startswith("pudthp: error: ")
+    suite = ET.parse(report).getroot()[0]
+    (case,) = suite.iter("testcase")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("1", "0", "1")
+    skipped = case.find("skipped")
+    assert skipped is not None
+    assert skipped.get("message") == "did not run to its end (exit status 2)"

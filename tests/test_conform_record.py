@@ -194,6 +194,7 @@ def zram_state() -> tuple[bool, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.live
 @pytest.mark.skipif(LIVE_PROBLEM is not None, reason=str(LIVE_PROBLEM))
 def test_a_sigkilled_conform_is_restored_swap_device_included(tmp_path: Path) -> None:
     with live.run_lock():

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from harness.corpus import expectation, load_entries, replay
+from harness.corpus import Entry, expectation, load_entries, replay, replay_entry
 from harness.program import dump_program, load_program_file
 from pudthp_cli.main import main
 from pudthp_ref import spec
@@ -18,7 +19,7 @@ from pudthp_ref.spec import Config, Program
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE.parent / "corpus"
-SIGNATURE = "invariant:write:deposit.pud_stack.wrong_level"
+SIGNATURE = "invariant:deposit.pud_stack.wrong_level"
 
 PASSING = Program(Config(geometry=4), (spec.Mmap(0, 0, 16, "rw"), spec.Write(0, 0, 1)))
 FAILING = Program(Config(geometry=4, deposit="list_head"), PASSING.ops)
@@ -41,23 +42,37 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 # --------------------------------------------------------------------------------------
 
 
-def test_replay_of_the_real_corpus_changes_nothing() -> None:
-    dirs = [str(CORPUS / d) for d in ("seeds", "known_bad", "findings", "regressions")
-            if (CORPUS / d).is_dir()]
-    outcomes = replay(dirs)
-    assert outcomes
-    by_dir: dict[str, list[str]] = {}
-    for o in outcomes:
-        by_dir.setdefault(Path(o.entry.path).parent.name, []).append(o.verdict)
-        assert o.verdict in ("pass", "still failing"), (o.entry.path, o.verdict, o.signature)
-    assert set(by_dir["seeds"]) == {"pass"}
-    # the list_head programs still find; their lru_next and llist twins pass
-    for o in outcomes:
-        if Path(o.entry.path).parent.name == "known_bad":
-            assert o.entry.program is not None
-            expected = "still failing" if o.entry.program.config.deposit == "list_head" else "pass"
-            assert o.verdict == expected, o.entry.path
-    assert set(by_dir.get("regressions", ["pass"])) == {"pass"}
+CORPUS_DIRS = ("seeds", "known_bad", "findings", "regressions")
+
+
+def corpus_files() -> list[Path]:
+    """Every program of the project's corpus directories, in name order."""
+    return [p for d in CORPUS_DIRS for p in sorted((CORPUS / d).glob("*.json"))]
+
+
+def test_the_corpus_has_programs_in_each_tracked_directory() -> None:
+    # corpus/findings/ is made by campaigns and may be absent; the rest is in git.
+    found = {p.parent.name for p in corpus_files()}
+    assert {"seeds", "known_bad", "regressions"} <= found
+
+
+# One test case per program, named by its directory and file, so a CI report names the
+# program whose outcome changed.
+@pytest.mark.parametrize("path", corpus_files(),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_replay_of_the_real_corpus_changes_nothing(path: Path) -> None:
+    entry = Entry(str(path), load_program_file(str(path)))
+    assert entry.program is not None
+    o = replay_entry(entry)
+    directory = path.parent.name
+    if directory in ("seeds", "regressions"):
+        expected = "pass"
+    elif directory == "known_bad":
+        # the list_head programs still find; their lru_next and llist twins pass
+        expected = "still failing" if entry.program.config.deposit == "list_head" else "pass"
+    else:  # an archived finding keeps reporting its signature
+        expected = "still failing"
+    assert o.verdict == expected, (o.verdict, o.signature, entry.expect)
 
 
 # --------------------------------------------------------------------------------------
@@ -103,7 +118,7 @@ def test_replay_reports_what_changed(tmp_path: Path, capsys: pytest.CaptureFixtu
     d = tmp_path / "findings"
     write(d / "1_still.json", FAILING, signature=SIGNATURE)
     write(d / "2_fixed.json", PASSING, signature=SIGNATURE)  # "fixed": passes now
-    write(d / "3_other.json", FAILING, signature="invariant:write:something.else")
+    write(d / "3_other.json", FAILING, signature="invariant:something.else")
     write(tmp_path / "seeds" / "4_new.json", FAILING)  # a seed that finds
     write(tmp_path / "seeds" / "5_ok.json", PASSING)
     code, out, _ = run(capsys, "corpus", "replay", str(d), str(tmp_path / "seeds"))
@@ -111,12 +126,101 @@ def test_replay_reports_what_changed(tmp_path: Path, capsys: pytest.CaptureFixtu
     verdicts = [line.split("  ")[0].strip() for line in out.splitlines()[:-1]]
     assert verdicts == ["still failing", "newly passing", "new finding", "new finding", "pass"]
     assert out.splitlines()[-1] == ("replay: 5 program(s): 1 pass, 1 still failing, "
-                                    "1 newly passing, 2 new finding")
+                                    "1 newly passing, 2 new finding "
+                                    "(1 archived finding(s) open)")
     # nothing changed: exit 0
     for name in ("2_fixed.json", "3_other.json"):
         (d / name).unlink()
     (tmp_path / "seeds" / "4_new.json").unlink()
     assert run(capsys, "corpus", "replay", str(d), str(tmp_path / "seeds"))[0] == 0
+
+
+def test_fail_on_open_fails_while_an_archived_finding_still_fails(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "findings"
+    write(d / "1_open.json", FAILING, signature=SIGNATURE)  # archived by a campaign: open
+    # a known-bad design's program and a failure kept on purpose are not open
+    write(tmp_path / "known_bad" / "2_design.json", FAILING)
+    write(d / "3_kept.json", FAILING, signature=SIGNATURE, expect="finding")
+    dirs = (str(d), str(tmp_path / "known_bad"))
+    assert run(capsys, "corpus", "replay", *dirs)[0] == 0  # nothing changed
+    code, out, _ = run(capsys, "corpus", "replay", *dirs, "--fail-on-open")
+    assert code == 1
+    assert out.splitlines()[-1].endswith("(1 archived finding(s) open)")
+    (d / "1_open.json").unlink()  # fixed and moved away: nothing open
+    assert run(capsys, "corpus", "replay", *dirs, "--fail-on-open")[0] == 0
+
+
+def test_replay_of_nothing_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # never "0 programs, exit 0": a CI job pointed at the wrong place must fail
+    (tmp_path / "empty").mkdir()
+    write(tmp_path / "full" / "a.json", PASSING)
+    for argv, said in (
+            ([str(tmp_path / "missing")], f"{tmp_path / 'missing'}: not a directory"),
+            ([str(tmp_path / "empty")], f"{tmp_path / 'empty'}: no programs (*.json) in it"),
+            ([str(tmp_path / "full"), str(tmp_path / "empty")],
+             f"{tmp_path / 'empty'}: no programs (*.json) in it")):
+        code, out, err = run(capsys, "corpus", "replay", *argv)
+        assert (code, out) == (2, "")
+        assert err == f"pudthp: error: {said}\n"
+    monkeypatch.chdir(tmp_path)  # no corpus/ here: the default directories are none
+    code, out, err = run(capsys, "corpus", "replay")
+    assert (code, out) == (2, "")
+    assert err.startswith("pudthp: error: no corpus directory here (none of corpus/seeds ")
+    assert err.count("\n") == 1
+
+
+def test_replay_junit_names_each_program(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "findings"
+    write(d / "1_still.json", FAILING, signature=SIGNATURE)
+    write(d / "2_fixed.json", PASSING, signature=SIGNATURE)
+    write(tmp_path / "seeds" / "3_ok.json", PASSING)
+    report = tmp_path / "out" / "junit.xml"
+    code, out, _ = run(capsys, "corpus", "replay", str(d), str(tmp_path / "seeds"),
+                       "--fail-on-open", "--junit", str(report))
+    assert code == 1
+    root = ET.parse(report).getroot()
+    (suite,) = root
+    assert (suite.get("name"), suite.get("tests"), suite.get("failures")) == (
+        "pudthp corpus replay", "3", "2")
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    assert set(cases) == {str(d / "1_still.json"), str(d / "2_fixed.json"),
+                          str(tmp_path / "seeds" / "3_ok.json")}
+    assert cases[str(tmp_path / "seeds" / "3_ok.json")].find("failure") is None
+    assert cases[str(tmp_path / "seeds" / "3_ok.json")].get("classname") == (
+        "pudthp corpus replay.seeds")
+    for name, verdict in (("1_still.json", "still failing"), ("2_fixed.json", "newly passing")):
+        failure = cases[str(d / name)].find("failure")
+        assert failure is not None
+        line = next(x for x in out.splitlines() if x.endswith(name) or name in x)
+        # the failure is the line replay printed, whitespace folded
+        assert failure.get("message") == " ".join(line.split())
+        assert str(failure.get("message")).startswith(verdict)
+
+
+def test_format_1_signatures_of_old_archives_still_replay(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # archived before signature format 2: the op kind after which the invariant failed was
+    # part of the signature; the program still reports its bug
+    d = tmp_path / "findings"
+    write(d / "old.json", FAILING, signature="invariant:write:deposit.pud_stack.wrong_level")
+    write(d / "other.json", FAILING, signature="invariant:read:something.else")
+    code, out, _ = run(capsys, "corpus", "replay", str(d))
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[0] == f"still failing  {d / 'old.json'}  {SIGNATURE}"
+    # another bug's old signature is still another bug
+    assert lines[1] == f"new finding    {d / 'other.json'}  {SIGNATURE}  (expected " \
+        "invariant:something.else)"
+    # merged with a format-2 archive of the same bug: one program kept
+    write(tmp_path / "new" / "new.json", FAILING, signature=SIGNATURE)
+    (d / "other.json").unlink()
+    code, out, _ = run(capsys, "corpus", "merge", str(tmp_path / "merged"),
+                       str(tmp_path / "new"), str(d))
+    assert code == 0
+    assert len(list((tmp_path / "merged").glob("*.json"))) == 1
 
 
 def test_bad_programs_and_directories_are_exit_2(tmp_path: Path,

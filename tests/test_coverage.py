@@ -1,11 +1,11 @@
-"""The model-state coverage catalogue (``harness.coverage``, ``COVERAGE.md``) and
+"""The model-state coverage catalogue (``harness.coverage``, ``docs/coverage.md``) and
 ``pudthp coverage``.
 
 Every feature of the catalogue has a program here that reaches it: the op named must hit the
-feature.  Each case says why, from the kernel's rules (MODEL.md, the RFC and mainline
+feature.  Each case says why, from the kernel's rules (docs/model.md, the RFC and mainline
 ``mm/``), at small geometry (P = 8: a PMD maps 8 pages, a PUD 64), so the expected features
 come from those rules, not from running the code; a few cases also say what the op must
-not hit.  The catalogue itself is checked against ``COVERAGE.md``, word for word.
+not hit.  The catalogue itself is checked against ``docs/coverage.md``, word for word.
 """
 
 from __future__ import annotations
@@ -501,12 +501,12 @@ def test_tally_adds_programs_and_prints_every_feature() -> None:
 
 
 # --------------------------------------------------------------------------------------
-# COVERAGE.md is the catalogue, word for word
+# docs/coverage.md is the catalogue, word for word
 # --------------------------------------------------------------------------------------
 
 
 def test_the_documented_table_is_the_catalogue() -> None:
-    text = (ROOT / "COVERAGE.md").read_text()
+    text = (ROOT / "docs" / "coverage.md").read_text()
     rows = re.findall(r"^\| `([^`]+)` \| (.+) \|$", text, re.M)
     assert [name for name, _ in rows] == list(NAMES)
     for (_, meaning), feature in zip(rows, CATALOGUE, strict=True):

@@ -3,7 +3,7 @@ PUD leaf), ``__wp_can_reuse_large_anon_folio`` and ``wp_can_reuse_anon_folio`` (
 and the background note's worked example at P=4.
 
 Expected values are derived by hand from ``kernel-thp-semantics.md`` 1.7, 1.9, 3.2, 3.3, 3.4
-and section 7, and from MODEL.md 5.2, never from a run of the model.  Raw kernel encodings:
+and section 7, and from docs/model.md 7.5, never from a run of the model.  Raw kernel encodings:
 ``_entire_mapcount``, ``_large_mapcount``, per-page ``_mapcount`` and slot counts are biased
 by -1.  mm k has MM-ID k+1.  At P=4 a PMD folio has 4 pages, a PUD folio 16.
 """
@@ -167,7 +167,7 @@ def test_order0_cow_through_faults() -> None:
 
 
 def test_pud_leaf_reuse_when_head_exclusive() -> None:
-    # A PUD is never upgraded by mprotect (MODEL.md 5.5): mprotect r then rw leaves the
+    # A PUD is never upgraded by mprotect (docs/model.md 9.3): mprotect r then rw leaves the
     # leaf read-only with the head still AnonExclusive; the write fault reuses it.
     m = RefModel(Config(geometry=P))
     assert m.apply(Mmap(0, 0, 64, "rw")) == 0

@@ -1,7 +1,7 @@
 """Unit tests of the deposit routines in pudthp_ref/pgtable.py, word by word.
 
 Expected words are derived by hand from include/linux/list.h and mm/pgtable-generic.c
-(background ``kernel-thp-semantics.md`` 2.2) and from MODEL.md section 4 for the PUD stack;
+(background ``kernel-thp-semantics.md`` 2.2) and from docs/model.md 5.3 for the PUD stack;
 never from a run of the model.  ``w8`` is offset 8 of struct page (``lru.next``), ``w16``
 offset 16 (``lru.prev`` = ``pmd_huge_pte`` = ``pud_huge_pmd``).  ``T(x, y)`` in the comments
 means a table with ``w8 == x`` and ``w16 == y``.
@@ -165,7 +165,7 @@ def test_pud_stack_push_pop(deposit: str) -> None:
     t1 = pt_alloc(st, mm, "pte")  # id 3
     y = pt_alloc(st, mm, "pmd")  # id 4
     t2 = pt_alloc(st, mm, "pte")  # id 5
-    # Fault order (MODEL.md 4): push the PMD table, then deposit into it.
+    # Fault order (docs/model.md 5.3): push the PMD table, then deposit into it.
     pgtable_trans_huge_pud_deposit(st, pud, x)
     # push: X.w8 = old top (NULL); root = X.  X.w16 untouched.
     assert words(x) == (None, None)

@@ -655,10 +655,16 @@ def test_cited_kernel_functions_exist_in_the_kernel() -> None:
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("doc", [FORMAT_MD, MODEL_MD], ids=lambda p: p.name)
+# Every document of the repository: the README and docs/.
+DOCUMENTS = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+# What a clone does not hold: the contract the project started from, kept elsewhere.
+GONE = ("FORMAT.md", "MODEL.md", "COVERAGE.md", "../shared", "shared/spec")
+
+
+@pytest.mark.parametrize("doc", DOCUMENTS, ids=lambda p: p.name)
 def test_links_stay_inside_the_repository_and_resolve(doc: Path) -> None:
     text = read(doc)
-    for old in ("FORMAT.md", "MODEL.md", "shared/"):
+    for old in GONE:
         assert old not in text, f"{doc.name} names {old}, which a clone does not hold"
     for target in re.findall(r"\]\(([^)\s]+)\)", text):
         assert "://" not in target, f"{doc.name}: external link {target}"
@@ -669,3 +675,67 @@ def test_links_stay_inside_the_repository_and_resolve(doc: Path) -> None:
         if anchor:
             anchors = {slug(s.title) for s in sections(read(path))}
             assert anchor in anchors, f"{doc.name}: {target}: no such heading"
+
+
+def code_and_tests() -> Iterator[Path]:
+    for package in (*PACKAGES, "tests"):
+        yield from sorted((ROOT / package).rglob("*.py"))
+    yield ROOT / "tests" / "README.md"
+    yield ROOT / ".ci" / "run"
+
+
+def test_code_and_tests_name_only_what_a_clone_holds() -> None:
+    # Docstrings, comments, help texts and the reasons of known disagreements point into
+    # docs/, never at a file outside the repository.
+    me = Path(__file__).resolve()
+    for path in code_and_tests():
+        if path == me:  # names them to look for them
+            continue
+        text = read(path)
+        for old in GONE:
+            assert old not in text, f"{path.relative_to(ROOT)} names {old}"
+
+
+MODEL_REF = re.compile(
+    r"docs/model\.md(?:,)? (?:section |sections )?(\d+(?:\.\d+)?)(?:-(\d+(?:\.\d+)?))?")
+FORMAT_REF = re.compile(r'docs/format\.md,? "([^"]+)"')
+
+
+def numbered(title: str) -> str | None:
+    m = re.match(r"(\d+(?:\.\d+)?)\.? ", title)
+    return m.group(1) if m else None
+
+
+def test_section_references_in_code_and_tests_resolve() -> None:
+    # "docs/model.md 5.3", "docs/model.md section 11", "docs/model.md 8.2-8.5" name numbered
+    # headings; 'docs/format.md "Snapshots"' names a heading by its title.
+    model = {numbered(s.title) for s in sections(read(MODEL_MD))} - {None}
+    formats = {s.title for s in sections(read(FORMAT_MD))}
+    seen = 0
+    for path in code_and_tests():
+        text = " ".join(read(path).split())  # a reference may be broken across lines
+        text = text.replace("# ", "")  # ... and across comment lines
+        for m in MODEL_REF.finditer(text):
+            for number in filter(None, m.groups()):
+                seen += 1
+                assert number in model, f"{path.relative_to(ROOT)}: docs/model.md {number}"
+        for m in FORMAT_REF.finditer(text):
+            seen += 1
+            assert m.group(1) in formats, f"{path.relative_to(ROOT)}: docs/format.md {m.group(1)}"
+    assert seen > 40
+
+
+# Paths the tools make at run time, named by the documents but not in a clone.
+MADE_AT_RUN_TIME = ("corpus/findings", "corpus/hypothesis", "corpus/atheris", "corpus/hub")
+REPO_PATH = re.compile(r"(?:pudthp_ref|pudthp_fast|harness|fuzz|pudthp_cli|tests|corpus|docs)"
+                       r"/[\w./-]*")
+
+
+@pytest.mark.parametrize("doc", DOCUMENTS, ids=lambda p: p.name)
+def test_every_file_a_document_names_is_in_the_repository(doc: Path) -> None:
+    named = {s for s in spans(read(doc)) if REPO_PATH.fullmatch(s)}
+    missing = sorted(s for s in named if not s.startswith(MADE_AT_RUN_TIME)
+                     and "*" not in s and not (ROOT / s).exists())
+    assert not missing, f"{doc.name} names files a clone does not hold: {missing}"
+    if doc.name in ("design-variants.md", "layout.md"):  # the guides are made of such names
+        assert len(named) >= 10, named

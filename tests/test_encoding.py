@@ -32,7 +32,7 @@ CORPUS = os.path.join(HERE, "..", "corpus")
 
 
 def valid(program: Program) -> bool:
-    """The program passes the strict loader of FORMAT.md (the same as a file would)."""
+    """The program passes the strict loader of docs/format.md (the same as a file would)."""
     return parse_program_text(dump_program(program), "<decoded>") == program
 
 

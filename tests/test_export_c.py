@@ -2,7 +2,7 @@
 kernel and checks what the model predicts.
 
 Without root: which programs can be expressed, the model's expectations as the C tables
-hold them (derived by hand from MODEL.md and the kernel's definitions, as in
+hold them (derived by hand from docs/model.md and the kernel's definitions, as in
 ``test_conform.py``), the text of the file, that it builds with ``gcc -O2 -Wall`` and no
 warning, and bad input.  With root and PMD THP (else skipped): every PMD-level seed and
 every conformance minimal program builds, runs and passes on this kernel (known
@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import UNMARKED
 from test_conform import MINIMAL, PMD_SEEDS, _hold_huge_zero_folio, live_only
 
 from harness.conform import compare as conform
@@ -275,7 +276,7 @@ def test_huge_zero_view_shows_the_huge_zero_pmds_of_the_projection() -> None:
 
 def test_pud_program_expects_results_vmas_and_pud_counters() -> None:
     # pud_basic_alloc with pud_enabled set: a PUD program.  The first write faults one
-    # 1 GiB folio (MODEL.md 5.1: thp_fault_alloc_pud, anon_fault_alloc and nr_anon of the
+    # 1 GiB folio (docs/model.md 7.2: thp_fault_alloc_pud, anon_fault_alloc and nr_anon of the
     # PUD order; the PMD-order thp_fault_alloc is not counted); no per-page expectations.
     path = SEEDS / "pud_basic_alloc_x86_64.json"
     raw = json.loads(path.read_text())
@@ -447,6 +448,7 @@ def build_binary(text: str, where: Path, name: str) -> Path:
 
 
 def run_binary(binary: Path, **kw: object) -> Ktap:
+    assert os.environ.get("PUDTHP_TEST_LIVE"), f"a reproducer run {UNMARKED}"
     r = subprocess.run([str(binary)], capture_output=True, text=True, check=False,
                        timeout=RUN_TIMEOUT_S, **kw)  # type: ignore[call-overload]
     out = Ktap(r.returncode, r.stdout + r.stderr)
@@ -483,7 +485,7 @@ def test_pmd_level_seed_reproducer_passes(name: str, tmp_path: Path) -> None:
 @live_only
 @needs_gcc
 def test_conformance_minimal_program_reproducer_passes(name: str, tmp_path: Path) -> None:
-    """An open disagreement of README.md (compare.KNOWN) shows as ``# known:`` on its own
+    """An open disagreement of docs/conform.md (compare.KNOWN) shows as ``# known:`` on its own
     observable, or not at all; one the model fixed shows no difference."""
     observable, config, ops = MINIMAL[name]
     p = program(ops, geometry="x86_64", pud_enabled="never", **config)
@@ -508,6 +510,7 @@ def test_conformance_minimal_program_reproducer_passes(name: str, tmp_path: Path
 
 
 @pytest.mark.slow
+@pytest.mark.live  # the reproducer runs as root and reads the machine's THP settings
 @needs_gcc
 def test_pud_program_builds_and_skips_without_pud_thp(tmp_path: Path) -> None:
     raw = json.loads((SEEDS / "pud_basic_alloc_x86_64.json").read_text())
@@ -526,7 +529,7 @@ def test_pud_program_builds_and_skips_without_pud_thp(tmp_path: Path) -> None:
 @live_only
 @needs_gcc
 def test_split_folio_program_skips_where_debugfs_is_locked_down(tmp_path: Path) -> None:
-    # A write fault maps a PMD THP; split_folio of its page 3 splits it (MODEL.md 5.8: not
+    # A write fault maps a PMD THP; split_folio of its page 3 splits it (docs/model.md 8.2: not
     # pinned, refcount as expected).  Under kernel lockdown debugfs cannot be written at
     # all: the binary skips, naming that.
     p = program([{"op": "mmap", "mm": 0, "start": 0, "npages": 512, "prot": "rw"},
@@ -738,6 +741,7 @@ def knobs() -> dict[str, str]:
 def start_until_plan(binary: Path, fd: int) -> tuple[subprocess.Popen[str], list[str]]:
     """Start a reproducer holding the lock ``fd``; its output up to the plan line, which
     it prints once every setting is applied."""
+    assert os.environ.get("PUDTHP_TEST_LIVE"), f"a reproducer run {UNMARKED}"
     proc = subprocess.Popen([str(binary)], stdout=subprocess.PIPE, text=True, pass_fds=(fd,))
     assert proc.stdout is not None
     lines = []

@@ -113,7 +113,7 @@ def test_a_planted_fast_bug_is_a_divergence(monkeypatch: pytest.MonkeyPatch) -> 
     assert report.finding is not None
     assert report.finding.kind == "divergence"
     assert report.finding.op_index == 2
-    assert report.finding.signature == "divergence:munmap:snapshot.folios[].refcount"
+    assert report.finding.signature == "divergence:snapshot.folios[].refcount"
     assert "ref 15 != fast 14" in report.finding.message
 
 
@@ -209,13 +209,13 @@ def test_the_check_at_the_end_finds_a_broken_state_and_its_op(
     assert report.finding.kind == "invariant"
     # op 3, the read of page 64, is the first after which the state is broken
     assert report.finding.op_index == 3
-    assert report.finding.signature == "invariant:read:anon_exclusive.writable"
+    assert report.finding.signature == "invariant:anon_exclusive.writable"
     # Under both, AnonExclusive is in the snapshot: the final comparison sees it first and
     # locates it at the same op, with the fast checker's verdict there.
     report = run_program(HIDDEN, "both")
     assert report.finding is not None
     assert report.finding.op_index == 3
-    assert report.finding.signature.startswith("divergence:read:snapshot.folios[].anon_excl")
+    assert report.finding.signature.startswith("divergence:snapshot.folios[].anon_excl")
     assert "own invariants fail here: InvariantViolation: anon_exclusive.writable" in (
         report.finding.detail)
 
@@ -237,7 +237,7 @@ def test_a_fast_crash_after_a_broken_state_is_reported_where_the_state_broke(
     report = run_program(HIDDEN, "fast")
     assert report.finding is not None
     assert (report.finding.signature, report.finding.op_index) == (
-        "invariant:read:anon_exclusive.writable", 3)
+        "invariant:anon_exclusive.writable", 3)
     # with checks after every op, the same
     finding = run_program(HIDDEN, "fast", check_mode="every-op").finding
     assert finding is not None
@@ -266,7 +266,7 @@ def test_a_fast_violation_seen_at_the_end_is_located_to_its_first_op(
     every = run_program(Program(Config(), CHECKED), impl, check_mode="every-op").finding
     assert end is not None
     assert every is not None
-    assert (end.kind, end.op_index, end.signature) == ("invariant", 2, "invariant:read:planted")
+    assert (end.kind, end.op_index, end.signature) == ("invariant", 2, "invariant:planted")
     assert (every.op_index, every.signature) == (end.op_index, end.signature)
 
 
@@ -281,7 +281,7 @@ def test_a_divergence_says_what_the_fast_checker_finds_there(monkeypatch: pytest
     monkeypatch.setattr(FastModel, "apply", wrong_read)
     finding = run_program(Program(Config(), CHECKED), "both").finding
     assert finding is not None
-    assert (finding.signature, finding.op_index) == ("divergence:read:result", 2)
+    assert (finding.signature, finding.op_index) == ("divergence:result", 2)
     assert "the fast side's own invariants hold here" in finding.detail
 
 

@@ -24,13 +24,19 @@ from fuzz.hub import Hub, parse_hub_url, redis_client
 from fuzz.stats import read_stats
 from harness.program import load_program_file
 
-CAMPAIGN = ["--workers", "1", "--config", "deposit=list_head", "--time", "10"]
+# hypothesis: a fixed number of programs from the seeds the hub hands out, never a time:
+# with PUD THPs always on, the first PUD THP fault of any seed meets the list_head
+# corruption; atheris (which runs for a time) crosses corpus inputs, needing no finding
+CAMPAIGN = ["--workers", "1", "--config", "deposit=list_head", "--config", "pud_enabled=always"]
+PROGRAMS = ["--programs", "60"]
+ATHERIS_TIME = ["--time", "10"]
 
 
 def fuzz(url: str, root: Path, machine: str, *extra: str) -> subprocess.Popen[str]:
     d = root / machine
     return subprocess.Popen(
         [sys.executable, "-m", "pudthp_cli", "fuzz", "--hub", url, *CAMPAIGN,
+         *(ATHERIS_TIME if "atheris" in extra else PROGRAMS),
          "--machine", machine, "--findings", str(d / "findings"),
          "--corpus", str(d / "corpus"), "--example-db", str(d / "hypothesis"),
          "--stats", str(d / "stats.jsonl"), *extra],
@@ -39,8 +45,8 @@ def fuzz(url: str, root: Path, machine: str, *extra: str) -> subprocess.Popen[st
 
 def finish(proc: subprocess.Popen[str]) -> tuple[str, str]:
     """The campaign's output; exit 1 when its own programs found something, 0 when all it
-    has came from the hub (possible for one of two machines: the other may find all three
-    signatures first, and then this one's programs go idle on them only if they meet them)."""
+    has came from the hub (possible for one of two machines: the other may archive the
+    design's one signature first, and then this one's programs go idle on it)."""
     out, err = proc.communicate(timeout=240)
     assert proc.returncode in (0, 1), (out, err)
     assert "Traceback" not in out + err
@@ -113,7 +119,8 @@ def test_two_campaigns_share_findings_example_database_and_stats(tmp_path: Path)
         # idle on them (counted as met again), nothing is shrunk or archived anew
         c = subprocess.run(
             [sys.executable, "-m", "pudthp_cli", "fuzz", "--hub", url, "--workers", "1",
-             "--config", "deposit=list_head", "--time", "5", "--machine", "C", "--findings",
+             "--config", "deposit=list_head", "--config", "pud_enabled=always", "--programs",
+             "40", "--machine", "C", "--findings",
              str(tmp_path / "C" / "findings"), "--example-db", str(tmp_path / "C" / "db")],
             capture_output=True, text=True, timeout=120)
         assert c.returncode == 1, c.stdout + c.stderr
@@ -169,7 +176,9 @@ def test_two_atheris_campaigns_cross_their_corpus(tmp_path: Path) -> None:
 
 def test_a_hub_stopped_mid_campaign_loses_no_local_finding(tmp_path: Path) -> None:
     proc, url = start(tmp_path / "hub")
-    campaign = fuzz(url, tmp_path, "A")
+    # programs enough to outlast the 10 s it runs (the stats go on to its end); the first
+    # program's PUD THP fault finds, however loaded the machine
+    campaign = fuzz(url, tmp_path, "A", "--programs", "1000000", "--time", "10")
     assert campaign.stderr is not None
     head = ""
     while "engine hypothesis" not in head:  # the campaign has joined and is running

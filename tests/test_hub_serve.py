@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hub_tools import FAULT_SIGNATURE, real_finding, start, stop
+from hub_tools import FAULT_SIGNATURE, WITHDRAW_SIGNATURE, real_finding, start, stop
 
 from fuzz.archive import finding_path
 from fuzz.hub import Hub, HubError, HubRefused
@@ -24,13 +24,13 @@ from fuzz.stats import Sample, StatsWriter
 CODE = "ab" * 32
 
 
-ONE, TWO = FAULT_SIGNATURE.format(op="write"), FAULT_SIGNATURE.format(op="read")
+ONE, TWO = FAULT_SIGNATURE, WITHDRAW_SIGNATURE
 
 
 def program(signature: str, nops: int) -> str:
     """A real finding of ``signature`` (ONE or TWO), ``nops`` ops long: each machine
     replays what it copies from the hub."""
-    return real_finding("write" if signature == ONE else "read", nops)[1]
+    return real_finding("fault" if signature == ONE else "withdraw", nops)[1]
 
 
 def test_two_machines_share_a_served_hub_and_it_persists(tmp_path: Path) -> None:

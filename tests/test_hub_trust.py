@@ -20,9 +20,9 @@ from typing import Any
 import fakeredis
 import pytest
 import redis
-from hub_tools import FAULT_SIGNATURE, real_finding
+from hub_tools import FAULT_SIGNATURE, WITHDRAW_SIGNATURE, real_finding
 
-from fuzz.archive import finding_path
+from fuzz.archive import archived_signatures, finding_path
 from fuzz.engine_hypothesis import Campaign, HypothesisEngine
 from fuzz.hub import Hub
 from fuzz.hub_replay import Candidate, Replayer
@@ -32,7 +32,7 @@ from fuzz.supervisor import Supervisor
 from harness.limits import rss_mb
 from harness.runner import run_program
 
-WRITE, READ = FAULT_SIGNATURE.format(op="write"), FAULT_SIGNATURE.format(op="read")
+WRITE, READ = FAULT_SIGNATURE, WITHDRAW_SIGNATURE  # two distinct real findings
 KEY = "pudthp:main:"
 CODE = "c0de" * 16
 
@@ -111,6 +111,25 @@ def test_a_bare_signature_never_suppresses_a_local_finding(tmp_path: Path) -> No
     clean(said)
 
 
+def test_a_format_1_finding_on_the_hub_is_replayed_and_kept_under_its_format_2_signature(
+        tmp_path: Path) -> None:
+    # pushed by a machine of before signature format 2: its signature and meta.signature
+    # name the op kind (write) where the invariant was first seen broken
+    old = "invariant:write:" + WRITE.removeprefix("invariant:")
+    _, text = real_finding("fault", 2)
+    program = json.loads(text)
+    program["meta"]["signature"] = old
+    plant_finding(peer(server := fakeredis.FakeServer()), old, json.dumps(program) + "\n",
+                  machine="old")
+    said: list[str] = []
+    hub = make_hub(server, "b", said)
+    assert hub.signatures() == {WRITE}
+    target = tmp_path / "findings"
+    (path,) = hub.pull_findings(str(target))
+    assert archived_signatures(str(target)) == {WRITE: path}
+    clean(said)
+
+
 def test_a_finding_that_does_not_reproduce_is_said_once_and_never_used(
         tmp_path: Path) -> None:
     server = fakeredis.FakeServer()
@@ -135,7 +154,7 @@ def test_a_shorter_program_that_does_not_reproduce_is_replaced(tmp_path: Path) -
     plant_finding(peer(server), WRITE, zero_ops(WRITE))
     said: list[str] = []
     a = make_hub(server, "a", said)
-    _, mine = real_finding("write", 3)
+    _, mine = real_finding("fault", 3)
     assert a.push_finding(WRITE, mine) == "kept"  # the 0-op program ranks first ...
     a.pull_findings(str(tmp_path / "a"), have={WRITE})  # ... until it is replayed
     assert a.finding(WRITE) == mine
@@ -168,12 +187,12 @@ def test_hostile_programs_are_replayed_within_time_and_memory_bounds(tmp_path: P
     # the model's page arrays): over any sane memory limit long before its end
     big = [{"op": "mmap", "mm": 0, "start": 0, "npages": 64 << 18, "prot": "rw"}]
     big += [{"op": "write", "mm": 0, "addr": i << 18, "value": i} for i in range(64)]
-    greedy = "invariant:write:greedy"
+    greedy = "invariant:greedy"
     plant_finding(evil, greedy, json.dumps({
         "format": "pudthp-program/1", "config": {"geometry": "x86_64"}, "ops": big,
         "meta": {"signature": greedy}}))
     # and one over the size limit, never even fetched
-    huge = "invariant:write:huge"
+    huge = "invariant:huge"
     plant_finding(evil, huge, "x" * (9 << 20))
     said: list[str] = []
     hub = make_hub(server, "b", said, seconds=5.0, max_rss=300)
@@ -272,7 +291,7 @@ def test_a_hub_restarted_empty_is_repopulated_by_content(tmp_path: Path) -> None
     assert a.corpus_dir is not None
     Path(a.corpus_dir, "in1").write_bytes(b"an input")
     seed_a = a.start("atheris", {}, None, 1)
-    sig, text = real_finding("read", 2)
+    sig, text = real_finding("withdraw", 3)
     path = Path(a.findings_dir, "f.json")
     path.write_text(text)
     a.archived(sig, str(path))
@@ -341,7 +360,7 @@ def test_hub_pull_passes_over_hostile_stats_and_findings(tmp_path: Path) -> None
                       json.dumps(dict(good, machine="x" * 10**6)), json.dumps(good)):
             r.xadd(KEY + "stats", {"json": entry})
         plant_finding(r, WRITE, zero_ops(WRITE), machine="evil")
-        sig, text = real_finding("read", 2)
+        sig, text = real_finding("withdraw", 3)
         plant_finding(r, sig, text, machine="honest")
         r.close()
         out = subprocess.run([sys.executable, "-m", "pudthp_cli", "hub", "pull", url,

@@ -2,7 +2,7 @@
 passes, and each planted defect is reported under its name, the same name by the reference
 and by the fast checker.
 
-A state is a snapshot (FORMAT.md section 3) written out here at P=4 (PMD folio 4 pages, PUD
+A state is a snapshot (docs/format.md "Snapshots") written out here at P=4 (PMD folio 4 pages, PUD
 folio 16 pages, 64 pages of address space), loaded into each implementation with
 ``from_snapshot``, the inverse of ``snapshot()``, without any model operation, so these
 tests pin down the checkers alone.  A planted defect is a change to the snapshot.  The one

@@ -1,4 +1,4 @@
-"""The package layout and its import directions (README "Layout"), lazy imports included:
+"""The package layout and its import directions (``docs/layout.md``), lazy imports included:
 
 - ``pudthp_ref`` imports nothing of the project outside itself;
 - ``pudthp_fast`` imports of the project only ``pudthp_ref.spec``, the shared vocabulary;
@@ -7,8 +7,9 @@
 - ``fuzz`` imports the harness and the models, never the command line;
 - ``pudthp_cli``, the command line, is the top floor: the one package that imports all the
   others, and none imports it;
-- every module says in its first docstring line what it owns, and the README layout row
-  of its directory names it.
+- every module says in its first docstring line what it owns, and the layout table row
+  of its directory names it;
+- no package imports what only the tests need (pytest and its plug-ins: the ``test`` extra).
 """
 
 from __future__ import annotations
@@ -113,10 +114,12 @@ def test_every_module_says_what_it_owns(package: str) -> None:
         assert doc.strip(), f"{path.relative_to(ROOT)} has an empty docstring"
 
 
+LAYOUT_MD = ROOT / "docs" / "layout.md"
+
+
 def layout_rows() -> dict[str, str]:
-    """README "Layout": the row of each directory, by its path."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    """``docs/layout.md``, its table: the row of each directory, by its path."""
+    section = LAYOUT_MD.read_text()
     rows: dict[str, str] = {}
     for line in section.splitlines():
         cells = line.split(" | ")
@@ -126,15 +129,27 @@ def layout_rows() -> dict[str, str]:
 
 
 @pytest.mark.parametrize("package", PACKAGES)
-def test_the_readme_layout_names_every_module(package: str) -> None:
+def test_the_layout_table_names_every_module(package: str) -> None:
     rows = layout_rows()
     for path in modules(package):
         if path.name in ("__init__.py", "__main__.py"):
             continue
         directory = str(path.parent.relative_to(ROOT))
-        assert directory in rows, f"README layout has no row for {directory}/"
+        assert directory in rows, f"docs/layout.md has no row for {directory}/"
         assert f"`{path.name}`" in rows[directory], (
-            f"README layout row {directory}/ does not name {path.name}")
+            f"docs/layout.md row {directory}/ does not name {path.name}")
+
+
+# What only the test suite installs (the ``test`` extra of pyproject.toml): no ``pudthp``
+# command may need it, lazily or not.
+TEST_ONLY = ("pytest", "_pytest", "xdist", "fakeredis")
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_package_imports_what_only_the_tests_install(package: str) -> None:
+    for path in modules(package):
+        used = {m.split(".")[0] for m, _ in imports(path)} & set(TEST_ONLY)
+        assert not used, f"{path.relative_to(ROOT)} imports {used}"
 
 
 # --------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -139,10 +140,10 @@ def test_a_failure_prints_as_program_json_that_replays() -> None:
 
 def test_finding_classes_by_kind_and_signature() -> None:
     prog = Program(Config(), ())
-    a = finding_error(Finding("divergence", 0, "divergence:read:result", "m"), prog)
-    b = finding_error(Finding("divergence", 0, "divergence:read:result", "m"), prog)
-    c = finding_error(Finding("divergence", 0, "divergence:write:result", "m"), prog)
-    d = finding_error(Finding("invariant", 0, "invariant:read:x", "m"), prog)
+    a = finding_error(Finding("divergence", 0, "divergence:result", "m"), prog)
+    b = finding_error(Finding("divergence", 0, "divergence:result", "m"), prog)
+    c = finding_error(Finding("divergence", 0, "divergence:exception", "m"), prog)
+    d = finding_error(Finding("invariant", 0, "invariant:x", "m"), prog)
     assert isinstance(a, DivergenceFinding)
     assert isinstance(d, InvariantFinding)
     assert type(a) is type(b)  # one bug for Hypothesis
@@ -328,20 +329,45 @@ def test_fuzz_bad_usage_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path
     assert needle in lines[0]
 
 
-def test_fuzz_atheris_without_the_package_cannot_run_here(
-        capsys: pytest.CaptureFixture[str], tmp_path: Path,
+# A machine without atheris: the commands that need it exit 4 (cannot run here, the
+# kselftest skip code), never 2: the input is fine, the machine lacks a package.
+@pytest.mark.parametrize(("argv", "what"), [
+    (["fuzz", "--engine", "atheris", "--findings", "{tmp}/f"], "--engine atheris"),
+    (["corpus", "minimize", "{tmp}/corpus"], "corpus minimize"),
+], ids=["fuzz", "minimize"])
+def test_without_atheris_its_commands_cannot_run_here(
+        argv: list[str], what: str, capsys: pytest.CaptureFixture[str], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    # a machine without atheris: exit 4 (cannot run here, the kselftest skip code), not 2
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "atheris" else real(name, *a))
-    code = main(["fuzz", "--engine", "atheris", "--findings", str(tmp_path / "f")])
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a").write_bytes(b"\x01\x00")
+    code = main([a.format(tmp=tmp_path) for a in argv])
     err = capsys.readouterr().err
     assert code == 4
-    assert err.strip() == ("pudthp: cannot run here: --engine atheris: the atheris package "
-                           "is not installed")
+    assert err.strip() == f"pudthp: cannot run here: {what}: the atheris package is not installed"
+    # ... as docs/format.md's table of exit statuses says
+    command = " ".join(argv[:2]) if argv[0] == "corpus" else argv[0]
+    (row,) = [line for line in (ROOT / "docs" / "format.md").read_text().splitlines()
+              if line.startswith(f"| `{command}` |")]
+    assert "atheris not installed" in row.split(" | ")[-1]
+
+
+def test_the_max_ops_defaults_said_are_the_engines_own(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from fuzz.engine_atheris import MAX_OPS
+    from fuzz.engine_hypothesis import STEPS_PER_PROGRAM
+
+    assert main(["fuzz", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert (f"default: {STEPS_PER_PROGRAM} with hypothesis, {MAX_OPS} with atheris"
+            in text)
+    doc = (ROOT / "docs" / "format.md").read_text()
+    assert (f"| `--max-ops N` | {STEPS_PER_PROGRAM} steps per program with hypothesis, "
+            f"{MAX_OPS} ops with atheris |") in doc
 
 
 def fuzz(tmp: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -350,18 +376,30 @@ def fuzz(tmp: Path, *args: str, timeout: float = 120) -> subprocess.CompletedPro
                           capture_output=True, text=True, cwd=ROOT, timeout=timeout)
 
 
-LIST_HEAD_SEARCH = ("--time", "5", "--workers", "1", "--seed", "7", "--config",
+# a fixed, seeded number of programs (never a few seconds of campaign), PUD THPs always
+# on: the first PUD THP fault meets the corruption
+LIST_HEAD_SEARCH = ("--programs", "40", "--workers", "1", "--seed", "7", "--config",
                     "deposit=list_head", "--config", "pud_enabled=always")
 
 
 def test_fuzz_finds_list_head_once_and_never_overwrites(tmp_path: Path) -> None:
-    # PUD THPs always on: with them drawn per program, a 4 s search under the whole
-    # suite's load once ran 24 programs without a PUD fault; this way the first write
-    # fault meets the corruption, on a machine however loaded.
-    out = fuzz(tmp_path, *LIST_HEAD_SEARCH)
+    # One bug, one finding: a read, a write or a pin fault may be the first to meet the
+    # broken PUD deposit stack, and every one is the invariant's one signature.
+    report = tmp_path / "ci" / "junit.xml"
+    out = fuzz(tmp_path, *LIST_HEAD_SEARCH, "--junit", str(report))
     assert out.returncode == 1, out.stdout + out.stderr
     files = sorted(tmp_path.glob("*.json"))
-    assert files, out.stdout + out.stderr
+    assert len(files) == 1, out.stdout + out.stderr
+    assert "1 distinct finding(s), 1 new" in out.stdout
+    # the JUnit report: one failed case, the finding, its failure the one line
+    suite = ET.parse(report).getroot()[0]
+    (case,) = suite.iter("testcase")
+    assert case.get("name") == "invariant:deposit.pud_stack.wrong_level"
+    failure = case.find("failure")
+    assert failure is not None
+    assert failure.get("message") == (f"invariant:deposit.pud_stack.wrong_level: invariant, "
+                                      f"{len(json.loads(files[0].read_text())['ops'])} ops -> "
+                                      f"{files[0]} (new)")
     for f in files:
         data = json.loads(f.read_text())
         meta = data["meta"]
@@ -372,6 +410,8 @@ def test_fuzz_finds_list_head_once_and_never_overwrites(tmp_path: Path) -> None:
         assert f.name == Path(finding_path(str(tmp_path), meta["signature"])).name
         assert len(data["ops"]) <= 4
         assert meta["replays"] is True
+        assert meta["signature"] == "invariant:deposit.pud_stack.wrong_level"
+        assert meta["signature_format"] == 2
     before = {f.name: f.read_text() for f in files}
     again = fuzz(tmp_path, *LIST_HEAD_SEARCH)
     assert again.returncode == 1
@@ -380,20 +420,50 @@ def test_fuzz_finds_list_head_once_and_never_overwrites(tmp_path: Path) -> None:
 
 
 def test_fuzz_correct_designs_find_nothing(tmp_path: Path) -> None:
-    out = fuzz(tmp_path, "--time", "3", "--workers", "2", "--seed", "1")
+    out = fuzz(tmp_path, "--programs", "30", "--workers", "2", "--seed", "1")
     assert out.returncode == 0, out.stdout + out.stderr
     assert list(tmp_path.glob("*.json")) == []
     assert "0 distinct finding(s)" in out.stdout
     assert "worker seeds 1..2" in out.stderr
-    # the model-state coverage table: printed, and written next to the findings
+    assert "2 worker(s), 30 programs, seed 1" in out.stderr
+    # the model-state coverage table: written next to the findings; its headline and the
+    # features never hit printed, not the table itself
     (table,) = tmp_path.glob("coverage-*-hypothesis-seed1.txt")
-    assert "model-state coverage (hypothesis)" in out.stdout
-    head = table.read_text().splitlines()[0]
+    lines = table.read_text().splitlines()
+    head = lines[0]
     assert head in out.stdout
+    assert lines[2] not in out.stdout  # the table's first feature row
     m = re.search(r"\): (\d+) programs, \d+ ops; (\d+)/(\d+) features hit", head)
     assert m, head
-    assert int(m.group(1)) > 0
-    assert 0 < int(m.group(2)) <= int(m.group(3))
+    assert int(m.group(1)) >= 30  # a few more when Hypothesis discards some
+    assert 0 < int(m.group(2)) < int(m.group(3))
+    never = next(line for line in lines if line.startswith("never hit ("))
+    assert never in out.stdout
+    assert f"coverage table -> {table}" in out.stdout
+
+
+def test_fuzz_stop_on_first_ends_at_the_first_finding_quietly(tmp_path: Path) -> None:
+    # two workers, programs enough for many findings of each: the campaign ends once the
+    # first is archived
+    out = fuzz(tmp_path, "--programs", "100000", "--workers", "2", "--seed", "7",
+               "--config", "deposit=list_head", "--config", "pud_enabled=always",
+               "--stop-on-first", "--quiet", timeout=300)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stderr == ""
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    assert "1 distinct finding(s), 1 new" in out.stdout
+    m = re.search(r"done after [\d.]+ s: (\d+) programs", out.stdout)
+    assert m, out.stdout
+    assert int(m.group(1)) < 100000
+
+
+def test_fuzz_programs_is_for_hypothesis(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["fuzz", "--engine", "atheris", "--programs", "5", "--findings",
+                 str(tmp_path / "f")])
+    assert code == 2
+    assert capsys.readouterr().err == ("pudthp: error: --programs: only with --engine "
+                                       "hypothesis (atheris runs for --time)\n")
 
 
 def test_fuzz_ctrl_c_stops_cleanly_with_findings_written(tmp_path: Path) -> None:
@@ -428,8 +498,9 @@ def test_fuzz_in_a_directory_it_cannot_write_runs_without_the_default_example_da
         tmp_path: Path) -> None:
     # /proc takes no new directory, even from root: the default corpus/hypothesis cannot be
     # made there; the campaign says so in one line and runs without replays
-    run = subprocess.run([*PUDTHP, "fuzz", "--findings", str(tmp_path / "f"), "--time", "1",
-                          "--workers", "1"], capture_output=True, text=True, cwd="/proc",
+    # a few programs, never a time: a second of a loaded machine may run none
+    run = subprocess.run([*PUDTHP, "fuzz", "--findings", str(tmp_path / "f"), "--programs",
+                          "3", "--workers", "1"], capture_output=True, text=True, cwd="/proc",
                          timeout=120)
     assert run.returncode == 0, run.stderr
     notes = [line for line in run.stderr.splitlines() if "no example database" in line]

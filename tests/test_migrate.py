@@ -1,5 +1,5 @@
-"""Migration of partially mapped folios and the counters of a split for migration (MODEL.md
-5.10 as revised; mainline mm/migrate.c migrate_pages_batch, migrate_pages_sync,
+"""Migration of partially mapped folios and the counters of a split for migration (docs/model.md
+8.5 and 9.13; mainline mm/migrate.c migrate_pages_batch, migrate_pages_sync,
 try_split_folio; mm/mempolicy.c queue_pages_range), derived by hand, run on the reference,
 the fast twin and both in lockstep.
 

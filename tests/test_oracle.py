@@ -355,7 +355,7 @@ def test_runner_invariant_finding(monkeypatch: pytest.MonkeyPatch) -> None:
     report = run_fake(monkeypatch, lambda: FakeModel({2: 7}, invariant_at=1))
     f = report.finding
     assert f is not None
-    assert (f.kind, f.op_index, f.signature) == ("invariant", 1, "invariant:write:deposit")
+    assert (f.kind, f.op_index, f.signature) == ("invariant", 1, "invariant:deposit")
     assert report.results == [0, 0]
 
 

@@ -1,4 +1,4 @@
-"""Program loading (FORMAT.md section 1) and the command line's handling of bad input.
+"""Program loading (docs/format.md "Programs") and the command line's handling of bad input.
 
 One test per class of bad input: each asserts the one-line message names the file, the op
 index and the field.  The CLI tests need no model: bad input is rejected before one is made.

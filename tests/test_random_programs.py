@@ -37,7 +37,7 @@ def test_random_programs_keep_invariants(geometry: int, chunk: int) -> None:
 @pytest.mark.parametrize("seed", range(40))
 def test_list_head_deposit_is_caught(seed: int) -> None:
     """The rejected list_head design must end in a finding once two PUD THPs share a PUD
-    table and one of them is split or zapped (MODEL.md 4: it is meant to fail)."""
+    table and one of them is split or zapped (docs/model.md 5.6: it is meant to fail)."""
     rng = random.Random(f"list_head:{seed}")
     cfg = random_config(rng, 8, "list_head")
     gen = ProgramGenerator(cfg, rng)

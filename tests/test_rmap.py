@@ -97,8 +97,8 @@ def test_add_new_anon_rmap_pud_order() -> None:
     assert f.mapcount == [-1] * 16
     assert slots(f) == [(1, 0), (0, -1)]
     assert f.anon_exclusive == [True] + [False] * 15
-    # MODEL.md 2: a PUD leaf never counts in NR_ANON_THPS; NR_ANON_PUD_THPS += 16 instead.
-    # NR_ANON_MAPPED += 16; the PUD-order mTHP row gets nr_anon += 1 (MODEL.md 5.1).
+    # docs/model.md 6.1: a PUD leaf never counts in NR_ANON_THPS; NR_ANON_PUD_THPS += 16 instead.
+    # NR_ANON_MAPPED += 16; the PUD-order mTHP row gets nr_anon += 1 (docs/model.md 7.2).
     assert node(st) == {"nr_anon_mapped": 16, "nr_anon_thps": 0, "nr_anon_pud_thps": 16}
     assert st.stats["mthp"]["pud"]["nr_anon"] == 1
     assert st.stats["mthp"]["pmd"]["nr_anon"] == 0
@@ -309,7 +309,7 @@ def test_pmd_remove_while_pages_stay_pte_mapped_elsewhere() -> None:
 def test_pud_remove_while_pages_stay_pte_mapped_elsewhere() -> None:
     # Mainline leaves nr_pmdmapped at 0 for a PUD, so "nr && nr < nr_pmdmapped" never flags
     # (background 1.4, 4.2 item 2); the model's rule applies the PMD test with the folio
-    # size, as MODEL.md 5.4 asks ("a large folio left partly mapped is flagged").
+    # size, as docs/model.md 6.3 asks ("a large folio left partly mapped is flagged").
     st = new_state()
     a, b = new_mm(st, 0), new_mm(st, 1)
     f = alloc(st, PUD_ORDER)

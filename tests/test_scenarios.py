@@ -2,7 +2,7 @@
 
 Each test replays one program of ``corpus/seeds/`` through the reference model, calling
 ``check_invariants()`` after every op, and compares the results and chosen snapshot fields with
-values derived by hand from the kernel rules (MODEL.md, ``kernel-thp-semantics.md`` and the
+values derived by hand from the kernel rules (docs/model.md, ``kernel-thp-semantics.md`` and the
 team's semantic decisions), never from a run of the model.  The comment next to each
 expected number gives its derivation; a disagreement means the model or the derivation is
 wrong, and the comment says where to look.

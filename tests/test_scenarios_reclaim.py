@@ -4,7 +4,8 @@ worked example, expected values derived by hand.
 Same method as ``test_scenarios.py``: each test replays one program of ``corpus/seeds/``
 through the reference model, calling ``check_invariants()`` after every op, and compares the
 results and chosen snapshot fields with values derived by hand from the kernel rules
-(MODEL.md 5.8-5.11, ``kernel-thp-semantics.md`` 1.12, 3.7, 3.8, 3.11, 3.12 and section 7)
+(docs/model.md 8.2-8.5 and 9.11, ``kernel-thp-semantics.md`` 1.12, 3.7, 3.8, 3.11, 3.12 and
+section 7)
 and the model's documented choices (docstrings of ``vmscan.py``, ``migrate.py``,
 ``huge_split.py``, ``swapfile.py``, ``memory.do_swap_page``), never from a run of the model.
 The comment next to each expected number gives its derivation.

@@ -143,7 +143,7 @@ def test_cli_shrink_writes_the_program_and_prints_both_lengths(
     assert "50 ops -> 2 ops" in printed
     shrunk = load_program_file(str(out))
     assert len(shrunk.ops) == 2
-    assert shrunk.meta["signature"] == "invariant:write:deposit.pud_stack.wrong_level"
+    assert shrunk.meta["signature"] == "invariant:deposit.pud_stack.wrong_level"
     assert shrunk.meta["shrunk_from"] == 50
     # never overwrites
     assert main(["shrink", str(src), "--out", str(out)]) == 2

@@ -1,6 +1,6 @@
 """Unit tests of the page-table splits in pudthp_ref/huge_memory.py (the folio stays whole).
 
-``__split_huge_pud_locked`` (MODEL.md 5.7: PUD leaf straight to PTE level) and
+``__split_huge_pud_locked`` (docs/model.md 5.7: PUD leaf straight to PTE level) and
 ``__split_huge_pmd_locked`` (mainline non-freeze, background ``kernel-thp-semantics.md`` 3.6),
 driven on states made by the public model at P=4 (PMD folio 4 pages, PUD folio 16 pages,
 64 pages of address space).  Expected values are derived by hand, never from a run.

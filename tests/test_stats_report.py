@@ -15,8 +15,9 @@ from fuzz.archive import archive
 from fuzz.stats import Sample, StatsError, StatsWriter, features_digest, read_stats
 
 
-def write_run(path: Path, machine: str, engine: str, t0: float, n: int) -> None:
-    with StatsWriter(str(path), machine, engine, clock=lambda: t0) as w:
+def write_run(path: Path, machine: str, engine: str, t0: float, n: int,
+              campaign: str = "main") -> None:
+    with StatsWriter(str(path), machine, engine, clock=lambda: t0, campaign=campaign) as w:
         for i in range(1, n + 1):
             w.write(Sample(programs=10 * i, count=100 * i, findings=i // 3,
                            corpus=5 * i if engine == "atheris" else None,
@@ -118,7 +119,7 @@ def test_report_writes_plots_and_an_index_with_the_findings(tmp_path: Path) -> N
     out = tmp_path / "rep"
     r = report(str(a), str(b), "--out", str(out), "--findings", str(findings), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "7 records of 2 machine(s), 1 finding(s)" in r.stdout
+    assert "7 records of 2 machine(s) in 1 campaign(s), 1 finding(s)" in r.stdout
     for name in ("rate", "coverage", "features", "corpus", "findings"):
         png = (out / f"{name}.png").read_bytes()
         assert png.startswith(b"\x89PNG\r\n\x1a\n")
@@ -130,7 +131,9 @@ def test_report_writes_plots_and_an_index_with_the_findings(tmp_path: Path) -> N
     # lab-1: 100 execs per 5 s from the first line to the last = 20/s
     assert '<td class="n">20.0/s</td>' in index
     assert "<code>invariant:&lt;x&gt;&amp;y</code>" in index  # escaped
-    assert f'<a href="../findings/{Path(path).name}">' in index
+    # the finding is copied in and linked there: the directory works copied alone
+    assert f'<a href="findings/{Path(path).name}">' in index
+    assert (out / "findings" / Path(path).name).read_bytes() == Path(path).read_bytes()
     assert '<td class="n">2</td><td>atheris</td><td>2026-12-01T10:00:00+00:00</td>' in index
     assert "1 file(s) there are not readable programs" in index
 
@@ -193,3 +196,87 @@ def test_a_deeply_nested_line_is_refused_before_it_is_parsed(tmp_path: Path) -> 
     assert r.returncode == 2
     assert r.stderr == f"pudthp: error: {stats}:1: not a stats record (JSON nested more " \
                        "than 8 deep at line 1 column 9)\n"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk (bytes 16..24)."""
+    head = path.read_bytes()[:24]
+    assert head.startswith(b"\x89PNG\r\n\x1a\n")
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_two_campaigns_with_the_same_machine_name_stay_apart(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    write_run(a, "lab-1", "atheris", 1000.0, 4, campaign="nightly")
+    write_run(b, "lab-1", "atheris", 1000.0, 2, campaign="deposit")
+    out = tmp_path / "rep"
+    r = report(str(a), str(b), "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "6 records of 2 machine(s) in 2 campaign(s)" in r.stdout
+    index = (out / "index.html").read_text()
+    # each campaign's lab-1 has its own last record: 4 x 10 programs, then 2 x 10
+    assert '<td>nightly</td><td>lab-1</td><td>atheris</td><td class="n">0.2</td>' \
+           '<td class="n">40</td>' in index
+    assert '<td>deposit</td><td>lab-1</td><td>atheris</td><td class="n">0.1</td>' \
+           '<td class="n">20</td>' in index
+
+
+def test_a_record_without_a_campaign_is_of_the_default_one(tmp_path: Path) -> None:
+    from fuzz.report import load_series
+
+    path = tmp_path / "old.jsonl"
+    write_run(path, "m", "hypothesis", 0.0, 2)
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    for rec in lines:
+        del rec["campaign"]
+    path.write_text("".join(json.dumps(rec) + "\n" for rec in lines))
+    assert list(load_series([str(path)])) == [("main", "m")]
+
+
+def test_the_campaign_union_of_features_over_time(tmp_path: Path) -> None:
+    from fuzz.report import feature_union, load_series
+
+    path = tmp_path / "s.jsonl"
+    # one campaign, two machines; x hits a at t=5 and b at t=10; y hits b at t=7 and c at
+    # t=12.  The union: {a} at 5, {a, b} at 7, still {a, b} at 10, {a, b, c} at 12; each
+    # machine alone never gets past 2
+    with StatsWriter(str(path), "x", "hypothesis", clock=lambda: 0.0) as w:
+        w.write(Sample(1, 1, 0, features={"a": 1}), now=5.0)
+        w.write(Sample(2, 2, 0, features={"a": 1, "b": 1}), now=10.0)
+    with StatsWriter(str(path), "y", "hypothesis", clock=lambda: 0.0) as w:
+        w.write(Sample(1, 1, 0, features={"b": 1}), now=7.0)
+        w.write(Sample(2, 2, 0, features={"b": 1, "c": 3}), now=12.0)
+    assert feature_union(load_series([str(path)])) == {
+        "main": [(5.0, 1), (7.0, 2), (10.0, 2), (12.0, 3)]}
+    out = tmp_path / "rep"
+    r = report(str(path), "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    index = (out / "index.html").read_text()
+    assert '<tr><td>main</td><td class="n">2</td><td>hypothesis</td><td class="n">3</td>' \
+           in index
+
+
+def test_a_hypothesis_campaign_has_no_empty_plots(tmp_path: Path) -> None:
+    path = tmp_path / "h.jsonl"
+    write_run(path, "h1", "hypothesis", 0.0, 3)
+    out = tmp_path / "rep"
+    r = report(str(path), "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.glob("*.png")) == [
+        "features.png", "findings.png", "rate.png"]
+    index = (out / "index.html").read_text()
+    assert '<img src="coverage.png"' not in index
+    assert '<img src="corpus.png"' not in index
+    assert "libFuzzer coverage (cov, ft): does not apply" in index
+    assert "corpus size: does not apply" in index
+
+
+def test_coverage_and_features_are_on_separate_axes(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    write_run(path, "a1", "atheris", 0.0, 3)
+    out = tmp_path / "rep"
+    assert report(str(path), "--out", str(out), cwd=tmp_path).returncode == 0
+    # cov and ft are two plots one above the other: twice the height of the others
+    # (figures of 8 x 4.5 inches per plot at 100 dpi)
+    assert png_size(out / "rate.png") == (800, 450)
+    assert png_size(out / "coverage.png") == (800, 900)

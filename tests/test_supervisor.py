@@ -15,6 +15,7 @@ import io
 import os
 import signal
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from fuzz.supervisor import (
     Event,
     Exit,
     Found,
+    KnownHit,
     Progress,
     Slot,
     Supervisor,
@@ -48,6 +50,9 @@ class Options:
     err: TextIO = field(default_factory=io.StringIO)
     out: TextIO = field(default_factory=io.StringIO)
     link: None = None
+    stop_on_first: bool = False
+    quiet: bool = False
+    junit: str | None = None
 
 
 class Scripted:
@@ -293,3 +298,110 @@ def _handlers() -> Iterator[None]:
     before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
     yield
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+# --------------------------------------------------------------------------------------
+# What CI and triage read: stop at the first finding, quiet, JUnit, counts that agree
+# --------------------------------------------------------------------------------------
+
+
+def test_stop_on_first_ends_the_campaign_once_the_finding_is_archived(tmp_path: Path) -> None:
+    # worker 0 finds at once; worker 1 would run until stopped (its ``end`` never comes)
+    def worker(slot: Slot) -> Scripted:
+        if slot.index == 0:
+            return Scripted([Progress(1, 10), found("sig:first")], end=lambda: False)
+        return Scripted([Progress(5, 50)], end=lambda: False)
+
+    engine = Engine(worker)
+    start = time.monotonic()
+    code, c = campaign(tmp_path, engine, workers=2, stop_on_first=True)
+    assert code == 1
+    assert time.monotonic() - start < 30  # not the 60 s of the campaign's time
+    assert all(w.stopped for w in engine.workers)
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    err = text(c.err)
+    # archived first, then the stop
+    assert err.index("finding (new) sig:first") < err.index("stopping at the first new finding")
+    assert "1 distinct finding(s), 1 new" in text(c.out)
+
+
+def test_quiet_says_nothing_on_stderr_and_the_summary_on_stdout(tmp_path: Path) -> None:
+    engine = Engine(lambda s: Scripted([Progress(3, 30), found("sig:a"), Done()]))
+    code, c = campaign(tmp_path, engine, quiet=True)
+    assert code == 1
+    assert text(c.err) == ""
+    out = text(c.out)
+    assert "1 distinct finding(s), 1 new" in out
+    assert "never hit" not in out  # the coverage headline alone
+    assert "model-state coverage (scripted)" in out
+
+
+def test_the_coverage_table_goes_to_its_file_and_the_terminal_gets_what_was_never_hit(
+        tmp_path: Path) -> None:
+    engine = Engine(lambda s: Scripted([Progress(3, 30), Done()]))
+    code, c = campaign(tmp_path, engine)
+    assert code == 0
+    (table,) = tmp_path.glob("coverage-*-scripted-seed100.txt")
+    full = table.read_text().splitlines()
+    out = text(c.out).splitlines()
+    assert full[0] in out  # the headline
+    header = next(line for line in full if line.lstrip().startswith("feature "))
+    assert header not in out  # not the ~120 rows of the table
+    never = full.index(next(line for line in full if line.startswith("never hit")))
+    assert full[never:] == out[out.index(full[never]):out.index(full[never]) + len(full)
+                               - never]
+    assert out[-1] == f"coverage table -> {table}"
+
+
+def test_progress_and_summary_count_a_known_finding_hit_again_alike(tmp_path: Path) -> None:
+    # a finding another machine archived (known through the hub) that this campaign's
+    # programs met again, next to a new one: both lines say 2 findings, 1 new, 1 known
+    c = Options(str(tmp_path))
+    sup = Supervisor(Engine(lambda s: Scripted([])), c)
+    sup.known["sig:hub"] = ""
+    slot = sup.slots[0]
+    sup.handle(slot, KnownHit("sig:hub"))
+    sup.handle(slot, found("sig:new"))
+    sup.progress_line(time.monotonic(), 0.0)
+    sup.summary(1.0)
+    progress = text(c.err).splitlines()[-1]
+    assert "findings 2 (1 new, 1 known (hit again))" in progress
+    out = text(c.out)
+    assert "2 distinct finding(s), 1 new, 1 known (hit again)" in out
+    assert "  known     (from the hub)  sig:hub (archived by another machine; hit again)" in out
+
+
+def junit_cases(path: Path) -> list[tuple[str, str | None]]:
+    """(name, failure message or None) of every test case of a JUnit file (it parses)."""
+    root = ET.parse(path).getroot()
+    assert root.tag == "testsuites"
+    (suite,) = root
+    assert suite.tag == "testsuite"
+    cases = [(case.get("name") or "", None if case.find("failure") is None
+              else case.find("failure").get("message"))  # type: ignore[union-attr]
+             for case in suite.iter("testcase")]
+    assert suite.get("tests") == str(len(cases))
+    assert suite.get("failures") == str(sum(f is not None for _, f in cases))
+    return cases
+
+
+def test_junit_has_one_failed_case_per_finding(tmp_path: Path) -> None:
+    report = tmp_path / "junit.xml"
+    engine = Engine(lambda s: Scripted([Progress(3, 30), found("sig:a"), found("sig:<b&>"),
+                                        Done()]))
+    code, _ = campaign(tmp_path, engine, junit=str(report))
+    assert code == 1
+    cases = dict(junit_cases(report))
+    assert set(cases) == {"sig:a", "sig:<b&>"}  # escaped in the file, whole when parsed
+    failure = cases["sig:a"]
+    assert failure is not None
+    assert failure.startswith("sig:a: invariant, 2 ops -> ")
+    assert failure.endswith("(new)")
+
+
+def test_junit_of_a_campaign_that_found_nothing_is_one_passing_case(tmp_path: Path) -> None:
+    report = tmp_path / "junit.xml"
+    code, _ = campaign(tmp_path, Engine(lambda s: Scripted([Progress(3, 30), Done()])),
+                       junit=str(report))
+    assert code == 0
+    assert junit_cases(report) == [("campaign", None)]

@@ -438,7 +438,7 @@ class ModelSide:
 
 
 def page_tables_snapshot(model: RefModel) -> dict[str, Any]:
-    """The model's snapshot (FORMAT.md section 3) cut down to what ``huge_zero_view`` reads:
+    """The model's snapshot (docs/format.md "Snapshots") cut down to what ``huge_zero_view`` reads:
     the geometry, the mms, and the PUD and PMD tables.  The whole snapshot spells out every
     page of every folio, a fifth of a second for one PUD folio at x86_64 geometry: too much
     for every op of a PUD program."""
@@ -646,7 +646,7 @@ def describe(d: Disagreement, program: Program) -> str:
 
 @dataclass(frozen=True)
 class Known:
-    """A disagreement of this kernel with the model that README.md explains: the observable
+    """A disagreement of this kernel with the model that docs/conform.md explains: the observable
     classes it shows on, when it applies (the op that shows it, the program), why, and
     whether it is a global-counter artefact that checks look past by default."""
 
@@ -657,7 +657,7 @@ class Known:
     needs: str | None = None  # a machine fact (ConformRun.facts) the explanation rests on
 
 
-# The disagreements README.md explains, by name (the name of its minimal program in
+# The disagreements docs/conform.md explains, by name (the name of its minimal program in
 # tests/test_conform.py MINIMAL).  Data only: ``pudthp conform`` and anything else that has
 # to tell a known disagreement from a new one read this table through ``known_kind``.
 KNOWN: dict[str, Known] = {
@@ -666,13 +666,13 @@ KNOWN: dict[str, Known] = {
          "anon_huge"),
         lambda op, p: (isinstance(op, spec.Madvise) and op.advice == "pageout"
                        and p.config.swap_capacity == 0),
-        "pageout without swap: MODEL.md 5.9 changes nothing, the kernel splits the THP "
+        "pageout without swap: docs/model.md 9.7 changes nothing, the kernel splits the THP "
         "(shrink_folio_list)"),
     "swapin_of_a_shared_slot": Known(
         ("page.mapcount", "page.folio", "vmstat.pswpin"),
         lambda op, p: isinstance(op, spec.Read | spec.Write) and p.config.swap_capacity > 0,
         "likely a swap-in of a slot another mm also holds: the kernel shares one swap-cache "
-        "folio, MODEL.md 5.9 a fresh folio each (do_swap_page)"),
+        "folio, docs/model.md 8.4 a fresh folio each (do_swap_page)"),
     "huge_zero_folio_held_elsewhere": Known(
         ("vmstat.thp_zero_page_alloc",),
         lambda op, p: isinstance(op, spec.Read),
@@ -699,7 +699,7 @@ def known_kind(d: Disagreement, program: Program,
 
 def known_reason(d: Disagreement, program: Program,
                  facts: frozenset[str] = frozenset()) -> str | None:
-    """The README's explanation when ``d`` is one of the disagreements in ``KNOWN``."""
+    """The explanation (docs/conform.md) when ``d`` is one of the disagreements in ``KNOWN``."""
     name = known_kind(d, program, facts)
     return None if name is None else KNOWN[name].reason
 

@@ -182,7 +182,8 @@ Deltas = tuple[tuple[str, int], ...]  # (counter, delta), non-zero ones, in coun
 @dataclass(frozen=True, slots=True)
 class KnownHere:
     """A disagreement of ``compare.KNOWN`` that applies at an op: the observable class, the
-    README's reason, and the machine fact it needs (``Known.needs``; None: it needs none)."""
+    reason (docs/conform.md), and the machine fact it needs (``Known.needs``; None: it needs
+    none)."""
 
     cls: str
     reason: str

@@ -343,7 +343,7 @@ def active_swaps() -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class KernelConfig:
-    """What a program's config asks of the kernel (MODEL.md section 3, PMD level)."""
+    """What a program's config asks of the kernel (docs/model.md section 4, PMD level)."""
 
     thp_enabled: str
     pmd_enabled: str

@@ -11,7 +11,7 @@ folio id; neither name means anything to the other side, so both are replaced by
 order of first appearance (mm by mm, page by page): two pages share a folio on one side iff
 they share it on the other exactly when the labels agree.  Swap slots get labels the same way.
 
-``project_snapshot`` builds the model's observation from a FORMAT.md snapshot.
+``project_snapshot`` builds the model's observation from a snapshot (docs/format.md "Snapshots").
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def deltas(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------------------
-# The model's side: a FORMAT.md snapshot seen through /proc
+# The model's side: a snapshot (docs/format.md) seen through /proc
 # --------------------------------------------------------------------------------------
 
 
