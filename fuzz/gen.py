@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 from pudthp_ref import spec
-from pudthp_ref.spec import GEOMETRIES, Config, Op, Program
+from pudthp_ref.spec import GEOMETRIES, Config, Geometry, Op, Program
 
 DEFAULT_WEIGHTS: dict[str, int] = {
     "mmap": 6,
@@ -28,6 +28,8 @@ DEFAULT_WEIGHTS: dict[str, int] = {
 
 class ProgramGenerator:
     """Draws programs for one config; ``rng`` is the only source of randomness."""
+
+    ADVICES: tuple[str, ...] = spec.ADVICES
 
     def __init__(
         self, cfg: Config, rng: random.Random, weights: dict[str, int] | None = None
@@ -68,6 +70,15 @@ class ProgramGenerator:
             n = r.randint(1, g.pud_nr + g.pmd_nr)
         return max(1, min(n, self.region - start)) if start < self.region else 1
 
+    def split_order(self) -> int:
+        """A split's new order: at P >= 16, where mTHP orders lie below the PMD order, 0 or
+        an mTHP order or the PMD order (a PUD folio's split to PMD folios), now and then
+        one the kernel refuses (1, or not below the folio's); 0 with no draw below P=16."""
+        g = self.g
+        if g.P < 16:
+            return 0
+        return self.rng.choice((0, 0, 1, *g.mthp_orders, g.pmd_order, g.pmd_order + 1))
+
     def mm(self) -> int:
         if self.rng.random() < 0.03:
             return self.next_mm + 1  # an mm that does not exist (ESRCH)
@@ -86,7 +97,7 @@ class ProgramGenerator:
             if kind == "mprotect":
                 return spec.Mprotect(self.mm(), start, npages, r.choice(spec.PROTS))
             if kind == "madvise":
-                return spec.Madvise(self.mm(), start, npages, r.choice(spec.ADVICES))
+                return spec.Madvise(self.mm(), start, npages, r.choice(self.ADVICES))
             return spec.Migrate(self.mm(), start, npages, r.randrange(self.cfg.nodes + 1))
         if kind == "read":
             return spec.Read(self.mm(), self.addr())
@@ -104,7 +115,7 @@ class ProgramGenerator:
                 self.live_mms.remove(mm)
             return spec.Exit(mm)
         if kind == "split_folio":
-            return spec.SplitFolio(self.mm(), self.addr())
+            return spec.SplitFolio(self.mm(), self.addr(), self.split_order())
         if kind == "shrink_deferred":
             return spec.ShrinkDeferred()
         if kind == "pin":
@@ -135,7 +146,18 @@ def random_config(rng: random.Random, geometry: int = 8, deposit: str | None = N
         shrink_underused=rng.random() < 0.7,
         nodes=rng.choice((1, 2, 2)),
         swap_pages=rng.choice((-1, 0, geometry * geometry)),
+        mthp=random_mthp(rng, Geometry(geometry)),
     )
+
+
+def random_mthp(rng: random.Random, g: Geometry) -> tuple[tuple[int, str], ...]:
+    """``config.mthp`` for geometries with two or more mTHP orders (P >= 16), each order's
+    setting drawn, never mostly; no draw below (smaller geometries keep their programs)."""
+    if len(g.mthp_orders) < 2:
+        return ()
+    drawn = ((o, rng.choice(("always", "always", "madvise", "inherit", "never", "never")))
+             for o in g.mthp_orders)
+    return tuple((o, v) for o, v in drawn if v != "never")
 
 
 def small_mix() -> list[tuple[Config, list[Op]]]:
@@ -159,7 +181,13 @@ RANDOM_WEIGHTS: dict[str, int] = {**DEFAULT_WEIGHTS, "migrate": 0, "fail_alloc":
 
 class PmdProgramGenerator(ProgramGenerator):
     """``ProgramGenerator`` at x86_64 geometry in a region of a few PMDs: addresses biased to
-    PMD boundaries (one page either side), lengths of whole PMDs or a few pages."""
+    PMD boundaries (one page either side), lengths of whole PMDs or a few pages; only what
+    the live comparison runs (no MADV_COLLAPSE, splits to order 0)."""
+
+    ADVICES = tuple(a for a in spec.ADVICES if a != "collapse")
+
+    def split_order(self) -> int:
+        return 0
 
     def __init__(self, cfg: Config, rng: random.Random, region_pmds: int,
                  weights: dict[str, int]) -> None:

@@ -37,8 +37,11 @@ what is left, maybe after a fork and exit and a pin of another page left;
 ``protect_toggle``: mprotect read-only and back; ``pageout`` a second time as its own rule),
 and ``shrink_deferred`` and ``fail_alloc`` share one rule. The config of a test case is
 drawn from the correct designs, with PMD-only and PTE-only programs a third and a sixth of
-the time and swap on in six of seven; the working region is mapped at the start (whole,
-whole with MADV_HUGEPAGE, or from three PMDs into its first PUD) in three cases of four.
+the time and swap on in six of seven; P = 16 (two mTHP orders below the PMD order) in an
+eighth of the test cases, each mTHP order's setting and ``max_ptes_none`` drawn per test
+case, and ``split_folio`` splitting to order 0, an mTHP order, the PMD order or 1; the
+working region is mapped at the start (whole, whole with MADV_HUGEPAGE, or from three PMDs
+into its first PUD) in three cases of four.
 
 Every op's model-state features (``harness.coverage``) are counted into ``TALLY`` at the
 end of each test case, which also tells Hypothesis (``event``, ``target``) how many and how
@@ -84,7 +87,7 @@ from harness.limits import Gate, LimitExceeded, memory_error
 from harness.program import config_delta, dump_program
 from harness.runner import Stepper
 from pudthp_ref import spec
-from pudthp_ref.spec import Config, Finding, Op, Program, Result
+from pudthp_ref.spec import Config, Finding, Geometry, Op, Program, Result
 
 # --------------------------------------------------------------------------------------
 # Findings as exceptions
@@ -348,7 +351,7 @@ FAST_PATH_DRAWS: tuple[str, ...] = ("default", "numpy", "default", "python")
 
 # Correct designs only; the first value of each is the default (docs/model.md section 4).
 DRAWN_CHOICES: dict[str, tuple[Any, ...]] = {
-    "geometry": (8, 4),
+    "geometry": (8, 4, 8, 8, 4, 8, 8, 16),
     "thp_enabled": ("always", "always", "madvise", "never"),
     "pmd_enabled": ("inherit", "inherit", "always", "madvise", "never"),
     "pud_enabled": ("always", "always", "inherit", "madvise", "never"),
@@ -359,7 +362,13 @@ DRAWN_CHOICES: dict[str, tuple[Any, ...]] = {
     "shrink_underused": (True, True, False),
     "nodes": (2, 2, 2, 1),
     "swap_pages": ("default", "default", "default", "one_pud", "one_pmd", "half_pmd", "none"),
+    "max_ptes_none": ("default", "default", "zero", "half"),
 }
+# Each mTHP order's setting (config.mthp), drawn per order of the geometry
+MTHP_DRAWS: tuple[str, ...] = ("never", "always", "always", "madvise", "inherit")
+# A split's new order: 0, the lowest mTHP order, the PMD order (a PUD folio to PMD
+# folios), or 1 (refused: no anonymous order-1 folio)
+SPLIT_ORDERS = 4
 # A program's THP sizes: every key drawn as above, or PMD THPs only (the PMD-level paths get
 # the whole program), or none at all (PTE level only).
 PROFILES = ("drawn", "drawn", "drawn", "pmd_only", "pmd_only", "pte_only")
@@ -387,11 +396,20 @@ def configs(overrides: dict[str, Any] | None = None) -> st.SearchStrategy[dict[s
                 values[key] = profile[key]
             else:
                 values[key] = draw(st.sampled_from(choices))
+        p = values["geometry"]
         if "swap_pages" not in keys:
-            p = values["geometry"]
             values["swap_pages"] = {"default": -1, "none": 0, "one_pud": p * p,
                                     "one_pmd": p, "half_pmd": p // 2}[values["swap_pages"]]
-        return config_delta(Config(**values))
+        if "max_ptes_none" not in keys:
+            values["max_ptes_none"] = {"default": -1, "zero": 0,
+                                       "half": p // 2}[values["max_ptes_none"]]
+        if "mthp" in keys:
+            values["mthp"] = fixed.mthp
+        else:
+            drawn = [(o, draw(st.sampled_from(MTHP_DRAWS))) for o in Geometry(p).mthp_orders]
+            values["mthp"] = tuple((o, v) for o, v in drawn if v != "never")
+        # a fixed max_ptes_* past a smaller drawn geometry's P - 1 comes down to it
+        return config_delta(Config(**values).with_geometry(p))
 
     return draw_config()
 
@@ -772,9 +790,11 @@ class PudthpMachine(RuleBasedStateMachine):
         self.live.discard(mm)
         self._run(spec.Exit(mm))
 
-    @rule(mm=mms, at=places)
-    def split_folio(self, mm: int, at: int) -> None:
-        self._run(spec.SplitFolio(mm, self.addr(at)))
+    @rule(mm=mms, at=places, order=st.integers(0, SPLIT_ORDERS - 1))
+    def split_folio(self, mm: int, at: int, order: int) -> None:
+        g = self.g
+        new_order = (0, 2 if g.mthp_orders else 0, g.pmd_order, 1)[order]
+        self._run(spec.SplitFolio(mm, self.addr(at), new_order))
 
 
     @rule(mm=mms, r=ranges, how=cuts, node=st.integers(0, 2))

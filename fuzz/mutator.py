@@ -3,7 +3,8 @@ op-level mutator.
 
 ``Hunt`` turns fuzzer bytes into the program the target runs (``program``): the config
 comes from the bytes, then keys fixed with ``--config`` are set and, unless fixed, the
-geometry is kept to ``tiny`` or ``small`` (others become ``small``: x86_64 runs are
+geometry is kept to ``tiny``, ``small`` or P = 16, the smallest with two mTHP orders
+(others become ``small``, dropping the mTHP orders ``small`` lacks: x86_64 runs are
 thousands of times slower and find the same bugs) and the rejected ``list_head`` deposit
 design becomes ``lru_next`` (it is known bad: it would be "found" by nearly every input).
 The campaign decodes crash artifacts with the same ``Hunt``, so an archived program is
@@ -11,7 +12,8 @@ exactly what crashed.
 
 ``mutate`` is libFuzzer's custom mutator: it decodes the input as the target would, makes
 one op-level edit (insert a new op, delete, duplicate or swap ops, tweak one field of one op,
-or change one config key that is not fixed) and encodes the result, so a mutation changes
+or change one config key that is not fixed, an mTHP order's setting and
+``max_ptes_none`` among them) and encodes the result, so a mutation changes
 one thing a person would name instead of re-interpreting every op after a flipped byte.
 An insert is sometimes one of a few short patterns (``PATTERNS``, at most four ops) that
 reach kernel paths single random ops rarely line up for: a write and then pageout or migrate
@@ -40,7 +42,7 @@ from harness.shrink import rescale_op
 from pudthp_ref import spec
 from pudthp_ref.spec import CONFIG_BOOLS, CONFIG_CHOICES, Config, Op, Program
 
-HUNT_GEOMETRIES: tuple[int, ...] = (4, 8)
+HUNT_GEOMETRIES: tuple[int, ...] = (4, 8, 16)
 BYTE_LEVEL_SHARE = 0.2  # of mutate() calls handed to libFuzzer's byte mutator
 EDITS: tuple[str, ...] = ("insert", "delete", "duplicate", "swap", "tweak", "tweak", "config")
 PATTERN_SHARE = 0.4  # of inserts that insert a pattern
@@ -71,7 +73,11 @@ class Hunt:
             changes["geometry"] = 8
         if "deposit" not in changes and cfg.deposit in KNOWN_BAD_DEPOSITS:
             changes["deposit"] = "lru_next"
-        return replace(cfg, **changes) if changes else cfg
+        if not changes:
+            return cfg
+        P = changes.pop("geometry", cfg.geometry)
+        out = replace(cfg, **changes)
+        return out if cfg.geometry == P else out.with_geometry(P)
 
     def program(self, data: bytes) -> Program:
         """The program the target runs for ``data`` (its first ``max_ops`` ops)."""
@@ -221,7 +227,7 @@ def _tweak(op: Op, gen: ProgramGenerator, rng: random.Random) -> Op:
     name = rng.choice(names)
     old = getattr(op, name)
     g = gen.g
-    kind = spec.FIELD_KINDS[name]
+    kind = spec.field_kind(op.KIND, name)
     new: Any
     if kind == "addr":
         step = rng.choice((1, -1, g.pmd_nr, -g.pmd_nr, g.pud_nr, -g.pud_nr))
@@ -237,6 +243,8 @@ def _tweak(op: Op, gen: ProgramGenerator, rng: random.Random) -> Op:
         new = near if rng.random() < 0.5 else rng.randint(1, 8)
     elif kind == "index":
         new = rng.randrange(4) if name != "node" else rng.randrange(gen.cfg.nodes + 1)
+    elif kind == "order":
+        new = gen.split_order()
     else:
         new = rng.choice(spec.FIELD_CHOICES[kind])
     result: Op = replace(op, **{name: new})
@@ -245,8 +253,8 @@ def _tweak(op: Op, gen: ProgramGenerator, rng: random.Random) -> Op:
 
 def _tweak_config(hunt: Hunt, cfg: Config, rng: random.Random) -> Config:
     """``cfg`` with one key that the hunt does not fix drawn afresh."""
-    keys = [k for k in (*CONFIG_CHOICES, *CONFIG_BOOLS, "geometry", "nodes", "swap_pages")
-            if k not in hunt.fixed]
+    keys = [k for k in (*CONFIG_CHOICES, *CONFIG_BOOLS, "geometry", "nodes", "swap_pages",
+                        "mthp", "max_ptes_none") if k not in hunt.fixed]
     if not keys:
         return cfg
     if rng.random() < PROFILE_SHARE:
@@ -260,7 +268,17 @@ def _tweak_config(hunt: Hunt, cfg: Config, rng: random.Random) -> Config:
     elif key in CONFIG_BOOLS:
         value = not getattr(cfg, key)
     elif key == "geometry":
-        value = rng.choice(HUNT_GEOMETRIES)
+        return hunt.adjust(cfg.with_geometry(rng.choice(HUNT_GEOMETRIES)))
+    elif key == "mthp":
+        orders = cfg.geom.mthp_orders
+        if not orders:
+            return cfg
+        order = rng.choice(orders)
+        setting = rng.choice(spec.MTHP_SETTINGS)
+        value = tuple(sorted({**dict(cfg.mthp), order: setting}.items()))
+        value = tuple((o, v) for o, v in value if v != "never")
+    elif key == "max_ptes_none":
+        value = rng.choice((-1, 0, cfg.geometry // 2))
     elif key == "nodes":
         value = rng.choice((1, 2, 3))
     else:

@@ -43,8 +43,10 @@ from harness.coverage_probe import (
     stats_vector,
 )
 from pudthp_ref import spec
+from pudthp_ref.huge_memory import thp_vma_allowable_orders, thp_vma_suitable_orders
 from pudthp_ref.mm_types import Folio, MmState, MmStruct, PtDesc, Vma
 from pudthp_ref.spec import (
+    EAGAIN,
     EBUSY,
     EFAULT,
     EINVAL,
@@ -134,7 +136,13 @@ def _fast_taken(model: Any) -> dict[str, int]:
 def _classify(st: MmState, op: Op, result: Result, pre: Pre, d: Delta, out: list[str]
               ) -> None:
     data = pre.data
+    if d["mthp.split_deferred"]:
+        out.append("deferred_split:mthp")
     if isinstance(op, spec.ShrinkDeferred):
+        if d["thp_underused_split_page"]:
+            out.append("shrink_deferred:underused")
+        if d["mthp.split"]:
+            out.append("shrink_deferred:mthp")
         if isinstance(result, int) and result > 0:
             out.append("shrink_deferred:split")
         if not all(data):
@@ -154,7 +162,7 @@ def _classify(st: MmState, op: Op, result: Result, pre: Pre, d: Delta, out: list
     if isinstance(op, spec.Read | spec.Write | spec.Pin):
         _access(st, mm, op, result, pre, data, d, out)
     elif isinstance(op, spec.SplitFolio):
-        _split_folio(result, data, d, out)
+        _split_folio(op, result, data, d, out)
     elif isinstance(op, spec.Fork):
         _fork(st, result, pre, data, d, out)
     elif isinstance(op, spec.Exit):
@@ -167,6 +175,8 @@ def _classify(st: MmState, op: Op, result: Result, pre: Pre, d: Delta, out: list
         _migrate(st, op, result, pre, data.r, d, out)
     elif isinstance(op, spec.Madvise) and op.advice == "pageout":
         _pageout(st, data.r, d, out)
+    elif isinstance(op, spec.Madvise) and op.advice == "collapse":
+        _collapse(result, d, out)
     elif isinstance(op, spec.Madvise) and op.advice != "dontneed":
         _edges(data.edges, d, out)
     elif isinstance(op, spec.Munmap | spec.Mmap | spec.Madvise) and result == 0:
@@ -184,6 +194,22 @@ def _classify(st: MmState, op: Op, result: Result, pre: Pre, d: Delta, out: list
                 any(pte.id not in st.tables for _, _, pte, _, _ in r.pte_tables)
                 or any(pmd.id not in st.tables for pmd in r.pmd_tables)):
             out.append("munmap:frees_page_tables")
+
+
+def _collapse(result: Result, d: Delta, out: list[str]) -> None:
+    """MADV_COLLAPSE (madvise_collapse): what its blocks met."""
+    if d["thp_collapse_alloc"]:
+        out.append("collapse:success")
+        if d["pswpin"]:
+            out.append("collapse:with_swapin")
+        if d["mthp.nr_anon"] < 0 or d["pmd.nr_anon"] < d["thp_collapse_alloc"]:
+            out.append("collapse:large_sources")
+    if d["thp_collapse_alloc_failed"]:
+        out.append("collapse:enomem_alloc")
+    if result == EAGAIN:
+        out.append("collapse:eagain_extra_reference")
+    elif result == EINVAL:
+        out.append("collapse:einval")
 
 
 def _edges(edges: list[str | None], d: Delta, out: list[str]) -> None:
@@ -260,6 +286,10 @@ def _access(st: MmState, mm: MmStruct, op: spec.Read | spec.Write | spec.Pin, re
         elif (post.where == "pte" and post.folio is not None and post.folio.order == 0
               and post.folio.id >= pre.next_folio):
             out.append("fault:pte:new_page")
+        if d["mthp.anon_fault_alloc"]:
+            out.append("fault:pte:mthp_alloc")
+        if where == "pte_none" and write and a.vma is not None:
+            _mthp_passed_over(st, a.vma, vpn, post, out)
     elif where == "pte_swap":
         out.append("fault:swapin")
         if a.zeromap:
@@ -316,6 +346,8 @@ def _wp_fault(st: MmState, mm: MmStruct, vpn: int, a: AccessPre, d: Delta, out: 
     if f.order == 0 and a.mapcount:
         out.append("wp_fault:small:reuse" if reused else "wp_fault:small:copy")
         return
+    if 0 < f.order < st.geom.pmd_order:
+        out.append("wp_fault:large:mthp_order")
     if a.excl_page:
         out.append("wp_fault:large:exclusive_page")
         return
@@ -331,12 +363,27 @@ def _wp_fault(st: MmState, mm: MmStruct, vpn: int, a: AccessPre, d: Delta, out: 
         out.append("wp_fault:large:reused")
 
 
-def _split_folio(result: Result, a: AccessPre, d: Delta, out: list[str]) -> None:
+def _mthp_passed_over(st: MmState, vma: Vma, vpn: int, post: Any, out: list[str]) -> None:
+    """An mTHP order allowed and fitting, but not the order the fault mapped: its range
+    was not all none (no mTHP allocation fails in the model)."""
+    orders = thp_vma_suitable_orders(vma, vpn, thp_vma_allowable_orders(st, vma))
+    if orders and post.folio is not None and post.folio.order < orders[0]:
+        out.append("fault:pte:mthp_range_not_none")
+
+
+def _split_folio(op: spec.SplitFolio, result: Result, a: AccessPre, d: Delta, out: list[str]
+                 ) -> None:
     if result == EBUSY:
         out.append("split_folio:pinned")
         return
+    if result == EINVAL and a.at.folio is not None and a.at.folio.order > 0 and op.order:
+        out.append("split_folio:order_refused")
     if result != 0:
         return
+    if d["mthp.nr_anon"] > 0:
+        out.append("split_folio:to_mthp_order")
+    if d["pud.split"] and d["pmd.nr_anon"] > 0:
+        out.append("split_folio:pud_to_pmd_order")
     if d["pud.split"]:
         out.append("split_folio:pud_order")
     if d["pmd.split"]:
@@ -458,6 +505,8 @@ def _pageout(st: MmState, r: Range, d: Delta, out: list[str]) -> None:
                            else "pageout:pmd_leaf:swapped_whole")
     if d["thp_swpout_fallback"]:
         out.append("pageout:thp:swap_full_split")
+    if d["mthp.swpout"]:
+        out.append("pageout:mthp:swapped_whole")
     for fp in r.folios:
         f = fp.folio
         if fp.maybe_shared:

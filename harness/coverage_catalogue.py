@@ -39,6 +39,12 @@ CATALOGUE: tuple[Feature, ...] = tuple(Feature(n, m) for n, m in (
      "(`do_anonymous_page`)"),
     ("fault:pte:new_page", "a write fault on a none PTE mapped a new order-0 folio "
      "(`do_anonymous_page`)"),
+    ("fault:pte:mthp_alloc", "a write fault on a none PTE mapped a new mTHP, a folio of an "
+     "order from 2 to the PMD order - 1, by all its PTEs (`alloc_anon_folio`, "
+     "`anon_fault_alloc` of that order)"),
+    ("fault:pte:mthp_range_not_none", "an mTHP order the VMA allowed and fitted was passed "
+     "over because its aligned PTE range was not all none (`pte_range_none`): a lower order "
+     "was mapped and nothing counted"),
     ("fault:nohugepage_vma", "a fault on a none entry in a `VM_NOHUGEPAGE` VMA "
      "(`vma_thp_disabled`: no THP at any level)"),
     ("fault:swapin", "an access to a swap PTE read the slot into a new order-0 folio "
@@ -89,6 +95,8 @@ CATALOGUE: tuple[Feature, ...] = tuple(Feature(n, m) for n, m in (
      "copied"),
     ("wp_fault:large:reused", "a write to a read-only, not exclusive PTE of a large folio "
      "reused the page in place (`__wp_can_reuse_large_anon_folio` true)"),
+    ("wp_fault:large:mthp_order", "the large folio of that write was an mTHP (an order "
+     "below the PMD order, PTE-mapped from its fault)"),
     # ---- pins ------------------------------------------------------------------------
     ("pin:large_folio", "FOLL_PIN of a page of a large folio: refcount and `_pincount` + 1"),
     ("pin:small_folio", "FOLL_PIN of an order-0 folio: refcount + `GUP_PIN_COUNTING_BIAS`"),
@@ -169,6 +177,8 @@ CATALOGUE: tuple[Feature, ...] = tuple(Feature(n, m) for n, m in (
      "zeromap as one unit, with no IO"),
     ("pageout:thp:swap_full_split", "a THP found no room in swap and was split to be "
      "reclaimed page by page (`thp_swpout_fallback`)"),
+    ("pageout:mthp:swapped_whole", "an mTHP wholly in range was swapped out as one unit "
+     "(`swpout` of its order, no `thp_swpout`)"),
     ("pageout:pmd_leaf:partial_split", "a PMD THP partly in range was split "
      "(`split_folio` in `madvise_cold_or_pageout_pte_range`)"),
     ("pageout:large_pte:split", "a PTE-mapped large folio not wholly in the batch was split"),
@@ -197,27 +207,50 @@ CATALOGUE: tuple[Feature, ...] = tuple(Feature(n, m) for n, m in (
      "(MPOL_MF_MOVE without MOVE_ALL)"),
     ("migrate:partially_mapped", "a partially mapped, queued large folio was queued for "
      "migration"),
+    # ---- MADV_COLLAPSE ---------------------------------------------------------------
+    ("collapse:success", "MADV_COLLAPSE copied a PMD block into a new PMD THP "
+     "(`collapse_huge_page`, `thp_collapse_alloc`)"),
+    ("collapse:with_swapin", "the collapse swapped pages of the block in first "
+     "(`__collapse_huge_page_swapin`)"),
+    ("collapse:large_sources", "the collapse copied a large folio of the block, an mTHP or a "
+     "PTE-mapped PMD-order folio, into the new one (no in-place collapse)"),
+    ("collapse:enomem_alloc", "the PMD-order allocation of a collapse failed: ENOMEM "
+     "(`thp_collapse_alloc_failed`)"),
+    ("collapse:eagain_extra_reference", "a block held a page with a reference besides its "
+     "mappings (a pin): EAGAIN (`SCAN_PAGE_COUNT`)"),
+    ("collapse:einval", "MADV_COLLAPSE answered EINVAL: VM_NOHUGEPAGE, no anon_vma, no "
+     "aligned block in the VMA, or a block with no page table"),
     # ---- split_folio (debugfs split_huge_pages) --------------------------------------
     ("split_folio:pud_order", "a PUD-order folio was split to order 0 (`split` for the PUD "
      "order)"),
     ("split_folio:pmd_order", "a PMD-order folio was split to order 0 (`thp_split_page`)"),
     ("split_folio:pmd_leaf", "the folio split was PMD-mapped: frozen into PTE migration "
      "entries (`__split_huge_pmd_locked(freeze)`)"),
-    ("split_folio:pinned", "the split failed at once on an extra reference: EBUSY "
-     "(`split_failed`)"),
+    ("split_folio:pinned", "the folio had an extra reference: EBUSY before the split was "
+     "called, nothing counted (`can_split_folio`)"),
     ("split_folio:shared", "the folio split may be mapped by more than one mm (SHARED "
      "set): it is unmapped and remapped in each"),
     ("split_folio:zero_subpages", "the split remapped zero-filled subpages to the shared zero "
      "page (`try_to_map_unused_to_zeropage`, RSS - 1 each)"),
     ("split_folio:partially_mapped", "the folio split was partially mapped (unmapped "
      "subpages freed, unqueued)"),
+    ("split_folio:to_mthp_order", "the split was to an mTHP order: large new folios mapped "
+     "by PTEs, no zero-page remap (`split_huge_page_to_list_to_order`)"),
+    ("split_folio:pud_to_pmd_order", "a PUD-order folio was split to PMD-order folios, "
+     "each mapped by PTEs and none queued"),
+    ("split_folio:order_refused", "a split of a large folio to an order not below its own, "
+     "or to order 1, was refused with EINVAL before anything was counted"),
     # ---- the deferred split shrinker -------------------------------------------------
     ("shrink_deferred:split", "the deferred split shrinker split a partially mapped folio"),
-    ("shrink_deferred:unqueue", "the shrinker took an unflagged (underused) folio off the "
-     "queue"),
+    ("shrink_deferred:unqueue", "the shrinker took an unflagged folio off the queue"),
     ("shrink_deferred:split_failed", "the shrinker could not split a partially mapped folio "
      "(a pin): it stays queued"),
     ("shrink_deferred:pud_order", "the shrinker split a PUD-order folio"),
+    ("shrink_deferred:underused", "the shrinker split an unflagged THP that `thp_underused` "
+     "found (`max_ptes_none` below P - 1, `thp_underused_split_page`)"),
+    ("shrink_deferred:mthp", "the shrinker split a partially mapped mTHP"),
+    ("deferred_split:mthp", "an op left an mTHP partially mapped: flagged and queued "
+     "(`split_deferred` of its order, no `thp_deferred_split_page`)"),
     # ---- deposits --------------------------------------------------------------------
     ("deposit:pud_stack:depth>=2", "a PUD table's deposit stack holds two or more PMD tables "
      "(two PUD leaves in one mm)"),

@@ -28,15 +28,21 @@ _STAT_NAMES: tuple[str, ...] = (
     *(f"pmd.{k}" for k in MTHP_KEYS),
     *(f"pud.{k}" for k in MTHP_KEYS),
     *(f"node.{k}" for k in NODE_KEYS),
+    *(f"mthp.{k}" for k in MTHP_KEYS),  # summed over the mTHP orders' rows
 )
 _STAT_AT: dict[str, int] = {name: i for i, name in enumerate(_STAT_NAMES)}
+_NO_MTHP = (0,) * len(MTHP_KEYS)
 
 
 def stats_vector(stats: dict[str, Any]) -> tuple[int, ...]:
-    """The counters in ``_STAT_NAMES`` order (the stats dicts keep ``empty_stats`` order)."""
+    """The counters in ``_STAT_NAMES`` order (the stats dicts keep ``empty_stats`` order);
+    the ``mthp.*`` ones add up the rows of every mTHP order."""
     m = stats["mthp"]
+    rows = [r for name, r in m.items() if name not in ("pmd", "pud")]
+    small = (tuple(sum(col) for col in zip(*(r.values() for r in rows), strict=True))
+             if rows else _NO_MTHP)
     return (*stats["vmstat"].values(), *m["pmd"].values(), *m["pud"].values(),
-            *stats["node"].values())
+            *stats["node"].values(), *small)
 
 
 class Delta:

@@ -309,8 +309,10 @@ def _parse_op(raw: Any, index: int, source: str) -> Op:
     values: dict[str, Any] = {}
     for name in names:
         if name not in raw:
+            if (kind, name) in spec.OP_FIELD_DEFAULTS:  # optional: the default is meant
+                continue
             raise ProgramError(source, index, name, f"missing ({takes})", kind=kind)
-        problem = _field_problem(spec.FIELD_KINDS[name], raw[name])
+        problem = _field_problem(spec.field_kind(kind, name), raw[name])
         if problem is not None:
             raise ProgramError(source, index, name, problem, kind=kind)
         values[name] = raw[name]
@@ -442,6 +444,9 @@ def config_delta(cfg: Config) -> dict[str, Any]:
         value = getattr(cfg, f.name)
         if f.name == "geometry":
             out[f.name] = names.get(value, value)
+        elif f.name == "mthp":
+            if value:
+                out[f.name] = {str(o): setting for o, setting in value}
         elif value != getattr(default, f.name):
             out[f.name] = value
     return out

@@ -165,7 +165,7 @@ class _Shrinker:
         if "geometry" in self.keep:
             return cfg, ops
         for p in sorted(q for q in set(spec.GEOMETRIES.values()) if q < cfg.geometry):
-            small = replace(cfg, geometry=p)
+            small = cfg.with_geometry(p)
             cand = tuple(rescale_op(op, cfg.geometry, p) for op in ops)
             kept = self.test(small, cand)
             if kept is not None:
@@ -208,7 +208,7 @@ class _Shrinker:
             for name in [f.name for f in fields(ops[i])]:
                 if i >= len(ops):
                     break
-                for value in _smaller_values(cfg, name, getattr(ops[i], name)):
+                for value in _smaller_values(cfg, ops[i].KIND, name, getattr(ops[i], name)):
                     cand = (*ops[:i], _with(ops[i], **{name: value}), *ops[i + 1:])
                     kept = self.test(cfg, cand)
                     if kept is not None:
@@ -270,7 +270,7 @@ def rescale_op(op: Op, p_old: int, p_new: int) -> Op:
     PUD digit too), so a PUD or PMD boundary and one page either side of it stay that."""
     changes: dict[str, int] = {}
     for f in fields(op):
-        kind = spec.FIELD_KINDS[f.name]
+        kind = spec.field_kind(op.KIND, f.name)
         if kind not in ("addr", "length"):
             continue
         a, b, c = _digits(getattr(op, f.name), p_old)
@@ -280,9 +280,9 @@ def rescale_op(op: Op, p_old: int, p_new: int) -> Op:
     return _with(op, **changes) if changes else op
 
 
-def _smaller_values(cfg: Config, name: str, value: Any) -> Iterator[Any]:
+def _smaller_values(cfg: Config, op_kind: str, name: str, value: Any) -> Iterator[Any]:
     """Simpler values for one field, simplest first, each strictly simpler than ``value``."""
-    kind = spec.FIELD_KINDS[name]
+    kind = spec.field_kind(op_kind, name)
     g = cfg.geom
     if kind in SIMPLER:
         order = SIMPLER[kind]
@@ -297,7 +297,7 @@ def _smaller_values(cfg: Config, name: str, value: Any) -> Iterator[Any]:
         cands = [0, 1, value // 2]
     elif kind == "id":
         cands = list(range(1, min(value, 9)))
-    else:  # index
+    else:  # index, and a split's order: 0 is the simplest
         cands = list(range(min(value, 8)))
     lowest = 1 if kind in ("length", "id") else 0
     yield from (c for c in sorted(set(cands)) if lowest <= c < value)

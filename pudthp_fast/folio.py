@@ -16,9 +16,10 @@ def folio_alloc(st: FastState, order: int, node: int = 0) -> int:
 
     The id is taken only on success: a failed allocation hands out nothing.
     """
-    g = st.geom  # alloc_order_name()
-    which = "pud" if order == g.pud_order else "pmd" if order == g.pmd_order else "base"
-    if st.fail_alloc[which] > 0:
+    g = st.geom  # alloc_order_name(): no fail_alloc names an mTHP order
+    which = ("pud" if order == g.pud_order else "pmd" if order == g.pmd_order
+             else "base" if order == 0 else "")
+    if which and st.fail_alloc[which] > 0:
         st.fail_alloc[which] -= 1
         return 0
     nr = 1 << order

@@ -72,6 +72,28 @@ def thp_vma_suitable_order(st: FastState, vma: FastVma, vpn: int, level: str) ->
     return vma.start <= base and base + size <= vma.end
 
 
+def thp_vma_allowable_orders(st: FastState, vma: FastVma) -> list[int]:
+    """thp_vma_allowable_orders() for the mTHP orders at a fault, highest first (the PMD
+    order left out: the PMD level was tried first)."""
+    if vma.nohugepage:
+        return []
+    glob = st.cfg.thp_enabled
+    out: list[int] = []
+    for order, setting in reversed(st.cfg.mthp):
+        if (setting == "always" or (setting == "madvise" and vma.hugepage)
+                or (setting == "inherit"
+                    and (glob == "always" or (glob == "madvise" and vma.hugepage)))):
+            out.append(order)
+    return out
+
+
+def thp_vma_suitable_orders(vma: FastVma, vpn: int, orders: list[int]) -> list[int]:
+    """thp_vma_suitable_orders(): the orders whose aligned range around ``vpn`` lies inside
+    the VMA."""
+    return [o for o in orders
+            if vma.start <= vpn - vpn % (1 << o) and vpn - vpn % (1 << o) + (1 << o) <= vma.end]
+
+
 def _leaf_bits(vma: FastVma) -> int:
     """folio_mk_pmd + pmd_mkdirty + maybe_pmd_mkwrite, young."""
     return (W if vma.prot == "rw" else 0) | D | Y

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pudthp_fast.folio import folio_unqueue_deferred_split, free_folios_bulk
+from pudthp_fast.folio import folio_unqueue_deferred_split, free_folio, free_folios_bulk
 from pudthp_fast.memory import follow_page
 from pudthp_fast.page_vma_mapped import MappedAt, page_vma_mapped_walk
 from pudthp_fast.pgtable import pgtable_trans_huge_withdraw
@@ -37,6 +37,7 @@ from pudthp_fast.state import (
     install_table,
     set_entries,
     set_entry,
+    unique,
 )
 from pudthp_fast.vmstat import count_mthp_stat, count_vm_event, mod_node_page_state
 from pudthp_ref.spec import EBUSY, EINVAL, ENTIRELY_MAPPED, LEVEL_PMD, LEVEL_PTE, ModelBug, Result
@@ -57,8 +58,10 @@ class MigrationEntry:
     exclusive: Arr
 
 
-def sys_split_folio(st: FastState, mm: FastMm, vpn: int) -> Result:
-    """debugfs split_huge_pages for one address: EINVAL when no large folio maps it."""
+def sys_split_folio(st: FastState, mm: FastMm, vpn: int, new_order: int = 0) -> Result:
+    """split_huge_pages_pid() for one address and ``new_order``: EINVAL for no large folio
+    or an order not lower than its own, EBUSY for an extra reference, both before the
+    split is called (nothing counted); order 1 refused by the split itself."""
     if vpn >= st.geom.space:
         return EINVAL
     loc = follow_page(st, mm, vpn)
@@ -68,9 +71,13 @@ def sys_split_folio(st: FastState, mm: FastMm, vpn: int) -> Result:
     if st.e_kind[r, loc[1]] == ZERO:
         return EINVAL
     fid = int(st.e_id[r, loc[1]])
-    if st.f_order[fid] == 0:
+    if st.f_order[fid] == 0 or new_order >= st.f_order[fid]:
         return EINVAL
-    return 0 if split_folio_to_list(st, fid) is not None else EBUSY
+    if st.f_ref[fid] != folio_expected_ref_count(st, fid):  # can_split_folio()
+        return EBUSY
+    if new_order == 1 or new_order > st.geom.pmd_order:  # no THP size in between
+        return EINVAL
+    return 0 if split_folio_to_list(st, fid, new_order) is not None else EBUSY
 
 
 def folio_expected_ref_count(st: FastState, fid: int) -> int:
@@ -84,9 +91,9 @@ def split_failed(st: FastState, fid: int) -> None:
         count_vm_event(st, "thp_split_page_failed")
 
 
-def split_folio_to_list(st: FastState, fid: int) -> list[int] | None:
-    """__folio_split() to order 0: the tail folio ids still mapped afterwards (the head
-    keeps ``fid``), or None (EAGAIN/EBUSY) when it cannot split."""
+def split_folio_to_list(st: FastState, fid: int, new_order: int = 0) -> list[int] | None:
+    """__folio_split() to ``new_order`` (uniform): the other new folio ids still mapped
+    afterwards (the first keeps ``fid``), or None (EAGAIN/EBUSY) when it cannot split."""
     if st.f_ref[fid] != folio_expected_ref_count(st, fid):
         split_failed(st, fid)  # a pin or another extra reference: mappings untouched
         return None
@@ -97,11 +104,16 @@ def split_folio_to_list(st: FastState, fid: int) -> list[int] | None:
         split_failed(st, fid)
         return None
     folio_unqueue_deferred_split(st, fid)
-    first_new = split_unmapped_folio(st, fid)
+    first_new = split_unmapped_folio(st, fid, new_order)
     nr_new = st.next_folio - first_new
-    remap_page(st, fid, first_new, migration)
+    remap_page(st, fid, first_new, migration, new_order)
     new = np.concatenate(([fid], np.arange(first_new, first_new + nr_new, dtype=np.int64)))
-    free_folios_bulk(st, new[st.f_ref[new] == 0])  # unmapped subpages go back
+    unused = new[st.f_ref[new] == 0]
+    if new_order:
+        for f in unused.tolist():
+            free_folio(st, f)
+    else:
+        free_folios_bulk(st, unused)  # unmapped subpages go back
     tails = new[1:]
     return tails[st.f_live[tails]].tolist()
 
@@ -198,9 +210,10 @@ def remove_migration_entry(st: FastState, m: MigrationEntry, fid: int) -> None:
     st.p_exclusive[pool[m.exclusive]] = True
 
 
-def split_unmapped_folio(st: FastState, fid: int) -> int:
-    """__split_unmapped_folio() to order 0: the head keeps ``fid``; tails become folios
-    ``first..first+nr-2`` over the same pool pages.  Returns the first new id."""
+def split_unmapped_folio(st: FastState, fid: int, new_order: int = 0) -> int:
+    """__split_unmapped_folio() to ``new_order``: the first block keeps ``fid``; the other
+    blocks of ``2^new_order`` pages become the next folio ids over the same pool pages.
+    Returns the first new id."""
     b, nr = int(st.f_base[fid]), int(st.f_nr[fid])
     if np.count_nonzero(st.p_mapcount[b : b + nr] != -1) or st.f_large[fid] != -1:
         raise ModelBug("split.still_mapped", f"folio {fid} mapped after unmap_folio()")
@@ -209,17 +222,20 @@ def split_unmapped_folio(st: FastState, fid: int) -> int:
     count_mthp_stat(st, order, "split")
     if order == st.geom.pmd_order:
         count_vm_event(st, "thp_split_page")
-    first = st.new_folio_rows(nr - 1)
-    tails = slice(first, first + nr - 1)
-    st.f_order[tails] = 0
+    n = 1 << new_order
+    k = nr // n
+    first = st.new_folio_rows(k - 1)
+    tails = slice(first, first + k - 1)
+    st.f_order[tails] = new_order
     st.f_node[tails] = st.f_node[fid]
-    st.f_nr[tails] = 1
-    st.f_base[tails] = np.arange(b + 1, b + nr, dtype=np.int64)
+    st.f_nr[tails] = n
+    st.f_base[tails] = np.arange(b + n, b + nr, n, dtype=np.int64)
     st.f_ref[tails] = 0
     st.f_dirty[tails] = st.f_dirty[fid]
     st.f_live[tails] = True
-    st.f_order[fid] = 0
-    st.f_nr[fid] = 1
+    st.f_order[fid] = new_order
+    st.f_nr[fid] = n
+    count_mthp_stat(st, new_order, "nr_anon", k)
     st.f_mmid[fid] = 0
     st.f_mmc[fid] = -1
     st.f_shared[fid] = False
@@ -227,10 +243,13 @@ def split_unmapped_folio(st: FastState, fid: int) -> int:
     return first
 
 
-def remap_page(st: FastState, head: int, first_new: int, migration: list[MigrationEntry]
-               ) -> None:
-    """remap_page() after a split: each migration entry to its page's new order-0 folio,
-    or to the shared zero page if the page is zero-filled (MM_ANONPAGES -1)."""
+def remap_page(st: FastState, head: int, first_new: int, migration: list[MigrationEntry],
+               new_order: int = 0) -> None:
+    """remap_page() after a split: each migration entry to its page's new folio; for new
+    order 0 a zero-filled page to the shared zero page instead (MM_ANONPAGES -1)."""
+    if new_order:
+        _remap_large(st, head, first_new, migration, new_order)
+        return
     b = int(st.f_base[head])
     for m in migration:
         pool = b + m.pages
@@ -257,16 +276,49 @@ def remap_page(st: FastState, head: int, first_new: int, migration: list[Migrati
         st.p_exclusive[kp[m.exclusive[keep]]] = True
 
 
+def _remap_large(st: FastState, head: int, first_new: int, migration: list[MigrationEntry],
+                 new_order: int) -> None:
+    """remap_page() to large new folios: each page to the folio of its block, never to the
+    zero page (try_to_map_unused_to_zeropage() leaves large folios alone)."""
+    mask = (1 << new_order) - 1
+    for m in migration:
+        block = m.pages >> new_order
+        for b in unique(block).tolist():
+            same = block == b
+            part = MigrationEntry(m.mm, m.table, LEVEL_PTE, 0, m.indices[same],
+                                  m.pages[same] & mask, m.bits[same], m.exclusive[same])
+            remove_migration_entry(st, part, head if b == 0 else first_new + b - 1)
+
+
+def thp_underused(st: FastState, fid: int) -> bool:
+    """thp_underused(): more than max_ptes_none zero-filled pages, found before
+    PMD_NR - max_ptes_none filled ones (the PMD size's thresholds for every order)."""
+    none = st.cfg.max_ptes("max_ptes_none")
+    P = st.geom.pmd_nr
+    if none == P - 1:
+        return False
+    b, nr = int(st.f_base[fid]), int(st.f_nr[fid])
+    zero = np.cumsum(st.p_data[b : b + nr] == 0)
+    filled = np.arange(1, nr + 1) - zero
+    over = np.flatnonzero(zero > none)
+    enough = np.flatnonzero(filled >= P - none)
+    return bool(over.size) and (not enough.size or over[0] < enough[0])
+
+
 def deferred_split_scan(st: FastState) -> int:
-    """deferred_split_scan(): split the partially mapped folios of the queue, in order; the
-    others leave the queue.  A folio that fails to split stays queued.  Returns the
-    number split."""
+    """deferred_split_scan(): in queue order, split a folio flagged partially mapped, or
+    an unflagged one thp_underused() finds (thp_underused_split_page).  A flagged folio
+    that fails to split stays queued; an unflagged one leaves.  Returns the number
+    split."""
     split = 0
     for fid in list(st.deferred):
-        if st.f_partial[fid]:
-            if split_folio_to_list(st, fid) is not None:
-                split += 1
-        else:
+        flagged = bool(st.f_partial[fid])
+        underused = not flagged and thp_underused(st, fid)
+        if (flagged or underused) and split_folio_to_list(st, fid) is not None:
+            split += 1
+            if underused:
+                count_vm_event(st, "thp_underused_split_page")
+        elif not st.f_partial[fid] and st.f_deferred[fid]:
             st.deferred.remove(fid)
             st.f_deferred[fid] = False
     return split

@@ -125,13 +125,15 @@ def _check_shapes(st: FastState, c: Ctx) -> None:
         nr = st.f_nr[1:nf]
         base = st.f_base[1:nf]
         is_folio = st.f_live[1:nf] | (nr != 0)
-        ok_order = (order == 0) | (order == g.pmd_order) | (order == g.pud_order)
+        ok_order = ((order == 0) | ((order >= 2) & (order <= g.pmd_order))
+                    | (order == g.pud_order))  # never order 1
         e.first(
             is_folio & ~ok_order,
             fids,
             0,
             "folio.order",
-            lambda i: f"folio {fids[i]} order {order[i]} not in (0, {g.pmd_order}, {g.pud_order})",
+            lambda i: f"folio {fids[i]} order {order[i]} not in "
+                      f"{(0, *g.mthp_orders, g.pmd_order, g.pud_order)}",
         )
         e.first(
             is_folio & ok_order & (nr != np.left_shift(1, np.where(ok_order, order, 0))),

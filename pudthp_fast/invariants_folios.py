@@ -58,11 +58,19 @@ def check_deferred_queue(st: FastState, c: Ctx) -> None:
     e.first(~live, pos, 1, "deferred.freed", lambda i: f"deferred queue holds freed folio {q[i]}")
     order = st.f_order[qc]
     e.first(
-        order < st.geom.pmd_order,
+        order < 2,
         pos,
         2,
         "deferred.order",
         lambda i: f"deferred queue holds order-{order[i]} folio {q[i]}",
+    )
+    flagged = st.f_partial[qc]
+    e.first(
+        (order >= 2) & (order < st.geom.pmd_order) & ~flagged,
+        pos,
+        2,
+        "deferred.mthp_unflagged",
+        lambda i: f"order-{order[i]} folio {q[i]} queued unflagged",
     )
     e.first(
         ~st.f_deferred[qc],
@@ -89,7 +97,8 @@ def check_folios(st: FastState, c: Ctx, w: Walk, npins: Arr) -> None:
     g = st.geom
     nf = c.nf
     npool = c.npool
-    stats_expected = {"pmd": [0, 0], "pud": [0, 0]}  # nr_anon, nr_anon_partially_mapped
+    rows = (("pmd", g.pmd_order), ("pud", g.pud_order), *((str(o), o) for o in g.mthp_orders))
+    stats_expected = {row: [0, 0] for row, _ in rows}  # nr_anon, nr_anon_partially_mapped
     anon_mapped = thps = pud_thps = 0
     if nf > 1:
         leaves = np.bincount(w.leaf_fid, minlength=nf)
@@ -169,7 +178,7 @@ def check_folios(st: FastState, c: Ctx, w: Walk, npins: Arr) -> None:
         # the counters the folios imply
         n_order = np.bincount(order[live], minlength=g.pud_order + 1)
         n_partial = np.bincount(order[live & partial], minlength=g.pud_order + 1)
-        for row, o in (("pmd", g.pmd_order), ("pud", g.pud_order)):
+        for row, o in rows:
             stats_expected[row] = [int(n_order[o]), int(n_partial[o])]
         anon_mapped = int((small & (ptes > 0)).sum())
         if large.size:
@@ -179,7 +188,7 @@ def check_folios(st: FastState, c: Ctx, w: Walk, npins: Arr) -> None:
             thps = int(((lo_ == g.pmd_order) & (lv > 0)).sum()) * g.pmd_nr
             pud_thps = int(((lo_ == g.pud_order) & (lv > 0)).sum()) * g.pud_nr
     stats = st.stats
-    for row in ("pmd", "pud"):
+    for row, _ in rows:
         _stat(stats, ("mthp", row, "nr_anon"), stats_expected[row][0], "stats.nr_anon")
         _stat(
             stats,

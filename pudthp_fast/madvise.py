@@ -1,7 +1,9 @@
-"""Fast madvise(): mm/madvise.c (MADV_HUGEPAGE / NOHUGEPAGE, DONTNEED, PAGEOUT)."""
+"""Fast madvise(): mm/madvise.c (MADV_HUGEPAGE / NOHUGEPAGE, DONTNEED, PAGEOUT,
+COLLAPSE)."""
 
 from __future__ import annotations
 
+from pudthp_fast.khugepaged import madvise_collapse
 from pudthp_fast.memory import zap_page_range
 from pudthp_fast.mmap import split_vma_at, vma_merge_around
 from pudthp_fast.state import FastMm, FastState
@@ -27,7 +29,12 @@ def sys_madvise(st: FastState, mm: FastMm, start: int, npages: int, advice: str)
     if not parts:
         return ENOMEM
     for lo, hi in parts:
-        if advice in ("hugepage", "nohugepage"):
+        if advice == "collapse":  # an error from one VMA ends the walk with it
+            vma = next(v for v in mm.vmas if v.start <= lo < v.end)
+            err = madvise_collapse(st, mm, vma, lo, hi)
+            if err != 0:
+                return err
+        elif advice in ("hugepage", "nohugepage"):
             madvise_update_vma(st, mm, lo, hi, advice == "hugepage")
         elif advice == "dontneed":
             zap_page_range(st, mm, lo, hi, reclaim_pt=True)

@@ -25,7 +25,9 @@ from pudthp_fast.huge_memory import (
     do_huge_pmd_wp_page,
     do_huge_pud_anonymous_page,
     thp_vma_allowable_order,
+    thp_vma_allowable_orders,
     thp_vma_suitable_order,
+    thp_vma_suitable_orders,
     wp_huge_pud,
     zap_huge_pmd,
     zap_huge_pud,
@@ -73,7 +75,7 @@ from pudthp_fast.state import (
     unique,
 )
 from pudthp_fast.swapfile import free_swap_and_cache
-from pudthp_fast.vmstat import count_vm_event, mod_node_page_state
+from pudthp_fast.vmstat import count_mthp_stat, count_vm_event, mod_node_page_state
 from pudthp_ref.spec import GUP_PIN_COUNTING_BIAS, LEVEL_PMD, LEVEL_PTE, LEVEL_PUD, ModelBug
 
 
@@ -183,7 +185,7 @@ def handle_mm_fault(st: FastState, mm: FastMm, vma: FastVma, vpn: int, write: bo
     r = st.row(pte)
     k = st.e_kind[r, ti]
     if k == NONE:
-        do_anonymous_page(st, mm, vma, pte, ti, write)
+        do_anonymous_page(st, mm, vma, pte, vpn, write)
     elif k == SWAP:
         do_swap_page(st, mm, pte, ti)
         if write and not st.e_bits[st.row(pte), ti] & W:
@@ -192,18 +194,53 @@ def handle_mm_fault(st: FastState, mm: FastMm, vma: FastVma, vpn: int, write: bo
         do_wp_page(st, mm, vma, pte, ti)
 
 
-def do_anonymous_page(st: FastState, mm: FastMm, vma: FastVma, pte: int, ti: int,
+def do_anonymous_page(st: FastState, mm: FastMm, vma: FastVma, pte: int, vpn: int,
                       write: bool) -> None:
-    """do_anonymous_page(): the zero page on a read, a new exclusive page on a write."""
+    """do_anonymous_page(): the zero page on a read; on a write a new exclusive folio of
+    the order alloc_anon_folio() picks, its PTEs from the naturally aligned base."""
+    ti = vpn % st.P
     if not write:
         set_entry(st, pte, ti, ZERO)
         return
     anon_vma_prepare(st, mm, vma)
-    fid = alloc_page_retrying(st)
+    fid = alloc_anon_folio(st, vma, pte, vpn) if st.cfg.mthp else alloc_page_retrying(st)
     folio_add_new_anon_rmap(st, fid, mm)
-    mm.rss_anon += 1
     rw = vma.prot == "rw"
-    set_entry(st, pte, ti, PTE, fid, 0, (W | D if rw else 0) | Y)
+    nr = int(st.f_nr[fid])
+    mm.rss_anon += nr
+    if nr == 1:
+        set_entry(st, pte, ti, PTE, fid, 0, (W | D if rw else 0) | Y)
+        return
+    base = ti - ti % nr
+    r = st.wrow(pte)
+    st.e_kind[r, base : base + nr] = PTE
+    st.e_id[r, base : base + nr] = fid
+    st.e_page[r, base : base + nr] = np.arange(nr)
+    st.e_bits[r, base : base + nr] = (W | D if rw else 0) | Y
+    st.f_ref[fid] = nr  # folio_ref_add(folio, nr - 1)
+    count_mthp_stat(st, int(st.f_order[fid]), "anon_fault_alloc")
+
+
+def alloc_anon_folio(st: FastState, vma: FastVma, pte: int, vpn: int) -> int:
+    """alloc_anon_folio(): the highest allowed, suitable mTHP order whose aligned PTE range
+    is all none, allocation failures counted per order, order 0 last."""
+    orders = thp_vma_allowable_orders(st, vma)
+    if orders:
+        orders = thp_vma_suitable_orders(vma, vpn, orders)
+        kinds = st.e_kind[st.row(pte)]
+        ti = vpn % st.P
+        while orders:
+            n = 1 << orders[0]
+            base = ti - ti % n
+            if not kinds[base : base + n].any():  # pte_range_none()
+                break
+            orders.pop(0)
+        for order in orders:
+            fid = folio_alloc(st, order)
+            if fid:
+                return fid
+            count_mthp_stat(st, order, "anon_fault_fallback")
+    return alloc_page_retrying(st)
 
 
 def do_swap_page(st: FastState, mm: FastMm, pte: int, ti: int) -> None:

@@ -110,7 +110,7 @@ def apply_op(st: FastState, op: Op) -> Result:
     if isinstance(op, spec.Pin):
         return sys_pin(st, mm, op.addr)
     if isinstance(op, spec.SplitFolio):
-        return sys_split_folio(st, mm, op.addr)
+        return sys_split_folio(st, mm, op.addr, op.order)
     if isinstance(op, spec.Migrate):
         return sys_migrate(st, mm, op.start, op.npages, op.node)
     raise ModelBug("apply.unknown_op", f"no handler for {op!r}")

@@ -100,7 +100,8 @@ def _sub_large_mapcount_seq(st: FastState, fid: int, diffs: Arr, mm: FastMm) -> 
 
 
 def folio_add_new_anon_rmap(st: FastState, fid: int, mm: FastMm, exclusive: bool = True) -> None:
-    """folio_add_new_anon_rmap(): a brand-new folio, mapped whole (small or PMD-mappable)."""
+    """folio_add_new_anon_rmap(): a brand-new folio mapped whole: small, an mTHP mapped by
+    PTEs, or PMD-mappable (one leaf)."""
     order = int(st.f_order[fid])
     b = int(st.f_base[fid])
     if order == 0:
@@ -110,6 +111,18 @@ def folio_add_new_anon_rmap(st: FastState, fid: int, mm: FastMm, exclusive: bool
         mod_node_page_state(st, "nr_anon_mapped", 1)
         return
     nr = int(st.f_nr[fid])
+    if order < st.geom.pmd_order:
+        # an mTHP, mapped by nr PTEs: each page once, every mapping in this mm's slot 0
+        st.p_mapcount[b : b + nr] = 0
+        if exclusive:
+            st.p_exclusive[b : b + nr] = True
+        st.f_large[fid] = nr - 1
+        st.f_mmid[fid, 0] = mm.mm_id
+        st.f_mmc[fid, 0] = nr - 1
+        st.f_npm[fid] = nr
+        mod_node_page_state(st, "nr_anon_mapped", nr)
+        count_mthp_stat(st, order, "nr_anon", 1)
+        return
     st.f_entire[fid] = 0
     st.f_large[fid] = 0  # folio_set_large_mapcount(): every mapping in this mm's slot 0
     st.f_mmid[fid, 0] = mm.mm_id

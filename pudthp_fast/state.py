@@ -257,7 +257,7 @@ class FastState:
         self.next_anon_vma = 1
         self.fail_alloc: dict[str, int] = {"pud": 0, "pmd": 0, "base": 0}
         self.huge_zero_allocated = False
-        self.stats: dict[str, Any] = empty_stats()
+        self.stats: dict[str, Any] = empty_stats(self.geom)
 
     # ---------------------------------------------------------------------------------
     # allocation of rows

@@ -12,10 +12,14 @@ def count_vm_event(st: FastState, item: str, delta: int = 1) -> None:
 
 
 def mthp_row(st: FastState, order: int) -> str | None:
+    """The ``stats.mthp`` row of an order: ``pmd``, ``pud``, or the mTHP order's number
+    (None for orders 0 and 1, which mod_mthp_stat() has no row for)."""
     if order == st.geom.pmd_order:
         return "pmd"
     if order == st.geom.pud_order:
         return "pud"
+    if 2 <= order < st.geom.pmd_order:
+        return str(order)
     return None
 
 

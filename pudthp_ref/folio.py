@@ -8,12 +8,16 @@ from pudthp_ref.spec import ModelBug
 from pudthp_ref.vmstat import count_mthp_stat, count_vm_event
 
 
-def alloc_order_name(st: MmState, order: int) -> str:
+def alloc_order_name(st: MmState, order: int) -> str | None:
+    """The ``fail_alloc`` counter an allocation of ``order`` draws on; None for the mTHP
+    orders, which no ``fail_alloc`` names (an order-0 injection must not fail them)."""
     if order == st.geom.pud_order:
         return "pud"
     if order == st.geom.pmd_order:
         return "pmd"
-    return "base"
+    if order == 0:
+        return "base"
+    return None
 
 
 def folio_alloc(st: MmState, order: int, node: int = 0) -> Folio | None:
@@ -22,7 +26,7 @@ def folio_alloc(st: MmState, order: int, node: int = 0) -> Folio | None:
     The id is taken only on success: a failed allocation hands out nothing.
     """
     which = alloc_order_name(st, order)
-    if st.fail_alloc[which] > 0:
+    if which is not None and st.fail_alloc[which] > 0:
         st.fail_alloc[which] -= 1
         return None
     nr = 1 << order

@@ -62,6 +62,33 @@ def thp_vma_suitable_order(st: MmState, vma: Vma, vpn: int, level: str) -> bool:
     return vma.start <= base and base + size <= vma.end
 
 
+def thp_vma_allowable_orders(st: MmState, vma: Vma) -> list[int]:
+    """thp_vma_allowable_orders() for the mTHP orders at a fault, highest first: each
+    order's own hugepages-<size>kB/enabled (inherit follows the global setting), the PMD
+    order left out (the PMD level was tried before the PTE level is reached)."""
+    if vma.nohugepage:  # vma_thp_disabled()
+        return []
+    glob = st.cfg.thp_enabled
+    out: list[int] = []
+    for order, setting in reversed(st.cfg.mthp):
+        if (setting == "always" or (setting == "madvise" and vma.hugepage)
+                or (setting == "inherit"
+                    and (glob == "always" or (glob == "madvise" and vma.hugepage)))):
+            out.append(order)
+    return out
+
+
+def thp_vma_suitable_orders(vma: Vma, vpn: int, orders: list[int]) -> list[int]:
+    """thp_vma_suitable_orders(): the orders whose naturally aligned range around ``vpn``
+    lies inside the VMA."""
+    out = []
+    for order in orders:
+        base = vpn - vpn % (1 << order)
+        if vma.start <= base and base + (1 << order) <= vma.end:
+            out.append(order)
+    return out
+
+
 # --------------------------------------------------------------------------------------
 # Faults
 # --------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@ unmap_folio(), remap_page(), deferred_split_scan(), and the debugfs split_huge_p
 
 The unmap goes through migration entries, which live only inside the operation: the model
 records each mapping (page, bits, and the exclusive state the entry type would carry),
-splits, then remaps every page to its new order-0 folio or to the shared zero page.
+splits to the new order (0 unless ``split_folio`` names one), then remaps every page to its
+new folio or, for order 0, a zero-filled page to the shared zero page.
 Migration (migrate.py) uses the same entries to move a folio.
 """
 
@@ -37,17 +38,25 @@ class MigrationEntry:
     exclusive: bool
 
 
-def sys_split_folio(st: MmState, mm: MmStruct, vpn: int) -> Result:
-    """debugfs split_huge_pages for one address: EINVAL when no large folio maps it."""
+def sys_split_folio(st: MmState, mm: MmStruct, vpn: int, new_order: int = 0) -> Result:
+    """split_huge_pages_pid() for one address and ``new_order``: EINVAL when no large folio
+    maps it or the order is not lower than the folio's, EBUSY when it has a reference
+    other than its mappings; both checks come before the split is called, so nothing is
+    counted.  Order 1 is refused by the split itself (no anonymous order-1 folio)."""
     if vpn >= st.geom.space:
         return EINVAL
     loc = follow_page(st, mm, vpn)
     if loc is None or loc[2][0] == "zero":
         return EINVAL
     folio = st.folios[loc[2][1]]
-    if folio.order == 0:
+    if folio.order == 0 or new_order >= folio.order:
         return EINVAL
-    return 0 if split_folio(st, folio) else EBUSY
+    if folio.refcount != folio_expected_ref_count(folio):  # can_split_folio()
+        return EBUSY
+    if new_order == 1 or new_order > st.geom.pmd_order:
+        # the model has no folio between the PMD and the PUD order (no such THP size)
+        return EINVAL
+    return 0 if split_folio_to_list(st, folio, new_order) is not None else EBUSY
 
 
 def folio_expected_ref_count(folio: Folio) -> int:
@@ -66,9 +75,10 @@ def split_folio(st: MmState, folio: Folio) -> bool:
     return split_folio_to_list(st, folio) is not None
 
 
-def split_folio_to_list(st: MmState, folio: Folio) -> list[Folio] | None:
-    """__folio_split() to order 0.  Returns the tail folios still mapped afterwards (the
-    head stays ``folio``), or None (EAGAIN/EBUSY) when it cannot split."""
+def split_folio_to_list(st: MmState, folio: Folio, new_order: int = 0) -> list[Folio] | None:
+    """__folio_split() to ``new_order`` (uniform).  Returns the other new folios still
+    mapped afterwards (the first stays ``folio``), or None (EAGAIN/EBUSY) when it cannot
+    split."""
     if folio.refcount != folio_expected_ref_count(folio):
         split_failed(st, folio)  # a pin or another extra reference: mappings untouched
         return None
@@ -79,8 +89,8 @@ def split_folio_to_list(st: MmState, folio: Folio) -> list[Folio] | None:
         split_failed(st, folio)
         return None
     folio_unqueue_deferred_split(st, folio)
-    new = split_unmapped_folio(st, folio)
-    remap_page(st, new, migration)
+    new = split_unmapped_folio(st, folio, new_order)
+    remap_page(st, new, migration, new_order)
     for f in new:
         if f.refcount == 0:
             free_folio(st, f)  # unmapped subpages go back to the allocator
@@ -161,9 +171,10 @@ def remove_migration_entry(st: MmState, m: MigrationEntry, folio: Folio, page: i
         folio_add_anon_rmap(st, folio, page, 1, m.mm, LEVEL_PTE, m.exclusive)
 
 
-def split_unmapped_folio(st: MmState, folio: Folio) -> list[Folio]:
-    """__split_unmapped_folio() to order 0: the head keeps the folio's id, every tail page
-    becomes a folio with the next id; flags, node and contents are copied."""
+def split_unmapped_folio(st: MmState, folio: Folio, new_order: int = 0) -> list[Folio]:
+    """__split_unmapped_folio() to ``new_order``: the first ``2^new_order`` pages keep the
+    folio's id, each next block becomes a folio with the next id; flags, node and contents
+    are copied."""
     if folio.mapcount.count(-1) != folio.nr or folio.large_mapcount != -1:
         raise ModelBug("split.still_mapped", f"folio {folio.id} mapped after unmap_folio()")
     old_order = folio.order
@@ -172,31 +183,39 @@ def split_unmapped_folio(st: MmState, folio: Folio) -> list[Folio]:
     if old_order == st.geom.pmd_order:
         count_vm_event(st, "thp_split_page")
     data = folio.data
+    n = 1 << new_order
     new = [folio]
-    for i in range(1, folio.nr):
+    for i in range(n, folio.nr, n):
         f = Folio(
-            id=st.next_folio_id, order=0, node=folio.node, nr=1, refcount=0,
-            mapcount=[-1], anon_exclusive=[False], data=[data[i]], dirty=folio.dirty,
+            id=st.next_folio_id, order=new_order, node=folio.node, nr=n, refcount=0,
+            mapcount=[-1] * n, anon_exclusive=[False] * n, data=data[i : i + n],
+            dirty=folio.dirty,
         )
         st.next_folio_id += 1
         st.folios[f.id] = f
         new.append(f)
-    folio.order = 0
-    folio.nr = 1
-    folio.mapcount = [-1]
-    folio.anon_exclusive = [False]
-    folio.data = [data[0]]
+    count_mthp_stat(st, new_order, "nr_anon", len(new))
+    folio.order = new_order
+    folio.nr = n
+    folio.mapcount = [-1] * n
+    folio.anon_exclusive = [False] * n
+    folio.data = data[:n]
     folio.mm_id = [0, 0]
     folio.mm_id_mapcount = [-1, -1]
     folio.shared = False
     return new
 
 
-def remap_page(st: MmState, folios: list[Folio], migration: list[MigrationEntry]) -> None:
-    """remap_page() after a split: page i goes to folio i, or, when zero-filled, to the
-    shared zero page (try_to_map_unused_to_zeropage, MM_ANONPAGES -1)."""
+def remap_page(st: MmState, folios: list[Folio], migration: list[MigrationEntry],
+               new_order: int = 0) -> None:
+    """remap_page() after a split: page i goes to its new folio, or, when the new order is
+    0 and the page zero-filled, to the shared zero page (try_to_map_unused_to_zeropage(),
+    which leaves large folios alone; MM_ANONPAGES -1)."""
     for m in migration:
-        f = folios[m.page]
+        f = folios[m.page >> new_order]
+        if new_order:
+            remove_migration_entry(st, m, f, m.page & (f.nr - 1))
+            continue
         if f.data[0] == 0:
             m.table.entries[m.index] = ZERO
             m.mm.rss_anon -= 1
@@ -204,19 +223,43 @@ def remap_page(st: MmState, folios: list[Folio], migration: list[MigrationEntry]
         remove_migration_entry(st, m, f, 0)
 
 
-def deferred_split_scan(st: MmState) -> int:
-    """deferred_split_scan(): split the partially mapped folios of the queue, in order; the
-    others leave the queue (thp_underused() is false with max_ptes_none at 511).
+def thp_underused(st: MmState, folio: Folio) -> bool:
+    """thp_underused(): more than max_ptes_none zero-filled pages, found before
+    PMD_NR - max_ptes_none filled ones (thresholds of the PMD size for every order)."""
+    none = st.cfg.max_ptes("max_ptes_none")
+    P = st.geom.pmd_nr
+    if none == P - 1:
+        return False
+    zero = filled = 0
+    for v in folio.data:
+        if v == 0:
+            zero += 1
+            if zero > none:
+                return True
+        else:
+            filled += 1
+            if filled >= P - none:
+                return False
+    return False
 
-    A folio that fails to split stays queued.  Returns the number split.
+
+def deferred_split_scan(st: MmState) -> int:
+    """deferred_split_scan(): in queue order, split a folio flagged partially mapped, or
+    an unflagged one that thp_underused() finds (thp_underused_split_page).
+
+    A flagged folio that fails to split stays queued; an unflagged one leaves the queue
+    whatever happens.  Returns the number split.
     """
     split = 0
     for fid in list(st.deferred):
         folio = st.folios[fid]
-        if folio.partially_mapped:
-            if split_folio(st, folio):
-                split += 1
-        else:
+        flagged = folio.partially_mapped
+        underused = not flagged and thp_underused(st, folio)
+        if (flagged or underused) and split_folio(st, folio):
+            split += 1
+            if underused:
+                count_vm_event(st, "thp_underused_split_page")
+        elif not folio.partially_mapped and folio.deferred:
             st.deferred.remove(fid)
             folio.deferred = False
     return split

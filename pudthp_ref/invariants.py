@@ -118,7 +118,7 @@ def _check_shapes(st: MmState) -> None:
                 raise InvariantViolation(
                     "dead_mm.tables", f"dead mm {mm.id} PUD table {mm.pud_table} not freed"
                 )
-    orders = (0, g.pmd_order, g.pud_order)
+    orders = (0, *g.mthp_orders, g.pmd_order, g.pud_order)  # never order 1
     for key, f in st.folios.items():
         if f.id != key:
             raise InvariantViolation("folio.id", f"folios[{key}] has id {f.id}")

@@ -47,9 +47,14 @@ def check_deferred_queue(st: MmState) -> None:
             )
         if f.freed:
             raise InvariantViolation("deferred.freed", f"deferred queue holds freed folio {fid}")
-        if f.order < st.geom.pmd_order:
+        if f.order < 2:
             raise InvariantViolation(
                 "deferred.order", f"deferred queue holds order-{f.order} folio {fid}"
+            )
+        if f.order < st.geom.pmd_order and not f.partially_mapped:
+            # an mTHP is queued only when flagged (deferred_split_folio(folio, true))
+            raise InvariantViolation(
+                "deferred.mthp_unflagged", f"order-{f.order} folio {fid} queued unflagged"
             )
         if not f.deferred:
             raise InvariantViolation("deferred.flag_mismatch", f"folio {fid} queued but flag clear")
@@ -271,8 +276,8 @@ def check_folios(w: Walk, pins: dict[int, int]) -> None:
     queued = set(st.deferred)
     small_cnt = w.small_cnt
     small_owner = w.small_owner
-    nr_anon = {g.pmd_order: 0, g.pud_order: 0}
-    partial = {g.pmd_order: 0, g.pud_order: 0}
+    nr_anon = {o: 0 for o in (*g.mthp_orders, g.pmd_order, g.pud_order)}
+    partial = dict(nr_anon)
     anon_mapped = 0
     thps = 0
     pud_thps = 0
@@ -309,7 +314,7 @@ def check_folios(w: Walk, pins: dict[int, int]) -> None:
             if acc is not None and acc.leaves:
                 if f.order == g.pmd_order:
                     thps += g.pmd_nr
-                else:
+                elif f.order == g.pud_order:
                     pud_thps += g.pud_nr
         if f.partially_mapped and not f.deferred:
             raise InvariantViolation(
@@ -321,7 +326,8 @@ def check_folios(w: Walk, pins: dict[int, int]) -> None:
                 "deferred.flag_mismatch", f"folio {fid} flagged deferred but not queued"
             )
     stats = st.stats
-    for row, order in (("pmd", g.pmd_order), ("pud", g.pud_order)):
+    rows = (("pmd", g.pmd_order), ("pud", g.pud_order), *((str(o), o) for o in g.mthp_orders))
+    for row, order in rows:
         _stat(stats, ("mthp", row, "nr_anon"), nr_anon[order], "stats.nr_anon")
         _stat(
             stats,

@@ -1,7 +1,9 @@
-"""madvise(): mm/madvise.c (MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_DONTNEED, MADV_PAGEOUT)."""
+"""madvise(): mm/madvise.c (MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_DONTNEED, MADV_PAGEOUT,
+MADV_COLLAPSE)."""
 
 from __future__ import annotations
 
+from pudthp_ref.khugepaged import madvise_collapse
 from pudthp_ref.memory import zap_page_range
 from pudthp_ref.mm_types import MmState, MmStruct, Vma
 from pudthp_ref.mmap import split_vma_at, vma_merge_around
@@ -27,7 +29,12 @@ def sys_madvise(st: MmState, mm: MmStruct, start: int, npages: int, advice: str)
     if not parts:
         return ENOMEM
     for lo, hi in parts:
-        if advice in ("hugepage", "nohugepage"):
+        if advice == "collapse":  # an error from one VMA ends the walk with it
+            vma = next(v for v in mm.vmas if v.start <= lo < v.end)
+            err = madvise_collapse(st, mm, vma, lo, hi)
+            if err != 0:
+                return err
+        elif advice in ("hugepage", "nohugepage"):
             madvise_update_vma(st, mm, lo, hi, advice == "hugepage")
         elif advice == "dontneed":
             zap_page_range(st, mm, lo, hi, reclaim_pt=True)

@@ -16,7 +16,9 @@ from pudthp_ref.huge_memory import (
     do_huge_pmd_wp_page,
     do_huge_pud_anonymous_page,
     thp_vma_allowable_order,
+    thp_vma_allowable_orders,
     thp_vma_suitable_order,
+    thp_vma_suitable_orders,
     wp_huge_pud,
     zap_huge_pmd,
     zap_huge_pud,
@@ -43,7 +45,7 @@ from pudthp_ref.pgtable import (
 from pudthp_ref.rmap import folio_add_new_anon_rmap, folio_remove_rmap, folio_try_dup_anon_rmap
 from pudthp_ref.spec import LEVEL_PMD, LEVEL_PTE, LEVEL_PUD, ModelBug
 from pudthp_ref.swapfile import free_swap_and_cache, swap_duplicate, swap_slot
-from pudthp_ref.vmstat import count_vm_event
+from pudthp_ref.vmstat import count_mthp_stat, count_vm_event
 
 
 class FaultOOM(Exception):
@@ -167,15 +169,16 @@ def handle_mm_fault(st: MmState, mm: MmStruct, vma: Vma, vpn: int, write: bool) 
         if do_huge_pmd_wp_page(st, mm, vma, pmd_table, mi):
             return
     pte_table = table_of(st, pmd_table.entries[mi], LEVEL_PTE)
-    handle_pte_fault(st, mm, vma, pte_table, g.pte_index(vpn), write)
+    handle_pte_fault(st, mm, vma, pte_table, vpn, write)
 
 
-def handle_pte_fault(st: MmState, mm: MmStruct, vma: Vma, pte_table: PtDesc, ti: int,
+def handle_pte_fault(st: MmState, mm: MmStruct, vma: Vma, pte_table: PtDesc, vpn: int,
                      write: bool) -> None:
     """handle_pte_fault(): do_anonymous_page(), do_swap_page() or do_wp_page()."""
+    ti = st.geom.pte_index(vpn)
     e = pte_table.entries[ti]
     if e is None:
-        do_anonymous_page(st, mm, vma, pte_table, ti, write)
+        do_anonymous_page(st, mm, vma, pte_table, vpn, write)
     elif is_swap_pte(e):
         do_swap_page(st, mm, vma, pte_table, ti)
         if write and not entry_write(pte_table.entries[ti]):  # type: ignore[arg-type]
@@ -184,17 +187,49 @@ def handle_pte_fault(st: MmState, mm: MmStruct, vma: Vma, pte_table: PtDesc, ti:
         do_wp_page(st, mm, vma, pte_table, ti)
 
 
-def do_anonymous_page(st: MmState, mm: MmStruct, vma: Vma, pte_table: PtDesc, ti: int,
+def do_anonymous_page(st: MmState, mm: MmStruct, vma: Vma, pte_table: PtDesc, vpn: int,
                       write: bool) -> None:
-    """do_anonymous_page(): the zero page on a read, a new order-0 folio on a write."""
+    """do_anonymous_page(): the zero page on a read; on a write a new folio of the order
+    alloc_anon_folio() picks, its 2^order PTEs from the naturally aligned base."""
+    ti = st.geom.pte_index(vpn)
     if not write:
         pte_table.entries[ti] = ZERO
         return
     anon_vma_prepare(st, mm, vma)
-    folio = alloc_page_retrying(st)
+    folio = alloc_anon_folio(st, vma, pte_table, vpn)
+    nr = folio.nr
     folio_add_new_anon_rmap(st, folio, mm)
-    mm.rss_anon += 1
-    pte_table.entries[ti] = mk_pte(folio.id, 0, vma.prot == "rw", vma.prot == "rw", True)
+    mm.rss_anon += nr
+    rw = vma.prot == "rw"
+    base = ti - ti % nr
+    for i in range(nr):
+        pte_table.entries[base + i] = mk_pte(folio.id, i, rw, rw, True)
+    if nr > 1:
+        folio.refcount = nr  # folio_ref_add(folio, nr - 1)
+        count_mthp_stat(st, folio.order, "anon_fault_alloc")
+
+
+def alloc_anon_folio(st: MmState, vma: Vma, pte_table: PtDesc, vpn: int) -> Folio:
+    """alloc_anon_folio(): the highest allowed, suitable mTHP order whose aligned PTE range
+    is all none (pte_range_none(); lower orders are not counted when a range is not), each
+    allocation failure counted as anon_fault_fallback of its order, order 0 last."""
+    orders = thp_vma_allowable_orders(st, vma)
+    if orders:
+        ti = st.geom.pte_index(vpn)
+        orders = thp_vma_suitable_orders(vma, vpn, orders)
+        entries = pte_table.entries
+        while orders:  # a range that is not none rules out its order and no other
+            n = 1 << orders[0]
+            base = ti - ti % n
+            if all(e is None for e in entries[base : base + n]):
+                break
+            orders.pop(0)
+        for order in orders:
+            folio = folio_alloc(st, order)
+            if folio is not None:
+                return folio
+            count_mthp_stat(st, order, "anon_fault_fallback")
+    return alloc_page_retrying(st)
 
 
 def do_swap_page(st: MmState, mm: MmStruct, vma: Vma, pte_table: PtDesc, ti: int) -> None:

@@ -18,7 +18,17 @@ from pudthp_ref.mmap import exit_mmap, sys_mmap, sys_munmap
 from pudthp_ref.mprotect import sys_mprotect
 from pudthp_ref.pgtable import pt_alloc
 from pudthp_ref.snapshot import load_snapshot, take_snapshot, take_summary
-from pudthp_ref.spec import ENOMEM, ESRCH, LEVEL_PUD, SIGSEGV, Config, ModelBug, Op, Result
+from pudthp_ref.spec import (
+    ENOMEM,
+    ESRCH,
+    LEVEL_PUD,
+    SIGSEGV,
+    Config,
+    ModelBug,
+    Op,
+    Result,
+    empty_stats,
+)
 
 __all__ = ["RefModel"]
 
@@ -30,7 +40,7 @@ class RefModel:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.st = MmState(cfg=cfg, geom=cfg.geom)
+        self.st = MmState(cfg=cfg, geom=cfg.geom, stats=empty_stats(cfg.geom))
         mm_alloc(self.st)
 
     @classmethod
@@ -108,7 +118,7 @@ def apply_op(st: MmState, op: Op) -> Result:
     if isinstance(op, spec.Pin):
         return sys_pin(st, mm, op.addr)
     if isinstance(op, spec.SplitFolio):
-        return sys_split_folio(st, mm, op.addr)
+        return sys_split_folio(st, mm, op.addr, op.order)
     if isinstance(op, spec.Migrate):
         return sys_migrate(st, mm, op.start, op.npages, op.node)
     raise ModelBug("apply.unknown_op", f"no handler for {op!r}")

@@ -96,13 +96,23 @@ def folio_mod_stat(st: MmState, folio: Folio, nr: int, nr_pmdmapped: int,
 
 def folio_add_new_anon_rmap(st: MmState, folio: Folio, mm: MmStruct, exclusive: bool = True
                             ) -> None:
-    """folio_add_new_anon_rmap(): a brand-new folio, mapped whole (small or PMD-mappable)."""
+    """folio_add_new_anon_rmap(): a brand-new folio mapped whole: small, large mapped by
+    PTEs (an mTHP: every page mapped once, by this mm), or PMD-mappable (one leaf)."""
     nr_pmdmapped = nr_pudmapped = 0
     if folio.order == 0:
         folio.mapcount[0] = 0
         if exclusive:
             folio.anon_exclusive[0] = True
         nr = 1
+    elif folio.order < st.geom.pmd_order:
+        # !folio_test_pmd_mappable(): each page _mapcount 0 and, exclusive, AnonExclusive
+        nr = folio.nr
+        folio.mapcount = [0] * nr
+        if exclusive:
+            folio.anon_exclusive = [True] * nr
+        folio_set_large_mapcount(folio, nr, mm)
+        folio.nr_pages_mapped = nr
+        count_mthp_stat(st, folio.order, "nr_anon", 1)
     else:
         # PMD-mappable: one entire mapping (a PMD or PUD leaf)
         folio.entire_mapcount = 0

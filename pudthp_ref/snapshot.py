@@ -8,7 +8,7 @@ from typing import Any
 
 from pudthp_ref.mm_types import Entry, Folio, MmState, MmStruct, PinRecord, PtDesc, SwapSlot, Vma
 from pudthp_ref.pgtable import entry_json
-from pudthp_ref.spec import FOLIO_FLAGS, SNAPSHOT_FORMAT, Config, rle
+from pudthp_ref.spec import FOLIO_FLAGS, SNAPSHOT_FORMAT, Config, empty_stats, rle
 
 
 def take_snapshot(st: MmState) -> dict[str, Any]:
@@ -107,7 +107,7 @@ def load_snapshot(snap: dict[str, Any], cfg: Config) -> MmState:
     allocated iff ``thp_zero_page_alloc`` counted it, and a dead mm's PUD table id 0 (freed
     tables and folios are not in a snapshot).  Values are taken as they are, so a planted
     defect loads as the state it describes."""
-    st = MmState(cfg=cfg, geom=cfg.geom)
+    st = MmState(cfg=cfg, geom=cfg.geom, stats=empty_stats(cfg.geom))
     for t in snap["pagetables"]:
         entries: list[Entry | None] = [None] * cfg.geom.P
         for i, e in t["entries"]:

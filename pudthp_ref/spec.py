@@ -7,7 +7,7 @@ written down once so both implementations (and the harness) speak the same words
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Protocol
 
 # --------------------------------------------------------------------------------------
@@ -61,6 +61,12 @@ class Geometry:
         return self.P * self.P
 
     @property
+    def mthp_orders(self) -> range:
+        """The orders of multi-size THP below the PMD order: 2 .. PMD_ORDER - 1
+        (THP_ORDERS_ALL_ANON: order 0 and 1 are never anonymous THP orders)."""
+        return range(2, self.pmd_order)
+
+    @property
     def space(self) -> int:
         """Pages in one mm's address space: one PUD table of P entries."""
         return self.P * self.P * self.P
@@ -103,6 +109,10 @@ CONFIG_CHOICES: dict[str, tuple[Any, ...]] = {
 }
 CONFIG_BOOLS = ("use_zero_page", "pud_wp_reuse", "shrink_underused")
 MAX_NODES = 64
+# hugepages-<size>kB/enabled of an mTHP order (no "inherit" default: every one is "never")
+MTHP_SETTINGS: tuple[str, ...] = ("always", "inherit", "madvise", "never")
+# khugepaged's knobs: 0 .. PMD_NR - 1 each; defaults PMD_NR - 1, PMD_NR / 8, PMD_NR / 2
+MAX_PTES_KEYS: tuple[str, ...] = ("max_ptes_none", "max_ptes_swap", "max_ptes_shared")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +130,11 @@ class Config:
     shrink_underused: bool = True
     nodes: int = 2
     swap_pages: int = -1  # -1: the default, 4 PUD folios' worth (resolved by ``geom``)
+    # (order, setting) for every mTHP order whose setting is not "never", ascending
+    mthp: tuple[tuple[int, str], ...] = ()
+    max_ptes_none: int = -1  # -1: the mainline default (resolved by ``max_ptes``)
+    max_ptes_swap: int = -1
+    max_ptes_shared: int = -1
 
     KEYS: ClassVar[tuple[str, ...]] = (
         "geometry",
@@ -133,6 +148,10 @@ class Config:
         "shrink_underused",
         "nodes",
         "swap_pages",
+        "mthp",
+        "max_ptes_none",
+        "max_ptes_swap",
+        "max_ptes_shared",
     )
 
     @property
@@ -144,6 +163,31 @@ class Config:
         if self.swap_pages < 0:
             return 4 * self.geometry * self.geometry
         return self.swap_pages
+
+    def max_ptes(self, key: str) -> int:
+        """khugepaged's ``max_ptes_none``/``_swap``/``_shared`` with the mainline defaults
+        (mm/khugepaged.c khugepaged_init()) where the program does not set them."""
+        v: int = getattr(self, key)
+        if v >= 0:
+            return v
+        P = self.geometry
+        return {"max_ptes_none": P - 1, "max_ptes_swap": P // 8, "max_ptes_shared": P // 2}[key]
+
+    def with_geometry(self, P: int) -> Config:
+        """This config at geometry ``P``: the mTHP orders ``P`` does not have dropped, the
+        ``max_ptes_*`` set above ``P - 1`` brought down to it (shrinking and fuzzers move
+        programs between geometries)."""
+        g = Geometry(P)
+        ptes = {k: min(getattr(self, k), P - 1) for k in MAX_PTES_KEYS}
+        return replace(self, geometry=P, mthp=tuple(
+            (o, v) for o, v in self.mthp if o in g.mthp_orders), **ptes)
+
+    def mthp_setting(self, order: int) -> str:
+        """hugepages-<size>kB/enabled of an mTHP order: "never" unless the program says."""
+        for o, setting in self.mthp:
+            if o == order:
+                return setting
+        return "never"
 
     @classmethod
     def from_json(cls, raw: Any) -> Config:
@@ -179,6 +223,16 @@ class Config:
                 if not _is_int(value) or value < 0 or value > 1 << 40:
                     raise ConfigError(key, f"{value!r} is not an integer >= 0")
                 values[key] = value
+            else:  # mthp and max_ptes_*: checked against the geometry below
+                values[key] = value
+        P = values.get("geometry", GEOMETRIES["small"])  # the default geometry
+        if "mthp" in values:
+            values["mthp"] = _mthp_from_json(values["mthp"], Geometry(P))
+        for key in MAX_PTES_KEYS:
+            if key in values:
+                value = values[key]
+                if not _is_int(value) or not 0 <= value < P:
+                    raise ConfigError(key, f"{value!r} is not an integer from 0 to {P - 1}")
         return cls(**values)
 
     def to_json(self) -> dict[str, Any]:
@@ -191,6 +245,10 @@ class Config:
                 v = names.get(v, v)
             if f.name == "swap_pages":
                 v = self.swap_capacity
+            if f.name == "mthp":
+                v = {str(o): setting for o, setting in self.mthp}
+            if f.name in MAX_PTES_KEYS:
+                v = self.max_ptes(f.name)
             out[f.name] = v
         return out
 
@@ -207,6 +265,26 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _mthp_from_json(raw: Any, g: Geometry) -> tuple[tuple[int, str], ...]:
+    """``config.mthp``: order (a decimal string) -> setting; "never" entries dropped."""
+    orders = g.mthp_orders
+    span = f"{orders.start}..{orders.stop - 1}" if orders else "none"
+    if not isinstance(raw, dict):
+        raise ConfigError("mthp", "must be an object mapping an order to a setting")
+    out: dict[int, str] = {}
+    for key, setting in raw.items():
+        if not (isinstance(key, str) and key.isdigit() and len(key) <= 3
+                and int(key) in orders and str(int(key)) == key):
+            raise ConfigError("mthp", f"order {key!r} is not an mTHP order at geometry "
+                              f"P={g.P} ({span})")
+        if not isinstance(setting, str) or setting not in MTHP_SETTINGS:
+            raise ConfigError("mthp", f"order {key}: {setting!r} is not one of "
+                              f"{', '.join(MTHP_SETTINGS)}")
+        if setting != "never":
+            out[int(key)] = setting
+    return tuple(sorted(out.items()))
+
+
 # --------------------------------------------------------------------------------------
 # Results (docs/format.md "Results"): integers, or errno / signal names as strings
 # --------------------------------------------------------------------------------------
@@ -216,6 +294,7 @@ ENOMEM = "ENOMEM"
 ESRCH = "ESRCH"
 EBUSY = "EBUSY"
 EFAULT = "EFAULT"
+EAGAIN = "EAGAIN"
 SIGSEGV = "SIGSEGV"
 
 Result = int | str
@@ -225,7 +304,7 @@ Result = int | str
 # --------------------------------------------------------------------------------------
 
 PROTS: tuple[str, ...] = ("none", "r", "rw")
-ADVICES: tuple[str, ...] = ("hugepage", "nohugepage", "dontneed", "pageout")
+ADVICES: tuple[str, ...] = ("hugepage", "nohugepage", "dontneed", "pageout", "collapse")
 ALLOC_ORDERS: tuple[str, ...] = ("pud", "pmd", "base")
 MAX_VALUE = (1 << 64) - 1  # a page's contents are a 64-bit word
 
@@ -296,6 +375,7 @@ class Exit:
 class SplitFolio:
     mm: int
     addr: int
+    order: int = 0  # the new order (debugfs split_huge_pages' new_order); optional
     KIND: ClassVar[str] = "split_folio"
 
 
@@ -384,6 +464,18 @@ FIELD_KINDS: dict[str, str] = {
     "advice": "advice",
     "order": "alloc_order",
 }
+# Where one op's field has another kind than ``FIELD_KINDS`` gives its name
+OP_FIELD_KINDS: dict[tuple[str, str], str] = {("split_folio", "order"): "order"}
+# Optional fields and the value a program that leaves them out means (never written out)
+OP_FIELD_DEFAULTS: dict[tuple[str, str], int] = {("split_folio", "order"): 0}
+# the largest split order a program may name (the kernel parses an unsigned int; no folio
+# is larger than PUD_ORDER = 18)
+MAX_SPLIT_ORDER = 63
+
+
+def field_kind(kind: str, name: str) -> str:
+    """The kind of field ``name`` of op ``kind`` (``FIELD_KINDS`` unless the op says)."""
+    return OP_FIELD_KINDS.get((kind, name)) or FIELD_KINDS[name]
 # the values of each field kind that is a choice of names
 FIELD_CHOICES: dict[str, tuple[str, ...]] = {
     "prot": PROTS,
@@ -404,6 +496,7 @@ FIELD_MAX: dict[str, int] = {
     "length": MAX_PAGES,
     "id": MAX_VALUE,
     "value": MAX_VALUE,
+    "order": MAX_SPLIT_ORDER,
 }
 
 
@@ -413,15 +506,21 @@ def op_fields(kind: str) -> tuple[str, ...]:
 
 
 def op_to_json(op: Op) -> dict[str, Any]:
+    """An op as a program spells it; an optional field at its default is left out, so a
+    program written back keeps its bytes."""
     out: dict[str, Any] = {"op": op.KIND}
     for f in fields(op):
-        out[f.name] = getattr(op, f.name)
+        v = getattr(op, f.name)
+        if OP_FIELD_DEFAULTS.get((op.KIND, f.name)) == v:
+            continue
+        out[f.name] = v
     return out
 
 
 def op_str(op: Op) -> str:
     """One-line human form: ``write mm=0 addr=64 value=7``."""
-    parts = [op.KIND] + [f"{f.name}={getattr(op, f.name)}" for f in fields(op)]
+    parts = [op.KIND] + [f"{f.name}={getattr(op, f.name)}" for f in fields(op)
+                         if OP_FIELD_DEFAULTS.get((op.KIND, f.name)) != getattr(op, f.name)]
     return " ".join(parts)
 
 
@@ -519,6 +618,9 @@ VMSTAT_KEYS: tuple[str, ...] = (
     "thp_migration_split",
     "pswpin",
     "pswpout",
+    "thp_underused_split_page",
+    "thp_collapse_alloc",
+    "thp_collapse_alloc_failed",
 )
 MTHP_KEYS: tuple[str, ...] = (
     "anon_fault_alloc",
@@ -560,10 +662,18 @@ def rle(values: list[Any]) -> list[list[Any]]:
     return out
 
 
-def empty_stats() -> dict[str, Any]:
+def mthp_row_names(g: Geometry) -> tuple[str, ...]:
+    """The rows of ``stats.mthp``: ``pmd``, ``pud``, then one per mTHP order (its number)."""
+    return ("pmd", "pud", *(str(o) for o in g.mthp_orders))
+
+
+def empty_stats(g: Geometry | None = None) -> dict[str, Any]:
+    """Every counter at 0; with a geometry, a ``stats.mthp`` row for each of its mTHP
+    orders too (hugepages-<size>kB/stats of the sizes between 8 kB and the PMD size)."""
+    rows = mthp_row_names(g) if g is not None else ("pmd", "pud")
     return {
         "vmstat": dict.fromkeys(VMSTAT_KEYS, 0),
-        "mthp": {"pmd": dict.fromkeys(MTHP_KEYS, 0), "pud": dict.fromkeys(MTHP_KEYS, 0)},
+        "mthp": {r: dict.fromkeys(MTHP_KEYS, 0) for r in rows},
         "node": dict.fromkeys(NODE_KEYS, 0),
     }
 

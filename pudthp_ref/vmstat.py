@@ -1,7 +1,7 @@
 """Statistics: mm/vmstat.c events, the mTHP per-order counters and node stats.
 
-``count_mthp_stat`` keeps only the PMD and PUD orders (the RFC's patch 02 extends the
-per-order array to the PUD order; orders in between are not modelled).
+``count_mthp_stat`` keeps a row per mTHP order (2 .. PMD_ORDER - 1), the PMD order and, as
+the RFC's patch 02 extends the per-order array, the PUD order.
 """
 
 from __future__ import annotations
@@ -15,10 +15,14 @@ def count_vm_event(st: MmState, item: str, delta: int = 1) -> None:
 
 
 def mthp_row(st: MmState, order: int) -> str | None:
+    """The ``stats.mthp`` row of an order: ``pmd``, ``pud``, or the mTHP order's number
+    (None for orders 0 and 1, which mod_mthp_stat() has no row for)."""
     if order == st.geom.pmd_order:
         return "pmd"
     if order == st.geom.pud_order:
         return "pud"
+    if 2 <= order < st.geom.pmd_order:
+        return str(order)
     return None
 
 

@@ -55,7 +55,7 @@ VALID_OP: dict[str, dict[str, Any]] = {
     "write": {"mm": 0, "addr": 64, "value": 1},
     "fork": {"mm": 0},
     "exit": {"mm": 0},
-    "split_folio": {"mm": 0, "addr": 64},
+    "split_folio": {"mm": 0, "addr": 64, "order": 2},
     "shrink_deferred": {},
     "migrate": {"mm": 0, "start": 64, "npages": 8, "node": 1},
     "pin": {"mm": 0, "addr": 64},
@@ -79,6 +79,7 @@ WRONG_RANGE: dict[str, list[tuple[str, Any]]] = {
     "prot": [("unknown", "rwx"), ("case", "RW")],
     "advice": [("unknown", "free")],
     "alloc_order": [("unknown", "pte")],
+    "order": [("negative", -1), ("64", 64), ("1e100", 10**100)],
 }
 
 WRONG_CONFIG: dict[str, list[Any]] = {
@@ -93,6 +94,12 @@ WRONG_CONFIG: dict[str, list[Any]] = {
     "shrink_underused": [0, "false"],
     "nodes": [0, 65, 2**64, 1.0, "2"],
     "swap_pages": [-2, 2**41, 10**100, "lots"],
+    # at the default geometry (P=8) the only mTHP order is 2
+    "mthp": [[], "always", {"1": "always"}, {"3": "always"}, {"02": "always"},
+             {"2": "sometimes"}, {"2": None}],
+    "max_ptes_none": [-1, 8, 2**64, "511", True],
+    "max_ptes_swap": [-1, 8, None],
+    "max_ptes_shared": [8, 1.0],
 }
 
 
@@ -238,6 +245,8 @@ def _shape_cases() -> list[Case]:
                               (f"config.{key}",)))
     for kind, fields_ in VALID_OP.items():
         for field in fields_:
+            if (kind, field) in spec.OP_FIELD_DEFAULTS:
+                continue  # optional: leaving it out means its default
             cases.append(Case(f"{kind} missing {field}", program_file(with_ops(
                 {"op": kind, **{k: v for k, v in fields_.items() if k != field}})),
                 ("op 3", f"'{field}'", "missing")))
@@ -250,7 +259,7 @@ def _field_cases() -> list[Case]:
     cases: list[Case] = []
     for kind, fields_ in VALID_OP.items():
         for field in fields_:
-            field_kind = spec.FIELD_KINDS[field]
+            field_kind = spec.field_kind(kind, field)
             numeric = field_kind in spec.FIELD_MAX
             wrong = [*WRONG_RANGE[field_kind], *(WRONG_TYPES if numeric else WRONG_TYPES[:2])]
             for label, value in wrong:

@@ -28,6 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # Configs: PUD THPs (the defaults), PMD THPs only, no THPs at all.
 PUD: dict[str, Any] = {}
 PMD: dict[str, Any] = {"pud_enabled": "never"}
+# P = 16: mTHP orders 2 and 3 (always), no PMD or PUD THP
+MTHP: dict[str, Any] = {"geometry": 16, "pud_enabled": "never", "pmd_enabled": "never",
+                        "mthp": {"2": "always", "3": "always"}}
 PTE: dict[str, Any] = {"thp_enabled": "never", "pud_enabled": "never"}
 
 
@@ -75,8 +78,8 @@ def MG(start: int, n: int, node: int = 1, mm: int = 0) -> dict[str, Any]:
     return {"op": "migrate", "mm": mm, "start": start, "npages": n, "node": node}
 
 
-def SF(addr: int, mm: int = 0) -> dict[str, Any]:
-    return {"op": "split_folio", "mm": mm, "addr": addr}
+def SF(addr: int, mm: int = 0, order: int = 0) -> dict[str, Any]:
+    return {"op": "split_folio", "mm": mm, "addr": addr, "order": order}
 
 
 def SD() -> dict[str, Any]:
@@ -132,6 +135,10 @@ CASES: list[Case] = [
      "a read with use_zero_page maps the huge zero PMD"),
     ("fault:pte:zero_page", PTE, [M(0, 64), R(0)], 1,
      "no THP: a read maps the zero page"),
+    ("fault:pte:mthp_alloc", MTHP, [M(0, 64), W(5)], 1,
+     "[0,8) is all none and inside the VMA: an order-3 folio (alloc_anon_folio)"),
+    ("fault:pte:mthp_range_not_none", MTHP, [M(0, 64), R(4), W(5)], 2,
+     "the zero PTE at 4 rules out order 3 over [0,8); order 2 over [4,8) too: order 0"),
     ("fault:pte:new_page", PTE, [M(0, 64), W(0)], 1,
      "no THP: a write maps a new order-0 folio"),
     ("fault:nohugepage_vma", PUD, [M(0, 64), MA(0, 64, "nohugepage"), W(0)], 2,
@@ -184,6 +191,8 @@ CASES: list[Case] = [
     ("wp_fault:large:extra_reference", PMD,
      [*THP_WRITE, F(0), X(1), U(4, 4), PIN(1), W(0)], 6,
      "the pin of page 1 adds a reference: refcount 5 != mapcount 4, so page 0 is copied"),
+    ("wp_fault:large:mthp_order", MTHP, [M(0, 64), W(0), F(0), W(1)], 3,
+     "the fork write-protected the order-3 folio; the write meets it shared"),
     ("wp_fault:large:reused", PMD, [*THP_WRITE, F(0), X(1), U(2, 6), W(0)], 5,
      "mapcount 2 = refcount 2, all in mm 0: __wp_can_reuse_large_anon_folio is true"),
     # ---- pins --------------------------------------------------------------------------
@@ -274,6 +283,8 @@ CASES: list[Case] = [
      "the written PMD THP is wholly in range and exclusive: swapped out as one unit"),
     ("pageout:pmd_leaf:zero_filled", PMD, [M(0, 64), W(0, 0), MA(0, 8, "pageout")], 2,
      "the PMD THP is zero-filled: its slots go to the zeromap, no thp_swpout"),
+    ("pageout:mthp:swapped_whole", MTHP, [M(0, 64), W(0), MA(0, 8, "pageout")], 2,
+     "the order-3 folio over [0,8) is wholly in range, mapped only there: swpout"),
     ("pageout:thp:swap_full_split", {**PMD, "swap_pages": 4},
      [*THP_WRITE, MA(0, 8, "pageout")], 2,
      "8 pages do not fit in 4 slots: split (thp_swpout_fallback), pages reclaimed one by one"),
@@ -322,6 +333,26 @@ CASES: list[Case] = [
      "the THP is mapped by mm 0 and the child"),
     ("split_folio:zero_subpages", PMD, [*THP_WRITE, SF(0)], 2,
      "pages 1..7 were never written: remapped to the zero page"),
+    # ---- MADV_COLLAPSE -------------------------------------------------------------------
+    ("collapse:success", PTE, [M(0, 64), W(3), MA(0, 8, "collapse")], 2,
+     "the PMD block [0,8) has a PTE table and no extra reference: copied into a PMD THP"),
+    ("collapse:with_swapin", {**PTE, "swap_pages": 64},
+     [M(0, 64), W(3), MA(3, 1, "pageout"), MA(0, 8, "collapse")], 3,
+     "page 3 is in swap: __collapse_huge_page_swapin reads it first"),
+    ("collapse:large_sources", MTHP, [M(0, 64), W(0), MA(0, 16, "collapse")], 2,
+     "the order-3 folio over [0,8) is copied into the new PMD-order folio and freed"),
+    ("collapse:enomem_alloc", PTE, [M(0, 64), W(3), FA("pmd"), MA(0, 8, "collapse")], 3,
+     "the injected PMD-order failure: thp_collapse_alloc_failed, ENOMEM"),
+    ("collapse:eagain_extra_reference", PTE, [M(0, 64), PIN(3), MA(0, 8, "collapse")], 2,
+     "the pin is a reference besides the mapping: SCAN_PAGE_COUNT, EAGAIN"),
+    ("collapse:einval", PTE, [M(0, 64), MA(0, 8, "collapse")], 1,
+     "nothing was ever written: the VMA has no anon_vma"),
+    ("split_folio:to_mthp_order", {**PMD, "geometry": 16}, [M(0, 64), W(0), SF(0, order=2)],
+     2, "the PMD THP (order 4 at P=16) splits into four order-2 folios"),
+    ("split_folio:pud_to_pmd_order", PUD, [*THP_WRITE, SF(0, order=3)], 2,
+     "the PUD folio (order 6 at P=8) splits into eight PMD-order (3) folios"),
+    ("split_folio:order_refused", PMD, [*THP_WRITE, SF(0, order=1)], 2,
+     "order 1: no anonymous order-1 folio, EINVAL"),
     ("split_folio:partially_mapped", PMD, [*THP_WRITE, U(4, 4), SF(0)], 3,
      "the THP is partially mapped after the munmap"),
     # ---- shrink_deferred ---------------------------------------------------------------
@@ -331,6 +362,12 @@ CASES: list[Case] = [
      "shrink_underused queued the new THP unflagged: it leaves the queue"),
     ("shrink_deferred:split_failed", PMD, [M(0, 64), PIN(0), U(4, 4), SD()], 3,
      "the partially mapped THP is pinned: the split fails, it stays queued"),
+    ("shrink_deferred:underused", {**PMD, "max_ptes_none": 0}, [*THP_WRITE, SD()], 2,
+     "max_ptes_none 0: the first zero page of the PMD THP makes it underused"),
+    ("shrink_deferred:mthp", MTHP, [M(0, 64), W(0), U(1, 1), SD()], 3,
+     "the munmap left the order-3 folio partially mapped; the shrinker splits it"),
+    ("deferred_split:mthp", MTHP, [M(0, 64), W(0), U(1, 1)], 2,
+     "the zap of page 1 leaves the order-3 folio partially mapped"),
     ("shrink_deferred:pud_order", PUD, [*THP_WRITE, U(0, 8), SD()], 3,
      "the partially mapped PUD-order folio is split"),
     # ---- deposits ----------------------------------------------------------------------

@@ -263,6 +263,11 @@ def test_every_field_has_its_range_or_its_choices() -> None:
             assert high + 1 == 1 << high.bit_length()
             bound = f"from {low} to 2^{high.bit_length()}-1"
             assert bound in text, f"field {name}: range {bound!r} not in {text!r}"
+    for (op, name), kind in spec.OP_FIELD_KINDS.items():  # a field one op types its own way
+        text = " | ".join(rows[f"`{name}`"])
+        high = spec.FIELD_MAX[kind]
+        assert f"`{op}`" in text, text
+        assert f"from 0 to 2^{high.bit_length()}-1" in text, text
 
 
 def test_every_config_key_has_its_values_and_default() -> None:
@@ -280,6 +285,19 @@ def test_every_config_key_has_its_values_and_default() -> None:
         value = getattr(default, key)
         if key == "geometry":
             value = {p: n for n, p in spec.GEOMETRIES.items()}[value]
+        if key == "mthp":  # every mTHP order never, as mainline's sysfs defaults
+            assert spec.Config().mthp == ()
+            assert "every order `never`" in dflt, dflt
+            for v in spec.MTHP_SETTINGS:
+                assert f"`{v}`" in values, f"config mthp: value {v} not documented"
+            continue
+        if key in spec.MAX_PTES_KEYS:  # the defaults are rules of P (khugepaged_init)
+            P = spec.Config(geometry=16).geometry
+            shown_rule = {"max_ptes_none": ("`P - 1`", P - 1), "max_ptes_swap": ("`P / 8`", P // 8),
+                          "max_ptes_shared": ("`P / 2`", P // 2)}[key]
+            assert spec.Config(geometry=16).max_ptes(key) == shown_rule[1]
+            assert shown_rule[0] in dflt, f"config {key}: default {dflt!r}"
+            continue
         if key == "swap_pages":  # the default is a rule, not a number: four PUD folios
             assert all(spec.Config(geometry=p).swap_capacity == 4 * p * p for p in (4, 8, 512))
             assert "`4*P*P`" in dflt, f"swap_pages default {dflt!r}"

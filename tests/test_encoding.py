@@ -111,8 +111,19 @@ configs = st.builds(
 
 
 @st.composite
-def programs(draw: st.DrawFn) -> Program:
+def configs_v2(draw: st.DrawFn) -> Config:
+    """A config with the version-2 keys (mTHP settings, max_ptes_*) drawn as well."""
     cfg = draw(configs)
+    g = cfg.geom
+    mthp = tuple((o, v) for o in g.mthp_orders
+                 if (v := draw(st.sampled_from(spec.MTHP_SETTINGS))) != "never")
+    ptes = {k: draw(st.integers(-1, g.P - 1)) for k in spec.MAX_PTES_KEYS}
+    return replace(cfg, mthp=mthp, **ptes)
+
+
+@st.composite
+def programs(draw: st.DrawFn) -> Program:
+    cfg = draw(st.one_of(configs, configs_v2()))
     g = cfg.geom
     addr = st.one_of(
         st.integers(0, g.space - 1),
@@ -128,10 +139,12 @@ def programs(draw: st.DrawFn) -> Program:
         "index": st.one_of(st.integers(0, 5), index),
         "id": st.integers(1, 1 << 16),
         **{k: st.sampled_from(v) for k, v in CHOICE_FIELDS.items()},
+        "order": st.integers(0, g.pud_order),
     }
     ops = []
     for kind in draw(st.lists(st.sampled_from(OP_KINDS), max_size=30)):
-        fields = {name: draw(values[spec.FIELD_KINDS[name]]) for name in spec.op_fields(kind)}
+        fields = {name: draw(values[spec.field_kind(kind, name)])
+                  for name in spec.op_fields(kind)}
         ops.append(spec.OP_TYPES[kind](**fields))
     return Program(cfg, tuple(ops))
 
@@ -274,3 +287,39 @@ def test_a_mutation_is_one_op_level_edit() -> None:
         # insert/delete change the length by at most 4; swap/tweak change at most 2 ops
         same = sum(a == b for a, b in zip(after.ops, base.ops, strict=False))
         assert abs(len(after.ops) - len(base.ops)) <= 4 or same >= len(base.ops) - 2
+
+
+def test_version_2_golden_bytes_carry_mthp_max_ptes_and_the_split_order() -> None:
+    # Written by hand from fuzz/encoding.py's docstring: version 2 adds, after swap_pages,
+    # the mTHP settings (two bits per order from order 2) and the three max_ptes_* varints,
+    # and one byte of split_folio's order (modulo PUD_ORDER + 1).
+    data = bytes([
+        2,  # version 2
+        0b0_00_00_010,  # P=16 (mTHP orders 2, 3; PMD order 4, PUD order 8), the rest default
+        0, 0, 0,  # byte 2 default, nodes 2, swap default
+        0b10_01,  # order 2 always (1), order 3 madvise (2)
+        1, 0, 9,  # max_ptes_none (1 - 1) % 16 = 0, swap default, shared (9 - 1) = 8
+        8, 0, 0x02, 0, 3,  # split_folio mm 0, addr 0, order 3
+        8, 1, 0x02, 5, 12,  # split_folio mm 1, addr 5, order 12 % 9 = 3
+    ])
+    cfg = Config(geometry=16, mthp=((2, "always"), (3, "madvise")), max_ptes_none=0,
+                 max_ptes_shared=8)
+    program = Program(cfg, (spec.SplitFolio(0, 0, 3), spec.SplitFolio(1, 5, 3)))
+    assert decode(data) == program
+    assert decode(encode(program)) == program
+    # the same ops as version 1 carry no order byte and mean order 0
+    v1 = bytes([1, 0b010, 0, 0, 0, 8, 0, 0x02, 0])
+    assert decode(v1) == Program(Config(geometry=16), (spec.SplitFolio(0, 0, 0),))
+    # a program needing nothing of version 2 is written as version 1, bytes unchanged
+    assert encode(Program(Config(geometry=16), (spec.SplitFolio(0, 0),)))[0] == 1
+
+
+def test_advice_byte_4_is_collapse_in_version_2_and_hugepage_in_version_1() -> None:
+    # madvise mm 0, start 0, npages 1 page (tag 2, index 1), advice byte 4: version 1 had
+    # four advices (4 % 4 = 0, hugepage), version 2 five (collapse)
+    ops = [3, 0, 0x02, 0, 0x02, 1, 4]
+    assert decode(bytes([1, 0, 0, 0, 0, *ops])).ops == (spec.Madvise(0, 0, 1, "hugepage"),)
+    assert decode(bytes([2, 0, 0, 0, 0, 0, 0, 0, 0, *ops])).ops == (
+        spec.Madvise(0, 0, 1, "collapse"),)
+    # and a program using collapse is written as version 2
+    assert encode(Program(Config(), (spec.Madvise(0, 0, 1, "collapse"),)))[0] == 2

@@ -34,6 +34,7 @@ from pudthp_ref.spec import (
     LIST_POISON2,
     PAGE_TABLE_BYTES,
     Config,
+    Geometry,
     InvariantViolation,
     empty_stats,
     rle,
@@ -864,7 +865,7 @@ def test_x86_64_split_pud_state_is_checked_to_the_last_page() -> None:
     # mapped once, writable, exclusive.
     n = 512
     nr = n * n
-    stats = empty_stats()
+    stats = empty_stats(Geometry(512))  # with the rows of the mTHP orders 2..8
     stats["mthp"]["pud"]["nr_anon"] = 1
     stats["node"]["nr_anon_mapped"] = nr
     s: Snap = {

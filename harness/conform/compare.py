@@ -104,8 +104,30 @@ def pmd_level_config(program: Program, explicit: dict[str, Any]) -> Program:
     return Program(Config(**fields), program.ops, program.meta)
 
 
+def live_gap(program: Program) -> str | None:
+    """What of the program the live runs do not set up yet, or None: the per-size mTHP
+    settings and khugepaged's knobs are not written to the kernel, a split to an order is
+    not written to debugfs, MADV_COLLAPSE is not compared (docs/format.md, conform)."""
+    cfg = program.config
+    if cfg.mthp:
+        return "config.mthp: per-size mTHP settings are not set on the live kernel yet"
+    for key in spec.MAX_PTES_KEYS:
+        if getattr(cfg, key) >= 0 and cfg.max_ptes(key) != Config(geometry=cfg.geometry
+                                                                   ).max_ptes(key):
+            return f"config.{key}: the live kernel keeps khugepaged's default"
+    for i, op in enumerate(program.ops):
+        if isinstance(op, spec.SplitFolio) and op.order:
+            return f"op {i} (split_folio): a split to order {op.order} is not run live yet"
+        if isinstance(op, spec.Madvise) and op.advice == "collapse":
+            return f"op {i} (madvise): MADV_COLLAPSE is not compared live yet"
+    return None
+
+
 def check_ops(program: Program) -> None:
     """Raise CannotRun for an op this machine cannot do, or a range beyond the window."""
+    gap = live_gap(program)
+    if gap is not None:
+        raise CannotRun(gap)
     space = program.config.geom.space
     for i, op in enumerate(program.ops):
         if op.KIND in UNSUPPORTED_OPS:

@@ -58,6 +58,7 @@ from harness.conform.compare import (
     X86_64_P,
     ModelSide,
     known_kind,
+    live_gap,
     raw_config_keys,
 )
 from harness.conform.observe import (
@@ -115,6 +116,9 @@ def resolve(program: Program, explicit: dict[str, Any]) -> tuple[Program, bool]:
 
 def check_expressible(program: Program, pud: bool) -> None:
     """Raise ExportError for an op the live kernel (or an id the C file) cannot hold."""
+    gap = live_gap(program)
+    if gap is not None:
+        raise ExportError(gap)
     space = program.config.geom.space
     for i, op in enumerate(program.ops):
         name = "pin" if isinstance(op, spec.Unpin) else "mm"  # a larger id names another

@@ -357,7 +357,8 @@ def apply_config(s: Settings, cfg: KernelConfig) -> None:
 
     - ``enabled``, ``hugepages-2048kB/enabled``, ``use_zero_page``, ``shrink_underused``:
       the config;
-    - every other ``hugepages-*kB/enabled``: never (the model has no mTHP orders);
+    - every other ``hugepages-*kB/enabled``: never (a program with ``config.mthp`` is not
+      run live yet: ``compare.live_gap``);
     - ``defrag``: always, so a THP fault compacts rather than falls back and the only
       fallback left is a real lack of 2 MiB blocks (the model allocates unless told not to);
     - khugepaged: ``scan_sleep_millisecs`` and ``alloc_sleep_millisecs`` one hour and
@@ -365,7 +366,7 @@ def apply_config(s: Settings, cfg: KernelConfig) -> None:
       value at which ``thp_underused()`` is always false (the model's shrinker relies on it);
     - ``vm.page-cluster`` 0: swap-in reads the one page faulted, no readahead into the swap
       cache;
-    - zswap off: pages go to the swap device the run sets up.
+    - zswap off: pages go to the swap device the run sets up (written only when it is on).
     """
     s.set(f"{THP_DIR_}/enabled", cfg.thp_enabled)
     for name in sorted(os.listdir(THP_DIR_)):
@@ -387,7 +388,9 @@ def apply_config(s: Settings, cfg: KernelConfig) -> None:
     s.set(f"{kh}/max_ptes_none", "511")
     s.set("/proc/sys/vm/page-cluster", "0")
     zswap = "/sys/module/zswap/parameters/enabled"
-    if os.path.exists(zswap):
+    # written only when on: any write, even of N, initialises zswap, after which the kernel
+    # refuses large swap-in until reboot (zswap_never_enabled())
+    if os.path.exists(zswap) and k.selected(k.read_text(zswap)) != "N":
         s.set(zswap, "N")
 
 

@@ -609,6 +609,19 @@ static int record_add(int undo, const char *a, const char *b)
 	return record_write();
 }
 
+/* Whether a knob already reads value: zswap's enabled is written only when on, since any
+ * write, even of N, initialises zswap and the kernel then refuses large swap-in until
+ * reboot (zswap_never_enabled()) */
+static int knob_reads(const char *path, const char *value)
+{
+	char buf[512], sel[512];
+
+	if (read_text(path, buf, sizeof(buf)) < 0)
+		return 0;
+	selected(buf, sel, sizeof(sel));
+	return !strcmp(sel, value);
+}
+
 static int set_knob(const char *path, const char *value)
 {
 	char buf[512];
@@ -3133,6 +3146,7 @@ static void apply_config(void)
 	    set_knob(THP_DIR "/khugepaged/max_ptes_none", "511") ||
 	    set_knob("/proc/sys/vm/page-cluster", "0") ||
 	    (exists("/sys/module/zswap/parameters/enabled") &&
+	     !knob_reads("/sys/module/zswap/parameters/enabled", "N") &&
 	     set_knob("/sys/module/zswap/parameters/enabled", "N")))
 		skip_all("%s", err);
 }
