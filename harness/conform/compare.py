@@ -303,9 +303,13 @@ StepHook = Callable[[int, Op, Result, Result], None]
 
 
 def run_once(program: Program, tools: live.RunTools, on_step: StepHook | None = None,
-             ignore: frozenset[str] = frozenset()) -> ConformRun:
+             ignore: frozenset[str] = frozenset(), held_elsewhere: bool | None = None,
+             start: Callable[[live.Executor], None] | None = None) -> ConformRun:
     """Run the program once on both sides (the kernel already configured for it, ``tools``
-    the session's).
+    the session's).  ``held_elsewhere``: whether a process outside the run holds the huge
+    zero folio, when the caller knows (a kernel campaign holds it itself), else probed;
+    ``start``: how the program's first process is started (default ``Executor.start``, a
+    fork of this process).
 
     Every difference found is recorded in ``run.items``.  A difference the program alone
     decides (a result, a per-process observable, an event counter the kernel counted *less*
@@ -317,14 +321,15 @@ def run_once(program: Program, tools: live.RunTools, on_step: StepHook | None = 
     # An empty deferred split queue, and no huge zero folio left over, unless a process
     # outside the run holds it: then the kernel will not allocate it for the program, and
     # the model is told it exists (``ModelSide``).
-    held_elsewhere = bool(live.huge_zero_folio_held_elsewhere())
+    if held_elsewhere is None:
+        held_elsewhere = bool(live.huge_zero_folio_held_elsewhere())
     side = ModelSide(program, held_elsewhere)
     if held_elsewhere:
         run.noise.append("a process outside the run held the huge zero folio at the start: "
                          "the model was told it exists")
     kside = KernelSide(program, tools.frames)
     try:
-        kside.ex.start()
+        (start or live.Executor.start)(kside.ex)
         kside.last = kside.observe()
         assert side.projected is not None
         d = compare(-1, canonical(kside.last), canonical(side.projected), ignore)

@@ -1,0 +1,814 @@
+"""Kernel campaigns: programs run on the live kernel and on the reference model one after
+another, fast enough for the fuzz engines (``pudthp fuzz --impl kernel``, issue 22).
+
+``pudthp conform`` looks at everything after every op: the whole page state of every
+process through ``/proc`` and the model's snapshot projected onto it, which is most of
+its time.  A campaign instead looks cheaply after every op, the op's result and the deltas
+of the global counters (``harness.conform.observe``'s rules: a counter the kernel counted
+less often than the model is the program's, more often or a gauge may be anyone's), and
+looks at the whole page state once, at the end of the program.  Where the cheap look or
+the end differs, the program is run again from scratch with conform's full comparison
+after every op (``compare.run_once``), which names the first op and observable that
+differ; that difference counts only when two of up to three such runs show it with the
+same values (``confirm``).  A difference only the page state showed between two ops and
+the end hid again is not seen: the shorter program that ends there is found as readily.
+
+One campaign at a time per machine (the counters are machine-wide): ``KernelMachine``
+holds the conform lock for its whole life, and saves, records on disk and restores every
+setting as ``pudthp conform`` does (``compare.Session``); after a SIGKILL, ``pudthp conform
+--restore`` (or the next run) puts them back.  What a campaign keeps for its life, so a
+program costs what its ops cost:
+
+- a *zygote*: a small fresh interpreter (``python -c``, started with its own socket) that
+  serves no mm itself and forks each program's first process (``live.Executor.fork``): a
+  fork of the campaign process would copy its large address space, and every later smaps
+  read of the window's processes would walk it;
+- the huge zero folio, held by a process of its own (``HugeZeroHolder``): the folio then
+  exists for every program and the model is told so (``ModelSide``'s ``held_elsewhere``),
+  so no program pays conform's probe for another holder, and neither side counts
+  ``thp_zero_page_alloc`` (where it cannot be held, programs do without the zero page);
+- the zram swap device (``SwapDevice``): switched on and off with ``swapon(2)`` and
+  ``swapoff(2)`` for programs with and without swap, rebuilt only when the size changes.
+
+Which ops are drawn (``capabilities``): no ``fail_alloc`` (no per-order allocation-failure
+injection), ``migrate`` only with a second NUMA node, ``split_folio`` only where debugfs
+``split_huge_pages`` can be written; each kind left out is said once at the start.  The
+level: PMD, and PUD where the kernel has ``hugepages-1048576kB`` (programs may then turn
+PUD THP on; such a program's processes are seen through their results, VMAs
+(``/proc/PID/maps``) and counters only, as ``pudthp export-c`` sees a PUD program: smaps
+and pagemap are page walks that would split a PUD leaf).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from harness.conform import compare, live
+from harness.conform import kernel as k
+from harness.conform.compare import CannotRun, ConformRun, KernelSide, ModelSide, signature
+from harness.conform.kfeatures import KFeatures, op_look
+from harness.conform.known import known_kind, op_key
+from harness.conform.observe import (
+    MTHP_COMPARED,
+    VMSTAT_COMPARED,
+    Disagreement,
+    MmObs,
+    Observation,
+    canonical,
+    compare_counters,
+    deltas,
+    model_counters,
+    project_snapshot,
+)
+from pudthp_ref import spec
+from pudthp_ref.spec import Config, Finding, Op, Program, Result
+
+X86_64_P = spec.GEOMETRIES["x86_64"]
+PUD_SIZE_DIR = "hugepages-1048576kB"
+NODE_DIR = "/sys/devices/system/node"
+PROGRAM_KINDS: tuple[str, ...] = tuple(spec.OP_TYPES)
+FINDING_KIND = "disagreement"
+SIGNATURE_PREFIX = "disagreement:"
+# Ops after which the per-CPU LRU batches must be empty before the next op: what reclaim,
+# a write fault's reuse test, a split or a pin decide by a folio's reference count
+DRAIN_BEFORE: frozenset[str] = frozenset({"read", "write", "madvise.pageout", "split_folio",
+                                          "shrink_deferred", "pin", "migrate"})
+
+
+# --------------------------------------------------------------------------------------
+# What this machine can run
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a kernel campaign on this machine draws: the THP level (``pmd`` or ``pud``),
+    the op kinds, and why each other kind is left out; the kernel release."""
+
+    level: str
+    ops: frozenset[str]
+    skipped: dict[str, str]
+    release: str
+    nodes: int
+
+    @property
+    def pud_choices(self) -> tuple[str, ...]:
+        """The ``pud_enabled`` values programs may take."""
+        if self.level == "pud":
+            return ("never", "always", "madvise", "inherit")
+        return ("never",)
+
+
+def thp_level(thp_dir: str = k.THP_DIR) -> str:
+    """``pud`` where the kernel has PUD-size THP (``hugepages-1048576kB``), else ``pmd``."""
+    return "pud" if os.path.isdir(os.path.join(thp_dir, PUD_SIZE_DIR)) else "pmd"
+
+
+def numa_nodes(node_dir: str = NODE_DIR) -> int:
+    try:
+        names = os.listdir(node_dir)
+    except OSError:
+        return 1
+    return max(1, sum(1 for n in names if n.startswith("node") and n[4:].isdigit()))
+
+
+def capabilities(split_problem: str | None, thp_dir: str = k.THP_DIR,
+                 node_dir: str = NODE_DIR, release: str | None = None) -> Capabilities:
+    """The op kinds and level of a campaign here: ``split_problem`` says why debugfs
+    ``split_huge_pages`` cannot be written (None: it can); the THP and NUMA directories
+    are parameters so the decisions can be checked against a made-up sysfs."""
+    nodes = numa_nodes(node_dir)
+    skipped: dict[str, str] = {"fail_alloc": compare.UNSUPPORTED_OPS["fail_alloc"]}
+    if nodes < 2:
+        skipped["migrate"] = compare.UNSUPPORTED_OPS["migrate"]
+    if split_problem is not None:
+        skipped["split_folio"] = split_problem
+    ops = frozenset(kind for kind in PROGRAM_KINDS if kind not in skipped)
+    return Capabilities(thp_level(thp_dir), ops, skipped, release or os.uname().release,
+                        min(nodes, 2))
+
+
+def check_program(program: Program, caps: Capabilities) -> None:
+    """Raise CannotRun for a program a campaign here cannot run: another geometry, an op
+    left out, PUD THP at PMD level, a range past the address space."""
+    cfg = program.config
+    if cfg.geometry != X86_64_P:
+        raise CannotRun(f"geometry P={cfg.geometry}: the live kernel is x86_64 (P=512)")
+    if cfg.pud_enabled not in caps.pud_choices:
+        raise CannotRun(f"pud_enabled {cfg.pud_enabled!r}: this kernel has no PUD THP")
+    for i, op in enumerate(program.ops):
+        if op.KIND in caps.skipped:
+            raise CannotRun(f"op {i} ({op.KIND}): {caps.skipped[op.KIND]}")
+    compare.check_ops(Program(cfg, tuple(o for o in program.ops if o.KIND != "migrate")))
+
+
+def is_pud_program(cfg: Config) -> bool:
+    return cfg.pud_enabled != "never"
+
+
+# --------------------------------------------------------------------------------------
+# What a campaign keeps for its life
+# --------------------------------------------------------------------------------------
+
+PR_SET_PDEATHSIG = 1
+ZYGOTE_CODE = (
+    "import ctypes, os, signal, socket, sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)\n"  # PR_SET_PDEATHSIG
+    "if os.getppid() != int(sys.argv[3]): os._exit(0)\n"
+    "from harness.conform import live\n"
+    "live._server(socket.socket(fileno=int(sys.argv[1])), int(sys.argv[2]))\n"
+)
+
+
+class Zygote:
+    """A small process that forks each program's first process (see the module
+    docstring); dies with the campaign."""
+
+    def __init__(self, window_pages: int) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in (_root(), os.environ.get("PYTHONPATH")) if p))
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", ZYGOTE_CODE, str(child.fileno()),
+                 str(window_pages * k.PAGE_SIZE), str(os.getpid())],
+                pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL)
+        finally:
+            child.close()
+        parent.settimeout(live.SERVER_TIMEOUT_S)
+        self.server = live.Server(-1, self.proc.pid, parent, False)
+        msg, _ = live._answer(self.server)
+        if not (isinstance(msg, tuple) and msg[:1] == ("ready",)):
+            self.close()
+            raise k.KernelError(f"the campaign's zygote process did not start: {msg!r}")
+
+    def start(self, ex: live.Executor) -> None:
+        """``ex``'s mm 0: a fork of the zygote."""
+        ex.fork(self.server)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.server.sock.close()
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+def _root() -> str:
+    """The directory the ``harness`` package is imported from."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class HugeZeroHolder:
+    """A child process that maps a huge zero PMD and keeps it until the campaign ends, so
+    the huge zero folio exists for every program (``live.map_huge_zero_pmd``)."""
+
+    def __init__(self) -> None:
+        ready_r, ready_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover - the child
+            try:
+                os.close(ready_r)
+                ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                k.prctl(k.PR_SET_THP_DISABLE, 0)
+                os.write(ready_w, b"1" if live.map_huge_zero_pmd() else b"0")
+                while True:
+                    signal.pause()
+            finally:
+                os._exit(0)
+        os.close(ready_w)
+        try:
+            self.held = os.read(ready_r, 1) == b"1"
+        finally:
+            os.close(ready_r)
+        if not self.held:
+            self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _swap_call(name: str, path: str) -> None:
+    fn = getattr(_libc, name)
+    args = (os.fsencode(path), 0) if name == "swapon" else (os.fsencode(path),)
+    if fn(*args) != 0:
+        raise k.KernelError(f"{name} {path}: {os.strerror(ctypes.get_errno())}")
+
+
+class SwapDevice:
+    """The campaign's zram swap device (``live.setup_swap`` for one run): on for programs
+    with swap, off for those without, rebuilt when the size changes; recorded in the
+    session's settings record before each step, restored with the settings."""
+
+    def __init__(self, settings: live.Settings) -> None:
+        self.settings = settings
+        self.pages = 0  # the usable pages of the device as set up (0: none yet)
+        self.on = False
+        self.path = f"/dev/{live.ZRAM}"
+        self.sys = f"/sys/block/{live.ZRAM}"
+
+    def ensure(self, pages: int) -> None:
+        if pages == 0:
+            if self.on:
+                _swap_call("swapoff", self.path)
+                self.on = False
+            return
+        if self.pages != pages:
+            self._build(pages)
+        elif self.on and _swap_used(self.path):
+            _swap_call("swapoff", self.path)  # a folio left in the swap cache: start empty
+            self.on = False
+        if not self.on:
+            _swap_call("swapon", self.path)
+            self.on = True
+
+    def _build(self, pages: int) -> None:
+        if self.pages == 0:
+            others = live.active_swaps()
+            if others:
+                raise k.KernelError(f"swap is already active ({', '.join(others)}): "
+                                    "capacity unknown")
+            if not os.path.isdir(self.sys):
+                raise k.KernelError("no zram device for a synchronous swap device "
+                                    "(CONFIG_ZRAM)")
+            if k.read_text(f"{self.sys}/disksize").strip() != "0":
+                raise k.KernelError(f"{self.path} is in use")
+            self.settings.intend("zram_reset", live.ZRAM)
+            self.settings.intend("swapoff", self.path)
+            self.settings.on_restore(f"reset {self.path}", self._reset)
+        else:
+            self._reset()
+        k.write_text(f"{self.sys}/disksize", str((pages + 1) * k.PAGE_SIZE))
+        live._run(["mkswap", self.path])
+        self.pages = pages
+
+    def _reset(self) -> None:
+        if self.on:
+            _swap_call("swapoff", self.path)
+            self.on = False
+        k.write_text(f"{self.sys}/reset", "1")
+
+
+def _swap_used(path: str) -> bool:
+    for line in k.read_text("/proc/swaps").splitlines()[1:]:
+        parts = line.split()
+        if parts and parts[0] == path:
+            return int(parts[3]) > 0
+    return False
+
+
+def apply_kernel_config(s: live.Settings, cfg: Config, level: str, zero_page: bool) -> None:
+    """``live.apply_config`` for the program, and at PUD level PUD THP as the program says
+    (``zero_page`` False: the campaign could not hold the huge zero folio, so the zero page
+    is off for every program)."""
+    live.apply_config(s, live.KernelConfig(cfg.thp_enabled, cfg.pmd_enabled,
+                                           cfg.use_zero_page and zero_page,
+                                           cfg.shrink_underused, cfg.swap_capacity))
+    if level == "pud":
+        s.set(f"{k.THP_DIR}/{PUD_SIZE_DIR}/enabled", cfg.pud_enabled)
+
+
+class CounterReader:
+    """``live.read_counters`` from files kept open (``/proc/vmstat`` and every
+    ``hugepages-2048kB/stats`` file it reads), each read again from its start: the same
+    values, without opening twenty files twice per op."""
+
+    def __init__(self) -> None:
+        self.vmstat_names = {*VMSTAT_COMPARED, *live.NOISE_VMSTAT}
+        self.vmstat_fd = os.open("/proc/vmstat", os.O_RDONLY)
+        self.stats: list[tuple[str, int]] = []
+        try:
+            for name in (*MTHP_COMPARED, *live.NOISE_MTHP):
+                path = f"{k.PMD_STATS_DIR}/{name}"
+                if os.path.exists(path):
+                    self.stats.append((f"mthp.{name}", os.open(path, os.O_RDONLY)))
+        except BaseException:
+            self.close()
+            raise
+        self.missing = {f"mthp.{n}": 0 for n in (*MTHP_COMPARED, *live.NOISE_MTHP)}
+
+    def read(self) -> dict[str, int]:
+        out = dict(self.missing)
+        out.update({f"vmstat.{n}": 0 for n in self.vmstat_names})
+        text = os.pread(self.vmstat_fd, 1 << 16, 0).decode("ascii")
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in self.vmstat_names:
+                out[f"vmstat.{name}"] = int(value)
+        for key, fd in self.stats:
+            out[key] = int(os.pread(fd, 64, 0))
+        return out
+
+    def close(self) -> None:
+        for fd in (self.vmstat_fd, *(fd for _, fd in self.stats)):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.stats = []
+
+
+# PROCMAP_QUERY (include/uapi/linux/fs.h, Linux 6.11): the VMA covering one address
+_PROCMAP_QUERY_ARG = struct.Struct("=8QQ4IQQ")
+PROCMAP_QUERY = (3 << 30) | (_PROCMAP_QUERY_ARG.size << 16) | (ord("f") << 8) | 17
+PROCMAP_QUERY_VMA_READABLE, PROCMAP_QUERY_VMA_WRITABLE = 0x01, 0x02
+
+
+class CampaignKernelSide(KernelSide):
+    """``KernelSide`` deciding a ``SIGSEGV`` by asking ``/proc/PID/maps`` with
+    ``PROCMAP_QUERY`` for the VMA at the address (the same rule as ``_access_ok``: no VMA,
+    no read permission, or a write to a VMA without write permission), not by reading the
+    whole file; the file's text where the kernel has no such ioctl."""
+
+    maps_fds: dict[int, int]
+
+    def _access_ok(self, srv: live.Server, vpn: int, write: bool) -> bool:
+        if not hasattr(self, "maps_fds"):
+            self.maps_fds = {}
+        fd = self.maps_fds.get(srv.pid)
+        if fd is None:
+            fd = self.maps_fds[srv.pid] = os.open(f"/proc/{srv.pid}/maps", os.O_RDONLY)
+        addr = self.addr(vpn)
+        buf = ctypes.create_string_buffer(
+            _PROCMAP_QUERY_ARG.pack(_PROCMAP_QUERY_ARG.size, 0, addr, *([0] * 12)),
+            _PROCMAP_QUERY_ARG.size)
+        if _libc.ioctl(fd, PROCMAP_QUERY, buf) != 0:
+            err = ctypes.get_errno()
+            if err == errno.ENOENT:
+                return False
+            return super()._access_ok(srv, vpn, write)  # no PROCMAP_QUERY here
+        flags = _PROCMAP_QUERY_ARG.unpack(buf.raw)[5]
+        if vpn >= self.space:
+            raise CannotRun(f"address {addr:#x} (page {vpn}) is outside the window but "
+                            "mapped in the process")
+        return bool(flags & PROCMAP_QUERY_VMA_READABLE) and (
+            not write or bool(flags & PROCMAP_QUERY_VMA_WRITABLE))
+
+    def close(self) -> None:
+        for fd in getattr(self, "maps_fds", {}).values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        super().close()
+
+
+# --------------------------------------------------------------------------------------
+# The model side, looked at cheaply
+# --------------------------------------------------------------------------------------
+
+
+class CheapModelSide(ModelSide):
+    """``ModelSide`` with the huge zero folio held for the whole run (the campaign's
+    holder), looked at through its counters alone after each op; ``projected_now()`` gives
+    the full projection when asked."""
+
+    def __init__(self, program: Program) -> None:
+        super().__init__(program, True, project=False)
+
+    def _look(self) -> None:
+        self.counters = model_counters({"stats": self.model.st.stats})
+        self.projected = None
+        self._seen = Observation({})  # the holder holds the folio: holders do not matter
+
+    def projected_now(self) -> Observation:
+        return canonical(project_snapshot(self.model.snapshot()))
+
+
+# --------------------------------------------------------------------------------------
+# Verdicts
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    """What running one program found: ``disagreement`` the confirmed first difference
+    (None: the two agree, or what differed was not repeated: ``noise``), ``known`` the
+    ``KNOWN`` name that explains it, the kernel's results, runs made (cheap and full)."""
+
+    program: Program
+    disagreement: Disagreement | None = None
+    known: str | None = None
+    results: list[Result] = field(default_factory=list)
+    runs: int = 1
+    noise: list[str] = field(default_factory=list)
+    facts: frozenset[str] = frozenset()
+
+    @property
+    def signature(self) -> str | None:
+        d = self.disagreement
+        return None if d is None else SIGNATURE_PREFIX + signature(d, self.program)
+
+    def finding(self, strict: bool = False) -> Finding | None:
+        """The finding of an unexplained disagreement (any, with ``strict``)."""
+        d = self.disagreement
+        if d is None or (self.known is not None and not strict):
+            return None
+        sig = self.signature
+        assert sig is not None
+        return Finding(FINDING_KIND, d.op_index, sig, compare.describe(d, self.program),
+                       f"kernel {d.kernel!r}, model {d.model!r}")
+
+
+def two_of_three(run: Callable[[], ConformRun]) -> tuple[ConformRun, int]:
+    """Run up to three times from scratch: the first run's record with ``disagreement``
+    set to the first difference two runs showed alike (same op, observable and values),
+    or None when no two did (what differed is noted); and how many runs were made.  Two
+    clean runs end it at two: a difference one run in three shows does not count."""
+    runs = [run(), run()]
+    if runs[0].items or runs[1].items:
+        common = _common(runs)
+        if common is None:
+            runs.append(run())
+            common = _common(runs)
+        if common is not None:
+            runs[0].disagreement = common
+            return runs[0], len(runs)
+    out = runs[0]
+    for r in runs:
+        for d in r.items:
+            out.noise.append(f"not repeated by another run: op {d.op_index} {d.observable} "
+                             f"kernel {d.kernel!r} model {d.model!r}")
+    return out, len(runs)
+
+
+def _common(runs: list[ConformRun]) -> Disagreement | None:
+    """The first difference (by op) that two of ``runs`` show alike."""
+    seen: list[Disagreement] = []
+    for i, r in enumerate(runs):
+        for d in r.items:
+            if any(d in other.items for other in runs[i + 1:]):
+                seen.append(d)
+    return min(seen, key=lambda d: d.op_index) if seen else None
+
+
+# --------------------------------------------------------------------------------------
+# The machine
+# --------------------------------------------------------------------------------------
+
+
+def _stderr(text: str) -> None:
+    print(f"pudthp: {text}", file=sys.stderr, flush=True)
+
+
+class KernelMachine:
+    """The live kernel for a campaign's life (see the module docstring): a context
+    manager; ``run(program)`` runs one program as the campaign does, ``confirm(program)``
+    with conform's full comparison after every op, two of three runs."""
+
+    def __init__(self, say: Callable[[str], None] = _stderr) -> None:
+        self.say = say
+        self.session = compare.Session()
+        self.caps: Capabilities | None = None
+        self.zygote: Zygote | None = None
+        self.holder: HugeZeroHolder | None = None
+        self.swap: SwapDevice | None = None
+        self.counters: CounterReader | None = None
+        self.programs = 0
+        self.ops = 0
+
+    # -- life ------------------------------------------------------------------------------
+
+    def __enter__(self) -> KernelMachine:
+        try:
+            self.session.__enter__()
+        except k.KernelError as e:
+            raise CannotRun(str(e)) from None
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _start(self) -> None:
+        s = self.session.settings
+        self.caps = capabilities(self.session.split_problem())
+        for kind, why in sorted(self.caps.skipped.items()):
+            self.say(f"note: no {kind} ops: {why}")
+        self.swap = SwapDevice(s)
+        self.counters = CounterReader()
+        self.zygote = Zygote(X86_64_P ** 3)
+        # the huge zero folio needs THP and the zero page on while it is first mapped
+        apply_kernel_config(s, Config(geometry=X86_64_P, pud_enabled="never",
+                                      thp_enabled="always", pmd_enabled="inherit",
+                                      use_zero_page=True), "pmd", True)
+        live.drop_slab()
+        self.holder = HugeZeroHolder()
+        if not self.holder.held:
+            self.holder = None
+            self.say("note: the huge zero folio could not be held for the campaign: "
+                     "programs run without the zero page (use_zero_page off)")
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            for part in (self.holder, self.zygote, self.counters):
+                if part is not None:
+                    with contextlib.suppress(Exception):
+                        part.close()
+        finally:
+            self.holder = self.zygote = self.counters = None
+            self.session.__exit__(*exc)
+
+    @property
+    def zero_page(self) -> bool:
+        return self.holder is not None
+
+    def program_config(self, cfg: Config) -> Config:
+        """The config a program runs with here: the zero page off when the campaign could
+        not hold the huge zero folio (the model must do without it too)."""
+        if cfg.use_zero_page and not self.zero_page:
+            fields = {n: getattr(cfg, n) for n in Config.KEYS}
+            fields["use_zero_page"] = False
+            return Config(**fields)
+        return cfg
+
+    # -- programs --------------------------------------------------------------------------
+
+    def prepare(self, cfg: Config) -> None:
+        """Configure the kernel for a program of ``cfg``."""
+        assert self.caps is not None
+        assert self.swap is not None
+        apply_kernel_config(self.session.settings, cfg, self.caps.level, self.zero_page)
+        self.swap.ensure(cfg.swap_capacity)
+
+    def stepper(self, cfg: Config, features: KFeatures | None = None) -> ProgramRun:
+        """A program run op by op, the ops chosen as it goes (the Hypothesis machine)."""
+        cfg = self.program_config(cfg)
+        self.prepare(cfg)
+        return ProgramRun(self, cfg, features)
+
+    def run(self, program: Program, features: KFeatures | None = None,
+            strict: bool = False) -> Verdict:
+        """Run ``program`` as a campaign does: cheap looks after each op, the whole state
+        at the end, and where anything differs the full comparison (``confirm``)."""
+        assert self.caps is not None
+        check_program(program, self.caps)
+        r = self.stepper(program.config, features)
+        for op in program.ops:
+            if r.step(op) is None:
+                break
+        return r.finish()
+
+    def confirm(self, program: Program, cheap_runs: int = 0) -> Verdict:
+        """Conform's full comparison after every op, two of up to three runs from scratch
+        (``two_of_three``); with the explanation (``known_kind``) of what they show."""
+        self.prepare(program.config)
+        pud = is_pud_program(program.config)
+
+        def once() -> ConformRun:
+            self.prepare(program.config)
+            if pud:
+                return self._pud_run(program)
+            return compare.run_once(program, self.session.tools, held_elsewhere=True,
+                                    start=self._start_executor)
+
+        run, n = two_of_three(once)
+        v = Verdict(program, run.disagreement, None, run.kernel_results, cheap_runs + n,
+                    run.noise)
+        if v.disagreement is not None:
+            v.facts = compare.machine_facts(v.disagreement)
+            v.known = known_kind(v.disagreement, program, v.facts)
+        return v
+
+    def _start_executor(self, ex: live.Executor) -> None:
+        assert self.zygote is not None
+        self.zygote.start(ex)
+
+    def _pud_run(self, program: Program) -> ConformRun:
+        """A PUD program's run: its results, counters and VMAs after every op (what its
+        cheap run compares) as a ``ConformRun``."""
+        r = ProgramRun(self, program.config, None)
+        for op in program.ops:
+            if r.step(op) is None:
+                break
+        out = ConformRun(r.kernel_results, r.model_results)
+        out.items = list(r.items)
+        r.close()
+        return out
+
+
+class ProgramRun:
+    """One program on the kernel and the reference, op by op, with the cheap look after
+    each op; ``finish()`` looks at the end state and, where anything differed, confirms
+    with full runs from scratch.  ``items``: the differences the cheap look found."""
+
+    def __init__(self, machine: KernelMachine, cfg: Config,
+                 features: KFeatures | None) -> None:
+        self.machine = machine
+        self.cfg = cfg
+        self.features = features
+        self.ops: list[Op] = []
+        self.kernel_results: list[Result] = []
+        self.model_results: list[Result] = []
+        self.items: list[Disagreement] = []
+        self.noise: list[str] = []
+        self.ended = False  # a difference ended the run: no further op is run
+        self.pud = is_pud_program(cfg)
+        self.model = CheapModelSide(Program(cfg, ()))
+        self.kside = CampaignKernelSide(Program(cfg, ()), machine.session.tools.frames)
+        self.closed = False
+        try:
+            machine._start_executor(self.kside.ex)
+        except BaseException:
+            self.close()
+            raise
+        machine.programs += 1
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.kside.close()
+
+    def program(self) -> Program:
+        return Program(self.cfg, tuple(self.ops))
+
+    def step(self, op: Op) -> Result | None:
+        """Run one op on both sides; its kernel result, or None once a difference ended
+        the run (the states may differ from there on)."""
+        if self.ended:
+            return None
+        i = len(self.ops)
+        self.ops.append(op)
+        tools = self.machine.session.tools
+        kside = self.kside
+        if op_key(op) in DRAIN_BEFORE:
+            tools.drain()
+        if isinstance(op, spec.ShrinkDeferred) and kside.last is None:
+            kside.last = kside.observe()  # folios_split reads the state before the op
+        faults = _faults(kside, op)
+        counters = self.machine.counters
+        assert counters is not None
+        k_before = counters.read()
+        kres = kside.apply(op)
+        k_after = counters.read()
+        kd = deltas(k_before, k_after)
+        m_before = self.model.counters
+        mres = self.model.step(op, kd)
+        kside.seen = kside.last = None
+        self.machine.ops += 1
+        self.kernel_results.append(kres)
+        self.model_results.append(mres)
+        if self.features is not None:
+            look = None if self.pud else op_look(kside, op)
+            self.features.add_op(op, kd, look, _faults(kside, op, faults), kres)
+        for key in (*live.NOISE_VMSTAT, *live.NOISE_MTHP):
+            for name in (f"vmstat.{key}", f"mthp.{key}"):
+                if kd.get(name):
+                    self.noise.append(f"op {i}: {name} moved by {kd[name]}")
+        if kres != mres:
+            self.items.append(Disagreement(i, "result", kres, mres))
+            self.ended = True
+            return None
+        for d, definite in compare_counters(i, kd, deltas(m_before, self.model.counters)):
+            self.items.append(d)
+            if definite:
+                self.ended = True
+        if self.pud and not self.ended:
+            self._compare_vmas(i)
+        return None if self.ended else kres
+
+    def _compare_vmas(self, i: int) -> None:
+        """A PUD program's VMAs after op ``i`` (``/proc/PID/maps``: no page walk)."""
+        kernel = Observation({srv.mm: MmObs(_maps_vmas(srv.pid, self.kside.ex.window), 0, 0,
+                                            0) for srv in self.kside.ex.servers if srv.alive})
+        model = Observation({int(m[0]): MmObs([(int(s), int(e), str(p), ())
+                                               for s, e, p, _ in m[2]], 0, 0, 0)
+                             for m in self.model.model.summary()["mms"] if m[1]})
+        d = compare.compare(i, kernel, model, frozenset({"rss", "anon_huge", "swap"}))
+        if d is not None:
+            self.items.append(d)
+            self.ended = True
+
+    def end_difference(self) -> Disagreement | None:
+        """The whole state at the end (none for a PUD program: its VMAs were compared
+        after every op)."""
+        if self.pud or self.ended:
+            return None
+        kernel = canonical(self.kside.observe())
+        return compare.compare(len(self.ops) - 1, kernel, self.model.projected_now())
+
+    def finish(self) -> Verdict:
+        """The verdict: agree when the cheap looks and the end state agree.  A difference
+        other processes may have made (a counter the kernel counted more often, a gauge)
+        and nothing else is first run again cheaply from scratch, and counts only if that
+        run shows it alike; anything else goes to full runs from scratch, which decide
+        (``KernelMachine.confirm``)."""
+        try:
+            end = self.end_difference()
+        finally:
+            self.close()
+        if end is not None:
+            self.items.append(end)
+            self.ended = True
+        program = self.program()
+        if not self.items:
+            return Verdict(program, results=self.kernel_results, noise=self.noise)
+        runs = 1
+        if not self.ended:  # only counters other processes move: a cheap second look
+            again = self.machine.stepper(self.cfg)
+            for op in program.ops:
+                if again.step(op) is None:
+                    break
+            again.close()
+            runs = 2
+            if not any(d in again.items for d in self.items):
+                self.noise += [f"not repeated by another run: op {d.op_index} "
+                               f"{d.observable} kernel {d.kernel!r} model {d.model!r}"
+                               for d in self.items]
+                return Verdict(program, results=self.kernel_results, runs=runs,
+                               noise=self.noise)
+        v = self.machine.confirm(program, cheap_runs=runs)
+        if v.disagreement is None:
+            self.noise += [f"not repeated by a full run: op {d.op_index} {d.observable} "
+                           f"kernel {d.kernel!r} model {d.model!r}" for d in self.items]
+        v.noise = self.noise + v.noise
+        return v
+
+
+def _maps_vmas(pid: int, window: int) -> list[tuple[int, int, str, tuple[str, ...]]]:
+    out: list[tuple[int, int, str, tuple[str, ...]]] = []
+    base = live.WINDOW_BASE
+    with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            rng, perms = line.split()[:2]
+            lo, _, hi = rng.partition("-")
+            a, b = int(lo, 16), int(hi, 16)
+            if a < base + window and b > base:
+                out.append(((a - base) // k.PAGE_SIZE, (b - base) // k.PAGE_SIZE,
+                            live.PROT_OF_PERMS.get(perms[:3], perms[:3]), ()))
+    return out
+
+
+def _faults(kside: KernelSide, op: Op, before: tuple[int, int] | None = None
+            ) -> tuple[int, int] | None:
+    """The minor and major page faults of the process an access op runs in (``/proc/PID/
+    stat`` fields 10 and 12), or their change since ``before``; None for other ops."""
+    if not isinstance(op, spec.Read | spec.Write | spec.Pin):
+        return None
+    srv = kside.ex.server(op.mm)
+    if srv is None:
+        return None
+    try:
+        with open(f"/proc/{srv.pid}/stat", encoding="ascii", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    now = (int(fields[7]), int(fields[9]))  # minflt, majflt (stat fields 10, 12)
+    if before is None:
+        return now
+    return now[0] - before[0], now[1] - before[1]
