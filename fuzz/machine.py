@@ -112,8 +112,13 @@ class DivergenceFinding(FindingError):
     kind = "divergence"
 
 
+class DisagreementFinding(FindingError):
+    kind = "disagreement"  # the live kernel and the reference (fuzz.kmachine)
+
+
 FINDING_ERRORS: dict[str, type[FindingError]] = {
-    c.kind: c for c in (InvariantFinding, ModelBugFinding, OracleFinding, DivergenceFinding)
+    c.kind: c for c in (InvariantFinding, ModelBugFinding, OracleFinding, DivergenceFinding,
+                        DisagreementFinding)
 }
 _BY_SIGNATURE: dict[str, type[FindingError]] = {}
 

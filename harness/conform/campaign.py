@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import json
 import os
 import signal
 import socket
@@ -70,6 +71,8 @@ from harness.conform.observe import (
     model_counters,
     project_snapshot,
 )
+from harness.coverage import Coverage
+from harness.runner import exception_finding
 from pudthp_ref import spec
 from pudthp_ref.spec import Config, Finding, Op, Program, Result
 
@@ -399,11 +402,67 @@ class CampaignKernelSide(KernelSide):
         return bool(flags & PROCMAP_QUERY_VMA_READABLE) and (
             not write or bool(flags & PROCMAP_QUERY_VMA_WRITABLE))
 
+    def apply(self, op: Op) -> Result:
+        """``KernelSide.apply``; ``shrink_deferred``'s result (the program's THPs the
+        shrinker split, ``compare.folios_split``) read from the THP pages alone
+        (``thp_pages``), not from two looks at every page."""
+        if not isinstance(op, spec.ShrinkDeferred):
+            return super().apply(op)
+        before = thp_pages(self)
+        live.drop_slab()
+        return count_split(self, before)
+
     def close(self) -> None:
         for fd in getattr(self, "maps_fds", {}).values():
             with contextlib.suppress(OSError):
                 os.close(fd)
         super().close()
+
+
+def thp_pages(kside: KernelSide) -> dict[tuple[int, int], tuple[int, int]]:
+    """Every page of the program's processes mapped from a THP: (mm, page) -> (PFN, head
+    PFN), from ``PAGEMAP_SCAN``, pagemap and ``/proc/kpageflags``."""
+    out: dict[tuple[int, int], tuple[int, int]] = {}
+    frames = kside.frames
+    base = live.WINDOW_BASE
+    for srv in kside.ex.servers:
+        if not srv.alive:
+            continue
+        for a, b, cats in k.pagemap_scan(srv.pagemap_fd, base, base + kside.ex.window):
+            if not cats & k.PAGE_IS_PRESENT or cats & k.PAGE_IS_PFNZERO:
+                continue
+            n = (b - a) // k.PAGE_SIZE
+            pfns = [e & k.PM_PFN_MASK for e in k.pagemap_entries(srv.pagemap_fd, a, n)]
+            flags: dict[int, int] = {}
+            for first, count in k.pfn_runs(pfns):
+                flags.update(zip(range(first, first + count),
+                                 k.read_u64s(frames.flags_fd, first, count), strict=True))
+            vpn = (a - base) // k.PAGE_SIZE
+            for i, pfn in enumerate(pfns):
+                if flags[pfn] >> k.KPF_COMPOUND_HEAD & 1 or flags[pfn] >> k.KPF_COMPOUND_TAIL & 1:
+                    out[(srv.mm, vpn + i)] = (pfn, frames.head_of(pfn, flags)[0])
+    return out
+
+
+def count_split(kside: KernelSide, before: dict[tuple[int, int], tuple[int, int]]) -> int:
+    """How many THPs of ``before`` (``thp_pages``) have a page that is now the zero page or
+    an order-0 page at the same PFN: ``compare.folios_split``'s rule."""
+    after = thp_pages(kside)
+    split: set[int] = set()
+    base = live.WINDOW_BASE
+    for (mm, vpn), (pfn, head) in before.items():
+        srv = kside.ex.server(mm)
+        if srv is None or head in split or (mm, vpn) in after:
+            continue
+        addr = base + vpn * k.PAGE_SIZE
+        regions = k.pagemap_scan(srv.pagemap_fd, addr, addr + k.PAGE_SIZE)
+        cats = regions[0][2] if regions else 0
+        if not cats & k.PAGE_IS_PRESENT:
+            continue
+        if cats & k.PAGE_IS_PFNZERO or (
+                k.pagemap_entries(srv.pagemap_fd, addr, 1)[0] & k.PM_PFN_MASK) == pfn:
+            split.add(head)
+    return len(split)
 
 
 # --------------------------------------------------------------------------------------
@@ -446,21 +505,28 @@ class Verdict:
     runs: int = 1
     noise: list[str] = field(default_factory=list)
     facts: frozenset[str] = frozenset()
+    model_finding: Finding | None = None  # the reference itself failed (a model finding)
 
     @property
     def signature(self) -> str | None:
+        if self.model_finding is not None:
+            return self.model_finding.signature
         d = self.disagreement
         return None if d is None else SIGNATURE_PREFIX + signature(d, self.program)
 
     def finding(self, strict: bool = False) -> Finding | None:
-        """The finding of an unexplained disagreement (any, with ``strict``)."""
+        """The finding of an unexplained disagreement (any, with ``strict``), or the
+        reference's own when it raised."""
+        if self.model_finding is not None:
+            return self.model_finding
         d = self.disagreement
         if d is None or (self.known is not None and not strict):
             return None
         sig = self.signature
         assert sig is not None
         return Finding(FINDING_KIND, d.op_index, sig, compare.describe(d, self.program),
-                       f"kernel {d.kernel!r}, model {d.model!r}")
+                       json.dumps({"observable": d.observable, "kernel": d.kernel,
+                                   "model": d.model}))
 
 
 def two_of_three(run: Callable[[], ConformRun]) -> tuple[ConformRun, int]:
@@ -585,19 +651,22 @@ class KernelMachine:
         apply_kernel_config(self.session.settings, cfg, self.caps.level, self.zero_page)
         self.swap.ensure(cfg.swap_capacity)
 
-    def stepper(self, cfg: Config, features: KFeatures | None = None) -> ProgramRun:
+    def stepper(self, cfg: Config, features: KFeatures | None = None,
+                coverage: Coverage | None = None) -> ProgramRun:
         """A program run op by op, the ops chosen as it goes (the Hypothesis machine)."""
         cfg = self.program_config(cfg)
         self.prepare(cfg)
-        return ProgramRun(self, cfg, features)
+        return ProgramRun(self, cfg, features, coverage)
 
     def run(self, program: Program, features: KFeatures | None = None,
-            strict: bool = False) -> Verdict:
+            coverage: Coverage | None = None) -> Verdict:
         """Run ``program`` as a campaign does: cheap looks after each op, the whole state
-        at the end, and where anything differs the full comparison (``confirm``)."""
+        at the end, and where anything differs the full comparison (``confirm``); with
+        the kernel-observation and model-state features of its ops counted into
+        ``features`` and ``coverage``."""
         assert self.caps is not None
         check_program(program, self.caps)
-        r = self.stepper(program.config, features)
+        r = self.stepper(program.config, features, coverage)
         for op in program.ops:
             if r.step(op) is None:
                 break
@@ -646,16 +715,18 @@ class ProgramRun:
     each op; ``finish()`` looks at the end state and, where anything differed, confirms
     with full runs from scratch.  ``items``: the differences the cheap look found."""
 
-    def __init__(self, machine: KernelMachine, cfg: Config,
-                 features: KFeatures | None) -> None:
+    def __init__(self, machine: KernelMachine, cfg: Config, features: KFeatures | None,
+                 coverage: Coverage | None = None) -> None:
         self.machine = machine
         self.cfg = cfg
         self.features = features
+        self.coverage = coverage
         self.ops: list[Op] = []
         self.kernel_results: list[Result] = []
         self.model_results: list[Result] = []
         self.items: list[Disagreement] = []
         self.noise: list[str] = []
+        self.model_finding: Finding | None = None  # the reference raised
         self.ended = False  # a difference ended the run: no further op is run
         self.pud = is_pud_program(cfg)
         self.model = CheapModelSide(Program(cfg, ()))
@@ -687,8 +758,6 @@ class ProgramRun:
         kside = self.kside
         if op_key(op) in DRAIN_BEFORE:
             tools.drain()
-        if isinstance(op, spec.ShrinkDeferred) and kside.last is None:
-            kside.last = kside.observe()  # folios_split reads the state before the op
         faults = _faults(kside, op)
         counters = self.machine.counters
         assert counters is not None
@@ -697,8 +766,16 @@ class ProgramRun:
         k_after = counters.read()
         kd = deltas(k_before, k_after)
         m_before = self.model.counters
-        mres = self.model.step(op, kd)
-        kside.seen = kside.last = None
+        ref = self.model.model
+        token = self.coverage.before(ref, op) if self.coverage is not None else None
+        try:
+            mres = self.model.step(op, kd)
+        except Exception as e:  # the reference's own finding: its campaigns hunt those
+            self.model_finding = exception_finding(e, i, op.KIND)
+            self.ended = True
+            return None
+        if self.coverage is not None:
+            self.coverage.after(ref, op, mres, token)
         self.machine.ops += 1
         self.kernel_results.append(kres)
         self.model_results.append(mres)
@@ -755,6 +832,9 @@ class ProgramRun:
             self.items.append(end)
             self.ended = True
         program = self.program()
+        if self.model_finding is not None:
+            return Verdict(program, results=self.kernel_results, noise=self.noise,
+                           model_finding=self.model_finding)
         if not self.items:
             return Verdict(program, results=self.kernel_results, noise=self.noise)
         runs = 1
@@ -812,3 +892,8 @@ def _faults(kside: KernelSide, op: Op, before: tuple[int, int] | None = None
     if before is None:
         return now
     return now[0] - before[0], now[1] - before[1]
+
+
+def kernel_release() -> str:
+    """``uname -r``: the kernel a campaign runs on, recorded with its findings."""
+    return os.uname().release
