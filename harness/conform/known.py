@@ -2,18 +2,22 @@
 explanation holds (issue 22, item 4: *known means explained, not matched*).
 
 An entry of ``KNOWN`` names the observable classes its disagreement shows on, the ops that
-show it, and the program state it needs at that op, read from the reference model's own
-state there (``op_states``: the program replayed on the reference alone, up to and through
-the op).  An observable alone says little: a page's mapcount differs for a swap-in that
-met a swap-cache folio, but just as much for a write fault the model resolved wrongly, and
-only the first is explained.  So a disagreement is known only when its class, its op and
-the state all fit; anything else is a finding.
+show it, the values it predicts (``Known.values``: the kernel reading no swap slot where
+the model reads one, not any count), and the program state it needs at that op, read from
+the reference model's own state there (``op_states``: the program replayed on the
+reference alone, up to and through the op).  An observable alone says little: a page's
+mapcount differs for a swap-in that met a swap-cache folio, but just as much for a write
+fault the model resolved wrongly, and only the first is explained.  So a disagreement is
+known only when its class, its op, its values and the state all fit; anything else is a
+finding.
 
 The states an entry may need (``STATES``):
 
 - ``large_folio_paged_out_without_swap``: a ``madvise pageout`` while the program has no
   swap, over a range in which the reference maps a large folio (order > 0) just before the
-  op: the kernel splits it (``shrink_folio_list``), MODEL.md 5.9 changes nothing;
+  op: the kernel still walks the range and splits the folio, or counts the split failing
+  (``madvise_cold_or_pageout_pte_range``, ``shrink_folio_list``), MODEL.md 5.9 changes
+  nothing;
 - ``fault_on_a_shared_swap_slot``: a ``read``, ``write`` or ``pin`` whose page the
   reference maps by a swap PTE just before the op, of a slot that more than one swap PTE
   named at some point since it was written (swap count 2 or more after some earlier op):
@@ -27,8 +31,9 @@ The states an entry may need (``STATES``):
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from harness.conform.observe import Disagreement
 from pudthp_ref import spec
@@ -52,6 +57,16 @@ STATES: dict[str, str] = {
 }
 
 
+# The counters a split of a THP moves (or its failure): the kernel's pageout without swap
+# still splits what the model leaves alone
+SPLIT_COUNTERS: tuple[str, ...] = (
+    "vmstat.thp_split_pmd", "vmstat.thp_split_page", "vmstat.thp_split_page_failed",
+    "vmstat.thp_deferred_split_page", "vmstat.thp_swpout_fallback", "mthp.split",
+    "mthp.split_failed", "mthp.split_deferred", "mthp.nr_anon",
+    "mthp.nr_anon_partially_mapped", "mthp.swpout_fallback",
+)
+
+
 @dataclass(frozen=True)
 class Known:
     """A disagreement of this kernel with the model that README.md explains: the observable
@@ -66,6 +81,18 @@ class Known:
     reason: str
     look_past: bool = False
     needs: str | None = None  # a machine fact (ConformRun.facts) the explanation rests on
+    # the values the explanation predicts, by class (``values(kernel, model)``; a class not
+    # named here: any values)
+    values: dict[str, Callable[[Any, Any], bool]] = field(default_factory=dict)
+
+    def fits(self, d: Disagreement) -> bool:
+        """Whether ``d``'s values are what this explanation predicts for its class (values
+        not given, as ``pudthp export-c`` asks before any run: class, op and state
+        decide)."""
+        check = self.values.get(d.cls)
+        if check is None or (d.kernel is None and d.model is None):
+            return True
+        return bool(check(d.kernel, d.model))
 
 
 # The disagreements README.md explains, by name (the name of its minimal program in
@@ -74,22 +101,30 @@ class Known:
 KNOWN: dict[str, Known] = {
     "pageout_without_swap": Known(
         ("rss", "page.kind", "page.folio", "page.order", "page.mapcount", "page.index",
-         "anon_huge"),
+         "anon_huge", *SPLIT_COUNTERS),
         ("madvise.pageout",), "large_folio_paged_out_without_swap",
-        "pageout without swap: MODEL.md 5.9 changes nothing, the kernel splits the THP "
-        "(shrink_folio_list)"),
+        "pageout without swap: MODEL.md 5.9 changes nothing, the kernel splits the THP, or "
+        "counts the split failing (madvise_cold_or_pageout_pte_range, shrink_folio_list)",
+        # the model changes nothing: its counters stay, its RSS is the larger
+        values={**dict.fromkeys(SPLIT_COUNTERS, lambda kernel, model: model == 0),
+                "rss": lambda kernel, model: kernel < model}),
     "swapin_of_a_shared_slot": Known(
         ("page.mapcount", "page.folio", "vmstat.pswpin"),
         ("read", "write", "pin"), "fault_on_a_shared_swap_slot",
         "a swap-in of a slot another swap PTE also named: the kernel shares one swap-cache "
-        "folio, MODEL.md 5.9 a fresh folio each (do_swap_page)"),
+        "folio, MODEL.md 5.9 a fresh folio each (do_swap_page)",
+        # the kernel maps the folio it found in the swap cache (more mappings of it) and
+        # reads nothing (one pswpin fewer than the model's one per swap-in)
+        values={"page.mapcount": lambda kernel, model: kernel > model,
+                "vmstat.pswpin": lambda kernel, model: model == 1 and kernel == 0}),
     "huge_zero_folio_held_elsewhere": Known(
         ("vmstat.thp_zero_page_alloc",),
         ("read",), "huge_zero_folio_allocated",
         "another process on the machine holds the huge zero folio (checked after the run: a "
         "fresh process's huge zero PMD did not allocate it), so the kernel did not allocate "
         "it for the program's first huge zero PMD (mm_get_huge_zero_folio)",
-        needs=HUGE_ZERO_HELD_ELSEWHERE),
+        needs=HUGE_ZERO_HELD_ELSEWHERE,
+        values={"vmstat.thp_zero_page_alloc": lambda kernel, model: (kernel, model) == (0, 1)}),
 }
 LOOK_PAST: frozenset[str] = frozenset(c for k in KNOWN.values() if k.look_past
                                       for c in k.classes)
@@ -115,7 +150,7 @@ def known_kind(d: Disagreement, program: Program,
     op = program.ops[i] if 0 <= i < len(program.ops) else None
     key = op_key(op)
     candidates = [(name, k) for name, k in KNOWN.items()
-                  if d.cls in k.classes and key in k.ops
+                  if d.cls in k.classes and key in k.ops and k.fits(d)
                   and (k.needs is None or k.needs in facts)]
     if not candidates:
         return None
