@@ -97,17 +97,20 @@ class CampaignLink:
     # -- the start -------------------------------------------------------------------------
 
     def start(self, engine: str, overrides: dict[str, Any], seed: int | None,
-              fallback: int, time_limit: float = 0.0) -> int:
+              fallback: int, time_limit: float = 0.0, kernel: str | None = None,
+              mix_kernels: bool = False) -> int:
         """Join the hub's campaign and return the campaign's seed: ``seed`` if the user gave
         one, else the start of the hub's seed block (``fallback`` without a hub or when it
         cannot be reached).  Then the first exchange of findings and corpus.  The hub is
-        told when the campaign means to end (in ``time_limit`` seconds)."""
+        told when the campaign means to end (in ``time_limit`` seconds), and a kernel
+        campaign's kernel release (``kernel``; a hub campaign of another kernel refuses it
+        unless ``mix_kernels``, ``Hub.join``)."""
         self.ends = self.clock() + time_limit
         if self.hub is None:
             return fallback if seed is None else seed
         self.local = set(archived_signatures(self.findings_dir))
         try:
-            record = self.hub.join(engine, overrides)
+            record = self.hub.join(engine, overrides, kernel=kernel, mix_kernels=mix_kernels)
         except HubRefused as e:
             self.close()
             raise LinkError(str(e)) from None

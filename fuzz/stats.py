@@ -10,7 +10,8 @@ A line (format ``pudthp-stats/1``)::
      "corpus": 211, "findings": 1}
 
 ``time`` is seconds since the epoch, ``elapsed`` since the writer started; ``count`` is
-steps (engine hypothesis, ``unit`` ``steps``) or executions (atheris, ``execs``), ``rate``
+steps (engine hypothesis, ``unit`` ``steps``), executions (atheris, ``execs``), or, in a
+kernel campaign of either engine, the ops run on the kernel (``ops``), ``rate``
 its increase per second since the previous line (since the start for the first);
 ``cov``/``ft`` are libFuzzer's coverage and features (null for Hypothesis); the model-state
 features are given to the writer as feature -> hits: ``features_hit`` is how many were hit
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 FORMAT = "pudthp-stats/1"
-UNITS = ("steps", "execs")
+UNITS = ("steps", "execs", "ops")
 INTERVAL_SECONDS = 5.0
 
 
