@@ -375,3 +375,19 @@ def test_throughput_figures_are_rates_and_ratios() -> None:
     text = "\n".join(t.lines())
     assert "runner / conform --random: 8.0x" in text
     assert "engine / conform --random: 5.0x" in text
+
+
+def test_a_kernel_finding_replays_on_the_kernel_or_is_skipped(tmp_path: Path) -> None:
+    # corpus replay runs a kernel campaign's finding (meta.impl kernel) on the live kernel
+    # (here a stand-in judge), never on the models; where the machine cannot, it is skipped
+    # with the reason and changes nothing.
+    from harness import corpus
+
+    found = kernel_finding()
+    archive_kernel_finding(str(tmp_path), found)
+    (entry,) = corpus.load_entries([str(tmp_path)])
+    skipped = corpus.replay_entry(entry, None, lambda p: "needs the live kernel: not root")
+    assert (skipped.verdict, skipped.note) == ("skipped", "needs the live kernel: not root")
+    same = Finding("disagreement", 5, "disagreement:write:page.folio", "m")
+    assert corpus.replay_entry(entry, None, lambda p: same).verdict == "still failing"
+    assert corpus.replay_entry(entry, None, lambda p: None).verdict == "newly passing"
