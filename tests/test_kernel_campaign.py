@@ -391,3 +391,135 @@ def test_a_kernel_finding_replays_on_the_kernel_or_is_skipped(tmp_path: Path) ->
     same = Finding("disagreement", 5, "disagreement:write:page.folio", "m")
     assert corpus.replay_entry(entry, None, lambda p: same).verdict == "still failing"
     assert corpus.replay_entry(entry, None, lambda p: None).verdict == "newly passing"
+
+
+# --------------------------------------------------------------------------------------
+# The live kernel (root and PMD THP)
+# --------------------------------------------------------------------------------------
+
+SEEDS = Path(__file__).resolve().parent.parent / "corpus" / "seeds"
+
+
+def _live_problem() -> str | None:
+    try:
+        live.check_machine()
+    except campaign.k.KernelError as e:
+        return f"cannot run here: {e}"
+    return None
+
+
+LIVE_PROBLEM = _live_problem()
+live_only = pytest.mark.skipif(LIVE_PROBLEM is not None, reason=str(LIVE_PROBLEM))
+
+
+def machine() -> campaign.KernelMachine:
+    return campaign.KernelMachine(say=lambda _: None)
+
+
+def pmd_seed(name: str) -> Program:
+    from harness.conform.compare import pmd_level_config, raw_config_keys
+
+    path = str(SEEDS / name)
+    return pmd_level_config(load_program_file(path), raw_config_keys(path))
+
+
+@pytest.mark.slow
+@live_only
+def test_a_short_campaign_on_the_reference_finds_nothing_unexplained() -> None:
+    # A fixed seed and a fixed number of programs (never a time): every disagreement the
+    # kernel shows with the real reference on this kernel is one KNOWN explains.
+    from fuzz.kernel import search
+
+    with machine() as m:
+        r = search(m, 2, 12, shrink_seconds=0)
+    assert r.programs >= 12
+    assert r.ops > 12
+    assert not r.findings, "\n".join(f.program for f in r.findings)
+    assert r.ktally.covered() > 20  # it saw the kernel do things: faults, splits, ...
+
+
+@pytest.mark.slow
+@live_only
+def test_the_campaigns_look_finds_what_conform_finds() -> None:
+    # MINIMAL pageout_without_swap (test_conform): the THP written at op 2 is paged out
+    # with no swap; the kernel splits it (zero-filled pages go to the zero page: rss drops)
+    # where MODEL.md 5.9 changes nothing.  The cheap look sees only results and counters
+    # (thp_split_page, ...: the kernel counted them, the model did not), the full runs
+    # name the first difference, and KNOWN explains it.
+    p = program([_MAP, {"op": "read", "mm": 0, "addr": 0},
+                 {"op": "write", "mm": 0, "addr": 0, "value": 5},
+                 {"op": "madvise", "mm": 0, "start": 0, "npages": 512, "advice": "pageout"}],
+                swap_pages=0)
+    with machine() as m:
+        v = m.run(p)
+    assert v.disagreement is not None, v.noise
+    assert v.disagreement.op_index == 3
+    assert v.known == "pageout_without_swap"
+    assert v.finding() is None
+    assert v.runs >= 3  # the cheap run, then two full runs from scratch
+
+
+@pytest.mark.slow
+@live_only
+@pytest.mark.parametrize("name", ["worked_example_pmd_x86_64.json",
+                                  "worked_example_pmd_steps4to6_x86_64.json",
+                                  "pud_reclaim_x86_64.json"])
+def test_the_pmd_seeds_agree_in_a_campaign(name: str) -> None:
+    # The seeds conform agrees on (test_conform.PMD_SEEDS, results derived by hand there)
+    # agree with the campaign's cheap looks too, shrink_deferred's count of split THPs
+    # (the steps 4 to 6 seed: one) read from the THP pages alone.
+    from tests.test_conform import PMD_SEEDS
+
+    with machine() as m:
+        v = m.run(pmd_seed(name))
+    assert v.disagreement is None, v.noise
+    assert v.results == PMD_SEEDS[name]
+
+
+@pytest.mark.slow
+@live_only
+def test_the_issues_reuse_bug_is_no_shared_swap_slot(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 22 item 4: with the reference copying a large folio it should reuse, the
+    # program (no swap-out at all, swap configured) disagrees at the write, and conform
+    # no longer excuses it as a swap-in of a shared slot: exit 1.
+    from harness.conform.compare import EXIT_DISAGREE, cmd_conform
+    from tests.planted_ref import cow_large_reuse_refused
+
+    cow_large_reuse_refused(monkeypatch)
+    path = tmp_path / "reuse.json"
+    from harness.program import dump_program
+
+    path.write_text(dump_program(WRITE_REUSE))
+    report = tmp_path / "r.json"
+    assert cmd_conform(str(path), str(report), None, 0, 0, None, True) == EXIT_DISAGREE
+    data = json.loads(report.read_text())
+    assert data["disagreement"]["op_index"] == 5
+    assert data["known"] is None
+
+
+@pytest.mark.slow
+@live_only
+def test_a_campaign_restores_every_setting() -> None:
+    # Programs with and without swap, THP sizes set per program: afterwards every knob
+    # has its value from before, no swap is on, zram is reset, the record is gone.
+    thp = campaign.k.THP_DIR
+    knobs = [f"{thp}/enabled", f"{thp}/defrag", f"{thp}/use_zero_page",
+             f"{thp}/hugepages-2048kB/enabled", f"{thp}/khugepaged/scan_sleep_millisecs",
+             "/proc/sys/vm/page-cluster"]
+    with live.run_lock():
+        before = {p: campaign.k.selected(campaign.k.read_text(p)) for p in knobs}
+    with machine() as m:
+        for swap in (SWAP_PAGES, 0, SWAP_PAGES):
+            v = m.run(program([_MAP, {"op": "write", "mm": 0, "addr": 1, "value": 3},
+                               {"op": "madvise", "mm": 0, "start": 0, "npages": 512,
+                                "advice": "pageout"},
+                               {"op": "read", "mm": 0, "addr": 1}],
+                              swap_pages=swap, thp_enabled="madvise"))
+            assert v.finding() is None, v.noise
+    with live.run_lock():
+        after = {p: campaign.k.selected(campaign.k.read_text(p)) for p in knobs}
+        assert live.active_swaps() == []
+        assert campaign.k.read_text("/sys/block/zram0/disksize").strip() == "0"
+    assert after == before
+    assert not os.path.exists(live.RECORD_PATH)

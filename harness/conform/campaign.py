@@ -851,7 +851,11 @@ class ProgramRun:
                                for d in self.items]
                 return Verdict(program, results=self.kernel_results, runs=runs,
                                noise=self.noise)
-        v = self.machine.confirm(program, cheap_runs=runs)
+        # The full runs need the ops up to the last difference seen only: the first one
+        # they confirm is no later (a page difference the cheap look missed is earlier).
+        last = max(d.op_index for d in self.items)
+        v = self.machine.confirm(Program(program.config, program.ops[: last + 1]),
+                                 cheap_runs=runs)
         if v.disagreement is None:
             self.noise += [f"not repeated by a full run: op {d.op_index} {d.observable} "
                            f"kernel {d.kernel!r} model {d.model!r}" for d in self.items]
