@@ -93,11 +93,13 @@ def search(kernel: KernelMachine, seed: int, programs: int, *,
            shrink_seconds: float = SHRINK_SECONDS, deadline: float | None = None,
            stop_requested: Callable[[], bool] | None = None,
            on_finding: Callable[[KernelFinding], None] | None = None,
-           observer: Observer | None = None, ktally: KTally | None = None) -> SearchResult:
+           observer: Observer | None = None, ktally: KTally | None = None,
+           max_findings: int | None = None) -> SearchResult:
     """Run ``programs`` cases of the kernel machine on ``kernel`` (entered) from ``seed``
-    (module docstring); stop early at ``deadline`` (``time.monotonic()``) or when
-    ``stop_requested()``.  Findings are shrunk (``shrink_seconds`` each; 0: not), archived
-    to ``findings_dir`` with their C file when given, and handed to ``on_finding``."""
+    (module docstring); stop early at ``deadline`` (``time.monotonic()``), when
+    ``stop_requested()``, or after ``max_findings`` findings.  Findings are shrunk
+    (``shrink_seconds`` each; 0: not), archived to ``findings_dir`` with their C file when
+    given, and handed to ``on_finding``."""
     pin_constant_pool()
     t0 = time.monotonic()
     obs = observer or Observer(known=set(known), deadline=deadline,
@@ -119,6 +121,8 @@ def search(kernel: KernelMachine, seed: int, programs: int, *,
             out.findings.append(found)
             if on_finding is not None:
                 on_finding(found)
+            if max_findings is not None and len(out.findings) >= max_findings:
+                break
         except StopFuzzing:
             break
         run += 1

@@ -189,6 +189,23 @@ def test_a_difference_one_run_in_three_shows_does_not_count() -> None:
     assert run.disagreement is None
 
 
+def test_a_cheap_run_counts_as_one_of_the_three() -> None:
+    # What the cheap run showed (a result, a counter) and one full run alike: confirmed
+    # with one full run; not alike: two more full runs may still confirm it.
+    d = D(2, "vmstat.thp_split_pmd", 1, 2)
+    run, n = two_of_three(runs_of([d]), seen=[d])
+    assert (run.disagreement, n) == (d, 2)
+    run, n = two_of_three(runs_of([], [d]), seen=[d])
+    assert (run.disagreement, n) == (d, 3)
+    run, n = two_of_three(runs_of([], []), seen=[d])
+    assert (run.disagreement, n) == (None, 3)
+    assert run.noise == []  # the cheap run's own differences are its caller's to note
+    # an end-state difference the full run locates earlier is another difference
+    early = D(1, "mm0.page[0].kind", "pte", "pmd")
+    run, n = two_of_three(runs_of([early], [early]), seen=[D(4, "mm0.rss", 0, 1)])
+    assert (run.disagreement, n) == (early, 3)
+
+
 def test_the_first_difference_two_runs_share_is_the_disagreement() -> None:
     early, late = D(1, "result", 0, "EINVAL"), D(4, "vmas", [], [])
     run, _ = two_of_three(runs_of([late, early], [early, late]))

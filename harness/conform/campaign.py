@@ -529,22 +529,31 @@ class Verdict:
                                    "model": d.model}))
 
 
-def two_of_three(run: Callable[[], ConformRun]) -> tuple[ConformRun, int]:
+def two_of_three(run: Callable[[], ConformRun],
+                 seen: list[Disagreement] | None = None) -> tuple[ConformRun, int]:
     """Run up to three times from scratch: the first run's record with ``disagreement``
     set to the first difference two runs showed alike (same op, observable and values),
     or None when no two did (what differed is noted); and how many runs were made.  Two
-    clean runs end it at two: a difference one run in three shows does not count."""
-    runs = [run(), run()]
-    if runs[0].items or runs[1].items:
+    clean runs end it at two: a difference one run in three shows does not count.
+    ``seen``: what a cheap run of the program already showed, counted as one of the three
+    (a result or a counter it names exactly as a full run does)."""
+    prior = ConformRun()
+    prior.items = list(seen or [])
+    runs = [prior] if seen else []
+    runs.append(run())
+    if len(runs) == 1:
+        runs.append(run())
+    if any(r.items for r in runs):
         common = _common(runs)
         if common is None:
             runs.append(run())
             common = _common(runs)
         if common is not None:
-            runs[0].disagreement = common
-            return runs[0], len(runs)
-    out = runs[0]
-    for r in runs:
+            out = runs[1] if seen else runs[0]
+            out.disagreement = common
+            return out, len(runs)
+    out = runs[1] if seen else runs[0]
+    for r in runs[1:] if seen else runs:
         for d in r.items:
             out.noise.append(f"not repeated by another run: op {d.op_index} {d.observable} "
                              f"kernel {d.kernel!r} model {d.model!r}")
@@ -672,9 +681,11 @@ class KernelMachine:
                 break
         return r.finish()
 
-    def confirm(self, program: Program, cheap_runs: int = 0) -> Verdict:
+    def confirm(self, program: Program, cheap_runs: int = 0,
+                seen: list[Disagreement] | None = None) -> Verdict:
         """Conform's full comparison after every op, two of up to three runs from scratch
-        (``two_of_three``); with the explanation (``known_kind``) of what they show."""
+        (``two_of_three``, the cheap run's ``seen`` differences counted as one); with the
+        explanation (``known_kind``) of what they show."""
         self.prepare(program.config)
         pud = is_pud_program(program.config)
 
@@ -685,8 +696,9 @@ class KernelMachine:
             return compare.run_once(program, self.session.tools, held_elsewhere=True,
                                     start=self._start_executor)
 
-        run, n = two_of_three(once)
-        v = Verdict(program, run.disagreement, None, run.kernel_results, cheap_runs + n,
+        run, n = two_of_three(once, seen)
+        full = n - 1 if seen else n
+        v = Verdict(program, run.disagreement, None, run.kernel_results, cheap_runs + full,
                     run.noise)
         if v.disagreement is not None:
             v.facts = compare.machine_facts(v.disagreement)
@@ -855,7 +867,7 @@ class ProgramRun:
         # they confirm is no later (a page difference the cheap look missed is earlier).
         last = max(d.op_index for d in self.items)
         v = self.machine.confirm(Program(program.config, program.ops[: last + 1]),
-                                 cheap_runs=runs)
+                                 cheap_runs=runs, seen=self.items)
         if v.disagreement is None:
             self.noise += [f"not repeated by a full run: op {d.op_index} {d.observable} "
                            f"kernel {d.kernel!r} model {d.model!r}" for d in self.items]
