@@ -35,6 +35,7 @@ import ctypes
 import errno
 import fcntl
 import gc
+import itertools
 import json
 import os
 import pickle
@@ -952,7 +953,8 @@ class PageFrames:
             return pfn, THP_ORDER
         if not f >> k.KPF_COMPOUND_TAIL & 1:
             return pfn, 0
-        for cand in [pfn & ~(THP_NR - 1), *range(pfn - 1, pfn - THP_NR, -1)]:
+        aligned = pfn & ~(THP_NR - 1)  # a PMD-size folio's head: checked first
+        for cand in itertools.chain((aligned,), range(pfn - 1, pfn - THP_NR, -1)):
             cf = flags.get(cand)
             if cf is None:
                 cf = k.read_u64s(self.flags_fd, cand, 1)[0]
