@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from fuzz.kernel import KernelFinding, archive_kernel_finding, kernel_payload
 from fuzz.kmachine import REGION_PMDS, SWAP_PAGES, KernelCounts, kernel_configs
-from harness.conform import campaign, kfeatures, live
+from harness.conform import campaign, kfeatures, kside, live
 from harness.conform.campaign import (
     CannotRun,
     Capabilities,
@@ -101,15 +101,15 @@ def test_the_pud_level_sets_the_pud_knob(tmp_path: Path) -> None:
             written.append((path, value))
 
     cfg = Config(geometry=X86, pud_enabled="madvise", swap_pages=0)
-    campaign.apply_kernel_config(Recording(), cfg, "pud", True)
+    kside.apply_kernel_config(Recording(), cfg, "pud", True)
     assert written[-1] == (f"{campaign.k.THP_DIR}/hugepages-1048576kB/enabled", "madvise")
     written.clear()
-    campaign.apply_kernel_config(Recording(), Config(geometry=X86, pud_enabled="never"),
+    kside.apply_kernel_config(Recording(), Config(geometry=X86, pud_enabled="never"),
                                  "pmd", True)
     assert not any("1048576kB/enabled" in p and v != "never" for p, v in written)
     # without the campaign's huge zero folio the zero page is off whatever the program says
     written.clear()
-    campaign.apply_kernel_config(Recording(), Config(geometry=X86, use_zero_page=True),
+    kside.apply_kernel_config(Recording(), Config(geometry=X86, use_zero_page=True),
                                  "pmd", False)
     assert (f"{campaign.k.THP_DIR}/use_zero_page", "0") in written
 

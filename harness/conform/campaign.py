@@ -6,29 +6,22 @@ process through ``/proc`` and the model's snapshot projected onto it, which is m
 its time.  A campaign instead looks cheaply after every op, the op's result and the deltas
 of the global counters (``harness.conform.observe``'s rules: a counter the kernel counted
 less often than the model is the program's, more often or a gauge may be anyone's), and
-looks at the whole page state once, at the end of the program.  Where the cheap look or
-the end differs, the program is run again from scratch with conform's full comparison
-after every op (``compare.run_once``), which names the first op and observable that
-differ; that difference counts only when two of up to three such runs show it with the
-same values (``confirm``).  A difference only the page state showed between two ops and
-the end hid again is not seen: the shorter program that ends there is found as readily.
+looks at the whole page state once, at the end of the program.  Where only counters other
+processes may move differed, the program is first run again cheaply; where anything else
+differed, or that run repeats it, the program (up to the last op that differed) is run
+again from scratch with conform's full comparison after every op (``compare.run_once``),
+which names the first op and observable that differ; that difference counts only when two
+of up to three runs show it with the same values (``two_of_three``, the cheap run counted
+as one).  A difference only the page state showed between two ops and the end hid again is
+not seen: the shorter program that ends there is found as readily.
 
 One campaign at a time per machine (the counters are machine-wide): ``KernelMachine``
 holds the conform lock for its whole life, and saves, records on disk and restores every
 setting as ``pudthp conform`` does (``compare.Session``); after a SIGKILL, ``pudthp conform
---restore`` (or the next run) puts them back.  What a campaign keeps for its life, so a
-program costs what its ops cost:
-
-- a *zygote*: a small fresh interpreter (``python -c``, started with its own socket) that
-  serves no mm itself and forks each program's first process (``live.Executor.fork``): a
-  fork of the campaign process would copy its large address space, and every later smaps
-  read of the window's processes would walk it;
-- the huge zero folio, held by a process of its own (``HugeZeroHolder``): the folio then
-  exists for every program and the model is told so (``ModelSide``'s ``held_elsewhere``),
-  so no program pays conform's probe for another holder, and neither side counts
-  ``thp_zero_page_alloc`` (where it cannot be held, programs do without the zero page);
-- the zram swap device (``SwapDevice``): switched on and off with ``swapon(2)`` and
-  ``swapoff(2)`` for programs with and without swap, rebuilt only when the size changes.
+--restore`` (or the next run) puts them back.  What it keeps for its life, so a program
+costs what its ops cost, is ``harness.conform.kside``'s: a zygote process, a holder of the
+huge zero folio (where it cannot be held, programs do without the zero page), the swap
+device.
 
 Which ops are drawn (``capabilities``): no ``fail_alloc`` (no per-order allocation-failure
 injection), ``migrate`` only with a second NUMA node, ``split_folio`` only where debugfs
@@ -42,26 +35,29 @@ and pagemap are page walks that would split a PUD leaf).
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
 import json
 import os
-import signal
-import socket
-import struct
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from harness.conform import compare, live
 from harness.conform import kernel as k
-from harness.conform.compare import CannotRun, ConformRun, KernelSide, ModelSide, signature
+from harness.conform.compare import CannotRun, ConformRun, ModelSide, signature
 from harness.conform.kfeatures import KFeatures, op_look
 from harness.conform.known import known_kind, op_key
+from harness.conform.kside import (
+    PUD_SIZE_DIR,
+    CampaignKernelSide,
+    CounterReader,
+    HugeZeroHolder,
+    SwapDevice,
+    Zygote,
+    apply_kernel_config,
+    faults,
+    maps_vmas,
+)
 from harness.conform.observe import (
-    MTHP_COMPARED,
-    VMSTAT_COMPARED,
     Disagreement,
     MmObs,
     Observation,
@@ -77,7 +73,6 @@ from pudthp_ref import spec
 from pudthp_ref.spec import Config, Finding, Op, Program, Result
 
 X86_64_P = spec.GEOMETRIES["x86_64"]
-PUD_SIZE_DIR = "hugepages-1048576kB"
 NODE_DIR = "/sys/devices/system/node"
 PROGRAM_KINDS: tuple[str, ...] = tuple(spec.OP_TYPES)
 FINDING_KIND = "disagreement"
@@ -157,312 +152,6 @@ def check_program(program: Program, caps: Capabilities) -> None:
 
 def is_pud_program(cfg: Config) -> bool:
     return cfg.pud_enabled != "never"
-
-
-# --------------------------------------------------------------------------------------
-# What a campaign keeps for its life
-# --------------------------------------------------------------------------------------
-
-PR_SET_PDEATHSIG = 1
-ZYGOTE_CODE = (
-    "import ctypes, os, signal, socket, sys\n"
-    "ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)\n"  # PR_SET_PDEATHSIG
-    "if os.getppid() != int(sys.argv[3]): os._exit(0)\n"
-    "from harness.conform import live\n"
-    "live._server(socket.socket(fileno=int(sys.argv[1])), int(sys.argv[2]))\n"
-)
-
-
-class Zygote:
-    """A small process that forks each program's first process (see the module
-    docstring); dies with the campaign."""
-
-    def __init__(self, window_pages: int) -> None:
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            p for p in (_root(), os.environ.get("PYTHONPATH")) if p))
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", ZYGOTE_CODE, str(child.fileno()),
-                 str(window_pages * k.PAGE_SIZE), str(os.getpid())],
-                pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL)
-        finally:
-            child.close()
-        parent.settimeout(live.SERVER_TIMEOUT_S)
-        self.server = live.Server(-1, self.proc.pid, parent, False)
-        msg, _ = live._answer(self.server)
-        if not (isinstance(msg, tuple) and msg[:1] == ("ready",)):
-            self.close()
-            raise k.KernelError(f"the campaign's zygote process did not start: {msg!r}")
-
-    def start(self, ex: live.Executor) -> None:
-        """``ex``'s mm 0: a fork of the zygote."""
-        ex.fork(self.server)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.server.sock.close()
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-
-
-def _root() -> str:
-    """The directory the ``harness`` package is imported from."""
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-class HugeZeroHolder:
-    """A child process that maps a huge zero PMD and keeps it until the campaign ends, so
-    the huge zero folio exists for every program (``live.map_huge_zero_pmd``)."""
-
-    def __init__(self) -> None:
-        ready_r, ready_w = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:  # pragma: no cover - the child
-            try:
-                os.close(ready_r)
-                ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                k.prctl(k.PR_SET_THP_DISABLE, 0)
-                os.write(ready_w, b"1" if live.map_huge_zero_pmd() else b"0")
-                while True:
-                    signal.pause()
-            finally:
-                os._exit(0)
-        os.close(ready_w)
-        try:
-            self.held = os.read(ready_r, 1) == b"1"
-        finally:
-            os.close(ready_r)
-        if not self.held:
-            self.close()
-
-    def close(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _swap_call(name: str, path: str) -> None:
-    fn = getattr(_libc, name)
-    args = (os.fsencode(path), 0) if name == "swapon" else (os.fsencode(path),)
-    if fn(*args) != 0:
-        raise k.KernelError(f"{name} {path}: {os.strerror(ctypes.get_errno())}")
-
-
-class SwapDevice:
-    """The campaign's zram swap device (``live.setup_swap`` for one run): on for programs
-    with swap, off for those without, rebuilt when the size changes; recorded in the
-    session's settings record before each step, restored with the settings."""
-
-    def __init__(self, settings: live.Settings) -> None:
-        self.settings = settings
-        self.pages = 0  # the usable pages of the device as set up (0: none yet)
-        self.on = False
-        self.path = f"/dev/{live.ZRAM}"
-        self.sys = f"/sys/block/{live.ZRAM}"
-
-    def ensure(self, pages: int) -> None:
-        if pages == 0:
-            if self.on:
-                _swap_call("swapoff", self.path)
-                self.on = False
-            return
-        if self.pages != pages:
-            self._build(pages)
-        elif self.on and _swap_used(self.path):
-            _swap_call("swapoff", self.path)  # a folio left in the swap cache: start empty
-            self.on = False
-        if not self.on:
-            _swap_call("swapon", self.path)
-            self.on = True
-
-    def _build(self, pages: int) -> None:
-        if self.pages == 0:
-            others = live.active_swaps()
-            if others:
-                raise k.KernelError(f"swap is already active ({', '.join(others)}): "
-                                    "capacity unknown")
-            if not os.path.isdir(self.sys):
-                raise k.KernelError("no zram device for a synchronous swap device "
-                                    "(CONFIG_ZRAM)")
-            if k.read_text(f"{self.sys}/disksize").strip() != "0":
-                raise k.KernelError(f"{self.path} is in use")
-            self.settings.intend("zram_reset", live.ZRAM)
-            self.settings.intend("swapoff", self.path)
-            self.settings.on_restore(f"reset {self.path}", self._reset)
-        else:
-            self._reset()
-        k.write_text(f"{self.sys}/disksize", str((pages + 1) * k.PAGE_SIZE))
-        live._run(["mkswap", self.path])
-        self.pages = pages
-
-    def _reset(self) -> None:
-        if self.on:
-            _swap_call("swapoff", self.path)
-            self.on = False
-        k.write_text(f"{self.sys}/reset", "1")
-
-
-def _swap_used(path: str) -> bool:
-    for line in k.read_text("/proc/swaps").splitlines()[1:]:
-        parts = line.split()
-        if parts and parts[0] == path:
-            return int(parts[3]) > 0
-    return False
-
-
-def apply_kernel_config(s: live.Settings, cfg: Config, level: str, zero_page: bool) -> None:
-    """``live.apply_config`` for the program, and at PUD level PUD THP as the program says
-    (``zero_page`` False: the campaign could not hold the huge zero folio, so the zero page
-    is off for every program)."""
-    live.apply_config(s, live.KernelConfig(cfg.thp_enabled, cfg.pmd_enabled,
-                                           cfg.use_zero_page and zero_page,
-                                           cfg.shrink_underused, cfg.swap_capacity))
-    if level == "pud":
-        s.set(f"{k.THP_DIR}/{PUD_SIZE_DIR}/enabled", cfg.pud_enabled)
-
-
-class CounterReader:
-    """``live.read_counters`` from files kept open (``/proc/vmstat`` and every
-    ``hugepages-2048kB/stats`` file it reads), each read again from its start: the same
-    values, without opening twenty files twice per op."""
-
-    def __init__(self) -> None:
-        self.vmstat_names = {*VMSTAT_COMPARED, *live.NOISE_VMSTAT}
-        self.vmstat_fd = os.open("/proc/vmstat", os.O_RDONLY)
-        self.stats: list[tuple[str, int]] = []
-        try:
-            for name in (*MTHP_COMPARED, *live.NOISE_MTHP):
-                path = f"{k.PMD_STATS_DIR}/{name}"
-                if os.path.exists(path):
-                    self.stats.append((f"mthp.{name}", os.open(path, os.O_RDONLY)))
-        except BaseException:
-            self.close()
-            raise
-        self.missing = {f"mthp.{n}": 0 for n in (*MTHP_COMPARED, *live.NOISE_MTHP)}
-
-    def read(self) -> dict[str, int]:
-        out = dict(self.missing)
-        out.update({f"vmstat.{n}": 0 for n in self.vmstat_names})
-        text = os.pread(self.vmstat_fd, 1 << 16, 0).decode("ascii")
-        for line in text.splitlines():
-            name, _, value = line.partition(" ")
-            if name in self.vmstat_names:
-                out[f"vmstat.{name}"] = int(value)
-        for key, fd in self.stats:
-            out[key] = int(os.pread(fd, 64, 0))
-        return out
-
-    def close(self) -> None:
-        for fd in (self.vmstat_fd, *(fd for _, fd in self.stats)):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.stats = []
-
-
-# PROCMAP_QUERY (include/uapi/linux/fs.h, Linux 6.11): the VMA covering one address
-_PROCMAP_QUERY_ARG = struct.Struct("=8QQ4IQQ")
-PROCMAP_QUERY = (3 << 30) | (_PROCMAP_QUERY_ARG.size << 16) | (ord("f") << 8) | 17
-PROCMAP_QUERY_VMA_READABLE, PROCMAP_QUERY_VMA_WRITABLE = 0x01, 0x02
-
-
-class CampaignKernelSide(KernelSide):
-    """``KernelSide`` deciding a ``SIGSEGV`` by asking ``/proc/PID/maps`` with
-    ``PROCMAP_QUERY`` for the VMA at the address (the same rule as ``_access_ok``: no VMA,
-    no read permission, or a write to a VMA without write permission), not by reading the
-    whole file; the file's text where the kernel has no such ioctl."""
-
-    maps_fds: dict[int, int]
-
-    def _access_ok(self, srv: live.Server, vpn: int, write: bool) -> bool:
-        if not hasattr(self, "maps_fds"):
-            self.maps_fds = {}
-        fd = self.maps_fds.get(srv.pid)
-        if fd is None:
-            fd = self.maps_fds[srv.pid] = os.open(f"/proc/{srv.pid}/maps", os.O_RDONLY)
-        addr = self.addr(vpn)
-        buf = ctypes.create_string_buffer(
-            _PROCMAP_QUERY_ARG.pack(_PROCMAP_QUERY_ARG.size, 0, addr, *([0] * 12)),
-            _PROCMAP_QUERY_ARG.size)
-        if _libc.ioctl(fd, PROCMAP_QUERY, buf) != 0:
-            err = ctypes.get_errno()
-            if err == errno.ENOENT:
-                return False
-            return super()._access_ok(srv, vpn, write)  # no PROCMAP_QUERY here
-        flags = _PROCMAP_QUERY_ARG.unpack(buf.raw)[5]
-        if vpn >= self.space:
-            raise CannotRun(f"address {addr:#x} (page {vpn}) is outside the window but "
-                            "mapped in the process")
-        return bool(flags & PROCMAP_QUERY_VMA_READABLE) and (
-            not write or bool(flags & PROCMAP_QUERY_VMA_WRITABLE))
-
-    def apply(self, op: Op) -> Result:
-        """``KernelSide.apply``; ``shrink_deferred``'s result (the program's THPs the
-        shrinker split, ``compare.folios_split``) read from the THP pages alone
-        (``thp_pages``), not from two looks at every page."""
-        if not isinstance(op, spec.ShrinkDeferred):
-            return super().apply(op)
-        before = thp_pages(self)
-        live.drop_slab()
-        return count_split(self, before)
-
-    def close(self) -> None:
-        for fd in getattr(self, "maps_fds", {}).values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        super().close()
-
-
-def thp_pages(kside: KernelSide) -> dict[tuple[int, int], tuple[int, int]]:
-    """Every page of the program's processes mapped from a THP: (mm, page) -> (PFN, head
-    PFN), from ``PAGEMAP_SCAN``, pagemap and ``/proc/kpageflags``."""
-    out: dict[tuple[int, int], tuple[int, int]] = {}
-    frames = kside.frames
-    base = live.WINDOW_BASE
-    for srv in kside.ex.servers:
-        if not srv.alive:
-            continue
-        for a, b, cats in k.pagemap_scan(srv.pagemap_fd, base, base + kside.ex.window):
-            if not cats & k.PAGE_IS_PRESENT or cats & k.PAGE_IS_PFNZERO:
-                continue
-            n = (b - a) // k.PAGE_SIZE
-            pfns = [e & k.PM_PFN_MASK for e in k.pagemap_entries(srv.pagemap_fd, a, n)]
-            flags: dict[int, int] = {}
-            for first, count in k.pfn_runs(pfns):
-                flags.update(zip(range(first, first + count),
-                                 k.read_u64s(frames.flags_fd, first, count), strict=True))
-            vpn = (a - base) // k.PAGE_SIZE
-            for i, pfn in enumerate(pfns):
-                if flags[pfn] >> k.KPF_COMPOUND_HEAD & 1 or flags[pfn] >> k.KPF_COMPOUND_TAIL & 1:
-                    out[(srv.mm, vpn + i)] = (pfn, frames.head_of(pfn, flags)[0])
-    return out
-
-
-def count_split(kside: KernelSide, before: dict[tuple[int, int], tuple[int, int]]) -> int:
-    """How many THPs of ``before`` (``thp_pages``) have a page that is now the zero page or
-    an order-0 page at the same PFN: ``compare.folios_split``'s rule."""
-    after = thp_pages(kside)
-    split: set[int] = set()
-    base = live.WINDOW_BASE
-    for (mm, vpn), (pfn, head) in before.items():
-        srv = kside.ex.server(mm)
-        if srv is None or head in split or (mm, vpn) in after:
-            continue
-        addr = base + vpn * k.PAGE_SIZE
-        regions = k.pagemap_scan(srv.pagemap_fd, addr, addr + k.PAGE_SIZE)
-        cats = regions[0][2] if regions else 0
-        if not cats & k.PAGE_IS_PRESENT:
-            continue
-        if cats & k.PAGE_IS_PFNZERO or (
-                k.pagemap_entries(srv.pagemap_fd, addr, 1)[0] & k.PM_PFN_MASK) == pfn:
-            split.add(head)
-    return len(split)
 
 
 # --------------------------------------------------------------------------------------
@@ -770,7 +459,7 @@ class ProgramRun:
         kside = self.kside
         if op_key(op) in DRAIN_BEFORE:
             tools.drain()
-        faults = _faults(kside, op)
+        before_faults = faults(kside, op)
         counters = self.machine.counters
         assert counters is not None
         k_before = counters.read()
@@ -793,7 +482,7 @@ class ProgramRun:
         self.model_results.append(mres)
         if self.features is not None:
             look = None if self.pud else op_look(kside, op)
-            self.features.add_op(op, kd, look, _faults(kside, op, faults), kres)
+            self.features.add_op(op, kd, look, faults(kside, op, before_faults), kres)
         for key in (*live.NOISE_VMSTAT, *live.NOISE_MTHP):
             for name in (f"vmstat.{key}", f"mthp.{key}"):
                 if kd.get(name):
@@ -812,7 +501,7 @@ class ProgramRun:
 
     def _compare_vmas(self, i: int) -> None:
         """A PUD program's VMAs after op ``i`` (``/proc/PID/maps``: no page walk)."""
-        kernel = Observation({srv.mm: MmObs(_maps_vmas(srv.pid, self.kside.ex.window), 0, 0,
+        kernel = Observation({srv.mm: MmObs(maps_vmas(srv.pid, self.kside.ex.window), 0, 0,
                                             0) for srv in self.kside.ex.servers if srv.alive})
         model = Observation({int(m[0]): MmObs([(int(s), int(e), str(p), ())
                                                for s, e, p, _ in m[2]], 0, 0, 0)
@@ -873,41 +562,6 @@ class ProgramRun:
                            f"kernel {d.kernel!r} model {d.model!r}" for d in self.items]
         v.noise = self.noise + v.noise
         return v
-
-
-def _maps_vmas(pid: int, window: int) -> list[tuple[int, int, str, tuple[str, ...]]]:
-    out: list[tuple[int, int, str, tuple[str, ...]]] = []
-    base = live.WINDOW_BASE
-    with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            rng, perms = line.split()[:2]
-            lo, _, hi = rng.partition("-")
-            a, b = int(lo, 16), int(hi, 16)
-            if a < base + window and b > base:
-                out.append(((a - base) // k.PAGE_SIZE, (b - base) // k.PAGE_SIZE,
-                            live.PROT_OF_PERMS.get(perms[:3], perms[:3]), ()))
-    return out
-
-
-def _faults(kside: KernelSide, op: Op, before: tuple[int, int] | None = None
-            ) -> tuple[int, int] | None:
-    """The minor and major page faults of the process an access op runs in (``/proc/PID/
-    stat`` fields 10 and 12), or their change since ``before``; None for other ops."""
-    if not isinstance(op, spec.Read | spec.Write | spec.Pin):
-        return None
-    srv = kside.ex.server(op.mm)
-    if srv is None:
-        return None
-    try:
-        with open(f"/proc/{srv.pid}/stat", encoding="ascii", errors="replace") as f:
-            text = f.read()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()
-    now = (int(fields[7]), int(fields[9]))  # minflt, majflt (stat fields 10, 12)
-    if before is None:
-        return now
-    return now[0] - before[0], now[1] - before[1]
 
 
 def kernel_release() -> str:
