@@ -24,7 +24,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,10 +34,12 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from fuzz.archive import archive, write_beside
 from fuzz.engine_hypothesis import fuzz_settings, pin_constant_pool, run_seed
-from fuzz.kmachine import CaseFound, KernelCounts, make_kernel_machine
+from fuzz.kmachine import REGION_PMDS, SWAP_PAGES, CaseFound, KernelCounts, make_kernel_machine
 from fuzz.machine import Observer, StopFuzzing
+from fuzz.mutator import Hunt
 from harness.conform.campaign import (
     FINDING_KIND,
+    Capabilities,
     KernelMachine,
     is_pud_program,
     kernel_release,
@@ -47,7 +49,8 @@ from harness.conform.kfeatures import KTally
 from harness.conform.kshrink import shrink_on_kernel
 from harness.program import dump_program
 from harness.shrink import NoFinding
-from pudthp_ref.spec import Finding, Program
+from pudthp_ref import spec
+from pudthp_ref.spec import Config, Finding, Op, Program
 
 ENGINE = "hypothesis"
 STEPS_PER_PROGRAM = 40  # a kernel case's ops: the end-of-case look costs what 15 ops do
@@ -197,3 +200,51 @@ def archive_kernel_finding(directory: str, found: KernelFinding) -> None:
         if new or not os.path.exists(c_path):
             write_beside(c_path, found.c_text)
         found.c_path = c_path
+
+
+class KernelHunt(Hunt):
+    """The atheris target's policy in a kernel campaign: what the bytes decode to, made a
+    program this machine runs as the kernel machine's are (``fuzz.kmachine``): x86_64,
+    ``pud_enabled`` one the kernel has (else never), the machine's nodes, swap off or
+    ``SWAP_PAGES``; every address folded into the working region (``REGION_PMDS`` PMD
+    ranges, two PUD ranges when PUD THP is on; a PMD boundary or a page either side of one
+    stays that), every length cut to the region and a PMD range more, and the ops the
+    machine cannot express left out."""
+
+    def __init__(self, caps: Capabilities, max_ops: int | None = None) -> None:
+        super().__init__({}, max_ops)
+        self.caps = caps
+
+    def adjust(self, cfg: Config) -> Config:
+        return Config(geometry=spec.GEOMETRIES["x86_64"], thp_enabled=cfg.thp_enabled,
+                      pmd_enabled=cfg.pmd_enabled,
+                      pud_enabled=(cfg.pud_enabled if cfg.pud_enabled in self.caps.pud_choices
+                                   else "never"),
+                      use_zero_page=cfg.use_zero_page, shrink_underused=cfg.shrink_underused,
+                      nodes=self.caps.nodes,
+                      swap_pages=SWAP_PAGES if cfg.swap_capacity else 0)
+
+    def program(self, data: bytes) -> Program:
+        p = super().program(data)
+        g = p.config.geom
+        region = 2 * g.pud_nr if p.config.pud_enabled != "never" else REGION_PMDS * g.pmd_nr
+        ops = tuple(fold(op, region, g.pmd_nr, self.caps.nodes) for op in p.ops
+                    if op.KIND in self.caps.ops)
+        return Program(p.config, ops, p.meta)
+
+
+def fold(op: Op, region: int, pmd_nr: int, nodes: int) -> Op:
+    """``op`` with its address in ``[0, region)`` (folded: the offset within a PMD range is
+    kept) and its length at most ``region + pmd_nr``; a node the config has."""
+    changes: dict[str, int] = {}
+    for name in ("start", "addr"):
+        if hasattr(op, name):
+            changes[name] = getattr(op, name) % region
+    if isinstance(op, spec.Mmap | spec.Munmap | spec.Mprotect | spec.Madvise | spec.Migrate):
+        changes["npages"] = max(1, min(op.npages, region + pmd_nr))
+    if isinstance(op, spec.Migrate):
+        changes["node"] = op.node % nodes
+    if not changes:
+        return op
+    out: Op = replace(op, **changes)  # type: ignore[arg-type]
+    return out

@@ -574,3 +574,22 @@ def test_the_failed_splits_of_a_pageout_without_swap_show_on_the_kernel() -> Non
     assert (v.disagreement.op_index, v.disagreement.cls) == (3, "vmstat.thp_split_page_failed")
     assert (v.disagreement.kernel, v.disagreement.model) == (2, 0)
     assert v.known == "pageout_without_swap"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=300))
+def test_atheris_inputs_decode_to_programs_the_machine_runs(data: bytes) -> None:
+    # Every byte string is a program this PMD machine runs: x86_64, PUD THP never, swap
+    # off or the campaign's size, no op it cannot express, every range in the region.
+    from fuzz.kernel import KernelHunt
+
+    caps = Capabilities("pmd", frozenset(spec.OP_TYPES) - {"fail_alloc", "migrate",
+                                                           "split_folio"},
+                        {}, "6.18", 1)
+    p = KernelHunt(caps, max_ops=50).program(data)
+    check_program(p, caps)
+    assert p.config.swap_capacity in (0, SWAP_PAGES)
+    region = REGION_PMDS * X86
+    for op in p.ops:
+        assert getattr(op, "start", getattr(op, "addr", 0)) < region
+        assert getattr(op, "npages", 1) <= region + X86

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from harness.conform import compare, live
 from harness.conform import kernel as k
 from harness.conform.compare import CannotRun, ConformRun, ModelSide, signature
-from harness.conform.kfeatures import KFeatures, op_look
+from harness.conform.kfeatures import KFeatures, KTally, op_look
 from harness.conform.known import known_kind, op_key
 from harness.conform.kside import (
     PUD_SIZE_DIR,
@@ -67,7 +67,7 @@ from harness.conform.observe import (
     model_counters,
     project_snapshot,
 )
-from harness.coverage import Coverage
+from harness.coverage import Coverage, Tally
 from harness.runner import exception_finding
 from pudthp_ref import spec
 from pudthp_ref.spec import Config, Finding, Op, Program, Result
@@ -567,3 +567,32 @@ class ProgramRun:
 def kernel_release() -> str:
     """``uname -r``: the kernel a campaign runs on, recorded with its findings."""
     return os.uname().release
+
+
+def kernel_coverage(programs: list[tuple[str, Program]], say: Callable[[str], None] = _stderr
+                    ) -> tuple[Tally, KTally, list[str]]:
+    """``pudthp coverage --impl kernel``: run each program on the live kernel and the
+    reference as a campaign does, counting the model-state features of the reference and
+    the kernel-observation features of the kernel; what could not run, or disagreed, is
+    noted (a disagreement ends a program's comparison, so its later ops count nothing).
+    Raises CannotRun when this machine cannot run kernel campaigns at all."""
+    tally, ktally = Tally(), KTally()
+    notes: list[str] = []
+    with KernelMachine(say) as machine:
+        assert machine.caps is not None
+        for path, program in programs:
+            try:
+                check_program(program, machine.caps)
+            except CannotRun as e:
+                notes.append(f"{path}: not run: {' '.join(str(e).split())}")
+                continue
+            cov, feats = Coverage(), KFeatures()
+            v = machine.run(program, feats, cov)
+            tally.add_program(cov.hits, cov.ops)
+            tally.unclassified += cov.unclassified
+            ktally.add_program(feats.hits, feats.ops)
+            if v.disagreement is not None:
+                what = f"known {v.known}" if v.known else "DISAGREE"
+                notes.append(f"{path}: {what} {v.signature}: "
+                             f"{compare.describe(v.disagreement, v.program)}")
+    return tally, ktally, notes
