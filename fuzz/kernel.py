@@ -88,6 +88,7 @@ class SearchResult:
     observer: Observer = field(default_factory=Observer)
     known_hits: set[str] = field(default_factory=set)
     seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)  # runs Hypothesis ended on its own
 
 
 def search(kernel: KernelMachine, seed: int, programs: int, *,
@@ -128,6 +129,11 @@ def search(kernel: KernelMachine, seed: int, programs: int, *,
                 break
         except StopFuzzing:
             break
+        except Exception as e:  # Hypothesis' own complaint, as engine_hypothesis.hunt takes it
+            if obs.stopped:
+                break  # a case cut short at the deadline looks like flaky generation
+            text = str(e).splitlines()[0] if str(e) else ""
+            out.problems.append(f"{type(e).__name__}: {text}")
         run += 1
         obs.new_run()
         if run > programs:  # every run ran at least one case
