@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 from hypothesis import event, target
 from hypothesis import strategies as st
-from hypothesis.stateful import initialize, multiple, precondition, rule
+from hypothesis.stateful import precondition, rule
 
 from fuzz.machine import (
     AFTER_FORK_OPS,
@@ -188,29 +188,18 @@ class KernelPudthpMachine(PudthpMachine):
         self.kfeatures = KFeatures()
         self.big = REGION_PMDS // 2 * X86_64  # the machine's "PUD" unit here
 
-    @initialize(target=PudthpMachine.ranges, cfg=st.runner().flatmap(lambda m: m.CONFIGS),
-                premap=st.integers(0, 3))
-    def setup(self, cfg: dict[str, Any], premap: int) -> Any:
-        """The config of this case and the working region, mapped as ``PudthpMachine``
-        maps it (``premap``)."""
-        self.cfg = Config.from_json(cfg)
-        self.g = self.cfg.geom
+    def working_region(self) -> int:
+        """``REGION_PMDS`` PMD ranges, two PUD ranges when the case turns PUD THP on; the
+        machine's "PUD" places and lengths are scaled to half of it (``big``)."""
         if self.cfg.pud_enabled != "never":
             self.big = self.g.pud_nr
-            self.region = 2 * self.g.pud_nr
-        else:
-            self.region = REGION_PMDS * self.g.pmd_nr
-        if self.OBSERVER is not None:
-            self.OBSERVER.program_started()
-        self.stepper = KernelStepper(self.KERNEL, self.cfg, self.coverage,  # type: ignore[assignment]
-                                     self.kfeatures, self.COUNTS, self.STRICT)
-        start = 3 * self.g.pmd_nr if premap == 3 else 0
-        if premap and self._run(spec.Mmap(0, start, self.region - start, "rw")) == 0:
-            if premap == 2:
-                self._run(spec.Madvise(0, 0, self.region, "hugepage"))
-            self.mapped.append((start, self.region - start))
-            return (start, self.region - start)
-        return multiple()
+            return 2 * self.g.pud_nr
+        return REGION_PMDS * self.g.pmd_nr
+
+    def make_stepper(self) -> Any:
+        """The case's ops on the kernel and the reference (``KernelStepper``)."""
+        return KernelStepper(self.KERNEL, self.cfg, self.coverage, self.kfeatures,
+                             self.COUNTS, self.STRICT)
 
     # ---- places and lengths inside the region --------------------------------------------
 

@@ -445,10 +445,10 @@ class PudthpMachine(RuleBasedStateMachine):
         mmap of it from three PMDs into its first PUD (a VMA starting mid-PUD)."""
         self.cfg = Config.from_json(cfg)
         self.g = self.cfg.geom
-        self.region = min(self.g.space, 4 * self.g.pud_nr)
+        self.region = self.working_region()
         if self.OBSERVER is not None:
             self.OBSERVER.program_started()
-        self.stepper = Stepper(self.cfg, self.IMPL, check=self.CHECK, coverage=self.coverage)
+        self.stepper = self.make_stepper()
         if self.stepper.finding is not None:
             self._found(self.stepper.finding)
         start = 3 * self.g.pmd_nr if premap == 3 else 0
@@ -458,6 +458,14 @@ class PudthpMachine(RuleBasedStateMachine):
             self.mapped.append((start, self.region - start))
             return (start, self.region - start)
         return multiple()
+
+    def working_region(self) -> int:
+        """The pages most ops fall in: four PUD ranges (the whole space at tiny geometry)."""
+        return min(self.g.space, 4 * self.g.pud_nr)
+
+    def make_stepper(self) -> Stepper:
+        """What runs this case's ops (``fuzz.kmachine`` runs them on the kernel)."""
+        return Stepper(self.cfg, self.IMPL, check=self.CHECK, coverage=self.coverage)
 
     # ---- address, length and range resolution -----------------------------------------
 

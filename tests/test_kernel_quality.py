@@ -27,6 +27,7 @@ from harness.conform import campaign, live
 from harness.conform.known import known_kind
 from harness.program import load_program_file
 from tests.planted_ref import PLANTED
+from tests.test_kernel_campaign import LIVE_PROBLEM
 
 GCC = shutil.which("gcc")
 MAX_OPS = 6  # "a handful"
@@ -48,17 +49,6 @@ SEARCHES: dict[str, tuple[int, int, int]] = {
     "pswpin_counted_twice": (7, 11, 20),
     "zap_pmd_keeps_rss": (2, 12, 10),
 }
-
-
-def _live_problem() -> str | None:
-    try:
-        live.check_machine()
-    except campaign.k.KernelError as e:
-        return f"cannot run here: {e}"
-    return None
-
-
-LIVE_PROBLEM = _live_problem()
 
 
 def test_every_planted_bug_has_a_search() -> None:

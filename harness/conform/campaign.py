@@ -483,10 +483,7 @@ class ProgramRun:
         if self.features is not None:
             look = None if self.pud else op_look(kside, op)
             self.features.add_op(op, kd, look, faults(kside, op, before_faults), kres)
-        for key in (*live.NOISE_VMSTAT, *live.NOISE_MTHP):
-            for name in (f"vmstat.{key}", f"mthp.{key}"):
-                if kd.get(name):
-                    self.noise.append(f"op {i}: {name} moved by {kd[name]}")
+        self.noise += compare.noise_notes(i, kd)
         if kres != mres:
             self.items.append(Disagreement(i, "result", kres, mres))
             self.ended = True

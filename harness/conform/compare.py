@@ -350,10 +350,7 @@ def run_once(program: Program, tools: live.RunTools, on_step: StepHook | None = 
             run.model_results.append(mres)
             if on_step is not None:
                 on_step(i, op, kres, mres)
-            for key in (*live.NOISE_VMSTAT, *live.NOISE_MTHP):
-                for name in (f"vmstat.{key}", f"mthp.{key}"):
-                    if kd.get(name):
-                        run.noise.append(f"op {i}: {name} moved by {kd[name]}")
+            run.noise += noise_notes(i, kd)
             if kres != mres:
                 run.items.append(Disagreement(i, "result", kres, mres))
                 return run
@@ -370,6 +367,14 @@ def run_once(program: Program, tools: live.RunTools, on_step: StepHook | None = 
         return run
     finally:
         kside.close()
+
+
+def noise_notes(i: int, kd: dict[str, int]) -> list[str]:
+    """What the counters no op of a program moves (``live.NOISE_*``) say of op ``i``: other
+    activity on the machine."""
+    return [f"op {i}: {name} moved by {kd[name]}"
+            for key in (*live.NOISE_VMSTAT, *live.NOISE_MTHP)
+            for name in (f"vmstat.{key}", f"mthp.{key}") if kd.get(name)]
 
 
 class ModelSide:

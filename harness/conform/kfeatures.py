@@ -26,14 +26,14 @@ lists only how many were never hit.  ``KFeatures`` counts one program's features
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 from harness.conform import kernel as k
 from harness.conform import live
 from harness.conform.known import op_key
 from harness.conform.observe import MTHP_COMPARED, VMSTAT_COMPARED
+from harness.coverage import Tally
 from pudthp_ref import spec
 from pudthp_ref.spec import Op
 
@@ -174,53 +174,10 @@ class KFeatures:
         return {NAMES[i]: n for i, n in enumerate(self.hits) if n}
 
 
-@dataclass
-class KTally:
-    """Kernel-observation features over many programs: ``hits``, ``programs_hit`` per
-    catalogue entry, programs and ops."""
+class KTally(Tally):
+    """``harness.coverage.Tally`` over the kernel-observation catalogue (``NAMES``)."""
 
-    hits: list[int] = field(default_factory=lambda: [0] * N_KFEATURES)
-    programs_hit: list[int] = field(default_factory=lambda: [0] * N_KFEATURES)
-    programs: int = 0
-    ops: int = 0
-
-    def add_program(self, hits: list[int], ops: int = 0) -> None:
-        self.programs += 1
-        self.ops += ops
-        for i, n in enumerate(hits):
-            if n:
-                self.hits[i] += n
-                self.programs_hit[i] += 1
-
-    def merge(self, other: KTally) -> None:
-        for i in range(N_KFEATURES):
-            self.hits[i] += other.hits[i]
-            self.programs_hit[i] += other.programs_hit[i]
-        self.programs += other.programs
-        self.ops += other.ops
-
-    @classmethod
-    def total(cls, tallies: Iterable[KTally | None]) -> KTally:
-        t = cls()
-        for other in tallies:
-            if other is not None:
-                t.merge(other)
-        return t
-
-    def to_json(self) -> dict[str, Any]:
-        return {"hits": list(self.hits), "programs_hit": list(self.programs_hit),
-                "programs": self.programs, "ops": self.ops}
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> KTally:
-        t = cls()
-        t.hits = [int(x) for x in raw["hits"]][:N_KFEATURES]
-        t.programs_hit = [int(x) for x in raw["programs_hit"]][:N_KFEATURES]
-        t.programs, t.ops = int(raw["programs"]), int(raw["ops"])
-        return t
-
-    def covered(self) -> int:
-        return sum(1 for n in self.hits if n)
+    NAMES: ClassVar[tuple[str, ...]] = NAMES
 
     def hit_names(self) -> set[str]:
         return {NAMES[i] for i, n in enumerate(self.hits) if n}
