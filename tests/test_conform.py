@@ -534,6 +534,16 @@ MINIMAL: dict[str, tuple[str, dict[str, object], list[dict[str, object]]]] = {
         _MAP, {"op": "write", "mm": 0, "addr": 0, "value": 7},
         {"op": "madvise", "mm": 0, "start": 0, "npages": 512, "advice": "pageout"},
         {"op": "fork", "mm": 0}, _READ0, {"op": "read", "mm": 1, "addr": 0}]),
+    # found by a kernel campaign: mm 0's read swaps in a slot its child's swap PTE also
+    # names, so the kernel keeps the folio in the swap cache, with that slot; the next
+    # pageout reclaims the clean folio with no IO, back to that slot (mm 0's and mm 1's
+    # swap PTEs name one slot), where the model writes it to a new one
+    "pageout_of_a_swap_cache_folio": ("page.slot", {"swap_pages": 8192}, [
+        {"op": "mmap", "mm": 0, "start": 0, "npages": 16, "prot": "rw"},
+        {"op": "write", "mm": 0, "addr": 11, "value": 1},
+        {"op": "madvise", "mm": 0, "start": 0, "npages": 16, "advice": "pageout"},
+        {"op": "fork", "mm": 0}, {"op": "read", "mm": 0, "addr": 11},
+        {"op": "madvise", "mm": 0, "start": 0, "npages": 16, "advice": "pageout"}]),
     # the kernel counts nothing when another process holds the huge zero folio (open:
     # machine-global state; shown on demand by test_a_huge_zero_folio_held_elsewhere...)
     "huge_zero_folio_held_elsewhere": ("vmstat.thp_zero_page_alloc", {}, [_MAP, _READ0]),

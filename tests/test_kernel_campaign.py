@@ -593,3 +593,26 @@ def test_atheris_inputs_decode_to_programs_the_machine_runs(data: bytes) -> None
     for op in p.ops:
         assert getattr(op, "start", getattr(op, "addr", 0)) < region
         assert getattr(op, "npages", 1) <= region + X86
+
+
+def test_a_pageout_of_a_swap_cache_folio_is_known_only_where_the_folio_is_clean() -> None:
+    # MINIMAL pageout_of_a_swap_cache_folio (test_conform): op 1 writes page 11 (one
+    # order-0 folio), op 2 swaps it out (one slot), op 3's fork copies the swap PTE (the
+    # slot now named twice), op 4 reads it back in mm 0 (a swap-in of a shared slot: the
+    # kernel keeps the folio in the swap cache), op 5 pages out the clean page.
+    from harness.conform.known import known_kind
+    from tests.test_conform import MINIMAL
+
+    _, config, ops = MINIMAL["pageout_of_a_swap_cache_folio"]
+    p = program(ops, **config)
+    assert known_kind(D(5, "mm1.page[11].slot", 0, 1), p) == "pageout_of_a_swap_cache_folio"
+    assert known_kind(D(5, "vmstat.pswpout", 0, 1), p) == "pageout_of_a_swap_cache_folio"
+    assert known_kind(D(5, "vmstat.pswpout", 1, 0), p) is None  # the kernel writing more
+    # written after the swap-in (a write fault dirties the PTE, and the kernel frees the
+    # swap cache's slot on a write fault): no swap-cache folio left to explain
+    dirty = program([*ops[:5], {"op": "write", "mm": 0, "addr": 11, "value": 2}, ops[5]],
+                    **config)
+    assert known_kind(D(6, "vmstat.pswpout", 0, 1), dirty) is None
+    # a swap-in of a slot nobody else named (no fork) leaves nothing in the swap cache
+    alone = program([*ops[:3], ops[4], ops[5]], **config)
+    assert known_kind(D(4, "vmstat.pswpout", 0, 1), alone) is None

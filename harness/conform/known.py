@@ -25,7 +25,13 @@ The states an entry may need (``STATES``):
   (``do_swap_page``), the model gives every swap-in a fresh folio;
 - ``huge_zero_folio_allocated``: a ``read`` at which the reference allocated the huge zero
   folio (its ``thp_zero_page_alloc`` moved), and with it the machine fact that another
-  process holds that folio (``needs``, checked on the machine after the run).
+  process holds that folio (``needs``, checked on the machine after the run);
+- ``pageout_of_a_swap_cache_folio``: a ``madvise pageout`` over a page whose folio the
+  reference swapped in at a ``read`` of a shared slot (``fault_on_a_shared_swap_slot``)
+  and that no write has dirtied since (its PTE is clean): the kernel still has that folio
+  in the swap cache, with its slot, and reclaims it with no IO to that same slot
+  (``shrink_folio_list``: a clean swap-cache folio needs no ``pageout()``); the model,
+  which keeps no swap cache, writes it to a new slot.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ STATES: dict[str, str] = {
     "whose slot more than one swap PTE has named since it was written",
     "huge_zero_folio_allocated": "a read at which the reference allocated the huge zero "
     "folio",
+    "pageout_of_a_swap_cache_folio": "a pageout over a clean page the reference swapped in "
+    "at a read of a slot more than one swap PTE had named",
 }
 
 
@@ -125,6 +133,13 @@ KNOWN: dict[str, Known] = {
         "it for the program's first huge zero PMD (mm_get_huge_zero_folio)",
         needs=HUGE_ZERO_HELD_ELSEWHERE,
         values={"vmstat.thp_zero_page_alloc": lambda kernel, model: (kernel, model) == (0, 1)}),
+    "pageout_of_a_swap_cache_folio": Known(
+        ("vmstat.pswpout", "page.slot"),
+        ("madvise.pageout",), "pageout_of_a_swap_cache_folio",
+        "a pageout of a clean folio the kernel keeps in the swap cache since a swap-in of a "
+        "shared slot: reclaimed to that slot with no IO, where MODEL.md 5.9 (no swap cache) "
+        "writes it to a new slot (shrink_folio_list, do_swap_page)",
+        values={"vmstat.pswpout": lambda kernel, model: kernel < model}),
 }
 LOOK_PAST: frozenset[str] = frozenset(c for k in KNOWN.values() if k.look_past
                                       for c in k.classes)
@@ -182,9 +197,13 @@ def op_states(cfg: Config, ops: tuple[Op, ...]) -> tuple[frozenset[str], ...]:
     model = RefModel(cfg)
     st = model.st
     shared_slots: set[int] = set()  # slots more than one swap PTE named at some point
+    cached: set[int] = set()  # folios a read swapped in from such a slot (the swap cache's)
     out: list[frozenset[str]] = []
     for op in ops:
         here: set[str] = set()
+        if (isinstance(op, spec.Madvise) and op.advice == "pageout"
+                and _maps_clean(st, op.mm, op.start, op.start + op.npages, cached)):
+            here.add("pageout_of_a_swap_cache_folio")
         if (isinstance(op, spec.Madvise) and op.advice == "pageout"
                 and cfg.swap_capacity == 0 and _maps_large_folio(st, op.mm, op.start,
                                                                  op.start + op.npages)):
@@ -200,6 +219,10 @@ def op_states(cfg: Config, ops: tuple[Op, ...]) -> tuple[frozenset[str], ...]:
             break
         if isinstance(op, spec.Read) and st.stats["vmstat"]["thp_zero_page_alloc"] > zero_allocs:
             here.add("huge_zero_folio_allocated")
+        if isinstance(op, spec.Read) and "fault_on_a_shared_swap_slot" in here:
+            fid = _folio_at(st, op.mm, op.addr)
+            if fid is not None:
+                cached.add(fid)
         shared_slots.update(s.slot for s in st.swap.values() if s.count > 1)
         out.append(frozenset(here))
     return tuple(out)
@@ -241,8 +264,8 @@ def _maps_large_folio(st: MmState, mm_id: int, start: int, end: int) -> bool:
     return False
 
 
-def _swap_slot_at(st: MmState, mm_id: int, vpn: int) -> int | None:
-    """The swap slot of the swap PTE mapping page ``vpn`` of ``mm_id``, if it is one."""
+def _pte(st: MmState, mm_id: int, vpn: int) -> tuple[Any, ...] | None:
+    """The PTE mapping page ``vpn`` of ``mm_id``, if a PTE table maps it."""
     mm = _live_mm(st, mm_id)
     g = st.geom
     if mm is None or not 0 <= vpn < g.space:
@@ -254,6 +277,29 @@ def _swap_slot_at(st: MmState, mm_id: int, vpn: int) -> int | None:
     if me is None or me[0] != "table":
         return None
     te = st.tables[me[1]].entries[vpn % g.P]
-    if te is None or te[0] != "swap":
-        return None
-    return int(te[1])
+    return None if te is None else tuple(te)
+
+
+def _swap_slot_at(st: MmState, mm_id: int, vpn: int) -> int | None:
+    """The swap slot of the swap PTE mapping page ``vpn`` of ``mm_id``, if it is one."""
+    te = _pte(st, mm_id, vpn)
+    return int(te[1]) if te is not None and te[0] == "swap" else None
+
+
+def _folio_at(st: MmState, mm_id: int, vpn: int) -> int | None:
+    """The folio a present PTE maps at page ``vpn`` of ``mm_id``."""
+    te = _pte(st, mm_id, vpn)
+    return int(te[1]) if te is not None and te[0] == "pte" else None
+
+
+def _maps_clean(st: MmState, mm_id: int, start: int, end: int, folios: set[int]) -> bool:
+    """Whether ``mm_id`` maps a page of one of ``folios`` by a clean PTE in ``[start,
+    end)`` (a PTE is ``("pte", folio, page, write, dirty, young)``)."""
+    live = [fid for fid in folios if fid in st.folios and not st.folios[fid].freed]
+    if not live:
+        return False
+    for vpn in range(max(0, start), min(end, st.geom.space)):
+        te = _pte(st, mm_id, vpn)
+        if te is not None and te[0] == "pte" and te[1] in live and not te[4]:
+            return True
+    return False
