@@ -473,7 +473,9 @@ def test_the_campaigns_look_finds_what_conform_finds() -> None:
     assert v.disagreement.op_index == 3
     assert v.known == "pageout_without_swap"
     assert v.finding() is None
-    assert v.runs >= 3  # the cheap run, then two full runs from scratch
+    # the cheap run, then full runs from scratch until two runs show it alike: the cheap
+    # run names counters exactly as a full run does, so one full run may do
+    assert v.runs >= 2
 
 
 @pytest.mark.slow
