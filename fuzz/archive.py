@@ -146,7 +146,7 @@ def remove_stale_temporaries(directory: str) -> int:
     for path in glob.glob(os.path.join(directory, ".*.tmp")):
         parts = os.path.basename(path).split(".")
         pid = next((int(p) for p in reversed(parts[:-2]) if p.isdigit()), None)
-        if pid is None or pid == os.getpid() or _alive(pid):
+        if pid is None or pid == os.getpid() or pid_alive(pid):
             continue
         with contextlib.suppress(OSError):
             os.unlink(path)
@@ -154,7 +154,8 @@ def remove_stale_temporaries(directory: str) -> int:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -600,10 +600,10 @@ class _Parent:
         self.signatures: set[str] = set()
         self.warnings: list[str] = []
         self.limits: dict[str, int] = {}
-        # signatures other machines found: the workers start knowing what is on the hub
-        # (they go idle on it) and are told what comes later
-        hub = c.link.hub if c.link is not None else None
-        self.hub_known: set[str] = hub.signatures() if hub is not None else set()
+        # signatures other machines found, replayed here: the workers start knowing what
+        # came from the hub (they go idle on it) and are told what comes later; a
+        # signature the hub only names is not known
+        self.hub_known: set[str] = c.link.verified() if c.link is not None else set()
         self.known_hits: set[str] = set()  # ... that this campaign's programs met too
         self.signals: list[int] = []
         self.stopping = False
@@ -907,7 +907,16 @@ def run_campaign(c: Campaign) -> int:
     _coverage_report(c, parent.tally(), ENGINE)
     if first is not None:
         return 128 + first  # 130 Ctrl-C, 143 SIGTERM
-    return 1 if parent.signatures or parent.known_hits else 0
+    if parent.signatures or parent.known_hits:
+        return 1
+    programs = sum(s.total()[0] for s in parent.slots)
+    dropped = sum(parent.limits.values())
+    if programs <= dropped:  # nothing was tested: never "no finding"
+        print(f"pudthp: error: no program ran to its end ({programs} started, {dropped} "
+              "stopped at a resource limit): nothing was tested; raise --max-rss or "
+              "--max-program-time", file=c.err)
+        return 2
+    return 0
 
 
 def _coverage_report(c: Campaign, tally: Tally, engine: str) -> None:

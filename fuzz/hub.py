@@ -2,204 +2,112 @@
 
 Only a campaign's parent process talks to the hub (``Hub``); its workers are unchanged,
 except that the Hypothesis engine's workers open the shared example database themselves
-(``example_database``).  Shared, under keys ``pudthp:CAMPAIGN:...``:
+(``fuzz.hub_db.example_database``).  Shared, under keys ``pudthp:CAMPAIGN:...``:
 
 - the campaign record (``join``): the code version (``code_version``: a hash of the model,
   harness and fuzz sources) that every machine must run, the first machine's engine and
   config overrides, and per machine what it joined with and which seeds it was given;
-- seed blocks (``seed_block``): ``INCRBY`` on one counter, so every block is disjoint from
-  every other machine's and every earlier campaign's;
+- the data set's token (``epoch``), made by the first machine: a hub restarted empty (or
+  emptied) has none or another, and every machine then offers its findings and corpus
+  again, by content;
+- seed blocks (``seed_block``): a counter and each machine's block end (a sorted set), read
+  and moved in one WATCH/MULTI transaction; a block starts at or past the counter and
+  every block a machine recorded, so it is never negative and never one already given,
+  whatever the counter holds;
 - findings by signature (``push_finding``, ``pull_findings``): the archived program text;
   when two machines push the same signature the shorter program (fewer ops, then fewer
   characters, then the smaller text: the same winner whatever the order) is kept, inside a
-  WATCH/MULTI transaction; a pull copies into a local findings directory, with
-  ``fuzz.archive``'s naming, every finding it does not have, never overwriting a file;
-- the set of known signatures (``signatures``);
+  WATCH/MULTI transaction, and its signature is appended to a log; a pull reads the log
+  from where it left off (a bounded number of entries per call), replays each finding
+  (``fuzz.hub_replay``) and copies into a local findings directory, with
+  ``fuzz.archive``'s naming, those that report their signature, never overwriting a file.
+  One that does not is said once, naming the machine that pushed it, and never tried
+  again; a shorter program on the hub that does not reproduce is replaced by this
+  machine's.  The set of signatures the hub names (``signatures``) is information only:
+  a signature with no reproducing program behind it counts for nothing;
 - the atheris corpus (``push_corpus``, ``pull_corpus``): inputs stored by the SHA-1 of their
   bytes (libFuzzer's own file names) plus a log of hashes, so each pull reads only what was
-  added since the last;
-- a stats stream (``push_stats``, ``read_stats``): one JSON record per entry;
-- the Hypothesis example database (``example_database``).
+  added since the last; at most ``MAX_CORPUS_INPUT`` bytes each, both ways;
+- a stats stream (``push_stats``, ``read_stats``): one JSON record per entry.
 
-When the hub cannot be reached, the client says so once in one line (the ``say`` callback),
-and every call carries on locally: pushes are queued (corpus files are not: they stay on disk
-and are offered again), pulls return nothing.  Every ``retry_seconds`` the next call tries
-again; on success it re-joins (checking the code version again), flushes the queue in order
-and says so.  Nothing queued is dropped, except stats records beyond ``MAX_QUEUED_STATS``
-(said once).  A stats record may be stored twice when a connection breaks after the server
-took it.
+Every value read back is checked first (``fuzz.hub_values``); a bad one is said in one line
+and passed over.  When the hub cannot be reached, the client says so once in one line (the
+``say`` callback), and every call carries on locally: pushes are queued (corpus files are
+not: they stay on disk and are offered again), pulls return nothing.  Every
+``retry_seconds`` the next call tries again; on success it re-joins (checking the code
+version again), flushes the queue in order and says so.  Nothing queued is dropped, except
+stats records beyond ``MAX_QUEUED_STATS`` (said once).  A stats record may be stored twice
+when a connection breaks after the server took it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
-import os
-import socket
-import sys
-import tempfile
+import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Container, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Container, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
-from urllib.parse import unquote, urlsplit
 
 import redis
-from hypothesis.database import (
-    DirectoryBasedExampleDatabase,
-    ExampleDatabase,
-    MultiplexedDatabase,
+
+from fuzz import hub_values as hv
+from fuzz.archive import archived_signatures
+from fuzz.hub_address import (
+    DEFAULT_PORT,
+    URL_FORMAT,
+    HubAddress,
+    HubError,
+    code_version,
+    default_machine_id,
+    parse_hub_url,
+    ping,
+    redis_client,
 )
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from fuzz.hub_corpus import CorpusExchange
+from fuzz.hub_db import (
+    CONNECTION_ERRORS,
+    DEFAULT_CAMPAIGN,
+    DEFAULT_EXAMPLE_DIR,
+    RETRY_SECONDS,
+    TolerantDatabase,
+    example_database,
+    first_line,
+    say_stderr,
+)
+from fuzz.hub_intake import PULL_BATCH, Intake, ReplayerLike
+from fuzz.hub_values import MAX_CORPUS_INPUT, BadValue
+from fuzz.stats import stats_problem
+from harness.program import MAX_PROGRAM_BYTES
 
-from fuzz.archive import archive, archived_signatures, finding_path
-from harness.program import ProgramError, parse_program_text
+__all__ = [
+    "DEFAULT_CAMPAIGN", "DEFAULT_EXAMPLE_DIR", "DEFAULT_PORT", "MAX_CORPUS_INPUT",
+    "SEED_BLOCK", "URL_FORMAT", "Hub", "HubAddress", "HubError", "HubRefused",
+    "TolerantDatabase", "code_version", "default_machine_id", "example_database",
+    "parse_hub_url", "redis_client",
+]
 
-URL_FORMAT = "redis://[:PASSWORD@]HOST:PORT/DB"
-DEFAULT_PORT = 6379
-DEFAULT_CAMPAIGN = "main"
-DEFAULT_EXAMPLE_DIR = "corpus/hypothesis"
-CODE_PACKAGES = ("pudthp_ref", "pudthp_fast", "harness", "fuzz")
 SEED_BLOCK = 1 << 20  # seeds per machine: workers and atheris restarts stay inside it
-RETRY_SECONDS = 10.0
-CONNECT_TIMEOUT = 2.0
-SOCKET_TIMEOUT = 10.0
 MAX_QUEUED_STATS = 10_000
-MAX_CORPUS_INPUT = 1 << 20  # bytes; larger files are not shared
 STATS_MAXLEN = 1_000_000  # entries kept in the stream (approximately)
-PULL_BATCH = 500
-
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    # every error reply too: a hub whose disk is full answers MISCONF, one out of memory
-    # OOM, a replica READONLY; for a campaign they all mean "not now, try again later"
-    redis.exceptions.RedisError,
-    OSError,
-)
+MAX_MACHINES = 10_000  # machine entries read
+MAX_SAID = 20  # bad values said, then passed over in silence
 
 T = TypeVar("T")
 Push = Literal["stored", "kept", "queued", "off"]
-
-
-class HubError(Exception):
-    """A hub problem the user must fix (bad URL, wrong password, a refused machine);
-    ``str()`` is one line."""
 
 
 class HubRefused(HubError):
     """The hub's campaign runs other code than this machine."""
 
 
-# --------------------------------------------------------------------------------------
-# Addresses and the code version
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class HubAddress:
-    """A parsed hub URL."""
-
-    host: str
-    port: int
-    db: int
-    password: str | None = None
-
-    def url(self, show_password: bool = False) -> str:
-        auth = ""
-        if self.password is not None:
-            auth = f":{self.password if show_password else '***'}@"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"redis://{auth}{host}:{self.port}/{self.db}"
-
-
-def parse_hub_url(url: str) -> HubAddress:
-    """``redis://[:PASSWORD@]HOST:PORT/DB`` (port default 6379, db default 0); anything
-    else is a ``HubError`` naming the expected form (the password is never echoed)."""
-    shown = url
-    try:
-        parts = urlsplit(url)
-        if parts.password is not None:
-            shown = url.replace(f":{parts.password}@", ":***@", 1)
-        if parts.scheme != "redis":
-            raise ValueError("the scheme must be redis://")
-        if not parts.hostname:
-            raise ValueError("no host")
-        if parts.username:
-            raise ValueError("a user name is not supported, only :PASSWORD@")
-        if parts.query or parts.fragment:
-            raise ValueError("no query or fragment is expected")
-        port = parts.port if parts.port is not None else DEFAULT_PORT
-        if port == 0:
-            raise ValueError("port 0")
-        path = parts.path.strip("/")
-        if path and not path.isdigit():
-            raise ValueError(f"database {path!r} is not a number")
-        db = int(path) if path else 0
-    except ValueError as e:
-        raise HubError(f"hub URL {shown!r}: {e}; expected {URL_FORMAT}") from None
-    password = unquote(parts.password) if parts.password is not None else None
-    return HubAddress(parts.hostname, port, db, password)
-
-
-def code_version(roots: Mapping[str, Path] | None = None) -> str:
-    """The SHA-256 of every ``.py`` file of the model, the harness and the fuzzers
-    (``CODE_PACKAGES``; ``roots`` maps a package name to its directory, default the
-    installed packages): per file in order of its path relative to the package's parent,
-    the path, its length and its bytes; so the same sources give the same hash anywhere."""
-    if roots is None:
-        roots = {name: _package_dir(name) for name in CODE_PACKAGES}
-    h = hashlib.sha256()
-    files: list[tuple[str, Path]] = []
-    for name, root in roots.items():
-        for path in root.rglob("*.py"):
-            rel = path.relative_to(root).as_posix()
-            if "__pycache__" not in rel.split("/"):
-                files.append((f"{name}/{rel}", path))
-    for rel, path in sorted(files):
-        data = path.read_bytes()
-        h.update(rel.encode() + b"\0" + str(len(data)).encode() + b"\0" + data)
-    return h.hexdigest()
-
-
-def _package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise HubError(f"cannot find the {name} package to hash its sources")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def default_machine_id() -> str:
-    """``HOSTNAME:PID``: unique among the campaigns running at one time."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _say_stderr(line: str) -> None:
-    """The default ``say``: the client's lines are bare, the caller names the program."""
-    print(f"pudthp: {line}", file=sys.stderr, flush=True)
-
-
-def redis_client(address: HubAddress) -> redis.Redis:
-    """A client that fails fast (no retries, short timeouts): the hub client retries on its
-    own schedule and must never hold up a campaign for long."""
-    return redis.Redis(
-        host=address.host, port=address.port, db=address.db, password=address.password,
-        socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT,
-        retry=Retry(NoBackoff(), 0),
-    )
-
-
-# --------------------------------------------------------------------------------------
-# The client
-# --------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,29 +134,22 @@ class _Join:
     finished: float | None = None  # when it did
 
 
-@dataclass
-class _Corpus:
-    """What this client knows of one local corpus directory."""
-
-    seen: dict[str, str] = field(default_factory=dict)  # file name -> content hash
-    hashes: set[str] = field(default_factory=set)  # contents on disk or already pulled
-    offset: int = 0  # entries of the hub's corpus log already read
-
-
 class Hub:
     """One machine's connection to the hub; see the module docstring.  Every method may be
-    called whether the hub is reachable or not; call them from one thread."""
+    called whether the hub is reachable or not; call them from one thread.  ``replayer``
+    replays findings from the hub (default ``fuzz.hub_replay.Replayer``)."""
 
     def __init__(self, client: redis.Redis, *, label: str = "hub", machine: str | None = None,
                  campaign: str = DEFAULT_CAMPAIGN, say: Callable[[str], None] | None = None,
                  retry_seconds: float = RETRY_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 replayer: ReplayerLike | None = None) -> None:
         self.r = client
         self.label = label
         self.url: str | None = None  # as given to ``connect``, password included
         self.machine = machine or default_machine_id()
         self.campaign = campaign
-        self.say = say or _say_stderr
+        self.say = say or say_stderr
         self.retry_seconds = retry_seconds
         self.clock = clock
         self.prefix = f"pudthp:{campaign}:"
@@ -258,36 +159,54 @@ class Hub:
         self.queue: deque[tuple[str, str]] = deque()  # (signature, text) of findings
         self.stats_queue: deque[str] = deque()
         self.stats_dropped = 0
+        self.stats_skipped = 0  # bad records passed over by the last read_stats
         self.joined: _Join | None = None
         self.record: CampaignRecord | None = None
-        self.corpora: dict[str, _Corpus] = {}
-        self.known: set[str] = set()  # signatures seen on the hub or pushed
-        self.bad: set[str] = set()  # hub findings found unusable (said once, not fetched)
+        self.epoch: str | None = None  # the hub's data set token, as last seen
+        self.generation = 0  # data sets seen: a new one means offering everything again
+        self.said: set[str] = set()
+        self.silenced = 0
         self.write_problems: dict[str, str] = {}  # directory -> why copying in failed
+        self.intake = Intake(self, replayer)
+        self.corpus = CorpusExchange(self)
 
     @classmethod
     def connect(cls, url: str, *, machine: str | None = None,
                 campaign: str = DEFAULT_CAMPAIGN, say: Callable[[str], None] | None = None,
-                retry_seconds: float = RETRY_SECONDS) -> Hub:
+                retry_seconds: float = RETRY_SECONDS,
+                replayer: ReplayerLike | None = None) -> Hub:
         """A client for ``url``.  A bad URL or a password the server rejects is a
         ``HubError``; an unreachable server is not (it is said once, and retried)."""
         address = parse_hub_url(url)
         hub = cls(redis_client(address), label=address.url(), machine=machine,
-                  campaign=campaign, say=say, retry_seconds=retry_seconds)
+                  campaign=campaign, say=say, retry_seconds=retry_seconds, replayer=replayer)
         hub.url = url
         hub.check()
         return hub
+
+    def bad(self, problem: str) -> None:
+        """Say a value from the hub that is passed over: each problem once, at most
+        ``MAX_SAID`` lines, then a last line that the rest pass in silence."""
+        if problem in self.said:
+            return
+        if len(self.said) < MAX_SAID:
+            self.said.add(problem)
+            self.say(f"hub {self.label}: {problem}; passed over")
+        elif not self.silenced:
+            self.silenced = 1
+            self.say(f"hub {self.label}: more values that cannot be used; passed over "
+                     "without a word from now on")
 
     # -- reachability ----------------------------------------------------------------------
 
     def check(self) -> bool:
         """Ping the hub now; True if it answered.  A rejected password is a ``HubError``."""
         try:
-            self.r.ping()
+            ping(self.r)
         except redis.exceptions.AuthenticationError as e:
-            raise HubError(f"hub {self.label}: {_first_line(e)}") from None
+            raise HubError(f"hub {self.label}: {first_line(e)}") from None
         except redis.exceptions.ResponseError as e:  # NOAUTH: a password is required
-            raise HubError(f"hub {self.label}: {_first_line(e)}") from None
+            raise HubError(f"hub {self.label}: {first_line(e)}") from None
         except CONNECTION_ERRORS as e:
             self._lost(e)
             return False
@@ -295,7 +214,7 @@ class Hub:
 
     def _lost(self, e: BaseException) -> None:
         if self.up:
-            self.say(f"hub {self.label} unreachable ({_first_line(e)}); carrying on "
+            self.say(f"hub {self.label} unreachable ({first_line(e)}); carrying on "
                      f"locally, retrying every {self.retry_seconds:g} s")
         self.up = False
         self.retry_at = self.clock() + self.retry_seconds
@@ -311,7 +230,7 @@ class Hub:
             return False
         self.retry_at = self.clock() + self.retry_seconds
         try:
-            self.r.ping()
+            ping(self.r)
             if self.joined is not None:  # checks the code again; recreates a lost record
                 self._join(self.joined)
             pushed = self._flush()
@@ -330,11 +249,14 @@ class Hub:
         self.stats_queue.clear()
         self.say(f"{message}; carrying on locally without the hub")
 
-    def _call(self, fn: Callable[[], T], default: T) -> T:
+    def call(self, fn: Callable[[], T], default: T) -> T:
         if not self._ready():
             return default
         try:
             return fn()
+        except HubRefused as e:
+            self._refuse(str(e))
+            return default
         except CONNECTION_ERRORS as e:
             self._lost(e)
             return default
@@ -361,7 +283,7 @@ class Hub:
         n = 0
         while self.queue:
             sig, text = self.queue[0]
-            self._store_finding(sig, text)
+            self.store_finding(sig, text)
             self.queue.popleft()
             n += 1
         while self.stats_queue:
@@ -371,12 +293,14 @@ class Hub:
         return n
 
     def close(self) -> None:
-        """Try once to push what is queued, then close the connection."""
+        """Try once to push what is queued, then close the connection; replays still
+        running are stopped."""
         self.flush()
+        self.intake.close()
         with contextlib.suppress(*CONNECTION_ERRORS):
             self.r.close()
 
-    # -- the campaign record and seeds -----------------------------------------------------
+    # -- the campaign record, the data set and seeds ---------------------------------------
 
     def key(self, name: str) -> str:
         return self.prefix + name
@@ -410,13 +334,11 @@ class Hub:
         fresh = {"code": j.code, "engine": j.engine, "overrides": j.overrides,
                  "created": _now(), "created_by": self.machine, "kernel": j.kernel}
         self.r.set(self.key("record"), json.dumps(fresh, sort_keys=True), nx=True)
-        raw = self.r.get(self.key("record"))
-        data: dict[str, Any] = json.loads(raw) if raw else fresh
-        kernel = data.get("kernel")
-        record = CampaignRecord(str(data["code"]), str(data["engine"]),
-                                dict(data["overrides"]), str(data["created"]),
-                                str(data["created_by"]),
-                                kernel if isinstance(kernel, str) else None)
+        try:
+            data = hv.record(self.r.get(self.key("record")))
+        except BadValue as e:
+            raise HubRefused(f"hub {self.label} campaign {self.campaign!r}: {e}") from None
+        record = CampaignRecord(**data)
         if record.code != j.code:
             raise HubRefused(
                 f"hub {self.label} campaign {self.campaign!r} runs code {record.code[:12]}, "
@@ -429,34 +351,93 @@ class Hub:
                 f"hub {self.label} campaign {self.campaign!r} runs on {theirs}, this machine "
                 f"on {ours}: findings of different kernels are not one campaign's (use "
                 f"another campaign, or --mix-kernels)")
+        self._check_epoch()
         self._record_machine(j)
         self.record = record
         return record
+
+    def _check_epoch(self) -> None:
+        """Note the hub's data set, making its token if it has none; a different one from
+        the last seen means the hub lost what it held: everything is offered again."""
+        self.r.set(self.key("epoch"), secrets.token_hex(16), nx=True)
+        try:
+            now = hv.epoch(self.r.get(self.key("epoch")))
+        except BadValue as e:
+            self.bad(str(e))
+            return
+        if self.epoch is not None and now != self.epoch:
+            self.generation += 1
+            self.intake.reset()
+            self.corpus.reset()
+            self.say(f"hub {self.label} holds another data set than before (restarted "
+                     "empty?); this machine's findings and corpus are offered again")
+        self.epoch = now
+
+    def check_data_set(self) -> int:
+        """Ask the hub whether it still holds the data set this client joined (one
+        ``GET``); re-join if not.  Returns ``generation``, which grows by one each time
+        the data set was found new: the caller then offers its findings again."""
+        if self.joined is None or self.epoch is None:
+            return self.generation
+        joined = self.joined
+
+        def look() -> None:
+            if self.r.get(self.key("epoch")) != self.epoch.encode():  # type: ignore[union-attr]
+                self._join(joined)
+
+        self.call(look, None)
+        return self.generation
 
     def _record_machine(self, j: _Join) -> None:
         entry = {"engine": j.engine, "overrides": j.overrides, "joined": _now(),
                  "seeds": list(j.seeds) if j.seeds else None, "ends": j.ends,
                  "finished": j.finished}
-        self.r.hset(self.key("machines"), self.machine, json.dumps(entry, sort_keys=True))
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.key("machines"), self.machine, json.dumps(entry, sort_keys=True))
+        if j.seeds:
+            pipe.zadd(self.key("seed_ends"), {self.machine: j.seeds[1]}, gt=True)
+        pipe.execute()
 
     def seed_block(self, size: int = SEED_BLOCK, fallback: int | None = None) -> int | None:
-        """The first seed of a block of ``size`` seeds no other machine is given
-        (``INCRBY`` on one counter; the first block starts at 0), recorded with this
-        machine; ``fallback`` (a local seed) when the hub is unreachable."""
+        """The first seed of a block of ``size`` seeds no other machine was given, recorded
+        with this machine; ``fallback`` (a local seed) when the hub cannot give one."""
         if size < 1:
             raise ValueError("a seed block has at least one seed")
 
-        def take() -> int:
-            end = int(self.r.incrby(self.key("seeds"), size))
-            return end - size
+        def tx(pipe: Any) -> int:
+            start = 0
+            raw = pipe.get(self.key("seeds"))
+            if raw is not None:
+                try:
+                    start = hv.seed_end(raw, "the seed counter")
+                except BadValue as e:  # recomputed from the blocks given
+                    self.bad(str(e))
+            top = pipe.zrevrangebyscore(self.key("seed_ends"), hv.MAX_SEED, 0, start=0,
+                                        num=1, withscores=True)
+            if top:
+                start = max(start, hv.seed_end(top[0][1], "a seed block"))
+            if start + size > hv.MAX_SEED:
+                raise BadValue(f"no seed block of {size} left below {hv.MAX_SEED}")
+            pipe.multi()
+            pipe.set(self.key("seeds"), start + size)
+            pipe.zadd(self.key("seed_ends"), {self.machine: start + size}, gt=True)
+            return start
 
-        start = self._call(take, None)
+        def take() -> int | None:
+            try:
+                return cast(int, self.r.transaction(cast(Any, tx), self.key("seeds"),
+                                                    value_from_callable=True))
+            except BadValue as e:
+                self.bad(str(e))
+                return None
+
+        start = self.call(take, None)
         if start is None:
             return fallback
         if self.joined is not None:
             joined = self.joined
             joined.seeds = (start, start + size)
-            self._call(lambda: self._record_machine(joined), None)
+            self.call(lambda: self._record_machine(joined), None)
         return start
 
     def announce(self, *, ends: float | None = None, finished: float | None = None) -> None:
@@ -469,32 +450,41 @@ class Hub:
             joined.ends = ends
         if finished is not None:
             joined.finished = finished
-        self._call(lambda: self._record_machine(joined), None)
+        self.call(lambda: self._record_machine(joined), None)
 
     def machines(self) -> dict[str, dict[str, Any]]:
         """machine -> what it joined with (engine, overrides, joined, seeds, ends,
-        finished)."""
-        empty: dict[Any, Any] = {}
-        raw = self._call(lambda: self.r.hgetall(self.key("machines")), empty)
+        finished); at most ``MAX_MACHINES`` entries, bad ones passed over."""
+
+        def read() -> list[tuple[Any, Any]]:
+            out = []
+            for item in self.r.hscan_iter(self.key("machines"), count=1000):
+                out.append(item)
+                if len(out) >= MAX_MACHINES:
+                    break
+            return out
+
+        nothing: list[tuple[Any, Any]] = []
         out: dict[str, dict[str, Any]] = {}
-        for k, v in raw.items():
-            with contextlib.suppress(ValueError, UnicodeDecodeError):
-                entry = json.loads(v)
-                if isinstance(entry, dict):
-                    out[_text(k)] = entry
+        for k, v in self.call(read, nothing):
+            try:
+                name = hv.machine_name(k)
+                out[name] = hv.machine_entry(v, name)
+            except BadValue as e:
+                self.bad(str(e))
         return out
 
-    # -- findings --------------------------------------------------------------------------
+    # -- findings: pushing -----------------------------------------------------------------
 
-    def _finding_key(self, signature: str) -> str:
+    def finding_key(self, signature: str) -> str:
         return self.key("finding:" + hashlib.sha256(signature.encode()).hexdigest())
 
     def push_finding(self, signature: str, text: str) -> Push:
         """Offer a finding (``text``: the archived program JSON with its metadata).
         ``stored``: the hub now holds it (new, or shorter than the hub's); ``kept``: the
-        hub's is as short or shorter; ``queued``: unreachable, pushed on reconnection;
-        ``off``: the hub refused this machine."""
-        self.known.add(signature)
+        hub's is as short or shorter (and is replayed by the next ``pull_findings``: one
+        that does not reproduce is replaced by this one); ``queued``: unreachable, pushed
+        on reconnection; ``off``: the hub refused this machine."""
         if self.refused is not None:
             return "off"
         if not self._ready():
@@ -503,30 +493,54 @@ class Hub:
             self.queue.append((signature, text))
             return "queued"
         try:
-            return "stored" if self._store_finding(signature, text) else "kept"
+            return "stored" if self.store_finding(signature, text) else "kept"
         except CONNECTION_ERRORS as e:
             self._lost(e)
             self.queue.append((signature, text))
             return "queued"
 
-    def _store_finding(self, signature: str, text: str) -> bool:
-        key = self._finding_key(signature)
+    def store_finding(self, signature: str, text: str, replacing: str | None = None) -> bool:
+        """Store ``text`` unless the hub's program ranks before it (or, with ``replacing``,
+        unless the hub's text is no longer the one of that digest)."""
+        key = self.finding_key(signature)
         rank = _rank(text)
 
         def tx(pipe: Any) -> bool:
-            cur = pipe.hget(key, "text")
-            if cur is not None and _rank(_text(cur)) <= rank:
-                pipe.multi()
-                pipe.sadd(self.key("signatures"), signature)
-                return False
+            cur = self.hub_text(pipe, key)
             pipe.multi()
+            pipe.sadd(self.key("signatures"), signature)
+            if replacing is not None:
+                if cur is None or _digest(cur) != replacing:
+                    return False
+            elif cur is not None and _rank(cur) <= rank:
+                if cur != text:
+                    self.intake.disputed[signature] = text
+                return False
             pipe.hset(key, mapping={"signature": signature, "text": text,
                                     "ops": rank[0], "machine": self.machine,
                                     "pushed": _now()})
-            pipe.sadd(self.key("signatures"), signature)
+            pipe.rpush(self.key("findings_log"), signature)
             return True
 
-        return bool(self.r.transaction(cast(Any, tx), key, value_from_callable=True))
+        stored = bool(self.r.transaction(cast(Any, tx), key, value_from_callable=True))
+        if stored:
+            self.intake.trusted.add((signature, _digest(text)))
+        return stored
+
+    def hub_text(self, r: Any, key: str) -> str | None:
+        """The program text of a hub finding, if its size allows (asked first) and it is
+        UTF-8; None otherwise (a bad one said)."""
+        size = r.hstrlen(key, "text")
+        if not size:
+            return None
+        if size > MAX_PROGRAM_BYTES:
+            self.bad(f"a finding of {size} bytes, over the limit of {MAX_PROGRAM_BYTES}")
+            return None
+        try:
+            return hv.text(r.hget(key, "text"), "a finding's program", MAX_PROGRAM_BYTES)
+        except BadValue as e:
+            self.bad(str(e))
+            return None
 
     def push_archive(self, directory: str) -> int:
         """Offer every archived finding of ``directory`` (``fuzz.archive`` files with a
@@ -540,139 +554,47 @@ class Hub:
             stored += self.push_finding(sig, text) == "stored"
         return stored
 
+    # -- findings: reading -----------------------------------------------------------------
+
     def signatures(self) -> set[str]:
-        """Every signature the hub holds a finding of, with those this client pushed (all
-        it knows of when the hub is unreachable)."""
-        got = self._call(lambda: self.r.smembers(self.key("signatures")), None)
-        if got is not None:
-            self.known |= {_text(s) for s in got}
-        return set(self.known)
+        """The signatures the hub's set names (information only: never trusted)."""
+        got = self.call(lambda: self.r.smembers(self.key("signatures")), None) or set()
+        out = set()
+        for s in got:
+            with contextlib.suppress(BadValue):
+                out.add(hv.signature(s))
+        return out
+
+    def signature_count(self) -> int:
+        """How many signatures the hub's set names (0 when unreachable)."""
+        return int(self.call(lambda: self.r.scard(self.key("signatures")), 0) or 0)
 
     def finding(self, signature: str) -> str | None:
-        """The hub's program text for ``signature`` (None if none or unreachable)."""
-        raw = self._call(lambda: self.r.hget(self._finding_key(signature), "text"), None)
-        return None if raw is None else _text(raw)
+        """The hub's program text for ``signature`` (None if none, unusable or
+        unreachable); not replayed."""
+        return self.call(lambda: self.hub_text(self.r, self.finding_key(signature)), None)
 
-    def pull_findings(self, directory: str, have: Container[str] = ()) -> list[str]:
-        """Copy into ``directory`` every hub finding whose signature is neither in
-        ``have`` nor already archived there under ``fuzz.archive``'s name; never
-        overwrites a file.  A hub entry that is not a valid program, or whose signature is
-        not its key's, is said and skipped.  A directory that cannot be written is said
-        (once until it can) and the rest left for the next call.  Returns the paths
-        written."""
-        sigs = sorted(s for s in self.signatures()
-                      if s not in have and s not in self.bad
-                      and not os.path.exists(finding_path(directory, s)))
-        written: list[str] = []
-        for sig in sigs:
-            text = self.finding(sig)
-            if text is None:
-                continue
-            problem = _check_finding(sig, text)
-            if problem is not None:
-                self.bad.add(sig)
-                self.say(f"hub finding {sig}: {problem}; not copied")
-                continue
-            try:
-                os.makedirs(directory, exist_ok=True)
-                path, new = archive(directory, sig, text)
-            except OSError as e:  # a full disk: the rest next time
-                self._cannot_write(directory, e)
-                return written
-            if new:
-                written.append(path)
-        self.write_problems.pop(directory, None)
-        return written
-
-    # -- the atheris corpus ----------------------------------------------------------------
-
-    def _corpus(self, directory: str) -> _Corpus:
-        return self.corpora.setdefault(os.path.abspath(directory), _Corpus())
+    def pull_findings(self, directory: str, have: Container[str] = (),
+                      wait: float | None = 300.0) -> list[str]:
+        """Copy the hub's findings this machine lacks into ``directory``, each replayed
+        first (``fuzz.hub_intake.Intake.pull``); the paths written."""
+        return self.intake.pull(directory, have, wait)
 
     def push_corpus(self, directory: str) -> int:
-        """Offer every file of ``directory`` not offered before (by the SHA-1 of its
-        bytes); returns how many the hub did not have.  Unreachable: nothing is marked
-        offered, so the next call offers them again."""
-        state = self._corpus(directory)
-        fresh: list[tuple[str, str, bytes]] = []
-        for name in sorted(_files(directory)):
-            if name in state.seen:
-                continue
-            try:
-                data = Path(directory, name).read_bytes()
-            except OSError:
-                continue
-            if len(data) > MAX_CORPUS_INPUT:
-                state.seen[name] = ""
-                continue
-            fresh.append((name, hashlib.sha1(data).hexdigest(), data))
-        if not fresh:
-            return 0
-
-        def send() -> int | None:
-            added = 0
-            for i in range(0, len(fresh), PULL_BATCH):
-                pipe = self.r.pipeline(transaction=True)
-                batch = fresh[i:i + PULL_BATCH]
-                for _, h, data in batch:
-                    pipe.hsetnx(self.key("corpus"), h, data)
-                    pipe.rpush(self.key("corpus_log"), h)
-                replies = pipe.execute()
-                added += sum(1 for r in replies[0::2] if r)
-                for name, h, _ in batch:
-                    state.seen[name] = h
-                    state.hashes.add(h)
-            return added
-
-        added = self._call(send, None)
-        return added or 0
+        """Offer ``directory``'s new files (``fuzz.hub_corpus``); how many were new there."""
+        return self.corpus.push(directory)
 
     def pull_corpus(self, directory: str) -> int:
-        """Write into ``directory`` every input another machine pushed since the last
-        pull that is not there, named by its SHA-1 (written to a temporary file first, so
-        libFuzzer's ``-reload`` never reads half a file); returns how many were written."""
-        state = self._corpus(directory)
+        """Copy in the hub's new inputs (``fuzz.hub_corpus``); how many were written."""
+        return self.corpus.pull(directory)
 
-        def fetch() -> list[tuple[str, bytes]]:
-            got: list[tuple[str, bytes]] = []
-            offset = state.offset  # kept only when every batch came: none is skipped
-            while True:
-                hashes = [_text(h) for h in self.r.lrange(
-                    self.key("corpus_log"), offset, offset + PULL_BATCH - 1)]
-                if not hashes:
-                    state.offset = offset
-                    return got
-                offset += len(hashes)
-                want = sorted({h for h in hashes if h not in state.hashes})
-                if want:
-                    datas: list[Any] = self.r.hmget(self.key("corpus"), want)
-                    got += [(h, d) for h, d in zip(want, datas, strict=True) if d is not None]
-
-        written = 0
-        nothing: list[tuple[str, bytes]] = []
-        before = state.offset
-        for h, data in self._call(fetch, nothing):
-            if hashlib.sha1(data).hexdigest() != h:
-                state.hashes.add(h)
-                continue
-            try:
-                new = _write_new(directory, h, data)
-            except OSError as e:  # a full disk: read the log again next time
-                state.offset = before
-                self._cannot_write(directory, e)
-                return written
-            state.hashes.add(h)
-            written += new
-            state.seen[h] = h
-        self.write_problems.pop(directory, None)
-        return written
-
-    def _cannot_write(self, directory: str, e: OSError) -> None:
+    def cannot_write(self, directory: str, e: OSError) -> None:
         """Say why ``directory`` cannot take what the hub has: once, until it can."""
         problem = f"{directory}: {e.strerror or e}"
         if self.write_problems.get(directory) != problem:
             self.say(f"cannot copy from the hub to {problem}; trying again later")
         self.write_problems[directory] = problem
+
 
     # -- statistics ------------------------------------------------------------------------
 
@@ -702,15 +624,32 @@ class Hub:
         self.r.xadd(self.key("stats"), {"json": line}, maxlen=STATS_MAXLEN, approximate=True)
 
     def read_stats(self) -> list[dict[str, Any]]:
-        """Every record of the hub's stats stream, oldest first."""
-        nothing: list[Any] = []
-        entries: list[Any] = self._call(lambda: self.r.xrange(self.key("stats")) or [], nothing)
+        """Every record of the hub's stats stream, oldest first; an entry that is not a
+        valid stats record (``fuzz.stats``) is passed over and counted in
+        ``stats_skipped``."""
+        self.stats_skipped = 0
         out: list[dict[str, Any]] = []
-        for _, fields in entries:  # an entry that is not a record is passed over
-            with contextlib.suppress(KeyError, ValueError, UnicodeDecodeError):
-                record = json.loads(_text(fields[b"json"]))
-                if isinstance(record, dict):
+
+        def read() -> None:
+            start = "-"
+            while True:
+                entries: list[Any] = cast(Any, self.r.xrange(self.key("stats"), min=start,
+                                                             count=PULL_BATCH)) or []
+                for _, fields in entries:
+                    try:
+                        record = hv.small_json((fields or {}).get(b"json"), "a stats record")
+                    except BadValue:
+                        self.stats_skipped += 1
+                        continue
+                    if stats_problem(record) is not None:
+                        self.stats_skipped += 1
+                        continue
                     out.append(record)
+                if len(entries) < PULL_BATCH:
+                    return
+                start = "(" + _text(entries[-1][0])
+
+        self.call(read, None)
         return out
 
 
@@ -719,13 +658,12 @@ class Hub:
 # --------------------------------------------------------------------------------------
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)
-
-
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _rank(text: str) -> tuple[int, int, bytes]:
@@ -734,147 +672,6 @@ def _rank(text: str) -> tuple[int, int, bytes]:
     try:
         ops = json.loads(text).get("ops", [])
         n = len(ops) if isinstance(ops, list) else 1 << 30
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         n = 1 << 30
-    return n, len(text), text.encode()
-
-
-def _check_finding(signature: str, text: str) -> str | None:
-    try:
-        program = parse_program_text(text, "hub")
-    except ProgramError as e:
-        return f"not a program ({_first_line(e)})"
-    if program.meta.get("signature") != signature:
-        return f"its meta.signature is {program.meta.get('signature')!r}"
-    return None
-
-
-def _files(directory: str) -> Iterable[str]:
-    try:
-        with os.scandir(directory) as it:
-            return [e.name for e in it if e.is_file() and not e.name.startswith(".")]
-    except OSError:
-        return []
-
-
-def _write_new(directory: str, name: str, data: bytes) -> bool:
-    """Write ``directory/name`` unless it exists, via a temporary file beside the
-    directory (else in it, with a leading dot) linked into place, so the name never shows
-    a part of the file.  Raises OSError (a full disk, a read-only directory) with nothing
-    left under the name."""
-    target = os.path.join(directory, name)
-    if os.path.exists(target):
-        return False
-    os.makedirs(directory, exist_ok=True)
-    parent = os.path.dirname(os.path.abspath(directory))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".pudthp-hub-", dir=parent)
-    except OSError:
-        fd, tmp = tempfile.mkstemp(prefix=".pudthp-hub-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        try:
-            os.link(tmp, target)  # fails if the name appeared meanwhile: never overwrite
-        except FileExistsError:
-            return False
-        except OSError:  # no hard links here (or across to the directory): rename
-            if os.path.exists(target):
-                return False
-            os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-    return True
-
-
-# --------------------------------------------------------------------------------------
-# The Hypothesis example database
-# --------------------------------------------------------------------------------------
-
-
-class TolerantDatabase(ExampleDatabase):
-    """An example database that carries on when the one it wraps cannot be reached: a
-    fetch gives nothing, a save or delete is queued (up to ``limit``) and replayed at the
-    next call that gets through; the first failure of each outage is said once."""
-
-    def __init__(self, inner: ExampleDatabase, label: str,
-                 say: Callable[[str], None] | None = None, limit: int = 10_000,
-                 retry_seconds: float = RETRY_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__()
-        self.inner = inner
-        self.label = label
-        self.say = say or _say_stderr
-        self.pending: deque[tuple[str, bytes, bytes]] = deque(maxlen=limit)
-        self.retry_seconds = retry_seconds
-        self.clock = clock
-        self.up = True
-        self.retry_at = 0.0
-
-    def __repr__(self) -> str:
-        return f"TolerantDatabase({self.inner!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, TolerantDatabase) and self.inner == other.inner
-
-    def __hash__(self) -> int:
-        return hash(("TolerantDatabase", self.label))
-
-    def _try(self, fn: Callable[[], T], default: T) -> T:
-        if not self.up and self.clock() < self.retry_at:
-            return default
-        try:
-            while self.pending:
-                what, key, value = self.pending[0]
-                if what == "save":
-                    self.inner.save(key, value)
-                else:
-                    self.inner.delete(key, value)
-                self.pending.popleft()
-            result = fn()
-        except CONNECTION_ERRORS as e:
-            if self.up:
-                self.say(f"example database {self.label} unreachable "
-                         f"({_first_line(e)}); using the local one only until it is back")
-            self.up = False
-            self.retry_at = self.clock() + self.retry_seconds
-            return default
-        self.up = True
-        return result
-
-    def fetch(self, key: bytes) -> Iterable[bytes]:
-        return self._try(lambda: list(self.inner.fetch(key)), [])
-
-    def save(self, key: bytes, value: bytes) -> None:
-        if self._try(lambda: self.inner.save(key, value) or True, False) is False:
-            self.pending.append(("save", key, value))
-
-    def delete(self, key: bytes, value: bytes) -> None:
-        if self._try(lambda: self.inner.delete(key, value) or True, False) is False:
-            self.pending.append(("delete", key, value))
-
-
-def example_database(hub_url: str | None, local_dir: str = DEFAULT_EXAMPLE_DIR, *,
-                     campaign: str = DEFAULT_CAMPAIGN,
-                     say: Callable[[str], None] | None = None,
-                     client: redis.Redis | None = None) -> ExampleDatabase:
-    """The Hypothesis engine's example database: ``DirectoryBasedExampleDatabase`` in
-    ``local_dir`` without a hub; with one, that directory and Hypothesis' own
-    ``RedisExampleDatabase`` on the hub (keys ``pudthp:CAMPAIGN:hypothesis:``) together
-    (``MultiplexedDatabase``: saved to both, fetched from both), the Redis one wrapped in
-    ``TolerantDatabase`` so an unreachable hub leaves the local one working.  ``client``
-    replaces the connection made from ``hub_url`` (tests)."""
-    local = DirectoryBasedExampleDatabase(local_dir)
-    if hub_url is None and client is None:
-        return local
-    from hypothesis.extra.redis import RedisExampleDatabase
-
-    label = "(client)"
-    if client is None:
-        assert hub_url is not None
-        address = parse_hub_url(hub_url)
-        client = redis_client(address)
-        label = address.url()
-    shared = RedisExampleDatabase(client, key_prefix=f"pudthp:{campaign}:hypothesis:".encode())
-    return MultiplexedDatabase(local, TolerantDatabase(shared, label, say))
+    return n, len(text), text.encode("utf-8", "surrogatepass")

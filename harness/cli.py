@@ -61,10 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "the end of the program and at a divergence (end, the default: the "
                      "comparison with the reference, which checks after every op, covers "
                      "the ops between) or after every op (every-op)")
-    run.add_argument("--max-rss", metavar="MIB", type=_nonnegative_int, default=None,
+    run.add_argument("--max-rss", metavar="MIB", type=_mib, default=None,
                      help="stop (exit 2, not a finding) once the process uses more memory "
                      "(default: half of this machine's memory; 0: no limit)")
-    run.add_argument("--max-time", metavar="SECONDS", type=_nonnegative_float,
+    run.add_argument("--max-time", metavar="SECONDS", type=_limit_seconds,
                      default=RUN_MAX_SECONDS,
                      help=f"stop (exit 2, not a finding) after this long (default "
                      f"{RUN_MAX_SECONDS:g}; 0: no limit)")
@@ -209,12 +209,20 @@ def _add_export_c(sub: argparse._SubParsersAction[_Parser]) -> None:
 def _cmd_export_c(args: argparse.Namespace) -> int:
     from harness.conform.export_c import cmd_export_c
 
+    if args.output is not None:
+        problem = _output_problem("-o", args.output)
+        if problem is not None:
+            return _error(problem)
     return cmd_export_c(args.program, args.output)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from harness.bench import run_bench
 
+    if args.json is not None:
+        problem = _output_problem("--json", args.json)
+        if problem is not None:
+            return _error(problem)
     every = _bench_workloads()
     workloads = {name: every[name] for name in (args.workload or every)}
     checks = tuple(dict.fromkeys(args.check or ["every-op"]))
@@ -225,6 +233,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                   checks=checks)
     except RuntimeError as e:
         return _error(str(e).splitlines()[0])
+    except OSError as e:
+        return _error(f"--json {args.json}: {e.strerror or e}")
     return 0
 
 
@@ -248,7 +258,7 @@ def _add_fuzz(sub: Any) -> None:
     fuzz.add_argument("--engine", choices=("hypothesis", "atheris"), default="hypothesis",
                       help="the engine (default hypothesis; atheris: libFuzzer, coverage-guided, "
                       "with a corpus on disk that a later campaign resumes from)")
-    fuzz.add_argument("--time", metavar="SECONDS", type=_positive_float, default=60.0,
+    fuzz.add_argument("--time", metavar="SECONDS", type=_seconds, default=60.0,
                       help="how long to fuzz (default 60)")
     fuzz.add_argument("--workers", metavar="N", type=_positive_int, default=None,
                       help="worker processes, each with its own seed (default: all cores)")
@@ -266,13 +276,13 @@ def _add_fuzz(sub: Any) -> None:
     fuzz.add_argument("--corpus", metavar="DIR", default="corpus/atheris",
                       help="atheris: libFuzzer's corpus, kept between campaigns "
                       "(default corpus/atheris)")
-    fuzz.add_argument("--max-rss", metavar="MIB", type=_nonnegative_int, default=None,
+    fuzz.add_argument("--max-rss", metavar="MIB", type=_mib, default=None,
                       help="memory limit of each worker process; a program that hits it is "
                       "dropped, never a finding (default: half of this machine's memory "
                       "shared among the workers; 0: no limit)")
     fuzz.add_argument("--max-ops", metavar="N", type=_positive_int, default=None,
                       help="ops per program (default: 50 with hypothesis, 200 with atheris)")
-    fuzz.add_argument("--max-program-time", metavar="SECONDS", type=_positive_float,
+    fuzz.add_argument("--max-program-time", metavar="SECONDS", type=_program_seconds,
                       default=PROGRAM_MAX_SECONDS,
                       help="a program running longer is dropped, never a finding (default "
                       f"{PROGRAM_MAX_SECONDS:g})")
@@ -336,11 +346,16 @@ def _cmd_fuzz(args: argparse.Namespace) -> int:
     if isinstance(overrides, str):
         return _error(overrides)
     problem = _dir_problem("--findings", args.findings, "write a finding there")
+    if problem is None and args.stats is not None:
+        problem = _output_problem("--stats", args.stats, make_parent=True)
     if problem is not None:
         return _error(problem)
     workers = args.workers or os.cpu_count() or 1
     if args.max_rss is None:
         args.max_rss = default_max_rss_mb(workers)
+    problem = _rss_floor_problem(args.max_rss, args.impl)
+    if problem is not None:
+        return _error(problem)
     if args.engine == "atheris":
         return _cmd_fuzz_atheris(args, overrides, workers)
     from fuzz.engine_hypothesis import STEPS_PER_PROGRAM, Campaign, run_campaign  # lazy
@@ -392,6 +407,46 @@ def _dir_problem(flag: str, path: str, purpose: str = "write there") -> str | No
         return f"{flag} {path}: {e.strerror or e}"
     problem = writable_problem(path)
     return None if problem is None else f"{flag} {path}: cannot {purpose}: {problem}"
+
+
+def _rss_floor_problem(max_rss: int, impl: str) -> str | None:
+    """The problem with a ``--max-rss`` this process already takes with ``impl``'s models
+    imported (a worker or a run would stop before its first op); imports them."""
+    from harness.limits import rss_mb
+
+    IMPL_FACTORIES[impl]()  # imported before any limit: numpy's reservations are not a run's
+    now = rss_mb()
+    if max_rss and max_rss <= now:
+        return (f"--max-rss {max_rss}: this process takes {now} MiB with the models loaded, "
+                "before running anything; give more (0: no limit)")
+    return None
+
+
+def _output_problem(flag: str, path: str, make_parent: bool = False) -> str | None:
+    """The one-line problem with writing file ``path`` (given by ``flag``), found before
+    any work: an empty name, a directory, a missing directory (made with
+    ``make_parent``), or one that cannot be written now (a test file is written there, so
+    a read-only or full file system counts)."""
+    import os
+
+    from fuzz.archive import writable_problem  # lazy: the one allowed edge up to fuzz
+
+    if not path:
+        return f"{flag}: an empty file name"
+    if os.path.isdir(path):
+        return f"{flag} {path}: is a directory"
+    parent = os.path.dirname(os.path.abspath(path))
+    if make_parent:
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as e:
+            return f"{flag} {path}: {e.strerror or e}"
+    if not os.path.isdir(parent):
+        return f"{flag} {path}: no such directory {parent}"
+    problem = writable_problem(parent)
+    if problem is None and os.path.exists(path) and not os.access(path, os.W_OK):
+        problem = "the file is not writable"
+    return None if problem is None else f"{flag} {path}: cannot write there: {problem}"
 
 
 def _open_link(args: argparse.Namespace, engine: str, corpus: str | None) -> Any:
@@ -481,6 +536,10 @@ def _cmd_shrink(args: argparse.Namespace) -> int:
     program = load_program_file(args.program)
     if args.out is not None and os.path.exists(args.out):
         return _error(f"--out {args.out}: exists; not overwritten")
+    if args.out is not None:
+        problem = _output_problem("--out", args.out)
+        if problem is not None:
+            return _error(problem)
     impl = args.impl or _judge_for(program.meta)
     try:
         result = shrink(program, impl)
@@ -588,11 +647,16 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
         return _error("corpus needs a subcommand: list, replay, merge, archive or minimize "
                       "(see 'pudthp corpus --help')")
     if args.corpus_command == "archive":
+        problem = _dir_problem("--to", args.to, "archive there")
+        if problem is not None:
+            return _error(problem)
         return corpus.cmd_archive(args.finding, args.note, args.to, args.expect, args.impl)
     if args.corpus_command == "minimize":
         return _cmd_corpus_minimize(args)
     dirs = list(args.dirs) or ([] if args.corpus_command == "merge" else corpus.default_dirs())
     problem = corpus.check_dirs(dirs)
+    if problem is None and args.corpus_command == "merge":
+        problem = _dir_problem("OUT", args.out, "merge into it")
     if problem is not None:
         return _error(problem)
     if args.corpus_command == "list":
@@ -609,6 +673,51 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
+    return value
+
+
+MAX_SECONDS = 1e8  # about three years: more than any run, less than a timer can hold
+MIN_PROGRAM_SECONDS = 0.1  # a shorter cap per program would cut every program short
+MAX_RSS_MB = 1 << 40  # MiB: an exbibyte; RLIMIT_DATA is set in bytes (below 2**63)
+
+
+def _seconds(text: str) -> float:
+    """A duration in seconds, > 0 and at most ``MAX_SECONDS``."""
+    value = _positive_float(text)
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is over {MAX_SECONDS:g} seconds")
+    return value
+
+
+def _limit_seconds(text: str) -> float:
+    """A time limit: 0 (none), or seconds up to ``MAX_SECONDS``."""
+    value = _nonnegative_float(text)
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is over {MAX_SECONDS:g} seconds (0: no "
+                                         "limit)")
+    return value
+
+
+def _program_seconds(text: str) -> float:
+    """The time cap of one program: at least ``MIN_PROGRAM_SECONDS``."""
+    value = _seconds(text)
+    if value < MIN_PROGRAM_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is under {MIN_PROGRAM_SECONDS:g} s: no "
+                                         "program could finish")
+    return value
+
+
+def _mib(text: str) -> int:
+    """A memory limit in MiB: 0 (none), or from ``harness.limits.MIN_RSS_MB`` (less than
+    a Python process with the models loaded takes) to ``MAX_RSS_MB``."""
+    from harness.limits import MIN_RSS_MB
+
+    value = _nonnegative_int(text)
+    if 0 < value < MIN_RSS_MB:
+        raise argparse.ArgumentTypeError(f"{text!r} is under {MIN_RSS_MB} MiB, less than "
+                                         "the process itself takes (0: no limit)")
+    if value > MAX_RSS_MB:
+        raise argparse.ArgumentTypeError(f"{text!r} is over {MAX_RSS_MB} MiB (0: no limit)")
     return value
 
 
@@ -793,16 +902,21 @@ def _cmd_hub(args: argparse.Namespace) -> int:
 
 def _cmd_hub_pull(args: argparse.Namespace) -> int:
     import json
+    import os
 
     from fuzz.archive import archived_signatures
     from fuzz.hub import Hub, HubError
+    from fuzz.hub_replay import Replayer
 
     problem = _dir_problem("--findings", args.findings)
+    if problem is None and args.stats is not None:
+        problem = _output_problem("--stats", args.stats)
     if problem is not None:
         return _error(problem)
     said: list[str] = []
     try:
-        hub = Hub.connect(args.url, campaign=args.campaign, machine="pull", say=said.append)
+        hub = Hub.connect(args.url, campaign=args.campaign, machine="pull", say=said.append,
+                          replayer=Replayer(parallel=os.cpu_count() or 1))
     except HubError as e:
         return _error(str(e))
     if not hub.up:
@@ -811,18 +925,20 @@ def _cmd_hub_pull(args: argparse.Namespace) -> int:
         return EXIT_CANNOT_RUN
     had = archived_signatures(args.findings)
     try:
-        written = hub.pull_findings(args.findings, had)
+        written = hub.pull_findings(args.findings, had, wait=PULL_WAIT_SECONDS)
     except OSError as e:
         return _error(f"--findings {args.findings}: {e.strerror or e}")
-    on_hub = hub.signatures()
+    named = hub.signature_count()
     for line in said:
         print(f"pudthp: {line}", file=sys.stderr)
     if not hub.up:
         print("pudthp: cannot run here: the hub went away while copying", file=sys.stderr)
         return EXIT_CANNOT_RUN
-    print(f"pudthp hub pull: {len(on_hub)} signature(s) on {hub.label} campaign "
-          f"{args.campaign!r}: {len(written)} copied to {args.findings}, "
-          f"{len(on_hub & set(had))} already there")
+    rejected = len({sig for sig, _ in hub.intake.rejected})
+    print(f"pudthp hub pull: {hub.label} campaign {args.campaign!r}: {len(written)} copied "
+          f"to {args.findings} (each replayed here first), {len(had)} already there"
+          + (f", {rejected} not reproducing (ignored)" if rejected else "")
+          + f"; the hub names {named} signature(s)")
     for path in written:
         print(f"  new       {path}")
     if args.stats is not None:
@@ -832,9 +948,14 @@ def _cmd_hub_pull(args: argparse.Namespace) -> int:
                 f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
         except OSError as e:
             return _error(f"--stats {args.stats}: {e.strerror or e}")
-        print(f"  stats     {len(records)} record(s) -> {args.stats}")
+        print(f"  stats     {len(records)} record(s) -> {args.stats}"
+              + (f"; {hub.stats_skipped} entries of the stream were not valid stats "
+                 "records and were passed over" if hub.stats_skipped else ""))
     hub.close()
     return 0
+
+
+PULL_WAIT_SECONDS = 24 * 3600.0  # each replay is bounded on its own (fuzz.hub_replay)
 
 
 def _add_report(sub: Any) -> None:
@@ -881,6 +1002,10 @@ def _cmd_conform(args: argparse.Namespace) -> int:
         return cmd_restore()
     if (args.program is None) == (args.random is None):
         return _error("conform takes PROGRAM or --random N (see 'pudthp conform --help')")
+    if args.report is not None:
+        problem = _output_problem("--report", args.report)
+        if problem is not None:
+            return _error(problem)
     from fuzz.gen import random_pmd_program  # lazy, as the live-kernel code below
     from harness.conform.compare import cmd_conform
 
@@ -898,6 +1023,10 @@ def _error(message: str) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.report is not None:
+        problem = _output_problem("--report", args.report)
+        if problem is not None:
+            return _error(problem)
     program = load_program_file(args.program)
     width = max(3, len(str(len(program.ops) - 1)))
     done = [0]  # ops that returned
@@ -908,7 +1037,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"{i:>{width}} {op_str(op)} -> {result}", flush=True)
 
     max_rss = default_max_rss_mb() if args.max_rss is None else args.max_rss
-    IMPL_FACTORIES[args.impl]()  # imported before the limit: numpy's reservations are not the run's
+    problem = _rss_floor_problem(max_rss, args.impl)  # imports the models before the limit
+    if problem is not None:
+        return _error(problem)
     try:
         with memory_limit(max_rss), time_limit(args.max_time, "the run (--max-time)"):
             report = run_program(program, args.impl, check_mode=args.check, on_step=show)
@@ -930,7 +1061,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for line in finding.message.splitlines():
             print(f"  {line}")
 
-    if args.report:
+    if args.report is not None:
         try:
             text = json.dumps(report.to_json())
         except (TypeError, ValueError) as e:

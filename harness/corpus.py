@@ -293,8 +293,17 @@ def cmd_merge(out_dir: str, dirs: list[str]) -> int:
     written = 0
     for e in chosen.values():
         target = _free_name(out_dir, e.path)
-        with open(e.path, encoding="utf-8") as src, open(target, "x", encoding="utf-8") as dst:
-            dst.write(src.read())
+        try:
+            with open(e.path, encoding="utf-8") as src, open(target, "x",
+                                                             encoding="utf-8") as dst:
+                dst.write(src.read())
+        except OSError as err:  # a full disk: no part of a program is left behind
+            with contextlib.suppress(OSError):
+                if os.path.exists(target):
+                    os.unlink(target)
+            print(f"pudthp: error: {target}: cannot write: {err.strerror or err} ({written} "
+                  f"program(s) written before)", file=sys.stderr)
+            return 2
         written += 1
         print(f"merged   {e.path} -> {target}")
     print(f"merge: {written} program(s) written to {out_dir}; skipped {dup_content} "
@@ -362,7 +371,15 @@ def archive_finding(path: str, note: str, to_dir: str = REGRESSIONS, expect: str
             f.write(dump_program(Program(program.config, program.ops, meta)))
     except FileExistsError:
         raise ArchiveError(f"{target}: exists; not overwritten", 2) from None
-    os.unlink(path)
+    except OSError as e:  # a full disk: nothing half written stays
+        with contextlib.suppress(OSError):
+            os.unlink(target)
+        raise ArchiveError(f"{target}: cannot write: {e.strerror or e}", 2) from None
+    try:
+        os.unlink(path)
+    except OSError as e:
+        raise ArchiveError(f"archived to {target}, but {path} could not be removed: "
+                           f"{e.strerror or e}", 2) from None
     return target
 
 

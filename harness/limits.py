@@ -33,16 +33,19 @@ import contextlib
 import os
 import resource
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 POLL_SECONDS = 0.05
 REPEAT_SECONDS = 1.0  # a limit still exceeded is raised again this often: an exception
 # raised where Python cannot pass it on (a gc callback, a __del__) is only printed
 MEMORY_SIGNAL = signal.SIGUSR2
 MIN_RSS_MB = 64
+MIN_REPEAT_SECONDS = 0.05  # a timer never fires more often: a signal storm would livelock
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -168,16 +171,18 @@ def memory_limit(max_mb: int | None, gate: Gate | None = None) -> Iterator[None]
                 last[0] = 0.0  # back under (memory freed): raise at once next time
 
     old_handler = signal.signal(MEMORY_SIGNAL, handler)
+    quiet_unraisable_limits()
+    # the watchdog first: its thread's stack is private memory, which the limit counts
+    thread = threading.Thread(target=watch, name="pudthp-rss-watch", daemon=True)
+    thread.start()
     old_rlimit = resource.getrlimit(resource.RLIMIT_DATA)
-    soft = (_data_mb() + max_mb) << 20
+    soft = min((_data_mb() + max_mb) << 20, (1 << 63) - 1)
     hard = old_rlimit[1]
     if hard != resource.RLIM_INFINITY:
         soft = min(soft, hard)
-    resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
-    thread = threading.Thread(target=watch, name="pudthp-rss-watch", daemon=True)
     previous, _active_limit_mb = _active_limit_mb, max_mb
-    thread.start()
     try:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
         yield
     finally:
         done.set()
@@ -200,6 +205,7 @@ def time_limit(seconds: float | None, what: str = "the run") -> Iterator[None]:
                             "stopped, not a finding")
 
     old = signal.signal(signal.SIGALRM, handler)
+    quiet_unraisable_limits()
     signal.setitimer(signal.ITIMER_REAL, seconds, REPEAT_SECONDS)
     try:
         yield
@@ -224,9 +230,10 @@ class ProgramTimer:
                 "a finding"), gate)
 
         self._old = signal.signal(signal.SIGALRM, handler)
+        quiet_unraisable_limits()
 
     def start(self) -> None:
-        signal.setitimer(signal.ITIMER_REAL, self.seconds, min(self.seconds, REPEAT_SECONDS))
+        signal.setitimer(signal.ITIMER_REAL, self.seconds, _repeat(self.seconds))
 
     def stop(self) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -234,6 +241,27 @@ class ProgramTimer:
     def close(self) -> None:
         self.stop()
         signal.signal(signal.SIGALRM, self._old)
+
+
+def _repeat(seconds: float) -> float:
+    return max(MIN_REPEAT_SECONDS, min(seconds, REPEAT_SECONDS))
+
+
+def quiet_unraisable_limits() -> None:
+    """A limit raised where Python cannot pass an exception on (a gc callback, a
+    ``__del__``) is dropped without a word instead of printed with a traceback: the timer
+    or the watchdog raises it again (``REPEAT_SECONDS``) where it can be handled."""
+    if getattr(sys.unraisablehook, "_pudthp_quiet", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, LimitExceeded):
+            return
+        previous(unraisable)
+
+    hook._pudthp_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 @contextlib.contextmanager

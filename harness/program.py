@@ -185,20 +185,29 @@ _BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
 def _check_depth(text: str, source: str) -> None:
-    """Raise ProgramError when brackets outside strings nest deeper than MAX_JSON_DEPTH.
+    """Raise ProgramError when brackets outside strings nest deeper than MAX_JSON_DEPTH."""
+    problem = json_depth_problem(text, MAX_JSON_DEPTH)
+    if problem is not None:
+        raise ProgramError(source, None, None, f"{problem} (the limit for a program file)")
+
+
+def json_depth_problem(text: str, limit: int) -> str | None:
+    """None when brackets outside strings nest at most ``limit`` deep in JSON ``text``,
+    else where it goes deeper (one line); for any JSON read from outside, before the
+    parser (which recurses) sees it.
 
     Strings are cut out, then everything but brackets, then empty ``[]`` pairs and then
     empty ``{}`` pairs (each pass lowers the depth by at most one), with C-level scans: a
     few tenths of a second for the largest file.  Only an input that may be over the limit
     is walked in Python, to say where it goes over.
     """
-    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
-        return
+    if text.count("[") + text.count("{") <= limit:
+        return None
     brackets = _NOT_BRACKETS.sub("", _JSON_STRING.sub("", text))
     brackets = brackets.replace("[]", "").replace("{}", "")
     steps = map(_BRACKET_STEP.__getitem__, brackets)
-    if max(itertools.accumulate(steps), default=0) <= MAX_JSON_DEPTH - 2:
-        return
+    if max(itertools.accumulate(steps), default=0) <= limit - 2:
+        return None
     depth, pos = 0, 0
     while (m := _STRING_OR_BRACKET.search(text, pos)) is not None:
         if m.group() == '"':
@@ -208,13 +217,11 @@ def _check_depth(text: str, source: str) -> None:
             continue
         depth += _BRACKET_STEP[m.group()]
         pos = m.end()
-        if depth > MAX_JSON_DEPTH:
+        if depth > limit:
             line = text.count("\n", 0, m.start()) + 1
             col = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
-            raise ProgramError(
-                source, None, None, f"JSON nested more than {MAX_JSON_DEPTH} deep at line "
-                f"{line} column {col} (the limit for a program file)"
-            )
+            return f"JSON nested more than {limit} deep at line {line} column {col}"
+    return None
 
 
 def parse_program(raw: Any, source: str) -> Program:

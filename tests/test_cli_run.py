@@ -76,7 +76,9 @@ def test_report_unwritable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     code = main(["run", LRU_NEXT, "--quiet", "--report", str(tmp_path / "no" / "r.json")])
     _, err = capsys.readouterr()
     assert code == 2
-    assert err.startswith("pudthp: error: cannot write report")
+    assert err.startswith("pudthp: error: --report ")  # checked before the run
+    assert "no such directory" in err
+    assert err.count("\n") == 1
 
 
 def test_python_m_harness() -> None:

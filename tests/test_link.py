@@ -14,6 +14,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+from hub_tools import MetaReplayer
 
 from fuzz.archive import archive
 from fuzz.hub import SEED_BLOCK, Hub
@@ -42,7 +43,8 @@ def make_link(server: fakeredis.FakeServer, root: Path, machine: str,
               stats: bool = False) -> CampaignLink:
     sink = said if said is not None else []
     hub = Hub(fakeredis.FakeRedis(server=server), label="redis://fake:6379/0",
-              machine=machine, say=sink.append, retry_seconds=5.0, clock=clock or Clock())
+              machine=machine, say=sink.append, retry_seconds=5.0, clock=clock or Clock(),
+              replayer=MetaReplayer())
     findings, corpus = root / machine / "findings", root / machine / "corpus"
     findings.mkdir(parents=True)
     corpus.mkdir()
@@ -270,7 +272,7 @@ def test_a_peer_that_never_ends_is_waited_for_a_bounded_time_and_old_ones_not_at
 
 def test_a_findings_directory_that_cannot_be_written_is_said_once_and_tried_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import fuzz.hub
+    import fuzz.hub_intake
 
     server = fakeredis.FakeServer()
     said: list[str] = []
@@ -280,37 +282,37 @@ def test_a_findings_directory_that_cannot_be_written_is_said_once_and_tried_agai
     b.start("hypothesis", {}, None, 1)
     found(a, "sig:a", 3)
     a.exchange()
-    real = fuzz.hub.archive
+    real = fuzz.hub_intake.archive
 
     def full(*args: Any, **kw: Any) -> Any:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(fuzz.hub, "archive", full)  # b's disk is full
+    monkeypatch.setattr(fuzz.hub_intake, "archive", full)  # b's disk is full
     assert b.exchange() == []
     assert b.exchange() == []
     assert [line for line in said if "cannot copy" in line] == [
         f"cannot copy from the hub to {b.findings_dir}: No space left on device; "
         "trying again later"]  # once, however often it is tried
-    monkeypatch.setattr(fuzz.hub, "archive", real)  # space again
+    monkeypatch.setattr(fuzz.hub_intake, "archive", real)  # space again
     assert b.exchange() == ["sig:a"]
 
 
 def test_a_corpus_input_that_cannot_be_written_is_pulled_again_later(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import fuzz.hub
+    import fuzz.hub_corpus
 
     a, b, corpus_a, corpus_b = corpus_pair(tmp_path)
     Path(corpus_a, "x").write_bytes(b"input of a")
     a.start("atheris", {}, None, 1)
-    real = fuzz.hub._write_new
+    real = fuzz.hub_corpus._write_new
 
     def full(*args: Any) -> bool:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(fuzz.hub, "_write_new", full)
+    monkeypatch.setattr(fuzz.hub_corpus, "_write_new", full)
     b.start("atheris", {}, None, 1)
     assert os.listdir(corpus_b) == []
-    monkeypatch.setattr(fuzz.hub, "_write_new", real)
+    monkeypatch.setattr(fuzz.hub_corpus, "_write_new", real)
     b.exchange()
     assert [Path(corpus_b, n).read_bytes() for n in os.listdir(corpus_b)] == [b"input of a"]
 

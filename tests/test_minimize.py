@@ -5,6 +5,8 @@ bad usage is one line, exit 2."""
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import random
 import re
@@ -170,3 +172,136 @@ def test_the_input_running_at_a_kill_is_run_again(tmp_path: Path) -> None:
     control.write_text(head + done + "STA")  # only a line cut short
     assert drop_unfinished(str(control)) is None
     assert control.read_text() == head + done
+
+
+# -- hostile corpora and control files, kills --------------------------------------------
+
+
+def test_only_the_regular_files_of_the_corpus_are_read(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    before = make_corpus(corpus, distinct=4, copies=1, seed=8)
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"a secret outside the corpus")
+    (corpus / "loop").symlink_to(".")  # a symbolic link to a directory hung the merge
+    (corpus / "up").symlink_to(tmp_path)
+    (corpus / "secret").symlink_to(outside)
+    (corpus / "name\nwith a newline").write_bytes(b"\x05" * 300)
+    os.mkfifo(corpus / "fifo")
+    r = subprocess.run(minimize_cmd(str(corpus), "--out", str(tmp_path / "small")),
+                       capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    after = contents(tmp_path / "small")
+    assert after
+    assert set(after.values()) <= set(before.values()) | {b"\x05" * 300}
+    # three links and a FIFO passed over; 5 regular files, each read
+    assert "5 inputs (5 distinct, not empty; 4 entries that are not regular files passed " \
+        "over)" in r.stderr
+    assert not (tmp_path / "small.minimize-inputs").exists()
+
+
+def test_a_corpus_of_empty_files_is_one_line_with_no_resume_hint(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "empty").write_bytes(b"")
+    r = subprocess.run(minimize_cmd(str(corpus)), capture_output=True, text=True,
+                       timeout=60, check=False)
+    assert r.returncode == 2
+    assert r.stderr == (f"pudthp: error: corpus minimize: {corpus}: no inputs to minimize "
+                        "(1 empty file(s))\n")
+
+
+@pytest.mark.parametrize("kind", ["junk", "planted", "another corpus"])
+def test_a_control_file_not_of_this_corpus_is_refused(tmp_path: Path, kind: str) -> None:
+    from fuzz.minimize import read_inputs, write_control
+
+    corpus = tmp_path / "corpus"
+    make_corpus(corpus, distinct=3, copies=1, seed=9)
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not the corpus's: " + os.urandom(32))
+    out = tmp_path / "out"
+    control = tmp_path / "out.minimize-control"
+    if kind == "junk":
+        control.write_bytes(b"\xff\xfejunk\n")
+    elif kind == "planted":  # libFuzzer's own format, naming a file outside the corpus
+        control.write_text(f"1\n0\n{secret}\n")
+    else:
+        other = tmp_path / "other"
+        make_corpus(other, distinct=2, copies=1, seed=10)
+        inputs = read_inputs(str(other))
+        write_control(str(control), inputs, inputs.staged(str(tmp_path / "st")))
+    r = subprocess.run(minimize_cmd(str(corpus), "--out", str(out)), capture_output=True,
+                       text=True, timeout=60, check=False)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith(f"pudthp: error: corpus minimize: the control file {control} ")
+    assert r.stderr.count("\n") == 1
+    assert "Traceback" not in r.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def _processes_naming(text: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path("/proc", entry, "cmdline").read_bytes()
+            except OSError:
+                continue
+            if text.encode() in cmdline:
+                pids.append(int(entry))
+    return pids
+
+
+def test_a_sigkilled_minimize_takes_its_merge_and_scratch_with_it(tmp_path: Path) -> None:
+    import tempfile
+
+    corpus = tmp_path / "corpus"
+    make_corpus(corpus, distinct=40, copies=1, seed=11)
+    control = tmp_path / "small.minimize-control"
+    proc = subprocess.Popen(minimize_cmd(str(corpus), "--out", str(tmp_path / "small")),
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, "the merge ended before it could be killed"
+        assert time.monotonic() < deadline
+        with contextlib.suppress(FileNotFoundError):
+            if control.read_text().count("STARTED ") >= 3:
+                break
+        time.sleep(0.01)
+    scratch = glob.glob(os.path.join(tempfile.gettempdir(), f"pudthp-minimize-{proc.pid}-*"))
+    assert len(scratch) == 1
+    assert _processes_naming(scratch[0])  # libFuzzer's outer and inner processes
+    proc.send_signal(signal.SIGKILL)  # minimize alone, not its process group
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while (_processes_naming(scratch[0]) or os.path.exists(scratch[0])) and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_naming(scratch[0]) == []  # nothing of the merge keeps running
+    assert not os.path.exists(scratch[0])  # and its scratch directory is gone
+    r = subprocess.run(minimize_cmd(str(corpus), "--out", str(tmp_path / "small")),
+                       capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resumed at input" in r.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "small"]
+
+
+def test_an_output_directory_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    make_corpus(corpus, distinct=2, copies=1, seed=12)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("a read-only file system needs root (a tmpfs mount)")
+    m = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "pudthp-test", str(ro)],
+                       capture_output=True, text=True, check=False)
+    if m.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {m.stderr.strip()}")
+    try:
+        r = subprocess.run(minimize_cmd(str(corpus), "--out", str(ro / "small")),
+                           capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1
+    assert "cannot write there" in r.stderr

@@ -155,3 +155,41 @@ def test_report_errors_are_one_line(tmp_path: Path) -> None:
         if expected is not None:
             assert r.stderr == expected
     assert not (tmp_path / "o").exists()
+
+
+HOSTILE_RECORDS = {
+    # each once crashed 'pudthp report' (OverflowError, RecursionError) or stalled it
+    "a count past any float": {"count": 10**400},
+    "a time past the year 9999": {"time": 1e300},
+    "a negative time": {"time": -1e18},
+    "a rate past any float": {"rate": 10**400},
+    "a megabyte machine name": {"machine": "m" * 10**6},
+    "a control character in a name": {"engine": "atheris\x1b[2J"},
+    "an unknown unit": {"unit": "furlongs"},
+    "feature names that are not names": {"features_new": [1, 2]},
+}
+
+
+@pytest.mark.parametrize("what", sorted(HOSTILE_RECORDS))
+def test_a_hostile_record_is_refused_in_one_line_and_at_once(tmp_path: Path,
+                                                            what: str) -> None:
+    stats = tmp_path / "s.jsonl"
+    with StatsWriter(str(stats), "m", "atheris") as w:
+        good = w.write(Sample(1, 10, 0), now=w.start + 5)
+    with open(stats, "a", encoding="utf-8") as f:
+        f.write(json.dumps(dict(good, **HOSTILE_RECORDS[what])) + "\n")
+    r = report(str(stats), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith(f"pudthp: error: {stats}:2: "), r.stderr
+    assert r.stderr.count("\n") == 1
+    assert len(r.stderr) < 300
+    assert "Traceback" not in r.stderr
+
+
+def test_a_deeply_nested_line_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    stats = tmp_path / "s.jsonl"
+    stats.write_text("[" * 200_000 + "]" * 200_000 + "\n")
+    r = report(str(stats), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr == f"pudthp: error: {stats}:1: not a stats record (JSON nested more " \
+                       "than 8 deep at line 1 column 9)\n"

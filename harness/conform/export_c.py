@@ -82,6 +82,7 @@ VMSTAT_PUD: tuple[str, ...] = ("thp_fault_alloc_pud", "thp_fault_fallback_pud", 
 
 TEMPLATE = "reproducer.c"
 PROGRAM_MARK = "/* @PUDTHP_PROGRAM@ */\n"
+C_INT_MAX = (1 << 31) - 1  # mm and pin ids are C ints in the reproducer's tables
 
 
 class ExportError(Exception):
@@ -113,9 +114,13 @@ def resolve(program: Program, explicit: dict[str, Any]) -> tuple[Program, bool]:
 
 
 def check_expressible(program: Program, pud: bool) -> None:
-    """Raise ExportError for an op the live kernel has no way to do."""
+    """Raise ExportError for an op the live kernel (or an id the C file) cannot hold."""
     space = program.config.geom.space
     for i, op in enumerate(program.ops):
+        name = "pin" if isinstance(op, spec.Unpin) else "mm"  # a larger id names another
+        if getattr(op, name, 0) > C_INT_MAX:
+            raise ExportError(f"op {i} ({op.KIND}): {name} id {getattr(op, name)} is over "
+                              f"{C_INT_MAX}, more than the C file's int can hold")
         if isinstance(op, spec.FailAlloc):
             raise ExportError(f"op {i} (fail_alloc): {UNSUPPORTED_OPS['fail_alloc']}")
         if isinstance(op, spec.SplitFolio) and pud:
@@ -456,21 +461,26 @@ FLAG_ENUM = {"hugepage": "VMA_HG", "nohugepage": "VMA_NH"}
 
 
 def c_string(text: str) -> str:
-    """A C string literal of ``text`` (ASCII; anything else escaped in octal)."""
+    """A C string literal of ``text``: ASCII, the rest in octal, ``?`` as ``\\?`` (trigraphs)."""
     out = []
     for ch in text:
-        if ch in "\\\"":
+        if ch in "\\\"?":
             out.append("\\" + ch)
         elif " " <= ch <= "~":
             out.append(ch)
         else:
-            out.extend(f"\\{b:03o}" for b in ch.encode("utf-8"))
+            out.extend(f"\\{b:03o}" for b in ch.encode("utf-8", "surrogatepass"))
     return '"' + "".join(out) + '"'
 
 
 def c_comment(text: str) -> str:
-    """``text`` made safe inside a C block comment."""
-    return text.replace("*/", "* /")
+    """``text`` safe in a C block comment: printable ASCII (the rest as ``\\uXXXX``), no
+    ``*/``, ``/*`` (-Wcomment) or ``??`` (-Wtrigraphs)."""
+    safe = "".join(ch if " " <= ch <= "~" else f"\\u{ord(ch):04x}" if ord(ch) < 0x10000
+                   else f"\\U{ord(ch):08x}" for ch in text)
+    while "*/" in safe or "/*" in safe or "??" in safe:
+        safe = safe.replace("*/", "* /").replace("/*", "/ *").replace("??", "? ?")
+    return safe
 
 
 def _vma_text(v: tuple[int, int, str, tuple[str, ...]], pud: bool) -> str:

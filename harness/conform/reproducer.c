@@ -84,6 +84,10 @@
 #define THP_NR (1UL << THP_ORDER)
 #define WINDOW_BASE 0x100000000000UL /* 16 TiB: 1 GiB aligned, far below mmap_base */
 #define LOCK_PATH "/run/lock/pudthp-conform.lock"
+/* The record of changed settings `pudthp conform` keeps (live.py SettingsRecord) */
+#define RECORD_DIR "/run/pudthp"
+#define RECORD_PATH RECORD_DIR "/conform-settings.json"
+#define RECORD_FORMAT "pudthp-conform-settings/1"
 #define THP_DIR "/sys/kernel/mm/transparent_hugepage"
 #define PMD_DIR THP_DIR "/hugepages-2048kB"
 #define PUD_DIR THP_DIR "/hugepages-1048576kB"
@@ -508,6 +512,103 @@ static volatile sig_atomic_t swap_on, zram_sized, debugfs_mounted;
 static volatile sig_atomic_t restore_failures;
 static char restore_problem[256];
 
+/*
+ * A SIGKILL restores nothing, so every change is first written to the record `pudthp
+ * conform` keeps, in its format ({"format": ..., "pid": ..., "entries": [{"set": PATH,
+ * "old": VALUE} or {"undo": [ACTION, ARG]}, ...]}, oldest first): each knob's original
+ * value and each device step to undo (swapoff, zram_reset, umount), synced to disk before
+ * the change is made.  `pudthp conform --restore`, the next `pudthp conform` and the next
+ * reproducer put back what a killed run left; a run that restored everything removes it.
+ */
+#define MAX_RECORD (MAX_SAVED + 8)
+
+struct record_entry {
+	int undo;         /* 0: a knob (a = path, b = old value); 1: a step (a = action, b = arg) */
+	char a[224];
+	char b[96];
+};
+
+static struct record_entry record[MAX_RECORD];
+static int nrecord;
+
+static void json_string(struct sbuf *out, const char *s)
+{
+	sb_printf(out, "\"");
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c == '"' || c == '\\')
+			sb_printf(out, "\\%c", c);
+		else if (c < 0x20 || c >= 0x7f)
+			sb_printf(out, "\\u%04x", c);
+		else
+			sb_printf(out, "%c", c);
+	}
+	sb_printf(out, "\"");
+}
+
+/* The record as it is now, on disk (synced) before this returns; none left: removed */
+static int record_write(void)
+{
+	struct sbuf text = { 0 };
+	char tmp[sizeof(RECORD_PATH) + 32];
+	int i, fd, ok;
+
+	if (!nrecord) {
+		if (unlink(RECORD_PATH) && errno != ENOENT)
+			return fail("cannot remove %s: %s", RECORD_PATH, strerror(errno));
+		return 0;
+	}
+	sb_printf(&text, "{\"format\": \"%s\", \"pid\": %d, \"entries\": [", RECORD_FORMAT,
+		  (int)getpid());
+	for (i = 0; i < nrecord; i++) {
+		sb_printf(&text, "%s{\"%s\": ", i ? ", " : "", record[i].undo ? "undo" : "set");
+		if (record[i].undo) {
+			sb_printf(&text, "[");
+			json_string(&text, record[i].a);
+			sb_printf(&text, ", ");
+			json_string(&text, record[i].b);
+			sb_printf(&text, "]}");
+		} else {
+			json_string(&text, record[i].a);
+			sb_printf(&text, ", \"old\": ");
+			json_string(&text, record[i].b);
+			sb_printf(&text, "}");
+		}
+	}
+	sb_printf(&text, "]}\n");
+	mkdir(RECORD_DIR, 0755);
+	snprintf(tmp, sizeof(tmp), "%s.%d.tmp", RECORD_PATH, (int)getpid());
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	ok = fd >= 0 && write(fd, sb_str(&text), text.len) == (ssize_t)text.len && !fsync(fd);
+	if (fd >= 0)
+		close(fd);
+	sb_free(&text);
+	if (!ok || rename(tmp, RECORD_PATH)) {
+		int e = errno;
+
+		unlink(tmp);
+		return fail("cannot write %s: %s", RECORD_PATH, strerror(e));
+	}
+	fd = open(RECORD_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd >= 0) {
+		fsync(fd);
+		close(fd);
+	}
+	return 0;
+}
+
+static int record_add(int undo, const char *a, const char *b)
+{
+	if (nrecord == MAX_RECORD)
+		return fail("too many settings to record");
+	record[nrecord].undo = undo;
+	snprintf(record[nrecord].a, sizeof(record[nrecord].a), "%s", a);
+	snprintf(record[nrecord].b, sizeof(record[nrecord].b), "%s", b);
+	nrecord++;
+	return record_write();
+}
+
 static int set_knob(const char *path, const char *value)
 {
 	char buf[512];
@@ -524,6 +625,8 @@ static int set_knob(const char *path, const char *value)
 			return fail("cannot read %s: %s", path, strerror(-r));
 		snprintf(saved[i].path, sizeof(saved[i].path), "%s", path);
 		selected(buf, saved[i].value, sizeof(saved[i].value));
+		if (record_add(0, path, saved[i].value))
+			return -1;
 		nsaved = i + 1; /* only now may a signal handler write it back */
 	}
 	r = write_text(path, value);
@@ -559,7 +662,8 @@ static void swap_off(void)
 	}
 }
 
-/* Put back everything changed, newest first: async-signal-safe */
+/* Put back everything changed, newest first, and drop the record when all went back (else
+ * it stays for `pudthp conform --restore`): async-signal-safe */
 static void restore_all(void)
 {
 	swap_off();
@@ -575,6 +679,8 @@ static void restore_all(void)
 			note_restore_problem(saved[i].path);
 		nsaved = i;
 	}
+	if (nrecord && !restore_failures && (!unlink(RECORD_PATH) || errno == ENOENT))
+		nrecord = 0;
 }
 
 /* -------------------------------------------------------------------------------------- */
@@ -1211,6 +1317,311 @@ static int active_swaps(void)
 }
 
 /*
+ * What a killed run left changed, from the record (live.py restore_recorded): a small
+ * reader of the record's JSON, then each entry undone, newest first, where it is still
+ * needed.  Called with the lock held, before this run changes anything, so the values it
+ * saves are the machine's own.
+ */
+struct json_in {
+	const char *p, *end;
+};
+
+static void json_space(struct json_in *j)
+{
+	while (j->p < j->end && (*j->p == ' ' || *j->p == '\n' || *j->p == '\t' || *j->p == '\r'))
+		j->p++;
+}
+
+static int json_char(struct json_in *j, char c)
+{
+	json_space(j);
+	if (j->p < j->end && *j->p == c) {
+		j->p++;
+		return 1;
+	}
+	return 0;
+}
+
+/* A string of printable ASCII (escapes decoded) into out; -1 if not one that fits */
+static int json_str(struct json_in *j, char *out, size_t size)
+{
+	size_t n = 0;
+
+	if (!json_char(j, '"'))
+		return -1;
+	while (j->p < j->end && *j->p != '"') {
+		char c = *j->p++;
+
+		if (c == '\\') {
+			unsigned int u;
+
+			if (j->p >= j->end)
+				return -1;
+			c = *j->p++;
+			if (c == 'u') {
+				if (j->end - j->p < 4 || sscanf(j->p, "%4x", &u) != 1 || u < 0x20 ||
+				    u > 0x7e)
+					return -1;
+				c = (char)u;
+				j->p += 4;
+			} else if (c != '"' && c != '\\' && c != '/') {
+				return -1;
+			}
+		} else if ((unsigned char)c < 0x20 || (unsigned char)c > 0x7e) {
+			return -1;
+		}
+		if (n + 1 >= size)
+			return -1;
+		out[n++] = c;
+	}
+	if (j->p >= j->end)
+		return -1;
+	j->p++;
+	out[n] = 0;
+	return 0;
+}
+
+/* Pass over one value (nested at most a few levels); -1 if there is none */
+static int json_skip(struct json_in *j, int depth)
+{
+	char scratch[256];
+
+	json_space(j);
+	if (j->p >= j->end || depth > 8)
+		return -1;
+	if (*j->p == '"')
+		return json_str(j, scratch, sizeof(scratch));
+	if (*j->p == '{' || *j->p == '[') {
+		char close = *j->p == '{' ? '}' : ']';
+
+		j->p++;
+		if (json_char(j, close))
+			return 0;
+		do {
+			if (close == '}' && (json_str(j, scratch, sizeof(scratch)) ||
+					     !json_char(j, ':')))
+				return -1;
+			if (json_skip(j, depth + 1))
+				return -1;
+		} while (json_char(j, ','));
+		return json_char(j, close) ? 0 : -1;
+	}
+	while (j->p < j->end && strchr("-+.0123456789eEtruefalsn", *j->p) && *j->p)
+		j->p++;
+	return 0;
+}
+
+/* One entry: {"set": PATH, "old": VALUE} or {"undo": [ACTION, ARG]} */
+static int json_entry(struct json_in *j, struct record_entry *e)
+{
+	char key[16];
+	int have = 0;
+
+	memset(e, 0, sizeof(*e));
+	if (!json_char(j, '{'))
+		return -1;
+	do {
+		if (json_str(j, key, sizeof(key)) || !json_char(j, ':'))
+			return -1;
+		if (!strcmp(key, "set")) {
+			if (json_str(j, e->a, sizeof(e->a)))
+				return -1;
+			have |= 1;
+		} else if (!strcmp(key, "old")) {
+			if (json_str(j, e->b, sizeof(e->b)))
+				return -1;
+			have |= 2;
+		} else if (!strcmp(key, "undo")) {
+			if (!json_char(j, '[') || json_str(j, e->a, sizeof(e->a)) ||
+			    !json_char(j, ',') || json_str(j, e->b, sizeof(e->b)) || !json_char(j, ']'))
+				return -1;
+			e->undo = 1;
+			have |= 4;
+		} else if (json_skip(j, 1)) {
+			return -1;
+		}
+	} while (json_char(j, ','));
+	if (!json_char(j, '}'))
+		return -1;
+	return have == 3 || have == 4 ? 0 : -1;
+}
+
+/* The record's entries into left (at most max); -1 when it is not a record */
+static int read_record(const char *text, size_t len, struct record_entry *left, int max,
+		       long *pid)
+{
+	struct json_in j = { text, text + len };
+	char key[16], format[64];
+	int n = 0, formatted = 0;
+
+	*pid = 0;
+	if (!json_char(&j, '{'))
+		return -1;
+	do {
+		if (json_str(&j, key, sizeof(key)) || !json_char(&j, ':'))
+			return -1;
+		if (!strcmp(key, "format")) {
+			if (json_str(&j, format, sizeof(format)) || strcmp(format, RECORD_FORMAT))
+				return -1;
+			formatted = 1;
+		} else if (!strcmp(key, "pid")) {
+			json_space(&j);
+			*pid = strtol(j.p, NULL, 10);
+			if (json_skip(&j, 1))
+				return -1;
+		} else if (!strcmp(key, "entries")) {
+			if (!json_char(&j, '['))
+				return -1;
+			if (!json_char(&j, ']')) {
+				do {
+					if (n == max || json_entry(&j, &left[n]))
+						return -1;
+					n++;
+				} while (json_char(&j, ','));
+				if (!json_char(&j, ']'))
+					return -1;
+			}
+		} else if (json_skip(&j, 1)) {
+			return -1;
+		}
+	} while (json_char(&j, ','));
+	return json_char(&j, '}') && formatted ? n : -1;
+}
+
+static int swap_active(const char *device)
+{
+	char buf[4096], *line;
+	size_t n = strlen(device);
+
+	if (read_text("/proc/swaps", buf, sizeof(buf)) < 0)
+		return 0;
+	for (line = strchr(buf, '\n'); line && line[1]; line = strchr(line + 1, '\n'))
+		if (!strncmp(line + 1, device, n) && (line[1 + n] == ' ' || line[1 + n] == '\t'))
+			return 1;
+	return 0;
+}
+
+static int mounted(const char *path)
+{
+	struct sbuf mounts = { 0 };
+	char want[300];
+	int r;
+
+	if (read_all("/proc/self/mounts", &mounts) < 0) {
+		sb_free(&mounts);
+		return 0;
+	}
+	snprintf(want, sizeof(want), " %s ", path);
+	r = strstr(sb_str(&mounts), want) != NULL;
+	sb_free(&mounts);
+	return r;
+}
+
+/* Undo one recorded change if it is still in place; what was done into done */
+static int undo_entry(const struct record_entry *e, struct sbuf *done)
+{
+	char buf[512], now[96], path[300];
+
+	if (!e->undo) {
+		if (read_text(e->a, buf, sizeof(buf)) < 0)
+			return fail("cannot read %s", e->a);
+		selected(buf, now, sizeof(now));
+		if (strcmp(now, e->b)) {
+			if (write_text(e->a, e->b))
+				return fail("cannot set %s back to %s", e->a, e->b);
+			sb_printf(done, "%s%s %s -> %s", done->len ? ", " : "", e->a, now, e->b);
+		}
+	} else if (!strcmp(e->a, "swapoff")) {
+		if (swap_active(e->b)) {
+			if (swapoff(e->b))
+				return fail("swapoff %s: %s", e->b, strerror(errno));
+			sb_printf(done, "%sswapoff %s", done->len ? ", " : "", e->b);
+		}
+	} else if (!strcmp(e->a, "zram_reset")) {
+		if (strchr(e->b, '/'))
+			return fail("not a zram device name: %s", e->b);
+		snprintf(path, sizeof(path), "/sys/block/%s/disksize", e->b);
+		if (read_text(path, buf, sizeof(buf)) >= 0 && strtoull(buf, NULL, 10)) {
+			snprintf(path, sizeof(path), "/sys/block/%s/reset", e->b);
+			if (write_text(path, "1"))
+				return fail("cannot reset /dev/%s", e->b);
+			sb_printf(done, "%sreset /dev/%s", done->len ? ", " : "", e->b);
+		}
+	} else if (!strcmp(e->a, "umount")) {
+		if (mounted(e->b)) {
+			if (umount2(e->b, 0))
+				return fail("umount %s: %s", e->b, strerror(errno));
+			sb_printf(done, "%sumount %s", done->len ? ", " : "", e->b);
+		}
+	} else {
+		return fail("unknown step %s", e->a);
+	}
+	return 0;
+}
+
+/* Remove the temporary record files of writers that are gone (killed before the rename) */
+static void remove_stale_records(void)
+{
+	static const char base[] = "conform-settings.json.";
+	DIR *d = opendir(RECORD_DIR);
+	struct dirent *de;
+	char path[320], *end;
+	long pid;
+
+	while (d && (de = readdir(d))) {
+		if (strncmp(de->d_name, base, sizeof(base) - 1))
+			continue;
+		pid = strtol(de->d_name + sizeof(base) - 1, &end, 10);
+		if (pid <= 0 || strcmp(end, ".tmp") || !kill((pid_t)pid, 0) || errno == EPERM)
+			continue;
+		snprintf(path, sizeof(path), RECORD_DIR "/%s", de->d_name);
+		unlink(path);
+	}
+	if (d)
+		closedir(d);
+}
+
+/* Put back what a killed run recorded; -1 (err says what) if anything could not be */
+static int restore_leftover(void)
+{
+	static struct record_entry left[MAX_RECORD * 4];
+	struct sbuf text = { 0 }, done = { 0 };
+	long pid;
+	int r, n, i;
+
+	remove_stale_records();
+	r = read_all(RECORD_PATH, &text);
+	if (r == -ENOENT) {
+		sb_free(&text);
+		return 0;
+	}
+	if (r < 0) {
+		sb_free(&text);
+		return fail("cannot read %s: %s", RECORD_PATH, strerror(-r));
+	}
+	n = text.len > 1 << 20 ? -1 : read_record(sb_str(&text), text.len, left,
+						   (int)(sizeof(left) / sizeof(left[0])), &pid);
+	sb_free(&text);
+	if (n < 0)
+		return fail("%s is not a %s record; check the THP knobs by hand, then delete it",
+			    RECORD_PATH, RECORD_FORMAT);
+	for (i = n - 1; i >= 0; i--) {
+		if (undo_entry(&left[i], &done)) {
+			sb_free(&done);
+			return fail("could not restore what a killed run (pid %ld) left: %s", pid, err);
+		}
+	}
+	if (unlink(RECORD_PATH) && errno != ENOENT) {
+		sb_free(&done);
+		return fail("cannot remove %s: %s", RECORD_PATH, strerror(errno));
+	}
+	diag("restored what a killed run (pid %ld) left: %s", pid,
+	     done.len ? sb_str(&done) : "nothing had changed");
+	sb_free(&done);
+	return 0;
+}
+
+/*
  * A swap device of prog.swap_pages usable pages on zram (plus the header page).  zram is a
  * SWP_SYNCHRONOUS_IO device: MADV_PAGEOUT writes the folio and frees it within the call,
  * as the model's synchronous reclaim does, and a swap-in of a slot mapped once bypasses
@@ -1225,6 +1636,8 @@ static int swap_setup(void)
 
 	if (!prog.swap_pages)
 		return 0;
+	if (record_add(1, "zram_reset", "zram0"))
+		return -1;
 	zram_sized = 1;
 	snprintf(text, sizeof(text), "%lu", (prog.swap_pages + 1) * PG_SIZE);
 	r = write_text(ZRAM_SYS "/disksize", text);
@@ -1241,6 +1654,8 @@ static int swap_setup(void)
 	free(page);
 	if (!r)
 		return fail("cannot write the swap header on " ZRAM_DEV ": %s", strerror(errno));
+	if (record_add(1, "swapoff", ZRAM_DEV))
+		return -1;
 	swap_on = 1;
 	if (swapon(ZRAM_DEV, 0))
 		return fail("swapon " ZRAM_DEV ": %s", strerror(errno));
@@ -1255,6 +1670,8 @@ static const char *split_huge_pages_problem(void)
 	int fd;
 
 	if (!exists(SPLIT_HUGE_PAGES)) {
+		if (record_add(1, "umount", DEBUGFS))
+			return err;
 		if (mount("none", DEBUGFS, "debugfs", 0, NULL)) {
 			snprintf(why, sizeof(why), "debugfs cannot be mounted: %s", strerror(errno));
 			return why;
@@ -2726,6 +3143,8 @@ static void prepare(void)
 	char buf[64];
 
 	if (take_lock())
+		skip_all("%s", err);
+	if (restore_leftover())
 		skip_all("%s", err);
 	catch_signals();
 	if (open_drain())
