@@ -618,3 +618,37 @@ def test_a_pageout_of_a_swap_cache_folio_is_known_only_where_the_folio_is_clean(
     # a swap-in of a slot nobody else named (no fork) leaves nothing in the swap cache
     alone = program([*ops[:3], ops[4], ops[5]], **config)
     assert known_kind(D(4, "vmstat.pswpout", 0, 1), alone) is None
+
+
+def _replay(text: str, signature: str) -> str | None:
+    from fuzz.hub_replay import Candidate, Replayer
+
+    r = Replayer(seconds=120)
+    try:
+        r.start(Candidate(signature, text, "peer"))
+        (done,) = r.wait(200)
+    finally:
+        r.close()
+    return done[1]
+
+
+def test_a_hub_kernel_finding_the_machine_cannot_run_is_not_trusted() -> None:
+    # A kernel finding from the hub is replayed on this machine's kernel, never on the
+    # models; one with an op this machine cannot express (split_folio here: debugfs locked
+    # down; anywhere without root: the kernel itself) is not trusted, and says why.
+    found = kernel_finding()
+    meta_at = found.program.index('"meta"')
+    text = found.program[:found.program.index('"ops": [') + 8] + \
+        '{"op": "split_folio", "mm": 0, "addr": 0}],\n  ' + found.program[meta_at:]
+    verdict = _replay(text, found.signature)
+    assert verdict is not None
+    assert "it needs the live kernel" in verdict or "replay found nothing" in verdict, verdict
+
+
+@pytest.mark.slow
+@live_only
+def test_a_hub_kernel_finding_the_kernel_does_not_show_is_not_trusted() -> None:
+    # A peer's "finding" of the program: on the real reference the kernel agrees,
+    # so its replay on this kernel finds nothing and it is not trusted.
+    found = kernel_finding()
+    assert _replay(found.program, found.signature) == "its replay found nothing"
