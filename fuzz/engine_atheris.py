@@ -9,33 +9,30 @@ left off, and the scenario seeds, the known-bad programs and the archived findin
 encoded into it (files named by content hash, written once) to start from.
 
 A finding makes libFuzzer write the input to ``crash-<sha1>`` (in the campaign's directory,
-below) and exit.  The parent decodes it with the target's own config policy, replays it to get the
-signature, shrinks it (``harness.shrink``, same signature), and archives it like the
-Hypothesis engine (``fuzz.archive.archive``: a program JSON with metadata named
-by a short hash of the signature, never overwriting).  Then it adds the signature to the
-file of known signatures the targets re-read, and restarts the worker with the next seed
-for the remaining time, so one bug is reported once and the search moves on.  Signatures
-already in the findings directory are known from the start; a target that hits one prints
-so, and it counts as found (exit 1) without being written again.
+below) and exit.  The campaign process (``Judge``) decodes it with the target's own config
+policy, replays it to get the signature, shrinks it (``harness.shrink``, same signature), and
+reports it to the supervisor, which archives it as for every engine (``fuzz.archive``: a
+program JSON with metadata named by a short hash of the signature, never overwriting).  The
+signature goes into the file of known signatures the targets re-read, and the worker starts
+again with the next seed for the remaining time, so one bug is reported once and the search
+moves on.  Signatures already in the findings directory are known from the start; a target
+that hits one prints so, and it counts as found (exit 1) without being written again.
 
-Progress (on stderr, about once a second on a terminal, else every few seconds): total
-executions and executions per second over all workers, coverage and features (libFuzzer's
-``cov:`` and ``ft:``), corpus size on disk, distinct findings.  The summary adds the ops run
-and ops per second, and the model-state coverage table of every program the targets ran
-(``harness.coverage``, reported by each target on stderr), also written to ``--findings`` as
-``coverage-<time>-atheris-seed<N>.txt``.  Exit 0 nothing found, 1 anything found, 4 no
-worker could run the target (cannot run here), 130 interrupted (Ctrl-C) or 143 terminated
-(SIGTERM): workers stop, artifacts already written are still decoded and archived (not
-shrunk).
-
-With ``--hub`` or ``--stats`` the parent also holds a ``fuzz.link.CampaignLink``: findings
-and corpus inputs go to and come from other machines (inputs they add land in the corpus
-directory, where ``-reload`` takes them in; signatures they found join the known ones), and
-a stats record is written every few seconds.
+The campaign is ``fuzz.supervisor``'s, with this engine plugged in (``AtherisEngine``): it
+prints progress (total executions and executions per second over all workers, coverage and
+features, libFuzzer's ``cov:`` and ``ft:``, corpus size on disk, distinct findings), a
+summary (adding the ops run and ops per second) and the model-state coverage table of every
+program the targets ran (``harness.coverage``, reported by each target on its output), also
+written to ``--findings`` as ``coverage-<time>-atheris-seed<N>.txt``.  Exit 0 nothing found,
+1 anything found, 4 no worker could run the target (cannot run here), 130 interrupted
+(Ctrl-C) or 143 terminated (SIGTERM): workers stop, artifacts already written are still
+decoded and archived (not shrunk).  With ``--hub`` inputs other machines add land in the
+corpus directory, where ``-reload`` takes them in.
 
 Faults.  The campaign's own files (the known signatures, libFuzzer's artifacts, a record of
 the campaign's settings) live in a hidden directory of the findings directory,
-``.pudthp-atheris-PID-XXXX``, locked while the campaign runs.  An artifact is deleted only
+``.pudthp-atheris-PID-XXXX``, locked while the campaign runs (the engine holds it from
+``open`` to ``close``).  An artifact is deleted only
 once its finding is archived; a campaign killed at any moment leaves the directory, and the
 next campaign on that findings directory decodes, shrinks and archives what it finds there
 (with the killed campaign's settings) before it starts, then removes it.  Workers die with
@@ -49,6 +46,7 @@ if it never could be.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import glob
@@ -57,6 +55,7 @@ import importlib.metadata
 import json
 import math
 import os
+import queue
 import re
 import shutil
 import signal
@@ -64,18 +63,29 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any, TextIO
 
-from fuzz.archive import archive, archived_signatures, remove_stale_temporaries, write_coverage
+from fuzz.archive import archived_signatures
 from fuzz.encoding import EncodeError, encode
-from fuzz.link import CampaignLink, features
+from fuzz.link import CampaignLink
 from fuzz.mutator import Hunt
-from fuzz.stats import Sample
+from fuzz.supervisor import (
+    Event,
+    Exit,
+    Features,
+    Found,
+    KnownHit,
+    Limit,
+    Progress,
+    Slot,
+    Supervisor,
+    Warn,
+    Worker,
+    died,
+)
 from harness.coverage import Tally
 from harness.limits import LimitExceeded
 from harness.program import ProgramError, dump_program, load_program_file
@@ -91,8 +101,6 @@ MAX_LEN = 1024  # bytes per input: up to about 200 ops
 MAX_OPS = 200  # ops per program: a longer input is cut (Hunt)
 INPUT_TIMEOUT = 300  # seconds one input may take before libFuzzer calls it a timeout
 STOP_GRACE = 10.0  # after the deadline, workers get this long before SIGINT, then SIGKILL
-RETRY_SECONDS = 5.0  # how often findings that could not be written are tried again
-MAX_DEATHS = 20  # per worker slot: a slot whose workers keep dying is given up
 RUN_DIR_PREFIX = ".pudthp-atheris-"
 
 _STATUS = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)/")
@@ -122,6 +130,7 @@ class AtherisCampaign:
     program_seconds: float | None = None
     max_rss: int | None = None
     link: CampaignLink | None = None  # the hub and the stats file, if any
+    target_args: tuple[str, ...] = ()  # more options of the target (a kernel campaign's)
 
     def record(self) -> dict[str, Any]:
         """What a later campaign needs to decode this one's artifacts the same way."""
@@ -130,52 +139,11 @@ class AtherisCampaign:
                 "seed": self.seed, "corpus_dir": self.corpus_dir}
 
 
-@dataclass
-class _Worker:
-    """One worker slot: the libFuzzer process running in it now and what it said."""
-
-    index: int
-    seed: int = 0
-    proc: subprocess.Popen[str] | None = None
-    reader: threading.Thread | None = None
-    log: list[str] = field(default_factory=list)
-    execs_done: int = 0  # by earlier processes in this slot
-    execs: int = 0  # by the current one
-    cov: int = 0
-    ft: int = 0
-    inited: bool = False
-    starts: int = 0
-    finished: bool = False
-    failed: bool = False  # exited with an error before fuzzing: the target cannot run
-    deaths: list[str] = field(default_factory=list)  # why it was restarted, not a finding
-    ops_done: int = 0  # ops run by earlier processes in this slot
-    ops: int = 0  # by the current one
-    tally_done: Tally = field(default_factory=Tally)  # features of earlier processes
-    tally: Tally | None = None  # of the current one, as it last said
-
-    def total_execs(self) -> int:
-        return self.execs_done + self.execs
-
-    def total_ops(self) -> int:
-        return self.ops_done + self.ops
-
-    def total_tally(self) -> Tally:
-        return Tally.total((self.tally_done, self.tally))
-
-
-@dataclass
-class _Found:
-    path: str
-    signature: str
-    ops: int
-    new: bool
-
-
-def worker_seed(seed: int, index: int, start: int, workers: int) -> int:
-    """libFuzzer's ``-seed`` for start number ``start`` (0, 1, ...: a worker restarts after
-    each finding) of worker ``index``: ``seed + index + start * workers`` modulo 2**32, with
-    0 (which libFuzzer would replace by a random seed) read as 2**32 - 1."""
-    return (seed + index + start * workers) % 2**32 or 2**32 - 1
+def libfuzzer_seed(n: int) -> int:
+    """libFuzzer's ``-seed`` for the campaign's ``n``-th worker seed
+    (``fuzz.supervisor.worker_seed``): modulo 2**32, with 0 (which libFuzzer would replace
+    by a random seed) read as 2**32 - 1."""
+    return n % 2**32 or 2**32 - 1
 
 
 def seed_corpus(corpus_dir: str, dirs: list[str]) -> int:
@@ -249,161 +217,111 @@ def left_behind(findings_dir: str) -> list[tuple[str, int]]:
     return out
 
 
-class _Run:
-    """The state of one campaign in the parent (or, with ``run_dir``, of a killed campaign
-    whose directory is being cleared up)."""
+class LibFuzzerWorker:
+    """One libFuzzer process (a ``fuzz.supervisor.Worker``): its output is read by a
+    thread of its own and turned into events; its findings are the artifacts it leaves."""
 
-    def __init__(self, c: AtherisCampaign, run_dir: tuple[str, int] | None = None) -> None:
-        self.c = c
-        self.hunt = Hunt(c.overrides, c.max_ops)
-        self.tmp, self.lock_fd = run_dir if run_dir is not None else make_run_dir(c)
-        self.known_file = os.path.join(self.tmp, "known.txt")
-        self.archived = archived_signatures(c.findings_dir)
-        self.known_hits: set[str] = set()
-        self.offered: set[str] = set()  # known hits offered to the hub
-        self.found: list[_Found] = []
-        self.signatures: set[str] = set()
-        self.warnings: list[str] = []
-        self.limits: list[str] = []
-        self.unwritten: list[tuple[str, Program, dict[str, Any], str, str | None]] = []
-        self.next_retry = 0.0
-        self.slots = [_Worker(i) for i in range(c.workers)]
-        self.start = time.monotonic()
-        self.deadline = self.start + c.time_limit
-        self.stopping = False
-        self.interrupted = False  # no more shrinking: archive what is left as it is
-        self.atheris_version = _version("atheris")
-        if run_dir is None:
-            self.write_known()
-
-    def close(self) -> None:
-        """Remove the campaign's directory, unless something in it is still to be archived
-        (then the next campaign does it)."""
-        if not self.unwritten and not glob.glob(os.path.join(self.tmp, "w*-*")):
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        os.close(self.lock_fd)
-
-    # -- workers -------------------------------------------------------------------------
-
-    def write_known(self) -> None:
-        tmp = self.known_file + ".new"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(f"{s}\n" for s in sorted(set(self.archived) | self.signatures))
-        os.replace(tmp, self.known_file)
-
-    def launch(self, w: _Worker) -> None:
-        remaining = self.deadline - time.monotonic()
-        w.seed = worker_seed(self.c.seed, w.index, w.starts, self.c.workers)
-        w.starts += 1
-        w.execs_done += w.execs
-        w.execs = 0
-        w.ops_done += w.ops
-        w.ops = 0
-        if w.tally is not None:
-            w.tally_done.merge(w.tally)
-            w.tally = None
-        w.inited = False
-        timeout = max(1, math.ceil(self.c.program_seconds or INPUT_TIMEOUT))
-        argv = [
-            sys.executable, "-m", "fuzz.target",
-            f"--impl={self.c.impl}",
-            f"--config-json={json.dumps(self.c.overrides)}",
-            f"--known={self.known_file}",
-            f"--max-ops={self.c.max_ops}",
-            f"--parent-pid={os.getpid()}",
-            os.path.abspath(self.c.corpus_dir),
-            f"-max_total_time={max(1, math.ceil(remaining))}",
-            f"-seed={w.seed}",
-            f"-max_len={self.c.max_len}",
-            f"-timeout={timeout}",
-            f"-artifact_prefix={os.path.join(self.tmp, f'w{w.index}-s{w.seed}-')}",
-            "-reload=1",
-            "-print_final_stats=1",
-        ]
-        if self.c.max_rss:
-            argv.append(f"-rss_limit_mb={self.c.max_rss}")
-        w.proc = subprocess.Popen(
+    def __init__(self, argv: list[str], index: int, warned: list[int]) -> None:
+        self.index = index
+        self.proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, errors="replace", bufsize=1,
         )
-        w.reader = threading.Thread(target=self.read, args=(w, w.proc), daemon=True)
-        w.reader.start()
+        self.queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self.log: collections.deque[str] = collections.deque(maxlen=200)
+        self.inited = False  # fuzzing (past loading the corpus)
+        self.warned = warned  # mutator errors said, over all workers
+        self.reader = threading.Thread(target=self.read, daemon=True)
+        self.reader.start()
 
-    def read(self, w: _Worker, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
+    def read(self) -> None:
+        assert self.proc.stdout is not None
+        execs = ops = cov = ft = 0
+        for line in self.proc.stdout:
             line = line.rstrip("\n")
-            w.log.append(line)
-            if len(w.log) > 200:
-                del w.log[:100]
+            self.log.append(line)
             if m := _FEATURES.match(line):
                 with contextlib.suppress(ValueError, KeyError, TypeError):
-                    w.tally = Tally.from_json(json.loads(m.group(1)))
+                    self.queue.put(Features(Tally.from_json(json.loads(m.group(1)))))
                 continue
             if m := _OPS.match(line):
-                w.ops = max(w.ops, int(m.group(1)))
+                ops = max(ops, int(m.group(1)))
             if m := _EXECS.match(line):
-                w.execs = max(w.execs, int(m.group(1)))
+                execs = max(execs, int(m.group(1)))
             elif m := _STATUS.match(line):
-                w.execs = max(w.execs, int(m.group(1)))
-                w.cov, w.ft = int(m.group(3)), int(m.group(4))
-                w.inited = w.inited or m.group(2) != "pulse"  # pulses come while loading too
+                execs = max(execs, int(m.group(1)))
+                cov, ft = int(m.group(3)), int(m.group(4))
+                self.inited = self.inited or m.group(2) != "pulse"  # pulses come while loading
             elif m := _KNOWN.match(line):
-                self.known_hits.add(m.group(1))
+                self.queue.put(KnownHit(m.group(1)))
+                continue
             elif m := _FINAL.match(line):
-                w.execs = max(w.execs, int(m.group(1)))
+                execs = max(execs, int(m.group(1)))
             elif m := _LIMIT.match(line):
-                self.limits.append(f"worker {w.index}: {m.group(2)}")
-            elif line.startswith("pudthp: mutator error") and len(self.warnings) < 20:
-                self.warnings.append(f"worker {w.index}: {line.removeprefix('pudthp: ')}")
-
-    def reap(self, w: _Worker) -> None:
-        """Worker ``w``'s process has exited: take its artifacts, start it again if time is
-        left and it stopped on a finding, at a limit, or died."""
-        assert w.proc is not None
-        assert w.reader is not None
-        w.reader.join(timeout=5)
-        rc = w.proc.returncode
-        artifacts = sorted(glob.glob(os.path.join(self.tmp, f"w{w.index}-*")))
-        kinds = [self.artifact(path) for path in artifacts]
-        died = None
-        if not artifacts and rc != 0 and not self.stopping:
-            if rc < 0:
-                died = f"killed by {signal.Signals(-rc).name}"
-            elif w.inited:
-                died = f"exited with status {rc}"
+                self.queue.put(Limit(m.group(1), m.group(2)))
+                continue
+            elif line.startswith("pudthp: mutator error"):
+                if self.warned[0] < 20:
+                    self.warned[0] += 1
+                    self.queue.put(Warn(line.removeprefix("pudthp: ")))
+                continue
             else:
-                w.failed = True
-                tail = "\n    ".join(w.log[-8:])
-                self.warnings.append(f"worker {w.index} exited with status {rc} before "
-                                     f"fuzzing:\n    {tail}")
-        for kind in ("timeout", "oom"):
-            if kind in kinds:  # counted like a death: a cap too small must not loop forever
-                w.deaths.append("stopped at the time cap" if kind == "timeout"
-                                else "stopped at the memory cap")
-        if died is not None:
-            w.deaths.append(died)
-            self.progress_clear()
-            print(f"pudthp fuzz: [{time.monotonic() - self.start:6.1f}s] worker {w.index} "
-                  f"{died}; started again", file=self.c.err, flush=True)
-        again = (artifacts or died) and len(w.deaths) <= MAX_DEATHS
-        if again and not self.stopping and self.deadline - time.monotonic() >= 1:
-            self.launch(w)
-        else:
-            w.finished = True
+                continue
+            self.queue.put(Progress(execs, ops, cov if self.inited else None,
+                                    ft if self.inited else None))
 
-    # -- findings ------------------------------------------------------------------------
+    def waitables(self) -> list[Any]:
+        return []  # read by its thread: looked at every few tenths of a second
+
+    def events(self) -> list[Event]:
+        out: list[Event] = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                out.append(self.queue.get_nowait())
+        return out
+
+    def exit_status(self) -> int | None:
+        return self.proc.poll()
+
+    def wait(self) -> int:
+        code = self.proc.wait()
+        self.reader.join(timeout=5)
+        return code
+
+    def stop(self) -> None:
+        self._signal(signal.SIGINT)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+
+
+class Judge:
+    """What becomes of libFuzzer's artifacts, judged with the settings of the campaign that
+    made them (this one, or a killed one whose directory is cleared up): a crash input is
+    decoded, replayed, shrunk and reported to the supervisor; a timeout or out-of-memory is
+    a program over a limit, never a finding."""
+
+    def __init__(self, c: AtherisCampaign, sup: Supervisor, run_dir: str) -> None:
+        self.c = c
+        self.sup = sup
+        self.run_dir = run_dir
+        self.hunt = Hunt(c.overrides, c.max_ops)
+        self.atheris_version = _version("atheris")
 
     def artifact(self, path: str) -> str:
-        """Decode, judge and archive one libFuzzer artifact; it is deleted only once that is
-        done (a kill before leaves it for the next campaign).  Its kind."""
+        """Decode, judge and report one artifact; it is deleted once that is done (a crash
+        input once its finding is on disk: a kill before leaves it for the next
+        campaign).  Its kind."""
         m = _ARTIFACT.match(os.path.basename(path))
         if m is None:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            _unlink(path)
             return "unknown"
         index, seed, kind = int(m.group(1)), int(m.group(2)), m.group(3)
-        w = _Worker(index, seed=seed)
         try:
             with open(path, "rb") as f:
                 data = f.read()
@@ -412,47 +330,45 @@ class _Run:
         if kind in ("crash", "timeout", "oom"):
             program = self.hunt.program(data)
             if kind == "crash":
-                if not self.crash(w, program):
-                    return kind  # its finding is not on disk yet: the input stays
-            else:
-                self.resource(w, program, kind)
-        with contextlib.suppress(OSError):  # slow-unit, leak: not findings
-            os.unlink(path)
+                self.crash(index, seed, program, path)
+                return kind
+            self.resource(index, program, kind)
+        _unlink(path)  # slow-unit, leak: not findings
         return kind
 
-    def crash(self, w: _Worker, program: Program) -> bool:
-        """Replay, shrink and archive a crash input; False while its finding is not on disk
-        (kept in memory for a retry)."""
+    def crash(self, index: int, seed: int, program: Program, path: str) -> None:
+        """Replay, shrink and report a crash input (its file goes once the finding is on
+        disk, or at once when there is nothing to archive)."""
+        sup = self.sup
         try:
             finding = run_program(program, self.c.impl).finding
         except LimitExceeded as e:
-            self.limits.append(f"worker {w.index}: replaying a crash input: {e}")
-            return True
+            sup.limit(Limit(e.kind, str(e)), f"worker {index}: replaying a crash input: {e}")
+            _unlink(path)
+            return
         if finding is None:
-            self.warnings.append(f"worker {w.index}: a crash input that does not reproduce "
-                                 f"({len(program.ops)} ops); not archived")
-            return True
+            sup.warnings.append(f"worker {index}: a crash input that does not reproduce "
+                                f"({len(program.ops)} ops); not archived")
+            _unlink(path)
+            return
         sig = finding.signature
-        if sig in self.signatures:
-            return True
-        if sig in self.archived:
-            self.known_hits.add(sig)
-            return True
+        if sig in sup.signatures or sig in sup.known:
+            if sig not in sup.signatures:
+                sup.known_hits.add(sig)
+            _unlink(path)
+            return
         shrunk, how = program, "none"
         replay: Finding | None = None
-        if self.interrupted:
+        if sup.signals:
             how = "none (interrupted)"
         else:
-            self.progress_clear()
-            print(f"pudthp fuzz: [{time.monotonic() - self.start:6.1f}s] worker {w.index} "
-                  f"found {sig} ({len(program.ops)} ops); shrinking", file=self.c.err,
-                  flush=True)
+            sup.say(f"worker {index} found {sig} ({len(program.ops)} ops); shrinking")
             try:
                 result, replay = self.shrink(program, sig)
                 shrunk, finding = result.program, result.finding
                 how = f"ddmin+simplify from {len(program.ops)} ops in {result.seconds:.1f} s"
             except NoFinding as e:
-                self.warnings.append(f"worker {w.index}: {sig}: not shrunk: {e}")
+                sup.warnings.append(f"worker {index}: {sig}: not shrunk: {e}")
             except LimitExceeded as e:
                 how = f"none (shrinking hit a limit: {e.kind})"
         if replay is None:
@@ -460,10 +376,13 @@ class _Run:
                 replay = run_program(shrunk, self.c.impl).finding
             except LimitExceeded:
                 replay = None
-        meta = self.meta(w, sig, finding.kind, finding.message, finding.op_index, shrunk)
+        meta = self.meta(seed, sig, finding.kind, finding.message, finding.op_index, shrunk)
         meta["shrunk"] = how
         meta["replays"] = replay is not None and replay.signature == sig
-        return self.archive(sig, shrunk, meta)
+        text = dump_program(Program(shrunk.config, shrunk.ops, meta))
+        sup.report(Found(sig, finding.kind, len(shrunk.ops), text,
+                         kept_note=f" (its input stays in {self.run_dir})",
+                         on_written=lambda: _unlink(path)))
 
     def shrink(self, program: Program, sig: str) -> tuple[ShrinkResult, Finding | None]:
         """Shrink with the reference alone when it reports the same signature (several
@@ -480,25 +399,21 @@ class _Run:
         result = shrink(program, impl, signature=sig, keep=self.c.overrides)
         return result, result.finding  # judged by the campaign's implementation itself
 
-    def resource(self, w: _Worker, program: Program, kind: str) -> None:
+    def resource(self, index: int, program: Program, kind: str) -> None:
         """A libFuzzer timeout or out-of-memory: a program over the campaign's time or
         memory cap, never a finding; counted and said."""
         what = (f"ran over the time cap ({self.c.program_seconds or INPUT_TIMEOUT:g} s)"
                 if kind == "timeout"
                 else f"went over the memory cap ({self.c.max_rss} MiB)")
-        text = (f"worker {w.index}: a program of {len(program.ops)} ops {what}; not a "
-                "finding")
-        self.limits.append(text)
-        self.progress_clear()
-        print(f"pudthp fuzz: [{time.monotonic() - self.start:6.1f}s] {text}", file=self.c.err,
-              flush=True)
+        text = f"worker {index}: a program of {len(program.ops)} ops {what}; not a finding"
+        self.sup.limit(Limit("time" if kind == "timeout" else "memory", text), text)
 
-    def meta(self, w: _Worker, sig: str, kind: str, message: str, op_index: int,
+    def meta(self, seed: int, sig: str, kind: str, message: str, op_index: int,
              program: Program) -> dict[str, Any]:
         return {
             "signature": sig,
             "engine": ENGINE,
-            "seed": w.seed,
+            "seed": seed,
             "config": program.config.to_json(),
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "kind": kind,
@@ -510,188 +425,82 @@ class _Run:
             "atheris": self.atheris_version,
         }
 
-    def archive(self, sig: str, program: Program, meta: dict[str, Any]) -> bool:
-        """Write one finding; when the directory refuses, keep it for a retry."""
-        text = dump_program(Program(program.config, program.ops, meta))
 
-        def replaced(path: str, problem: str) -> None:
-            self.warnings.append(f"{path}: {problem}; rewritten with {sig}")
+class AtherisEngine:
+    """The supervisor's plug-in (``fuzz.supervisor.Engine``): it holds the campaign's own
+    directory (locked) for its whole life, clears up what killed campaigns left before the
+    first worker starts, and judges the artifacts each libFuzzer process leaves; a worker
+    that stopped on a finding, at a limit or died is started again with the next seed."""
 
-        try:
-            path, new = archive(self.c.findings_dir, sig, text, replaced)
-        except OSError as e:
-            reason = e.strerror or str(e)
-            if all(u[0] != sig for u in self.unwritten):
-                self.unwritten.append((sig, program, meta, text, reason))
-            self.signatures.add(sig)
-            self.write_known_quietly()
-            self.progress_clear()
-            print(f"pudthp fuzz: cannot write a finding to {self.c.findings_dir}: {reason}; "
-                  f"{len(self.unwritten)} finding(s) kept in memory, trying again every "
-                  f"{RETRY_SECONDS:g} s", file=self.c.err, flush=True)
-            self.next_retry = time.monotonic() + RETRY_SECONDS
-            return False
-        self.unwritten = [u for u in self.unwritten if u[0] != sig]
-        self.signatures.add(sig)
-        self.found.append(_Found(path, sig, len(program.ops), new))
-        if self.c.link is not None:
-            self.c.link.archived(sig, path)
-        self.write_known_quietly()
-        state = "new" if new else "already archived"
-        self.progress_clear()
-        print(f"pudthp fuzz: [{time.monotonic() - self.start:6.1f}s] finding ({state}) {sig}: "
-              f"{len(program.ops)} ops -> {path}", file=self.c.err, flush=True)
-        return True
+    name = ENGINE
+    unit = "execs"
+    stop_grace = STOP_GRACE
 
-    def write_known_quietly(self) -> None:
+    def __init__(self, c: AtherisCampaign) -> None:
+        self.c = c
+        self.sup: Supervisor | None = None
+        self.judge: Judge | None = None
+        self.run_dir: str | None = None
+        self.lock_fd: int | None = None
+        self.known_file = ""
+        self.corpus_before = 0
+        self.seeded = 0
+        self.warned = [0]
+
+    # -- the campaign's life -------------------------------------------------------------
+
+    def open(self, sup: Supervisor) -> None:
+        c = self.c
+        self.sup = sup
+        sup.known.update(archived_signatures(c.findings_dir))
+        self.clear_left_behind(sup)
+        sup.known.update(archived_signatures(c.findings_dir))
+        self.corpus_before = len(os.listdir(c.corpus_dir))
+        self.seeded = seed_corpus(c.corpus_dir, [*map(str, c.seed_dirs), c.findings_dir])
+        self.run_dir, self.lock_fd = make_run_dir(c)
+        self.known_file = os.path.join(self.run_dir, "known.txt")
+        self.judge = Judge(c, sup, self.run_dir)
         try:
             self.write_known()
-        except OSError as e:  # a full disk: the targets keep the list they have
-            if len(self.warnings) < 50:
-                self.warnings.append(f"cannot update {self.known_file}: {e.strerror or e}")
+        except BaseException:
+            self.close()
+            raise
 
-    def retry(self, force: bool = False) -> None:
-        if not self.unwritten or (not force and time.monotonic() < self.next_retry):
+    def close(self) -> None:
+        """Remove the campaign's directory, unless something in it is still to be archived
+        (then the next campaign does it)."""
+        if self.run_dir is None or self.lock_fd is None:
             return
-        for sig, program, meta, _text, _reason in list(self.unwritten):
-            if not self.archive(sig, program, meta):
-                return
+        sup = self.sup
+        if not (sup is not None and sup.unwritten) and not glob.glob(
+                os.path.join(self.run_dir, "w*-*")):
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        os.close(self.lock_fd)
+        self.lock_fd = None
 
-    # -- reporting -----------------------------------------------------------------------
+    def clear_left_behind(self, sup: Supervisor) -> None:
+        """Decode, shrink and archive what campaigns killed on this findings directory left
+        (with their own settings), then remove their directories."""
+        c = self.c
+        for path, fd in left_behind(c.findings_dir):
+            try:
+                old = self.recorded(path)
+                artifacts = sorted(glob.glob(os.path.join(path, "w*-*")))
+                if artifacts:
+                    sup.say_plain(f"{len(artifacts)} input(s) left by a killed campaign in "
+                                  f"{path}: archiving them first")
+                judge = Judge(old, sup, path)
+                for artifact in artifacts:
+                    judge.artifact(artifact)
+                if not glob.glob(os.path.join(path, "w*-*")):
+                    shutil.rmtree(path, ignore_errors=True)
+            finally:
+                os.close(fd)
 
-    def distinct(self) -> set[str]:
-        return self.signatures | self.known_hits
-
-    def tally(self) -> Tally:
-        """The model-state features of every program the targets ran so far."""
-        return Tally.total(w.total_tally() for w in self.slots)
-
-    def sample(self) -> Sample:
-        execs = sum(w.total_execs() for w in self.slots)
-        inited = any(w.inited for w in self.slots)
-        return Sample(programs=execs, count=execs, findings=len(self.distinct()),
-                      corpus=self.corpus_size(),
-                      cov=max(w.cov for w in self.slots) if inited else None,
-                      ft=max(w.ft for w in self.slots) if inited else None,
-                      features=features(self.tally()))
-
-    def offer_known(self, link: CampaignLink) -> None:
-        """Offer the hub the archived findings the targets met again, each once."""
-        # a copy made in one step: the reader threads add to known_hits meanwhile
-        for sig in sorted(self.known_hits - self.offered):
-            self.offered.add(sig)
-            if sig in self.archived:
-                link.archived(sig, self.archived[sig])
-
-    def sync(self, link: CampaignLink, now: float) -> None:
-        """Offer the hub what the targets met again, take what other machines found into
-        the known signatures."""
-        self.offer_known(link)
-        self.known_from(link, link.tick(self.sample, now))
-
-    def known_from(self, link: CampaignLink, sigs: list[str]) -> None:
-        if not sigs:
-            return
-        where = dict(link.pulled)
-        for sig in sigs:
-            self.archived.setdefault(sig, where.get(sig, ""))
-        self.write_known_quietly()
-
-    def corpus_size(self) -> int:
-        try:
-            return len(os.listdir(self.c.corpus_dir))
-        except OSError:
-            return 0
-
-    def progress_clear(self) -> None:
-        if self.c.err.isatty():
-            print("\r\033[K", end="", file=self.c.err, flush=True)
-
-    def progress_line(self, now: float, rate: float) -> str:
-        running = sum(1 for w in self.slots if not w.finished)
-        cov = (f"cov {max(w.cov for w in self.slots)}  ft {max(w.ft for w in self.slots)}"
-               if any(w.inited for w in self.slots) else "loading the corpus")
-        line = (f"[{now - self.start:6.1f}s] execs {sum(w.total_execs() for w in self.slots):,}"
-                f"  {rate:,.0f} execs/s  {cov}  corpus {self.corpus_size()}"
-                f"  findings {len(self.distinct())}  workers {running}/{len(self.slots)}")
-        return line + ("  (stopping)" if self.stopping else "")
-
-    def summary(self, elapsed: float, corpus_before: int, signum: int | None) -> None:
-        out = self.c.out
-        execs = sum(w.total_execs() for w in self.slots)
-        rate = execs / elapsed if elapsed > 0 else 0.0
-        ops = sum(w.total_ops() for w in self.slots)
-        op_rate = ops / elapsed if elapsed > 0 else 0.0
-        new = [f for f in self.found if f.new]
-        head = "done"
-        if signum is not None:
-            head = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
-        distinct = len(self.distinct() | {u[0] for u in self.unwritten})
-        print(f"pudthp fuzz: {head} after {elapsed:.1f} s: {execs:,} execs ({rate:,.0f} execs/s "
-              f"over {len(self.slots)} worker(s)), {ops:,} ops ({op_rate:,.0f} ops/s), "
-              f"coverage {max(w.cov for w in self.slots)}, "
-              f"corpus {self.corpus_size()} (was {corpus_before}), "
-              f"{distinct} distinct finding(s), {len(new)} new", file=out)
-        for f in self.found:
-            state = "new     " if f.new else "archived"
-            print(f"  {state}  {f.path}  {f.signature} ({f.ops} ops)", file=out)
-        for sig in sorted(self.known_hits - self.signatures):
-            where = self.archived.get(sig, "")
-            print(f"  known     {where}  {sig} (hit again; file kept)", file=out)
-        for sig, program, _meta, text, reason in self.unwritten:
-            print(f"  UNWRITTEN {sig} ({len(program.ops)} ops): {self.c.findings_dir}: "
-                  f"{reason}; the program follows (its input stays in {self.tmp})", file=out)
-            for line in text.splitlines():
-                print(f"    {line}", file=out)
-        deaths = [(w.index, d) for w in self.slots for d in w.deaths]
-        if deaths:
-            print(f"  restarts  {len(deaths)}: "
-                  + "; ".join(f"worker {i} {d}" for i, d in deaths), file=out)
-        if self.limits:
-            print(f"  limits    {len(self.limits)} program(s) over a resource limit, not "
-                  f"findings: {'; '.join(self.limits[:5])}"
-                  + (" ..." if len(self.limits) > 5 else ""), file=out)
-        for text in self.warnings:
-            print(f"  warning   {text}", file=out)
-        if self.c.link is not None:
-            for text in self.c.link.summary_lines():
-                print(text, file=out)
-        self.coverage_report()
-        out.flush()
-
-    def coverage_report(self) -> None:
-        """The model-state coverage table of every program the targets ran: printed, and
-        written with the findings."""
-        out = self.c.out
-        text = self.tally().table(f"pudthp fuzz: model-state coverage ({ENGINE})")
-        print(text, end="", file=out)
-        try:
-            path = write_coverage(self.c.findings_dir, ENGINE, self.c.seed, text)
-        except OSError as e:
-            print(f"  warning   cannot write the coverage table to {self.c.findings_dir}: {e}",
-                  file=out)
-        else:
-            print(f"coverage table -> {path}", file=out)
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _signal(w: _Worker, sig: int) -> None:
-    if w.proc is not None and w.proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            w.proc.send_signal(sig)
-
-
-def clear_left_behind(c: AtherisCampaign) -> list[_Run]:
-    """Decode, shrink and archive what campaigns killed on ``c.findings_dir`` left (with
-    their own settings), then remove their directories; the runs that did it."""
-    done: list[_Run] = []
-    for path, fd in left_behind(c.findings_dir):
+    def recorded(self, path: str) -> AtherisCampaign:
+        """The settings of the killed campaign whose directory is ``path``; this campaign's
+        when its record is missing or unreadable."""
+        c = self.c
         try:
             with open(os.path.join(path, "campaign.json"), encoding="utf-8") as f:
                 record = json.load(f)
@@ -702,123 +511,136 @@ def clear_left_behind(c: AtherisCampaign) -> list[_Run]:
             Hunt(old.overrides, old.max_ops)  # a record this version cannot read raises
         except (OSError, ValueError, KeyError, TypeError, ConfigError):
             old = replace(c, time_limit=0.0, workers=0)  # no usable record: this campaign's
-        artifacts = sorted(glob.glob(os.path.join(path, "w*-*")))
-        run = _Run(old, (path, fd))
-        if artifacts:
-            print(f"pudthp fuzz: {len(artifacts)} input(s) left by a killed campaign in {path}"
-                  ": archiving them first", file=c.err, flush=True)
-        for artifact in artifacts:
-            run.artifact(artifact)
-        run.close()
-        done.append(run)
-    return done
+        return old
+
+    def banner(self) -> str:
+        c = self.c
+        assert self.sup is not None
+        fixed = " ".join(f"{k}={v}" for k, v in sorted(c.overrides.items()))
+        return (f"engine {ENGINE}, {c.workers} worker(s), {c.time_limit:g} s, seed {c.seed}, "
+                f"config {fixed + ' (rest from the input)' if fixed else 'from the input'}, "
+                f"impl {c.impl}, corpus {c.corpus_dir} ({self.corpus_before} inputs"
+                f"{f', {self.seeded} seeds added' if self.seeded else ''}), findings -> "
+                f"{c.findings_dir} ({len(self.sup.known)} signatures archived)")
+
+    # -- workers -------------------------------------------------------------------------
+
+    def seed_of(self, n: int) -> int:
+        return libfuzzer_seed(n)
+
+    def start(self, slot: Slot, remaining: float) -> Worker:
+        c = self.c
+        assert self.run_dir is not None
+        timeout = max(1, math.ceil(c.program_seconds or INPUT_TIMEOUT))
+        argv = [
+            sys.executable, "-m", "fuzz.target",
+            f"--impl={c.impl}",
+            f"--config-json={json.dumps(c.overrides)}",
+            f"--known={self.known_file}",
+            f"--max-ops={c.max_ops}",
+            *c.target_args,
+            f"--parent-pid={os.getpid()}",
+            os.path.abspath(c.corpus_dir),
+            f"-max_total_time={max(1, math.ceil(remaining))}",
+            f"-seed={slot.seed}",
+            f"-max_len={c.max_len}",
+            f"-timeout={timeout}",
+            f"-artifact_prefix={os.path.join(self.run_dir, f'w{slot.index}-s{slot.seed}-')}",
+            "-reload=1",
+            "-print_final_stats=1",
+        ]
+        if c.max_rss:
+            argv.append(f"-rss_limit_mb={c.max_rss}")
+        return LibFuzzerWorker(argv, slot.index, self.warned)
+
+    def exited(self, slot: Slot, status: int) -> Exit:
+        """Take the worker's artifacts; start it again if it stopped on a finding, at a
+        limit, or died (a worker that exits with an error before fuzzing cannot run the
+        target: failed)."""
+        assert self.sup is not None
+        assert self.judge is not None
+        assert self.run_dir is not None
+        assert isinstance(slot.worker, LibFuzzerWorker)
+        artifacts = sorted(glob.glob(os.path.join(self.run_dir, f"w{slot.index}-*")))
+        kinds = [self.judge.artifact(path) for path in artifacts]
+        death: str | None = None
+        if "timeout" in kinds or "oom" in kinds:  # counted as deaths: a cap too small must
+            death = ("stopped at the time cap" if "timeout" in kinds  # not loop forever
+                     else "stopped at the memory cap")
+        elif not artifacts and status != 0 and not self.sup.stopping:
+            if status > 0 and not slot.worker.inited:
+                tail = "\n    ".join(list(slot.worker.log)[-8:])
+                return Exit(failed=f"exited with status {status} before fuzzing:\n    {tail}")
+            death = died(status)
+        return Exit(again=bool(artifacts) or death is not None, death=death)
+
+    def known(self, signatures: list[str]) -> None:
+        if self.known_file:
+            self.write_known_quietly()
+
+    def write_known(self) -> None:
+        """The signatures the targets do not report (they re-read the file)."""
+        assert self.sup is not None
+        tmp = self.known_file + ".new"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(f"{s}\n" for s in sorted(set(self.sup.known) | self.sup.signatures))
+        os.replace(tmp, self.known_file)
+
+    def write_known_quietly(self) -> None:
+        try:
+            self.write_known()
+        except OSError as e:  # a full disk: the targets keep the list they have
+            assert self.sup is not None
+            if len(self.sup.warnings) < 50:
+                self.sup.warnings.append(f"cannot update {self.known_file}: {e.strerror or e}")
+
+    # -- what the user sees --------------------------------------------------------------
+
+    def corpus_size(self) -> int | None:
+        try:
+            return len(os.listdir(self.c.corpus_dir))
+        except OSError:
+            return 0
+
+    def coverage(self) -> tuple[int, int] | None:
+        """libFuzzer's coverage and features (the largest of the workers'), once fuzzing."""
+        assert self.sup is not None
+        covs = [(s.cov, s.ft or 0) for s in self.sup.slots if s.cov is not None]
+        return (max(c for c, _ in covs), max(f for _, f in covs)) if covs else None
+
+    def progress(self, programs: int, steps: int, rate: float) -> str:
+        cov = self.coverage()
+        text = f"cov {cov[0]}  ft {cov[1]}" if cov is not None else "loading the corpus"
+        return (f"execs {programs:,}  {rate:,.0f} execs/s  {text}  corpus "
+                f"{self.corpus_size()}")
+
+    def counts(self, programs: int, steps: int, elapsed: float) -> str:
+        rate = programs / elapsed if elapsed > 0 else 0.0
+        op_rate = steps / elapsed if elapsed > 0 else 0.0
+        cov = self.coverage()
+        return (f"{programs:,} execs ({rate:,.0f} execs/s over {self.c.workers} worker(s)), "
+                f"{steps:,} ops ({op_rate:,.0f} ops/s), coverage {cov[0] if cov else 0}, "
+                f"corpus {self.corpus_size()} (was {self.corpus_before})")
+
+    def cannot_run(self) -> str:
+        return "no worker could run the atheris target"
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def run_atheris_campaign(c: AtherisCampaign) -> int:
-    """The whole campaign; returns the exit status (0 nothing, 1 findings, 130 Ctrl-C, 143
-    SIGTERM)."""
+    """The whole campaign; returns the exit status (0 nothing, 1 findings, 4 no worker could
+    run the target, 130 Ctrl-C, 143 SIGTERM)."""
     os.makedirs(c.corpus_dir, exist_ok=True)
     os.makedirs(c.findings_dir, exist_ok=True)
-    remove_stale_temporaries(c.findings_dir)
-    signals: list[int] = []
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        signals.append(signum)
-        raise KeyboardInterrupt
-
-    old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT,
-                                                                   signal.SIGTERM)}
-    try:
-        return _campaign(c, signals)
-    finally:
-        for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
-
-
-def _campaign(c: AtherisCampaign, signals: list[int]) -> int:
-    earlier = clear_left_behind(c)
-    corpus_before = len(os.listdir(c.corpus_dir))
-    seeded = seed_corpus(c.corpus_dir, [*map(str, c.seed_dirs), c.findings_dir])
-    run = _Run(c)
-    for old in earlier:  # what killed campaigns left counts as this one's
-        run.found.extend(old.found)
-        run.signatures |= old.signatures
-        run.known_hits |= old.known_hits
-        run.warnings.extend(old.warnings)
-        run.unwritten.extend(old.unwritten)
-    if earlier:
-        run.archived = archived_signatures(c.findings_dir)
-        run.write_known()
-    tty = c.err.isatty()
-    every = 1.0 if tty else min(10.0, max(2.0, c.time_limit / 5))
-    fixed = " ".join(f"{k}={v}" for k, v in sorted(c.overrides.items()))
-    print(f"pudthp fuzz: engine {ENGINE}, {c.workers} worker(s), {c.time_limit:g} s, seed "
-          f"{c.seed}, config {fixed + ' (rest from the input)' if fixed else 'from the input'}"
-          f", impl {c.impl}, corpus {c.corpus_dir} ({corpus_before} inputs"
-          f"{f', {seeded} seeds added' if seeded else ''}), findings -> {c.findings_dir} "
-          f"({len(run.archived)} signatures archived)", file=c.err, flush=True)
-    interrupted = False
-    last_print = last_t = run.start
-    last_execs = 0
-    try:
-        for w in run.slots:
-            run.launch(w)
-        while True:
-            try:
-                now = time.monotonic()
-                for w in run.slots:
-                    if not w.finished and w.proc is not None and w.proc.poll() is not None:
-                        run.reap(w)
-                if all(w.finished for w in run.slots):
-                    break
-                run.retry()
-                if c.link is not None:
-                    run.sync(c.link, now)
-                if now > run.deadline + STOP_GRACE:
-                    for w in run.slots:
-                        _signal(w, signal.SIGINT if now < run.deadline + 2 * STOP_GRACE
-                                else signal.SIGKILL)
-                if now - last_print >= every:
-                    execs = sum(w.total_execs() for w in run.slots)
-                    rate = (execs - last_execs) / max(now - last_t, 1e-9)
-                    last_execs, last_t, last_print = execs, now, now
-                    line = run.progress_line(now, rate)
-                    if tty:
-                        print("\r" + line, end="", file=c.err, flush=True)
-                    else:
-                        print(line, file=c.err, flush=True)
-                time.sleep(0.1)
-            except KeyboardInterrupt:
-                if interrupted:  # a second Ctrl-C: stop waiting for the workers
-                    for w in run.slots:
-                        _signal(w, signal.SIGKILL)
-                    break
-                interrupted = run.interrupted = True
-                run.stopping = True
-                for w in run.slots:
-                    _signal(w, signal.SIGINT)
-    finally:
-        run.stopping = run.interrupted = True
-        for w in run.slots:
-            _signal(w, signal.SIGKILL)
-            if w.proc is not None:
-                w.proc.wait()
-                if not w.finished:
-                    run.reap(w)
-        run.retry(force=True)
-        ended = time.monotonic()  # the rate leaves out the wait for other machines
-        if c.link is not None:
-            run.offer_known(c.link)
-            with contextlib.suppress(KeyboardInterrupt):  # a signal: on to the summary
-                run.known_from(c.link, c.link.finish(run.sample(), stop=lambda: bool(signals)))
-        run.progress_clear()
-        run.summary(ended - run.start, corpus_before,
-                    signals[0] if signals else None)
-        run.close()
-    if signals:
-        return 128 + signals[0]  # 130 Ctrl-C, 143 SIGTERM
-    if all(w.failed for w in run.slots):
-        print("pudthp: cannot run here: no worker could run the atheris target (see the "
-              "warnings)", file=c.err)
-        return 4  # as the command line's EXIT_CANNOT_RUN
-    return 1 if run.distinct() or run.unwritten else 0
+    return Supervisor(AtherisEngine(c), c).run()

@@ -1,7 +1,7 @@
 """``pudthp fuzz --engine hypothesis``: the stateful machine as a time-boxed campaign.
 
 Each worker is a process with its own seed.  It runs ``PudthpMachine`` under Hypothesis in a
-loop, one run per derived seed (``EXAMPLES_PER_RUN`` programs), until its time is up.
+loop, one run per derived seed (``examples_per_run`` programs), until its time is up.
 
 Hypothesis keeps the failing test cases it shrinks in an example database (``example_db``:
 ``corpus/hypothesis/`` by default, with ``--hub`` that directory and the hub's Redis
@@ -19,40 +19,31 @@ worker gives each new signature a small delta-debugging pass over its ops (same 
 ``run_program`` as the judge), checks that it replays, sends it to the parent and from then
 on ignores that signature (a test case hitting it goes idle).
 
-The parent prints progress about once a second on a terminal (every ten seconds otherwise),
-writes each distinct signature once to ``--findings`` as a program with metadata (never
-touching a valid file already there; ``fuzz.archive`` writes atomically), prints a summary
-and the model-state coverage table of every program the workers ran (``harness.coverage``;
-also written to ``--findings`` as ``coverage-<time>-hypothesis-seed<N>.txt``) and returns 1
-if anything was found, 0 if not.  Ctrl-C (SIGINT) or SIGTERM tells the workers
-to stop (they ignore both signals themselves, so a signal to the whole process group is
-handled once, by the parent); they send what they have (without the extra pass) and the
-parent writes it before returning 130 (SIGINT) or 143 (SIGTERM).
+The campaign is ``fuzz.supervisor``'s, with this engine plugged in (``HypothesisEngine``):
+each worker is a process of its own (``fuzz.pipe_worker``) running ``worker_main``; the
+supervisor archives each distinct signature once in ``--findings``, tells the other workers
+(and with ``--hub`` other machines) about it, restarts a worker that dies or goes over its
+memory limit, stops the workers at the deadline or on Ctrl-C / SIGTERM (they send what they
+have, without the extra pass), prints progress, the summary and the model-state coverage
+table of every program the workers ran (``harness.coverage``; also written to
+``--findings`` as ``coverage-<time>-hypothesis-seed<N>.txt``), and returns 1 if anything
+was found, 0 if not.  Signatures another machine found (``--hub``) are sent to the
+workers as known: a worker that meets one says so, and it counts as found here.  A program
+over its time cap (``--max-program-time``) or a worker over its memory limit
+(``--max-rss``) is no finding (``harness.limits``): the program is dropped and counted, and
+after a memory limit the worker is restarted.
 
-With ``--hub`` or ``--stats`` the parent also holds a ``fuzz.link.CampaignLink``:
-findings go to and come from other machines (signatures they found are sent to the workers
-as known; a worker that meets one says so, and it counts as found here), and a stats record
-is written every few seconds from the workers' progress and coverage messages.
-
-Faults: each worker talks to the parent over its own pipe, so a worker killed at any moment
-(SIGKILL, the OOM killer) corrupts nothing shared; the parent sees its pipe close, starts a
-fresh worker in the slot with the next seed (``worker_seed``) for the remaining time and
-counts the restart in the summary.  A worker over its memory limit (``--max-rss``) or a
-program over its time cap (``--max-program-time``) is no finding (``harness.limits``): the
-program is dropped and counted, and after a memory limit the worker is restarted.  A worker
-whose parent is gone stops.  A finding the parent cannot write (full disk, read-only
-directory) is kept in memory and written again every ``RETRY_SECONDS``; what is still
-unwritten at the end is printed in full in the summary.
+Memory: Hypothesis keeps every test case of a run, its result and its choices in the data
+tree, until the run ends, and nothing of it after; so a run is as many programs as
+``RUN_STEPS`` steps make (``examples_per_run``), and a worker's resident memory is bounded
+by what one run keeps, however long the campaign.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import random
-import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -66,11 +57,28 @@ from hypothesis.database import ExampleDatabase
 from hypothesis.errors import Unsatisfiable
 from hypothesis.stateful import run_state_machine_as_test
 
-from fuzz.archive import archive, remove_stale_temporaries, write_coverage
 from fuzz.hub import DEFAULT_CAMPAIGN, example_database
-from fuzz.link import CampaignLink, features
+from fuzz.link import CampaignLink
 from fuzz.machine import FindingError, Observer, StopFuzzing, make_machine, program_size
-from fuzz.stats import Sample
+from fuzz.pipe_worker import Channel, Message, PipeWorker
+from fuzz.supervisor import (
+    Done,
+    Event,
+    Exit,
+    Features,
+    Found,
+    KnownHit,
+    Limit,
+    Note,
+    Progress,
+    Restart,
+    Slot,
+    Supervisor,
+    Warn,
+    Worker,
+    exit_of,
+    worker_seed,
+)
 from harness.coverage import Tally
 from harness.limits import (
     Gate,
@@ -81,20 +89,21 @@ from harness.limits import (
 )
 from harness.program import dump_program, parse_program
 from harness.runner import IMPL_FACTORIES, run_program
-from harness.shrink import ddmin_ops
+from harness.shrink import ddmin_ops, run_options
 from pudthp_ref.spec import Config, Finding, Program
 
 ENGINE = "hypothesis"
-EXAMPLES_PER_RUN = 2000
+# Hypothesis keeps every test case of a run until the run ends: its result (about 2 KB per
+# step of the program) and its choices in the data tree (about 0.6 KB per step).  Runs of
+# 2,000 programs of 100 steps grew a worker by 4-7 MB/s to 700 MB and more; runs of
+# RUN_STEPS steps keep it about 80 MB above its base.
+RUN_STEPS = 30_000
+EXAMPLES_PER_RUN = 2000  # ... and at most this many programs, however short
 STEPS_PER_PROGRAM = 100
 SHRINK_SECONDS = 20.0  # Hypothesis' share of shrinking one finding
 MINIMISE_SECONDS = 20.0  # then delta debugging's, for all the findings of one run
 COVERAGE_SECONDS = 5.0  # how often a worker sends its model-state coverage so far
 HARD_STOP_SECONDS = 30.0  # after the grace period, workers still running are terminated
-RETRY_SECONDS = 5.0  # how often findings that could not be written are tried again
-MAX_RESTARTS = 20  # per worker slot: a slot whose workers keep dying is given up
-
-Message = tuple[Any, ...]
 
 
 def fuzz_settings(max_examples: int = EXAMPLES_PER_RUN,
@@ -242,7 +251,7 @@ class WorkerSpec:
     time_limit: float | None = 60.0
     grace: float = 30.0
     max_runs: int | None = None
-    max_examples: int = EXAMPLES_PER_RUN
+    max_examples: int | None = None  # programs per run (None: ``examples_per_run``)
     step_count: int = STEPS_PER_PROGRAM
     max_findings: int | None = None
     shrink_seconds: float = SHRINK_SECONDS
@@ -277,6 +286,11 @@ def pin_constant_pool() -> None:
     cache = getattr(providers, "CONSTANTS_CACHE", None)
     if cache is not None and hasattr(cache, "cache"):
         cache.cache.clear()
+
+
+def examples_per_run(step_count: int) -> int:
+    """Programs per Hypothesis run for programs of up to ``step_count`` steps."""
+    return max(1, min(EXAMPLES_PER_RUN, RUN_STEPS // max(1, step_count)))
 
 
 def run_worker(spec: WorkerSpec, emit: Callable[[Message], None],
@@ -326,6 +340,7 @@ def run_worker(spec: WorkerSpec, emit: Callable[[Message], None],
         machine._hypothesis_internal_add_digest = database_digest(
             spec.overrides, spec.impl, spec.check)
     reuse = database is not None
+    examples = spec.max_examples or examples_per_run(spec.step_count)
     told: set[str] = set()  # known signatures met again, said to the parent
     sent = 0
     run = 0
@@ -340,7 +355,7 @@ def run_worker(spec: WorkerSpec, emit: Callable[[Message], None],
             interrupted = False
             reported: set[str] = set()
             limits_before = len(obs.limit_hits)
-            hsettings = fuzz_settings(spec.max_examples, spec.step_count, database, reuse)
+            hsettings = fuzz_settings(examples, spec.step_count, database, reuse)
             try:
                 reported, problems = hunt(machine, run_seed(spec.seed, run), hsettings)
                 for text in problems:
@@ -436,6 +451,7 @@ def _payload(spec: WorkerSpec, run: int, finding: Finding, program: Program,
         "shrunk": shrunk,
         "replays": replay is not None and replay.signature == finding.signature,
         "hypothesis": hypothesis.__version__,
+        **run_options(program),  # the fast paths it ran on: it replays on them
     }
     return {
         "signature": finding.signature,
@@ -446,51 +462,18 @@ def _payload(spec: WorkerSpec, run: int, finding: Finding, program: Program,
 
 
 def worker_main(spec: WorkerSpec, conn: Any, parent_pid: int) -> None:
-    """Process entry point.  ``conn`` is this worker's own pipe to the parent (messages out;
-    ``("known", signature)`` and ``("stop",)`` in).  The parent owns Ctrl-C and SIGTERM (it
-    tells the workers to stop); a worker whose parent is gone stops by itself."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # see launch
-    stop = [False]
-    known: list[str] = []
-
-    def pump() -> None:
-        try:
-            while conn.poll():
-                msg = conn.recv()
-                if msg[0] == "stop":
-                    stop[0] = True
-                elif msg[0] == "known":
-                    known.append(msg[1])
-        except (EOFError, OSError):
-            stop[0] = True  # the parent is gone
-
-    def updates() -> list[str]:
-        pump()
-        got = known[:]
-        known.clear()
-        return got
-
-    def stop_requested() -> bool:
-        pump()
-        return stop[0] or os.getppid() != parent_pid
-
-    def emit(msg: Message) -> None:
-        try:
-            with limit_signals_blocked():  # never half a message
-                conn.send(msg)
-        except OSError:
-            stop[0] = True
-
+    """Process entry point.  ``conn`` is this worker's own pipe to the parent
+    (``fuzz.pipe_worker``: messages out, ``("known", signature)`` and ``("stop",)`` in); a
+    worker whose parent is gone stops by itself."""
+    channel = Channel(conn, parent_pid)
     IMPL_FACTORIES[spec.impl]()  # imported before the limit: numpy's reservations
     gate = Gate()
     try:
         with memory_limit(spec.max_rss, gate):
-            run_worker(spec, emit, updates, stop_requested, gate)
+            run_worker(spec, channel.emit, channel.updates, channel.stop_requested, gate)
     except LimitExceeded as e:  # between two runs: what was found is sent already
-        emit(("limit", spec.index, e.kind, str(e)))
-        emit(("restart", spec.index, f"{e.kind} limit"))
+        channel.emit(("limit", spec.index, e.kind, str(e)))
+        channel.emit(("restart", spec.index, f"{e.kind} limit"))
 
 
 # --------------------------------------------------------------------------------------
@@ -519,7 +502,7 @@ def finding_program(payload: dict[str, Any]) -> Program:
 
 
 # --------------------------------------------------------------------------------------
-# The campaign (parent process)
+# The campaign: the engine's plug-in of the supervisor
 # --------------------------------------------------------------------------------------
 
 
@@ -546,444 +529,109 @@ def grace_for(time_limit: float) -> float:
     return min(60.0, max(10.0, time_limit / 2))
 
 
-def worker_seed(seed: int, index: int, start: int, workers: int) -> int:
-    """The seed of slot ``index``'s worker at its start number ``start`` (0 first; a slot
-    starts again after its worker died or hit its memory limit): ``seed + index + start *
-    workers``, so no two workers of a campaign share a seed."""
-    return seed + index + start * workers
+def translate(msg: Message) -> Event | None:
+    """A worker's message (``run_worker``) as the supervisor's event."""
+    kind = msg[0]
+    if kind == "progress":
+        return Progress(msg[2], msg[3])
+    if kind == "coverage":
+        return Features(Tally.from_json(msg[2]))
+    if kind == "finding":
+        p = msg[2]
+        return Found(p["signature"], p["kind"], p["ops"], p["program"])
+    if kind == "known":
+        return KnownHit(msg[2])
+    if kind == "limit":
+        return Limit(msg[2], msg[3])
+    if kind == "warning":
+        return Warn(msg[2])
+    if kind == "note":
+        return Note(msg[2])
+    if kind == "restart":
+        return Restart(msg[2])
+    if kind == "done":
+        return Done()
+    return None
 
 
-@dataclass
-class _Slot:
-    """One worker slot of the parent: the process running in it now and what it said."""
+class HypothesisEngine:
+    """The supervisor's plug-in (``fuzz.supervisor.Engine``): a worker is a process running
+    ``worker_main`` over its own pipe (``fuzz.pipe_worker``); it shrinks what it finds
+    itself and says ``done`` at the end, so any other end is a death."""
 
-    index: int
-    proc: Any = None
-    conn: Any = None
-    starts: int = 0
-    seed: int = 0
-    done: bool = False  # the current process sent "done"
-    restart: str | None = None  # ... asked for a fresh process, and why
-    counts: tuple[int, int] = (0, 0)  # programs and steps of the current process
-    base: tuple[int, int] = (0, 0)  # ... of the earlier ones
-    finished: bool = False  # no process runs or will run in this slot
-    restarts: list[str] = field(default_factory=list)
-    tally: Tally | None = None  # features of the current process, as it last sent them
-    tally_done: Tally = field(default_factory=Tally)  # ... of the earlier ones
-
-    def total(self) -> tuple[int, int]:
-        return self.base[0] + self.counts[0], self.base[1] + self.counts[1]
-
-
-@dataclass
-class _Unwritten:
-    payload: dict[str, Any]
-    reason: str
-
-
-class _Parent:
-    """The campaign's parent process: worker slots, findings, signals."""
+    name = ENGINE
+    unit = "steps"
 
     def __init__(self, c: Campaign) -> None:
-        import multiprocessing
-
         self.c = c
-        self.ctx = multiprocessing.get_context("spawn")
         self.grace = grace_for(c.time_limit)
-        self.start = time.monotonic()
-        self.deadline = self.start + c.time_limit
-        self.hard_stop = self.deadline + self.grace + HARD_STOP_SECONDS
-        self.slots = [_Slot(i) for i in range(c.workers)]
-        self.written: list[tuple[str, dict[str, Any]]] = []
-        self.existing: list[tuple[str, dict[str, Any]]] = []
-        self.unwritten: list[_Unwritten] = []
-        self.signatures: set[str] = set()
-        self.warnings: list[str] = []
-        self.limits: dict[str, int] = {}
-        # signatures other machines found, replayed here: the workers start knowing what
-        # came from the hub (they go idle on it) and are told what comes later; a
-        # signature the hub only names is not known
-        self.hub_known: set[str] = c.link.verified() if c.link is not None else set()
-        self.known_hits: set[str] = set()  # ... that this campaign's programs met too
-        self.signals: list[int] = []
-        self.stopping = False
-        self.next_retry = 0.0
-        self.tty = c.err.isatty()
+        # workers still shrinking past the deadline get the grace, then a little more
+        self.stop_grace = self.grace + HARD_STOP_SECONDS
+        self.sup: Supervisor | None = None
 
-    # -- workers -------------------------------------------------------------------------
+    def open(self, sup: Supervisor) -> None:
+        self.sup = sup
 
-    def launch(self, s: _Slot) -> None:
-        remaining = self.deadline - time.monotonic()
-        s.seed = worker_seed(self.c.seed, s.index, s.starts, self.c.workers)
-        s.starts += 1
-        s.base = s.total()
-        s.counts = (0, 0)
-        s.done = False
-        s.restart = None
-        if s.tally is not None:
-            s.tally_done.merge(s.tally)
-            s.tally = None
-        hub = self.c.link.hub if self.c.link is not None else None
-        spec = WorkerSpec(s.index, s.seed, dict(self.c.overrides), self.c.impl, self.c.check,
-                          remaining, self.grace, step_count=self.c.max_ops,
-                          program_seconds=self.c.program_seconds, max_rss=self.c.max_rss,
-                          example_db=self.c.example_db,
+    def close(self) -> None:
+        pass
+
+    def banner(self) -> str:
+        c = self.c
+        seeds = [worker_seed(c.seed, i, 0, c.workers) for i in range(c.workers)]
+        return (f"engine {ENGINE}, {c.workers} worker(s), {c.time_limit:g} s, seed {c.seed} "
+                f"(worker seeds {seeds[0]}..{seeds[-1]}), config "
+                f"{_config_text(c.overrides)}, impl {c.impl}, findings -> {c.findings_dir}")
+
+    def seed_of(self, n: int) -> int:
+        return n
+
+    def start(self, slot: Slot, remaining: float) -> Worker:
+        assert self.sup is not None
+        c = self.c
+        hub = c.link.hub if c.link is not None else None
+        known = self.sup.signatures | set(self.sup.known)
+        spec = WorkerSpec(slot.index, slot.seed, dict(c.overrides), c.impl, c.check,
+                          remaining, self.grace, step_count=c.max_ops,
+                          program_seconds=c.program_seconds, max_rss=c.max_rss,
+                          example_db=c.example_db,
                           hub=hub.url if hub is not None else None,
                           hub_campaign=hub.campaign if hub is not None else DEFAULT_CAMPAIGN,
-                          known=tuple(sorted(self.signatures | self.hub_known)))
-        parent_end, child_end = self.ctx.Pipe(duplex=True)
-        p = self.ctx.Process(target=worker_main, args=(spec, child_end, os.getpid()),
-                             name=f"pudthp-fuzz-{s.index}", daemon=True)
-        # the child starts with Ctrl-C and SIGTERM held back until it ignores them; here
-        # they wait until the child is started, so none is lost
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
-            p.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        child_end.close()  # the worker's end is the worker's only: its death closes the pipe
-        s.proc, s.conn = p, parent_end
+                          known=tuple(sorted(known)))
+        return PipeWorker(worker_main, (spec,), f"pudthp-fuzz-{slot.index}", translate)
 
-    def send(self, s: _Slot, msg: tuple[Any, ...]) -> None:
-        if s.conn is not None:
-            with contextlib.suppress(OSError):
-                s.conn.send(msg)
+    def exited(self, slot: Slot, status: int) -> Exit:
+        return exit_of(slot, status)
 
-    def read(self, s: _Slot) -> None:
-        """Every message waiting on ``s``'s pipe; a closed or broken pipe is closed."""
-        while s.conn is not None:
-            try:
-                if not s.conn.poll():
-                    return
-                msg = s.conn.recv()
-            except (EOFError, OSError):
-                s.conn.close()
-                s.conn = None
-                return
-            except Exception as e:  # cut short mid-message: nothing after it can be trusted
-                self.warnings.append(f"worker {s.index}: unreadable message ({e}); stopped")
-                s.conn.close()
-                s.conn = None
-                with contextlib.suppress(OSError):
-                    s.proc.kill()
-                return
-            self.handle(s, msg)
+    def known(self, signatures: list[str]) -> None:
+        assert self.sup is not None
+        for s in self.sup.slots:
+            if isinstance(s.worker, PipeWorker) and not s.finished:
+                for sig in signatures:
+                    s.worker.send(("known", sig))
 
-    def reap(self, s: _Slot) -> None:
-        """Slot ``s``'s process has exited: start another in its place when it died early
-        or asked for a fresh one, while time is left."""
-        self.read(s)
-        s.proc.join(timeout=5)
-        if s.conn is not None:
-            s.conn.close()
-            s.conn = None
-        code = s.proc.exitcode
-        why = s.restart
-        if why is None and not s.done:
-            why = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
-                   else f"died (exit status {code})")
-        left = self.deadline - time.monotonic()
-        if why is not None and not self.stopping and left >= 1:
-            if len(s.restarts) >= MAX_RESTARTS:
-                self.warnings.append(f"worker {s.index}: {why}; not restarted again (it was "
-                                     f"restarted {len(s.restarts)} times)")
-                s.finished = True
-                return
-            s.restarts.append(why)
-            self.line(f"worker {s.index} {why}; restarted with seed "
-                      f"{worker_seed(self.c.seed, s.index, s.starts, self.c.workers)} for "
-                      f"the remaining {left:.0f} s")
-            self.launch(s)
-            return
-        if why is not None and not s.done:
-            s.restarts.append(f"{why} (not restarted: the campaign was ending)")
-        s.finished = True
+    def progress(self, programs: int, steps: int, rate: float) -> str:
+        return f"programs {programs}  steps {steps}  {rate:,.0f} steps/s"
 
-    # -- messages and findings -----------------------------------------------------------
+    def counts(self, programs: int, steps: int, elapsed: float) -> str:
+        rate = steps / elapsed if elapsed > 0 else 0.0
+        return (f"{programs} programs, {steps} steps ({rate:,.0f} steps/s over "
+                f"{self.c.workers} worker(s))")
 
-    def handle(self, s: _Slot, msg: Message) -> None:
-        kind = msg[0]
-        if kind == "coverage":  # what the process ran so far
-            s.tally = Tally.from_json(msg[2])
-            return
-        if kind == "note":
-            self.line(f"worker {s.index}: {msg[2]}")
-            return
-        if kind == "known":  # met a signature another machine archived
-            self.known_hits.add(msg[2])
-            return
-        if kind in ("progress", "done"):
-            s.counts = (msg[2], msg[3])
-            if kind == "done":
-                s.done = True
-        elif kind == "warning":
-            self.warnings.append(f"worker {s.index}: {msg[2]}")
-        elif kind == "limit":
-            self.limits[msg[2]] = self.limits.get(msg[2], 0) + 1
-            if sum(self.limits.values()) <= 5:
-                self.line(f"worker {s.index}: {msg[3]}")
-        elif kind == "restart":
-            s.restart = msg[2]
-        elif kind == "finding":
-            payload = msg[2]
-            sig = payload["signature"]
-            if sig in self.signatures:
-                return
-            self.signatures.add(sig)
-            for other in self.slots:
-                if other is not s:
-                    self.send(other, ("known", sig))
-            self.write(payload)
+    def corpus_size(self) -> int | None:
+        return None
 
-    def write(self, payload: dict[str, Any]) -> bool:
-        """Archive one finding; on failure keep it for a retry.  True when on disk."""
-        sig = payload["signature"]
-
-        def replaced(path: str, problem: str) -> None:
-            self.warnings.append(f"{path}: {problem}; rewritten with {sig}")
-            self.line(f"{path}: {problem}; rewriting it")
-
-        try:
-            path, new = archive(self.c.findings_dir, sig, payload["program"], replaced)
-        except OSError as e:
-            reason = e.strerror or str(e)
-            if not any(u.payload is payload for u in self.unwritten):
-                self.unwritten.append(_Unwritten(payload, reason))
-            self.line(f"cannot write a finding to {self.c.findings_dir}: {reason}; "
-                      f"{len(self.unwritten)} finding(s) kept in memory, trying again every "
-                      f"{RETRY_SECONDS:g} s")
-            self.next_retry = time.monotonic() + RETRY_SECONDS
-            return False
-        (self.written if new else self.existing).append((path, payload))
-        if self.c.link is not None:
-            self.c.link.archived(sig, path)
-        state = "new" if new else "already archived"
-        self.line(f"finding ({state}) {sig}: {payload['ops']} ops -> {path}")
-        return True
-
-    def retry(self, force: bool = False) -> None:
-        if not self.unwritten or (not force and time.monotonic() < self.next_retry):
-            return
-        waiting, self.unwritten = self.unwritten, []
-        for i, u in enumerate(waiting):
-            if not self.write(u.payload):
-                self.unwritten = waiting[i:]
-                return
-
-    def line(self, text: str) -> None:
-        _clear(self.c.err, self.tty)
-        print(f"pudthp fuzz: {text}", file=self.c.err, flush=True)
-
-    # -- the hub and the stats -----------------------------------------------------------
-
-    def tally(self) -> Tally:
-        """The model-state features of every program the workers ran so far."""
-        return Tally.total(t for s in self.slots for t in (s.tally_done, s.tally))
-
-    def sample(self) -> Sample:
-        return Sample(programs=sum(s.total()[0] for s in self.slots),
-                      count=sum(s.total()[1] for s in self.slots),
-                      findings=len(self.signatures | self.known_hits),
-                      features=features(self.tally()))
-
-    def from_hub(self, sigs: list[str]) -> None:
-        """Signatures another machine archived: the workers stop shrinking them."""
-        for sig in sigs:
-            if sig in self.signatures or sig in self.hub_known:
-                continue
-            self.hub_known.add(sig)
-            for s in self.slots:
-                self.send(s, ("known", sig))
-
-    # -- the loop ------------------------------------------------------------------------
-
-    def run(self) -> None:
-        from multiprocessing.connection import wait
-
-        every = 1.0 if self.tty else 10.0
-        last_print = last_t = self.start
-        last_steps = 0
-        while True:
-            live = [s for s in self.slots if not s.finished]
-            if not live:
-                break
-            handles = [h for s in live for h in (s.conn, s.proc.sentinel) if h is not None]
-            ready = wait(handles, timeout=0.2)
-            for s in live:
-                if s.conn is not None and s.conn in ready:
-                    self.read(s)
-            for s in live:
-                if s.proc.sentinel in ready or not s.proc.is_alive():
-                    self.reap(s)
-            if self.signals and not self.stopping:
-                self.stop_all()
-            if len(self.signals) >= 2:  # a second signal: do not wait any longer
-                break
-            self.retry()
-            now = time.monotonic()
-            if self.c.link is not None:
-                self.from_hub(self.c.link.tick(self.sample, now))
-            if now - last_print >= every:
-                programs = sum(s.total()[0] for s in self.slots)
-                steps = sum(s.total()[1] for s in self.slots)
-                rate = (steps - last_steps) / max(now - last_t, 1e-9)
-                last_steps, last_t, last_print = steps, now, now
-                line = (f"[{now - self.start:6.1f}s] programs {programs}  steps {steps}  "
-                        f"{rate:,.0f} steps/s  findings {len(self.signatures)}")
-                if self.signals:
-                    line += "  (stopping)"
-                if self.tty:
-                    print("\r" + line, end="", file=self.c.err, flush=True)
-                else:
-                    print(line, file=self.c.err, flush=True)
-            if now > self.deadline:
-                self.stopping = True  # no restarts after the deadline
-            if now > self.hard_stop:
-                self.stop_all()
-                if now > self.hard_stop + 10:
-                    break
-
-    def stop_all(self) -> None:
-        self.stopping = True
-        for s in self.slots:
-            self.send(s, ("stop",))
-
-    def finish(self) -> None:
-        """Kill what still runs, read what it sent, write what is left (trying a few times,
-        a second apart, before leaving it to the summary)."""
-        for s in self.slots:
-            if s.proc is None:
-                continue
-            if s.proc.is_alive():
-                s.proc.join(timeout=1)
-            if s.proc.is_alive():
-                s.proc.kill()
-            s.proc.join(timeout=5)
-            self.read(s)
-            if not s.finished:
-                self.stopping = True
-                self.reap(s)
-        for attempt in range(3):
-            if attempt:
-                time.sleep(min(RETRY_SECONDS, 1.0))
-            self.retry(force=True)
-            if not self.unwritten:
-                break
+    def cannot_run(self) -> str:
+        return "no worker could run the state machine"
 
 
 def run_campaign(c: Campaign) -> int:
     """The whole campaign; returns the exit status (0 nothing, 1 findings, 130 Ctrl-C, 143
     SIGTERM)."""
-    parent = _Parent(c)
-    cfg = Config.from_json(c.overrides)
-    seeds = [worker_seed(c.seed, i, 0, c.workers) for i in range(c.workers)]
-    stale = remove_stale_temporaries(c.findings_dir)
-    print(f"pudthp fuzz: engine {ENGINE}, {c.workers} worker(s), {c.time_limit:g} s, "
-          f"seed {c.seed} (worker seeds {seeds[0]}..{seeds[-1]}), config "
-          f"{_config_text(cfg, c.overrides)}, impl {c.impl}, findings -> {c.findings_dir}"
-          + (f" ({stale} temporary file(s) of a killed campaign removed)" if stale else ""),
-          file=c.err, flush=True)
-
-    def on_signal(signum: int, frame: Any) -> None:
-        parent.signals.append(signum)
-
-    ended: float | None = None
-    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        for s in parent.slots:
-            parent.launch(s)
-        parent.run()
-        parent.finish()
-        ended = time.monotonic()  # the rate leaves out the wait for other machines
-        if c.link is not None:  # with our handlers: a signal ends the wait for peers
-            parent.from_hub(c.link.finish(parent.sample(), stop=lambda: bool(parent.signals)))
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-    elapsed = (ended if ended is not None else time.monotonic()) - parent.start
-    _clear(c.err, parent.tty)
-    first = parent.signals[0] if parent.signals else None
-    _summary(c, parent, elapsed, first)
-    _coverage_report(c, parent.tally(), ENGINE)
-    if first is not None:
-        return 128 + first  # 130 Ctrl-C, 143 SIGTERM
-    if parent.signatures or parent.known_hits:
-        return 1
-    programs = sum(s.total()[0] for s in parent.slots)
-    dropped = sum(parent.limits.values())
-    if programs <= dropped:  # nothing was tested: never "no finding"
-        print(f"pudthp: error: no program ran to its end ({programs} started, {dropped} "
-              "stopped at a resource limit): nothing was tested; raise --max-rss or "
-              "--max-program-time", file=c.err)
-        return 2
-    return 0
+    Config.from_json(c.overrides)  # a bad key fails here, before anything starts
+    return Supervisor(HypothesisEngine(c), c).run()
 
 
-def _coverage_report(c: Campaign, tally: Tally, engine: str) -> None:
-    """Print the campaign's model-state coverage table and write it with the findings."""
-    text = tally.table(f"pudthp fuzz: model-state coverage ({engine})")
-    print(text, end="", file=c.out)
-    try:
-        path = write_coverage(c.findings_dir, engine, c.seed, text)
-    except OSError as e:
-        print(f"  warning   cannot write the coverage table to {c.findings_dir}: {e}",
-              file=c.out)
-    else:
-        print(f"coverage table -> {path}", file=c.out)
-    c.out.flush()
-
-
-def _clear(err: TextIO, tty: bool) -> None:
-    if tty:
-        print("\r\033[K", end="", file=err, flush=True)
-
-
-def _config_text(cfg: Config, overrides: dict[str, Any]) -> str:
+def _config_text(overrides: dict[str, Any]) -> str:
     if not overrides:
         return "drawn per program from the correct designs"
     return " ".join(f"{k}={v}" for k, v in sorted(overrides.items())) + " (rest drawn)"
-
-
-def _summary(c: Campaign, parent: _Parent, elapsed: float, signum: int | None) -> None:
-    programs = sum(s.total()[0] for s in parent.slots)
-    steps = sum(s.total()[1] for s in parent.slots)
-    rate = steps / elapsed if elapsed > 0 else 0.0
-    written, existing = parent.written, parent.existing
-    head = "done"
-    if signum is not None:
-        head = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
-    known_only = sorted(parent.known_hits - parent.signatures)
-    distinct = len(written) + len(existing) + len(parent.unwritten) + len(known_only)
-    print(f"pudthp fuzz: {head} after {elapsed:.1f} s: {programs} programs, {steps} steps "
-          f"({rate:,.0f} steps/s over {c.workers} worker(s)), "
-          f"{distinct} distinct finding(s), {len(written)} new",
-          file=c.out, flush=True)
-    for path, payload in written:
-        print(f"  new       {path}  {payload['signature']} ({payload['ops']} ops)", file=c.out)
-    for path, payload in existing:
-        print(f"  archived  {path}  {payload['signature']} ({payload['ops']} ops; file kept)",
-              file=c.out)
-    where = dict(c.link.pulled) if c.link is not None else {}
-    for sig in known_only:
-        print(f"  known     {where.get(sig, '(from the hub)')}  {sig} (archived by another "
-              "machine; hit again)", file=c.out)
-    for u in parent.unwritten:
-        p = u.payload
-        print(f"  UNWRITTEN {p['signature']} ({p['ops']} ops): {c.findings_dir}: {u.reason}; "
-              "the program follows", file=c.out)
-        for text in p["program"].splitlines():
-            print(f"    {text}", file=c.out)
-    restarts = [(s.index, r) for s in parent.slots for r in s.restarts]
-    if restarts:
-        print(f"  restarts  {len(restarts)}: "
-              + "; ".join(f"worker {i} {r}" for i, r in restarts), file=c.out)
-    if parent.limits:
-        print(f"  limits    {sum(parent.limits.values())} program(s) dropped at a resource "
-              "limit, not findings: " + ", ".join(f"{k} {n}" for k, n in
-                                                  sorted(parent.limits.items())), file=c.out)
-    for text in parent.warnings:
-        print(f"  warning   {text}", file=c.out)
-    if c.link is not None:
-        for text in c.link.summary_lines():
-            print(text, file=c.out)
-    c.out.flush()

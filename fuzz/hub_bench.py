@@ -32,7 +32,7 @@ from fuzz.stats import StatsWriter
 
 
 def serve(directory: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "hub", "serve", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "pudthp_cli", "hub", "serve", "--port", "0",
                              "--dir", directory], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     m = re.match(r"pudthp hub: serving (\S+)", proc.stdout.readline())
@@ -101,7 +101,7 @@ def _cpu() -> float:
 def campaign_rate(url: str, root: str, seconds: float, run: int) -> float:
     """Steps per second of a one-worker campaign on the hub (0 if it printed none)."""
     r = subprocess.run(
-        [sys.executable, "-m", "harness", "fuzz", "--hub", url, "--time", str(seconds),
+        [sys.executable, "-m", "pudthp_cli", "fuzz", "--hub", url, "--time", str(seconds),
          "--workers", "1", "--impl", "ref", "--seed", "7", "--no-example-db", "--findings",
          os.path.join(root, f"campaign-{run}"), "--machine", f"campaign-{run}"],
         capture_output=True, text=True, check=False)

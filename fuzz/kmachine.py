@@ -196,8 +196,9 @@ class KernelPudthpMachine(PudthpMachine):
             return 2 * self.g.pud_nr
         return REGION_PMDS * self.g.pmd_nr
 
-    def make_stepper(self) -> Any:
-        """The case's ops on the kernel and the reference (``KernelStepper``)."""
+    def make_stepper(self, fast_paths: str) -> Any:
+        """The case's ops on the kernel and the reference (``KernelStepper``; no fast side,
+        so ``fast_paths`` means nothing here)."""
         return KernelStepper(self.KERNEL, self.cfg, self.coverage, self.kfeatures,
                              self.COUNTS, self.STRICT)
 

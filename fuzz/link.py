@@ -81,8 +81,9 @@ class CampaignLink:
 
     @classmethod
     def open(cls, o: LinkOptions, engine: str, findings_dir: str, corpus_dir: str | None,
-             say: Callable[[str], None]) -> CampaignLink:
-        """Connect to the hub (if any) and open the stats file (if any)."""
+             say: Callable[[str], None], unit: str | None = None) -> CampaignLink:
+        """Connect to the hub (if any) and open the stats file (if any; ``unit``: what its
+        counts count, the engine's default unless given: ``ops`` in a kernel campaign)."""
         link = cls(findings_dir, corpus_dir, say)
         if o.hub is not None:
             try:
@@ -94,7 +95,7 @@ class CampaignLink:
             try:
                 if o.stats is not None:
                     Path(o.stats).parent.mkdir(parents=True, exist_ok=True)
-                link.stats = StatsWriter(o.stats, machine, engine)
+                link.stats = StatsWriter(o.stats, machine, engine, unit)
             except OSError as e:
                 link.close()
                 raise LinkError(f"--stats {o.stats}: {e.strerror or e}") from None

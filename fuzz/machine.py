@@ -46,7 +46,15 @@ rare they were.
 
 Swarm testing is Hypothesis' own: every test case draws a random subset of the rules to
 enable (``RuleStrategy.enabled_rules_strategy``, a ``FeatureStrategy`` over the rule names,
-on by default since Hypothesis 4.x), so long runs of a few ops are common.
+on by default since Hypothesis 4.x), so long runs of a few ops are common.  Each step then
+picks one of the rules both enabled and valid now (``RuleChoice``): Hypothesis' own choice
+draws from all rules and retries on a disabled or invalid one, which with half the rules
+disabled on average wasted a draw on most steps.
+
+With the fast side in the run, each test case also draws the variant of the fast side's hot
+paths (``FAST_PATH_DRAWS``: as tuned, numpy always or Python loops always; see
+``pudthp_fast.state.Paths``), so both variants of each are compared with the reference at
+any geometry; the program records it (``meta.fast_paths``), and a finding replays on it.
 """
 
 from __future__ import annotations
@@ -63,6 +71,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
+    RuleStrategy,
     consumes,
     initialize,
     multiple,
@@ -335,6 +344,10 @@ def value_of(v: int) -> int:
     return v + 1 if v < 1000 else 0
 
 
+# The fast side's hot-path variants a test case runs (harness.runner.FAST_PATHS), the
+# default first: the one shrinking goes to.
+FAST_PATH_DRAWS: tuple[str, ...] = ("default", "numpy", "default", "python")
+
 # Correct designs only; the first value of each is the default (MODEL.md section 3).
 DRAWN_CHOICES: dict[str, tuple[Any, ...]] = {
     "geometry": (8, 4),
@@ -398,6 +411,30 @@ def _bucket(n: int) -> str:
     return f"{low}-{low + 4}"
 
 
+class RuleChoice(RuleStrategy):
+    """The rule of each step: one of the rules the test case's feature flags enable (swarm
+    testing, decided for every rule at the first step) and whose bundles and preconditions
+    allow it now, as one draw (falling back to every valid rule when no enabled one is).
+    Hypothesis' own ``RuleStrategy`` samples from all rules and rejects, so most steps drew
+    twice or more ("Retried draw from sampled_from" in its statistics)."""
+
+    def __init__(self, machine: RuleBasedStateMachine) -> None:
+        super().__init__(machine)
+        self.enabled: list[Any] | None = None
+        self.indexes = [st.integers(0, n - 1) for n in range(1, len(self.rules) + 1)]
+
+    def do_draw(self, data: Any) -> tuple[Any, dict[Any, Any]]:
+        flags = data.draw(self.enabled_rules_strategy)
+        if self.enabled is None:
+            self.enabled = [r for r in self.rules if flags.is_enabled(r.function.__name__)]
+        valid = [r for r in self.enabled if self.is_valid(r)] or [
+            r for r in self.rules if self.is_valid(r)]
+        if not valid:  # as Hypothesis' own strategy says it
+            return super().do_draw(data)
+        chosen = valid[data.draw(self.indexes[len(valid) - 1])]
+        return chosen, {k: data.draw(s) for k, s in chosen.arguments_strategies.items()}
+
+
 class PudthpMachine(RuleBasedStateMachine):
     """Programs of every FORMAT.md op, run through ``Stepper`` (see the module docstring).
 
@@ -420,6 +457,7 @@ class PudthpMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
+        self._rules_strategy = RuleChoice(self)
         self.stepper: Stepper | None = None
         self.coverage = Coverage()
         self.live: set[int] = {0}
@@ -438,17 +476,19 @@ class PudthpMachine(RuleBasedStateMachine):
         return 0
 
     @initialize(target=ranges, cfg=st.runner().flatmap(lambda m: m.CONFIGS),
-                premap=st.integers(0, 3))
-    def setup(self, cfg: dict[str, Any], premap: int) -> Any:
-        """The config of this case; with ``premap`` 1 an mmap of the whole working region,
-        with 2 also MADV_HUGEPAGE over it (THPs where the sizes say ``madvise``), with 3 an
-        mmap of it from three PMDs into its first PUD (a VMA starting mid-PUD)."""
+                premap=st.integers(0, 3), paths=st.integers(0, len(FAST_PATH_DRAWS) - 1))
+    def setup(self, cfg: dict[str, Any], premap: int, paths: int) -> Any:
+        """The config of this case and its fast paths (``FAST_PATH_DRAWS``); with ``premap``
+        1 an mmap of the whole working region, with 2 also MADV_HUGEPAGE over it (THPs where
+        the sizes say ``madvise``), with 3 an mmap of it from three PMDs into its first PUD
+        (a VMA starting mid-PUD)."""
         self.cfg = Config.from_json(cfg)
         self.g = self.cfg.geom
         self.region = self.working_region()
         if self.OBSERVER is not None:
             self.OBSERVER.program_started()
-        self.stepper = self.make_stepper()
+        self.stepper = self.make_stepper(
+            "default" if self.IMPL == "ref" else FAST_PATH_DRAWS[paths])
         if self.stepper.finding is not None:
             self._found(self.stepper.finding)
         start = 3 * self.g.pmd_nr if premap == 3 else 0
@@ -463,9 +503,11 @@ class PudthpMachine(RuleBasedStateMachine):
         """The pages most ops fall in: four PUD ranges (the whole space at tiny geometry)."""
         return min(self.g.space, 4 * self.g.pud_nr)
 
-    def make_stepper(self) -> Stepper:
-        """What runs this case's ops (``fuzz.kmachine`` runs them on the kernel)."""
-        return Stepper(self.cfg, self.IMPL, check=self.CHECK, coverage=self.coverage)
+    def make_stepper(self, fast_paths: str) -> Stepper:
+        """What runs this case's ops on ``fast_paths`` (``fuzz.kmachine`` runs them on the
+        kernel, where there is no fast side)."""
+        return Stepper(self.cfg, self.IMPL, check=self.CHECK, coverage=self.coverage,
+                       fast_paths=fast_paths)
 
     # ---- address, length and range resolution -----------------------------------------
 

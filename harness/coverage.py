@@ -6,9 +6,11 @@ Each feature is named ``op:path:state`` (``pageout:pmd_leaf:swapped_whole``,
 cheap things only: the op, its result, a look at the reference state just before the op
 (the entry an access meets; the leaves, tables and PTEs in the range a range op covers; the
 parent's mappings for a fork) and just after it (the same places again, and the deltas of the
-vmstat and mTHP counters over the op).  Nothing in the models is instrumented, so the
-catalogue reads the same whatever implementation runs beside the reference, and a given
-program always hits the same features the same number of times.  ``COVERAGE.md`` explains
+vmstat and mTHP counters over the op).  Nothing in the reference is instrumented, so the
+catalogue reads the same whatever implementation runs beside it, and a given program always
+hits the same features the same number of times.  The exception is the ``fast:`` section:
+which variant of each hot path the fast side ran, as it counts them itself
+(``pudthp_fast.state.Paths.taken``), hit under ``both`` only.  ``COVERAGE.md`` explains
 every feature in kernel terms (``tests/test_coverage.py`` keeps it and ``CATALOGUE`` equal).
 
 ``Coverage`` is what ``harness.runner.Stepper`` calls around each op (``before`` and
@@ -71,6 +73,7 @@ class Coverage:
         self.ops = 0
         self.unclassified = 0
         self.first_error = ""
+        self.fast_taken: dict[str, int] = {}  # the fast side's path counts before the op
 
     def reset(self) -> None:
         """Forget the hits (a new program); ``unclassified`` keeps counting."""
@@ -81,6 +84,7 @@ class Coverage:
         return {NAMES[i]: n for i, n in enumerate(self.hits) if n}
 
     def before(self, model: Any, op: Op) -> Pre | None:
+        self.fast_taken = dict(_fast_taken(model))
         st = ref_state(model)
         if st is None:
             return None
@@ -93,6 +97,10 @@ class Coverage:
             return None
 
     def after(self, model: Any, op: Op, result: Result, pre: Pre | None) -> None:
+        before = self.fast_taken
+        for key, n in _fast_taken(model).items():
+            if n > before.get(key, 0):
+                self.hits[INDEX[f"fast:{key}"]] += 1
         st = ref_state(model)
         if st is None or pre is None:
             return
@@ -113,6 +121,14 @@ class Coverage:
         if not self.first_error:
             self.first_error = f"{spec.op_str(op)}: {type(e).__name__}: {e}"
 
+
+
+def _fast_taken(model: Any) -> dict[str, int]:
+    """How often each variant of each fast-side hot path ran, if ``model`` has a fast side
+    (``both``)."""
+    paths = getattr(getattr(getattr(model, "fast", None), "st", None), "paths", None)
+    taken = getattr(paths, "taken", None)
+    return taken if isinstance(taken, dict) else {}
 
 
 def _classify(st: MmState, op: Op, result: Result, pre: Pre, d: Delta, out: list[str]

@@ -225,6 +225,28 @@ CATALOGUE: tuple[Feature, ...] = tuple(Feature(n, m) for n, m in (
     ("deposit:pmd_chain:depth>=2", "a PMD table holds two or more deposited PTE tables "
      "(two PMD leaves or huge zero PMDs under one PUD entry)"),
     ("deposit:pmd_chain:depth>=4", "the same with four or more"),
+    # ---- fast paths: the variant each hot path of pudthp_fast ran (under both) ------
+    ("fast:copy_pmd_range:python", "fork, on the fast side: the PTE tables of a PMD range "
+     "gathered and the child's allocated by a Python loop over the PMD entries "
+     "(`copy_pmd_range` with every entry none or a PTE table; a few entries, or "
+     "`fast_paths=python`)"),
+    ("fast:copy_pmd_range:numpy", "the same over arrays (many PMD entries, or "
+     "`fast_paths=numpy`)"),
+    ("fast:copy_pte_range:python", "fork, on the fast side: PTEs copied to the child "
+     "(`copy_present_ptes`, `copy_nonpresent_pte`) by a Python loop"),
+    ("fast:copy_pte_range:numpy", "the same over arrays"),
+    ("fast:zap_pmd_range:python", "a zap, on the fast side: the PTE tables of a PMD range "
+     "gathered by a Python loop (`zap_pmd_range` with every entry none or a PTE table)"),
+    ("fast:zap_pmd_range:numpy", "the same over arrays"),
+    ("fast:zap_pte_range:python", "a zap, on the fast side: PTEs cleared, and a large folio's in "
+     "the kernel's batches (`zap_pte_range`, `folio_remove_rmap_ptes`), by a Python loop"),
+    ("fast:zap_pte_range:numpy", "the same over arrays"),
+    ("fast:free_pgtables:python", "`free_pgtables`, on the fast side: the PTE tables no VMA "
+     "covers found by a Python loop"),
+    ("fast:free_pgtables:numpy", "the same over arrays"),
+    ("fast:pt_free_many:python", "the fast side freed several page tables at once (`pte_free` of "
+     "each) by a Python loop"),
+    ("fast:pt_free_many:numpy", "the same over arrays"),
 ))
 
 NAMES: tuple[str, ...] = tuple(f.name for f in CATALOGUE)

@@ -9,7 +9,8 @@ op at which the two states differ.
 
 ``check_invariants`` checks the reference after every op, and the fast side too only with
 ``fast_every_op`` (``pudthp run --check every-op``).  By default the runner checks the fast
-side at the end of a program and again where a divergence is found (``harness.runner``).
+side at the end of a program and again where a divergence is found (``harness.runner``), and
+a failure at the end is located by a replay with both sides checked after every op.
 No class of fast-side bug is lost by that.  The reference keeps every invariant after every
 op, and the fast side must hold the same state: a wrong counter, RSS, page-table byte count,
 queue or id counter differs at once in the per-op summary, a wrong result (a read, a pin id,
@@ -142,14 +143,11 @@ class Lockstep:
         assert r is not None
         return r
 
-    incremental_checks = True  # the fast side's
-
-    def check_invariants(self, full: bool = False) -> None:
-        """The reference's invariants; the fast side's too with ``fast_every_op`` (its
-        incremental check after every op) or ``full`` (its whole-state check)."""
+    def check_invariants(self) -> None:
+        """The reference's invariants; the fast side's too with ``fast_every_op``."""
         self.ref.check_invariants()
-        if self.fast_every_op or full:
-            self.fast.check_invariants(full=full)
+        if self.fast_every_op:
+            self.fast.check_invariants()
 
     def summary(self) -> dict[str, Any]:
         return self.ref.summary()

@@ -38,10 +38,16 @@ if TYPE_CHECKING:
     from harness.coverage import Coverage
 
 IMPL_NAMES: tuple[str, ...] = ("ref", "fast", "both")
-# When the fast side of ``both`` checks its invariants (the reference and ``fast`` alone
-# always check after every op): at the end of a program and where a divergence is found,
-# or after every op (harness/lockstep.py says why the first loses nothing).
+# When the fast side checks its invariants (the reference always checks after every op): at
+# the end of a program, where a divergence is found and, when that check fails, after every
+# op of a replay that names the first op breaking the state; or after every op
+# (harness/lockstep.py says why the first loses nothing).
 CHECK_MODES: tuple[str, ...] = ("end", "every-op")
+# A program's ``meta.fast_paths``: which variant of its hot paths the fast side runs
+# (``pudthp_fast.state.FAST_PATHS``; every one gives the same results and state).  A run
+# option, not part of the model's config: campaigns draw it per program and record it in
+# the program, so a finding replays on the same paths.
+FAST_PATHS: tuple[str, ...] = ("default", "numpy", "python")
 
 # op_index of a finding raised while creating the model, before any op ran
 BEFORE_FIRST_OP = -1
@@ -78,16 +84,21 @@ def _ref_factory() -> Callable[[Config], Impl]:
     return cast(Callable[[Config], Impl], module.RefModel)
 
 
-def _fast_factory() -> Callable[[Config], Impl]:
+def _fast_factory(paths: str = "default") -> Callable[[Config], Impl]:
     try:
         module = importlib.import_module("pudthp_fast.model")
     except ImportError as e:
         raise UsageError(f"the fast implementation cannot be imported: {e}") from None
-    return cast(Callable[[Config], Impl], module.FastModel)
+    fast = module.FastModel
+
+    def make(cfg: Config) -> Impl:
+        return cast(Impl, fast(cfg, paths))
+
+    return make
 
 
-def _both_factory() -> Callable[[Config], Impl]:
-    ref, fast = _ref_factory(), _fast_factory()
+def _both_factory(paths: str = "default") -> Callable[[Config], Impl]:
+    ref, fast = _ref_factory(), _fast_factory(paths)
 
     def make(cfg: Config) -> Impl:
         return Lockstep(cfg, ref(cfg), fast(cfg))
@@ -96,22 +107,33 @@ def _both_factory() -> Callable[[Config], Impl]:
 
 
 # name -> a function that imports the implementation (lazily) and returns its constructor
-IMPL_FACTORIES: dict[str, Callable[[], Callable[[Config], Impl]]] = {
+IMPL_FACTORIES: dict[str, Callable[..., Callable[[Config], Impl]]] = {
     "ref": _ref_factory,
     "fast": _fast_factory,
     "both": _both_factory,
 }
 
 
-def _constructor(name: str) -> Callable[[Config], Impl]:
+def _constructor(name: str, fast_paths: str = "default") -> Callable[[Config], Impl]:
     if name not in IMPL_FACTORIES:
         raise UsageError(f"unknown implementation {name!r} (choose from {', '.join(IMPL_NAMES)})")
+    if name in ("fast", "both"):
+        return IMPL_FACTORIES[name](fast_paths)
     return IMPL_FACTORIES[name]()
 
 
-def make_impl(name: str, cfg: Config) -> Impl:
+def make_impl(name: str, cfg: Config, fast_paths: str = "default") -> Impl:
     """A fresh implementation for ``cfg``; raises UsageError for an unavailable one."""
-    return _constructor(name)(cfg)
+    return _constructor(name, fast_paths)(cfg)
+
+
+def fast_paths_of(program: Program) -> str:
+    """The program's ``meta.fast_paths`` (default: ``default``); UsageError for another
+    value."""
+    paths = program.meta.get("fast_paths", "default")
+    if not isinstance(paths, str) or paths not in FAST_PATHS:
+        raise UsageError(f"meta.fast_paths: {paths!r} is not one of {', '.join(FAST_PATHS)}")
+    return paths
 
 
 def run_program(
@@ -126,17 +148,19 @@ def run_program(
     """Run ``program`` on a fresh ``impl`` and report its results and first finding.
 
     Per op: ``apply``, then (if ``check``) ``check_invariants``, then the oracle (always: it is
-    cheap and its state must follow every op).  Under ``both`` the fast side checks its
-    invariants after every op only with ``check_mode`` ``every-op``; with ``end`` (the
-    default) at the end of the program and where a divergence is found.  ``on_step(i, op,
-    result)`` is called once the op returned, before its checks; ``coverage`` counts the
-    model-state features of each op (``harness.coverage``; it needs the reference).  The
-    results include the op of an invariant or oracle finding but not an op whose ``apply``
-    raised.  A model that cannot even be created gives a finding at op index -1.  Raises
-    UsageError only for an unavailable implementation or check mode.
+    cheap and its state must follow every op).  The fast side (``fast`` alone, or under
+    ``both``) checks its invariants after every op only with ``check_mode`` ``every-op``;
+    with ``end`` (the default) at the end of the program and where a divergence is found,
+    and a failure there is located by a replay with checks after every op.  The fast side
+    runs the hot-path variants of ``meta.fast_paths``.  ``on_step(i, op, result)`` is called
+    once the op returned, before its checks; ``coverage`` counts the model-state features of
+    each op (``harness.coverage``; it needs the reference).  The results include the op of
+    an invariant or oracle finding but not an op whose ``apply`` raised.  A model that
+    cannot even be created gives a finding at op index -1.  Raises UsageError only for an
+    unavailable implementation, check mode or ``meta.fast_paths``.
     """
     stepper = Stepper(program.config, impl, check=check, check_mode=check_mode,
-                      on_step=on_step, coverage=coverage)
+                      on_step=on_step, coverage=coverage, fast_paths=fast_paths_of(program))
     for op in program.ops:
         if stepper.finding is not None:
             break
@@ -148,8 +172,9 @@ class Stepper:
     """``run_program`` one op at a time, for callers that choose the next op as they go (the
     Hypothesis state machine): ``step(op)`` runs one op with every per-op check and sets
     ``finding`` on the first problem; ``finish()`` compares the final snapshots (locating a
-    difference only they show) and returns the report.  ``ops`` holds every op stepped,
-    including one whose ``apply`` raised.
+    difference only they show), checks the fast side's invariants if it has not after every
+    op, and returns the report.  ``ops`` holds every op stepped, including one whose
+    ``apply`` raised; ``program()`` them with ``meta.fast_paths`` when not the default.
     """
 
     def __init__(
@@ -161,17 +186,24 @@ class Stepper:
         check_mode: str = "end",
         on_step: Callable[[int, Op, Result], None] | None = None,
         coverage: Coverage | None = None,
+        fast_paths: str = "default",
     ) -> None:
         if check_mode not in CHECK_MODES:
             raise UsageError(f"unknown check mode {check_mode!r} (choose from "
                              f"{', '.join(CHECK_MODES)})")
+        if fast_paths not in FAST_PATHS:
+            raise UsageError(f"unknown fast paths {fast_paths!r} (choose from "
+                             f"{', '.join(FAST_PATHS)})")
         self.cfg = cfg
         self.impl = impl
         self.check = check
         self.check_mode = check_mode
+        self.fast_paths = fast_paths
         self.on_step = on_step
         self.coverage = coverage
-        self.constructor = _constructor(impl)
+        self.constructor = _constructor(impl, fast_paths)
+        # what checks after every op: the reference always, the fast side with every-op
+        self.check_each_op = check and (impl != "fast" or check_mode == "every-op")
         self.ops: list[Op] = []
         self.results: list[Result] = []
         self.finding: Finding | None = None
@@ -196,7 +228,8 @@ class Stepper:
         try:
             result = model.apply(op)
         except Exception as e:
-            self.finding = self._with_fast_verdict(_exception_finding(e, i, op.KIND))
+            self.finding = self._earlier_violation(
+                self._with_fast_verdict(_exception_finding(e, i, op.KIND)))
             return None
         if isinstance(result, bool) or not isinstance(result, int | str):
             self.finding = Finding(
@@ -211,7 +244,7 @@ class Stepper:
             coverage.after(model, op, result, token)
         if self.on_step is not None:
             self.on_step(i, op, result)
-        if self.check:
+        if self.check_each_op:
             try:
                 model.check_invariants()
             except Exception as e:
@@ -219,18 +252,41 @@ class Stepper:
                 return result
         mismatch = self.oracle.step(op, result)
         if mismatch is not None:
-            self.finding = Finding("oracle", i, f"oracle:{op.KIND}:{mismatch.check}",
-                                   mismatch.message)
+            self.finding = self._earlier_violation(Finding(
+                "oracle", i, f"oracle:{op.KIND}:{mismatch.check}", mismatch.message))
         return result
 
     def program(self) -> Program:
-        """The ops stepped so far as a program."""
-        return Program(self.cfg, tuple(self.ops))
+        """The ops stepped so far as a program (with the run's ``meta.fast_paths``)."""
+        meta = {} if self.fast_paths == "default" else {"fast_paths": self.fast_paths}
+        return Program(self.cfg, tuple(self.ops), meta)
+
+    def _deferred_side(self) -> Impl | None:
+        """The fast side when it has not been checking its invariants after every op."""
+        if not self.check or self.check_mode == "every-op" or self.model is None:
+            return None
+        if isinstance(self.model, Lockstep):
+            return self.model.fast
+        return self.model if self.impl == "fast" else None
 
     def _fast_deferred(self) -> bool:
         """Whether the fast side of ``both`` has not been checking after every op."""
-        return (self.check and isinstance(self.model, Lockstep)
-                and not self.model.fast_every_op)
+        return isinstance(self.model, Lockstep) and self._deferred_side() is not None
+
+    def _earlier_violation(self, finding: Finding) -> Finding:
+        """A finding of ``fast`` alone while its checks wait for the end: if its invariants
+        broke at an earlier op (a replay with checks after every op), that is the finding,
+        as under ``both`` the reference's check after every op would have reported it."""
+        if self.impl != "fast" or self._deferred_side() is None or finding.op_index <= 0:
+            return finding
+        model = self.constructor(self.cfg)
+        for j, op in enumerate(self.ops[: finding.op_index]):
+            try:
+                model.apply(op)
+                model.check_invariants()
+            except Exception as e:
+                return _exception_finding(e, j, op.KIND)
+        return finding
 
     def _with_fast_verdict(self, finding: Finding) -> Finding:
         """A divergence, with what the fast side's own checker says of its state there (it
@@ -242,10 +298,10 @@ class Stepper:
 
     def finish(self) -> RunReport:
         """The report: the final snapshot and, for ``both``, the final snapshot comparison
-        (a difference only it shows is located by replay), then the whole-state check of a
-        side whose per-op checks were incremental or, under ``both``, deferred (the fast
-        one): a write its dirty tracking missed, or a violation of its own bookkeeping that
-        no snapshot shows, is found here and located at the first op that breaks it."""
+        (a difference only it shows is located by replay), then the invariant check of the
+        fast side if it was deferred to the end: a violation (under ``both``, of its own
+        bookkeeping that no snapshot shows) is found here and located at the first op that
+        breaks it."""
         model = self.model
         if model is None:
             return RunReport(self.impl, self.results, self.finding, None)
@@ -269,11 +325,11 @@ class Stepper:
         return RunReport(self.impl, self.results, self.finding, snapshot)
 
     def _check_whole_state_at_end(self, model: Impl) -> Finding | None:
-        side = model.fast if isinstance(model, Lockstep) else model
-        if not (self.check and self.ops and getattr(side, "incremental_checks", False)):
+        side = self._deferred_side()
+        if side is None or not self.ops:
             return None
         try:
-            side.check_invariants(full=True)
+            side.check_invariants()
         except MemoryError:
             raise memory_error() from None
         except Exception as e:
@@ -299,15 +355,16 @@ def locate_divergence(program: Program, constructor: Callable[[Config], Impl], *
 
 def locate_violation(program: Program, constructor: Callable[[Config], Impl],
                      error: Exception) -> Finding:
-    """The whole-state check at the end failed (``error``) where the per-op checks passed
-    (incremental, or under ``both`` deferred for the fast side): replay with a whole-state
-    check of every side after every op and report the first that fails (the last op, should
-    the replay not fail)."""
+    """The fast side's check at the end failed (``error``) where it had not checked after
+    every op: replay with a check of every side after every op and report the first op
+    that fails (the last op, should the replay not fail)."""
     model = constructor(program.config)
+    if isinstance(model, Lockstep):
+        model.fast_every_op = True
     for i, op in enumerate(program.ops):
         try:
             model.apply(op)
-            model.check_invariants(full=True)
+            model.check_invariants()
         except Exception as e:
             return _exception_finding(e, i, op.KIND)
     last = len(program.ops) - 1
@@ -316,7 +373,7 @@ def locate_violation(program: Program, constructor: Callable[[Config], Impl],
 
 def _add_fast_verdict(finding: Finding, model: Lockstep) -> Finding:
     try:
-        model.fast.check_invariants(full=True)
+        model.fast.check_invariants()
         verdict = "the fast side's own invariants hold here"
     except Exception as e:
         verdict = f"the fast side's own invariants fail here: {type(e).__name__}: {e}"

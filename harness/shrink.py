@@ -57,7 +57,8 @@ def ddmin_ops(program: Program, signature: str, impl: str, check: bool,
              budget: float) -> Program:
     """Only the op-removal phase of ``shrink``, bounded by ``budget`` seconds: the smallest
     program found that still ends in ``signature``."""
-    s = _Shrinker(signature, impl, check, frozenset(), time.monotonic() + budget)
+    s = _Shrinker(signature, impl, check, frozenset(), time.monotonic() + budget,
+                  run_options(program))
     return Program(program.config, s.ddmin(program.config, program.ops), program.meta)
 
 
@@ -67,10 +68,18 @@ Judge = Callable[[Program], Finding | None]
 kernel, ``harness.conform.kshrink``)."""
 
 
+def run_options(program: Program) -> dict[str, Any]:
+    """What of ``program.meta`` changes how it runs (``meta.fast_paths``): kept by every
+    candidate, so a finding shrinks on the paths it was found on."""
+    return {k: program.meta[k] for k in ("fast_paths",) if k in program.meta}
+
+
 class _Shrinker:
     def __init__(self, signature: str, impl: str, check: bool, keep: frozenset[str],
-                 deadline: float | None = None, judge: Judge | None = None) -> None:
+                 deadline: float | None = None, options: dict[str, Any] | None = None,
+                 judge: Judge | None = None) -> None:
         self.signature = signature
+        self.options = options or {}
         self.impl = impl
         self.check = check
         self.keep = keep
@@ -88,7 +97,7 @@ class _Shrinker:
             if self.deadline is not None and time.monotonic() > self.deadline:
                 return None
             self.runs += 1
-            finding = self.judge(Program(cfg, ops))
+            finding = self.judge(Program(cfg, ops, self.options))
             if finding is not None and finding.signature == self.signature:
                 self.remember(cfg, ops, finding)
             else:
@@ -324,7 +333,8 @@ def shrink(
         raise NoFinding(f"no finding with --impl {impl}: nothing to shrink")
     if signature is not None and first.signature != signature:
         raise NoFinding(f"the program reports {first.signature}, not {signature}")
-    s = _Shrinker(first.signature, impl, check, frozenset(keep), deadline, judge)
+    s = _Shrinker(first.signature, impl, check, frozenset(keep), deadline,
+                  run_options(program), judge)
     cfg, ops = program.config, program.ops
     s.remember(cfg, ops, first)
     ops = ops[: first.op_index + 1]

@@ -1,150 +1,34 @@
-"""Fast folios and rmap: allocation, references, the deferred split queue, and the biased
-mapcounts of mm/rmap.c with the two mm-id slots, vectorised over page ranges of the pool."""
+"""Fast reverse-map accounting: the biased mapcounts of mm/rmap.c with the two mm-id slots,
+vectorised over page ranges of the pool (``pudthp_ref.rmap`` function by function).
+
+Removing many single-PTE mappings of one folio in turn (as try_to_migrate_one and
+try_to_unmap_one do) is folded into closed forms that give the same counters,
+partial-mapping flag and mm-id slot state as the one-by-one sequence.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from pudthp_fast.state import FastMm, FastState
-from pudthp_ref.spec import ENTIRELY_MAPPED, FOLIO_PAGES_MAPPED, GUP_PIN_COUNTING_BIAS, ModelBug
-
-PTE_LEVEL, PMD_LEVEL, PUD_LEVEL = "pte", "pmd", "pud"
-
-
-def mthp_row(st: FastState, order: int) -> str | None:
-    if order == st.geom.pmd_order:
-        return "pmd"
-    if order == st.geom.pud_order:
-        return "pud"
-    return None
-
-
-def count_vm_event(st: FastState, item: str, delta: int = 1) -> None:
-    st.stats["vmstat"][item] += delta
-
-
-def count_mthp_stat(st: FastState, order: int, item: str, delta: int = 1) -> None:
-    row = mthp_row(st, order)
-    if row is not None:
-        st.stats["mthp"][row][item] += delta
-
-
-def mod_node(st: FastState, item: str, delta: int) -> None:
-    if delta:
-        st.stats["node"][item] += delta
-
+from pudthp_fast.folio import deferred_split_folio, free_folio
+from pudthp_fast.state import Arr, FastMm, FastState
+from pudthp_fast.vmstat import count_mthp_stat, mod_node_page_state
+from pudthp_ref.spec import (
+    ENTIRELY_MAPPED,
+    FOLIO_PAGES_MAPPED,
+    GUP_PIN_COUNTING_BIAS,
+    LEVEL_PMD,
+    LEVEL_PTE,
+    ModelBug,
+)
 
 # --------------------------------------------------------------------------------------
-# Allocation and references
+# mm-id slots (include/linux/rmap.h)
 # --------------------------------------------------------------------------------------
 
 
-def folio_alloc(st: FastState, order: int, node: int = 0) -> int:
-    """folio_alloc(): a new zero-filled folio id, or 0 when fail_alloc refuses."""
-    g = st.geom
-    which = "pud" if order == g.pud_order else "pmd" if order == g.pmd_order else "base"
-    if st.fail_alloc[which] > 0:
-        st.fail_alloc[which] -= 1
-        return 0
-    nr = 1 << order
-    fid = st.new_folio_rows(1)
-    base = st.new_pages(nr)
-    st.f_touch[fid] = True
-    st.f_order[fid] = order
-    st.f_node[fid] = node
-    st.f_nr[fid] = nr
-    st.f_base[fid] = base
-    st.f_ref[fid] = 1
-    st.f_live[fid] = True
-    return fid
-
-
-def folio_put(st: FastState, fid: int, refs: int = 1) -> None:
-    st.f_touch[fid] = True
-    st.f_ref[fid] -= refs
-    r = int(st.f_ref[fid])
-    if r < 0:
-        raise ModelBug("folio_put.underflow", f"folio {fid} refcount below zero")
-    if r == 0:
-        free_folio(st, fid)
-
-
-def free_folio(st: FastState, fid: int) -> None:
-    """__folio_put(): unqueue, nr_anon, free-time checks."""
-    st.f_touch[fid] = True
-    folio_unqueue_deferred_split(st, fid)
-    order = int(st.f_order[fid])
-    if order > 0:
-        count_mthp_stat(st, order, "nr_anon", -1)
-    b, n = int(st.f_base[fid]), int(st.f_nr[fid])
-    if (
-        np.count_nonzero(st.p_mapcount[b : b + n] != -1)
-        or st.f_entire[fid] != -1
-        or st.f_large[fid] != -1
-        or st.f_npm[fid] != 0
-        or st.f_pin[fid] != 0
-        or np.count_nonzero(st.f_mmc[fid] != -1)
-    ):
-        raise ModelBug("free.still_mapped", f"folio {fid} freed while mapped or pinned")
-    st.f_live[fid] = False
-    st.f_shared[fid] = False
-    st.f_mmid[fid] = 0
-    st.p_exclusive[b : b + n] = False
-
-
-def free_folios_bulk(st: FastState, fids: np.ndarray) -> None:
-    """free_folio() for many order-0 folios at once (none is queued or pinned)."""
-    if fids.size == 0:
-        return
-    st.f_touch[fids] = True
-    bases = st.f_base[fids]
-    if np.count_nonzero(st.p_mapcount[bases] != -1) or np.count_nonzero(st.f_pin[fids]):
-        raise ModelBug("free.still_mapped", "order-0 folio freed while mapped or pinned")
-    st.f_live[fids] = False
-    st.p_exclusive[bases] = False
-
-
-def deferred_split_folio(st: FastState, fid: int, partially_mapped: bool) -> None:
-    st.f_touch[fid] = True
-    order = int(st.f_order[fid])
-    if order <= 1:
-        return
-    if not partially_mapped and not st.cfg.shrink_underused:
-        return
-    if st.f_swapcache[fid]:
-        return
-    if partially_mapped:
-        if not st.f_partial[fid]:
-            st.f_partial[fid] = True
-            if order >= st.geom.pmd_order:
-                count_vm_event(st, "thp_deferred_split_page")
-            count_mthp_stat(st, order, "split_deferred")
-            count_mthp_stat(st, order, "nr_anon_partially_mapped", 1)
-    elif st.f_partial[fid]:
-        raise ModelBug("deferred_split.unflag", f"folio {fid} is already partially mapped")
-    if not st.f_deferred[fid]:
-        st.f_deferred[fid] = True
-        st.deferred.append(fid)
-
-
-def folio_unqueue_deferred_split(st: FastState, fid: int) -> None:
-    st.f_touch[fid] = True
-    if st.f_deferred[fid]:
-        st.deferred.remove(fid)
-        st.f_deferred[fid] = False
-    if st.f_partial[fid]:
-        st.f_partial[fid] = False
-        count_mthp_stat(st, int(st.f_order[fid]), "nr_anon_partially_mapped", -1)
-
-
-# --------------------------------------------------------------------------------------
-# mm-id slots
-# --------------------------------------------------------------------------------------
-
-
-def add_large_mapcount(st: FastState, fid: int, diff: int, mm: FastMm) -> None:
+def folio_add_large_mapcount(st: FastState, fid: int, diff: int, mm: FastMm) -> None:
     """folio_add_return_large_mapcount()."""
-    st.f_touch[fid] = True
     new_val = int(st.f_large[fid]) + diff
     st.f_large[fid] = new_val
     ids, cnt = st.f_mmid[fid], st.f_mmc[fid]
@@ -156,17 +40,16 @@ def add_large_mapcount(st: FastState, fid: int, diff: int, mm: FastMm) -> None:
     elif ids[0] == 0:
         ids[0] = mid
         cnt[0] = diff - 1
-        if new_val != diff - 1:
+        if new_val != diff - 1:  # we might have other mappings already
             st.f_shared[fid] = True
     elif ids[1] == 0:
         ids[1] = mid
         cnt[1] = diff - 1
-        st.f_shared[fid] = True
+        st.f_shared[fid] = True  # slot 0 certainly has mappings as well
 
 
-def sub_large_mapcount(st: FastState, fid: int, diff: int, mm: FastMm) -> None:
-    """folio_sub_return_large_mapcount()."""
-    st.f_touch[fid] = True
+def folio_sub_large_mapcount(st: FastState, fid: int, diff: int, mm: FastMm) -> None:
+    """folio_sub_return_large_mapcount(): SHARED is re-evaluated only when a slot frees."""
     new_val = int(st.f_large[fid]) - diff
     st.f_large[fid] = new_val
     ids, cnt = st.f_mmid[fid], st.f_mmc[fid]
@@ -183,152 +66,13 @@ def sub_large_mapcount(st: FastState, fid: int, diff: int, mm: FastMm) -> None:
         st.f_shared[fid] = False
 
 
-# --------------------------------------------------------------------------------------
-# Adding and removing mappings
-# --------------------------------------------------------------------------------------
-
-
-def folio_add_new_anon_rmap(st: FastState, fid: int, mm: FastMm, exclusive: bool = True) -> None:
-    st.f_touch[fid] = True
-    order = int(st.f_order[fid])
-    b = int(st.f_base[fid])
-    if order == 0:
-        st.p_mapcount[b] = 0
-        if exclusive:
-            st.p_exclusive[b] = True
-        mod_node(st, "nr_anon_mapped", 1)
-        return
-    nr = int(st.f_nr[fid])
-    st.f_entire[fid] = 0
-    st.f_large[fid] = 0
-    st.f_mmid[fid, 0] = mm.mm_id
-    st.f_mmc[fid, 0] = 0
-    st.f_npm[fid] = ENTIRELY_MAPPED
-    if exclusive:
-        st.p_exclusive[b] = True
-    mod_node(st, "nr_anon_mapped", nr)
-    mod_node(st, "nr_anon_pud_thps" if order == st.geom.pud_order else "nr_anon_thps", nr)
-    count_mthp_stat(st, order, "nr_anon", 1)
-
-
-def folio_add_rmap(st: FastState, fid: int, first: int, n: int, mm: FastMm, level: str,
-                   exclusive: bool = False) -> None:
-    """__folio_add_rmap() (+ RMAP_EXCLUSIVE marking, __folio_add_anon_rmap())."""
-    st.f_touch[fid] = True
-    b = int(st.f_base[fid])
-    order = int(st.f_order[fid])
-    if level == PTE_LEVEL:
-        if order == 0:
-            st.p_mapcount[b] += 1
-            if st.p_mapcount[b] == 0:
-                mod_node(st, "nr_anon_mapped", 1)
-        else:
-            mc = st.p_mapcount[b + first : b + first + n]
-            mc += 1
-            became = int(np.count_nonzero(mc == 0))
-            if became:
-                st.f_npm[fid] += became
-                if st.f_npm[fid] < ENTIRELY_MAPPED:
-                    mod_node(st, "nr_anon_mapped", became)
-            add_large_mapcount(st, fid, n, mm)
-        if exclusive:
-            st.p_exclusive[b + first : b + first + n] = True
-        return
-    st.f_entire[fid] += 1
-    if st.f_entire[fid] == 0:
-        st.f_npm[fid] += ENTIRELY_MAPPED
-        npm = int(st.f_npm[fid])
-        if npm < 2 * ENTIRELY_MAPPED:
-            nr = int(st.f_nr[fid])
-            mod_node(st, "nr_anon_thps" if level == PMD_LEVEL else "nr_anon_pud_thps", nr)
-            mod_node(st, "nr_anon_mapped", nr - (npm & FOLIO_PAGES_MAPPED))
-    add_large_mapcount(st, fid, 1, mm)
-    if exclusive:
-        st.p_exclusive[b] = True
-
-
-def folio_remove_rmap(st: FastState, fid: int, first: int, n: int, mm: FastMm, level: str
-                      ) -> None:
-    """__folio_remove_rmap(): counters, stats, deferred queueing of a partial mapping."""
-    st.f_touch[fid] = True
-    b = int(st.f_base[fid])
-    nr = 0
-    partially_mapped = False
-    if level == PTE_LEVEL:
-        if st.f_order[fid] == 0:
-            st.p_mapcount[b] -= 1
-            v = int(st.p_mapcount[b])
-            if v < -1:
-                raise ModelBug("rmap.mapcount_underflow", f"folio {fid} page 0")
-            nr = 1 if v == -1 else 0
-        else:
-            sub_large_mapcount(st, fid, n, mm)
-            mc = st.p_mapcount[b + first : b + first + n]
-            mc -= 1
-            if n and int(mc.min()) < -1:
-                raise ModelBug("rmap.mapcount_underflow", f"folio {fid}")
-            last = int(np.count_nonzero(mc == -1))
-            if last:
-                st.f_npm[fid] -= last
-                if st.f_npm[fid] < ENTIRELY_MAPPED:
-                    nr = last
-            partially_mapped = bool(nr) and int(st.f_npm[fid]) != 0
-        mod_node(st, "nr_anon_mapped", -nr)
-    else:
-        sub_large_mapcount(st, fid, 1, mm)
-        st.f_entire[fid] -= 1
-        if st.f_entire[fid] < -1:
-            raise ModelBug("rmap.entire_underflow", f"folio {fid}")
-        if st.f_entire[fid] == -1:
-            st.f_npm[fid] -= ENTIRELY_MAPPED
-            npm = int(st.f_npm[fid])
-            if npm < ENTIRELY_MAPPED:
-                size = int(st.f_nr[fid])
-                mod_node(st, "nr_anon_thps" if level == PMD_LEVEL else "nr_anon_pud_thps", -size)
-                nr = max(size - (npm & FOLIO_PAGES_MAPPED), 0)
-                mod_node(st, "nr_anon_mapped", -nr)
-        partially_mapped = bool(nr) and nr < int(st.f_nr[fid])
-    if partially_mapped and not st.f_partial[fid]:
-        deferred_split_folio(st, fid, True)
-
-
-def folio_maybe_dma_pinned(st: FastState, fid: int) -> bool:
-    if st.f_order[fid] > 0:
-        return bool(st.f_pin[fid] > 0)
-    return bool(st.f_ref[fid] >= GUP_PIN_COUNTING_BIAS)
-
-
-def folio_try_dup_anon_rmap(st: FastState, fid: int, first: int, n: int, dst: FastMm,
-                            src: FastMm, level: str) -> bool:
-    st.f_touch[fid] = True
-    maybe_pinned = src.has_pinned and folio_maybe_dma_pinned(st, fid)
-    b = int(st.f_base[fid])
-    if level == PTE_LEVEL:
-        ex = st.p_exclusive[b + first : b + first + n]
-        if maybe_pinned and np.count_nonzero(ex):
-            return False
-        ex[:] = False
-        st.p_mapcount[b + first : b + first + n] += 1
-        if st.f_order[fid] > 0:
-            add_large_mapcount(st, fid, n, dst)
-        return True
-    if st.p_exclusive[b]:
-        if maybe_pinned:
-            return False
-        st.p_exclusive[b] = False
-    st.f_entire[fid] += 1
-    add_large_mapcount(st, fid, 1, dst)
-    return True
-
-
-def sub_large_mapcount_seq(st: FastState, fid: int, diffs: np.ndarray, mm: FastMm) -> None:
-    """folio_sub_return_large_mapcount() called once per entry of ``diffs``, in order.
+def _sub_large_mapcount_seq(st: FastState, fid: int, diffs: Arr, mm: FastMm) -> None:
+    """folio_sub_large_mapcount() called once per entry of ``diffs``, in order.
 
     A tracked mm's slot only decreases until it would go negative (then it is freed); from
     that call on (or from the first, for an untracked mm) each call clears SHARED if a slot
     count equals the new raw total.
     """
-    st.f_touch[fid] = True
     L = int(st.f_large[fid])
     sums = np.cumsum(diffs)
     st.f_large[fid] = L - int(sums[-1])
@@ -348,3 +92,243 @@ def sub_large_mapcount_seq(st: FastState, fid: int, diffs: np.ndarray, mm: FastM
     new_vals = L - sums[j0:]
     if np.count_nonzero((new_vals == int(cnt[0])) | (new_vals == int(cnt[1]))):
         st.f_shared[fid] = False
+
+
+# --------------------------------------------------------------------------------------
+# Adding mappings
+# --------------------------------------------------------------------------------------
+
+
+def folio_add_new_anon_rmap(st: FastState, fid: int, mm: FastMm, exclusive: bool = True) -> None:
+    """folio_add_new_anon_rmap(): a brand-new folio, mapped whole (small or PMD-mappable)."""
+    order = int(st.f_order[fid])
+    b = int(st.f_base[fid])
+    if order == 0:
+        st.p_mapcount[b] = 0
+        if exclusive:
+            st.p_exclusive[b] = True
+        mod_node_page_state(st, "nr_anon_mapped", 1)
+        return
+    nr = int(st.f_nr[fid])
+    st.f_entire[fid] = 0
+    st.f_large[fid] = 0  # folio_set_large_mapcount(): every mapping in this mm's slot 0
+    st.f_mmid[fid, 0] = mm.mm_id
+    st.f_mmc[fid, 0] = 0
+    st.f_npm[fid] = ENTIRELY_MAPPED
+    if exclusive:
+        st.p_exclusive[b] = True
+    mod_node_page_state(st, "nr_anon_mapped", nr)
+    mod_node_page_state(
+        st, "nr_anon_pud_thps" if order == st.geom.pud_order else "nr_anon_thps", nr)
+    count_mthp_stat(st, order, "nr_anon", 1)
+
+
+def folio_add_anon_rmap(st: FastState, fid: int, first: int, n: int, mm: FastMm, level: str,
+                        exclusive: bool) -> None:
+    """__folio_add_anon_rmap(): __folio_add_rmap() and __folio_mod_stat(); RMAP_EXCLUSIVE
+    marks every page (PTE) or the head (PMD/PUD)."""
+    b = int(st.f_base[fid])
+    order = int(st.f_order[fid])
+    if level == LEVEL_PTE:
+        if order == 0:
+            st.p_mapcount[b] += 1
+            if st.p_mapcount[b] == 0:
+                mod_node_page_state(st, "nr_anon_mapped", 1)
+        else:
+            mc = st.p_mapcount[b + first : b + first + n]
+            mc += 1
+            became = int(np.count_nonzero(mc == 0))
+            if became:
+                st.f_npm[fid] += became
+                if st.f_npm[fid] < ENTIRELY_MAPPED:
+                    mod_node_page_state(st, "nr_anon_mapped", became)
+            folio_add_large_mapcount(st, fid, n, mm)
+        if exclusive:
+            st.p_exclusive[b + first : b + first + n] = True
+        return
+    st.f_entire[fid] += 1
+    if st.f_entire[fid] == 0:
+        st.f_npm[fid] += ENTIRELY_MAPPED
+        npm = int(st.f_npm[fid])
+        if npm < 2 * ENTIRELY_MAPPED:
+            nr = int(st.f_nr[fid])
+            mod_node_page_state(
+                st, "nr_anon_thps" if level == LEVEL_PMD else "nr_anon_pud_thps", nr)
+            mod_node_page_state(st, "nr_anon_mapped", nr - (npm & FOLIO_PAGES_MAPPED))
+    folio_add_large_mapcount(st, fid, 1, mm)
+    if exclusive:
+        st.p_exclusive[b] = True
+
+
+# --------------------------------------------------------------------------------------
+# Removing mappings
+# --------------------------------------------------------------------------------------
+
+
+def folio_remove_rmap(st: FastState, fid: int, first: int, n: int, mm: FastMm, level: str
+                      ) -> None:
+    """__folio_remove_rmap(): counters, stats, and deferred queueing of a partial mapping."""
+    b = int(st.f_base[fid])
+    nr = 0
+    partially_mapped = False
+    if level == LEVEL_PTE:
+        if st.f_order[fid] == 0:
+            st.p_mapcount[b] -= 1
+            v = int(st.p_mapcount[b])
+            if v < -1:
+                raise ModelBug("rmap.mapcount_underflow", f"folio {fid} page 0")
+            nr = 1 if v == -1 else 0
+        else:
+            folio_sub_large_mapcount(st, fid, n, mm)
+            mc = st.p_mapcount[b + first : b + first + n]
+            mc -= 1
+            if n and int(mc.min()) < -1:
+                raise ModelBug("rmap.mapcount_underflow", f"folio {fid}")
+            last = int(np.count_nonzero(mc == -1))
+            if last:
+                st.f_npm[fid] -= last
+                if st.f_npm[fid] < ENTIRELY_MAPPED:
+                    nr = last
+            partially_mapped = bool(nr) and int(st.f_npm[fid]) != 0
+        mod_node_page_state(st, "nr_anon_mapped", -nr)
+    else:
+        folio_sub_large_mapcount(st, fid, 1, mm)
+        st.f_entire[fid] -= 1
+        if st.f_entire[fid] < -1:
+            raise ModelBug("rmap.entire_underflow", f"folio {fid}")
+        if st.f_entire[fid] == -1:
+            st.f_npm[fid] -= ENTIRELY_MAPPED
+            npm = int(st.f_npm[fid])
+            if npm < ENTIRELY_MAPPED:
+                size = int(st.f_nr[fid])
+                mod_node_page_state(
+                    st, "nr_anon_thps" if level == LEVEL_PMD else "nr_anon_pud_thps", -size)
+                nr = max(size - (npm & FOLIO_PAGES_MAPPED), 0)
+                mod_node_page_state(st, "nr_anon_mapped", -nr)
+        # the PMD rule at the PUD level too (pudthp_ref.rmap.folio_remove_rmap says why)
+        partially_mapped = bool(nr) and nr < int(st.f_nr[fid])
+    if partially_mapped and not st.f_partial[fid]:
+        deferred_split_folio(st, fid, True)
+
+
+def folio_remove_rmap_ptes_singly(st: FastState, fid: int, pages: Arr, mm: FastMm) -> None:
+    """folio_remove_rmap_pte() for each page of ``pages`` in turn (distinct pages, all
+    mapped in ``mm``), as try_to_migrate_one() and try_to_unmap_one() call it."""
+    b = int(st.f_base[fid])
+    if st.f_order[fid] == 0:
+        folio_remove_rmap(st, fid, 0, 1, mm, LEVEL_PTE)
+        return
+    n = int(pages.size)
+    _sub_large_mapcount_seq(st, fid, np.ones(n, np.int64), mm)
+    mc = st.p_mapcount[b + pages]
+    mc -= 1
+    if np.count_nonzero(mc < -1):
+        raise ModelBug("rmap.mapcount_underflow", f"folio {fid}")
+    st.p_mapcount[b + pages] = mc
+    last = int(np.count_nonzero(mc == -1))
+    npm = int(st.f_npm[fid])
+    if last:
+        st.f_npm[fid] = npm - last
+        if npm < ENTIRELY_MAPPED:
+            mod_node_page_state(st, "nr_anon_mapped", -last)
+            # the first page that became unmapped left npm - 1 pages mapped
+            if npm >= 2 and not st.f_partial[fid]:
+                deferred_split_folio(st, fid, True)
+
+
+def folio_remove_rmap_ptes_batched(st: FastState, mm: FastMm, fids: Arr, firsts: Arr,
+                                   lens: Arr) -> None:
+    """folio_remove_rmap_ptes() and folio_put_refs() for each batch of a zap's large-folio
+    PTEs: (folio, first page, length), in PTE order.  Nothing else touches a folio between
+    its batches, so each folio's are folded at once: counters by sums, the mm-id slots by
+    the sequence of subtractions, the partial-mapping flag raised at the first batch that
+    unmaps a page while others stay mapped.  Flags are then raised in the order of those
+    batches, and folios whose last reference went are freed."""
+    groups: dict[int, list[int]] = {}  # folio -> its batches, in order
+    for k, fid in enumerate(fids.tolist()):
+        groups.setdefault(fid, []).append(k)
+    flagged: list[tuple[int, int]] = []  # (batch, folio) where a flag was raised
+    freed: list[int] = []
+    for fid in sorted(groups):
+        group = groups[fid]
+        k = _remove_batches(st, fid, firsts[group], lens[group], mm)
+        if k >= 0:
+            flagged.append((group[k], fid))
+        if st.f_ref[fid] == 0:
+            freed.append(fid)
+    for _, fid in sorted(flagged):
+        deferred_split_folio(st, fid, True)
+    for fid in freed:
+        free_folio(st, fid)
+
+
+def _remove_batches(st: FastState, fid: int, first_pages: Arr, lens: Arr, mm: FastMm) -> int:
+    """One folio's batches, in order: the first batch that flags it partially mapped, or
+    -1."""
+    b = int(st.f_base[fid])
+    total = int(lens.sum())
+    offsets = np.cumsum(lens) - lens  # of each batch among the folio's pages
+    p0 = int(first_pages[0])
+    if not np.count_nonzero(first_pages - offsets != p0):  # one run of pages
+        mc = st.p_mapcount[b + p0 : b + p0 + total]  # consecutive pages: a view
+        if np.count_nonzero(mc < 0):
+            raise ModelBug("rmap.mapcount_underflow", f"folio {fid}")
+        last_per_batch = np.add.reduceat((mc == 0).astype(np.int64), offsets)
+        mc -= 1
+    else:
+        pool = b + np.repeat(first_pages - offsets, lens) + np.arange(total)
+        before = st.p_mapcount[pool]
+        if np.count_nonzero(before < 0):
+            raise ModelBug("rmap.mapcount_underflow", f"folio {fid}")
+        st.p_mapcount[pool] = before - 1
+        last_per_batch = np.add.reduceat((before == 0).astype(np.int64), offsets)
+    _sub_large_mapcount_seq(st, fid, lens, mm)
+    npm0 = int(st.f_npm[fid])
+    total_last = int(last_per_batch.sum())
+    st.f_npm[fid] = npm0 - total_last
+    flagged = -1
+    if npm0 < ENTIRELY_MAPPED and total_last:
+        mod_node_page_state(st, "nr_anon_mapped", -total_last)
+        k = int(np.argmax(last_per_batch > 0))  # the batches before it unmapped none
+        if npm0 - int(last_per_batch[k]) != 0 and not st.f_partial[fid]:
+            flagged = k
+    st.f_ref[fid] -= total
+    if st.f_ref[fid] < 0:
+        raise ModelBug("folio_put.underflow", f"folio {fid} refcount below zero")
+    return flagged
+
+
+# --------------------------------------------------------------------------------------
+# fork: include/linux/rmap.h __folio_try_dup_anon_rmap()
+# --------------------------------------------------------------------------------------
+
+
+def folio_maybe_dma_pinned(st: FastState, fid: int) -> bool:
+    """folio_maybe_dma_pinned(): _pincount for large folios, the 1024 bias for small ones."""
+    if st.f_order[fid] > 0:
+        return bool(st.f_pin[fid] > 0)
+    return bool(st.f_ref[fid] >= GUP_PIN_COUNTING_BIAS)
+
+
+def folio_try_dup_anon_rmap(st: FastState, fid: int, first: int, n: int, dst: FastMm,
+                            src: FastMm, level: str) -> bool:
+    """__folio_try_dup_anon_rmap(): False (-EBUSY) for an exclusive page that may be pinned
+    (folio_needs_cow_for_dma()); the caller holds the extra reference already."""
+    maybe_pinned = src.has_pinned and folio_maybe_dma_pinned(st, fid)
+    b = int(st.f_base[fid])
+    if level == LEVEL_PTE:
+        ex = st.p_exclusive[b + first : b + first + n]
+        if maybe_pinned and np.count_nonzero(ex):
+            return False
+        ex[:] = False
+        st.p_mapcount[b + first : b + first + n] += 1
+        if st.f_order[fid] > 0:
+            folio_add_large_mapcount(st, fid, n, dst)
+        return True
+    if st.p_exclusive[b]:
+        if maybe_pinned:
+            return False
+        st.p_exclusive[b] = False
+    st.f_entire[fid] += 1
+    folio_add_large_mapcount(st, fid, 1, dst)
+    return True

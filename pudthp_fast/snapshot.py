@@ -1,25 +1,27 @@
-"""The canonical snapshot of FORMAT.md section 3, taken from the fast struct-of-arrays state.
+"""The canonical snapshot of FORMAT.md section 3, taken from the fast struct-of-arrays
+state, and loaded back into one (``load_snapshot``, the inverse of ``take_snapshot``).
 
-This is the one place where the fast model converts to plain Python: the result must equal,
-value for value and in the same order, what ``pudthp_ref``'s ``take_snapshot`` gives for the
-same logical state (page tables and live folios sorted by id, entries as ``[index, entry]``
-for non-none entries, per-page arrays run-length encoded with ``spec.rle`` semantics).  The
-run-length encoding is computed over all live folios at once: one gather of their pages in
-id order, change points where the value changes or a folio starts, ``np.flatnonzero``.
+This is the one place where the fast model converts to and from plain Python: a snapshot
+must equal, value for value and in the same order, what ``pudthp_ref``'s ``take_snapshot``
+gives for the same logical state (page tables and live folios sorted by id, entries as
+``[index, entry]`` for non-none entries, per-page arrays run-length encoded with
+``spec.rle`` semantics).  The run-length encoding is computed over all live folios at once:
+one gather of their pages in id order, change points where the value changes or a folio
+starts, ``np.flatnonzero``.  What a snapshot does not hold is rebuilt on load as
+``pudthp_ref.snapshot.load_snapshot`` rebuilds it, so both sides load the same state.
 """
 
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 from typing import Any
 
 import numpy as np
 
 from pudthp_fast.state import (
     LEAF,
-    LEVEL_NAMES,
+    LEVEL_CODE,
+    NULL,
     POISON1,
     POISON2,
     PTE,
@@ -29,9 +31,24 @@ from pudthp_fast.state import (
     TABLE,
     ZERO,
     Arr,
+    D,
+    FastMm,
     FastState,
+    FastVma,
+    W,
+    Y,
+    set_entry,
 )
-from pudthp_ref.spec import FOLIO_FLAGS, LIST_POISON1, LIST_POISON2, SNAPSHOT_FORMAT
+from pudthp_ref.spec import (
+    FOLIO_FLAGS,
+    LEVEL_PMD,
+    LEVEL_PUD,
+    LEVELS,
+    LIST_POISON1,
+    LIST_POISON2,
+    SNAPSHOT_FORMAT,
+    Config,
+)
 
 _STATE_NAMES = {ST_LIVE: "live", ST_DEPOSITED: "deposited"}
 
@@ -67,12 +84,6 @@ def _snapshot(st: FastState) -> dict[str, Any]:
     }
 
 
-def digest_snapshot(snap: dict[str, Any]) -> str:
-    """A short canonical digest of a snapshot dict (same value for equal snapshots)."""
-    text = json.dumps(snap, sort_keys=True, separators=(",", ":"))
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-
-
 def _plain(v: Any) -> Any:
     """A deep copy with numpy scalars turned into Python ones (json.dumps must work)."""
     if isinstance(v, dict):
@@ -87,19 +98,11 @@ def _plain(v: Any) -> Any:
 def _mms(st: FastState) -> list[dict[str, Any]]:
     out = []
     for mm in st.mms:
-        vmas = []
-        for v in mm.vmas:
-            flags = []
-            if v.hugepage:
-                flags.append("hugepage")
-            if v.nohugepage:
-                flags.append("nohugepage")
-            vmas.append([int(v.start), int(v.end), v.prot, flags])
         out.append(
             {
                 "id": int(mm.id),
                 "alive": bool(mm.alive),
-                "vmas": vmas,
+                "vmas": [[int(v.start), int(v.end), v.prot, v.flags()] for v in mm.vmas],
                 "rss_anon": int(mm.rss_anon),
                 "rss_swap": int(mm.rss_swap),
                 "pgtables_bytes": int(mm.pgtables_bytes),
@@ -171,7 +174,7 @@ def _pagetables(st: FastState) -> list[dict[str, Any]]:
         out.append(
             {
                 "id": tid,
-                "level": LEVEL_NAMES[level] if 0 <= level < len(LEVEL_NAMES) else level,
+                "level": LEVELS[level] if 0 <= level < len(LEVELS) else level,
                 "mm": mm,
                 "state": _STATE_NAMES[tstate],
                 "w8": _word(w8),
@@ -283,3 +286,140 @@ def _swap(st: FastState) -> list[dict[str, Any]]:
             st.s_zero[slots].tolist(), strict=True
         )
     ]
+
+
+def take_summary(st: FastState) -> dict[str, Any]:
+    """The per-op digest's input: nothing that grows with the number of pages."""
+    return {
+        "mms": [
+            [mm.id, mm.alive, [[v.start, v.end, v.prot, v.flags()] for v in mm.vmas],
+             mm.rss_anon, mm.rss_swap, mm.pgtables_bytes, mm.has_pinned]
+            for mm in st.mms
+        ],
+        "deferred": list(st.deferred),
+        "pins": sorted([pid, f, p] for pid, (f, p) in st.pins.items()),
+        "next": [st.next_pt, st.next_folio, st.next_slot, st.next_pin],
+        "swap_used": st.s_used,
+        "fail_alloc": dict(st.fail_alloc),
+        "stats": st.stats,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Loading a snapshot
+# --------------------------------------------------------------------------------------
+
+_KINDS = {"table": TABLE, "leaf": LEAF, "zero": ZERO, "pte": PTE, "swap": SWAP}
+_STATES = {"live": ST_LIVE, "deposited": ST_DEPOSITED}
+
+
+def _load_word(w: Any) -> int:
+    if w is None:
+        return NULL
+    if w == LIST_POISON1:
+        return POISON1
+    if w == LIST_POISON2:
+        return POISON2
+    if type(w) is int and w > 0:
+        return w
+    raise ValueError(f"word {w!r} is not a page-table id, NULL or a poison value")
+
+
+def _unrle(runs: list[list[Any]]) -> list[Any]:
+    return [v for v, n in runs for _ in range(n)]
+
+
+def load_snapshot(snap: dict[str, Any], cfg: Config, paths: str = "default") -> FastState:
+    """The state ``snap`` describes (``take_snapshot(load_snapshot(s, cfg)) == s``), with
+    ``cfg``'s geometry.  Raises ValueError for what the arrays cannot hold (a word that is
+    no id, a swap slot at count 0, an unknown level, state or entry kind).
+
+    Not in a snapshot, rebuilt as the reference rebuilds it: id counters one past the
+    largest id in use, a fresh anon_vma for every VMA (none forked), the huge zero folio
+    allocated iff ``thp_zero_page_alloc`` counted it, and each live table's address from
+    the entry that names it."""
+    st = FastState(cfg, paths)
+    tables = snap["pagetables"]
+    st.new_table_rows(max((t["id"] for t in tables), default=0))
+    for t in tables:
+        tid = t["id"]
+        if t["level"] not in LEVEL_CODE or t["state"] not in _STATES:
+            raise ValueError(f"table {tid}: level {t['level']!r}, state {t['state']!r}")
+        st.t_level[tid] = LEVEL_CODE[t["level"]]
+        st.t_mm[tid] = t["mm"]
+        st.t_state[tid] = _STATES[t["state"]]
+        st.t_w8[tid] = _load_word(t["w8"])
+        st.t_w16[tid] = _load_word(t["w16"])
+        for i, e in t["entries"]:
+            kind = _KINDS.get(e[0])
+            if kind is None:
+                raise ValueError(f"table {tid} entry {i}: {e!r}")
+            bits = 0
+            if e[0] in ("leaf", "pte"):
+                bits = (W if e[-3] else 0) | (D if e[-2] else 0) | (Y if e[-1] else 0)
+            set_entry(st, tid, i, kind, e[1] if len(e) > 1 else 0, e[2] if kind == PTE else 0,
+                      bits)
+    folios = snap["folios"]
+    st.new_folio_rows(max((f["id"] for f in folios), default=0))
+    for f in folios:
+        fid, nr = f["id"], 1 << f["order"]
+        b = st.new_pages(nr)
+        st.f_order[fid], st.f_node[fid], st.f_nr[fid], st.f_base[fid] = f["order"], f["node"], nr, b
+        st.f_ref[fid], st.f_pin[fid] = f["refcount"], f["pincount"]
+        st.f_entire[fid], st.f_large[fid] = f["entire_mapcount"], f["large_mapcount"]
+        st.f_npm[fid], st.f_shared[fid] = f["nr_pages_mapped"], f["shared"]
+        st.f_mmid[fid], st.f_mmc[fid] = f["mm_id"], f["mm_id_mapcount"]
+        st.f_live[fid] = True
+        for name, arr in (("deferred", st.f_deferred), ("dirty", st.f_dirty),
+                          ("partially_mapped", st.f_partial), ("swapcache", st.f_swapcache)):
+            arr[fid] = name in f["flags"]
+        st.p_mapcount[b : b + nr] = _unrle(f["mapcount"])
+        st.p_exclusive[b : b + nr] = _unrle(f["anon_exclusive"])
+        st.p_data[b : b + nr] = np.array(_unrle(f["data"]), np.uint64)
+    swap = snap["swap"]
+    st.new_slots(max((s["slot"] for s in swap), default=0))
+    for s in swap:
+        if s["count"] <= 0:
+            raise ValueError(f"swap slot {s['slot']} at count {s['count']}")
+        slot = s["slot"]
+        st.s_count[slot], st.s_data[slot], st.s_zero[slot] = s["count"], s["data"], s["zeromap"]
+    st.s_used = len(swap)
+    for m in snap["mms"]:
+        vmas = []
+        for start, end, prot, flags in m["vmas"]:
+            vmas.append(FastVma(start, end, prot, "hugepage" in flags, "nohugepage" in flags,
+                                st.next_anon_vma))
+            st.next_anon_vma += 1
+        st.mms.append(FastMm(m["id"], m["pud_table"] or 0, m["alive"], vmas, m["rss_anon"],
+                             m["rss_swap"], m["pgtables_bytes"], m["has_pinned"]))
+    _table_addresses(st)
+    st.pins = {p["id"]: (p["folio"], p["page"]) for p in snap["pins"]}
+    st.next_pin = max(st.pins, default=0) + 1
+    st.deferred = list(snap["deferred"])
+    st.fail_alloc = dict(snap["fail_alloc"])
+    st.stats = _plain(snap["stats"])
+    st.huge_zero_allocated = st.stats["vmstat"]["thp_zero_page_alloc"] > 0
+    return st
+
+
+def _table_addresses(st: FastState) -> None:
+    """``t_addr`` of every live table an alive mm's PUD and PMD tables name."""
+    g = st.geom
+    pud_code, pmd_code = LEVEL_CODE[LEVEL_PUD], LEVEL_CODE[LEVEL_PMD]
+    for mm in st.mms:
+        t = mm.pud_table
+        if not mm.alive or not 0 < t < st.next_pt or st.t_level[t] != pud_code:
+            continue
+        st.t_addr[t] = 0
+        for pi, pmd in _children(st, t):
+            st.t_addr[pmd] = pi * g.pud_nr
+            if st.t_level[pmd] == pmd_code:
+                for mi, pte in _children(st, pmd):
+                    st.t_addr[pte] = pi * g.pud_nr + mi * g.pmd_nr
+
+
+def _children(st: FastState, t: int) -> list[tuple[int, int]]:
+    r = st.row(t)
+    idx = (st.e_kind[r] == TABLE).nonzero()[0]
+    return [(i, c) for i, c in zip(idx.tolist(), st.e_id[r, idx].tolist(), strict=True)
+            if 0 < c < st.next_pt]

@@ -1,13 +1,13 @@
-"""State of the fast model as struct-of-arrays: page tables, folios, the page pool, swap.
+"""State of the fast model as struct-of-arrays: page tables, folios, the page pool, swap; and
+the helpers that read and write entries over those arrays.
 
 Every table, folio and swap slot is a row of numpy arrays indexed by its id (row 0 unused,
 ids start at 1, as in the reference).  Arrays grow in chunks: what is needed, rounded up to
 half the current size (a quarter for the page pool) or a geometry-sized minimum (a PUD
 folio's pages for the pool, a PUD split's tables for the entry rows), never by doubling
-the pool for one page.  Per-page
-folio state lives in one page pool: a folio owns ``[f_base, f_base + f_nr)`` of ``p_mapcount``,
-``p_exclusive`` and ``p_data``, so splitting a folio hands its tail pages to the new folios
-without copying.
+the pool for one page.  Per-page folio state lives in one page pool: a folio owns
+``[f_base, f_base + f_nr)`` of ``p_mapcount``, ``p_exclusive`` and ``p_data``, so splitting
+a folio hands its tail pages to the new folios without copying.
 
 Entries live in rows of ``e_kind``/``e_id``/``e_page``/``e_bits`` that are separate from
 table ids: ``t_row[id]`` is the table's row, 0 while it has none (row 0 is all-none and
@@ -19,12 +19,12 @@ Entry encoding (``e_kind`` per row and index):
     PMD or zero-page PTE), 4 present PTE (``e_id`` = folio, ``e_page`` = page in folio),
     5 swap PTE (``e_id`` = slot).  ``e_bits``: 1 write, 2 dirty, 4 young.
 Raw ptdesc words ``t_w8`` / ``t_w16``: 0 NULL, a table id, or ``POISON1`` / ``POISON2``.
+A table's level ``t_level`` is the index of its name in ``spec.LEVELS`` (``LEVEL_CODE``).
 
-Dirty tracking for the incremental invariant checker (``pudthp_fast.incremental``): every
-write to a table (its entries, words, state, level or owner) sets ``t_touch[id]`` (``wrow``,
-``wrows``, ``release_row(s)`` and ``touch_t``/``touch_ts`` at the other write sites), every
-write to a folio's fields or its pages' ``_mapcount``/AnonExclusive sets ``f_touch[id]``
-(``touch_f``/``touch_fs``).  The checker consumes the marks; ``inc`` holds its aggregates.
+Hot paths come in two variants, a Python loop for a few entries (numpy's fixed cost per
+call would dominate at small geometry) and numpy above; ``Paths`` says which one runs and
+counts what ran (``FAST_PATHS``: by size as tuned, or one variant always, so a campaign
+cross-checks both against the reference).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from pudthp_ref.spec import LEVELS, Config, Geometry, empty_stats
+from pudthp_ref.spec import LEVEL_PTE, LEVELS, Config, Geometry, ModelBug, empty_stats
 
 NONE, TABLE, LEAF, ZERO, PTE, SWAP = 0, 1, 2, 3, 4, 5
 W, D, Y = 1, 2, 4  # entry bits: write, dirty, young
@@ -43,13 +43,24 @@ NULL = 0
 POISON1 = -1  # LIST_POISON1
 POISON2 = -2  # LIST_POISON2
 
-LV_PUD, LV_PMD, LV_PTE = 0, 1, 2
-LEVEL_NAMES = LEVELS  # by LV_* index
+LEVEL_CODE: dict[str, int] = {name: i for i, name in enumerate(LEVELS)}  # t_level values
 ST_FREE, ST_LIVE, ST_DEPOSITED = 0, 1, 2
 
 SMALL = 48
-"""Up to this many entries a PTE-range operation runs as a Python loop: numpy's fixed cost
-per call would dominate (small geometry)."""
+"""Up to this many entries (a small multiple of it on some paths) a hot path runs its
+Python loop, above it numpy."""
+
+FAST_PATHS: dict[str, int] = {"default": SMALL, "numpy": -1, "python": 1 << 62}
+"""The variants a run may ask for (a program's ``meta.fast_paths``, ``harness.runner``): by
+size as tuned, numpy always, Python loops always; the value is ``Paths.small``."""
+
+HOT_PATHS: tuple[str, ...] = ("copy_pmd_range", "copy_pte_range", "zap_pte_range",
+                              "zap_pmd_range", "free_pgtables", "pt_free_many")
+"""The paths with two variants, as ``Paths.taken`` names them (``NAME:python``,
+``NAME:numpy``)."""
+
+_PATH_KEYS = {(p, small): f"{p}:{'python' if small else 'numpy'}"
+              for p in HOT_PATHS for small in (True, False)}
 
 I8 = np.int8
 I32 = np.int32
@@ -59,13 +70,31 @@ U64 = np.uint64
 Arr = npt.NDArray[Any]
 
 
+class Paths:
+    """Which variant of each hot path runs (``small``: the Python loop up to that many
+    entries) and how often each variant ran (``taken``, read by model-state coverage)."""
+
+    __slots__ = ("small", "taken")
+
+    def __init__(self, name: str = "default") -> None:
+        self.small = FAST_PATHS[name]
+        self.taken: dict[str, int] = {}
+
+    def python(self, path: str, small: bool) -> bool:
+        """Count one run of ``path`` and return ``small``: whether it runs its loop."""
+        key = _PATH_KEYS[path, small]
+        taken = self.taken
+        taken[key] = taken.get(key, 0) + 1
+        return small
+
+
 # The arrays that grow together, by the id they are indexed by, and the fill of those whose
 # new rows are not zero (False for the booleans).
-TABLE_FIELDS = ("t_level", "t_mm", "t_state", "t_w8", "t_w16", "t_addr", "t_row", "t_touch")
+TABLE_FIELDS = ("t_level", "t_mm", "t_state", "t_w8", "t_w16", "t_addr", "t_row")
 ROW_FIELDS = ("e_kind", "e_id", "e_page", "e_bits")
 FOLIO_FIELDS = ("f_order", "f_node", "f_nr", "f_base", "f_ref", "f_pin", "f_entire",
                 "f_large", "f_npm", "f_mmid", "f_mmc", "f_shared", "f_dirty", "f_swapcache",
-                "f_partial", "f_deferred", "f_live", "f_touch")
+                "f_partial", "f_deferred", "f_live")
 PAGE_FIELDS = ("p_mapcount", "p_exclusive", "p_data")
 SLOT_FIELDS = ("s_count", "s_data", "s_zero")
 FILLS: dict[str, int] = {"f_entire": -1, "f_large": -1, "f_mmc": -1, "p_mapcount": -1}
@@ -137,6 +166,11 @@ class FastVma:
     anon_vma: int | None = None
     forked: bool = False  # the anon_vma chain holds a parent's (anon_vma_fork)
 
+    def flags(self) -> list[str]:
+        if self.hugepage:
+            return ["hugepage", "nohugepage"] if self.nohugepage else ["hugepage"]
+        return ["nohugepage"] if self.nohugepage else []
+
 
 @dataclass(slots=True)
 class FastMm:
@@ -157,11 +191,12 @@ class FastMm:
 class FastState:
     """All arrays and counters of one fast model."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, paths: str = "default") -> None:
         self.cfg = cfg
         self.geom: Geometry = cfg.geom
         P = self.geom.P
         self.P = P
+        self.paths = Paths(paths)
         # First capacities sized by geometry (one PUD folio, its deposit twice); growth is
         # by chunks of at least a PUD split's tables and a PUD folio's pages.
         tables = rows = 2 * P + 16
@@ -177,8 +212,6 @@ class FastState:
         self.t_w16 = np.zeros(tables, I64)
         self.t_addr = np.zeros(tables, I64)  # first page a live table maps (for rmap walks)
         self.t_row = np.zeros(tables, I64)  # the table's entry row, 0 = none yet
-        self.t_rowl: list[int] = [0] * tables  # the same as a list, for scalar lookups
-        self.t_touch = np.zeros(tables, bool)  # written since the last incremental check
         self.e_kind = np.zeros((rows, P), I8)
         self.e_id = np.zeros((rows, P), I32)
         self.e_page = np.zeros((rows, P), I32)
@@ -204,7 +237,6 @@ class FastState:
         self.f_partial = np.zeros(folios, bool)
         self.f_deferred = np.zeros(folios, bool)
         self.f_live = np.zeros(folios, bool)
-        self.f_touch = np.zeros(folios, bool)  # written since the last incremental check
         self.next_folio = 1
         # the page pool
         self.p_mapcount = np.full(pages, -1, I32)
@@ -226,17 +258,10 @@ class FastState:
         self.fail_alloc: dict[str, int] = {"pud": 0, "pmd": 0, "base": 0}
         self.huge_zero_allocated = False
         self.stats: dict[str, Any] = empty_stats()
-        # the incremental checker's aggregates, built by its first check, and how its
-        # checks went (cleared alone, or handed to the full checker)
-        self.inc: Any = None
-        self.checks: dict[str, int] = {"incremental": 0, "fallback": 0}
 
     # ---------------------------------------------------------------------------------
     # allocation of rows
     # ---------------------------------------------------------------------------------
-
-    def new_table_row(self) -> int:
-        return self.new_table_rows(1)
 
     def new_table_rows(self, n: int) -> int:
         """Reserve ``n`` consecutive table ids; returns the first."""
@@ -244,21 +269,19 @@ class FastState:
         self.next_pt += n
         if self.next_pt > self.t_level.shape[0]:
             grow_fields(self, TABLE_FIELDS, self.next_pt, tid)
-            self.t_rowl.extend([0] * (self.t_row.shape[0] - len(self.t_rowl)))
         return tid
 
     def row(self, t: int) -> int:
         """The entry row of table ``t`` for reading (0, all none, if it has none)."""
-        return self.t_rowl[t]
+        r: int = self.t_row.item(t)
+        return r
 
     def wrow(self, t: int) -> int:
-        """The entry row of table ``t`` for writing, taken on first use; marks ``t``."""
-        self.t_touch[t] = True
-        r = self.t_rowl[t]
+        """The entry row of table ``t`` for writing, taken on first use."""
+        r: int = self.t_row.item(t)
         if r == 0:
             r = self.free_rows.pop() if self.free_rows else self._new_rows(1)
             self.t_row[t] = r
-            self.t_rowl[t] = r
         return r
 
     def wrows(self, ts: Arr) -> Arr:
@@ -268,22 +291,7 @@ class FastState:
         if missing.size:
             for k in missing.tolist():
                 rows[k] = self.wrow(int(ts[k]))
-        self.t_touch[ts] = True
         return rows
-
-    def touch_t(self, t: int) -> None:
-        """Table ``t`` was written (words, state, level, owner) outside ``wrow``."""
-        self.t_touch[t] = True
-
-    def touch_ts(self, ts: Arr) -> None:
-        self.t_touch[ts] = True
-
-    def touch_f(self, f: int) -> None:
-        """Folio ``f``'s fields or its pages' mapcounts / AnonExclusive were written."""
-        self.f_touch[f] = True
-
-    def touch_fs(self, fs: Arr) -> None:
-        self.f_touch[fs] = True
 
     def _new_rows(self, n: int) -> int:
         first = self.next_row
@@ -293,7 +301,7 @@ class FastState:
         return first
 
     def release_rows(self, ts: Arr) -> None:
-        """``release_row`` for an array of tables, in order."""
+        """A freed table gives its row back, cleared; for an array of tables, in order."""
         rows = self.t_row[ts]
         rows = rows[rows != 0]
         if rows.size:
@@ -303,15 +311,10 @@ class FastState:
             self.e_bits[rows] = 0
             self.free_rows.extend(rows.tolist())
         self.t_row[ts] = 0
-        rowl = self.t_rowl
-        for t in np.asarray(ts).tolist():
-            rowl[t] = 0
-        self.t_touch[ts] = True
 
     def release_row(self, t: int) -> None:
-        """A freed table gives its row back, cleared."""
-        self.t_touch[t] = True
-        r = self.t_rowl[t]
+        """``release_rows`` for one table."""
+        r = self.t_row.item(t)
         if r:
             self.e_kind[r] = 0
             self.e_id[r] = 0
@@ -319,7 +322,6 @@ class FastState:
             self.e_bits[r] = 0
             self.free_rows.append(r)
             self.t_row[t] = 0
-            self.t_rowl[t] = 0
 
     def new_folio_rows(self, count: int) -> int:
         """Reserve ``count`` consecutive folio ids; returns the first."""
@@ -343,3 +345,115 @@ class FastState:
         if self.next_slot > self.s_count.shape[0]:
             grow_fields(self, SLOT_FIELDS, self.next_slot, base)
         return base
+
+
+# --------------------------------------------------------------------------------------
+# Entries: writes, and the table entries of a range (what the walkers of mm/ read)
+# --------------------------------------------------------------------------------------
+
+
+def set_entry(st: FastState, t: int, i: int, kind: int, eid: int = 0, page: int = 0,
+              bits: int = 0) -> None:
+    """Entry ``i`` of table ``t``: the fast side's ``set_pte_at`` / ``set_pmd_at``."""
+    r = st.wrow(t)
+    st.e_kind[r, i] = kind
+    st.e_id[r, i] = eid
+    st.e_page[r, i] = page
+    st.e_bits[r, i] = bits
+
+
+def set_entries(st: FastState, t: int, idx: Arr | slice, kind: int, eid: Arr | int = 0
+                ) -> None:
+    """set_entry() for entries ``idx`` of table ``t`` (page and bits 0)."""
+    r = st.wrow(t)
+    st.e_kind[r, idx] = kind
+    st.e_id[r, idx] = eid
+    st.e_page[r, idx] = 0
+    st.e_bits[r, idx] = 0
+
+
+def install_table(st: FastState, parent: int, i: int, child: int, addr: int) -> None:
+    """pmd_populate() / pud_populate(): entry ``i`` of ``parent`` names ``child``, which
+    maps from page ``addr``."""
+    set_entry(st, parent, i, TABLE, child)
+    st.t_addr[child] = addr
+
+
+def check_child(st: FastState, tid: int, idx: int, child: int, level: str) -> None:
+    """pmd_offset() / pte_offset()'s trust in a table entry, checked: ``child`` is a live
+    table of ``level``."""
+    if child <= 0 or child >= st.next_pt or st.t_level[child] != LEVEL_CODE[level] or (
+            st.t_state[child] != ST_LIVE):
+        raise ModelBug("walk.bad_table", f"entry {idx} of table {tid} is no live table")
+
+
+def tables_at(st: FastState, tid: int, idx: Arr, level: str) -> Arr:
+    """check_child() for entries ``idx`` of table ``tid``: the live tables they name."""
+    r = st.row(tid)
+    child = st.e_id[r, idx].astype(np.int64)
+    bad = (st.e_kind[r, idx] != TABLE) | (child <= 0) | (child >= st.next_pt)
+    if not np.count_nonzero(bad):
+        bad = (st.t_level[child] != LEVEL_CODE[level]) | (st.t_state[child] != ST_LIVE)
+    if np.count_nonzero(bad):
+        i = int(idx[np.argmax(bad)])
+        raise ModelBug("walk.bad_table", f"entry {i} of table {tid} is no live table")
+    return child
+
+
+def pmd_entries(g: Geometry, addr: int, nxt: int) -> tuple[int, int]:
+    """The PMD entries ``[m0, m1)`` that ``[addr, nxt)`` (inside one PUD) touches."""
+    return (addr // g.pmd_nr) % g.P, ((nxt - 1) // g.pmd_nr) % g.P + 1
+
+
+def pte_bounds(g: Geometry, idx: Arr, addr: int, nxt: int) -> tuple[Arr, Arr]:
+    """For PMD entries ``idx`` of the PUD holding ``[addr, nxt)``: the PTE index range
+    ``[lo, hi)`` of each that lies inside ``[addr, nxt)``."""
+    base = addr - addr % g.pud_nr + idx * g.pmd_nr
+    a = np.maximum(base, addr)
+    b = np.minimum(base + g.pmd_nr, nxt)
+    return a % g.P, a % g.P + (b - a)
+
+
+def range_mask(P: int, lo: Arr, hi: Arr) -> Arr | None:
+    """Row ``i`` True on columns ``[lo[i], hi[i])``; None when every row is whole."""
+    if not np.count_nonzero(lo) and not np.count_nonzero(hi != P):
+        return None
+    cols = np.arange(P)
+    mask: Arr = (cols >= lo[:, None]) & (cols < hi[:, None])
+    return mask
+
+
+Segment = tuple[int, int, int]  # a PTE table and the index range [lo, hi) of it in a walk
+
+
+def pte_segments(st: FastState, pmd: int, m0: int, m1: int, addr: int, nxt: int,
+                 python: bool) -> tuple[list[int], list[Segment]] | None:
+    """The PMD entries of ``[m0, m1)`` (those ``[addr, nxt)`` touches) that name PTE
+    tables, and each such table's PTE range inside ``[addr, nxt)``; None if a huge (or any
+    other) entry is among them.  ``python``: the caller's variant (``Paths``)."""
+    g = st.geom
+    r = st.row(pmd)
+    if not python:
+        kinds = st.e_kind[r, m0:m1]
+        if np.count_nonzero((kinds != NONE) & (kinds != TABLE)):
+            return None
+        idx = m0 + (kinds == TABLE).nonzero()[0]
+        ptes = tables_at(st, pmd, idx, LEVEL_PTE)
+        lo, hi = pte_bounds(g, idx, addr, nxt)
+        return idx.tolist(), list(zip(ptes.tolist(), lo.tolist(), hi.tolist(), strict=True))
+    K = st.e_kind[r, m0:m1].tolist()
+    if any(k != NONE and k != TABLE for k in K):
+        return None
+    ids = st.e_id[r, m0:m1].tolist()
+    P, pmd_nr = g.P, g.pmd_nr
+    first = addr - addr % g.pud_nr
+    kids = [(m0 + j, ids[j]) for j, k in enumerate(K) if k == TABLE]
+    for mi, child in kids:
+        check_child(st, pmd, mi, child, LEVEL_PTE)
+    segs = []
+    for mi, child in kids:
+        base = first + mi * pmd_nr
+        a = max(base, addr)
+        b = min(base + pmd_nr, nxt)
+        segs.append((child, a % P, a % P + (b - a)))
+    return [mi for mi, _ in kids], segs

@@ -27,15 +27,12 @@ from pudthp_ref.pgtable import (
     table_of,
 )
 from pudthp_ref.rmap import (
-    LEVEL_PMD,
-    LEVEL_PTE,
-    LEVEL_PUD,
     folio_add_anon_rmap,
     folio_add_new_anon_rmap,
     folio_remove_rmap,
     folio_try_dup_anon_rmap,
 )
-from pudthp_ref.spec import ModelBug
+from pudthp_ref.spec import LEVEL_PMD, LEVEL_PTE, LEVEL_PUD, ModelBug
 from pudthp_ref.vmstat import count_mthp_stat, count_vm_event
 
 # --------------------------------------------------------------------------------------
@@ -83,10 +80,10 @@ def do_huge_pud_anonymous_page(st: MmState, mm: MmStruct, vma: Vma, pud_table: P
         return False
     # Fault order (MODEL.md 4): the PMD table goes on the PUD stack first, then its P PTE
     # tables are deposited into it with the PMD-level routine.
-    pmd_table = pt_alloc(st, mm, "pmd")
+    pmd_table = pt_alloc(st, mm, LEVEL_PMD)
     pgtable_trans_huge_pud_deposit(st, pud_table, pmd_table)
     for _ in range(st.geom.P):
-        pgtable_trans_huge_deposit(st, pmd_table, pt_alloc(st, mm, "pte"))
+        pgtable_trans_huge_deposit(st, pmd_table, pt_alloc(st, mm, LEVEL_PTE))
     pud_table.entries[pi] = mk_leaf(folio.id, vma.prot == "rw", True, True)
     folio_add_new_anon_rmap(st, folio, mm)
     mm.rss_anon += folio.nr
@@ -120,7 +117,7 @@ def do_huge_pmd_anonymous_page(st: MmState, mm: MmStruct, vma: Vma, pmd_table: P
                                write: bool) -> bool:
     """do_huge_pmd_anonymous_page(): huge zero PMD on a read fault, else a PMD THP."""
     if not write and st.cfg.use_zero_page:
-        pgtable = pt_alloc(st, mm, "pte")
+        pgtable = pt_alloc(st, mm, LEVEL_PTE)
         # mm_get_huge_zero_folio(): the huge zero folio is allocated once for the model's life
         if not st.huge_zero_allocated:
             st.huge_zero_allocated = True
@@ -131,7 +128,7 @@ def do_huge_pmd_anonymous_page(st: MmState, mm: MmStruct, vma: Vma, pmd_table: P
     folio = vma_alloc_anon_folio_pmd(st)
     if folio is None:
         return False
-    pgtable = pt_alloc(st, mm, "pte")
+    pgtable = pt_alloc(st, mm, LEVEL_PTE)
     pgtable_trans_huge_deposit(st, pmd_table, pgtable)
     map_anon_folio_pmd_pf(st, mm, vma, folio, pmd_table, mi)
     return True
@@ -259,7 +256,7 @@ def split_huge_at(st: MmState, mm: MmStruct, vpn: int) -> None:
         return
     if not is_table(pe):
         return
-    pmd_table = table_of(st, pe, "pmd")
+    pmd_table = table_of(st, pe, LEVEL_PMD)
     mi = g.pmd_index(vpn)
     me = pmd_table.entries[mi]
     if (is_leaf(me) or is_zero(me)) and vpn % g.pmd_nr:
@@ -281,8 +278,8 @@ def copy_huge_pud(st: MmState, dst_mm: MmStruct, src_mm: MmStruct, dst_pud: PtDe
     e = src_pud.entries[pi]
     assert e is not None
     folio = st.folios[e[1]]
-    pmd_table = pt_alloc(st, dst_mm, "pmd")
-    pte_tables = [pt_alloc(st, dst_mm, "pte") for _ in range(st.geom.P)]
+    pmd_table = pt_alloc(st, dst_mm, LEVEL_PMD)
+    pte_tables = [pt_alloc(st, dst_mm, LEVEL_PTE) for _ in range(st.geom.P)]
     folio_get(folio)
     if not folio_try_dup_anon_rmap(folio, 0, folio.nr, dst_mm, src_mm, LEVEL_PUD):
         folio_put(st, folio)
@@ -304,7 +301,7 @@ def copy_huge_pmd(st: MmState, dst_mm: MmStruct, src_mm: MmStruct, dst_pmd: PtDe
     """copy_huge_pmd(): THP and huge zero PMDs; False (-EAGAIN) after splitting the parent."""
     e = src_pmd.entries[mi]
     assert e is not None
-    pgtable = pt_alloc(st, dst_mm, "pte")
+    pgtable = pt_alloc(st, dst_mm, LEVEL_PTE)
     if is_zero(e):
         pgtable_trans_huge_deposit(st, dst_pmd, pgtable)
         dst_pmd.entries[mi] = ZERO

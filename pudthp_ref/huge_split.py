@@ -16,8 +16,8 @@ from pudthp_ref.memory import follow_page
 from pudthp_ref.mm_types import Folio, MmState, MmStruct, PtDesc
 from pudthp_ref.page_vma_mapped import page_vma_mapped_walk
 from pudthp_ref.pgtable import ZERO, mk_leaf, mk_pte, mk_table, pgtable_trans_huge_withdraw
-from pudthp_ref.rmap import LEVEL_PMD, LEVEL_PTE, folio_add_anon_rmap, folio_remove_rmap
-from pudthp_ref.spec import EBUSY, EINVAL, ModelBug, Result
+from pudthp_ref.rmap import folio_add_anon_rmap, folio_remove_rmap
+from pudthp_ref.spec import EBUSY, EINVAL, LEVEL_PMD, LEVEL_PTE, ModelBug, Result
 from pudthp_ref.vmstat import count_mthp_stat, count_vm_event
 
 
@@ -92,7 +92,7 @@ def unmap_folio(st: MmState, folio: Folio) -> list[MigrationEntry]:
     are split frozen into PTE migration entries."""
     out: list[MigrationEntry] = []
     for at in page_vma_mapped_walk(st, folio):
-        if at.level == "pmd":
+        if at.level == LEVEL_PMD:
             out.extend(split_huge_pmd_freeze(st, at.mm, at.table, at.index))
         else:
             out.append(try_to_migrate_one(st, at.mm, folio, at.table, at.index))

@@ -40,15 +40,8 @@ from pudthp_ref.pgtable import (
     pud_range,
     table_of,
 )
-from pudthp_ref.rmap import (
-    LEVEL_PMD,
-    LEVEL_PTE,
-    LEVEL_PUD,
-    folio_add_new_anon_rmap,
-    folio_remove_rmap,
-    folio_try_dup_anon_rmap,
-)
-from pudthp_ref.spec import ModelBug
+from pudthp_ref.rmap import folio_add_new_anon_rmap, folio_remove_rmap, folio_try_dup_anon_rmap
+from pudthp_ref.spec import LEVEL_PMD, LEVEL_PTE, LEVEL_PUD, ModelBug
 from pudthp_ref.swapfile import free_swap_and_cache, swap_duplicate, swap_slot
 from pudthp_ref.vmstat import count_vm_event
 
@@ -148,7 +141,7 @@ def handle_mm_fault(st: MmState, mm: MmStruct, vma: Vma, vpn: int, write: bool) 
             if do_huge_pud_anonymous_page(st, mm, vma, pud_table, pi):
                 return
         # pmd_alloc(): the PUD entry becomes a table for good
-        pmd_table = pt_alloc(st, mm, "pmd")
+        pmd_table = pt_alloc(st, mm, LEVEL_PMD)
         pud_table.entries[pi] = mk_table(pmd_table.id)
     elif is_leaf(pe):
         if write and not entry_write(pe):
@@ -156,7 +149,7 @@ def handle_mm_fault(st: MmState, mm: MmStruct, vma: Vma, vpn: int, write: bool) 
                 return
         else:
             return  # huge_pud_set_accessed()
-    pmd_table = table_of(st, pud_table.entries[pi], "pmd")
+    pmd_table = table_of(st, pud_table.entries[pi], LEVEL_PMD)
     mi = g.pmd_index(vpn)
     me = pmd_table.entries[mi]
     if me is None:
@@ -166,14 +159,14 @@ def handle_mm_fault(st: MmState, mm: MmStruct, vma: Vma, vpn: int, write: bool) 
             anon_vma_prepare(st, mm, vma)
             if do_huge_pmd_anonymous_page(st, mm, vma, pmd_table, mi, write):
                 return
-        pte_table = pt_alloc(st, mm, "pte")  # pte_alloc() / pmd_install()
+        pte_table = pt_alloc(st, mm, LEVEL_PTE)  # pte_alloc() / pmd_install()
         pmd_table.entries[mi] = mk_table(pte_table.id)
     elif is_leaf(me) or is_zero(me):
         if not write or (is_leaf(me) and entry_write(me)):
             return  # huge_pmd_set_accessed()
         if do_huge_pmd_wp_page(st, mm, vma, pmd_table, mi):
             return
-    pte_table = table_of(st, pmd_table.entries[mi], "pte")
+    pte_table = table_of(st, pmd_table.entries[mi], LEVEL_PTE)
     handle_pte_fault(st, mm, vma, pte_table, g.pte_index(vpn), write)
 
 
@@ -295,10 +288,10 @@ def copy_page_range(st: MmState, dst_mm: MmStruct, src_mm: MmStruct, vma: Vma) -
             continue
         if is_leaf(se) and copy_huge_pud(st, dst_mm, src_mm, dst_pud, src_pud, pi):
             continue
-        src_pmd = table_of(st, src_pud.entries[pi], "pmd")
+        src_pmd = table_of(st, src_pud.entries[pi], LEVEL_PMD)
         if dst_pud.entries[pi] is None:
-            dst_pud.entries[pi] = mk_table(pt_alloc(st, dst_mm, "pmd").id)
-        dst_pmd = table_of(st, dst_pud.entries[pi], "pmd")
+            dst_pud.entries[pi] = mk_table(pt_alloc(st, dst_mm, LEVEL_PMD).id)
+        dst_pmd = table_of(st, dst_pud.entries[pi], LEVEL_PMD)
         copy_pmd_range(st, dst_mm, src_mm, vma, dst_pmd, src_pmd, addr, nxt)
 
 
@@ -313,12 +306,18 @@ def copy_pmd_range(st: MmState, dst_mm: MmStruct, src_mm: MmStruct, vma: Vma, ds
             st, dst_mm, src_mm, dst_pmd, src_pmd, mi
         ):
             continue
-        src_pte = table_of(st, src_pmd.entries[mi], "pte")
+        src_pte = table_of(st, src_pmd.entries[mi], LEVEL_PTE)
         if dst_pmd.entries[mi] is None:
-            dst_pmd.entries[mi] = mk_table(pt_alloc(st, dst_mm, "pte").id)
-        dst_pte = table_of(st, dst_pmd.entries[mi], "pte")
-        for ti in pte_range(g, addr, nxt):
-            copy_pte(st, dst_mm, src_mm, vma, dst_pte, src_pte, ti)
+            dst_pmd.entries[mi] = mk_table(pt_alloc(st, dst_mm, LEVEL_PTE).id)
+        dst_pte = table_of(st, dst_pmd.entries[mi], LEVEL_PTE)
+        copy_pte_range(st, dst_mm, src_mm, vma, dst_pte, src_pte, addr, nxt)
+
+
+def copy_pte_range(st: MmState, dst_mm: MmStruct, src_mm: MmStruct, vma: Vma, dst_pte: PtDesc,
+                   src_pte: PtDesc, start: int, end: int) -> None:
+    """copy_pte_range(): every PTE of ``[start, end)`` (inside one PMD), in order."""
+    for ti in pte_range(st.geom, start, end):
+        copy_pte(st, dst_mm, src_mm, vma, dst_pte, src_pte, ti)
 
 
 def copy_pte(st: MmState, dst_mm: MmStruct, src_mm: MmStruct, vma: Vma, dst_pte: PtDesc,
@@ -378,7 +377,7 @@ def zap_page_range(st: MmState, mm: MmStruct, start: int, end: int, reclaim_pt: 
                 zap_huge_pud(st, mm, pud_table, pi)
                 continue
             __split_huge_pud_locked(st, mm, pud_table, pi)
-        zap_pmd_range(st, mm, table_of(st, pud_table.entries[pi], "pmd"), addr, nxt, reclaim_pt)
+        zap_pmd_range(st, mm, table_of(st, pud_table.entries[pi], LEVEL_PMD), addr, nxt, reclaim_pt)
 
 
 def zap_pmd_range(st: MmState, mm: MmStruct, pmd_table: PtDesc, start: int, end: int,
@@ -393,7 +392,7 @@ def zap_pmd_range(st: MmState, mm: MmStruct, pmd_table: PtDesc, start: int, end:
                 zap_huge_pmd(st, mm, pmd_table, mi)
                 continue
             __split_huge_pmd_locked(st, mm, pmd_table, mi)
-        pte_table = table_of(st, pmd_table.entries[mi], "pte")
+        pte_table = table_of(st, pmd_table.entries[mi], LEVEL_PTE)
         zap_pte_range(st, mm, pte_table, pte_range(g, addr, nxt))
         if reclaim_pt and nxt - addr == g.pmd_nr and all(e is None for e in pte_table.entries):
             pmd_table.entries[mi] = None
@@ -451,13 +450,13 @@ def free_pgtables(st: MmState, mm: MmStruct, start: int, end: int) -> None:
         pe = pud_table.entries[pi]
         if not is_table(pe):
             continue
-        pmd_table = table_of(st, pe, "pmd")
+        pmd_table = table_of(st, pe, LEVEL_PMD)
         base = addr - addr % g.pud_nr
         for mi, lo, _ in pmd_range(g, addr, nxt):
             lo -= lo % g.pmd_nr
             me = pmd_table.entries[mi]
             if is_table(me) and not range_mapped(mm, lo, lo + g.pmd_nr):
-                pte_table = table_of(st, me, "pte")
+                pte_table = table_of(st, me, LEVEL_PTE)
                 if any(x is not None for x in pte_table.entries):
                     raise ModelBug("free_pgtables.not_empty", f"PTE table {pte_table.id}")
                 pmd_table.entries[mi] = None

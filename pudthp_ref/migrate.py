@@ -39,7 +39,7 @@ from pudthp_ref.pgtable import (
     table_of,
 )
 from pudthp_ref.rmap import folio_maybe_dma_pinned
-from pudthp_ref.spec import EINVAL, ModelBug, Result
+from pudthp_ref.spec import EINVAL, LEVEL_PMD, LEVEL_PTE, ModelBug, Result
 from pudthp_ref.vmscan import Isolated, folio_mapcount, folio_maybe_mapped_shared
 from pudthp_ref.vmstat import count_mthp_stat, count_vm_event
 
@@ -62,7 +62,7 @@ def sys_migrate(st: MmState, mm: MmStruct, start: int, npages: int, node: int) -
         if is_leaf(me):
             queue_folio(st.folios[me[1]], node, queued)
         elif is_table(me):
-            pte_table = table_of(st, me, "pte")
+            pte_table = table_of(st, me, LEVEL_PTE)
             for ti in pte_range(g, a, b):
                 e = pte_table.entries[ti]
                 if is_present_pte(e):
@@ -162,7 +162,7 @@ def move_folio(st: MmState, src: Folio, dst: Folio) -> None:
     (as it is after the unmap) carried over; ``src`` freed."""
     migration = [
         set_pmd_migration_entry(st, at.mm, src, at.table, at.index)
-        if at.level == "pmd"
+        if at.level == LEVEL_PMD
         else try_to_migrate_one(st, at.mm, src, at.table, at.index)
         for at in page_vma_mapped_walk(st, src)
     ]

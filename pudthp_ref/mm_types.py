@@ -91,12 +91,9 @@ class Vma:
     forked: bool = False
 
     def flags(self) -> list[str]:
-        out = []
         if self.hugepage:
-            out.append("hugepage")
-        if self.nohugepage:
-            out.append("nohugepage")
-        return out
+            return ["hugepage", "nohugepage"] if self.nohugepage else ["hugepage"]
+        return ["nohugepage"] if self.nohugepage else []
 
 
 @dataclass(slots=True)

@@ -1,5 +1,6 @@
 """The reference model's front door: ``RefModel.apply(op)`` runs one FORMAT.md op as one
-atomic syscall-level step; ``snapshot()`` gives the canonical state of FORMAT.md section 3."""
+atomic syscall-level step; ``snapshot()`` gives the canonical state of FORMAT.md section 3,
+and ``RefModel.from_snapshot()`` a model in such a state."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from pudthp_ref.mm_types import MmState, MmStruct, Vma
 from pudthp_ref.mmap import exit_mmap, sys_mmap, sys_munmap
 from pudthp_ref.mprotect import sys_mprotect
 from pudthp_ref.pgtable import pt_alloc
-from pudthp_ref.snapshot import take_snapshot, take_summary
-from pudthp_ref.spec import ENOMEM, ESRCH, SIGSEGV, Config, ModelBug, Op, Result
+from pudthp_ref.snapshot import load_snapshot, take_snapshot, take_summary
+from pudthp_ref.spec import ENOMEM, ESRCH, LEVEL_PUD, SIGSEGV, Config, ModelBug, Op, Result
 
 __all__ = ["RefModel"]
 
@@ -32,14 +33,29 @@ class RefModel:
         self.st = MmState(cfg=cfg, geom=cfg.geom)
         mm_alloc(self.st)
 
+    @classmethod
+    def from_snapshot(cls, snapshot: dict[str, Any], cfg: Config | None = None) -> RefModel:
+        """A model in the state ``snapshot`` describes (the inverse of ``snapshot()``);
+        ``cfg`` defaults to the default config at the snapshot's geometry, and must have
+        that geometry.  Raises ValueError for a snapshot of another geometry."""
+        geometry = snapshot.get("geometry")
+        if cfg is None:
+            cfg = Config.from_json({"geometry": geometry})
+        elif cfg.geometry != geometry:
+            raise ValueError(f"config geometry {cfg.geometry} but snapshot geometry {geometry!r}")
+        model = cls.__new__(cls)
+        model.cfg = cfg
+        model.st = load_snapshot(snapshot, cfg)
+        return model
+
     def apply(self, op: Op) -> Result:
         return apply_op(self.st, op)
 
     def snapshot(self) -> dict[str, Any]:
         return take_snapshot(self.st)
 
-    def check_invariants(self, full: bool = False) -> None:
-        """MODEL.md section 6; every check is a whole pass (``full`` changes nothing)."""
+    def check_invariants(self) -> None:
+        """MODEL.md section 6, over the whole state."""
         check_invariants(self.st)
 
     def summary(self) -> dict[str, Any]:
@@ -50,7 +66,7 @@ def mm_alloc(st: MmState) -> MmStruct:
     """mm_alloc(): the next mm id, with its PUD table allocated at once (MODEL.md 2)."""
     mm = MmStruct(id=len(st.mms), pud_table=0)
     st.mms.append(mm)
-    mm.pud_table = pt_alloc(st, mm, "pud").id
+    mm.pud_table = pt_alloc(st, mm, LEVEL_PUD).id
     return mm
 
 

@@ -20,7 +20,7 @@ from pudthp_ref.pgtable import (
     pud_range,
     table_of,
 )
-from pudthp_ref.spec import ENOMEM, Result
+from pudthp_ref.spec import ENOMEM, LEVEL_PMD, LEVEL_PTE, Result
 
 
 def sys_mprotect(st: MmState, mm: MmStruct, start: int, npages: int, prot: str) -> Result:
@@ -69,7 +69,7 @@ def change_protection(st: MmState, mm: MmStruct, start: int, end: int, prot: str
                 change_huge_pud(st, pud_table, pi)
                 continue
             __split_huge_pud_locked(st, mm, pud_table, pi)
-        pmd_table = table_of(st, pud_table.entries[pi], "pmd")
+        pmd_table = table_of(st, pud_table.entries[pi], LEVEL_PMD)
         for mi, a, b in pmd_range(g, addr, nxt):
             me = pmd_table.entries[mi]
             if me is None:
@@ -79,7 +79,7 @@ def change_protection(st: MmState, mm: MmStruct, start: int, end: int, prot: str
                     change_huge_pmd(st, pmd_table, mi, prot)
                     continue
                 __split_huge_pmd_locked(st, mm, pmd_table, mi)
-            pte_table = table_of(st, pmd_table.entries[mi], "pte")
+            pte_table = table_of(st, pmd_table.entries[mi], LEVEL_PTE)
             for ti in pte_range(g, a, b):
                 e = pte_table.entries[ti]
                 if is_present_pte(e):

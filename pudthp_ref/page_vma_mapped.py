@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pudthp_ref.huge_memory import __split_huge_pud_locked
 from pudthp_ref.mm_types import Folio, MmState, MmStruct, PtDesc
 from pudthp_ref.pgtable import is_leaf, is_table, table_of
+from pudthp_ref.spec import LEVEL_PMD, LEVEL_PTE
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,15 +42,15 @@ def page_vma_mapped_walk(st: MmState, folio: Folio) -> Iterator[MappedAt]:
                 __split_huge_pud_locked(st, mm, pud_table, pi)
             if not is_table(pud_table.entries[pi]):
                 continue
-            pmd_table = table_of(st, pud_table.entries[pi], "pmd")
+            pmd_table = table_of(st, pud_table.entries[pi], LEVEL_PMD)
             for mi in range(st.geom.P):
                 me = pmd_table.entries[mi]
                 if is_leaf(me) and me is not None and me[1] == fid:
-                    yield MappedAt(mm, pmd_table, mi, "pmd")
+                    yield MappedAt(mm, pmd_table, mi, LEVEL_PMD)
                     me = pmd_table.entries[mi]
                 if not is_table(me):
                     continue
-                pte_table = table_of(st, me, "pte")
+                pte_table = table_of(st, me, LEVEL_PTE)
                 for ti, e in enumerate(pte_table.entries):
                     if e is not None and e[0] == "pte" and e[1] == fid:
-                        yield MappedAt(mm, pte_table, ti, "pte")
+                        yield MappedAt(mm, pte_table, ti, LEVEL_PTE)

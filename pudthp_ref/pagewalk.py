@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pudthp_ref.huge_memory import __split_huge_pud_locked
 from pudthp_ref.mm_types import MmState, MmStruct, PtDesc
 from pudthp_ref.pgtable import is_leaf, is_table, pmd_range, pud_range, table_of
+from pudthp_ref.spec import LEVEL_PMD
 
 # pmd_entry(pmd_table, index, addr, next): one non-none PMD entry over [addr, next)
 PmdEntry = Callable[[PtDesc, int, int, int], None]
@@ -26,7 +27,7 @@ def walk_page_range(st: MmState, mm: MmStruct, start: int, end: int, pmd_entry: 
             __split_huge_pud_locked(st, mm, pud_table, pi)
         if not is_table(pud_table.entries[pi]):
             continue
-        pmd_table = table_of(st, pud_table.entries[pi], "pmd")
+        pmd_table = table_of(st, pud_table.entries[pi], LEVEL_PMD)
         for mi, a, b in pmd_range(g, addr, nxt):
             if pmd_table.entries[mi] is not None:
                 pmd_entry(pmd_table, mi, a, b)

@@ -20,7 +20,15 @@ from pudthp_ref.mm_types import (
     PtDesc,
     Word,
 )
-from pudthp_ref.spec import LIST_POISON1, LIST_POISON2, PAGE_TABLE_BYTES, Geometry, ModelBug
+from pudthp_ref.spec import (
+    LEVEL_PMD,
+    LEVEL_PTE,
+    LIST_POISON1,
+    LIST_POISON2,
+    PAGE_TABLE_BYTES,
+    Geometry,
+    ModelBug,
+)
 
 # --------------------------------------------------------------------------------------
 # Entries
@@ -189,7 +197,7 @@ def pgtable_trans_huge_withdraw(st: MmState, pmd_table: PtDesc) -> PtDesc:
     pmd_table.w16 = list_first_entry_or_null(pgtable)
     if pmd_table.w16 is not None:
         list_del(st, pgtable, "withdraw.pmd")
-    if pgtable.level != "pte" or pgtable.state != PT_DEPOSITED:
+    if pgtable.level != LEVEL_PTE or pgtable.state != PT_DEPOSITED:
         raise ModelBug(
             "withdraw.pmd.wrong_table",
             f"withdrew {pgtable.level} table {pgtable.id} ({pgtable.state}) from "
@@ -233,7 +241,7 @@ def pgtable_trans_huge_pud_withdraw(st: MmState, pud_table: PtDesc) -> PtDesc:
         pud_table.w16 = top.w8
         if st.cfg.deposit == "lru_next":
             top.w8 = None  # llist_del_first() leaves the node's next as it was
-    if top.level != "pmd" or top.state != PT_DEPOSITED:
+    if top.level != LEVEL_PMD or top.state != PT_DEPOSITED:
         raise ModelBug(
             "withdraw.pud.wrong_table",
             f"popped {top.level} table {top.id} ({top.state}) from PUD table {pud_table.id}",

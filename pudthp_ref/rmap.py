@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from pudthp_ref.folio import deferred_split_folio
 from pudthp_ref.mm_types import Folio, MmState, MmStruct
-from pudthp_ref.spec import ENTIRELY_MAPPED, FOLIO_PAGES_MAPPED, GUP_PIN_COUNTING_BIAS, ModelBug
+from pudthp_ref.spec import (
+    ENTIRELY_MAPPED,
+    FOLIO_PAGES_MAPPED,
+    GUP_PIN_COUNTING_BIAS,
+    LEVEL_PMD,
+    LEVEL_PTE,
+    ModelBug,
+)
 from pudthp_ref.vmstat import count_mthp_stat, mod_node_page_state
-
-LEVEL_PTE = "pte"
-LEVEL_PMD = "pmd"
-LEVEL_PUD = "pud"
-
 
 # --------------------------------------------------------------------------------------
 # mm-id slots (include/linux/rmap.h)

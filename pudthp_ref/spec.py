@@ -533,8 +533,10 @@ MTHP_KEYS: tuple[str, ...] = (
 )
 NODE_KEYS: tuple[str, ...] = ("nr_anon_mapped", "nr_anon_thps", "nr_anon_pud_thps")
 
-# Page-table levels and states as the snapshot spells them
-LEVELS: tuple[str, ...] = ("pud", "pmd", "pte")
+# Page-table levels and states as the snapshot spells them; both implementations name a
+# level by these words only
+LEVEL_PUD, LEVEL_PMD, LEVEL_PTE = "pud", "pmd", "pte"
+LEVELS: tuple[str, ...] = (LEVEL_PUD, LEVEL_PMD, LEVEL_PTE)
 PT_STATES: tuple[str, ...] = ("live", "deposited")
 FOLIO_FLAGS: tuple[str, ...] = ("deferred", "dirty", "partially_mapped", "swapcache")
 
@@ -575,9 +577,9 @@ class Impl(Protocol):
     """What the harness needs from an implementation (``pudthp_ref``, ``pudthp_fast``).
 
     ``apply`` runs one op and returns its result; it raises ``ModelBug`` when the model
-    meets corruption.  ``check_invariants`` raises ``InvariantViolation``; ``full`` asks for
-    a pass over the whole state where an implementation checks incrementally (its class
-    then sets ``incremental_checks``), and changes nothing where every check is whole.
+    meets corruption.  ``check_invariants`` checks the whole state and raises
+    ``InvariantViolation``.  ``from_snapshot`` (a class method of each implementation, not
+    part of this protocol) is the inverse of ``snapshot``.
     """
 
     name: str
@@ -586,7 +588,7 @@ class Impl(Protocol):
 
     def snapshot(self) -> dict[str, Any]: ...
 
-    def check_invariants(self, full: bool = False) -> None: ...
+    def check_invariants(self) -> None: ...
 
     def summary(self) -> dict[str, Any]:
         """A small part of the state both implementations compute without touching pages

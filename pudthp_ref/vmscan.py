@@ -23,8 +23,8 @@ from pudthp_ref.pgtable import (
     pte_range,
     table_of,
 )
-from pudthp_ref.rmap import LEVEL_PTE, folio_maybe_dma_pinned, folio_remove_rmap
-from pudthp_ref.spec import ModelBug
+from pudthp_ref.rmap import folio_maybe_dma_pinned, folio_remove_rmap
+from pudthp_ref.spec import LEVEL_PMD, LEVEL_PTE, ModelBug
 from pudthp_ref.swapfile import folio_alloc_swap, swap_duplicate
 from pudthp_ref.vmstat import count_mthp_stat, count_vm_event
 
@@ -67,7 +67,7 @@ def madvise_pageout(st: MmState, mm: MmStruct, start: int, end: int) -> None:
                 return
             me = pmd_table.entries[mi]
         if is_table(me):
-            pageout_pte_range(st, table_of(st, me, "pte"), pte_range(g, a, b), isolated)
+            pageout_pte_range(st, table_of(st, me, LEVEL_PTE), pte_range(g, a, b), isolated)
 
     walk_page_range(st, mm, start, end, pmd_entry)
     reclaim_pages(st, isolated)
@@ -171,7 +171,7 @@ def try_to_unmap(st: MmState, folio: Folio, slot: int) -> None:
     """try_to_unmap(TTU_SPLIT_HUGE_PMD | TTU_SPLIT_HUGE_PUD): every mapping becomes a swap
     PTE (swap_duplicate, MM_ANONPAGES -1, MM_SWAPENTS +1), rmap and reference dropped."""
     for at in page_vma_mapped_walk(st, folio):
-        if at.level == "pmd":
+        if at.level == LEVEL_PMD:
             __split_huge_pmd_locked(st, at.mm, at.table, at.index)  # the walk goes on below
             continue
         e = at.table.entries[at.index]

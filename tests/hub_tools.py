@@ -19,7 +19,7 @@ from fuzz.hub_replay import Candidate, static_problem
 def start(data: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
     """``pudthp hub serve --port 0``; returns the process and the URL it printed."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "harness", "hub", "serve", "--port", "0", "--dir", str(data),
+        [sys.executable, "-m", "pudthp_cli", "hub", "serve", "--port", "0", "--dir", str(data),
          *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None

@@ -19,7 +19,7 @@ SECONDS = 6
 
 def campaign(tmp_path: Path, seconds: int, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "harness", "fuzz", "--engine", "atheris", "--time",
+        [sys.executable, "-m", "pudthp_cli", "fuzz", "--engine", "atheris", "--time",
          str(seconds), "--workers", "1", "--seed", "1", "--corpus", str(tmp_path / "corpus"),
          "--findings", str(tmp_path / "findings"), *extra],
         capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,

@@ -29,8 +29,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.cli import main
 from harness.program import MAX_JSON_DEPTH, MAX_PROGRAM_BYTES, ProgramError, load_program_file
+from pudthp_cli.main import main
 from pudthp_ref import spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -300,7 +300,7 @@ def test_a_real_interpreter_prints_one_line(tmp_path: Path, name: str) -> None:
         path = program_file(with_ops({"op": "read", "mm": 0, "addr": 10**100}))(tmp_path)
     else:
         path = next(c for c in CLASSES if c.name == name).make(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "harness", "run", path], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "pudthp_cli", "run", path], capture_output=True,
                        text=True, timeout=30, cwd=ROOT)
     assert r.returncode == 2
     assert r.stdout == ""

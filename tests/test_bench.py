@@ -9,7 +9,7 @@ import pytest
 
 from fuzz.gen import small_mix
 from harness.bench import WORKLOADS, worker
-from harness.cli import main
+from pudthp_cli.main import main
 
 
 def test_bench_prints_a_row_per_workload_and_writes_json(

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 import fuzz.archive
-import fuzz.engine_hypothesis
+import fuzz.supervisor
 from fuzz.archive import (
     archive,
     archived_signatures,
@@ -35,14 +35,15 @@ from fuzz.archive import (
     remove_stale_temporaries,
     writable_problem,
 )
-from fuzz.engine_hypothesis import Campaign, run_campaign
-from harness.cli import main
+from fuzz.engine_hypothesis import Campaign, HypothesisEngine, run_campaign
+from fuzz.supervisor import Found, Supervisor
 from harness.program import dump_program, load_program_file
 from harness.runner import run_program
+from pudthp_cli.main import main
 from pudthp_ref.spec import Config, Mmap, Program, Write
 
 ROOT = Path(__file__).resolve().parents[1]
-PUDTHP = [sys.executable, "-m", "harness"]
+PUDTHP = [sys.executable, "-m", "pudthp_cli"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
@@ -326,7 +327,7 @@ def test_a_killed_worker_is_restarted_and_counted(tmp_path: Path) -> None:
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, out + err
     assert "Traceback" not in out + err
-    assert "restarted with seed" in err
+    assert "killed by SIGKILL; started again with seed" in err
     assert "restarts  1: worker" in out
     assert "killed by SIGKILL" in out
     left = [f.name for f in tmp_path.iterdir()]
@@ -346,31 +347,31 @@ def test_sigkill_of_the_parent_leaves_complete_findings_and_no_workers(tmp_path:
     assert archived_signatures(str(tmp_path)).keys() == found.keys()  # what a next one sees
 
 
-def payload(signature: str) -> dict[str, Any]:
-    """A finding as a worker sends it to the parent."""
-    return {"signature": signature, "kind": "invariant", "ops": 2,
-            "program": finding_text(signature)}
+def found(signature: str) -> Found:
+    """A finding as a worker reports it to the supervisor."""
+    return Found(signature, "invariant", 2, finding_text(signature))
 
 
-def parent(tmp_path: Path) -> tuple[Any, io.StringIO, io.StringIO]:
+def supervisor(tmp_path: Path) -> tuple[Supervisor, io.StringIO, io.StringIO]:
     out, err = io.StringIO(), io.StringIO()
     c = Campaign(1.0, 1, {}, str(tmp_path), 1, err=err, out=out)
-    return fuzz.engine_hypothesis._Parent(c), out, err
+    return Supervisor(HypothesisEngine(c), c), out, err
 
 
-def test_the_parent_reports_and_rewrites_an_empty_finding_file(tmp_path: Path) -> None:
+def test_the_supervisor_reports_and_rewrites_an_empty_finding_file(tmp_path: Path) -> None:
     target = Path(finding_path(str(tmp_path), "sig:a"))
     target.write_text("")  # what a full disk used to leave
-    p, _, err = parent(tmp_path)
-    assert p.write(payload("sig:a"))
+    sup, _, err = supervisor(tmp_path)
+    assert sup.write(found("sig:a"))
     assert f"{target}: empty file; rewriting it" in err.getvalue()
-    assert p.written == [(str(target), payload("sig:a"))]
+    assert [(a.path, a.finding, a.new) for a in sup.archived] == [
+        (str(target), found("sig:a"), True)]
     assert check_findings(tmp_path) == {"sig:a": target.name}
 
 
-def test_the_parent_keeps_an_unwritable_finding_and_prints_it_at_the_end(
+def test_the_supervisor_keeps_an_unwritable_finding_and_prints_it_at_the_end(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = fuzz.engine_hypothesis.archive
+    real = fuzz.supervisor.archive
     full = {"on": True}
 
     def archive_(directory: str, signature: str, text: str, *a: Any) -> tuple[str, bool]:
@@ -378,20 +379,20 @@ def test_the_parent_keeps_an_unwritable_finding_and_prints_it_at_the_end(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(directory, signature, text, *a)
 
-    monkeypatch.setattr(fuzz.engine_hypothesis, "archive", archive_)
-    p, out, err = parent(tmp_path)
-    assert not p.write(payload("sig:a"))
-    assert not p.write(payload("sig:b"))
+    monkeypatch.setattr(fuzz.supervisor, "archive", archive_)
+    sup, out, err = supervisor(tmp_path)
+    assert not sup.write(found("sig:a"))
+    assert not sup.write(found("sig:b"))
     assert "No space left on device; 2 finding(s) kept in memory" in err.getvalue()
-    p.retry(force=True)  # still full: both kept
-    assert [u.payload["signature"] for u in p.unwritten] == ["sig:a", "sig:b"]
-    fuzz.engine_hypothesis._summary(p.c, p, 1.0, None)
+    sup.retry(force=True)  # still full: both kept
+    assert [u.finding.signature for u in sup.unwritten] == ["sig:a", "sig:b"]
+    sup.summary(1.0)
     text = out.getvalue()
     assert "UNWRITTEN sig:a (2 ops)" in text
     assert "    " + finding_text("sig:a").splitlines()[1] in text  # the program, whole
     full["on"] = False  # space again: the next retry writes both
-    p.retry(force=True)
-    assert p.unwritten == []
+    sup.retry(force=True)
+    assert sup.unwritten == []
     assert set(check_findings(tmp_path)) == {"sig:a", "sig:b"}
 
 
@@ -399,7 +400,7 @@ def test_a_full_disk_mid_campaign_keeps_the_findings(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     # A real campaign whose parent's first two writes fail with ENOSPC: it says so, keeps
     # the findings and writes them when a retry succeeds.
-    real = fuzz.engine_hypothesis.archive
+    real = fuzz.supervisor.archive
     calls = {"n": 0}
 
     def archive_(directory: str, signature: str, text: str, *a: Any) -> tuple[str, bool]:
@@ -408,8 +409,8 @@ def test_a_full_disk_mid_campaign_keeps_the_findings(tmp_path: Path,
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(directory, signature, text, *a)
 
-    monkeypatch.setattr(fuzz.engine_hypothesis, "archive", archive_)
-    monkeypatch.setattr(fuzz.engine_hypothesis, "RETRY_SECONDS", 0.5)
+    monkeypatch.setattr(fuzz.supervisor, "archive", archive_)
+    monkeypatch.setattr(fuzz.supervisor, "RETRY_SECONDS", 0.5)
     out, err = io.StringIO(), io.StringIO()
     code = run_campaign(Campaign(4.0, 1, {"deposit": "list_head"}, str(tmp_path), 7,
                                  err=err, out=out))

@@ -11,9 +11,9 @@ import pytest
 
 pytest.importorskip("pudthp_ref.model")
 
-from harness.cli import main
 from harness.program import load_program_file
 from harness.runner import run_program
+from pudthp_cli.main import main
 
 # The project's own copies of the shared canaries (../shared/canary/).
 CANARY = Path(__file__).resolve().parents[1] / "corpus" / "known_bad"
@@ -81,9 +81,9 @@ def test_report_unwritable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert err.count("\n") == 1
 
 
-def test_python_m_harness() -> None:
+def test_python_m_pudthp_cli() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "harness", "run", LRU_NEXT, "--quiet"],
+        [sys.executable, "-m", "pudthp_cli", "run", LRU_NEXT, "--quiet"],
         capture_output=True,
         text=True,
         check=False,

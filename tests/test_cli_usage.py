@@ -24,7 +24,7 @@ FINDING = str(ROOT / "corpus" / "known_bad" / "list_head_two_puds.json")
 
 
 def pudthp(*args: str, timeout: float = 120, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "pudthp_cli", *args], capture_output=True,
                           text=True, timeout=timeout, check=False, cwd=ROOT,
                           **kw)  # type: ignore[call-overload]
 
@@ -133,7 +133,7 @@ def test_fuzz_stats_filling_the_disk_mid_campaign_is_one_line(tmp_path: Path) ->
     for d in _tmpfs(tmp_path / "disk", "size=256k"):
         stats = d / "s.jsonl"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "harness", "fuzz", "--time", "14", "--workers", "1",
+            [sys.executable, "-m", "pudthp_cli", "fuzz", "--time", "14", "--workers", "1",
              "--no-example-db", "--findings", str(tmp_path / "f"), "--stats", str(stats),
              "--config", "deposit=lru_next"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from fuzz import gen
-from harness.cli import main
 from harness.conform import compare as conform
 from harness.conform import kernel as k
 from harness.conform import live
@@ -36,6 +35,7 @@ from harness.conform.observe import (
     project_snapshot,
 )
 from harness.program import load_program_file, parse_program
+from pudthp_cli.main import main
 from pudthp_ref import spec
 from pudthp_ref.model import RefModel
 from pudthp_ref.spec import Config, Program

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from harness.cli import main
 from harness.conform import kernel as k
 from harness.conform import live
+from pudthp_cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -212,7 +212,7 @@ def test_a_sigkilled_conform_is_restored_swap_device_included(tmp_path: Path) ->
     program = tmp_path / "swap.json"
     program.write_text(json.dumps({"format": "pudthp-program/1", "config": {
         "geometry": "x86_64", "pud_enabled": "never", "swap_pages": 4096}, "ops": ops}))
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "conform", str(program),
+    proc = subprocess.Popen([sys.executable, "-m", "pudthp_cli", "conform", str(program),
                              "--quiet"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 660  # another run may hold the lock for a while
@@ -242,7 +242,7 @@ def test_a_sigkilled_conform_is_restored_swap_device_included(tmp_path: Path) ->
         assert knob_values() == before
         assert zram_state() == (False, "0")
         assert not os.path.exists(live.RECORD_PATH)
-    r = subprocess.run([sys.executable, "-m", "harness", "conform", "--restore"], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "pudthp_cli", "conform", "--restore"], cwd=ROOT,
                        capture_output=True, text=True, timeout=660)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "nothing to restore" in r.stdout

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
 from harness.corpus import expectation, load_entries, replay
 from harness.program import dump_program, load_program_file
+from pudthp_cli.main import main
 from pudthp_ref import spec
 from pudthp_ref.spec import Config, Program
 

@@ -91,10 +91,11 @@ def program(cfg: dict[str, Any], ops: list[dict[str, Any]]) -> Program:
     return parse_program({"format": "pudthp-program/1", "config": cfg, "ops": ops}, "<case>")
 
 
-def features_per_op(p: Program, impl: str = "ref") -> list[set[str]]:
+def features_per_op(p: Program, impl: str = "ref", fast_paths: str = "default"
+                    ) -> list[set[str]]:
     """The features each op of ``p`` hit (the program must run without a finding)."""
     cov = Coverage()
-    stepper = Stepper(p.config, impl, coverage=cov)
+    stepper = Stepper(p.config, impl, coverage=cov, fast_paths=fast_paths)
     out = []
     for op in p.ops:
         before = list(cov.hits)
@@ -343,6 +344,32 @@ CASES: list[Case] = [
      "three PMD THPs and a huge zero PMD: four deposits"),
 ]
 
+# The fast side's hot paths (run under both): (feature, fast_paths, config, ops, op, why).
+# At P=8 a PUD range holds 8 PMD entries and a PMD range 8 PTEs, few enough for the Python
+# loops of every path by size (SMALL = 48 entries); fast_paths=python runs them always,
+# numpy the arrays always.
+FORK_PTE = [M(0, 64), W(0), F(0)]  # no THP: one PTE table under PMD entry 0, forked
+UNMAP_PTE = [M(0, 64), W(0), U(0, 8)]  # no THP: PMD range 0 unmapped, its PTE table freed
+FastCase = tuple[str, str, dict[str, Any], list[dict[str, Any]], int, str]
+FAST_CASES: list[FastCase] = [
+    *((f"fast:copy_pmd_range:{v}", v, PTE, FORK_PTE, 2,
+       "the fork gathers the PTE tables of PMD entries 0..7 (none or tables: all at once)")
+      for v in ("python", "numpy")),
+    *((f"fast:copy_pte_range:{v}", v, PTE, FORK_PTE, 2,
+       "the fork copies the 8 PTEs of the PTE table (one present, the others none)")
+      for v in ("python", "numpy")),
+    *((f"fast:zap_pmd_range:{v}", v, PTE, UNMAP_PTE, 2,
+       "the munmap zaps PMD entry 0's range: PTE tables only, gathered at once")
+      for v in ("python", "numpy")),
+    *((f"fast:zap_pte_range:{v}", v, PTE, UNMAP_PTE, 2,
+       "...and zaps their PTEs (one present)") for v in ("python", "numpy")),
+    *((f"fast:free_pgtables:{v}", v, PTE, UNMAP_PTE, 2,
+       "free_pgtables over [0, 8): no VMA covers PMD range 0 any more, its PTE table goes")
+      for v in ("python", "numpy")),
+    *((f"fast:pt_free_many:{v}", v, PTE, UNMAP_PTE, 2,
+       "...freed with pt_free_many() (one table)") for v in ("python", "numpy")),
+]
+
 # Features an op must not hit, for cases where a near neighbour would.
 NOT: dict[tuple[str, int], set[str]] = {
     ("fault:pud:alloc", 1): {"fault:pmd:alloc", "fault:pud:alloc_on_read"},
@@ -367,9 +394,21 @@ def test_each_feature_is_reached_by_its_program(case: Case) -> None:
         assert bad not in hits[index], f"{bad} hit at op {index}: {hits[index]}"
 
 
+@pytest.mark.parametrize("case", FAST_CASES, ids=[c[0] for c in FAST_CASES])
+def test_each_fast_path_is_reached_by_its_program(case: FastCase) -> None:
+    name, paths, cfg, ops, index, why = case
+    other = name.rsplit(":", 1)[0] + (":numpy" if paths == "python" else ":python")
+    hits = features_per_op(program(cfg, ops), "both", paths)
+    assert name in hits[index], f"{name} not hit at op {index} ({why}); hits: {hits}"
+    assert other not in hits[index], f"{other} hit with fast_paths={paths}"
+    # the reference alone has no fast paths
+    assert not any(f.startswith("fast:") for op in features_per_op(program(cfg, ops))
+                   for f in op)
+
+
 def test_every_feature_has_a_case_and_names_are_unique() -> None:
     assert len(NAMES) == len(set(NAMES)) == N_FEATURES >= 60
-    assert {c[0] for c in CASES} == set(NAMES)
+    assert {c[0] for c in CASES} | {c[0] for c in FAST_CASES} == set(NAMES)
     assert all(re.fullmatch(r"[a-z_]+(:[a-z_0-9<>=]+)+", n) for n in NAMES), NAMES
 
 
@@ -386,7 +425,11 @@ def test_counts_are_deterministic_and_the_same_under_both() -> None:
            MG(128, 64), SD(), X(1), PIN(3), F(0), W(5)]
     p = program(PUD, ops)
     runs = [features_per_op(p), features_per_op(p), features_per_op(p, "both")]
+    # the fast side's own paths are hit under both only
+    runs[2] = [{f for f in op if not f.startswith("fast:")} for op in runs[2]]
     assert runs[0] == runs[1] == runs[2]
+    both = [features_per_op(p, "both", "numpy") for _ in range(2)]
+    assert both[0] == both[1]
 
 
 def test_a_corrupted_state_is_unclassified_not_a_crash() -> None:
@@ -446,7 +489,7 @@ def test_pudthp_coverage_prints_the_table_for_files_and_directories(tmp_path: Pa
     d = tmp_path / "dir"
     d.mkdir()
     (d / "b.json").write_text(dump_program(program(PUD, [*THP_WRITE, U(0, 64)])))
-    out = subprocess.run([sys.executable, "-m", "harness", "coverage", str(a), str(d)],
+    out = subprocess.run([sys.executable, "-m", "pudthp_cli", "coverage", str(a), str(d)],
                          capture_output=True, text=True, cwd=ROOT, check=False)
     assert out.returncode == 0, out.stderr
     head = out.stdout.splitlines()[0]
@@ -466,7 +509,7 @@ def test_pudthp_coverage_bad_input_is_one_line(tmp_path: Path) -> None:
     for args in ([str(bad)], [str(tmp_path / "missing.json")], [str(tmp_path)]):
         if args == [str(tmp_path)]:
             bad.unlink()
-        out = subprocess.run([sys.executable, "-m", "harness", "coverage", *args],
+        out = subprocess.run([sys.executable, "-m", "pudthp_cli", "coverage", *args],
                              capture_output=True, text=True, cwd=ROOT, check=False)
         assert out.returncode == 2, out
         assert out.stderr.startswith("pudthp: error: ")

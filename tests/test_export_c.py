@@ -30,13 +30,13 @@ from pathlib import Path
 import pytest
 from test_conform import MINIMAL, PMD_SEEDS, _hold_huge_zero_folio, live_only
 
-from harness.cli import main
 from harness.conform import compare as conform
 from harness.conform import export_c, live
 from harness.conform import kernel as k
 from harness.conform.export_c import ExportError, PageRun, Reproducer
 from harness.conform.observe import Disagreement, PageObs, huge_zero_view, project_snapshot
 from harness.program import load_program_file, parse_program
+from pudthp_cli.main import main
 from pudthp_ref import spec
 from pudthp_ref.model import RefModel
 from pudthp_ref.spec import Program

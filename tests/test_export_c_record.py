@@ -28,9 +28,9 @@ from test_export_c import (
     start_until_plan,
 )
 
-from harness.cli import main
 from harness.conform import export_c, live
 from harness.conform import kernel as k
+from pudthp_cli.main import main
 from pudthp_ref import spec
 
 SIMPLE = [{"op": "mmap", "mm": 0, "start": 0, "npages": 512, "prot": "rw"},

@@ -30,7 +30,7 @@ CAMPAIGN = ["--workers", "1", "--config", "deposit=list_head", "--time", "10"]
 def fuzz(url: str, root: Path, machine: str, *extra: str) -> subprocess.Popen[str]:
     d = root / machine
     return subprocess.Popen(
-        [sys.executable, "-m", "harness", "fuzz", "--hub", url, *CAMPAIGN,
+        [sys.executable, "-m", "pudthp_cli", "fuzz", "--hub", url, *CAMPAIGN,
          "--machine", machine, "--findings", str(d / "findings"),
          "--corpus", str(d / "corpus"), "--example-db", str(d / "hypothesis"),
          "--stats", str(d / "stats.jsonl"), *extra],
@@ -112,7 +112,7 @@ def test_two_campaigns_share_findings_example_database_and_stats(tmp_path: Path)
         # a third machine joining later starts knowing every signature: its programs go
         # idle on them (counted as met again), nothing is shrunk or archived anew
         c = subprocess.run(
-            [sys.executable, "-m", "harness", "fuzz", "--hub", url, "--workers", "1",
+            [sys.executable, "-m", "pudthp_cli", "fuzz", "--hub", url, "--workers", "1",
              "--config", "deposit=list_head", "--time", "5", "--machine", "C", "--findings",
              str(tmp_path / "C" / "findings"), "--example-db", str(tmp_path / "C" / "db")],
             capture_output=True, text=True, timeout=120)
@@ -127,7 +127,7 @@ def test_two_campaigns_share_findings_example_database_and_stats(tmp_path: Path)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "pudthp_cli", *args], capture_output=True,
                           text=True, timeout=120)
 
 

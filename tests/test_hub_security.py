@@ -113,7 +113,7 @@ def test_nothing_runs_before_auth_and_the_campaign_user_runs_only_the_hubs_comma
 
 
 def test_an_empty_password_is_refused_in_one_line(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "harness", "hub", "serve", "--port", "0",
+    r = subprocess.run([sys.executable, "-m", "pudthp_cli", "hub", "serve", "--port", "0",
                         "--dir", str(tmp_path / "d"), "--password", ""],
                        capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2

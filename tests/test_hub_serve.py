@@ -109,13 +109,13 @@ def test_a_port_in_use_and_a_missing_binary_are_one_line(tmp_path: Path) -> None
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        r = subprocess.run([sys.executable, "-m", "harness", "hub", "serve", "--port",
+        r = subprocess.run([sys.executable, "-m", "pudthp_cli", "hub", "serve", "--port",
                             str(port), "--dir", str(tmp_path)],
                            capture_output=True, text=True, timeout=30, check=False)
     assert r.returncode == 2
     assert r.stderr == (f"pudthp: error: hub serve: port {port} on 127.0.0.1 is in use "
                         f"(another hub or Redis?); choose another with --port\n")
-    r = subprocess.run([sys.executable, "-m", "harness", "hub", "serve", "--port", "0",
+    r = subprocess.run([sys.executable, "-m", "pudthp_cli", "hub", "serve", "--port", "0",
                         "--dir", str(tmp_path), "--redis-server", str(tmp_path / "none")],
                        capture_output=True, text=True, timeout=30, check=False)
     assert r.returncode == 2

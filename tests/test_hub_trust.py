@@ -23,11 +23,12 @@ import redis
 from hub_tools import FAULT_SIGNATURE, real_finding
 
 from fuzz.archive import finding_path
-from fuzz.engine_hypothesis import Campaign, _Parent
+from fuzz.engine_hypothesis import Campaign, HypothesisEngine
 from fuzz.hub import Hub
 from fuzz.hub_replay import Candidate, Replayer
 from fuzz.link import CampaignLink, LinkError
 from fuzz.stats import Sample, StatsWriter
+from fuzz.supervisor import Supervisor
 from harness.limits import rss_mb
 from harness.runner import run_program
 
@@ -102,8 +103,10 @@ def test_a_bare_signature_never_suppresses_a_local_finding(tmp_path: Path) -> No
     assert os.listdir(link.findings_dir) == []
     # the engine's workers start knowing nothing of those signatures: a program that
     # meets one is this machine's finding (before, the hub's set was taken as known)
-    parent = _Parent(Campaign(1.0, 1, {}, link.findings_dir, 0, link=link))
-    assert parent.hub_known == set()
+    c = Campaign(1.0, 1, {}, link.findings_dir, 0, link=link)
+    sup = Supervisor(HypothesisEngine(c), c)
+    sup.tell_hub_known()
+    assert sup.known == {}
     assert link.exchange() == []
     clean(said)
 
@@ -341,7 +344,7 @@ def test_hub_pull_passes_over_hostile_stats_and_findings(tmp_path: Path) -> None
         sig, text = real_finding("read", 2)
         plant_finding(r, sig, text, machine="honest")
         r.close()
-        out = subprocess.run([sys.executable, "-m", "harness", "hub", "pull", url,
+        out = subprocess.run([sys.executable, "-m", "pudthp_cli", "hub", "pull", url,
                               "--findings", str(tmp_path / "f"), "--stats",
                               str(tmp_path / "s.jsonl")],
                              capture_output=True, text=True, timeout=300, check=False)

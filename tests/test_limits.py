@@ -24,9 +24,9 @@ import pudthp_fast.invariants
 import pudthp_ref.invariants
 import pudthp_ref.model
 from fuzz.engine_hypothesis import WorkerSpec, run_worker
-from harness.cli import main
 from harness.limits import LimitExceeded, memory_limit, time_limit
 from harness.runner import Stepper, run_program
+from pudthp_cli.main import main
 from pudthp_ref.spec import Config, Mmap, Program, Read, Write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,7 +200,7 @@ def run_stopped(path: str, *limit: str) -> tuple[subprocess.CompletedProcess[str
     """``pudthp run PATH --quiet`` with a limit, in a fresh interpreter, which the limit
     stops: exit 2 and one line.  Returns the process and the seconds it took."""
     start = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "harness", "run", path, "--quiet", *limit],
+    r = subprocess.run([sys.executable, "-m", "pudthp_cli", "run", path, "--quiet", *limit],
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 2, r.stdout + r.stderr
     assert len(r.stderr.splitlines()) == 1, r.stderr
@@ -238,23 +238,31 @@ def test_a_libfuzzer_timeout_or_out_of_memory_is_a_limit_not_a_finding(
     import io
 
     from fuzz.encoding import encode
-    from fuzz.engine_atheris import AtherisCampaign, _Run
+    from fuzz.engine_atheris import AtherisCampaign, AtherisEngine
+    from fuzz.supervisor import Supervisor
 
     out, err = io.StringIO(), io.StringIO()
     c = AtherisCampaign(1.0, 1, {}, str(tmp_path / "findings"), str(tmp_path / "corpus"),
                         err=err, out=out, max_rss=100, program_seconds=5)
     (tmp_path / "findings").mkdir()
-    run = _Run(c)
-    artifact = Path(run.tmp) / f"w0-s9-{kind}-0123abcd"
+    (tmp_path / "corpus").mkdir()
+    engine = AtherisEngine(c)
+    sup = Supervisor(engine, c)
+    engine.open(sup)
+    assert engine.run_dir is not None
+    assert engine.judge is not None
+    artifact = Path(engine.run_dir) / f"w0-s9-{kind}-0123abcd"
     artifact.write_bytes(encode(SMALL))
-    assert run.artifact(str(artifact)) == kind
+    assert engine.judge.artifact(str(artifact)) == kind
     assert not artifact.exists()
-    assert run.found == []
-    assert len(run.limits) == 1
-    assert "a program of 4 ops" in run.limits[0]
-    assert "not a finding" in run.limits[0]
-    assert ("memory cap (100 MiB)" if kind == "oom" else "time cap (5 s)") in run.limits[0]
-    run.close()
+    assert sup.archived == []
+    assert len(sup.limits) == 1
+    assert sup.limits[0].kind == ("memory" if kind == "oom" else "time")
+    text = sup.limits[0].text
+    assert "a program of 4 ops" in text
+    assert "not a finding" in text
+    assert ("memory cap (100 MiB)" if kind == "oom" else "time cap (5 s)") in text
+    engine.close()
     assert list((tmp_path / "findings").iterdir()) == []
 
 

@@ -9,6 +9,7 @@ They are split by geometry and deposit design so ``pytest -n auto`` spreads them
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -27,6 +28,7 @@ from hypothesis.stateful import run_state_machine_as_test
 from fuzz.archive import finding_path
 from fuzz.engine_hypothesis import (
     WorkerSpec,
+    examples_per_run,
     minimise,
     run_worker,
 )
@@ -36,16 +38,17 @@ from fuzz.machine import (
     InvariantFinding,
     Observer,
     PudthpMachine,
+    RuleChoice,
     finding_error,
     make_machine,
 )
-from harness.cli import main
 from harness.program import parse_program
 from harness.runner import Stepper, run_program
+from pudthp_cli.main import main
 from pudthp_ref.spec import Config, ConfigError, Finding, Mmap, Program, Read, Write
 
 ROOT = Path(__file__).resolve().parents[1]
-PUDTHP = [sys.executable, "-m", "harness"]
+PUDTHP = [sys.executable, "-m", "pudthp_cli"]
 
 # --------------------------------------------------------------------------------------
 # The machine as a test (the correct designs must pass)
@@ -65,6 +68,47 @@ def test_machine_agrees_at_pmd_level(pud_read_fault: str) -> None:
     # PUD THPs off: the PMD-level paths (zero PMD, PMD splits) get the whole budget
     run_state_machine_as_test(make_machine({"pud_enabled": "never",
                                             "pud_read_fault": pud_read_fault}))
+
+
+def test_each_step_draws_its_rule_once_among_the_enabled_and_valid(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Hypothesis' own rule choice samples every rule and retries on one its feature flags
+    # disable or whose bundles or preconditions forbid it now: "Retried draw from
+    # sampled_from" on nearly every test case.  RuleChoice draws once among the rules
+    # enabled (swarm testing kept) and valid.
+    from hypothesis.strategies._internal.strategies import SampledFromStrategy
+
+    retried: list[str] = []
+    real_filtered = SampledFromStrategy.do_filtered_draw
+
+    def counting(self: Any, data: Any) -> Any:
+        before = set(data.events)
+        out = real_filtered(self, data)
+        retried.extend(k for k in data.events if k not in before and k.startswith("Retried"))
+        return out
+
+    chosen: list[tuple[Any, list[Any], list[Any]]] = []
+    real_draw = RuleChoice.do_draw
+
+    def record(self: RuleChoice, data: Any) -> Any:
+        valid = [r for r in self.rules if self.is_valid(r)]
+        rule, args = real_draw(self, data)
+        chosen.append((rule, list(self.enabled or []), valid))
+        return rule, args
+
+    monkeypatch.setattr(SampledFromStrategy, "do_filtered_draw", counting)
+    monkeypatch.setattr(RuleChoice, "do_draw", record)
+    run_state_machine_as_test(seed(3)(make_machine({"geometry": "tiny"})), settings=settings(
+        max_examples=20, stateful_step_count=30, deadline=None, database=None,
+        suppress_health_check=list(HealthCheck)))
+    assert len(chosen) > 100
+    assert retried == []
+    for rule, enabled, valid in chosen:
+        assert rule in valid
+        if set(enabled) & set(valid):
+            assert rule in enabled
+    # swarm testing: some test cases ran with rules disabled
+    assert any(len(enabled) < len(valid) for _, enabled, valid in chosen)
 
 
 # --------------------------------------------------------------------------------------
@@ -188,6 +232,67 @@ def test_a_seed_names_its_programs_whatever_modules_are_loaded(
     importlib.import_module("pudthp_scratch_constants")
     after = seeded_run(11)
     assert after == before
+
+
+def live(*classes: type) -> dict[str, int]:
+    """How many objects of each class are alive (after a full collection)."""
+    gc.collect()
+    counts = dict.fromkeys((c.__name__ for c in classes), 0)
+    for o in gc.get_objects():
+        for c in classes:
+            if isinstance(o, c):
+                counts[c.__name__] += 1
+    return counts
+
+
+def test_a_worker_keeps_one_run_of_programs_and_nothing_of_the_runs_before(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # What bounds a campaign worker's memory however long it runs: Hypothesis keeps every
+    # test case of a run (its result: a whole program's choices) until the run ends, so a
+    # run is RUN_STEPS steps of programs (runs of 2,000 programs of 100 steps grew a worker
+    # by megabytes a second), and nothing of a run (results, its data tree, choice nodes)
+    # is alive when the next one starts.  Here runs of 200 steps: 20 programs of 10 steps;
+    # the results alive are counted every 128 steps, and the worker is stopped should they
+    # pass three runs' worth.
+    from hypothesis.internal.conjecture.choice import ChoiceNode
+    from hypothesis.internal.conjecture.data import ConjectureResult
+    from hypothesis.internal.conjecture.datatree import TreeNode
+
+    import fuzz.engine_hypothesis
+
+    monkeypatch.setattr(fuzz.engine_hypothesis, "RUN_STEPS", 200)
+    per_run = examples_per_run(10)
+    assert per_run == 20
+    kinds = (ConjectureResult, TreeNode, ChoiceNode)
+    before = live(*kinds)  # what other tests in this process keep (Hypothesis' own caches)
+
+    def new(*classes: type) -> dict[str, int]:
+        return {k: n - before[k] for k, n in live(*classes).items()}
+
+    at_start: list[dict[str, int]] = []
+    most = [0]
+    polls = [0]
+
+    def run_starts() -> list[str]:
+        at_start.append(new(*kinds))
+        return []
+
+    def poll() -> bool:  # the worker asks every 64 steps whether to stop
+        polls[0] += 1
+        if polls[0] % 2 == 0:
+            most[0] = max(most[0], new(ConjectureResult)["ConjectureResult"])
+        return most[0] > 3 * per_run
+
+    messages: list[Any] = []
+    run_worker(WorkerSpec(0, 5, time_limit=None, max_runs=3, step_count=10),
+               messages.append, run_starts, poll)
+    done = [m for m in messages if m[0] == "done"][-1]
+    assert done[2] >= 3 * per_run  # three whole runs
+    # a run's results: its programs and the few it ran twice (a mutation that met one)
+    assert 0 < most[0] <= per_run * 3 // 2
+    assert len(at_start) == 3
+    for counts in at_start[1:]:
+        assert all(n <= 0 for n in counts.values()), counts
 
 
 # --------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def contents(directory: Path) -> dict[str, bytes]:
 
 
 def minimize_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "harness", "corpus", "minimize", *args]
+    return [sys.executable, "-m", "pudthp_cli", "corpus", "minimize", *args]
 
 
 def covers(kept: Path, everything: Path, scratch: Path) -> bool:

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from harness.cli import main
 from harness.program import (
     ProgramError,
     dump_program,
     load_program_file,
     parse_program,
 )
+from pudthp_cli.main import main
 from pudthp_ref import spec
 from pudthp_ref.spec import Config, Program
 

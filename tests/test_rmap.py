@@ -17,9 +17,6 @@ from statebuild import EM, PMD_ORDER, PUD_ORDER, alloc, new_mm, new_state
 from pudthp_ref.folio import folio_get
 from pudthp_ref.mm_types import Folio, MmState, MmStruct
 from pudthp_ref.rmap import (
-    LEVEL_PMD,
-    LEVEL_PTE,
-    LEVEL_PUD,
     folio_add_anon_rmap,
     folio_add_large_mapcount,
     folio_add_new_anon_rmap,
@@ -28,6 +25,7 @@ from pudthp_ref.rmap import (
     folio_sub_large_mapcount,
     folio_try_dup_anon_rmap,
 )
+from pudthp_ref.spec import LEVEL_PMD, LEVEL_PTE, LEVEL_PUD
 
 
 def node(st: MmState) -> dict[str, int]:

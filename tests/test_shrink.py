@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
 from harness.program import dump_program, load_program_file
 from harness.runner import run_program
 from harness.shrink import NoFinding, rescale_op, shrink
+from pudthp_cli.main import main
 from pudthp_ref import spec
 from pudthp_ref.spec import Config, Op, Program
 

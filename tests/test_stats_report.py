@@ -98,7 +98,7 @@ def test_a_bad_line_in_the_middle_is_not_passed_over(tmp_path: Path) -> None:
 
 
 def report(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", "report", *args],
+    return subprocess.run([sys.executable, "-m", "pudthp_cli", "report", *args],
                           capture_output=True, text=True, timeout=120, cwd=cwd, check=False)
 
 

@@ -1,15 +1,6 @@
-"""The deposit chains word by word: pgtable_trans_huge_deposit()'s rings and the RFC's PUD
-stack over Python lists of the raw ``t_w8`` / ``t_w16`` words (``_walk_ring``,
-``_walk_stack`` and ``_pmd_deposits`` of ``pudthp_ref/invariants.py``).
-
-Both checkers of the fast side walk a chain with this one class, so they cannot disagree
-on what a good chain is.  The whole-state checker (``invariants.py``) walks every chain and
-reports a ``ChainBroken`` under the reference's name; the incremental one
-(``incremental.py``) walks again only the chains that hold a changed table and hands any
-``ChainBroken`` to the whole-state checker.  What differs stays with each: where the huge
-entries a chain must match are counted, where a chain comes in the order of the other
-checks, which tables entries claim, and whether a node's emptiness is checked during the
-walk (``nonempty`` given) or afterwards in one pass over all nodes reached.
+"""The fast checker's walk of the deposit chains, word by word: pgtable_trans_huge_deposit()'s
+rings and the RFC's PUD stack over Python lists of the raw ``t_w8`` / ``t_w16`` words
+(``pudthp_ref.invariants_deposit``, same names for the same defects).
 
 A chain is short next to the pages (a PMD table's ring holds at most P PTE tables, a PUD
 table's stack one PMD table per PUD leaf), so a Python loop over lists beats numpy calls.
@@ -23,18 +14,16 @@ from __future__ import annotations
 from typing import Any
 
 from pudthp_fast.state import (
-    LV_PMD,
-    LV_PTE,
+    LEVEL_CODE,
     NULL,
     POISON1,
     POISON2,
     ST_DEPOSITED,
     ST_FREE,
     ST_LIVE,
-    Arr,
     FastState,
 )
-from pudthp_ref.spec import LEVELS
+from pudthp_ref.spec import LEVEL_PMD, LEVEL_PTE, LEVELS
 
 _STATE_NAMES = {ST_FREE: "freed", ST_LIVE: "live", ST_DEPOSITED: "deposited"}
 
@@ -45,7 +34,7 @@ def state_name(s: Any) -> str:
 
 def level_name(lv: Any) -> str:
     i = int(lv)
-    return LEVELS[i] if 0 <= i < 3 else str(i)
+    return LEVELS[i] if 0 <= i < len(LEVELS) else str(i)
 
 
 def _at(where: str, prev: int) -> str:
@@ -65,20 +54,12 @@ class ChainBroken(Exception):
 class DepositChains:
     """The chains of one state, walked unit by unit (a live PMD table's ring, a live PUD
     table's stack with the rings of its PMD tables); every table a walk reaches is claimed
-    once, in ``reached``.
+    once, in ``reached``, and checked to hold no entries as the reference checks it.
 
-    ``nonempty`` (per table id): check during the walk that a node holds no entries, as
-    the reference does at that point of its walk; without it the caller checks ``reached``
-    afterwards.  ``claimed`` (per table id): tables already reached through a table entry,
-    which no chain may hold as well."""
+    ``nonempty`` (per table id): the table has an entry.  ``claimed`` (per table id):
+    tables reached through a table entry, which no chain may hold as well."""
 
-    def __init__(
-        self,
-        st: FastState,
-        npt: int,
-        nonempty: list[bool] | None = None,
-        claimed: Arr | None = None,
-    ) -> None:
+    def __init__(self, st: FastState, npt: int, nonempty: list[bool], claimed: Any) -> None:
         self.P = st.P
         self.npt = npt
         self.w8: list[int] = st.t_w8[:npt].tolist()
@@ -180,18 +161,17 @@ class DepositChains:
 
     def claim(self, nodes: list[int], reached_as: str, empty: str, where: str) -> None:
         """Every table is reached once: ``nodes`` neither before nor through a table entry;
-        with ``empty`` (and ``nonempty`` known) each node, once claimed, holds no entries."""
+        with ``empty``, each node, once claimed, holds no entries."""
         seen, claimed, reached, level = self.seen, self.claimed, self.reached, self.level
-        nonempty = self.nonempty if empty else None
         for t in nodes:
-            if t in seen or (claimed is not None and claimed[t]):
+            if t in seen or claimed[t]:
                 raise ChainBroken(
                     "pgtable.double_reference",
                     f"{level_name(level[t])} table {t} reached as {reached_as} and before",
                 )
             seen.add(t)
             reached.append(t)
-            if nonempty is not None and nonempty[t]:
+            if empty and self.nonempty[t]:
                 raise ChainBroken(empty, f"{where}: table {t} has entries")
 
     # ----------------------------------------------------------------------------------
@@ -201,7 +181,7 @@ class DepositChains:
     def pmd_deposits(self, pmd: int, mm: int) -> int:
         """The PTE tables deposited in PMD table ``pmd`` (root = its pmd_huge_pte, w16)."""
         where = f"mm {mm} PMD table {pmd} deposit"
-        ring = self.ring(self.w16[pmd], "deposit.pmd_ring", LV_PTE, mm, where)
+        ring = self.ring(self.w16[pmd], "deposit.pmd_ring", LEVEL_CODE[LEVEL_PTE], mm, where)
         self.claim(ring, f"{where} ring", "deposit.pmd_ring.pte_not_empty", where)
         return len(ring)
 
@@ -220,16 +200,15 @@ class DepositChains:
         where = f"mm {mm} PUD table {pud} stack"
         name = "deposit.pud_stack"
         walk = self.ring if self.list_head else self.stack
-        stack = walk(self.w16[pud], name, LV_PMD, mm, where)
+        stack = walk(self.w16[pud], name, LEVEL_CODE[LEVEL_PMD], mm, where)
         if len(stack) != pud_leaves:
             raise ChainBroken(
                 "deposit.pud_stack.count",
                 f"{where}: {len(stack)} PMD tables deposited for {pud_leaves} PUD leaves",
             )
         self.claim(stack, where, "", where)
-        nonempty = self.nonempty
         for t in stack:
-            if nonempty is not None and nonempty[t]:
+            if self.nonempty[t]:
                 raise ChainBroken(
                     "deposit.pud_stack.pmd_not_empty", f"{where}: table {t} has entries"
                 )

@@ -10,8 +10,13 @@ third.  Raising the mmap threshold to its maximum serves them from the heap, whe
 block is reused by the next one of its size; the trim threshold keeps up to
 ``TRIM_BYTES`` of free memory at the heap's top instead of handing it back at every free.
 
-Process-wide and set once, when the first fast model is made: glibc only (``mallopt``),
-nothing elsewhere.  ``PUDTHP_MALLOC=default`` leaves the allocator as it is.
+A property of the process, not of a model: ``tune_heap`` runs once at the entry of a
+``pudthp`` command that runs the fast side (and of a ``pudthp bench`` worker of it), sets
+the thresholds of this process with ``mallopt`` and exports them as glibc's
+``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` for every process the command
+starts (campaign workers), whose allocator reads them at start.  glibc only;
+``PUDTHP_MALLOC=default`` leaves the allocator as it is, and a threshold the user set in the
+environment wins.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 MMAP_BYTES = 32 << 20  # glibc's largest mmap threshold on 64-bit (HEAP_MAX_SIZE / 2)
 TRIM_BYTES = 256 << 20
+ENV = {"MALLOC_MMAP_THRESHOLD_": MMAP_BYTES, "MALLOC_TRIM_THRESHOLD_": TRIM_BYTES}
 
 _done = False
 
@@ -35,13 +41,17 @@ def _glibc() -> bool:
 
 
 def tune_heap() -> bool:
-    """Set the thresholds (once per process); True when glibc took them."""
+    """Set the thresholds of this process and its children (once per process); True when
+    glibc took them here."""
     global _done
     if _done:
         return False
     _done = True
     if os.environ.get("PUDTHP_MALLOC") == "default" or not _glibc():
         return False
+    ours = [name for name in ENV if name not in os.environ]  # glibc took the user's at start
+    for name in ours:
+        os.environ[name] = str(ENV[name])
     try:
         libc = ctypes.CDLL(None)
         mallopt = libc.mallopt
@@ -49,5 +59,6 @@ def tune_heap() -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_BYTES)) and bool(
-        mallopt(M_TRIM_THRESHOLD, TRIM_BYTES))
+    param = {"MALLOC_MMAP_THRESHOLD_": M_MMAP_THRESHOLD,
+             "MALLOC_TRIM_THRESHOLD_": M_TRIM_THRESHOLD}
+    return all(bool(mallopt(param[name], ENV[name])) for name in ours)
