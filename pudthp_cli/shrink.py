@@ -11,6 +11,7 @@ from harness.program import dump_program, load_program_file
 from harness.runner import IMPL_NAMES
 from pudthp_cli.argtypes import output_file
 from pudthp_cli.exits import error
+from pudthp_ref import spec
 from pudthp_ref.spec import Program
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ def add(sub: Any) -> None:
         allow_abbrev=False,
     )
     cmd.set_defaults(handler=command)
+    add_rescale(sub)
     cmd.add_argument("program", metavar="PROGRAM", help="a pudthp-program/1 JSON file")
     cmd.add_argument("--out", metavar="FILE", help="write the shrunk program here (a new "
                      "file: an existing one is not overwritten)")
@@ -38,6 +40,52 @@ def add(sub: Any) -> None:
                      "reference, every candidate from scratch, two runs of three)")
     cmd.add_argument("--strict", action="store_true",
                      help="--impl kernel: a known disagreement counts as the finding too")
+
+
+def add_rescale(sub: Any) -> None:
+    cmd = sub.add_parser(
+        "rescale",
+        help="lift (or shrink) a program to another geometry; exit 0 written, 2 bad input",
+        description="Map every address and length of PROGRAM to GEOMETRY digit by digit "
+        "(PUDs, PMDs, pages: a PUD or PMD boundary and a page either side of it stay that; "
+        "the shrinker's rescaling), the other config keys as they were. The finding the "
+        "program's meta names is kept only where the rescaled program still shows it on "
+        "the implementation that found it; otherwise it is dropped from the meta "
+        "(lifted_without names it) and said. The program goes to --out, else to stdout.",
+        allow_abbrev=False,
+    )
+    cmd.set_defaults(handler=rescale_command)
+    cmd.add_argument("program", metavar="PROGRAM", help="a pudthp-program/1 JSON file")
+    cmd.add_argument("--geometry", metavar="NAME", required=True,
+                     choices=tuple(spec.GEOMETRIES),
+                     help="the geometry to move it to: %(choices)s")
+    cmd.add_argument("--out", metavar="FILE", help="write the program here (a new file: an "
+                     "existing one is not overwritten)")
+
+
+def rescale_command(args: argparse.Namespace) -> int:
+    from harness.rescale import lift
+
+    program = load_program_file(args.program)
+    if args.out is not None:
+        problem = (f"--out {args.out}: exists; not overwritten" if os.path.exists(args.out)
+                   else output_file("--out", args.out))
+        if problem is not None:
+            return error(problem)
+    lifted = lift(program, args.geometry)
+    if lifted.note:
+        print(f"pudthp rescale: {args.program}: {lifted.note}", file=sys.stderr)
+    text = dump_program(lifted.program)
+    if args.out is None:
+        print(text, end="")
+        return 0
+    try:
+        with open(args.out, "x", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        return error(f"--out {args.out}: {e.strerror or e}")
+    print(f"pudthp rescale: {args.program} -> {args.out} (geometry {args.geometry})")
+    return 0
 
 
 def command(args: argparse.Namespace) -> int:
