@@ -308,6 +308,7 @@ def make_kernel_machine(kernel: KernelMachine, observer: Observer | None = None,
             "CAPS": kernel.caps,
             "CONFIGS": kernel_configs(kernel.caps),
             "IMPL": "kernel",
+            "PATHS": st.just(0),  # no fast side: no choice drawn for it
             "CHECK": False,
             "OBSERVER": observer,
             "TALLY": observer.tally if observer is not None else Tally(),

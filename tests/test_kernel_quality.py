@@ -35,19 +35,19 @@ MAX_OPS = 6  # "a handful"
 # name -> (seed, programs, steps per program): the search meets the bug within that many
 # programs
 SEARCHES: dict[str, tuple[int, int, int]] = {
-    "cow_large_reuse_refused": (15, 8, 20),
-    "cow_small_reuse_always": (2, 8, 10),
-    "cow_pmd_reuse_always": (8, 13, 20),
-    "fork_leaves_parent_pmd_writable": (3, 10, 20),
-    "split_pmd_counted_twice": (0, 5, 20),
-    "split_pmd_not_counted": (0, 5, 20),
-    "split_keeps_zero_subpages": (7, 11, 20),
-    "shrinker_splits_nothing": (20, 7, 20),
-    "partial_unmap_not_queued": (1, 5, 20),
-    "pswpout_counted_once": (5, 11, 20),
-    "pageout_ignores_sharing": (2, 12, 10),
-    "pswpin_counted_twice": (7, 11, 20),
-    "zap_pmd_keeps_rss": (2, 12, 10),
+    "cow_large_reuse_refused": (5, 6, 20),
+    "cow_small_reuse_always": (8, 12, 10),
+    "cow_pmd_reuse_always": (2, 12, 20),
+    "fork_leaves_parent_pmd_writable": (2, 12, 20),
+    "split_pmd_counted_twice": (1, 9, 20),
+    "split_pmd_not_counted": (1, 9, 20),
+    "split_keeps_zero_subpages": (15, 10, 20),
+    "shrinker_splits_nothing": (15, 10, 20),
+    "partial_unmap_not_queued": (1, 9, 20),
+    "pswpout_counted_once": (24, 8, 20),
+    "pageout_ignores_sharing": (16, 11, 10),
+    "pswpin_counted_twice": (8, 11, 20),
+    "zap_pmd_keeps_rss": (4, 7, 10),
 }
 
 
