@@ -52,7 +52,7 @@ class KernelJudge(Judge):
         self.engine = engine
 
     def crash(self, index: int, seed: int, program: Program, path: str) -> None:
-        from fuzz.kernel import kernel_payload
+        from fuzz.kernel import gauge_only, kernel_payload
         from harness.conform.campaign import KernelMachine
         from harness.conform.compare import CannotRun as KernelCannotRun
         from harness.conform.kshrink import shrink_on_kernel
@@ -84,6 +84,11 @@ class KernelJudge(Judge):
                         program, finding = r.program, r.finding
                         how = f"kernel ({r.runs} runs)"
                     except NoFinding:
+                        if gauge_only(finding):  # another process's THPs: noise
+                            sup.warnings.append(f"worker {index}: {sig} did not show again "
+                                                "from scratch: another process's doing")
+                            _unlink(path)
+                            return
                         how = "none (the kernel no longer showed it from scratch)"
                 found = kernel_payload(program, finding, seed, 0, how)
         except KernelCannotRun as e:

@@ -47,6 +47,7 @@ from harness.conform.campaign import (
 from harness.conform.export_c import ExportError, build, render_c
 from harness.conform.kfeatures import KTally
 from harness.conform.kshrink import shrink_on_kernel
+from harness.conform.observe import GLOBAL_STATE
 from harness.program import dump_program
 from harness.shrink import NoFinding
 from pudthp_ref import spec
@@ -121,6 +122,11 @@ def search(kernel: KernelMachine, seed: int, programs: int, *,
         except CaseFound as e:
             found = _finish(kernel, e.finding, e.program, seed, run, shrink_seconds,
                             strict, findings_dir, t0)
+            if found is None:  # another process's doing: noise, not a finding
+                out.counts.noise += 1
+                run += 1
+                obs.new_run()
+                continue
             obs.known.add(found.signature)
             out.findings.append(found)
             if on_finding is not None:
@@ -147,7 +153,10 @@ def search(kernel: KernelMachine, seed: int, programs: int, *,
 
 def _finish(kernel: KernelMachine, finding: Finding, program: Program, seed: int, run: int,
             shrink_seconds: float, strict: bool, findings_dir: str | None,
-            t0: float) -> KernelFinding:
+            t0: float) -> KernelFinding | None:
+    """The finding shrunk and archived; None when only a machine-wide gauge differed and
+    the program run again from scratch no longer shows it (another process's THPs came
+    and went during the runs that confirmed it: a busy machine's noise)."""
     shrunk, how = program, "none"
     if shrink_seconds > 0:
         try:
@@ -155,12 +164,21 @@ def _finish(kernel: KernelMachine, finding: Finding, program: Program, seed: int
                                  deadline=time.monotonic() + shrink_seconds)
             shrunk, finding, how = r.program, r.finding, f"kernel ({r.runs} runs)"
         except NoFinding:
+            if gauge_only(finding):
+                return None
             how = "none (the kernel no longer showed it from scratch)"
     found = kernel_payload(shrunk, finding, seed, run, how)
     if findings_dir is not None:
         archive_kernel_finding(findings_dir, found)
     found.seconds = time.monotonic() - t0
     return found
+
+
+def gauge_only(finding: Finding) -> bool:
+    """A disagreement in a machine-wide gauge alone (``observe.GLOBAL_STATE``), which any
+    process's THPs move."""
+    return finding.kind == FINDING_KIND and \
+        json.loads(finding.detail)["observable"] in GLOBAL_STATE
 
 
 def kernel_payload(program: Program, finding: Finding, seed: int, run: int,

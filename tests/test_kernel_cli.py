@@ -160,3 +160,35 @@ def test_a_short_kernel_campaign_of_either_engine_is_clean(engine_name: str,
     assert m is not None, out.stdout
     assert int(m.group(1).replace(",", "")) > 0, out.stdout
     assert "0 distinct finding(s)" in out.stdout
+
+
+def test_a_gauge_another_process_moved_is_noise_not_a_finding(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # mthp.nr_anon is how many PMD-size anon THPs the whole machine has: another process
+    # freeing one during an op moves it by -1 whatever the program does.  A difference in
+    # it alone that the program run again from scratch no longer shows is noise; one in
+    # a counter of the program's own is archived even so (with why it was not shrunk).
+    import fuzz.kernel as fk
+    from harness.conform.campaign import FINDING_KIND
+    from harness.shrink import NoFinding
+    from pudthp_ref.spec import Finding, Program
+
+    def no_longer(*args: object, **kw: object) -> None:
+        raise NoFinding("gone")
+
+    monkeypatch.setattr(fk, "shrink_on_kernel", no_longer)
+    monkeypatch.setattr(fk, "kernel_release", lambda: "6.18.0")
+    prog = Program(fk.Config(geometry=512, pud_enabled="never"), (), {})
+
+    def finding(observable: str) -> Finding:
+        detail = json.dumps({"observable": observable, "kernel": -1, "model": 0})
+        return Finding(FINDING_KIND, 0, f"disagreement:mmap:{observable}", "m", detail)
+
+    gauge = finding("mthp.nr_anon")
+    assert fk.gauge_only(gauge)
+    assert fk._finish(None, gauge, prog, 1, 0, 10.0, False, None, 0.0) is None  # type: ignore[arg-type]
+    own = finding("vmstat.thp_fault_alloc")
+    assert not fk.gauge_only(own)
+    kept = fk._finish(None, own, prog, 1, 0, 10.0, False, None, 0.0)  # type: ignore[arg-type]
+    assert kept is not None
+    assert "no longer showed it" in json.loads(kept.program)["meta"]["shrunk"]
