@@ -75,16 +75,24 @@ def rescale_command(args: argparse.Namespace) -> int:
     lifted = lift(program, args.geometry)
     if lifted.note:
         print(f"pudthp rescale: {args.program}: {lifted.note}", file=sys.stderr)
-    text = dump_program(lifted.program)
-    if args.out is None:
+    return put(dump_program(lifted.program), args.out, None,
+               f"pudthp rescale: {args.program} (geometry {args.geometry})")
+
+
+def put(text: str, out: str | None, line: str | None, done: str) -> int:
+    """A program to standard output (``line`` before it on stderr), or to the new file
+    ``out`` (then ``done -> out``)."""
+    if out is None:
+        if line is not None:
+            print(line, file=sys.stderr)
         print(text, end="")
         return 0
     try:
-        with open(args.out, "x", encoding="utf-8") as f:
+        with open(out, "x", encoding="utf-8") as f:
             f.write(text)
     except OSError as e:
-        return error(f"--out {args.out}: {e.strerror or e}")
-    print(f"pudthp rescale: {args.program} -> {args.out} (geometry {args.geometry})")
+        return error(f"--out {out}: {e.strerror or e}")
+    print(f"{done} -> {out}")
     return 0
 
 
@@ -117,17 +125,7 @@ def command(args: argparse.Namespace) -> int:
     line = (f"pudthp shrink: {result.ops_before} ops -> {result.ops_after} ops in "
             f"{result.seconds:.2f} s ({result.runs} runs, --impl {impl}): "
             f"{result.finding.signature}")
-    if args.out is None:
-        print(line, file=sys.stderr)
-        print(text, end="")
-        return 0
-    try:
-        with open(args.out, "x", encoding="utf-8") as f:
-            f.write(text)
-    except OSError as e:
-        return error(f"--out {args.out}: {e.strerror or e}")
-    print(f"{line} -> {args.out}")
-    return 0
+    return put(text, args.out, line, line)
 
 
 def on_kernel(program: Program, strict: bool) -> ShrinkResult | int:
