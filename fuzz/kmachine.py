@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 from hypothesis import event, target
 from hypothesis import strategies as st
-from hypothesis.stateful import precondition, rule
+from hypothesis.stateful import initialize, precondition, rule
 
 from fuzz.machine import (
     AFTER_FORK_OPS,
@@ -188,6 +188,13 @@ class KernelPudthpMachine(PudthpMachine):
         self.kfeatures = KFeatures()
         self.big = REGION_PMDS // 2 * X86_64  # the machine's "PUD" unit here
 
+    @initialize(target=PudthpMachine.ranges, cfg=st.runner().flatmap(lambda m: m.CONFIGS),
+                premap=st.integers(0, 3))
+    def setup(self, cfg: dict[str, Any], premap: int) -> Any:
+        """``PudthpMachine.setup`` with no fast-path draw: the kernel has no fast side, and
+        a draw would only shift every later choice of a seeded search."""
+        return PudthpMachine.setup(self, cfg, premap, 0)
+
     def working_region(self) -> int:
         """``REGION_PMDS`` PMD ranges, two PUD ranges when the case turns PUD THP on; the
         machine's "PUD" places and lengths are scaled to half of it (``big``)."""
@@ -308,7 +315,6 @@ def make_kernel_machine(kernel: KernelMachine, observer: Observer | None = None,
             "CAPS": kernel.caps,
             "CONFIGS": kernel_configs(kernel.caps),
             "IMPL": "kernel",
-            "PATHS": st.just(0),  # no fast side: no choice drawn for it
             "CHECK": False,
             "OBSERVER": observer,
             "TALLY": observer.tally if observer is not None else Tally(),

@@ -447,8 +447,6 @@ class PudthpMachine(RuleBasedStateMachine):
     CONFIG_OVERRIDES: ClassVar[dict[str, Any]] = {}
     CONFIGS: ClassVar[st.SearchStrategy[dict[str, Any]]] = configs()
     IMPL: ClassVar[str] = "both"
-    # the index into FAST_PATH_DRAWS a case draws (a machine with no fast side draws none)
-    PATHS: ClassVar[st.SearchStrategy[int]] = st.integers(0, len(FAST_PATH_DRAWS) - 1)
     CHECK: ClassVar[bool] = True
     OBSERVER: ClassVar[Observer | None] = None
     TALLY: ClassVar[Tally] = Tally()
@@ -478,7 +476,7 @@ class PudthpMachine(RuleBasedStateMachine):
         return 0
 
     @initialize(target=ranges, cfg=st.runner().flatmap(lambda m: m.CONFIGS),
-                premap=st.integers(0, 3), paths=st.runner().flatmap(lambda m: m.PATHS))
+                premap=st.integers(0, 3), paths=st.integers(0, len(FAST_PATH_DRAWS) - 1))
     def setup(self, cfg: dict[str, Any], premap: int, paths: int) -> Any:
         """The config of this case and its fast paths (``FAST_PATH_DRAWS``); with ``premap``
         1 an mmap of the whole working region, with 2 also MADV_HUGEPAGE over it (THPs where

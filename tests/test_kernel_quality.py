@@ -25,6 +25,7 @@ import pytest
 from fuzz.kernel import search
 from harness.conform import campaign, live
 from harness.conform.known import known_kind
+from harness.conform.observe import GLOBAL_STATE
 from harness.program import load_program_file
 from tests.planted_ref import PLANTED
 from tests.test_kernel_campaign import LIVE_PROBLEM
@@ -35,19 +36,19 @@ MAX_OPS = 6  # "a handful"
 # name -> (seed, programs, steps per program): the search meets the bug within that many
 # programs
 SEARCHES: dict[str, tuple[int, int, int]] = {
-    "cow_large_reuse_refused": (5, 6, 20),
-    "cow_small_reuse_always": (8, 12, 10),
-    "cow_pmd_reuse_always": (2, 12, 20),
-    "fork_leaves_parent_pmd_writable": (2, 12, 20),
-    "split_pmd_counted_twice": (1, 9, 20),
-    "split_pmd_not_counted": (1, 9, 20),
-    "split_keeps_zero_subpages": (15, 10, 20),
-    "shrinker_splits_nothing": (15, 10, 20),
-    "partial_unmap_not_queued": (1, 9, 20),
-    "pswpout_counted_once": (24, 8, 20),
-    "pageout_ignores_sharing": (16, 11, 10),
-    "pswpin_counted_twice": (8, 11, 20),
-    "zap_pmd_keeps_rss": (4, 7, 10),
+    "cow_large_reuse_refused": (12, 11, 20),
+    "cow_small_reuse_always": (51, 9, 10),
+    "cow_pmd_reuse_always": (34, 13, 20),
+    "fork_leaves_parent_pmd_writable": (12, 6, 20),
+    "split_pmd_counted_twice": (0, 8, 20),
+    "split_pmd_not_counted": (0, 8, 20),
+    "split_keeps_zero_subpages": (8, 7, 20),
+    "shrinker_splits_nothing": (8, 7, 20),
+    "partial_unmap_not_queued": (4, 7, 20),
+    "pswpout_counted_once": (32, 7, 20),
+    "pageout_ignores_sharing": (5, 10, 10),
+    "pswpin_counted_twice": (32, 7, 20),
+    "zap_pmd_keeps_rss": (0, 6, 10),
 }
 
 
@@ -84,7 +85,9 @@ def test_a_planted_bug_is_found_shrunk_and_reproduced(
         assert known_kind(v.disagreement, program, v.facts) is None
         monkeypatch.undo()  # the real reference: the kernel agrees
         clean = machine.run(program)
-        assert clean.disagreement is None, (clean.signature, f.program)
+        # a machine-wide gauge alone is other processes' doing, noise as in a campaign
+        assert clean.disagreement is None or \
+            clean.disagreement.observable in GLOBAL_STATE, (clean.signature, f.program)
     binary = tmp_path / "repro"
     built = subprocess.run([str(GCC), "-O2", "-Wall", "-o", str(binary), f.c_path],
                            capture_output=True, text=True, check=False)
