@@ -38,7 +38,7 @@ MAX_OPS = 6  # "a handful"
 SEARCHES: dict[str, tuple[int, int, int]] = {
     "cow_large_reuse_refused": (12, 11, 20),
     "cow_small_reuse_always": (51, 9, 10),
-    "cow_pmd_reuse_always": (34, 13, 20),
+    "cow_pmd_reuse_always": (38, 5, 20),
     "fork_leaves_parent_pmd_writable": (12, 6, 20),
     "split_pmd_counted_twice": (0, 8, 20),
     "split_pmd_not_counted": (0, 8, 20),
