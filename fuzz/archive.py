@@ -212,3 +212,11 @@ def write_coverage(directory: str, engine: str, seed: int, text: str) -> str:
     path = os.path.join(directory, name)
     os.replace(_write_temporary(directory, name, text), path)
     return path
+
+
+def write_beside(path: str, text: str) -> None:
+    """Write a file that goes with an archived finding (its C reproducer) as the archive
+    writes one: a temporary file on disk, then renamed, so it is whole or absent."""
+    directory = os.path.dirname(path) or "."
+    os.replace(_write_temporary(directory, os.path.basename(path), text), path)
+    _fsync_directory(directory)

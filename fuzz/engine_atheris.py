@@ -134,6 +134,7 @@ class AtherisCampaign:
     stop_on_first: bool = False  # end at the first new finding, once it is archived
     quiet: bool = False  # no progress on the terminal: the summary only
     junit: str | None = None  # where the JUnit XML report goes (None: none)
+    target_args: tuple[str, ...] = ()  # more options of the target (a kernel campaign's)
 
     def record(self) -> dict[str, Any]:
         """What a later campaign needs to decode this one's artifacts the same way."""
@@ -542,6 +543,7 @@ class AtherisEngine:
             f"--config-json={json.dumps(c.overrides)}",
             f"--known={self.known_file}",
             f"--max-ops={c.max_ops}",
+            *c.target_args,
             f"--parent-pid={os.getpid()}",
             os.path.abspath(c.corpus_dir),
             f"-max_total_time={max(1, math.ceil(remaining))}",

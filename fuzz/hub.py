@@ -120,6 +120,7 @@ class CampaignRecord:
     overrides: dict[str, Any]
     created: str
     created_by: str
+    kernel: str | None = None  # a kernel campaign's kernel release (``uname -r``)
 
 
 @dataclass
@@ -127,6 +128,8 @@ class _Join:
     engine: str
     overrides: dict[str, Any]
     code: str
+    kernel: str | None = None
+    mix_kernels: bool = False
     seeds: tuple[int, int] | None = None
     ends: float | None = None  # when the campaign means to end (seconds since the epoch)
     finished: float | None = None  # when it did
@@ -305,13 +308,17 @@ class Hub:
         return self.prefix + name
 
     def join(self, engine: str, overrides: Mapping[str, Any], *,
-             code: str | None = None) -> CampaignRecord | None:
+             code: str | None = None, kernel: str | None = None,
+             mix_kernels: bool = False) -> CampaignRecord | None:
         """Join the campaign: create its record if this is the first machine, else check
         that the record's code version is this machine's (``code``, default
-        ``code_version()``); a different one is a ``HubRefused`` naming both.  Returns the
+        ``code_version()``); a different one is a ``HubRefused`` naming both.  A kernel
+        campaign gives its kernel release (``kernel``): a campaign whose record names
+        another release (or none: a model campaign) refuses it, and a model campaign
+        refuses to join a kernel campaign's record, unless ``mix_kernels``.  Returns the
         record, or None when the hub is unreachable (the check is made when it comes back:
         a refusal then is said once and the hub is left alone)."""
-        j = _Join(engine, dict(overrides), code or code_version())
+        j = _Join(engine, dict(overrides), code or code_version(), kernel, mix_kernels)
         self.joined = j
         self.record = None
         if not self._ready():
@@ -327,7 +334,7 @@ class Hub:
 
     def _join(self, j: _Join) -> CampaignRecord:
         fresh = {"code": j.code, "engine": j.engine, "overrides": j.overrides,
-                 "created": _now(), "created_by": self.machine}
+                 "created": _now(), "created_by": self.machine, "kernel": j.kernel}
         self.r.set(self.key("record"), json.dumps(fresh, sort_keys=True), nx=True)
         try:
             data = hv.record(self.r.get(self.key("record")))
@@ -339,6 +346,13 @@ class Hub:
                 f"hub {self.label} campaign {self.campaign!r} runs code {record.code[:12]}, "
                 f"this machine has {j.code[:12]}: check out the same commit on both (or use "
                 f"another campaign or database)")
+        if record.kernel != j.kernel and not j.mix_kernels:
+            theirs = f"kernel {record.kernel}" if record.kernel else "the model alone"
+            ours = f"kernel {j.kernel}" if j.kernel else "the model alone"
+            raise HubRefused(
+                f"hub {self.label} campaign {self.campaign!r} runs on {theirs}, this machine "
+                f"on {ours}: findings of different kernels are not one campaign's (use "
+                f"another campaign, or --mix-kernels)")
         self._check_epoch()
         self._record_machine(j)
         self.record = record

@@ -10,7 +10,10 @@ program on the hub, this machine runs it, and it must report its own signature:
   deep, every field) and its ``meta.signature`` must be the one it was pushed under;
 - it runs in a child process (``python -m fuzz.hub_replay``: ``harness.runner`` under
   ``harness.limits``' memory and time limits, on its ``meta.impl``, else on both in
-  lockstep, as ``pudthp corpus replay`` runs a finding), in a session of its own (a Ctrl-C on the
+  lockstep, as ``pudthp corpus replay`` runs a finding; a kernel campaign's finding,
+  ``meta.impl`` ``kernel``, on this machine's live kernel against the reference, which
+  needs root and the conform lock: where it cannot, the finding is not trusted), in a
+  session of its own (a Ctrl-C on the
   terminal is not its), killed if this process dies and if it outlives its time limit
   by ``GRACE_SECONDS``;
 - the child prints one JSON line: the signature it found (or null), or the limit it hit.
@@ -39,6 +42,7 @@ from harness.corpus import impl_for
 from harness.limits import default_max_rss_mb
 from harness.program import ProgramError, parse_program_text
 from harness.signature import current, of_meta
+from pudthp_ref.spec import Finding, Program
 
 REPLAY_SECONDS = 60.0  # as a campaign's --max-program-time
 GRACE_SECONDS = 10.0
@@ -108,7 +112,8 @@ class Replayer:
         if problem is not None:
             self.done.append((c, problem))
             return
-        impl = impl_for(parse_program_text(c.text, "its program"), None)
+        program = parse_program_text(c.text, "its program")
+        impl = "kernel" if program.meta.get("impl") == "kernel" else impl_for(program, None)
         if self.tmp is None:
             self.tmp = tempfile.mkdtemp(prefix="pudthp-replay-")
         self.count += 1
@@ -198,6 +203,7 @@ def _die_with_parent() -> None:
 def main(argv: list[str]) -> int:
     """The child: replay the program file ``argv[0]`` on ``argv[1]`` under a memory limit
     of ``argv[2]`` MiB and a time limit of ``argv[3]`` seconds; print one JSON line."""
+    from harness.conform.compare import CannotRun
     from harness.limits import LimitExceeded, memory_error, memory_limit, time_limit
     from harness.program import load_program_file
     from harness.runner import IMPL_FACTORIES, UsageError, run_program
@@ -206,19 +212,36 @@ def main(argv: list[str]) -> int:
     out: dict[str, Any]
     try:
         program = load_program_file(path)
-        IMPL_FACTORIES[impl]()
-        with memory_limit(int(max_rss)), time_limit(float(seconds), "the replay"):
-            # as it was found: a campaign without the invariants records so
-            report = run_program(program, impl,
-                                 check=program.meta.get("invariants") is not False)
+        if impl == "kernel":
+            with memory_limit(int(max_rss)), time_limit(float(seconds), "the replay"):
+                found = _on_the_kernel(program)
+        else:
+            IMPL_FACTORIES[impl]()
+            with memory_limit(int(max_rss)), time_limit(float(seconds), "the replay"):
+                # as it was found: a campaign without the invariants records so
+                found = run_program(program, impl,
+                                    check=program.meta.get("invariants") is not False).finding
     except (LimitExceeded, MemoryError) as e:
         out = {"limit": str(e if isinstance(e, LimitExceeded) else memory_error())}
     except (ProgramError, UsageError) as e:
         out = {"error": " ".join(str(e).split())}
+    except CannotRun as e:
+        out = {"error": f"it needs the live kernel: {' '.join(str(e).split())}"}
     else:
-        out = {"signature": report.finding.signature if report.finding else None}
+        out = {"signature": found.signature if found else None}
     print(json.dumps(out), flush=True)
     return 0
+
+
+def _on_the_kernel(program: Program) -> Finding | None:
+    """A kernel campaign's finding replayed as the campaign ran it: on this machine's live
+    kernel against the reference (its conform lock: while a kernel campaign of this
+    machine holds it, the replay outlives its time and the finding is not trusted)."""
+    from harness.conform.campaign import KernelMachine
+    from harness.conform.kshrink import kernel_judge
+
+    with KernelMachine(say=lambda _: None) as machine:
+        return kernel_judge(machine)(program)
 
 
 if __name__ == "__main__":

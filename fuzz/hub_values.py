@@ -124,7 +124,8 @@ def _integer(value: object, what: str, low: int, high: int) -> int:
 
 def record(raw: object) -> dict[str, Any]:
     """The campaign record: code (64 hex digits), engine, config overrides (valid config
-    keys and values), when and by which machine it was created."""
+    keys and values), when and by which machine it was created, and a kernel campaign's
+    kernel release (a short text, or null)."""
     data = small_json(raw, "the campaign record")
     if not isinstance(data, dict):
         raise BadValue("the campaign record: not a JSON object")
@@ -147,8 +148,12 @@ def record(raw: object) -> dict[str, Any]:
     if not isinstance(created, str) or len(created) > 64 or not created.isprintable():
         raise BadValue("the campaign record: its creation time is not a short text")
     by = machine_name(data.get("created_by"), "the campaign record's machine")
+    kernel = data.get("kernel")
+    if kernel is not None and (not isinstance(kernel, str) or not 0 < len(kernel) <= 64
+                               or not kernel.isprintable() or kernel != kernel.strip()):
+        raise BadValue("the campaign record: its kernel release is not a short text")
     return {"code": code, "engine": engine, "overrides": dict(overrides),
-            "created": created, "created_by": by}
+            "created": created, "created_by": by, "kernel": kernel}
 
 
 def machine_entry(raw: object, name: str) -> dict[str, Any]:

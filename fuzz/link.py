@@ -82,8 +82,9 @@ class CampaignLink:
 
     @classmethod
     def open(cls, o: LinkOptions, engine: str, findings_dir: str, corpus_dir: str | None,
-             say: Callable[[str], None]) -> CampaignLink:
-        """Connect to the hub (if any) and open the stats file (if any)."""
+             say: Callable[[str], None], unit: str | None = None) -> CampaignLink:
+        """Connect to the hub (if any) and open the stats file (if any; ``unit``: what its
+        counts count, the engine's default unless given: ``ops`` in a kernel campaign)."""
         link = cls(findings_dir, corpus_dir, say)
         if o.hub is not None:
             try:
@@ -95,7 +96,8 @@ class CampaignLink:
             try:
                 if o.stats is not None:
                     Path(o.stats).parent.mkdir(parents=True, exist_ok=True)
-                link.stats = StatsWriter(o.stats, machine, engine, campaign=o.campaign)
+                link.stats = StatsWriter(o.stats, machine, engine, unit,
+                                         campaign=o.campaign)
             except OSError as e:
                 link.close()
                 raise LinkError(f"--stats {o.stats}: {e.strerror or e}") from None
@@ -104,17 +106,20 @@ class CampaignLink:
     # -- the start -------------------------------------------------------------------------
 
     def start(self, engine: str, overrides: dict[str, Any], seed: int | None,
-              fallback: int, time_limit: float = 0.0) -> int:
+              fallback: int, time_limit: float = 0.0, kernel: str | None = None,
+              mix_kernels: bool = False) -> int:
         """Join the hub's campaign and return the campaign's seed: ``seed`` if the user gave
         one, else the start of the hub's seed block (``fallback`` without a hub or when it
         cannot be reached).  Then the first exchange of findings and corpus.  The hub is
-        told when the campaign means to end (in ``time_limit`` seconds)."""
+        told when the campaign means to end (in ``time_limit`` seconds), and a kernel
+        campaign's kernel release (``kernel``; a hub campaign of another kernel refuses it
+        unless ``mix_kernels``, ``Hub.join``)."""
         self.ends = self.clock() + time_limit
         if self.hub is None:
             return fallback if seed is None else seed
         self.local = set(archived_signatures(self.findings_dir))
         try:
-            record = self.hub.join(engine, overrides)
+            record = self.hub.join(engine, overrides, kernel=kernel, mix_kernels=mix_kernels)
         except HubRefused as e:
             self.close()
             raise LinkError(str(e)) from None

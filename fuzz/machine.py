@@ -124,8 +124,13 @@ class DivergenceFinding(FindingError):
     kind = "divergence"
 
 
+class DisagreementFinding(FindingError):
+    kind = "disagreement"  # the live kernel and the reference (fuzz.kmachine)
+
+
 FINDING_ERRORS: dict[str, type[FindingError]] = {
-    c.kind: c for c in (InvariantFinding, ModelBugFinding, OracleFinding, DivergenceFinding)
+    c.kind: c for c in (InvariantFinding, ModelBugFinding, OracleFinding, DivergenceFinding,
+                        DisagreementFinding)
 }
 _BY_SIGNATURE: dict[str, type[FindingError]] = {}
 
@@ -500,12 +505,11 @@ class PudthpMachine(RuleBasedStateMachine):
         (a VMA starting mid-PUD)."""
         self.cfg = Config.from_json(cfg)
         self.g = self.cfg.geom
-        self.region = min(self.g.space, 4 * self.g.pud_nr)
+        self.region = self.working_region()
         if self.OBSERVER is not None:
             self.OBSERVER.program_started()
-        fast_paths = "default" if self.IMPL == "ref" else FAST_PATH_DRAWS[paths]
-        self.stepper = Stepper(self.cfg, self.IMPL, check=self.CHECK, coverage=self.coverage,
-                               fast_paths=fast_paths)
+        self.stepper = self.make_stepper(
+            "default" if self.IMPL == "ref" else FAST_PATH_DRAWS[paths])
         if self.stepper.finding is not None:
             self._found(self.stepper.finding)
         start = 3 * self.g.pmd_nr if premap == 3 else 0
@@ -515,6 +519,16 @@ class PudthpMachine(RuleBasedStateMachine):
             self.mapped.append((start, self.region - start))
             return (start, self.region - start)
         return multiple()
+
+    def working_region(self) -> int:
+        """The pages most ops fall in: four PUD ranges (the whole space at tiny geometry)."""
+        return min(self.g.space, 4 * self.g.pud_nr)
+
+    def make_stepper(self, fast_paths: str) -> Stepper:
+        """What runs this case's ops on ``fast_paths`` (``fuzz.kmachine`` runs them on the
+        kernel, where there is no fast side)."""
+        return Stepper(self.cfg, self.IMPL, check=self.CHECK, coverage=self.coverage,
+                       fast_paths=fast_paths)
 
     # ---- address, length and range resolution -----------------------------------------
 

@@ -13,7 +13,8 @@ A line (format ``pudthp-stats/1``)::
 campaign's name (``--campaign``; a record without one, written before campaigns were
 named in the stats, is read as of ``DEFAULT_CAMPAIGN``), so two campaigns whose machines
 have the same names stay apart; ``count`` is
-steps (engine hypothesis, ``unit`` ``steps``) or executions (atheris, ``execs``), ``rate``
+steps (engine hypothesis, ``unit`` ``steps``), executions (atheris, ``execs``), or, in a
+kernel campaign of either engine, the ops run on the kernel (``ops``), ``rate``
 its increase per second since the previous line (since the start for the first);
 ``cov``/``ft`` are libFuzzer's coverage and features (null for Hypothesis); the model-state
 features are given to the writer as feature -> hits: ``features_hit`` is how many were hit
@@ -41,7 +42,7 @@ from typing import Any, TextIO
 
 FORMAT = "pudthp-stats/1"
 DEFAULT_CAMPAIGN = "main"  # the hub's default campaign name too
-UNITS = ("steps", "execs")
+UNITS = ("steps", "execs", "ops")
 INTERVAL_SECONDS = 5.0
 
 

@@ -657,7 +657,7 @@ class Supervisor:
     def count(self) -> int:
         """What the engine's rate counts, so far."""
         programs, steps = self.totals()
-        return steps if self.engine.unit == "steps" else programs
+        return programs if self.engine.unit == "execs" else steps  # steps, kernel ops
 
     def distinct(self) -> set[str]:
         return self.signatures | self.known_hits
@@ -794,6 +794,9 @@ class Supervisor:
         text = self.tally().table(f"pudthp fuzz: model-state coverage ({name})")
         lines = text.splitlines()
         never = next(i for i, line in enumerate(lines) if line.startswith("never hit"))
+        extra = getattr(self.engine, "report_extra", None)  # an engine's own tables
+        extra_text = extra() if extra is not None else ""
+        text += extra_text
         try:
             path = write_coverage(self.c.findings_dir, name, self.c.seed, text)
         except OSError as e:
@@ -802,6 +805,9 @@ class Supervisor:
                   file=out)
         else:
             brief = lines[:1] if self.quiet else [lines[0], *lines[never:]]
+            if extra_text and not self.quiet:  # an engine's tables: headline and files
+                more = extra_text.splitlines()
+                brief += [more[0], *(x for x in more if x.startswith("  C reproducer"))]
             print("\n".join(brief), file=out)
             print(f"coverage table -> {path}", file=out)
         out.flush()

@@ -40,7 +40,8 @@ campaign's time or memory cap, which the campaign counts as a limit, not a findi
 
 Usage (the campaign runs it; by hand for debugging)::
 
-    python -m fuzz.target [--impl=ref|both] [--config-json=JSON] [--known=FILE]
+    python -m fuzz.target [--impl=ref|both|kernel] [--strict] [--config-json=JSON]
+        [--known=FILE]
         [--max-ops=N] [--parent-pid=PID] [--instrument-fast]
         [libFuzzer flags and corpus directories]
 """
@@ -51,6 +52,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 import atheris  # type: ignore[import-untyped]
 
@@ -81,6 +83,7 @@ from fuzz.mutator import Hunt, crossover, mutate  # noqa: E402
 from harness.coverage import N_FEATURES, Coverage, Tally  # noqa: E402
 from harness.limits import LimitExceeded  # noqa: E402
 from harness.runner import run_program  # noqa: E402
+from pudthp_ref.spec import Finding, Program  # noqa: E402
 
 STATUS_SECONDS = 1.0  # how often the target prints its execution count
 KNOWN_POLL_SECONDS = 0.5
@@ -159,7 +162,7 @@ class Target:
         program = self.hunt.program(data)
         self.coverage.reset()
         try:
-            finding = run_program(program, self.impl, coverage=self.coverage).finding
+            finding = self.run(program)
         except LimitExceeded as e:  # not a finding: skip the input
             print(f"pudthp: limit {e.kind}: {e} ({len(program.ops)} ops)", file=sys.stderr,
                   flush=True)
@@ -176,6 +179,10 @@ class Target:
         self.status()  # libFuzzer exits on the finding: the campaign gets the last counts
         raise PudthpFinding(finding.signature, finding.kind, finding.op_index, first)
 
+    def run(self, program: Program) -> Finding | None:
+        """The program's finding on the target's implementation, its features counted."""
+        return run_program(program, self.impl, coverage=self.coverage).finding
+
     def mutate(self, data: bytes, max_size: int, seed: int) -> bytes:
         try:
             return mutate(self.hunt, data, max_size, seed, atheris.Mutate)
@@ -191,14 +198,60 @@ class Target:
             return data1[:max_size]
 
 
+class KernelTarget(Target):
+    """``--impl=kernel`` (``pudthp fuzz --impl kernel --engine atheris``): each input's
+    program (``fuzz.kernel.KernelHunt``) runs on the live kernel and the reference as a
+    kernel campaign runs it (``KernelMachine.run``); an unexplained disagreement (any, with
+    ``--strict``) is the finding.  The kernel is held for the process's life; libFuzzer
+    ends the process on a finding without restoring it, which the campaign does from the
+    on-disk record.  Besides the model-state features, every kernel-observation feature
+    (``harness.conform.kfeatures``) has a counter of its own, bumped as the model's are;
+    the status line's ops are the ops run on the kernel, and ``pudthp: kfeatures JSON``
+    is their tally."""
+
+    def __init__(self, machine: Any, strict: bool, known_file: str | None,
+                 max_ops: int | None) -> None:
+        from fuzz.kernel import KernelHunt
+        from harness.conform.kfeatures import N_KFEATURES, KFeatures, KTally
+
+        super().__init__("kernel", KernelHunt(machine.caps, max_ops), known_file)
+        self.machine = machine
+        self.strict = strict
+        self.kfeatures = KFeatures()
+        self.ktally = KTally()
+        self.kcounters = [atheris._reserve_counter() for _ in range(N_KFEATURES)]
+
+    def status(self) -> None:
+        print(f"pudthp: execs {self.execs} ops {self.machine.ops}", file=sys.stderr)
+        print(f"pudthp: features {json.dumps(self.tally.to_json(), separators=(',', ':'))}",
+              file=sys.stderr)
+        print(f"pudthp: kfeatures "
+              f"{json.dumps(self.ktally.to_json(), separators=(',', ':'))}",
+              file=sys.stderr, flush=True)
+
+    def run(self, program: Program) -> Finding | None:
+        self.kfeatures.reset()
+        finding = self.machine.run(program, self.kfeatures, self.coverage).finding(
+            self.strict)
+        trace = atheris._trace_branch
+        for i, n in enumerate(self.kfeatures.hits):
+            for _ in range(min(n, FEATURE_COUNT_CAP)):
+                trace(self.kcounters[i])
+        self.ktally.add_program(self.kfeatures.hits, self.kfeatures.ops)
+        return finding
+
+
 def parse_args(argv: list[str]) -> tuple[Target, list[str]]:
-    """The target's own ``--name=value`` options out of ``argv``; the rest is libFuzzer's."""
-    impl, fixed, known, max_ops = "both", {}, None, None
+    """The target's own ``--name=value`` options out of ``argv``; the rest is libFuzzer's.
+    With ``--impl=kernel`` the live kernel is entered here, for the process's life."""
+    impl, fixed, known, max_ops, strict = "both", {}, None, None, False
     rest = [argv[0]]
     for arg in argv[1:]:
         name, _, value = arg.partition("=")
         if name == "--impl":
             impl = value
+        elif name == "--strict":
+            strict = True
         elif name == "--config-json":
             fixed = json.loads(value)
         elif name == "--known":
@@ -209,6 +262,12 @@ def parse_args(argv: list[str]) -> tuple[Target, list[str]]:
             die_with_parent(int(value))
         elif name != "--instrument-fast":
             rest.append(arg)
+    if impl == "kernel":
+        from harness.conform.campaign import KernelMachine
+
+        machine = KernelMachine()
+        machine.__enter__()  # left by libFuzzer's exit; its record restores what it changed
+        return KernelTarget(machine, strict, known, max_ops), rest
     return Target(impl, Hunt(fixed, max_ops), known), rest
 
 

@@ -14,7 +14,9 @@ fixed, moved there by ``archive`` with a note: must pass).  The expectation of a
    ``meta.expect``); anywhere else no finding.
 
 ``replay`` runs each program (``--impl``, else ``meta.impl``, else both: ref and fast in
-lockstep, so a program must pass on every implementation) and names what
+lockstep, so a program must pass on every implementation; a kernel campaign's finding,
+``meta.impl`` ``kernel``, on the live kernel against the reference as the campaign ran it,
+or, where this machine cannot, not at all: ``skipped`` with the reason) and names what
 changed against that expectation: ``newly passing`` (a finding expected, none now), ``new
 finding`` (none expected, or another signature than expected), ``still failing`` (the
 expected finding) or ``pass``.  A finding archived by a campaign (``meta.signature``, no
@@ -32,12 +34,15 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from harness import junit
+from harness.conform.campaign import KernelMachine
+from harness.conform.compare import CannotRun
+from harness.conform.kshrink import kernel_judge
 from harness.junit import Case
 from harness.program import (
     ProgramError,
@@ -47,7 +52,7 @@ from harness.program import (
 )
 from harness.runner import IMPL_NAMES, run_program
 from harness.signature import of_meta
-from pudthp_ref.spec import Program
+from pudthp_ref.spec import Finding, Program
 
 DEFAULT_DIRS: tuple[str, ...] = (
     "corpus/seeds",
@@ -167,15 +172,27 @@ def _short(text: Any, width: int = 60) -> str:
 @dataclass
 class Outcome:
     entry: Entry
-    verdict: str  # pass, still failing, newly passing, new finding, invalid
+    verdict: str  # pass, still failing, newly passing, new finding, invalid, skipped
     signature: str | None = None
+    note: str = ""  # why a kernel finding was skipped
 
 
-def replay_entry(entry: Entry, impl: str | None = None) -> Outcome:
+KernelJudge = Callable[[Program], "Finding | str | None"]
+"""A kernel finding's replay: its finding on the live kernel, None, or why it cannot run."""
+
+
+def replay_entry(entry: Entry, impl: str | None = None,
+                 kernel: KernelJudge | None = None) -> Outcome:
     if entry.program is None:
         return Outcome(entry, "invalid")
     exp = entry.expect
-    finding = run_program(entry.program, impl_for(entry.program, impl)).finding
+    if impl is None and entry.program.meta.get("impl") == "kernel":
+        got = kernel(entry.program) if kernel is not None else "no live kernel asked"
+        if isinstance(got, str):
+            return Outcome(entry, "skipped", note=got)
+        finding = got
+    else:
+        finding = run_program(entry.program, impl_for(entry.program, impl)).finding
     sig = None if finding is None else finding.signature
     if sig is None:
         return Outcome(entry, "newly passing" if exp.finding else "pass")
@@ -185,7 +202,30 @@ def replay_entry(entry: Entry, impl: str | None = None) -> Outcome:
 
 
 def replay(dirs: list[str], impl: str | None = None) -> list[Outcome]:
-    return [replay_entry(e, impl) for e in load_entries(dirs)]
+    with contextlib.ExitStack() as stack:
+        kernel = _LiveKernel(stack)
+        return [replay_entry(e, impl, kernel) for e in load_entries(dirs)]
+
+
+class _LiveKernel:
+    """The live kernel for the kernel findings of a replay, entered at the first one (a
+    kernel campaign's machine: the conform lock and settings until the replay ends)."""
+
+    def __init__(self, stack: contextlib.ExitStack) -> None:
+        self.stack = stack
+        self.problem: str | None = None
+        self.judge: Callable[[Program], Finding | None] | None = None
+
+    def __call__(self, program: Program) -> Finding | str | None:
+        if self.judge is None and self.problem is None:
+            try:
+                machine = self.stack.enter_context(KernelMachine(say=lambda _: None))
+                self.judge = kernel_judge(machine)
+            except CannotRun as e:
+                self.problem = f"needs the live kernel: {' '.join(str(e).split())}"
+        if self.judge is None:
+            return self.problem or "needs the live kernel"
+        return self.judge(program)
 
 
 def replay_problem(dirs: list[str], named: bool) -> str | None:
@@ -212,25 +252,28 @@ def cmd_replay(dirs: list[str], impl: str | None = None, *, fail_on_open: bool =
     program does not load.  ``junit_path``: a JUnit XML report, one case per program."""
     outcomes = []
     cases: list[Case] = []
-    for entry in load_entries(dirs):
-        start = time.monotonic()
-        o = replay_entry(entry, impl)
-        outcomes.append(o)
-        if o.verdict == "invalid":
-            line = f"{'invalid':14} {entry.path}  {entry.error}"
-        else:
-            line = f"{o.verdict:14} {entry.path}  {o.signature or ''}"
-            if o.verdict in CHANGED:
-                line += f"  (expected {entry.expect})"
-        line = line.rstrip()
-        print(line, flush=True)
-        failed = o.verdict in CHANGED or (fail_on_open and _open(o))
-        cases.append(Case(entry.path, "pudthp corpus replay."
-                          + os.path.basename(os.path.normpath(os.path.dirname(entry.path))),
-                          " ".join(line.split()) if failed else None,
-                          time.monotonic() - start))
+    with contextlib.ExitStack() as stack:
+        kernel = _LiveKernel(stack)
+        for entry in load_entries(dirs):
+            start = time.monotonic()
+            o = replay_entry(entry, impl, kernel)
+            outcomes.append(o)
+            if o.verdict == "invalid":
+                line = f"{'invalid':14} {entry.path}  {entry.error}"
+            else:
+                line = f"{o.verdict:14} {entry.path}  {o.signature or o.note}"
+                if o.verdict in CHANGED:
+                    line += f"  (expected {entry.expect})"
+            line = line.rstrip()
+            print(line, flush=True)
+            failed = o.verdict in CHANGED or (fail_on_open and _open(o))
+            cases.append(Case(entry.path, "pudthp corpus replay."
+                              + os.path.basename(os.path.normpath(os.path.dirname(entry.path))),
+                              " ".join(line.split()) if failed else None,
+                              time.monotonic() - start))
     counts = {v: sum(o.verdict == v for o in outcomes)
-              for v in ("pass", "still failing", "newly passing", "new finding", "invalid")}
+              for v in ("pass", "still failing", "newly passing", "new finding", "invalid",
+                        "skipped")}
     still_open = sum(_open(o) for o in outcomes)
     print(f"replay: {len(outcomes)} program(s): "
           + ", ".join(f"{n} {v}" for v, n in counts.items() if n or v in CHANGED[:2])

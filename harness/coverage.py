@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from harness.coverage_catalogue import CATALOGUE, INDEX, N_FEATURES, NAMES, Feature
 from harness.coverage_probe import (
@@ -576,13 +576,22 @@ def _migrate(st: MmState, op: spec.Migrate, result: Result, pre: Pre, r: Range,
 @dataclass
 class Tally:
     """Feature counts over many programs: ``hits`` (times hit), ``programs_hit`` (programs
-    that hit each at least once), ``programs`` and ``ops`` run, ops not classified."""
+    that hit each at least once), ``programs`` and ``ops`` run, ops not classified.  The
+    catalogue counted is ``NAMES`` (the model-state one here; another catalogue subclasses,
+    ``harness.conform.kfeatures.KTally``)."""
 
-    hits: list[int] = field(default_factory=lambda: [0] * N_FEATURES)
-    programs_hit: list[int] = field(default_factory=lambda: [0] * N_FEATURES)
+    NAMES: ClassVar[tuple[str, ...]] = NAMES
+
+    hits: list[int] = field(default_factory=list)
+    programs_hit: list[int] = field(default_factory=list)
     programs: int = 0
     ops: int = 0
     unclassified: int = 0
+
+    def __post_init__(self) -> None:
+        n = len(self.NAMES)
+        self.hits = (self.hits + [0] * n)[:n]
+        self.programs_hit = (self.programs_hit + [0] * n)[:n]
 
     def add_program(self, hits: list[int], ops: int = 0) -> None:
         self.programs += 1
@@ -593,7 +602,7 @@ class Tally:
                 self.programs_hit[i] += 1
 
     def merge(self, other: Tally) -> None:
-        for i in range(N_FEATURES):
+        for i in range(len(self.NAMES)):
             self.hits[i] += other.hits[i]
             self.programs_hit[i] += other.programs_hit[i]
         self.programs += other.programs
@@ -601,7 +610,7 @@ class Tally:
         self.unclassified += other.unclassified
 
     @classmethod
-    def total(cls, tallies: Iterable[Tally | None]) -> Tally:
+    def total(cls, tallies: Iterable[Tally | None]) -> Self:
         """The sum of ``tallies`` (a None, a process that said nothing yet, adds nothing)."""
         t = cls()
         for other in tallies:
@@ -615,10 +624,10 @@ class Tally:
                 "unclassified": self.unclassified}
 
     @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> Tally:
+    def from_json(cls, raw: dict[str, Any]) -> Self:
         t = cls()
-        t.hits = [int(x) for x in raw["hits"]]
-        t.programs_hit = [int(x) for x in raw["programs_hit"]]
+        t.hits = [int(x) for x in raw["hits"]][: len(cls.NAMES)]
+        t.programs_hit = [int(x) for x in raw["programs_hit"]][: len(cls.NAMES)]
         t.programs, t.ops = int(raw["programs"]), int(raw["ops"])
         t.unclassified = int(raw.get("unclassified", 0))
         return t
@@ -627,7 +636,7 @@ class Tally:
         return sum(1 for n in self.hits if n)
 
     def never_hit(self) -> list[str]:
-        return [NAMES[i] for i, n in enumerate(self.hits) if not n]
+        return [self.NAMES[i] for i, n in enumerate(self.hits) if not n]
 
     def table(self, title: str = "coverage") -> str:
         """The table ``pudthp coverage`` and ``pudthp fuzz`` print: a headline with the

@@ -427,3 +427,9 @@ def _crash_finding(e: Exception, index: int, kind: str) -> Finding:
         f"{type(e).__name__}: {text}{where}",
         detail,
     )
+
+
+def exception_finding(e: Exception, index: int, kind: str) -> Finding:
+    """The finding an exception of an implementation at op ``index`` (of ``kind``) is, as
+    ``run_program`` reports it (for runners of their own: the kernel campaign's)."""
+    return _exception_finding(e, index, kind)

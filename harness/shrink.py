@@ -62,6 +62,12 @@ def ddmin_ops(program: Program, signature: str, impl: str, check: bool,
     return Program(program.config, s.ddmin(program.config, program.ops), program.meta)
 
 
+Judge = Callable[[Program], Finding | None]
+"""What a shrink asks of a candidate: the finding it ends in, or None (default: a run of
+``run_program`` on the implementation; ``pudthp shrink --impl kernel`` runs it on the live
+kernel, ``harness.conform.kshrink``)."""
+
+
 def run_options(program: Program) -> dict[str, Any]:
     """What of ``program.meta`` changes how it runs (``meta.fast_paths``): kept by every
     candidate, so a finding shrinks on the paths it was found on."""
@@ -70,14 +76,16 @@ def run_options(program: Program) -> dict[str, Any]:
 
 class _Shrinker:
     def __init__(self, signature: str, impl: str, check: bool, keep: frozenset[str],
-                 deadline: float | None = None, options: dict[str, Any] | None = None
-                 ) -> None:
+                 deadline: float | None = None, options: dict[str, Any] | None = None,
+                 judge: Judge | None = None) -> None:
         self.signature = signature
         self.options = options or {}
         self.impl = impl
         self.check = check
         self.keep = keep
         self.deadline = deadline  # time.monotonic(): after it, every candidate fails
+        self.judge: Judge = judge or (
+            lambda p: run_program(p, self.impl, check=self.check).finding)
         # (config, ops) -> the finding when the signature survives, else None
         self.cache: dict[tuple[Config, tuple[Op, ...]], Finding | None] = {}
         self.runs = 0
@@ -89,8 +97,7 @@ class _Shrinker:
             if self.deadline is not None and time.monotonic() > self.deadline:
                 return None
             self.runs += 1
-            finding = run_program(Program(cfg, ops, self.options), self.impl,
-                                  check=self.check).finding
+            finding = self.judge(Program(cfg, ops, self.options))
             if finding is not None and finding.signature == self.signature:
                 self.remember(cfg, ops, finding)
             else:
@@ -311,17 +318,23 @@ def shrink(
     signature: str | None = None,
     keep: Collection[str] = (),
     log: Callable[[str], None] | None = None,
+    judge: Judge | None = None,
+    deadline: float | None = None,
 ) -> ShrinkResult:
     """The smallest program found that still reports ``program``'s finding signature (or
     ``signature`` when given), leaving the config keys in ``keep`` as they are (a campaign's
-    fixed keys).  Raises NoFinding when the program does not report it."""
+    fixed keys), each candidate judged by ``judge`` (default: ``run_program`` on ``impl``),
+    none after ``deadline`` (``time.monotonic()``).  Raises NoFinding when the program
+    does not report it."""
     t0 = time.monotonic()
-    first = run_program(program, impl, check=check).finding
+    first = (judge(program) if judge is not None
+             else run_program(program, impl, check=check).finding)
     if first is None:
         raise NoFinding(f"no finding with --impl {impl}: nothing to shrink")
     if signature is not None and first.signature != signature:
         raise NoFinding(f"the program reports {first.signature}, not {signature}")
-    s = _Shrinker(first.signature, impl, check, frozenset(keep), options=run_options(program))
+    s = _Shrinker(first.signature, impl, check, frozenset(keep), deadline,
+                  run_options(program), judge)
     cfg, ops = program.config, program.ops
     s.remember(cfg, ops, first)
     ops = ops[: first.op_index + 1]

@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Iterator
 from typing import Any
 
-from pudthp_cli.argtypes import output_file
+from pudthp_cli.argtypes import COUNT, output_file
 from pudthp_cli.exits import error
 
 
@@ -53,9 +53,16 @@ def add(sub: Any) -> None:
                        "default), once at the end of each program, or none (repeatable: "
                        "one row per mode)")
     bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    bench.add_argument("--kernel", metavar="N", type=COUNT, default=None,
+                       help="instead: N random PMD-level programs through 'pudthp conform "
+                       "--random''s loop and through a kernel campaign's runner, block after "
+                       "block, and as many programs of the kernel campaign's engine; ops/s "
+                       "of each side by side (root)")
 
 
 def command(args: argparse.Namespace) -> int:
+    if args.kernel is not None:
+        return kernel(args.kernel)
     from harness.bench import run_bench
 
     if args.json is not None:
@@ -74,4 +81,33 @@ def command(args: argparse.Namespace) -> int:
         return error(str(e).splitlines()[0])
     except OSError as e:
         return error(f"--json {args.json}: {e.strerror or e}")
+    return 0
+
+
+KERNEL_BENCH_SEED = 1
+KERNEL_BENCH_OPS = 40
+
+
+def kernel(programs: int) -> int:
+    """``--kernel N`` (``harness.conform.kbench``): exit 4 where the machine cannot."""
+    from fuzz.gen import random_pmd_program
+    from fuzz.kernel import search
+    from harness.conform.campaign import KernelMachine
+    from harness.conform.compare import CannotRun
+    from harness.conform.kbench import measure
+    from pudthp_cli.exits import cannot_run
+
+    def engine(machine: KernelMachine, first: int, n: int) -> int:
+        return search(machine, KERNEL_BENCH_SEED + first, n, steps=KERNEL_BENCH_OPS,
+                      shrink_seconds=0).ops
+
+    print(f"pudthp bench --kernel: {programs} random programs of {KERNEL_BENCH_OPS} ops "
+          f"(seed {KERNEL_BENCH_SEED}), conform --random's loop vs a kernel campaign's "
+          "runner vs its engine, block after block", flush=True)
+    try:
+        out = measure(random_pmd_program, programs, KERNEL_BENCH_SEED, KERNEL_BENCH_OPS,
+                      search=engine, say=lambda line: print(line, flush=True))
+    except CannotRun as e:
+        return cannot_run(str(e))
+    print("\n".join(out.lines()))
     return 0

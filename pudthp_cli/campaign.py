@@ -84,9 +84,16 @@ def add(sub: Any) -> None:
                       help="where findings are written (default corpus/findings)")
     fuzz.add_argument("--seed", metavar="N", type=NATURAL, default=None,
                       help="seed of worker 0; worker i gets N+i (default: random, printed)")
-    fuzz.add_argument("--impl", choices=("both", "ref"), default="both",
+    fuzz.add_argument("--impl", choices=("both", "ref", "kernel"), default="both",
                       help="what each program runs on (default both: ref and fast in lockstep; "
-                      "ref: the reference alone, several times faster, no divergences)")
+                      "ref: the reference alone, several times faster, no divergences; "
+                      "kernel: this machine's live kernel against the reference, one "
+                      "worker, needs root and PMD THP)")
+    fuzz.add_argument("--strict", action="store_true",
+                      help="--impl kernel: a known disagreement is a finding too")
+    fuzz.add_argument("--mix-kernels", action="store_true",
+                      help="--impl kernel with --hub: join a hub campaign run on another "
+                      "kernel release (or on the models)")
     fuzz.add_argument("--corpus", metavar="DIR", default="corpus/atheris",
                       help="atheris: libFuzzer's corpus, kept between campaigns "
                       "(default corpus/atheris)")
@@ -133,6 +140,10 @@ def command(args: argparse.Namespace) -> int:
         problem = "--programs: only with --engine hypothesis (atheris runs for --time)"
     if problem is not None:
         return error(problem)
+    if args.impl == "kernel":
+        return kernel(args, fixed)
+    if args.strict or args.mix_kernels:
+        return error("--strict and --mix-kernels go with --impl kernel")
     workers = args.workers or os.cpu_count() or 1
     if args.time is None:
         args.time = math.inf if args.programs is not None else DEFAULT_SECONDS
@@ -186,6 +197,31 @@ def atheris(args: argparse.Namespace, fixed: dict[str, Any], workers: int,
         quiet=args.quiet, junit=args.junit))
 
 
+def kernel(args: argparse.Namespace, fixed: dict[str, Any]) -> int:
+    """A kernel campaign (``fuzz.engine_kernel``): one worker, the live kernel, the
+    reference as the oracle."""
+    if fixed:
+        return error("--config: a kernel campaign draws its configs from what this kernel "
+                     "can run; no key can be fixed")
+    if args.engine == "atheris":
+        if importlib.util.find_spec("atheris") is None:
+            return cannot_run("--engine atheris: the atheris package is not installed")
+        from fuzz.engine_kernel_atheris import run_kernel_atheris_campaign
+    from fuzz.engine_kernel import KernelCampaign, run_kernel_campaign
+
+    link = open_link(args, args.engine, None, unit="ops")
+    if isinstance(link, str):
+        return error(link)
+    seed = start_link(link, args, args.engine, fixed, kernel=os.uname().release)
+    if isinstance(seed, str):
+        return error(seed)
+    c = KernelCampaign(args.time, args.findings, seed, strict=args.strict,
+                       max_ops=args.max_ops, asked_workers=args.workers or 1, link=link)
+    if args.engine == "atheris":
+        return run_kernel_atheris_campaign(c, args.corpus)
+    return run_kernel_campaign(c)
+
+
 def example_database(args: argparse.Namespace) -> tuple[str | None, str | None]:
     """The example database directory, made (None: none), or the one-line problem.  The
     default one that cannot be made (a read-only working directory) is done without,
@@ -203,8 +239,8 @@ def example_database(args: argparse.Namespace) -> tuple[str | None, str | None]:
     return None, None
 
 
-def open_link(args: argparse.Namespace, engine: str,
-              corpus: str | None) -> CampaignLink | str | None:
+def open_link(args: argparse.Namespace, engine: str, corpus: str | None,
+              unit: str | None = None) -> CampaignLink | str | None:
     """The campaign's link to the hub and the stats file (None without either), not yet
     joined to the hub's campaign; or the one-line problem."""
     if args.hub is None and args.stats is None:
@@ -216,13 +252,14 @@ def open_link(args: argparse.Namespace, engine: str,
 
     try:
         return CampaignLink.open(LinkOptions(args.hub, args.stats, args.campaign,
-                                             args.machine), engine, args.findings, corpus, say)
+                                             args.machine), engine, args.findings, corpus, say,
+                                 unit)
     except LinkError as e:
         return str(e)
 
 
 def start_link(link: CampaignLink | None, args: argparse.Namespace, engine: str,
-               fixed: dict[str, Any]) -> int | str:
+               fixed: dict[str, Any], kernel: str | None = None) -> int | str:
     """The campaign's seed (--seed, a block of the hub's, or a random one), the hub's
     campaign joined; or the one-line problem (a hub running other code)."""
     fallback = random.SystemRandom().randrange(1 << 32)
@@ -232,6 +269,7 @@ def start_link(link: CampaignLink | None, args: argparse.Namespace, engine: str,
 
     try:
         # a campaign of --programs has no end time to announce: the longest one there is
-        return link.start(engine, fixed, args.seed, fallback, min(args.time, MAX_SECONDS))
+        return link.start(engine, fixed, args.seed, fallback, min(args.time, MAX_SECONDS),
+                          kernel=kernel, mix_kernels=args.mix_kernels)
     except LinkError as e:
         return str(e)

@@ -68,6 +68,11 @@ def add(sub: Any) -> None:
     export.add_argument("program", metavar="PROGRAM", help="a pudthp-program/1 JSON file")
     export.add_argument("-o", "--output", metavar="FILE",
                         help="write the C file here (default: standard output)")
+    export.add_argument("--kselftest-tree", metavar="DIR",
+                        help="write it instead as tools/testing/selftests/mm/pudthp_NAME.c "
+                        "of the kernel source tree DIR (or that mm directory itself), built "
+                        "with its kselftest.h and THP settings header, and add "
+                        "'TEST_GEN_PROGS += pudthp_NAME' to its Makefile")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -142,10 +147,12 @@ def _case(name: str, classname: str, run: dict[str, Any], sig: str | None,
 
 
 def export_c(args: argparse.Namespace) -> int:
-    from harness.conform.export_c import cmd_export_c  # the model's C tables: its cost only
+    from harness.conform.export_cmd import cmd_export_c  # the model's C tables: its cost
 
+    if args.output is not None and args.kselftest_tree is not None:
+        return error("export-c takes -o FILE or --kselftest-tree DIR, not both")
     if args.output is not None:
         problem = output_file("-o", args.output)
         if problem is not None:
             return error(problem)
-    return cmd_export_c(args.program, args.output)
+    return cmd_export_c(args.program, args.output, args.kselftest_tree)

@@ -25,8 +25,10 @@ def add(sub: Any) -> None:
     cov.set_defaults(handler=command)
     cov.add_argument("paths", metavar="PROGRAM|DIR", nargs="+",
                      help="pudthp-program/1 JSON files or directories of them")
-    cov.add_argument("--impl", choices=("ref", "both"), default="ref",
-                     help="run on the reference alone (default) or on both in lockstep")
+    cov.add_argument("--impl", choices=("ref", "both", "kernel"), default="ref",
+                     help="run on the reference alone (default), on both in lockstep, or on "
+                     "the live kernel against the reference as a kernel campaign does "
+                     "(root; also prints the kernel-observation features)")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -43,6 +45,8 @@ def command(args: argparse.Namespace) -> int:
     if not files:
         return error(f"no *.json programs in {' '.join(args.paths)}")
     programs = [(f, load_program_file(f)) for f in files]
+    if args.impl == "kernel":
+        return on_kernel(programs)
     tally = Tally()
     findings = 0
     for _, program in programs:
@@ -56,4 +60,23 @@ def command(args: argparse.Namespace) -> int:
     if findings:
         print(f"({findings} program(s) ended early on a finding; their later ops were not "
               f"run)")
+    return 0
+
+
+def on_kernel(programs: list[tuple[str, Any]]) -> int:
+    """Both tables of ``--impl kernel`` (``campaign.kernel_coverage``); exit 4 where the
+    machine cannot run it."""
+    from harness.conform.campaign import kernel_coverage
+    from harness.conform.compare import CannotRun
+    from pudthp_cli.exits import cannot_run
+
+    try:
+        tally, ktally, notes = kernel_coverage(programs)
+    except CannotRun as e:
+        return cannot_run(str(e))
+    title = f"pudthp coverage ({len(programs)} file(s), --impl kernel)"
+    print(tally.table(title), end="")
+    print(ktally.table(f"{title}: kernel-observation features"), end="")
+    for note in notes:
+        print(note)
     return 0

@@ -75,6 +75,39 @@ def test_each_original_is_on_disk_before_the_knob_changes(
     assert not os.path.exists(live.RECORD_PATH)  # restored: nothing left to record
 
 
+def test_a_knob_holding_the_value_already_is_never_written(
+        paths: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # zswap's `enabled` initialises zswap on any write, even of the value it holds (and
+    # zswap then turns off large-folio swap-in until reboot): neither the run nor its
+    # restore may write a knob whose value would not change.
+    zswap, other = knob(paths, "enabled", "N\n"), knob(paths, "other", "[always] never\n")
+    writes: list[tuple[str, str]] = []
+    real_write = k.write_text
+
+    def write_text(path: str, text: str) -> None:
+        writes.append((path, text))
+        real_write(path, text)
+
+    monkeypatch.setattr(k, "write_text", write_text)
+    s = live.Settings(record=live.SettingsRecord())
+    s.set(zswap, "N")
+    s.set(other, "always")  # the bracketed choice is the value held
+    assert writes == []
+    assert s.saved == []
+    s.set(other, "never")
+    Path(other).write_text("always [never]\n")  # as the kernel shows it after the write
+    assert writes == [(other, "never")]
+    assert s.restore() == []
+    assert writes == [(other, "never"), (other, "always")]
+    # a knob that holds its original again by the restore is not written
+    Path(other).write_text("[always] never\n")  # (a file's write does not truncate)
+    s.set(other, "never")
+    Path(other).write_text("[always] never\n")  # someone else put it back meanwhile
+    assert s.restore() == []
+    assert writes[-1] == (other, "never")
+    assert len(writes) == 3
+
+
 def test_two_settings_share_one_record_and_each_removes_its_own(paths: Path) -> None:
     record = live.SettingsRecord()
     session, swap = live.Settings(record=record), live.Settings(record=record)

@@ -130,11 +130,13 @@ def _start_and_kill(binary: Path, fd: int) -> tuple[str, int]:
 @needs_gcc
 def test_a_sigkilled_reproducer_is_repaired_by_the_next_run_and_by_restore(
         tmp_path: Path) -> None:
-    binary = build_binary(export_c.render_c(reproducer(_long_swap_program())), tmp_path,
-                          "long")
     with held_lock() as fd:
         if os.path.exists(live.RECORD_PATH):
             live.restore_recorded()  # what another killed run left, first
+        # made under the lock: its thp_enabled differs from the machine's now (a knob
+        # already holding the value is never written, so never recorded)
+        binary = build_binary(export_c.render_c(reproducer(_long_swap_program())),
+                              tmp_path, "long")
         if k.read_text("/proc/swaps").count("\n") > 1:
             pytest.skip("swap is active on this machine: the reproducer would skip")
         before = knobs()

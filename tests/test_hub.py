@@ -127,6 +127,32 @@ def test_the_first_machine_creates_the_record_and_other_code_is_refused() -> Non
     assert a.machines()["b"]["engine"] == "hypothesis"
 
 
+def test_a_kernel_campaign_refuses_another_kernel_unless_told() -> None:
+    # The first machine's kernel release is the campaign's: a machine on another release,
+    # or a model campaign, is refused with both named; told to mix, it joins.
+    server = fakeredis.FakeServer()
+    a, b, c, d = (make_hub(server, m) for m in ("a", "b", "c", "d"))
+    rec = a.join("hypothesis", {}, code=CODE, kernel="6.18.44")
+    assert rec is not None
+    assert rec.kernel == "6.18.44"
+    same = b.join("atheris", {}, code=CODE, kernel="6.18.44")
+    assert same is not None
+    with pytest.raises(HubRefused) as e:
+        c.join("hypothesis", {}, code=CODE, kernel="7.2.0")
+    assert "kernel 6.18.44" in str(e.value)
+    assert "kernel 7.2.0" in str(e.value)
+    with pytest.raises(HubRefused, match="the model alone"):
+        make_hub(server, "e").join("hypothesis", {}, code=CODE)
+    mixed = d.join("hypothesis", {}, code=CODE, kernel="7.2.0", mix_kernels=True)
+    assert mixed is not None
+    assert mixed.kernel == "6.18.44"  # the record stays the first machine's
+    # a model campaign's record refuses a kernel campaign the same way
+    other = fakeredis.FakeServer()
+    assert make_hub(other, "m").join("hypothesis", {}, code=CODE) is not None
+    with pytest.raises(HubRefused, match="the model alone"):
+        make_hub(other, "k").join("hypothesis", {}, code=CODE, kernel="6.18.44")
+
+
 def test_seed_blocks_are_disjoint_across_machines_and_threads() -> None:
     server = fakeredis.FakeServer()
     hubs = [make_hub(server, f"m{i}") for i in range(8)]

@@ -43,6 +43,15 @@ from typing import TYPE_CHECKING, Any
 from harness.conform import kernel as k
 from harness.conform import live
 from harness.conform.kernel import PAGE_SIZE, KernelError
+from harness.conform.known import (  # KNOWN and its readers, re-exported
+    HUGE_ZERO_HELD_ELSEWHERE,
+    KNOWN,
+    known_kind,
+    op_key,
+)
+from harness.conform.known import LOOK_PAST as LOOK_PAST
+from harness.conform.known import Known as Known
+from harness.conform.known import known_reason as known_reason
 from harness.conform.observe import (
     Disagreement,
     Observation,
@@ -316,9 +325,13 @@ StepHook = Callable[[int, Op, Result, Result], None]
 
 
 def run_once(program: Program, tools: live.RunTools, on_step: StepHook | None = None,
-             ignore: frozenset[str] = frozenset()) -> ConformRun:
+             ignore: frozenset[str] = frozenset(), held_elsewhere: bool | None = None,
+             start: Callable[[live.Executor], None] | None = None) -> ConformRun:
     """Run the program once on both sides (the kernel already configured for it, ``tools``
-    the session's).
+    the session's).  ``held_elsewhere``: whether a process outside the run holds the huge
+    zero folio, when the caller knows (a kernel campaign holds it itself), else probed;
+    ``start``: how the program's first process is started (default ``Executor.start``, a
+    fork of this process).
 
     Every difference found is recorded in ``run.items``.  A difference the program alone
     decides (a result, a per-process observable, an event counter the kernel counted *less*
@@ -330,14 +343,15 @@ def run_once(program: Program, tools: live.RunTools, on_step: StepHook | None = 
     # An empty deferred split queue, and no huge zero folio left over, unless a process
     # outside the run holds it: then the kernel will not allocate it for the program, and
     # the model is told it exists (``ModelSide``).
-    held_elsewhere = bool(live.huge_zero_folio_held_elsewhere())
+    if held_elsewhere is None:
+        held_elsewhere = bool(live.huge_zero_folio_held_elsewhere())
     side = ModelSide(program, held_elsewhere)
     if held_elsewhere:
         run.noise.append("a process outside the run held the huge zero folio at the start: "
                          "the model was told it exists")
     kside = KernelSide(program, tools.frames)
     try:
-        kside.ex.start()
+        (start or live.Executor.start)(kside.ex)
         kside.last = kside.observe()
         assert side.projected is not None
         d = compare(-1, canonical(kside.last), canonical(side.projected), ignore)
@@ -358,10 +372,7 @@ def run_once(program: Program, tools: live.RunTools, on_step: StepHook | None = 
             run.model_results.append(mres)
             if on_step is not None:
                 on_step(i, op, kres, mres)
-            for key in (*live.NOISE_VMSTAT, *live.NOISE_MTHP):
-                for name in (f"vmstat.{key}", f"mthp.{key}"):
-                    if kd.get(name):
-                        run.noise.append(f"op {i}: {name} moved by {kd[name]}")
+            run.noise += noise_notes(i, kd)
             if kres != mres:
                 run.items.append(Disagreement(i, "result", kres, mres))
                 return run
@@ -378,6 +389,14 @@ def run_once(program: Program, tools: live.RunTools, on_step: StepHook | None = 
         return run
     finally:
         kside.close()
+
+
+def noise_notes(i: int, kd: dict[str, int]) -> list[str]:
+    """What the counters no op of a program moves (``live.NOISE_*``) say of op ``i``: other
+    activity on the machine."""
+    return [f"op {i}: {name} moved by {kd[name]}"
+            for key in (*live.NOISE_VMSTAT, *live.NOISE_MTHP)
+            for name in (f"vmstat.{key}", f"mthp.{key}") if kd.get(name)]
 
 
 class ModelSide:
@@ -505,10 +524,6 @@ def huge_zero_holders(holders: set[int], obs: Observation) -> set[int]:
 
 EXTERNAL_HOLDER = -1  # in ``holders``: a process outside the run holds the huge zero folio
 
-
-# Facts about the machine that the harness checks after a run, when a disagreement is one
-# they would explain; KNOWN entries may require one.
-HUGE_ZERO_HELD_ELSEWHERE = "huge_zero_folio_held_elsewhere"
 
 
 def machine_facts(d: Disagreement) -> frozenset[str]:
@@ -644,72 +659,11 @@ def describe(d: Disagreement, program: Program) -> str:
             f"model {json.dumps(d.model)}")
 
 
-@dataclass(frozen=True)
-class Known:
-    """A disagreement of this kernel with the model that docs/conform.md explains: the observable
-    classes it shows on, when it applies (the op that shows it, the program), why, and
-    whether it is a global-counter artefact that checks look past by default."""
-
-    classes: tuple[str, ...]
-    applies: Callable[[Op | None, Program], bool]
-    reason: str
-    look_past: bool = False
-    needs: str | None = None  # a machine fact (ConformRun.facts) the explanation rests on
-
-
-# The disagreements docs/conform.md explains, by name (the name of its minimal program in
-# tests/test_conform.py MINIMAL).  Data only: ``pudthp conform`` and anything else that has
-# to tell a known disagreement from a new one read this table through ``known_kind``.
-KNOWN: dict[str, Known] = {
-    "pageout_without_swap": Known(
-        ("rss", "page.kind", "page.folio", "page.order", "page.mapcount", "page.index",
-         "anon_huge"),
-        lambda op, p: (isinstance(op, spec.Madvise) and op.advice == "pageout"
-                       and p.config.swap_capacity == 0),
-        "pageout without swap: docs/model.md 9.7 changes nothing, the kernel splits the THP "
-        "(shrink_folio_list)"),
-    "swapin_of_a_shared_slot": Known(
-        ("page.mapcount", "page.folio", "vmstat.pswpin"),
-        lambda op, p: isinstance(op, spec.Read | spec.Write) and p.config.swap_capacity > 0,
-        "likely a swap-in of a slot another mm also holds: the kernel shares one swap-cache "
-        "folio, docs/model.md 8.4 a fresh folio each (do_swap_page)"),
-    "huge_zero_folio_held_elsewhere": Known(
-        ("vmstat.thp_zero_page_alloc",),
-        lambda op, p: isinstance(op, spec.Read),
-        "another process on the machine holds the huge zero folio (checked after the run: a "
-        "fresh process's huge zero PMD did not allocate it), so the kernel did not allocate "
-        "it for the program's first huge zero PMD (mm_get_huge_zero_folio)",
-        needs=HUGE_ZERO_HELD_ELSEWHERE),
-}
-LOOK_PAST: frozenset[str] = frozenset(c for k in KNOWN.values() if k.look_past
-                                      for c in k.classes)
-
-
-def known_kind(d: Disagreement, program: Program,
-               facts: frozenset[str] = frozenset()) -> str | None:
-    """The name in ``KNOWN`` of the explanation that fits ``d``, or None (unexplained).
-    ``facts``: what the harness checked on the machine (``ConformRun.facts``)."""
-    op = program.ops[d.op_index] if 0 <= d.op_index < len(program.ops) else None
-    for name, k_ in KNOWN.items():
-        if (d.cls in k_.classes and k_.applies(op, program)
-                and (k_.needs is None or k_.needs in facts)):
-            return name
-    return None
-
-
-def known_reason(d: Disagreement, program: Program,
-                 facts: frozenset[str] = frozenset()) -> str | None:
-    """The explanation (docs/conform.md) when ``d`` is one of the disagreements in ``KNOWN``."""
-    name = known_kind(d, program, facts)
-    return None if name is None else KNOWN[name].reason
-
-
 def signature(d: Disagreement, program: Program) -> str:
+    """The op kind (``known.op_key``) and observable class of a disagreement, never a value
+    or an id: one kernel behaviour, one signature."""
     op = program.ops[d.op_index] if 0 <= d.op_index < len(program.ops) else None
-    kind = op.KIND if op is not None else "start"
-    if isinstance(op, spec.Madvise):
-        kind = f"madvise.{op.advice}"
-    return f"{kind}:{d.cls}"
+    return f"{op_key(op)}:{d.cls}"
 
 
 RandomProgram = Callable[[int, int, int, bool], Program]

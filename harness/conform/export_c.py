@@ -43,8 +43,6 @@ second NUMA node for ``migrate``, a writable debugfs for ``split_folio``, io_uri
 
 from __future__ import annotations
 
-import os
-import sys
 import textwrap
 from dataclasses import dataclass
 from importlib import resources
@@ -59,7 +57,6 @@ from harness.conform.compare import (
     ModelSide,
     known_kind,
     live_gap,
-    raw_config_keys,
 )
 from harness.conform.observe import (
     GLOBAL_STATE,
@@ -71,7 +68,7 @@ from harness.conform.observe import (
     canonical,
     model_counters,
 )
-from harness.program import ProgramError, dump_program, load_program_file
+from harness.program import dump_program
 from pudthp_ref import spec
 from pudthp_ref.spec import Config, Op, Program, PudThpError, Result
 
@@ -83,11 +80,21 @@ VMSTAT_PUD: tuple[str, ...] = ("thp_fault_alloc_pud", "thp_fault_fallback_pud", 
 
 TEMPLATE = "reproducer.c"
 PROGRAM_MARK = "/* @PUDTHP_PROGRAM@ */\n"
+KSELFTEST_MARK = "/* @PUDTHP_KSELFTEST@ */\n"
 C_INT_MAX = (1 << 31) - 1  # mm and pin ids are C ints in the reproducer's tables
 
 
 class ExportError(Exception):
     """The program cannot be expressed as a live-kernel reproducer; the message says why."""
+
+
+class ModelStops(ExportError):
+    """The reference model itself fails at op ``op_index`` (a finding of the model): the
+    ops before it can still be exported (``harness.conform.export_cmd``)."""
+
+    def __init__(self, op_index: int, message: str) -> None:
+        super().__init__(message)
+        self.op_index = op_index
 
 
 # --------------------------------------------------------------------------------------
@@ -354,8 +361,8 @@ def _step(side: ModelSide, i: int, op: Op, kernel: dict[str, int], pud: bool) ->
     try:
         result = side.step(op, kernel)
     except PudThpError as e:
-        raise ExportError(f"op {i} ({op.KIND}): the reference model reports "
-                          f"{' '.join(str(e).split())}: no expectation to export") from None
+        raise ModelStops(i, f"op {i} ({op.KIND}): the reference model reports "
+                         f"{' '.join(str(e).split())}: no expectation to export") from None
     if pud:
         mms = _pud_mm_expects(side.model.summary())
     else:
@@ -586,13 +593,21 @@ def _op_fields(op: Op, nodes: int) -> str:
     return ", ".join(parts)
 
 
-def render_c(rep: Reproducer) -> str:
+def render_c(rep: Reproducer, kselftest: str | None = None) -> str:
     """The C file: the runtime (``reproducer.c``) with the program and its expectations
-    written in where the template marks them."""
+    written in where the template marks them.  With ``kselftest`` (the name of the THP
+    settings header of a ``tools/testing/selftests/mm`` tree) the file is built there:
+    its KTAP lines go through ``kselftest.h``'s helpers."""
     template = resources.files("harness.conform").joinpath(TEMPLATE).read_text("utf-8")
     head, mark, tail = template.partition(PROGRAM_MARK)
-    if not mark:
-        raise RuntimeError(f"{TEMPLATE} has no program mark")
+    if not mark or KSELFTEST_MARK not in head:
+        raise RuntimeError(f"{TEMPLATE} lacks a mark")
+    block = "" if kselftest is None else (
+        "/* Built in tools/testing/selftests/mm: its KTAP helpers and THP settings */\n"
+        "#define PUDTHP_KSELFTEST\n"
+        '#include "../kselftest.h"\n'
+        f'#include "{kselftest}"\n')
+    head = head.replace(KSELFTEST_MARK, block)
     return _header(rep) + head + _program_text(rep) + tail
 
 
@@ -773,35 +788,3 @@ def _deltas_table(name: str, deltas: Deltas, out: list[str]) -> None:
 # --------------------------------------------------------------------------------------
 # The command
 # --------------------------------------------------------------------------------------
-
-
-def cmd_export_c(path: str, out: str | None) -> int:
-    """``pudthp export-c PROGRAM [-o FILE]``; returns the exit status (0 written, 2 bad input
-    or a program the live kernel cannot express)."""
-    try:
-        program = load_program_file(path)
-        program, pud = resolve(program, raw_config_keys(path))
-        text = render_c(build(program, pud, os.path.basename(path)))
-    except (ProgramError, ExportError) as e:
-        return _error(str(e) if isinstance(e, ProgramError) else f"{path}: {e}")
-    if out is None:
-        sys.stdout.write(text)
-        return 0
-    try:
-        with open(out, "w", encoding="utf-8") as f:
-            f.write(text)
-    except OSError as e:
-        return _error(f"-o {out}: {e.strerror or e}")
-    print(f"pudthp export-c: {path}: {len(program.ops)} ops -> {out} "
-          f"(build: gcc -O2 -Wall -o {_binary_name(out)} {out})")
-    return 0
-
-
-def _binary_name(c_path: str) -> str:
-    base = os.path.basename(c_path)
-    return base[:-2] if base.endswith(".c") and len(base) > 2 else "repro"
-
-
-def _error(message: str) -> int:
-    print(f"pudthp: error: {' '.join(message.split())}", file=sys.stderr)
-    return 2

@@ -35,6 +35,7 @@ import ctypes
 import errno
 import fcntl
 import gc
+import itertools
 import json
 import os
 import pickle
@@ -135,10 +136,15 @@ class Settings:
     recorded: list[dict[str, Any]] = field(default_factory=list)
 
     def set(self, path: str, value: str) -> None:
+        """Write ``value`` unless the knob holds it already: some writes act even when
+        they change nothing (zswap's ``enabled``, even N, initialises zswap, which turns
+        off large-folio swap-in until reboot)."""
+        current = k.selected(k.read_text(path))
+        if current == value:
+            return
         if not any(p == path for p, _ in self.saved):
-            old = k.selected(k.read_text(path))
-            self.saved.append((path, old))
-            self._record({"set": path, "old": old})
+            self.saved.append((path, current))
+            self._record({"set": path, "old": current})
         try:
             k.write_text(path, value)
         except OSError as e:
@@ -167,7 +173,8 @@ class Settings:
         self.undo.clear()
         for path, old in reversed(self.saved):
             try:
-                k.write_text(path, old)
+                if k.selected(k.read_text(path)) != old:  # no write that changes nothing
+                    k.write_text(path, old)
             except OSError as e:
                 self.problems.append(f"restore {path}={old!r}: {e.strerror or e}")
         self.saved.clear()
@@ -366,7 +373,8 @@ def apply_config(s: Settings, cfg: KernelConfig) -> None:
       value at which ``thp_underused()`` is always false (the model's shrinker relies on it);
     - ``vm.page-cluster`` 0: swap-in reads the one page faulted, no readahead into the swap
       cache;
-    - zswap off: pages go to the swap device the run sets up (written only when it is on).
+    - zswap off: pages go to the swap device the run sets up (written only when it is on);
+    - ``anon_beside_full`` (a knob some kernels add beside mainline's) 0, mainline's way.
     """
     s.set(f"{THP_DIR_}/enabled", cfg.thp_enabled)
     for name in sorted(os.listdir(THP_DIR_)):
@@ -387,6 +395,8 @@ def apply_config(s: Settings, cfg: KernelConfig) -> None:
     s.set(f"{kh}/pages_to_scan", "8")
     s.set(f"{kh}/max_ptes_none", "511")
     s.set("/proc/sys/vm/page-cluster", "0")
+    if os.path.exists(f"{THP_DIR_}/anon_beside_full"):  # not mainline: off, as mainline
+        s.set(f"{THP_DIR_}/anon_beside_full", "0")
     zswap = "/sys/module/zswap/parameters/enabled"
     # written only when on: any write, even of N, initialises zswap, after which the kernel
     # refuses large swap-in until reboot (zswap_never_enabled())
@@ -955,7 +965,8 @@ class PageFrames:
             return pfn, THP_ORDER
         if not f >> k.KPF_COMPOUND_TAIL & 1:
             return pfn, 0
-        for cand in [pfn & ~(THP_NR - 1), *range(pfn - 1, pfn - THP_NR, -1)]:
+        aligned = pfn & ~(THP_NR - 1)  # a PMD-size folio's head: checked first
+        for cand in itertools.chain((aligned,), range(pfn - 1, pfn - THP_NR, -1)):
             cf = flags.get(cand)
             if cf is None:
                 cf = k.read_u64s(self.flags_fd, cand, 1)[0]

@@ -16,7 +16,7 @@ they share it on the other exactly when the labels agree.  Swap slots get labels
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from pudthp_ref.spec import MTHP_KEYS
@@ -101,10 +101,11 @@ def canonical(obs: Observation) -> Observation:
         m = obs.mms[mm_id]
         pages: list[tuple[int, PageObs]] = []
         for vpn, p in m.pages:
-            if p.folio is not None:
-                p = replace(p, folio=folios.setdefault(p.folio, len(folios)))
-            if p.slot is not None:
-                p = replace(p, slot=slots.setdefault(p.slot, len(slots)))
+            if p.folio is not None or p.slot is not None:  # a new PageObs: replace() is slow
+                p = PageObs(p.kind,
+                            None if p.folio is None else folios.setdefault(p.folio, len(folios)),
+                            p.index, p.order, p.mapcount, p.content,
+                            None if p.slot is None else slots.setdefault(p.slot, len(slots)))
             pages.append((vpn, p))
         out[mm_id] = MmObs(list(m.vmas), m.rss, m.anon_huge, m.swap, pages)
     return Observation(out)
@@ -264,14 +265,53 @@ def project_snapshot(snap: dict[str, Any]) -> Observation:
         pages: list[tuple[int, PageObs]] = []
         anon_huge = 0
         for start, end, _, _ in vmas:
-            for vpn in range(start, end):
-                p = _model_page(P, tables, pud, vpn, present)
-                if p.kind == "pmd":
-                    anon_huge += 1
-                pages.append((vpn, p))
+            vpn = start
+            while vpn < end:  # a PMD range at a time: its entries are looked up once
+                stop = min(end, (vpn // P + 1) * P)
+                span = _model_pages(P, tables, pud, vpn, stop, present)
+                anon_huge += sum(1 for p in span if p.kind == "pmd")
+                pages.extend(zip(range(vpn, stop), span, strict=True))
+                vpn = stop
         mms[int(m["id"])] = MmObs(vmas, int(m["rss_anon"]), anon_huge, int(m["rss_swap"]),
                                   pages)
     return Observation(mms)
+
+
+_NONE = PageObs("none")
+_HZERO = PageObs("hzero", content=0)
+_ZERO = PageObs("zero", content=0)
+
+
+def _model_pages(P: int, tables: dict[int, dict[int, list[Any]]], pud: dict[int, list[Any]],
+                 vpn: int, stop: int, present: Any) -> list[PageObs]:
+    """The pages ``[vpn, stop)`` of one PMD range, as ``_model_page`` sees each."""
+    pe = pud.get(vpn // (P * P))
+    if pe is None:
+        return [_NONE] * (stop - vpn)
+    if pe[0] == "leaf":
+        return [_model_page(P, tables, pud, v, present) for v in range(vpn, stop)]
+    me = tables[pe[1]].get((vpn // P) % P)
+    if me is None:
+        return [_NONE] * (stop - vpn)
+    if me[0] == "leaf":
+        return [present(me[1], v % P, "pmd") for v in range(vpn, stop)]
+    if me[0] == "zero":
+        return [_HZERO] * (stop - vpn)
+    ptes = tables[me[1]]
+    out = []
+    for v in range(vpn, stop):
+        te = ptes.get(v % P)
+        if te is None:
+            out.append(_NONE)
+        elif te[0] == "pte":
+            out.append(present(te[1], te[2], "pte"))
+        elif te[0] == "zero":
+            out.append(_ZERO)
+        elif te[0] == "swap":
+            out.append(PageObs("swap", slot=int(te[1])))
+        else:
+            raise ValueError(f"unknown PTE {te!r}")
+    return out
 
 
 def _model_page(P: int, tables: dict[int, dict[int, list[Any]]], pud: dict[int, list[Any]],

@@ -25,6 +25,7 @@
 #include <sys/time.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
+/* @PUDTHP_KSELFTEST@ */
 
 /*
  * How the program runs (as `pudthp conform` runs it, harness/conform/live.py):
@@ -103,6 +104,25 @@
 #define KSFT_PASS 0
 #define KSFT_FAIL 1
 #define KSFT_SKIP 4
+
+/* KTAP lines: in tools/testing/selftests/mm through kselftest.h's helpers, which count */
+#ifdef PUDTHP_KSELFTEST
+#define TAP_HEADER() ksft_print_header()
+#define TAP_PLAN(n) ksft_set_plan(n)
+#define TAP_OK(n, ...) ksft_test_result_pass(__VA_ARGS__)
+#define TAP_NOT_OK(n, ...) ksft_test_result_fail(__VA_ARGS__)
+#define TAP_SKIP(n, ...) ksft_test_result_skip(__VA_ARGS__)
+#define TAP_TOTALS(pass, failed, skipped) ((void)(pass), (void)(skipped), ksft_print_cnts())
+#else
+#define TAP_HEADER() printf("TAP version 13\n")
+#define TAP_PLAN(n) printf("1..%d\n", (n))
+#define TAP_OK(n, ...) tap_line("ok", (n), __VA_ARGS__)
+#define TAP_NOT_OK(n, ...) tap_line("not ok", (n), __VA_ARGS__)
+#define TAP_SKIP(n, ...) tap_line("ok", (n), __VA_ARGS__)
+#define TAP_TOTALS(pass, failed, skipped)                                                  \
+	printf("# Totals: pass:%d fail:%d xfail:0 xpass:0 skip:%d error:0\n", (pass),      \
+	       (failed), (skipped))
+#endif
 
 /* What system headers may lack (include/uapi/...) */
 #ifndef MAP_FIXED_NOREPLACE
@@ -291,6 +311,20 @@ static int fail(const char *fmt, ...)
 	va_end(ap);
 	return -1;
 }
+
+#ifndef PUDTHP_KSELFTEST
+static void tap_line(const char *status, int n, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void tap_line(const char *status, int n, const char *fmt, ...)
+{
+	va_list ap;
+
+	printf("%s %d ", status, n);
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+}
+#endif
 
 static void diag(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void diag(const char *fmt, ...)
@@ -609,35 +643,28 @@ static int record_add(int undo, const char *a, const char *b)
 	return record_write();
 }
 
-/* Whether a knob already reads value: zswap's enabled is written only when on, since any
- * write, even of N, initialises zswap and the kernel then refuses large swap-in until
- * reboot (zswap_never_enabled()) */
-static int knob_reads(const char *path, const char *value)
-{
-	char buf[512], sel[512];
-
-	if (read_text(path, buf, sizeof(buf)) < 0)
-		return 0;
-	selected(buf, sel, sizeof(sel));
-	return !strcmp(sel, value);
-}
-
+/* A knob that holds the value already is not written: some writes act even when they
+ * change nothing (zswap's enabled, even N, initialises zswap, which turns off large-folio
+ * swap-in until reboot) */
 static int set_knob(const char *path, const char *value)
 {
-	char buf[512];
+	char buf[512], now[96];
 	int i, r;
 
+	r = read_text(path, buf, sizeof(buf));
+	if (r < 0)
+		return fail("cannot read %s: %s", path, strerror(-r));
+	selected(buf, now, sizeof(now));
+	if (!strcmp(now, value))
+		return 0;
 	for (i = 0; i < nsaved; i++)
 		if (!strcmp(saved[i].path, path))
 			break;
 	if (i == nsaved) {
 		if (nsaved == MAX_SAVED)
 			return fail("too many settings to save");
-		r = read_text(path, buf, sizeof(buf));
-		if (r < 0)
-			return fail("cannot read %s: %s", path, strerror(-r));
 		snprintf(saved[i].path, sizeof(saved[i].path), "%s", path);
-		selected(buf, saved[i].value, sizeof(saved[i].value));
+		snprintf(saved[i].value, sizeof(saved[i].value), "%s", now);
 		if (record_add(0, path, saved[i].value))
 			return -1;
 		nsaved = i + 1; /* only now may a signal handler write it back */
@@ -687,7 +714,16 @@ static void restore_all(void)
 	}
 	while (nsaved > 0) {
 		int i = nsaved - 1;
+		char buf[512], now[96];
 
+		/* no write that changes nothing (set_knob) */
+		if (read_text(saved[i].path, buf, sizeof(buf)) >= 0) {
+			selected(buf, now, sizeof(now));
+			if (!strcmp(now, saved[i].value)) {
+				nsaved = i;
+				continue;
+			}
+		}
 		if (write_text(saved[i].path, saved[i].value) != 0)
 			note_restore_problem(saved[i].path);
 		nsaved = i;
@@ -3145,8 +3181,9 @@ static void apply_config(void)
 	    set_knob(THP_DIR "/khugepaged/pages_to_scan", "8") ||
 	    set_knob(THP_DIR "/khugepaged/max_ptes_none", "511") ||
 	    set_knob("/proc/sys/vm/page-cluster", "0") ||
+	    /* not mainline: off, mainline's way */
+	    (exists(THP_DIR "/anon_beside_full") && set_knob(THP_DIR "/anon_beside_full", "0")) ||
 	    (exists("/sys/module/zswap/parameters/enabled") &&
-	     !knob_reads("/sys/module/zswap/parameters/enabled", "N") &&
 	     set_knob("/sys/module/zswap/parameters/enabled", "N")))
 		skip_all("%s", err);
 }
@@ -3213,7 +3250,7 @@ int main(void)
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	controller = getpid();
-	printf("TAP version 13\n");
+	TAP_HEADER();
 	diag("pudthp reproducer of %s: %d ops, %d process%s, %s", prog.name, prog.nops,
 	     prog.nmms, prog.nmms == 1 ? "" : "es", prog.pud ? "PUD THP" : "PMD level");
 	diag("config: thp_enabled %s, pmd_enabled %s, pud_enabled %s, use_zero_page %d, "
@@ -3245,7 +3282,7 @@ int main(void)
 	cafter = xcalloc(NCOUNTERS, sizeof(*cafter));
 	mdelta = xcalloc(NCOUNTERS, sizeof(*mdelta));
 	prepare();
-	printf("1..%d\n", prog.nops);
+	TAP_PLAN(prog.nops);
 
 	/* A difference counts only when another run from scratch repeats it (compare.py) */
 	for (;;) {
@@ -3300,22 +3337,22 @@ int main(void)
 				bad = it;
 		}
 		if (last->error && last->error_op == i) {
-			printf("not ok %d op %d: %s: error: %s\n", i + 1, i, steps[i].desc, last->error);
+			TAP_NOT_OK(i + 1, "op %d: %s: error: %s\n", i, steps[i].desc, last->error);
 			failed++;
 		} else if (bad) {
-			printf("not ok %d op %d: %s: %s (in %d runs from scratch)\n", i + 1, i,
-			       steps[i].desc, strchr(bad->text, ':') + 2, nruns);
+			TAP_NOT_OK(i + 1, "op %d: %s: %s (in %d runs from scratch)\n", i,
+				   steps[i].desc, strchr(bad->text, ':') + 2, nruns);
 			failed++;
 		} else if (rec->state == ST_DIVERGED) {
-			printf("ok %d op %d: %s # SKIP the state diverged at op %d (a known "
-			       "disagreement)\n", i + 1, i, steps[i].desc, last->diverged_op);
+			TAP_SKIP(i + 1, "op %d: %s # SKIP the state diverged at op %d (a known "
+				 "disagreement)\n", i, steps[i].desc, last->diverged_op);
 			skipped++;
 		} else if (rec->state == ST_NOT_REACHED) {
-			printf("ok %d op %d: %s # SKIP not run: run %d stopped at op %d\n", i + 1, i,
-			       steps[i].desc, nruns, last->error ? last->error_op : last->stop_op);
+			TAP_SKIP(i + 1, "op %d: %s # SKIP not run: run %d stopped at op %d\n", i,
+				 steps[i].desc, nruns, last->error ? last->error_op : last->stop_op);
 			skipped++;
 		} else {
-			printf("ok %d op %d: %s\n", i + 1, i, steps[i].desc);
+			TAP_OK(i + 1, "op %d: %s\n", i, steps[i].desc);
 			pass++;
 		}
 	}
@@ -3324,7 +3361,6 @@ int main(void)
 		     (int)restore_failures - 1);
 		failed++;
 	}
-	printf("# Totals: pass:%d fail:%d xfail:0 xpass:0 skip:%d error:0\n", pass, failed,
-	       skipped);
+	TAP_TOTALS(pass, failed, skipped);
 	return failed ? KSFT_FAIL : KSFT_PASS;
 }
