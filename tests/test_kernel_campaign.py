@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -426,7 +427,11 @@ def _live_problem() -> str | None:
 
 
 LIVE_PROBLEM = _live_problem()
-live_only = pytest.mark.skipif(LIVE_PROBLEM is not None, reason=str(LIVE_PROBLEM))
+def live_only(test: Callable[..., None]) -> Callable[..., None]:
+    """A test of the live kernel: marked ``live`` (``-m "not live"`` leaves it out) and
+    skipped, with the reason, where this machine cannot run it."""
+    skip = pytest.mark.skipif(LIVE_PROBLEM is not None, reason=str(LIVE_PROBLEM))
+    return pytest.mark.live(skip(test))  # type: ignore[no-any-return]
 
 
 def machine() -> campaign.KernelMachine:

@@ -139,6 +139,7 @@ LIVE_PROBLEM = _live_problem()
 
 
 @pytest.mark.slow
+@pytest.mark.live
 @pytest.mark.skipif(LIVE_PROBLEM is not None, reason=str(LIVE_PROBLEM))
 @pytest.mark.parametrize("engine_name", ["hypothesis", "atheris"])
 def test_a_short_kernel_campaign_of_either_engine_is_clean(engine_name: str,

@@ -60,6 +60,7 @@ def test_every_planted_bug_has_a_search() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.live
 @pytest.mark.skipif(LIVE_PROBLEM is not None, reason=str(LIVE_PROBLEM))
 @pytest.mark.skipif(GCC is None, reason="no gcc on this machine")
 @pytest.mark.parametrize("name", sorted(SEARCHES))
