@@ -34,7 +34,14 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from fuzz.archive import archive, write_beside
 from fuzz.engine_hypothesis import fuzz_settings, pin_constant_pool, run_seed
-from fuzz.kmachine import REGION_PMDS, SWAP_PAGES, CaseFound, KernelCounts, make_kernel_machine
+from fuzz.kmachine import (
+    REGION_PMDS,
+    SWAP_PAGES,
+    CaseFound,
+    KernelCounts,
+    expressible,
+    make_kernel_machine,
+)
 from fuzz.machine import Observer, StopFuzzing
 from fuzz.mutator import Hunt
 from harness.conform.campaign import (
@@ -253,7 +260,7 @@ class KernelHunt(Hunt):
         g = p.config.geom
         region = 2 * g.pud_nr if p.config.pud_enabled != "never" else REGION_PMDS * g.pmd_nr
         ops = tuple(fold(op, region, g.pmd_nr, self.caps.nodes) for op in p.ops
-                    if op.KIND in self.caps.ops)
+                    if op.KIND in self.caps.ops and expressible(op))
         return Program(p.config, ops, p.meta)
 
 

@@ -32,6 +32,7 @@ from hypothesis import event, target
 from hypothesis import strategies as st
 from hypothesis.stateful import initialize, precondition, rule
 
+from fuzz.gen import PmdProgramGenerator
 from fuzz.machine import (
     AFTER_FORK_OPS,
     MAX_MMS,
@@ -171,6 +172,16 @@ def kernel_configs(caps: Capabilities) -> st.SearchStrategy[dict[str, Any]]:
     return draw()
 
 
+def expressible(op: Op) -> bool:
+    """Whether the live comparison runs ``op`` today (what ``pudthp conform`` draws,
+    ``fuzz.gen.PmdProgramGenerator``): no MADV_COLLAPSE, no split to an order above 0."""
+    if isinstance(op, spec.Madvise):
+        return op.advice in PmdProgramGenerator.ADVICES
+    if isinstance(op, spec.SplitFolio):
+        return op.order == 0
+    return True
+
+
 class KernelPudthpMachine(PudthpMachine):
     """``PudthpMachine`` on the live kernel (the module docstring).  Class attributes, set
     by ``make_kernel_machine``: ``KERNEL`` (the campaign's ``KernelMachine``), ``CAPS``,
@@ -237,6 +248,8 @@ class KernelPudthpMachine(PudthpMachine):
     # ---- running an op on both -----------------------------------------------------------
 
     def _run(self, op: Op) -> Result | None:
+        if not expressible(op):
+            return None  # the rule draws it for the models; the kernel side cannot run it
         result = super()._run(op)
         stepper = self.stepper
         if isinstance(stepper, KernelStepper) and stepper.done:

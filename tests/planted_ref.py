@@ -85,9 +85,10 @@ def split_pmd_not_counted(mp: pytest.MonkeyPatch) -> None:
 def split_keeps_zero_subpages(mp: pytest.MonkeyPatch) -> None:
     # remap_page(): "if f.data[0] == 0: map the zero page" left out
     # (try_to_map_unused_to_zeropage)
-    def remap(st: Any, folios: list[Any], migration: list[Any]) -> None:
+    def remap(st: Any, folios: list[Any], migration: list[Any], new_order: int = 0) -> None:
         for m in migration:
-            hs.remove_migration_entry(st, m, folios[m.page], 0)
+            f = folios[m.page >> new_order]
+            hs.remove_migration_entry(st, m, f, m.page & (f.nr - 1))
 
     mp.setattr(hs, "remap_page", remap)
 
