@@ -356,9 +356,7 @@ class Judge:
             _unlink(path)
             return
         sig = finding.signature
-        if sig in sup.signatures or sig in sup.known:
-            if sig not in sup.signatures:
-                sup.known_hits.add(sig)
+        if sup.met_again(sig):
             _unlink(path)
             return
         shrunk, how = program, "none"

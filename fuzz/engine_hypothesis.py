@@ -591,6 +591,15 @@ def translate(msg: Message) -> Event | None:
     return None
 
 
+def send_known(sup: Supervisor, signatures: list[str]) -> None:
+    """Tell every running worker of ``sup`` the newly known ``signatures`` (it stops
+    shrinking them; meeting one again is a known hit)."""
+    for s in sup.slots:
+        if isinstance(s.worker, PipeWorker) and not s.finished:
+            for sig in signatures:
+                s.worker.send(("known", sig))
+
+
 class HypothesisEngine:
     """The supervisor's plug-in (``fuzz.supervisor.Engine``): a worker is a process running
     ``worker_main`` over its own pipe (``fuzz.pipe_worker``); it shrinks what it finds
@@ -645,10 +654,7 @@ class HypothesisEngine:
 
     def known(self, signatures: list[str]) -> None:
         assert self.sup is not None
-        for s in self.sup.slots:
-            if isinstance(s.worker, PipeWorker) and not s.finished:
-                for sig in signatures:
-                    s.worker.send(("known", sig))
+        send_known(self.sup, signatures)
 
     def progress(self, programs: int, steps: int, rate: float) -> str:
         return f"programs {programs}  steps {steps}  {rate:,.0f} steps/s"

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from fuzz.archive import finding_path, write_beside
+from fuzz.engine_hypothesis import send_known
 from fuzz.link import CampaignLink
 from fuzz.pipe_worker import Channel, Message, PipeWorker
 from fuzz.supervisor import (
@@ -273,10 +274,7 @@ class KernelEngine:
 
     def known(self, signatures: list[str]) -> None:
         assert self.sup is not None
-        for s in self.sup.slots:
-            if isinstance(s.worker, PipeWorker) and not s.finished:
-                for sig in signatures:
-                    s.worker.send(("known", sig))
+        send_known(self.sup, signatures)
 
     def progress(self, programs: int, steps: int, rate: float) -> str:
         return f"programs {programs}  kernel ops {steps}  {rate:,.1f} ops/s"

@@ -69,9 +69,7 @@ class KernelJudge(Judge):
                     _unlink(path)
                     return
                 sig = finding.signature
-                if sig in sup.signatures or sig in sup.known:
-                    if sig not in sup.signatures:
-                        sup.known_hits.add(sig)
+                if sup.met_again(sig):
                     _unlink(path)
                     return
                 how = "none (interrupted)"

@@ -561,6 +561,15 @@ class Supervisor:
         else:
             self.say(f"worker {s.index}: {e.text}")
 
+    def met_again(self, sig: str) -> bool:
+        """Whether ``sig`` is archived or known already; a known one this campaign met
+        again is counted as such (the progress line and summary say so)."""
+        if sig in self.signatures or sig in self.known:
+            if sig not in self.signatures:
+                self.known_hits.add(sig)
+            return True
+        return False
+
     def limit(self, e: Limit, line: str) -> None:
         """A program dropped at a resource limit: counted, and said while few."""
         self.limits.append(e)
