@@ -32,7 +32,6 @@ from hypothesis import event, target
 from hypothesis import strategies as st
 from hypothesis.stateful import initialize, precondition, rule
 
-from fuzz.gen import PmdProgramGenerator
 from fuzz.machine import (
     AFTER_FORK_OPS,
     MAX_MMS,
@@ -49,6 +48,7 @@ from fuzz.machine import (
     places,
 )
 from harness.conform.campaign import Capabilities, KernelMachine, ProgramRun, Verdict
+from harness.conform.compare import op_gap
 from harness.conform.kfeatures import KFeatures, KTally
 from harness.coverage import Coverage, Tally
 from harness.program import config_delta
@@ -173,13 +173,8 @@ def kernel_configs(caps: Capabilities) -> st.SearchStrategy[dict[str, Any]]:
 
 
 def expressible(op: Op) -> bool:
-    """Whether the live comparison runs ``op`` today (what ``pudthp conform`` draws,
-    ``fuzz.gen.PmdProgramGenerator``): no MADV_COLLAPSE, no split to an order above 0."""
-    if isinstance(op, spec.Madvise):
-        return op.advice in PmdProgramGenerator.ADVICES
-    if isinstance(op, spec.SplitFolio):
-        return op.order == 0
-    return True
+    """Whether the live comparison runs ``op`` today (``compare.op_gap``)."""
+    return op_gap(op) is None
 
 
 class KernelPudthpMachine(PudthpMachine):
